@@ -1,0 +1,111 @@
+"""The ``umt`` command line: ``umt --help`` lists everything.
+
+    umt train stage1 --config tiny [key=value ...]   train a stage (see umt/train/)
+    umt config show stage1 --config b16              print a resolved config
+    umt models                                       list registered model names
+    umt shard ...                                    videos -> WebDataset shards (umt/data/)
+    umt job render|submit|wait|logs|delete ...       PyTorchJobs (umt/launch/)
+    umt doctor                                       cluster / S3 preflight checks
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import List, Optional
+
+import typer
+
+from umt.train import STAGES
+
+app = typer.Typer(help="Unmasked Teacher (UMT) video foundation models: train, shard, launch.",
+                  no_args_is_help=True, add_completion=False)
+train_app = typer.Typer(help="Train a stage (one process, or under torchrun).", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect stage configs and presets.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(config_app, name="config")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Preset name (e.g. tiny, b16, l16) or a YAML file.")
+OverridesArg = typer.Argument(None, help="Overrides as key=value, e.g. train.steps=100 optim.base_lr=1e-4.")
+
+
+def _stage_command(stage: str):
+    def command(config: Optional[str] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+        module = importlib.import_module(STAGES[stage])
+        try:
+            summary = module.main(config, overrides or [])
+        except ValueError as e:  # bad config / checkpoint: a clear message, not a traceback
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(2)
+        typer.echo(f"{stage} finished: {summary}")
+
+    module_doc = (importlib.util.find_spec(STAGES[stage]) and STAGES[stage])
+    command.__doc__ = f"Run {stage} ({module_doc}). Writes config.yaml, metrics.jsonl and checkpoints to train.output_dir."
+    return command
+
+
+for _stage in STAGES:
+    train_app.command(_stage)(_stage_command(_stage))
+
+
+def run_stage_module(stage: str) -> None:
+    """``python -m umt.train.<stage> --config ... key=value``: the same command as ``umt train``."""
+    single = typer.Typer(add_completion=False)
+    single.command()(_stage_command(stage))
+    single(prog_name=f"python -m {STAGES[stage]}")
+
+
+@config_app.command("show")
+def config_show(stage: str = typer.Argument(..., help=f"One of: {', '.join(STAGES)}"),
+                config: Optional[str] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Print the fully resolved config (defaults <- preset/YAML <- overrides)."""
+    from umt.configs import load_config, to_yaml
+
+    if stage not in STAGES:
+        raise typer.BadParameter(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+    schema = importlib.import_module(STAGES[stage]).CONFIG_SCHEMA
+    try:
+        typer.echo(to_yaml(load_config(schema, stage, config, overrides or [])))
+    except ValueError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2)
+
+
+@config_app.command("presets")
+def config_presets(stage: str = typer.Argument("stage1")):
+    """List the packaged presets of a stage."""
+    from umt.configs import list_presets
+
+    typer.echo("\n".join(list_presets(stage)))
+
+
+@app.command("models")
+def models():
+    """List the registered model names (also usable through timm.create_model)."""
+    from umt.models import list_models
+
+    typer.echo("\n".join(list_models()))
+
+
+def _mount_optional() -> None:
+    """Commands owned by other subpackages; each module defines its typer commands."""
+    try:
+        from umt.data.cli import shard, synthetic
+    except ImportError:
+        pass
+    else:
+        app.command("shard")(shard)
+        app.command("synthetic")(synthetic)
+    try:
+        from umt.launch.cli import doctor, job_app
+    except ImportError:
+        pass
+    else:
+        app.add_typer(job_app, name="job")
+        app.command("doctor")(doctor)
+
+
+_mount_optional()
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,112 @@
+"""Config schemas: one dataclass per component, composed per stage (torchtitan style).
+
+Defaults are the paper's ViT-B/16 Stage-1 recipe; the presets in this folder override them.
+Later stages (Stage 2, fine-tunes) add their own top-level dataclass and reuse these parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class ModelConfig:
+    """The student video ViT (``umt.models.create_model`` arguments)."""
+
+    name: str = "umt_pretrain_vit_base_patch16_224"
+    num_frames: int = 8
+    img_size: int = 224
+    tubelet_size: int = 1
+    drop_path_rate: float = 0.1
+    # Overrides of the named size (tests and the tiny preset shrink the model with these).
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    align_layers: int = 6
+    grad_checkpointing: bool = False
+    # Local path or s3:// URI of weights to start from (official or ours); None = random init.
+    pretrained: Optional[str] = None
+
+
+@dataclass
+class TeacherConfig:
+    """The frozen CLIP teacher (``umt.models.CLIPTeacher`` arguments)."""
+
+    model_name: str = "ViT-B-16"
+    # 'openai' (open_clip download), a local path / s3:// URI of an OpenAI-format or open_clip
+    # state dict, or None for random weights (tests, the CPU demo).
+    pretrained: Optional[str] = "openai"
+    return_layers: int = 6
+    input_resolution: int = 224
+    # Overrides of open_clip's vision tower config (width, layers, heads, patch_size, image_size)
+    # and of its projection size (embed_dim); used by tests and the tiny preset.
+    vision_cfg: dict[str, Any] = field(default_factory=dict)
+    embed_dim: Optional[int] = None
+
+
+@dataclass
+class MaskConfig:
+    type: str = "attention"  # attention (semantic) | tube | random
+    ratio: float = 0.8
+
+
+@dataclass
+class DataConfig:
+    """Where clips come from. ``source`` is 'synthetic' or a dataset.json path / s3:// URI."""
+
+    source: str = "synthetic"
+    num_workers: int = 8
+    shuffle_buffer: int = 1000
+    # Stage-1 augmentation: multi-scale crop scales (GroupMultiScaleCrop) and horizontal flip.
+    crop_scales: list[float] = field(default_factory=lambda: [1.0, 0.875, 0.75, 0.66])
+    flip: bool = True
+    # Synthetic source only: number of distinct clips it cycles through.
+    synthetic_size: int = 512
+    synthetic_num_classes: int = 4
+
+
+@dataclass
+class OptimConfig:
+    """AdamW + per-step cosine schedule with linear warmup.
+
+    Learning rates are given per 256 clips and scaled by the global batch, as the official code
+    does: ``lr = base_lr * global_batch / 256`` (likewise ``min_lr`` and ``warmup_lr``).
+    """
+
+    base_lr: float = 1.5e-4
+    min_lr: float = 1e-5
+    warmup_lr: float = 0.0
+    warmup_steps: int = 0
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    clip_grad: Optional[float] = None
+    fused: bool = True  # fused AdamW kernel where the device has one
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/stage1"
+    steps: int = 1000
+    batch_size: int = 64  # per process
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "bf16"  # bf16 (autocast on GPU; fp32 on CPU) | fp32
+    log_every: int = 10
+    ckpt_every: int = 500
+    keep_last: int = 2
+    resume: bool = True  # continue from <output_dir>/checkpoints/latest when it exists
+    max_nonfinite: int = 5  # consecutive non-finite steps before the run stops
+    compile: bool = False
+
+
+@dataclass
+class Stage1Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: str = "l2"  # l2 (2 - 2cos) | mse | smooth_l1

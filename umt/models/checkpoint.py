@@ -1,0 +1,186 @@
+"""Load official UMT checkpoints and ours into our models, strictly.
+
+Accepted files (local path or ``s3://`` URI), wrapped in ``{'model': ...}``, ``{'module': ...}``,
+``{'state_dict': ...}`` or bare, in fp16/bf16/fp32 (cast to fp32):
+
+- official Stage-1 (``encoder.*``, ``clip_decoder.*``): into the Stage-1 student as is, or into
+  a backbone (``encoder.`` stripped);
+- official fine-tuned (``patch_embed.*``, ``blocks.*``, ``fc_norm.*``, ``head.*``, optional
+  ``pos_embed``): into a backbone;
+- official Stage-2 (``vision_encoder.encoder.*`` ...): the video encoder part, into either;
+- ours (the same key layouts, under ``'model'``); ``module.`` (DDP) and ``_orig_mod.``
+  (torch.compile) prefixes are stripped.
+
+Loading is strict: a missing or unexpected key raises ``CheckpointError`` naming the keys,
+except this allow-list, each logged:
+
+1. a classifier ``head.*`` whose shape differs from the model's (or a model without a head):
+   dropped, the model keeps its freshly initialised head;
+2. the Stage-1 alignment heads ``clip_decoder.*`` when loading into a backbone;
+3. the official Stage-1 ``encoder.norm.*`` when the backbone uses mean pooling (it has
+   ``fc_norm`` instead); ``fc_norm.*``/``head.*`` are then missing and stay freshly initialised,
+   as in official fine-tuning from a Stage-1 checkpoint;
+4. the non-video parts of a Stage-2 checkpoint (``clip_teacher.*``, ``text_encoder.*``,
+   ``vision_proj.*``, ``text_proj.*``, ``itm_head.*``, ``temp``, ``vision_encoder.pool_norm.*``).
+
+``pos_embed`` is a fixed (never trained) table: a checkpoint's table is loaded when its shape
+matches the model's grid, otherwise ignored because the model computes the official table for
+its own grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+log = logging.getLogger(__name__)
+
+_WRAPPERS = ("model", "module", "state_dict")
+_STAGE2_NON_VIDEO = ("clip_teacher.", "text_encoder.", "vision_proj.", "text_proj.", "itm_head.",
+                     "temp", "vision_encoder.pool_norm.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model; the message names the offending keys."""
+
+
+@dataclass
+class LoadReport:
+    source: str
+    kind: str
+    dropped: list[str] = field(default_factory=list)  # allow-listed keys of the file not loaded
+    fresh: list[str] = field(default_factory=list)    # allow-listed model keys left at init
+
+
+def read_checkpoint(uri: str) -> dict:
+    """Load a checkpoint file without executing anything from it (``weights_only=True``).
+
+    ``argparse.Namespace`` is allowed because official training checkpoints store their
+    ``args`` with it; it is a plain attribute bag.
+    """
+    if uri.startswith("s3://"):
+        from umt.data import storage
+
+        f: object = io.BytesIO(storage.read_bytes(uri))
+    else:
+        f = uri
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {uri}") from None
+    except Exception as e:  # unpickling refused or a corrupt file
+        raise CheckpointError(f"cannot read checkpoint {uri}: {e}") from e
+
+
+def extract_state_dict(obj: dict, source: str = "<checkpoint>") -> dict[str, torch.Tensor]:
+    """Unwrap ``{'model'|'module'|'state_dict': sd}``, strip DDP/compile prefixes, cast to fp32."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{source}: expected a dict of tensors, got {type(obj).__name__}")
+    for key in _WRAPPERS:
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    sd = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{source}: entry {k!r} is {type(v).__name__}, not a tensor; "
+                                  f"top-level keys are {sorted(obj)[:10]}")
+        for prefix in ("module.", "_orig_mod."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        sd[k] = v.float() if v.is_floating_point() else v
+    if not sd:
+        raise CheckpointError(f"{source}: no tensors found")
+    return sd
+
+
+def _detect(sd: dict[str, torch.Tensor]) -> str:
+    if any(k.startswith("vision_encoder.") for k in sd):
+        return "stage2"
+    if any(k.startswith("encoder.") for k in sd):
+        return "stage1"
+    return "backbone"
+
+
+def adapt_state_dict(sd: dict[str, torch.Tensor], model: nn.Module,
+                     source: str = "<checkpoint>") -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """Rename/drop keys of any accepted layout so they fit ``model`` (applying the allow-list)."""
+    from umt.models.pretrain import PretrainVisionTransformer
+
+    kind = _detect(sd)
+    report = LoadReport(source, kind)
+    sd = dict(sd)
+    if kind == "stage2":
+        for k in [k for k in sd if k.startswith(_STAGE2_NON_VIDEO)]:
+            report.dropped.append(k)
+            del sd[k]
+        sd = {k.removeprefix("vision_encoder."): v for k, v in sd.items()}
+
+    if isinstance(model, PretrainVisionTransformer):
+        if kind == "backbone":  # a fine-tuned file: only its encoder part can apply
+            sd = {f"encoder.{k}": v for k, v in sd.items()}
+        backbone = model.encoder
+        prefix = "encoder."
+    else:
+        backbone, prefix = model, ""
+        if kind in ("stage1", "stage2"):
+            for k in [k for k in sd if k.startswith("clip_decoder.")]:
+                report.dropped.append(k)
+                del sd[k]
+            sd = {k.removeprefix("encoder."): v for k, v in sd.items()}
+            if model.fc_norm is not None:  # mean pooling: official encoder.norm is unused
+                for k in [k for k in sd if k.startswith("norm.")]:
+                    report.dropped.append(k)
+                    del sd[k]
+                report.fresh += [k for k in model.state_dict() if k.startswith(("fc_norm.", "head."))]
+
+    # Classifier head of another size (or a model without one): keep the model's head.
+    own = model.state_dict()
+    for k in [f"{prefix}head.weight", f"{prefix}head.bias"]:
+        if k in sd and (k not in own or own[k].shape != sd[k].shape):
+            report.dropped.append(k)
+            del sd[k]
+            if k in own:
+                report.fresh.append(k)
+
+    # Fixed position table: loaded when it fits this grid, else the model's own table stands.
+    pos = sd.pop(f"{prefix}pos_embed", None)
+    if pos is not None:
+        if pos.shape == backbone.pos_embed.shape:
+            with torch.no_grad():
+                backbone.pos_embed.copy_(pos)
+        else:
+            report.dropped.append(f"{prefix}pos_embed")
+    return sd, report
+
+
+def load_pretrained(model: nn.Module, uri: str) -> LoadReport:
+    """Load ``uri`` into ``model`` strictly (see the module docstring for the allow-list)."""
+    sd, report = adapt_state_dict(extract_state_dict(read_checkpoint(uri), uri), model, uri)
+    own = model.state_dict()
+    own.pop("pos_embed", None)
+    own.pop("encoder.pos_embed", None)
+    shape_bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                 for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    missing = sorted(set(own) - set(sd) - set(report.fresh))
+    unexpected = sorted(set(sd) - set(own))
+    if shape_bad or missing or unexpected:
+        lines = [f"checkpoint {uri} ({report.kind} layout) does not fit {type(model).__name__}:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {missing[:20]}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {unexpected[:20]}")
+        if shape_bad:
+            lines.append(f"  shape mismatches: {shape_bad[:20]}")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(sd, strict=False)  # strictness enforced above, with the allow-list
+    if report.dropped or report.fresh:
+        log.info("loaded %s (%s): ignored %s; left at init %s", uri, report.kind,
+                 report.dropped, report.fresh)
+    return report

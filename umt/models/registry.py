@@ -1,0 +1,77 @@
+"""Model names, sizes and ``create_model`` (timm-style registered entrypoints).
+
+``umt_vit_{tiny,small,base,large}_patch16_224`` build the backbone/classifier,
+``umt_pretrain_vit_{...}_patch16_224`` the Stage-1 student. Every name is also registered in
+timm's registry, so ``timm.create_model('umt_vit_base_patch16_224', num_classes=400)`` works.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch.nn as nn
+from timm.models import register_model
+
+from umt.models.checkpoint import load_pretrained
+from umt.models.pretrain import PretrainVisionTransformer
+from umt.models.vit import VisionTransformer
+
+SIZES = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+}
+# Output width of the paper's teachers: CLIP-B/16 projects to 512, CLIP-L/14 to 768.
+TEACHER_DIM = {"tiny": 512, "small": 512, "base": 512, "large": 768}
+
+# timm's create_model passes these; our builders have no use for them.
+_TIMM_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only")
+
+_ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def _build(cls, size: str, pretrained, **kwargs) -> nn.Module:
+    for k in _TIMM_KWARGS:
+        kwargs.pop(k, None)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if cls is PretrainVisionTransformer:
+        kwargs.setdefault("teacher_dim", TEACHER_DIM[size])
+    model = cls(**{**SIZES[size], **kwargs})
+    # timm passes pretrained=True/False; a path or s3:// URI loads that checkpoint.
+    if isinstance(pretrained, str) and pretrained:
+        load_pretrained(model, pretrained)
+    elif pretrained is True:
+        raise ValueError("pretrained=True needs a checkpoint: pass its path or s3:// URI instead")
+    return model
+
+
+def _register(name: str, cls, size: str) -> None:
+    def entrypoint(pretrained=False, **kwargs):
+        return _build(cls, size, pretrained, **kwargs)
+
+    entrypoint.__name__ = name
+    entrypoint.__doc__ = f"{cls.__name__}, {size} size ({SIZES[size]})."
+    entrypoint.__module__ = __name__
+    _ENTRYPOINTS[name] = register_model(entrypoint)
+
+
+for _size in SIZES:
+    _register(f"umt_vit_{_size}_patch16_224", VisionTransformer, _size)
+    _register(f"umt_pretrain_vit_{_size}_patch16_224", PretrainVisionTransformer, _size)
+
+
+def list_models() -> list[str]:
+    return sorted(_ENTRYPOINTS)
+
+
+def create_model(name: str, pretrained: Optional[str] = None, **kwargs) -> nn.Module:
+    """Build a registered UMT model; ``pretrained`` is a checkpoint path / s3:// URI or None.
+
+    kwargs: ``num_frames``, ``img_size``, ``tubelet_size``, ``drop_path_rate``, ``num_classes``
+    (backbone), ``teacher_dim``/``align_layers`` (Stage-1 student), and ``embed_dim``/``depth``/
+    ``num_heads`` to override the named size. ``None`` values keep the defaults.
+    """
+    if name not in _ENTRYPOINTS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    return _ENTRYPOINTS[name](pretrained=pretrained or False, **kwargs)

@@ -1,0 +1,137 @@
+"""Pieces every training stage shares: optimizer groups, LR schedule, precision, metrics log,
+non-finite guard, run-directory files. The loops themselves live in one module per stage."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+from timm.scheduler import CosineLRScheduler
+
+from umt.configs import OptimConfig, to_yaml
+from umt.data import storage
+
+log = logging.getLogger("umt.train")
+
+
+def setup_logging(rank: int = 0) -> None:
+    """Readable console logs: time, rank, level, message (only rank 0 logs INFO)."""
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr, force=True,
+                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices/kernels only: no decay on 1-D params (norms, q/v bias), biases,
+    or names the model lists in ``no_weight_decay()`` (as the official optimizer factory)."""
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(".bias") or name in skip:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def scaled_lrs(cfg: OptimConfig, global_batch: int) -> tuple[float, float, float]:
+    """``(lr, min_lr, warmup_lr)`` scaled linearly by ``global_batch / 256`` (official rule)."""
+    scale = global_batch / 256
+    return cfg.base_lr * scale, cfg.min_lr * scale, cfg.warmup_lr * scale
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, device: torch.device):
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=tuple(cfg.betas),
+                             eps=cfg.eps, fused=cfg.fused and device.type == "cuda")
+
+
+def build_scheduler(optimizer, total_steps: int, warmup_steps: int, min_lr: float,
+                    warmup_lr: float) -> CosineLRScheduler:
+    """Per-step cosine decay to ``min_lr`` after a linear warmup from ``warmup_lr`` (timm)."""
+    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    return CosineLRScheduler(optimizer, t_initial=max(total_steps - warmup_steps, 1),
+                             lr_min=min_lr, warmup_t=warmup_steps, warmup_lr_init=warmup_lr,
+                             warmup_prefix=True, t_in_epochs=False)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on GPUs when asked; plain fp32 on CPUs (bf16 there is slow, not faster)."""
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be bf16 or fp32, got {precision!r}")
+    if device.type == "cuda" and precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class NonFiniteGuard:
+    """Counts skipped non-finite steps; stops the run after ``limit`` in a row."""
+
+    def __init__(self, limit: int):
+        self.limit, self.consecutive, self.total = limit, 0, 0
+
+    def update(self, finite: bool, step: int) -> None:
+        if finite:
+            self.consecutive = 0
+            return
+        self.consecutive += 1
+        self.total += 1
+        log.warning("step %d: non-finite loss, update skipped (%d in a row, %d in total)",
+                    step, self.consecutive, self.total)
+        if self.consecutive >= self.limit:
+            raise FloatingPointError(
+                f"loss was non-finite for {self.consecutive} consecutive steps (up to step {step}); "
+                f"stopping. Lower optim.base_lr, enable optim.clip_grad, or check the data; "
+                f"resume continues from the last good checkpoint.")
+
+
+class RunFiles:
+    """A run's small files (config.yaml, metrics.jsonl, summary.json) in a local folder or
+    under an s3:// prefix. For S3 the metrics file is kept locally and uploaded on ``flush``."""
+
+    def __init__(self, output_dir: str, enabled: bool = True):
+        self.output_dir, self.enabled = output_dir, enabled
+        if output_dir.startswith("s3://"):
+            safe = output_dir[5:].replace("/", "_")
+            self.local = Path(os.environ.get("UMT_CACHE", Path.home() / ".cache" / "umt")) / "runs" / safe
+        else:
+            self.local = Path(output_dir)
+        if enabled:
+            self.local.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.local / "metrics.jsonl"
+        self._last = time.time()
+
+    def write_config(self, cfg: Any) -> None:
+        if self.enabled:
+            storage.write_bytes(storage.join(self.output_dir, "config.yaml"), to_yaml(cfg).encode())
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def flush(self) -> None:
+        if self.enabled and self.output_dir.startswith("s3://") and self.metrics_path.exists():
+            storage.upload_file(str(self.metrics_path), storage.join(self.output_dir, "metrics.jsonl"))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        if self.enabled:
+            storage.write_bytes(storage.join(self.output_dir, "summary.json"),
+                                json.dumps(summary, indent=2).encode())
+            self.flush()
+
+
+def finite_or_none(x: float) -> Optional[float]:
+    return x if math.isfinite(x) else None

@@ -1,0 +1,52 @@
+"""Process-group setup from the standard torchrun environment only (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT) — what torchrun sets, on a laptop or in a PyTorchJob pod.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str = "auto") -> DistInfo:
+    """Initialise the process group when WORLD_SIZE > 1 (NCCL on GPUs, gloo on CPUs)."""
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+    return DistInfo(rank, world, local, dev)
+
+
+def all_finite(x: torch.Tensor, info: DistInfo) -> bool:
+    """True when ``x`` is finite on every rank (all ranks must agree to skip a step together)."""
+    flag = torch.isfinite(x.detach()).all().to(torch.int32)
+    if info.world_size > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
