@@ -64,6 +64,11 @@ class DataConfig:
     # Synthetic source only: number of distinct clips it cycles through.
     synthetic_size: int = 512
     synthetic_num_classes: int = 4
+    # WebDataset sources: video decoder (decord | pyav) and the multi-view test protocol
+    # (temporal clips x spatial crops per video, as the official fine-tuning evaluation).
+    decoder: str = "decord"
+    test_num_clips: int = 1
+    test_num_crops: int = 1
 
 
 @dataclass
@@ -88,7 +93,10 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     output_dir: str = "runs/stage1"
-    steps: int = 1000
+    steps: int = 1000  # total optimizer steps; the LR schedule spans them
+    # End this invocation after this step (checkpointing there) without changing the schedule:
+    # time-boxed or preemptible jobs; a later run with the same output_dir resumes.
+    stop_at: Optional[int] = None
     batch_size: int = 64  # per process
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda

@@ -93,7 +93,7 @@ def load_latest(output_dir: str) -> Optional[dict[str, Any]]:
     candidates += [storage.join(folder, f"step_{s:08d}.pt") for s in reversed(list_steps(output_dir))]
     for uri in dict.fromkeys(candidates):
         try:
-            return load(uri)
+            return {**load(uri), "uri": uri}
         except Exception as e:  # keep looking for an older complete checkpoint
             log.warning("skipping unreadable checkpoint %s: %s", uri, e)
     return None

@@ -68,7 +68,7 @@ def train(cfg: Stage1Config) -> dict[str, Any]:
     optimizer = build_optimizer(student, cfg.optim, lr, device)
     scheduler = build_scheduler(optimizer, tc.steps, cfg.optim.warmup_steps, min_lr, warmup_lr)
 
-    start = 0
+    start, last_ckpt = 0, ""
     state = checkpoint.load_latest(tc.output_dir) if tc.resume else None
     if state is not None:
         student.load_state_dict(state["model"])
@@ -76,6 +76,7 @@ def train(cfg: Stage1Config) -> dict[str, Any]:
         scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
         start = state["step"]
+        last_ckpt = state["uri"]
         log.info("resumed from step %d of %s", start, tc.output_dir)
     scheduler.step_update(start)
     model = DDP(student, device_ids=[dist.local_rank] if device.type == "cuda" else None) \
@@ -93,10 +94,10 @@ def train(cfg: Stage1Config) -> dict[str, Any]:
     guard = NonFiniteGuard(tc.max_nonfinite)
     model.train()
     loss_val: Optional[float] = None
-    last_ckpt = ""
     t_last, steps_since = time.perf_counter(), 0
+    end = min(tc.steps, tc.stop_at) if tc.stop_at else tc.steps
     bar = tqdm(total=tc.steps, initial=start, disable=not dist.is_main, desc="stage1", unit="step")
-    for step in range(start, tc.steps):
+    for step in range(start, end):
         video = next(loader)["video"].to(device, non_blocking=True)        # [B, 3, T, H, W]
         targets, attn = teacher(video)                                      # [K,B,N,C], [B,T,HW]
         # Mask noise comes from one stream per step for the global batch, so a clip's mask does
@@ -122,7 +123,7 @@ def train(cfg: Stage1Config) -> dict[str, Any]:
         bar.update(1)
 
         done = step + 1
-        if done % tc.log_every == 0 or done == tc.steps:
+        if done % tc.log_every == 0 or done == end:
             loss_val = float(loss.detach())
             elapsed = time.perf_counter() - t_last
             record = {"step": done, "loss": finite_or_none(loss_val),
@@ -134,7 +135,7 @@ def train(cfg: Stage1Config) -> dict[str, Any]:
             log.info("step %d/%d loss %.4f lr %.3e %.1f clips/s %.3f s/step", done, tc.steps,
                      loss_val, record["lr"], record["clips_per_s"], record["step_time_s"])
             t_last, steps_since = time.perf_counter(), 0
-        if dist.is_main and (done % tc.ckpt_every == 0 or done == tc.steps):
+        if dist.is_main and (done % tc.ckpt_every == 0 or done == end):
             last_ckpt = checkpoint.save(tc.output_dir, done, {
                 "model": student.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": checkpoint.rng_state(),
@@ -144,7 +145,7 @@ def train(cfg: Stage1Config) -> dict[str, Any]:
             log.info("saved %s", last_ckpt)
     bar.close()
 
-    summary = {"stage": "stage1", "steps": tc.steps, "final_loss": loss_val,
+    summary = {"stage": "stage1", "steps": end, "total_steps": tc.steps, "final_loss": loss_val,
                "nonfinite_skipped": guard.total, "global_batch": global_batch,
                "checkpoint": last_ckpt, "output_dir": tc.output_dir}
     files.write_summary(summary)

@@ -1,0 +1,286 @@
+"""Read what ``umt shard`` is asked to shard: a CSV / JSON Lines manifest, or a folder of videos.
+
+Manifest columns (CSV header or JSON keys):
+
+==========  ========  ==========================================================================
+column      required  meaning
+==========  ========  ==========================================================================
+video       yes       local path, ``s3://`` URI, or a path relative to the manifest's folder
+label       no        class name, or a class index (when every label is a non-negative integer)
+caption     no        one caption, or several: a JSON list in JSONL, a JSON list string in CSV
+start, end  no        clip range in seconds (float); ``end`` > ``start``
+id          no        your identifier, kept in the sample's ``.json``
+==========  ========  ==========================================================================
+
+A folder (or ``s3://`` prefix) is listed recursively; each video's label is its parent folder's
+name (the Kinetics layout ``<root>/<class>/<video>.mp4``); files directly under the root have no
+label. Images (jpg/png/webp/bmp) are accepted everywhere and become 1-frame videos.
+
+Everything is checked before any work starts: a problem with the manifest itself raises
+:class:`ManifestError` naming the file, line and problem. A listed file that turns out to be
+missing or broken is *not* a manifest error; sharding records it as a failure.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from umt.data import storage
+
+VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv",
+              ".3gp", ".ts", ".gif")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+COLUMNS = ("video", "label", "caption", "start", "end", "id")
+
+
+class ManifestError(ValueError):
+    """The manifest itself cannot be used (unreadable, no ``video`` column, a malformed row)."""
+
+
+@dataclass
+class Item:
+    """One input to shard."""
+
+    index: int  # position in the manifest / listing; failures are reported by it
+    video: str  # absolute local path or s3:// URI
+    label: Optional[int] = None
+    captions: list[str] = field(default_factory=list)
+    start: Optional[float] = None
+    end: Optional[float] = None
+    id: Optional[str] = None
+    line: int = 0  # manifest line (1-based) for messages; 0 for folder listings
+
+    @property
+    def is_image(self) -> bool:
+        return self.video.lower().endswith(IMAGE_EXTS)
+
+
+@dataclass
+class Manifest:
+    items: list[Item]
+    classes: list[str]
+    sha256: str  # of the manifest bytes (or of the sorted listing for a folder)
+    input: str
+
+
+def is_media(uri: str) -> bool:
+    return uri.lower().endswith(VIDEO_EXTS + IMAGE_EXTS)
+
+
+def _resolve_video(base_dir: str, value: str, where: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ManifestError(f"{where}: empty 'video' value")
+    try:
+        storage.check_uri(value)
+    except ValueError as e:
+        raise ManifestError(f"{where}: {e}") from None
+    if storage.is_s3(value) or os.path.isabs(value) or value.startswith("file://"):
+        return value
+    return storage.join(base_dir, value) if base_dir else value
+
+
+def _parse_float(value: Any, name: str, where: str) -> Optional[float]:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ManifestError(f"{where}: {name!r} must be a number of seconds, got {value!r}") from None
+    if not x >= 0 or x == float("inf"):
+        raise ManifestError(f"{where}: {name!r} must be a finite number >= 0, got {value!r}")
+    return x
+
+
+def _parse_captions(value: Any, where: str) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{where}: 'caption' looks like a JSON list but is not: {e}") from None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(c, str) for c in value):
+        return [c for c in value if c]
+    raise ManifestError(f"{where}: 'caption' must be a string or a list of strings, got {value!r}")
+
+
+def _row_to_item(row: dict, index: int, line: int, base_dir: str, where: str) -> tuple[Item, Any]:
+    if "video" not in row or row["video"] is None:
+        raise ManifestError(f"{where}: no 'video' value")
+    if not isinstance(row["video"], str):
+        raise ManifestError(f"{where}: 'video' must be a string, got {row['video']!r}")
+    item = Item(index=index, video=_resolve_video(base_dir, row["video"], where), line=line)
+    item.captions = _parse_captions(row.get("caption"), where)
+    item.start = _parse_float(row.get("start"), "start", where)
+    item.end = _parse_float(row.get("end"), "end", where)
+    if item.end is not None and item.end <= (item.start or 0.0):
+        raise ManifestError(f"{where}: 'end' ({item.end}) must be greater than 'start' ({item.start or 0})")
+    if row.get("id") not in (None, ""):
+        item.id = str(row["id"])
+    label = row.get("label")
+    if label is not None and not isinstance(label, (str, int)) or isinstance(label, bool):
+        raise ManifestError(f"{where}: 'label' must be a class name or index, got {label!r}")
+    if isinstance(label, str):
+        label = label.strip() or None
+    return item, label
+
+
+def _read_csv(text: str, name: str, base_dir: str) -> list[tuple[Item, Any]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames or []
+    if "video" not in [h.strip() for h in header]:
+        raise ManifestError(f"{name}: line 1: no 'video' column in the CSV header {header!r}")
+    out = []
+    try:
+        for row in reader:
+            line = reader.line_num
+            where = f"{name}: line {line}"
+            if None in row:  # more cells than header columns
+                raise ManifestError(f"{where}: {len(header) + len(row[None])} fields, the header has "
+                                    f"{len(header)}")
+            if any(v is None for v in row.values()):
+                raise ManifestError(f"{where}: fewer fields than the header's {len(header)}")
+            row = {k.strip(): v for k, v in row.items()}
+            if not any(v.strip() for v in row.values()):
+                continue  # a blank line
+            out.append(_row_to_item(row, len(out), line, base_dir, where))
+    except csv.Error as e:
+        raise ManifestError(f"{name}: line {reader.line_num}: malformed CSV: {e}") from None
+    return out
+
+
+def _read_jsonl(text: str, name: str, base_dir: str) -> list[tuple[Item, Any]]:
+    if text.lstrip().startswith("["):  # a .json file holding one list of objects
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{name}: line {e.lineno}: not valid JSON: {e.msg}") from None
+        out = []
+        for i, row in enumerate(rows):
+            where = f"{name}: entry {i}"
+            if not isinstance(row, dict):
+                raise ManifestError(f"{where}: must be a JSON object, got {type(row).__name__}")
+            out.append(_row_to_item(row, len(out), i + 1, base_dir, where))
+        return out
+    out = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{name}: line {line_no}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{where}: not valid JSON: {e}") from None
+        if not isinstance(row, dict):
+            raise ManifestError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
+        out.append(_row_to_item(row, len(out), line_no, base_dir, where))
+    return out
+
+
+def _assign_labels(rows: list[tuple[Item, Any]], name: str,
+                   classes: Optional[list[str]]) -> list[str]:
+    """Turn raw labels into indices; return the class names.
+
+    Indices when every label is a non-negative integer (or integer string); names otherwise,
+    mapped through ``classes`` when given (so train and val shards share one mapping) or
+    through the sorted set of names.
+    """
+    raw = [(item, lab) for item, lab in rows if lab is not None]
+    if not raw:
+        return list(classes or [])
+    as_int = all(isinstance(lab, int) or (isinstance(lab, str) and lab.isdigit()) for _, lab in raw)
+    if as_int and not classes:
+        for item, lab in raw:
+            item.label = int(lab)
+            if item.label < 0:
+                raise ManifestError(f"{name}: line {item.line}: label index must be >= 0")
+        return [str(i) for i in range(max(i.label for i, _ in raw) + 1)]
+    names = list(classes) if classes else sorted({str(lab) for _, lab in raw})
+    lookup = {c: i for i, c in enumerate(names)}
+    for item, lab in raw:
+        if as_int and str(lab) not in lookup:
+            item.label = int(lab)
+            if item.label >= len(names):
+                raise ManifestError(f"{name}: line {item.line}: label index {lab} out of range for "
+                                    f"{len(names)} classes")
+            continue
+        if str(lab) not in lookup:
+            raise ManifestError(f"{name}: line {item.line}: label {lab!r} is not one of the "
+                                f"{len(names)} given classes")
+        item.label = lookup[str(lab)]
+    return names
+
+
+def _list_folder(root: str, classes: Optional[list[str]]) -> Manifest:
+    uris = [u for u in storage.list_uris(root) if is_media(u)]
+    if not uris:
+        raise ManifestError(f"{root}: no videos or images found (extensions: "
+                            f"{', '.join(VIDEO_EXTS + IMAGE_EXTS)})")
+    rows = []
+    prefix = root.rstrip("/") + "/" if storage.is_s3(root) else os.path.join(root, "")
+    for i, uri in enumerate(uris):
+        rel = uri[len(prefix):] if uri.startswith(prefix) else os.path.basename(uri)
+        parts = rel.replace(os.sep, "/").split("/")
+        label = parts[-2] if len(parts) >= 2 else None
+        rows.append((Item(index=i, video=uri), label))
+    names = _assign_labels(rows, root, classes) if any(lab for _, lab in rows) else list(classes or [])
+    listing = "\n".join(uris).encode()
+    return Manifest(items=[it for it, _ in rows], classes=names,
+                    sha256=hashlib.sha256(listing).hexdigest(), input=root)
+
+
+def read_classes(uri: str) -> list[str]:
+    """A class-names file: one name per line (line order = index), or a JSON list."""
+    text = storage.read_bytes(uri).decode("utf-8")
+    if text.lstrip().startswith("["):
+        names = json.loads(text)
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise ManifestError(f"{uri}: class list must be non-empty, unique strings")
+    return names
+
+
+def load_manifest(uri: str, classes: Optional[list[str]] = None) -> Manifest:
+    """Parse a manifest file (``.csv``, ``.jsonl``/``.json``) or list a folder / s3:// prefix."""
+    try:
+        uri = storage.check_uri(str(uri))
+    except ValueError as e:
+        raise ManifestError(str(e)) from None
+    lower = uri.lower()
+    is_file = lower.endswith((".csv", ".jsonl", ".json", ".ndjson"))
+    if not is_file:
+        if not storage.is_s3(uri) and not os.path.isdir(uri):
+            if os.path.isfile(uri):
+                raise ManifestError(f"{uri}: unknown manifest type; use .csv or .jsonl, or a folder")
+            raise ManifestError(f"{uri}: no such manifest or folder")
+        return _list_folder(uri, classes)
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise ManifestError(f"{uri}: no such manifest") from None
+    except OSError as e:
+        raise ManifestError(f"{uri}: cannot read manifest: {e}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{uri}: manifest is not UTF-8 text: {e}") from None
+    base_dir = uri.rsplit("/", 1)[0] if "/" in uri else ""
+    if lower.endswith(".csv"):
+        rows = _read_csv(text, uri, base_dir)
+    else:
+        rows = _read_jsonl(text, uri, base_dir)
+    if not rows:
+        raise ManifestError(f"{uri}: the manifest lists no videos")
+    names = _assign_labels(rows, uri, classes)
+    return Manifest(items=[it for it, _ in rows], classes=names,
+                    sha256=hashlib.sha256(data).hexdigest(), input=uri)

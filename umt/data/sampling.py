@@ -1,0 +1,50 @@
+"""Sparse segment sampling of frame indices, as the official UMT / VideoMAE code does it.
+
+The video (or its ``[first, last)`` clip range) is cut into ``num_frames`` equal segments and one
+frame is taken from each: a random one for training (TSN-style, every epoch sees other frames),
+a fixed one for testing. Multi-view testing takes ``num_clips`` clips per video whose frames sit
+at ``(k + 1) / (num_clips + 1)`` of each segment (``kinetics_sparse``'s ``_get_seq_frames``), so
+one clip is the middle frame of every segment.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def segment_indices(num_video_frames: int, num_frames: int, *, train: bool,
+                    rng: np.random.Generator | None = None, clip_idx: int = 0,
+                    num_clips: int = 1, first: int = 0, last: int | None = None) -> list[int]:
+    """Frame indices for one clip.
+
+    Args:
+        num_video_frames: frames in the decoded video (>= 1).
+        num_frames: T, frames per clip.
+        train: random frame per segment (needs ``rng``) vs the fixed test position.
+        clip_idx, num_clips: which of the ``num_clips`` test views (ignored for training).
+        first, last: restrict sampling to frames ``[first, last)`` (a clip range).
+
+    Returns:
+        ``T`` non-decreasing indices in ``[first, last)``. Videos shorter than ``T`` frames repeat
+        frames (each segment then spans < 1 frame), as the official code pads with the last frame.
+    """
+    if num_video_frames < 1:
+        raise ValueError(f"cannot sample from a video with {num_video_frames} frames")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    last = num_video_frames if last is None else min(last, num_video_frames)
+    first = min(max(first, 0), last - 1)
+    length = last - first
+    # Segment boundaries as floats: with length < T the segments are shorter than a frame and
+    # neighbouring segments map to the same frame (padding) instead of failing.
+    bounds = np.linspace(0, length, num_frames + 1)
+    if train:
+        if rng is None:
+            raise ValueError("training sampling needs an rng")
+        offsets = bounds[:-1] + rng.random(num_frames) * (bounds[1:] - bounds[:-1])
+    else:
+        if not 0 <= clip_idx < num_clips:
+            raise ValueError(f"clip_idx {clip_idx} not in [0, {num_clips})")
+        offsets = bounds[:-1] + (bounds[1:] - bounds[:-1]) * (clip_idx + 1) / (num_clips + 1)
+    idx = np.minimum(np.floor(offsets).astype(np.int64), length - 1) + first
+    return [int(i) for i in idx]

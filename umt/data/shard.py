@@ -1,0 +1,463 @@
+"""``umt shard``: validate, transcode and pack videos into WebDataset shards + ``dataset.json``.
+
+    umt shard --input s3://raw/k400/train.csv --output s3://data/k400-train \\
+        --short-side 320 --max-fps 30 --samples-per-shard 1000 --workers 16
+
+Pipeline: read the manifest (all its errors surface before any work) -> worker processes each
+fetch one input, test-decode it and transcode it (``umt.data.transcode``) -> the main process
+packs the results, in manifest order, into ``shard-NNNNNN.tar`` files (``<key>.mp4|jpg``,
+``<key>.json``, ``<key>.txt``, ``<key>.cls``) -> uploads them (background thread for S3) ->
+writes ``dataset.json``.
+
+Guarantees:
+- Bad inputs never crash the step; each is recorded with its reason. Even a decoder that kills
+  its process (decord segfaults on some files) or hangs only costs that one input.
+- Keys are content hashes, tars have fixed mtimes and manifest order is kept, so a re-run
+  produces the same shards.
+- Resumable: every finished shard gets a ``shard-NNNNNN_stats.json`` *after* its tar is in place;
+  a re-run re-verifies each (size and sha256 locally, size and ETag on S3) and continues after
+  the last good one. Tars appear under their final name only when complete (rename / S3 PUT).
+- The step fails (:class:`ShardingFailed`) only when the failure rate exceeds the limit; then
+  ``failures.json`` lists every failure and no ``dataset.json`` is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import tempfile
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+import umt
+from umt.data import dataset_json, storage
+from umt.data.manifest import Item, Manifest, load_manifest
+from umt.data.transcode import (InputError, TranscodeSettings, check_video, process_image,
+                                transcode_video)
+
+log = logging.getLogger(__name__)
+
+SHARD_PATTERN = "shard-{:06d}.tar"
+STATS_SUFFIX = "_stats.json"
+DEFAULT_SAMPLES_PER_SHARD = 1000
+TAR_MTIME = 0  # fixed: identical inputs give byte-identical tars
+
+
+class ShardingFailed(RuntimeError):
+    """Too many inputs failed; the message says how many and where the list is."""
+
+
+# ----------------------------------------------------------------------------- one input (worker)
+
+def process_item(item: Item, settings: TranscodeSettings, classes: list[str]) -> dict[str, Any]:
+    """Fetch, validate and (optionally) transcode one input. Runs in a worker process.
+
+    Returns ``{"ok": True, "key", "ext", "media", "meta"}`` or ``{"ok": False, "reason"}``.
+    """
+    try:
+        try:
+            data = storage.read_bytes(item.video)
+        except FileNotFoundError:
+            raise InputError("missing: file not found") from None
+        except IsADirectoryError:
+            raise InputError("not a file (a directory)") from None
+        except OSError as e:
+            raise InputError(f"unreadable: {e}") from None
+        if not data:
+            raise InputError("empty file (0 bytes)")
+        digest = hashlib.sha256(data).hexdigest()
+        clip = f"{item.start}-{item.end}" if (item.start or item.end) else ""
+        # Content hash (plus the clip range: two clips of one file are two samples).
+        key = hashlib.sha256(f"{digest}:{clip}".encode()).hexdigest()[:32] if clip else digest[:32]
+        if item.is_image:
+            media, ext, meta = process_image(data, settings)
+            meta["media"] = "image"
+        elif settings.enabled:
+            media, meta = transcode_video(data, settings, item.start, item.end)
+            ext, meta["media"] = "mp4", "video"
+        else:
+            media, meta = data, check_video(data, settings)
+            ext = os.path.splitext(item.video)[1].lstrip(".").lower() or "mp4"
+            meta["media"] = "video"
+            # Untranscoded clips keep their range; the loader samples inside it.
+            if item.start is not None:
+                meta["start"] = item.start
+            if item.end is not None:
+                meta["end"] = item.end
+    except InputError as e:
+        return {"ok": False, "reason": str(e)}
+    except Exception as e:  # never let one input stop the step; the reason says what happened
+        return {"ok": False, "reason": f"unexpected error: {type(e).__name__}: {e}"[:300]}
+    meta.update(source=item.video, index=item.index, source_sha256=digest)
+    if item.id is not None:
+        meta["id"] = item.id
+    if item.label is not None:
+        meta["label"] = item.label
+        if item.label < len(classes):
+            meta["label_name"] = classes[item.label]
+    if item.captions:
+        meta["captions"] = item.captions
+    return {"ok": True, "key": key, "ext": ext, "media": media, "meta": meta}
+
+
+# ----------------------------------------------------------------------- parallel, crash-isolated
+
+def _new_pool(workers: int) -> ProcessPoolExecutor:
+    # spawn, not fork: the main process runs upload threads, and forking a threaded process can
+    # deadlock in the child. The workers only import umt.data.* (no torch), so spawning is cheap.
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _kill_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool whose worker hangs or died; only this pool's own processes are touched."""
+    for proc in list(getattr(pool, "_processes", {}).values()):
+        if proc.is_alive():
+            proc.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _run_isolated(item: Item, settings, classes, timeout: float) -> dict[str, Any]:
+    """Run one suspect input alone in a fresh process: a crash or hang blames only it."""
+    pool = _new_pool(1)
+    try:
+        return pool.submit(process_item, item, settings, classes).result(timeout=timeout)
+    except BrokenProcessPool:
+        return {"ok": False, "reason": "decoder crashed the worker process (corrupt input)"}
+    except FutureTimeout:
+        return {"ok": False, "reason": f"timed out after {timeout:.0f} s (decoder hang?)"}
+    finally:
+        _kill_pool(pool)
+
+
+def process_in_order(items: list[Item], settings: TranscodeSettings, classes: list[str],
+                     workers: int, timeout: float) -> Iterator[tuple[Item, dict[str, Any]]]:
+    """Yield ``(item, result)`` in input order, processing up to ``4 * workers`` ahead."""
+    pool = _new_pool(workers)
+    pending: deque[tuple[Item, Future]] = deque()
+    todo = iter(items)
+
+    def fill():
+        while len(pending) < 4 * workers:
+            it = next(todo, None)
+            if it is None:
+                return
+            pending.append((it, pool.submit(process_item, it, settings, classes)))
+
+    try:
+        fill()
+        while pending:
+            item, fut = pending.popleft()
+            try:
+                result = fut.result(timeout=timeout)
+            except (BrokenProcessPool, FutureTimeout):
+                # A worker died or hangs, and we cannot tell which input did it: restart the
+                # pool, run this input alone, resubmit the others (a culprit among them breaks
+                # the new pool and is isolated when it reaches the head of the queue).
+                _kill_pool(pool)
+                pool = _new_pool(workers)
+                result = _run_isolated(item, settings, classes, timeout)
+                pending = deque((it, pool.submit(process_item, it, settings, classes))
+                                for it, _ in pending)
+            yield item, result
+            fill()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------------------------- shard output
+
+@dataclass
+class _OpenShard:
+    index: int
+    first_index: int
+    tmp_path: str
+    file: Any
+    writer: Any
+    keys: list[str] = field(default_factory=list)
+    num_bytes: int = 0
+    failures: list[dict] = field(default_factory=list)
+
+
+def _fingerprint(manifest: Manifest, settings: TranscodeSettings, samples_per_shard, shard_bytes) -> str:
+    """What a finished shard depends on; stats with another fingerprint are not reused."""
+    blob = json.dumps({"manifest": manifest.sha256, "settings": settings.to_dict(),
+                       "classes": manifest.classes, "samples_per_shard": samples_per_shard,
+                       "shard_bytes": shard_bytes, "format_version": dataset_json.FORMAT_VERSION},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _etag(uri: str) -> str:
+    bucket, key = storage.split_s3(uri)
+    return str(storage.s3_client().head_object(Bucket=bucket, Key=key)["ETag"])
+
+
+def _verify_stats(output: str, k: int, fingerprint: str, first_index: int) -> Optional[dict]:
+    """The stats of shard k if it is complete and intact, else None."""
+    tar_uri = storage.join(output, SHARD_PATTERN.format(k))
+    try:
+        stats = json.loads(storage.read_bytes(tar_uri[:-4] + STATS_SUFFIX))
+    except (FileNotFoundError, ValueError):
+        return None
+    if (not isinstance(stats, dict) or stats.get("fingerprint") != fingerprint
+            or stats.get("first_index") != first_index):
+        return None
+    try:
+        if storage.size(tar_uri) != stats.get("num_bytes"):
+            return None
+        if storage.is_s3(tar_uri):
+            if _etag(tar_uri) != stats.get("etag"):
+                return None
+        elif _sha256_file(tar_uri) != stats.get("sha256"):
+            return None
+    except FileNotFoundError:
+        return None
+    return stats
+
+
+class _ShardSink:
+    """Writes shards to a local folder (temp + rename) or S3 (local temp + background upload)."""
+
+    def __init__(self, output: str, fingerprint: str):
+        self.output = output
+        self.fingerprint = fingerprint
+        self.remote = storage.is_s3(output)
+        self.staging = tempfile.mkdtemp(prefix="umt-shard-") if self.remote else output
+        if not self.remote:
+            os.makedirs(output, exist_ok=True)
+        # Two uploads in flight: overlap network with encoding, bound local disk use.
+        self.uploader = ThreadPoolExecutor(2) if self.remote else None
+        self.uploads: list[Future] = []
+        self.finished: dict[int, dict] = {}
+
+    def open(self, index: int, first_index: int) -> _OpenShard:
+        import webdataset as wds
+
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{SHARD_PATTERN.format(index)}-", dir=self.staging)
+        f = os.fdopen(fd, "wb")
+        return _OpenShard(index, first_index, tmp, f, wds.TarWriter(f, mtime=TAR_MTIME))
+
+    def close(self, shard: _OpenShard, next_index: int) -> None:
+        shard.writer.close()
+        shard.file.flush()
+        os.fsync(shard.file.fileno())
+        shard.file.close()
+        name = SHARD_PATTERN.format(shard.index)
+        stats = {"shard": name, "num_samples": len(shard.keys), "num_bytes": os.path.getsize(shard.tmp_path),
+                 "sha256": _sha256_file(shard.tmp_path), "first_index": shard.first_index,
+                 "next_index": next_index, "keys": shard.keys, "failures": shard.failures,
+                 "fingerprint": self.fingerprint, "created_by": f"umt {umt.__version__}"}
+        if self.remote:
+            self.uploads.append(self.uploader.submit(self._publish, shard.tmp_path, name, stats))
+        else:
+            self._publish(shard.tmp_path, name, stats)
+
+    def _publish(self, tmp_path: str, name: str, stats: dict) -> None:
+        uri = storage.join(self.output, name)
+        if self.remote:
+            storage.upload_file(tmp_path, uri)
+            stats["etag"] = _etag(uri)
+            os.unlink(tmp_path)
+        else:
+            os.chmod(tmp_path, storage._FILE_MODE)
+            os.replace(tmp_path, uri)  # atomic: readers never see a partial tar under this name
+        # Stats last: their presence is what marks the shard complete.
+        storage.write_bytes(uri[:-4] + STATS_SUFFIX, json.dumps(stats).encode())
+        self.finished[int(name[6:12])] = stats
+
+    def abort(self, shard: Optional[_OpenShard]) -> None:
+        if shard is not None:
+            shard.file.close()
+            if os.path.exists(shard.tmp_path):
+                os.unlink(shard.tmp_path)
+
+    def wait(self) -> None:
+        for fut in self.uploads:
+            fut.result()  # re-raises an upload error: the step must not report success
+        self.uploads.clear()
+        if self.uploader:
+            self.uploader.shutdown()
+        if self.remote:
+            try:
+                os.rmdir(self.staging)
+            except OSError:
+                pass
+
+
+def _sample(key: str, result: dict) -> dict[str, bytes]:
+    meta = dict(result["meta"], key=key)
+    sample = {"__key__": key, result["ext"]: result["media"],
+              "json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode()}
+    if meta.get("captions"):
+        sample["txt"] = meta["captions"][0].encode()
+    if meta.get("label") is not None:
+        sample["cls"] = str(meta["label"]).encode()
+    return sample
+
+
+def _remove_stale(output: str, num_shards: int) -> None:
+    """Shards numbered past the end, left by an earlier run with other settings."""
+    for uri in storage.list_uris(output):
+        name = uri.rsplit("/", 1)[-1]
+        if name.startswith("shard-") and (name.endswith(".tar") or name.endswith(STATS_SUFFIX)):
+            try:
+                k = int(name[6:12])
+            except ValueError:
+                continue
+            if k >= num_shards:
+                storage.delete(uri)
+
+
+# ------------------------------------------------------------------------------------ the step
+
+def parse_size(text: str | int | None) -> Optional[int]:
+    """``"1GB"``, ``"500MiB"``, ``"2e9"``, ``1000`` -> bytes (None stays None)."""
+    if text is None or isinstance(text, int):
+        return text
+    s = str(text).strip().upper().replace(" ", "")
+    units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40,
+             "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "K": 1 << 10, "M": 1 << 20,
+             "G": 1 << 30, "B": 1}
+    for unit, factor in units.items():
+        if s.endswith(unit):
+            number = s[:-len(unit)]
+            break
+    else:
+        number, factor = s, 1
+    try:
+        value = int(float(number) * factor)
+    except ValueError:
+        raise ValueError(f"cannot parse size {text!r} (examples: 1GB, 500MiB, 2000000)") from None
+    if value <= 0:
+        raise ValueError(f"size must be > 0, got {text!r}")
+    return value
+
+
+def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = None, *,
+                  samples_per_shard: Optional[int] = None, shard_bytes: Optional[int] = None,
+                  workers: Optional[int] = None, max_failure_rate: float = 0.05,
+                  classes: Optional[list[str]] = None, item_timeout: float = 600.0,
+                  progress: bool = True) -> dataset_json.DatasetInfo:
+    """Shard ``input`` (manifest, folder or s3:// prefix) into ``output``; return its dataset.json.
+
+    A shard closes at ``samples_per_shard`` samples or once it holds ``shard_bytes`` bytes
+    (default: 1000 samples). Raises :class:`ManifestError` for a bad manifest (before any work)
+    and :class:`ShardingFailed` when more than ``max_failure_rate`` of the inputs fail.
+    """
+    from tqdm import tqdm
+
+    settings = settings or TranscodeSettings()
+    storage.check_uri(output)
+    if samples_per_shard is None and shard_bytes is None:
+        samples_per_shard = DEFAULT_SAMPLES_PER_SHARD
+    if samples_per_shard is not None and samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    if not 0.0 <= max_failure_rate <= 1.0:
+        raise ValueError(f"max_failure_rate must be in [0, 1], got {max_failure_rate}")
+    workers = max(1, workers or os.cpu_count() or 1)
+    manifest = load_manifest(input, classes=classes)
+    items = manifest.items
+    fingerprint = _fingerprint(manifest, settings, samples_per_shard, shard_bytes)
+    # A dataset.json from an earlier run may describe shards this run is about to replace.
+    for stale in (dataset_json.FILENAME, "failures.json"):
+        storage.delete(storage.join(output, stale))
+
+    # Resume: keep the contiguous run of verified shards from the previous attempt.
+    done: list[dict] = []
+    next_index = 0
+    while True:
+        stats = _verify_stats(output, len(done), fingerprint, next_index)
+        if stats is None:
+            break
+        done.append(stats)
+        next_index = stats["next_index"]
+    if done:
+        log.info("resuming: %d complete shards cover inputs [0, %d)", len(done), next_index)
+    seen = {k for s in done for k in s["keys"]}
+    failures = [f for s in done for f in s["failures"]]
+
+    sink = _ShardSink(output, fingerprint)
+    shard: Optional[_OpenShard] = None
+    num_shards = len(done)
+    bar = tqdm(total=len(items), initial=next_index, unit="video", disable=not progress,
+               desc="shard", smoothing=0.1, dynamic_ncols=True)
+    try:
+        for item, result in process_in_order(items[next_index:], settings, manifest.classes,
+                                             workers, item_timeout):
+            if shard is None:
+                shard = sink.open(num_shards, item.index)
+            if not result["ok"]:
+                f = {"index": item.index, "source": item.video, "reason": result["reason"]}
+                shard.failures.append(f)
+                failures.append(f)
+                log.info("skipped input %d (%s): %s", item.index, item.video, result["reason"])
+            else:
+                key, n = result["key"], 1
+                while key in seen:  # the same content listed twice: keep both, distinctly keyed
+                    key, n = f"{result['key']}_{n}", n + 1
+                seen.add(key)
+                sample = _sample(key, result)
+                shard.writer.write(sample)
+                shard.keys.append(key)
+                shard.num_bytes += sum(len(v) for k, v in sample.items() if k != "__key__")
+                if ((samples_per_shard and len(shard.keys) >= samples_per_shard)
+                        or (shard_bytes and shard.num_bytes >= shard_bytes)):
+                    sink.close(shard, item.index + 1)
+                    shard, num_shards = None, num_shards + 1
+            bar.update(1)
+            bar.set_postfix(failed=len(failures), shards=num_shards, refresh=False)
+        if shard is not None and shard.keys:
+            sink.close(shard, len(items))
+            num_shards += 1
+        elif shard is not None:  # only failures since the last shard: nothing to write
+            sink.abort(shard)
+        shard = None
+        sink.wait()
+    finally:
+        bar.close()
+        sink.abort(shard)
+
+    all_stats = done + [sink.finished[k] for k in sorted(sink.finished)]
+    _remove_stale(output, num_shards)
+    rate = len(failures) / max(1, len(items))
+    info = dataset_json.DatasetInfo(
+        shards=[dataset_json.ShardInfo(uri=s["shard"], num_samples=s["num_samples"],
+                                       num_bytes=s["num_bytes"], sha256=s["sha256"]) for s in all_stats],
+        classes=manifest.classes, failures=[dataset_json.Failure(**f) for f in failures],
+        num_failed=len(failures),
+        source={"input": manifest.input, "sha256": manifest.sha256, "num_inputs": len(items)},
+        transcode=settings.to_dict(), created_by=f"umt {umt.__version__}",
+        location=storage.join(output, dataset_json.FILENAME))
+    info.num_samples = sum(s.num_samples for s in info.shards)
+    info.num_bytes = sum(s.num_bytes for s in info.shards)
+    if rate > max_failure_rate or info.num_samples == 0:
+        report = storage.join(output, "failures.json")
+        storage.write_bytes(report, json.dumps(info.to_dict()["failures"], indent=2).encode())
+        reasons: dict[str, int] = {}
+        for f in failures:
+            reasons[f["reason"].split(":")[0]] = reasons.get(f["reason"].split(":")[0], 0) + 1
+        top = ", ".join(f"{r} ({n})" for r, n in sorted(reasons.items(), key=lambda x: -x[1])[:5])
+        raise ShardingFailed(
+            f"{len(failures)} of {len(items)} inputs failed ({rate:.1%} > --max-failure-rate "
+            f"{max_failure_rate:.1%}); reasons: {top}. Full list: {report}. The {num_shards} "
+            f"finished shards are kept; a re-run resumes after them.")
+    dataset_json.save(info, info.location)
+    log.info("wrote %d samples in %d shards (%d failed) to %s", info.num_samples, len(info.shards),
+             len(failures), output)
+    return info

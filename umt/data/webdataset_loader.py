@@ -1,0 +1,372 @@
+"""Stream clips from WebDataset shards (local or s3://) described by a ``dataset.json``.
+
+Training (``build_webdataset_loader``, behind ``umt.data.stream.build_pretrain_loader``), the
+open_clip recipe adapted to video::
+
+    shard sampler (resampled, split by node and worker, seeded by (seed, rank, worker, start_step))
+      -> boto3 / local byte stream (never a ``pipe:`` shell command)
+      -> tar -> samples (a corrupt tar is logged and skipped)
+      -> shuffle buffer of undecoded samples (cfg.shuffle_buffer)
+      -> decode (decord | pyav) + sparse segment sampling + multi-scale crop + flip + normalise
+      -> batches of ``{"video": [B, 3, T, H, W], "label": [B], "caption", "key", "step"}``
+      -> DataLoader(cfg.num_workers), batches made inside the workers
+
+Training is step-based: the stream is endless (resampled shards), so an "epoch" is whatever
+number of steps the trainer runs; a resumed run (``start_step``) draws a different shard
+sequence instead of replaying the first shards again.
+
+Corrupt samples (undecodable video, broken tar, bad metadata) are skipped -- never replaced by
+another sample, never a crash -- logged, and counted: ``loader.num_skipped`` and
+``loader.skip_reasons`` in the training process.
+
+Evaluation (``build_eval_loader``) reads every sample exactly once, split over ranks and workers,
+with ``num_clips`` x ``num_crops`` views per video.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections import Counter
+from functools import partial
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+
+from umt.data import dataset_json, storage
+from umt.data.decoders import DecodeError, decode_image, get_decoder
+from umt.data.sampling import segment_indices
+from umt.data.transforms import test_transforms, train_transform
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "mpg", "mpeg", "wmv", "flv", "3gp",
+              "ts", "gif")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
+# A worker that skips this many samples in a row is reading a dataset that is broken as a whole
+# (wrong decoder, every shard unreadable): stop with a clear error instead of spinning forever.
+MAX_CONSECUTIVE_SKIPS = 500
+
+
+class SampleError(Exception):
+    """One sample cannot be used; the message is the skip reason."""
+
+
+def _worker() -> tuple[int, int]:
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def _seed(*parts: Any) -> int:
+    """A stable 64-bit seed from any parts (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
+
+
+class _Skips:
+    """Per-process count of skipped samples, handed to the main process with each batch."""
+
+    def __init__(self):
+        self.pending: Counter = Counter()
+        self.consecutive = 0
+
+    def skip(self, reason: str, where: str = "") -> None:
+        self.pending[reason.split(":")[0][:80]] += 1
+        self.consecutive += 1
+        log.warning("skipping corrupt sample %s: %s", where, reason)
+        if self.consecutive >= MAX_CONSECUTIVE_SKIPS:
+            raise RuntimeError(f"{self.consecutive} consecutive samples failed (last: {where}: "
+                               f"{reason}); the dataset or the decoder is broken as a whole")
+
+    def ok(self) -> None:
+        self.consecutive = 0
+
+    def take(self) -> Counter:
+        out, self.pending = self.pending, Counter()
+        return out
+
+
+_SKIPS = _Skips()
+
+
+def _handler(exn: Exception) -> bool:
+    """WebDataset exception handler: count, log and continue (open_clip's log_and_continue)."""
+    _SKIPS.skip(f"corrupt shard: {type(exn).__name__}: {exn}"[:300], "")
+    return True
+
+
+# --------------------------------------------------------------------------------- shard sources
+
+class ShardSampler(torch.utils.data.IterableDataset):
+    """Endless shard URLs, drawn with replacement, disjoint across ranks and workers when possible.
+
+    Why not ``wds.ResampledShards``: it has no notion of the node (rank) split, and its seed does
+    not include the step a run resumes from. With at least ``world_size`` shards each rank draws
+    from its own slice (``shards[rank::world_size]``), and likewise each worker from its slice of
+    that; with fewer shards they share, and the (seed, rank, worker, start_step) seed keeps their
+    sequences different.
+    """
+
+    def __init__(self, urls: list[str], *, seed: int, rank: int, world_size: int, start_step: int):
+        super().__init__()
+        for u in urls:
+            storage.check_uri(u)  # rejects pipe: and other schemes
+        self.urls, self.seed, self.rank, self.world_size = list(urls), seed, rank, world_size
+        self.start_step = start_step
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = _worker()
+        urls = self.urls[self.rank::self.world_size] if len(self.urls) >= self.world_size else self.urls
+        urls = urls[worker::num_workers] if len(urls) >= num_workers else urls
+        rng = random.Random(_seed("shards", self.seed, self.rank, worker, self.start_step))
+        while True:
+            yield {"url": rng.choice(urls)}
+
+
+def _open_streams(src: Iterator[dict]) -> Iterator[dict]:
+    """``{"url"}`` -> ``{"url", "stream"}`` through umt.data.storage (boto3 for s3://)."""
+    for sample in src:
+        url = sample["url"]
+        try:
+            stream = storage.open_read(url)
+        except Exception as e:  # missing / unreadable shard: skip it, as a corrupt tar is
+            _handler(e)
+            continue
+        try:
+            yield {"url": url, "stream": stream}
+        finally:
+            stream.close()  # the consumer has read the whole tar when it asks for the next
+
+
+def _samples(src: Iterator[dict]) -> Iterator[dict]:
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    return group_by_keys(tar_file_expander(src, handler=_handler), handler=_handler)
+
+
+def _shuffle(src: Iterator[dict], bufsize: int, seed_parts: tuple) -> Iterator[dict]:
+    from webdataset.filters import _shuffle as wds_shuffle
+
+    if bufsize <= 1:
+        return src
+    worker, _ = _worker()
+    rng = random.Random(_seed("shuffle", *seed_parts, worker))
+    return wds_shuffle(src, bufsize=bufsize, initial=min(bufsize, 100), rng=rng)
+
+
+# ------------------------------------------------------------------------------------ decoding
+
+def _media(sample: dict) -> tuple[str, bytes]:
+    for ext in VIDEO_EXTS + IMAGE_EXTS:
+        if ext in sample:
+            return ext, sample[ext]
+    raise SampleError(f"no video or image file (has: {sorted(k for k in sample if not k.startswith('__'))})")
+
+
+def _meta(sample: dict) -> dict:
+    if "json" not in sample:
+        return {}
+    try:
+        meta = json.loads(sample["json"])  # JSON only: nothing in a shard is ever executed
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SampleError(f"bad json: {e}") from None
+    if not isinstance(meta, dict):
+        raise SampleError("bad json: not an object")
+    return meta
+
+
+def _label(sample: dict, meta: dict) -> int:
+    if "cls" in sample:
+        try:
+            return int(sample["cls"].decode().strip())
+        except (ValueError, UnicodeDecodeError):
+            raise SampleError(f"bad cls {sample['cls'][:20]!r}") from None
+    label = meta.get("label")
+    return int(label) if isinstance(label, int) else -1  # -1: unlabelled (caption corpora)
+
+
+def read_frames(sample: dict, meta: dict, decoder, num_frames: int, *, train: bool,
+                rng: Optional[np.random.Generator] = None, clip_idx: int = 0,
+                num_clips: int = 1) -> np.ndarray:
+    """Decode one clip of a sample: uint8 ``[T, H, W, 3]`` (an image is repeated T times)."""
+    ext, data = _media(sample)
+    if ext in IMAGE_EXTS:
+        return np.repeat(decode_image(data), num_frames, axis=0)
+
+    def pick(n: int, fps: float) -> list[int]:
+        first, last = 0, n
+        # Untranscoded clips keep their [start, end) range in the metadata.
+        if fps > 0 and meta.get("start") is not None:
+            first = min(n - 1, int(float(meta["start"]) * fps))
+        if fps > 0 and meta.get("end") is not None:
+            last = max(first + 1, min(n, int(np.ceil(float(meta["end"]) * fps))))
+        return segment_indices(n, num_frames, train=train, rng=rng, clip_idx=clip_idx,
+                               num_clips=num_clips, first=first, last=last)
+
+    return decoder.read(data, pick)
+
+
+def _train_sample(sample: dict, *, decoder, num_frames: int, img_size: int, scales, flip: bool,
+                  rng: np.random.Generator) -> dict:
+    key = sample.get("__key__", "?")
+    try:
+        meta = _meta(sample)
+        frames = read_frames(sample, meta, decoder, num_frames, train=True, rng=rng)
+        label = _label(sample, meta)
+    except (SampleError, DecodeError) as e:
+        _SKIPS.skip(str(e), f"{sample.get('__url__', '')}:{key}")
+        return {}
+    captions = meta.get("captions") or ([sample["txt"].decode("utf-8", "replace")] if "txt" in sample else [""])
+    _SKIPS.ok()
+    return {"video": train_transform(frames, img_size, scales, flip, rng),  # [3, T, S, S]
+            "label": label, "caption": str(captions[int(rng.integers(len(captions)))]), "key": key}
+
+
+def _collate(samples: list[dict]) -> dict:
+    return {"video": torch.stack([s["video"] for s in samples]),
+            "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+            "caption": [s["caption"] for s in samples], "key": [s["key"] for s in samples],
+            "skipped": dict(_SKIPS.take())}
+
+
+def _decode_stage(src: Iterator[dict], fn, rng_parts: tuple) -> Iterator[dict]:
+    worker, _ = _worker()
+    rng = np.random.default_rng([_seed("decode", *rng_parts, worker) % (2**63)])
+    for sample in src:
+        out = fn(sample, rng=rng)
+        if out:
+            yield out
+
+
+class ClipLoader:
+    """Endless iterator of batches with skip statistics (see module docstring)."""
+
+    def __init__(self, loader, start_step: int, info: dataset_json.DatasetInfo):
+        self._loader = loader
+        self._it: Optional[Iterator] = None
+        self.step = start_step
+        self.info = info
+        self.num_skipped = 0
+        self.skip_reasons: Counter = Counter()
+
+    def __iter__(self) -> "ClipLoader":
+        return self
+
+    def __next__(self) -> dict:
+        if self._it is None:
+            self._it = iter(self._loader)
+        batch = next(self._it)  # endless: resampled shards never run out
+        skipped = batch.pop("skipped", {})
+        self.skip_reasons.update(skipped)
+        self.num_skipped += sum(skipped.values())
+        batch["step"] = self.step
+        self.step += 1
+        return batch
+
+
+def _data_loader(pipeline, num_workers: int):
+    return torch.utils.data.DataLoader(
+        pipeline, batch_size=None, num_workers=num_workers,
+        # Workers hold decoders, S3 connections and shuffle buffers: keep them across iterators.
+        persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
+        prefetch_factor=2 if num_workers > 0 else None)
+
+
+def build_webdataset_loader(cfg, *, batch_size: int, num_frames: int, img_size: int, seed: int = 0,
+                            rank: int = 0, world_size: int = 1, start_step: int = 0) -> ClipLoader:
+    """Training batches from ``cfg.source`` (dataset.json path or s3:// URI) for this rank.
+
+    Yields ``{"video": float [B, 3, T, H, W] (ImageNet-normalised), "label": long [B] (-1 when
+    unlabelled), "caption": list[str], "key": list[str], "step": int}`` forever.
+    """
+    import webdataset as wds
+
+    info = dataset_json.load(cfg.source)
+    decoder = get_decoder(getattr(cfg, "decoder", "decord"))
+    seed_parts = (seed, rank, start_step)
+    pipeline = wds.DataPipeline(
+        ShardSampler(info.shard_uris(), seed=seed, rank=rank, world_size=world_size,
+                     start_step=start_step),
+        _open_streams,
+        _samples,
+        partial(_shuffle, bufsize=cfg.shuffle_buffer, seed_parts=seed_parts),
+        partial(_decode_stage, rng_parts=seed_parts,
+                fn=partial(_train_sample, decoder=decoder, num_frames=num_frames,
+                           img_size=img_size, scales=list(cfg.crop_scales), flip=cfg.flip)),
+        wds.batched(batch_size, collation_fn=_collate, partial=False),
+    )
+    return ClipLoader(_data_loader(pipeline, cfg.num_workers), start_step, info)
+
+
+# ---------------------------------------------------------------------------------- evaluation
+
+class _EvalSplit(torch.utils.data.IterableDataset):
+    """Every shard once; shards split over ranks x workers when there are enough of them,
+    otherwise every reader scans all shards and keeps every N-th sample."""
+
+    def __init__(self, urls: list[str], rank: int, world_size: int):
+        super().__init__()
+        for u in urls:
+            storage.check_uri(u)
+        self.urls, self.rank, self.world_size = urls, rank, world_size
+
+    def __iter__(self):
+        worker, num_workers = _worker()
+        readers, me = self.world_size * num_workers, self.rank * num_workers + worker
+        for url in self.urls[me::readers] if len(self.urls) >= readers else self.urls:
+            yield {"url": url}
+
+
+def _eval_select(src: Iterator[dict], split: _EvalSplit) -> Iterator[dict]:
+    worker, num_workers = _worker()
+    readers = split.world_size * num_workers
+    me = split.rank * num_workers + worker
+    whole_shards = len(split.urls) >= readers
+    for i, sample in enumerate(src):
+        if whole_shards or i % readers == me:
+            yield sample
+
+
+def _eval_sample(sample: dict, *, decoder, num_frames: int, img_size: int, num_clips: int,
+                 num_crops: int, rng=None) -> dict:
+    key = sample.get("__key__", "?")
+    try:
+        meta = _meta(sample)
+        views = []
+        for c in range(num_clips):
+            frames = read_frames(sample, meta, decoder, num_frames, train=False, clip_idx=c,
+                                 num_clips=num_clips)
+            views.extend(test_transforms(frames, img_size, num_crops))
+        label = _label(sample, meta)
+    except (SampleError, DecodeError) as e:
+        _SKIPS.skip(str(e), f"{sample.get('__url__', '')}:{key}")
+        return {}
+    _SKIPS.ok()
+    captions = meta.get("captions") or ([sample["txt"].decode("utf-8", "replace")] if "txt" in sample else [""])
+    return {"video": torch.stack(views), "label": label, "caption": captions[0], "key": key}
+
+
+def build_eval_loader(source: str, *, batch_size: int, num_frames: int, img_size: int,
+                      num_clips: int = 1, num_crops: int = 1, rank: int = 0, world_size: int = 1,
+                      num_workers: int = 0, decoder: str = "decord") -> ClipLoader:
+    """One pass over every sample (this rank's share), ``V = num_clips * num_crops`` views each.
+
+    Yields ``{"video": float [B, V, 3, T, H, W], "label": long [B], "caption": list[str],
+    "key": list[str], "step": int}``; the last batch may be smaller. Multi-view testing as in the
+    official fine-tuning code: clip ``k`` takes frame ``(k+1)/(num_clips+1)`` of every segment;
+    crops are spread along the long side.
+    """
+    import webdataset as wds
+
+    info = dataset_json.load(source)
+    split = _EvalSplit(info.shard_uris(), rank, world_size)
+    pipeline = wds.DataPipeline(
+        split, _open_streams, _samples, partial(_eval_select, split=split),
+        partial(_decode_stage, rng_parts=(0,),
+                fn=partial(_eval_sample, decoder=get_decoder(decoder), num_frames=num_frames,
+                           img_size=img_size, num_clips=num_clips, num_crops=num_crops)),
+        wds.batched(batch_size, collation_fn=_collate, partial=True),
+    )
+    return ClipLoader(_data_loader(pipeline, num_workers), 0, info)

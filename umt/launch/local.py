@@ -1,0 +1,414 @@
+"""Run a PyTorchJob on this machine, the way the Training Operator would run it on a cluster.
+
+    umt job run stage1 --config tiny --nodes 2 --gpus-per-node 0 --node-pool cpu \\
+        train.output_dir=runs/local train.steps=20
+
+The job object is the one that would be sent to the cluster (validated against the same CRD
+schema and webhook rules); each replica becomes a local process group running the ``pytorch``
+container's command with the environment the operator injects (``pkg/controller.v1/pytorch``:
+``MASTER_ADDR/PORT``, ``WORLD_SIZE``, ``RANK``, ``PET_NNODES``, ``PET_NPROC_PER_NODE``,
+``PET_NODE_RANK``, ``PET_MASTER_ADDR/PORT``, ``PYTHONUNBUFFERED``; elastic jobs get the
+``PET_RDZV_*`` set instead of a master). So a local run tests the cluster spec.
+
+Differences that a laptop forces, and nothing else:
+
+* the master address is ``127.0.0.1`` and the port a free one (no Service DNS; several local
+  jobs must not fight over 23456);
+* images, resources, node selectors and volumes are ignored; ``secretKeyRef`` values come from
+  ``secrets=`` or, failing that, from the variable of the same name in our own environment;
+* when the job ends, replicas still running are stopped (there are no pods to keep around).
+
+Restarts follow the replica's ``restartPolicy`` (OnFailure/Always: restart the replica after a
+short delay, like the kubelet; ExitCode: restart on codes >= 128, i.e. signals, fail on 1-127;
+Never: fail) and the job fails once replicas have restarted ``backoffLimit`` times in total.
+Conditions (Created, Running, Restarting, Succeeded, Failed) move as the operator moves them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import yaml
+
+from umt.launch.backend import Submission
+from umt.launch.pytorchjob import CONTAINER
+from umt.launch.serialize import to_dict
+from umt.launch.status import (CREATED, FAILED, RESTARTING, RUNNING, SUCCEEDED, JobStatus,
+                               set_condition)
+from umt.launch.validate import validate_pytorchjob
+
+log = logging.getLogger(__name__)
+KIND = "PyTorchJob"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Replica:
+    rtype: str  # Master | Worker
+    index: int
+    node_rank: int
+    restart_policy: str
+    container: dict[str, Any]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    state: str = "Pending"  # Pending | Running | Succeeded | Failed | Restarting
+    restarts: int = 0
+    restart_at: float = 0.0
+    exit_codes: list[int] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.rtype.lower()}-{self.index}"
+
+
+class LocalExecutor:
+    """One PyTorchJob as local processes. ``start()``, then ``wait()`` or ``cancel()``."""
+
+    def __init__(self, job: Any, workdir: str | os.PathLike, *, cwd: str | None = None,
+                 secrets: dict[str, dict[str, str]] | None = None, restart_delay: float = 2.0,
+                 grace_period: float = 10.0, poll_interval: float = 0.2):
+        self.job = job if isinstance(job, dict) else to_dict(job)
+        validate_pytorchjob(self.job)
+        self.name: str = self.job["metadata"]["name"]
+        self.dir = Path(workdir) / self.name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "job.yaml").write_text(yaml.safe_dump(self.job, sort_keys=False))
+        self.cwd = cwd or os.getcwd()
+        self.secrets = secrets or {}
+        self.restart_delay = restart_delay
+        self.grace_period = grace_period
+        self.poll_interval = poll_interval
+        spec = self.job["spec"]
+        self.run_policy = spec.get("runPolicy") or {}
+        self.conditions: list = []
+        self.port = free_port()
+        self.replicas = self._replicas(spec)
+        self._lock = threading.RLock()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopper: threading.Thread | None = None
+        self._started_at = 0.0
+        self._set(CREATED, f"PyTorchJob {self.name} is created.")
+
+    # -- setup -----------------------------------------------------------------------------
+    def _replicas(self, spec: dict[str, Any]) -> list[Replica]:
+        out = []
+        for rtype in ("Master", "Worker"):
+            rspec = spec["pytorchReplicaSpecs"].get(rtype)
+            if not rspec:
+                continue
+            container = next(c for c in rspec["template"]["spec"]["containers"]
+                             if c["name"] == CONTAINER)
+            for i in range(rspec.get("replicas", 1)):
+                # Workers come after the master: node rank = index + 1 (operator's setPodEnv).
+                rank = i + 1 if rtype == "Worker" and "Master" in spec["pytorchReplicaSpecs"] else i
+                out.append(Replica(rtype, i, rank, rspec.get("restartPolicy", "OnFailure"),
+                                   container, self.dir / f"{rtype.lower()}-{i}.log"))
+        return out
+
+    def _operator_env(self, replica: Replica) -> dict[str, str]:
+        spec = self.job["spec"]
+        total = len(self.replicas)
+        nproc = spec.get("nprocPerNode")
+        env = {"PYTHONUNBUFFERED": "1"}
+        if "Master" in spec["pytorchReplicaSpecs"]:
+            addr, port = "127.0.0.1", str(self.port)
+            nproc_int = int(nproc) if nproc and nproc.isdigit() else 1
+            env.update(MASTER_ADDR=addr, PET_MASTER_ADDR=addr, MASTER_PORT=port,
+                       PET_MASTER_PORT=port, WORLD_SIZE=str(total * nproc_int),
+                       RANK=str(replica.node_rank), PET_NODE_RANK=str(replica.node_rank))
+        if nproc is not None:
+            env["PET_NPROC_PER_NODE"] = nproc
+        elastic = spec.get("elasticPolicy")
+        if elastic is not None:
+            workers = spec["pytorchReplicaSpecs"]["Worker"].get("replicas", 1)
+            env["PET_RDZV_ENDPOINT"] = f"127.0.0.1:{elastic.get('rdzvPort') or self.port}"
+            env["PET_RDZV_BACKEND"] = elastic.get("rdzvBackend") or "c10d"
+            env["PET_NNODES"] = (f"{elastic.get('minReplicas', workers)}:"
+                                 f"{elastic.get('maxReplicas', workers)}")
+            if elastic.get("maxRestarts") is not None:
+                env["PET_MAX_RESTARTS"] = str(elastic["maxRestarts"])
+            if elastic.get("rdzvId"):
+                env["PET_RDZV_ID"] = elastic["rdzvId"]
+        else:
+            env["PET_NNODES"] = str(total)
+        return env
+
+    def _container_env(self, replica: Replica) -> dict[str, str]:
+        env = {}
+        for item in replica.container.get("env") or []:
+            if "value" in item:
+                env[item["name"]] = item["value"]
+                continue
+            ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+            if ref and ref.get("key") in self.secrets.get(ref.get("name"), {}):
+                env[item["name"]] = self.secrets[ref["name"]][ref["key"]]
+            # Otherwise keep whatever our own environment has under that name (or nothing).
+        return env
+
+    def _spawn(self, replica: Replica) -> None:
+        env = dict(os.environ)
+        # Our interpreter's bin first, so 'torchrun' and 'python' are the ones of this venv.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env.update(self._container_env(replica))
+        env.update(self._operator_env(replica))
+        argv = list(replica.container.get("command") or []) + list(
+            replica.container.get("args") or [])
+        exe = shutil.which(argv[0], path=env["PATH"])
+        if exe is None:
+            raise FileNotFoundError(f"{argv[0]!r} (the {CONTAINER} container's command) is "
+                                    "not on PATH here")
+        with open(replica.log_path, "ab") as out:
+            # A session per replica: killing it kills torchrun *and* its workers, like a pod.
+            replica.proc = subprocess.Popen([exe, *argv[1:]], cwd=self.cwd, env=env,
+                                            stdout=out, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        replica.state = "Running"
+        log.info("started %s/%s (pid %d)", self.name, replica.name, replica.proc.pid)
+
+    # -- conditions ------------------------------------------------------------------------
+    def _set(self, type_: str, message: str) -> None:
+        self.conditions = set_condition(self.conditions, type_, f"{KIND}{type_}", message)
+
+    def status(self) -> JobStatus:
+        with self._lock:
+            return JobStatus.from_conditions(self.name, list(self.conditions))
+
+    # -- running ---------------------------------------------------------------------------
+    def start(self) -> "LocalExecutor":
+        with self._lock:
+            self._started_at = time.monotonic()
+            for replica in self.replicas:
+                self._spawn(replica)
+            self._set(RUNNING, f"PyTorchJob {self.name} is running.")
+        self._thread = threading.Thread(target=self._monitor, name=f"local-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def _monitor(self) -> None:
+        try:
+            while not self._done.is_set():
+                with self._lock:
+                    self._step()
+                self._done.wait(self.poll_interval)
+        except Exception as e:  # never leave processes behind because of our own bug
+            log.exception("local executor failed")
+            with self._lock:
+                self._finish(FAILED, f"local executor error: {e}")
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        deadline = self.run_policy.get("activeDeadlineSeconds")
+        if deadline is not None and now - self._started_at > deadline:
+            self._finish(FAILED, f"Job {self.name} has failed because it was active longer "
+                                 "than specified deadline")
+            return
+        for replica in self.replicas:
+            if replica.state == "Restarting" and now >= replica.restart_at:
+                self._spawn(replica)
+                self._set(RUNNING, f"PyTorchJob {self.name} is running.")
+            if replica.state != "Running" or replica.proc is None:
+                continue
+            code = replica.proc.poll()
+            if code is None:
+                continue
+            code = 128 - code if code < 0 else code  # killed by signal N -> 128+N, as in pods
+            replica.exit_codes.append(code)
+            self._on_exit(replica, code)
+            if self._done.is_set():
+                return
+        self._check_success()
+
+    def _on_exit(self, replica: Replica, code: int) -> None:
+        policy = replica.restart_policy
+        log.info("%s/%s exited with code %d", self.name, replica.name, code)
+        restart = (policy == "Always" or (code != 0 and policy == "OnFailure")
+                   or (code >= 128 and policy == "ExitCode"))
+        if not restart:
+            replica.state = "Succeeded" if code == 0 else "Failed"
+            if code != 0:
+                self._finish(FAILED, f"PyTorchJob {self.name} is failed because 1 "
+                                     f"{replica.rtype} replica(s) failed (exit code {code}).")
+            return
+        total = sum(r.restarts for r in self.replicas) + 1
+        limit = self.run_policy.get("backoffLimit")
+        if limit is not None and total >= limit:
+            # The operator sums container restarts and gives up once it reaches the limit.
+            self._finish(FAILED, f"Job {self.name} has failed because it has reached the "
+                                 "specified backoff limit")
+            return
+        replica.restarts += 1
+        replica.state = "Restarting"
+        replica.restart_at = time.monotonic() + self.restart_delay
+        self._set(RESTARTING, f"PyTorchJob {self.name} is restarting because 1 "
+                              f"{replica.rtype} replica(s) failed.")
+
+    def _check_success(self) -> None:
+        masters = [r for r in self.replicas if r.rtype == "Master"]
+        workers = [r for r in self.replicas if r.rtype == "Worker"]
+        if masters:
+            done = all(r.state == "Succeeded" for r in masters)
+        elif self.job["spec"].get("elasticPolicy") is not None:
+            done = any(r.state == "Succeeded" for r in workers)
+        else:
+            done = all(r.state == "Succeeded" for r in workers)
+        if done:
+            self._finish(SUCCEEDED, f"PyTorchJob {self.name} is successfully completed.")
+
+    def _finish(self, phase: str, message: str) -> None:
+        if self._done.is_set():
+            return
+        self._set(phase, message)
+        self._done.set()
+        # After success, stragglers get a grace period to exit on their own.
+        grace = self.grace_period if phase == SUCCEEDED else 0.0
+        self._stopper = threading.Thread(target=self._stop_all, args=(grace,), daemon=True)
+        self._stopper.start()
+
+    def _stop_all(self, grace: float = 0.0) -> None:
+        deadline = time.monotonic() + grace
+        for replica in self.replicas:
+            proc = replica.proc
+            if proc is None or proc.poll() is not None:
+                continue
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                continue
+            except subprocess.TimeoutExpired:
+                pass
+            _kill_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc, signal.SIGKILL)
+                proc.wait()
+
+    def wait(self, timeout: float | None = None) -> JobStatus:
+        """Until the job finished and its processes are gone (or ``timeout``)."""
+        if self._done.wait(timeout) and self._stopper is not None:
+            self._stopper.join()
+        return self.status()
+
+    def cancel(self) -> None:
+        """What deleting the job does: stop every replica now."""
+        with self._lock:
+            self._done.set()
+        self._stop_all(0.0)
+
+    def kill_replica(self, rtype: str, index: int = 0, sig: int = signal.SIGKILL) -> None:
+        """Make one replica die, like a pod whose node went away (tests use this)."""
+        replica = next(r for r in self.replicas if r.rtype == rtype and r.index == index)
+        if replica.proc is not None:
+            _kill_group(replica.proc, sig)
+
+    def log_path(self, replica: str | None = None, index: int = 0) -> Path:
+        has_master = any(r.rtype == "Master" for r in self.replicas)
+        replica = (replica or ("master" if has_master else "worker")).lower()
+        return self.dir / f"{replica}-{index}.log"
+
+
+def _kill_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+class LocalBackend:
+    """:class:`umt.launch.backend.JobBackend` running jobs as processes on this machine.
+
+    Jobs live as long as this object; submitting a name that is already running adopts it.
+    """
+
+    def __init__(self, workdir: str | os.PathLike = "runs/local-jobs", *, cwd: str | None = None,
+                 secrets: dict[str, dict[str, str]] | None = None, restart_delay: float = 2.0,
+                 poll_interval: float = 0.5):
+        self.workdir = Path(workdir)
+        self.cwd = cwd
+        self.secrets = secrets
+        self.restart_delay = restart_delay
+        self.poll_interval = poll_interval
+        self.namespace = "local"
+        self.executors: dict[str, LocalExecutor] = {}
+
+    def submit(self, job: Any) -> Submission:
+        body = job if isinstance(job, dict) else to_dict(job)
+        name = body["metadata"]["name"]
+        if name in self.executors:
+            return Submission(name, self.namespace, created=False)
+        executor = LocalExecutor(body, self.workdir, cwd=self.cwd, secrets=self.secrets,
+                                 restart_delay=self.restart_delay)
+        self.executors[name] = executor.start()
+        return Submission(name, self.namespace, created=True)
+
+    def _executor(self, name: str) -> LocalExecutor:
+        try:
+            return self.executors[name]
+        except KeyError:
+            raise LookupError(f"no local job named {name}") from None
+
+    def status(self, name: str) -> JobStatus:
+        return self._executor(name).status()
+
+    def wait(self, name: str, *, timeout: float | None = None,
+             on_status: Callable[[JobStatus], None] | None = None) -> JobStatus:
+        executor = self._executor(name)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last = None
+        while True:
+            current = executor.status()
+            if on_status and current.phase != last:
+                on_status(current)
+            last = current.phase
+            if current.finished:
+                return current
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {name} still {current.phase} after {timeout:.0f}s")
+            executor.wait(self.poll_interval)
+
+    def logs(self, name: str, *, follow: bool = False, replica: str | None = None,
+             index: int = 0) -> Iterator[str]:
+        executor = self._executor(name)
+        path = executor.log_path(replica, index)
+        while not path.exists():
+            if not follow or executor.status().finished:
+                return
+            time.sleep(self.poll_interval)
+        with open(path, "r", errors="replace") as f:
+            pending = ""
+            while True:
+                chunk = f.readline()
+                if chunk:
+                    pending += chunk
+                    if pending.endswith("\n"):
+                        yield pending.rstrip("\n")
+                        pending = ""
+                    continue
+                if not follow or executor.status().finished:
+                    # One last read: the process may have written after our previous one.
+                    rest = pending + f.read()
+                    yield from rest.splitlines()
+                    return
+                time.sleep(0.1)
+
+    def delete(self, name: str) -> None:
+        executor = self.executors.pop(name, None)
+        if executor is not None:
+            executor.cancel()

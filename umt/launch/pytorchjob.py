@@ -1,0 +1,336 @@
+"""Build the PyTorchJob for one training stage: typed, validated, deterministically named.
+
+    from umt.launch import TrainingJob, build_pytorchjob, to_yaml
+    job = build_pytorchjob(TrainingJob(stage="stage1", config="b16", nodes=4,
+                                       gpus_per_node=8, node_pool="gke-a100"))
+    print(to_yaml(job))          # kubectl apply -f -
+
+Shape of the job (Training Operator v1, ``kubeflow.org/v1``):
+
+* Master (exactly 1 replica) + ``nodes - 1`` Workers (elastic jobs: Workers only), each a pod with one container named
+  ``pytorch`` running ``torchrun -m <stage module> --config ... key=value ...``. No torchrun
+  flags: the operator injects ``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK``,
+  ``PET_MASTER_ADDR`` and ``PET_MASTER_PORT`` and torchrun reads them, so the same command runs
+  on 1 or 64 nodes, on a cluster or in the local executor.
+* ``nprocPerNode`` = GPUs per node, as a string (the CRD's type; ``8`` would be rejected).
+* ``restartPolicy: OnFailure``: a crashed container restarts in place, keeps its node and GPUs,
+  and the stage resumes from its last checkpoint. (``ExitCode`` looks tempting but fails the job
+  when torchrun on a *surviving* node exits 1 after losing its peer.)
+* ``backoffLimit`` defaults to 3 x nodes: with static rendezvous one lost node makes every node
+  restart, and the operator counts each container restart.
+* ``cleanPodPolicy: Running``: when the job ends, pods still running (a worker hung in NCCL after
+  the master failed) are deleted and free their GPUs; finished pods keep their logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kubeflow.training.models import (
+    KubeflowOrgV1ElasticPolicy,
+    KubeflowOrgV1PyTorchJob,
+    KubeflowOrgV1PyTorchJobSpec,
+    KubeflowOrgV1ReplicaSpec,
+    KubeflowOrgV1RunPolicy,
+    KubeflowOrgV1SchedulingPolicy,
+)
+from kubernetes.client import (
+    V1Capabilities,
+    V1Container,
+    V1ContainerPort,
+    V1EmptyDirVolumeSource,
+    V1EnvVar,
+    V1EnvVarSource,
+    V1ObjectMeta,
+    V1PodSecurityContext,
+    V1PodSpec,
+    V1PodTemplateSpec,
+    V1ResourceRequirements,
+    V1SeccompProfile,
+    V1SecretKeySelector,
+    V1SecurityContext,
+    V1Volume,
+    V1VolumeMount,
+)
+
+from umt.launch.images import default_image
+from umt.launch.node_pools import GPU_RESOURCE, get_node_pool
+from umt.launch.serialize import to_dict
+from umt.launch.stages import job_config_args, stage_module, validate_stage_config
+from umt.launch.validate import validate_pytorchjob
+
+API_VERSION = "kubeflow.org/v1"
+KIND = "PyTorchJob"
+PLURAL = "pytorchjobs"
+CONTAINER = "pytorch"
+PORT_NAME, PORT = "pytorchjob-port", 23456  # the operator's defaults, spelt out
+
+# Labels: selectable (``kubectl get pytorchjobs -l umt/run-id=...``), also on every pod.
+LABEL_STAGE = "umt/stage"
+LABEL_RUN_ID = "umt/run-id"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+ANNOTATION_SPEC_HASH = "umt/spec-hash"
+
+# Replica pods are '<job>-worker-<i>' and each gets a Service of the same name, which must be a
+# DNS-1035 label (<= 63 chars); keep room for '-worker-' and the index.
+MAX_NAME_LENGTH = 48
+RESTART_POLICIES = ("OnFailure", "Always", "ExitCode", "Never")
+CLEAN_POD_POLICIES = ("None", "Running", "All")
+UID = 1000  # the non-root user of images/train.Dockerfile
+
+
+@dataclass
+class S3Credentials:
+    """A Secret holding the S3 client settings (see ``manifests/base/s3-secret.yaml``)."""
+
+    secret: str = "umt-s3"
+    # env var -> (key in the Secret, optional?)
+    keys: dict[str, tuple[str, bool]] = field(default_factory=lambda: {
+        "AWS_ACCESS_KEY_ID": ("AWS_ACCESS_KEY_ID", False),
+        "AWS_SECRET_ACCESS_KEY": ("AWS_SECRET_ACCESS_KEY", False),
+        "AWS_DEFAULT_REGION": ("AWS_DEFAULT_REGION", True),
+        "AWS_ENDPOINT_URL": ("AWS_ENDPOINT_URL", True),  # MinIO / non-AWS S3
+    })
+
+
+@dataclass
+class TrainingJob:
+    """Everything that decides one training job. Defaults suit an A100 cluster."""
+
+    stage: str
+    config: str | None = None  # preset name (in the image) or YAML file (inlined)
+    overrides: list[str] = field(default_factory=list)
+    nodes: int = 1
+    gpus_per_node: int = 8  # 0: a CPU job (smoke tests, the local executor)
+    procs_per_node: int | None = None  # default: one per GPU, or 1 on CPU
+    node_pool: str = "gke-a100"
+    image: str | None = None  # default: images.default_image()
+    image_pull_policy: str = "IfNotPresent"
+    name: str | None = None  # default: derived from run_id + stage, or from the spec
+    namespace: str | None = None
+    run_id: str | None = None  # KFP run id (or any id of the enclosing run) -> label
+    output_uri: str | None = None  # -> train.output_dir=...
+    service_account: str | None = "umt-training"
+    s3: S3Credentials | None = field(default_factory=S3Credentials)
+    env: dict[str, str] = field(default_factory=dict)
+    cpu: str | None = None  # per pod; default 8 per GPU (2 for CPU jobs)
+    memory: str | None = None  # per pod; default 60Gi per GPU (8Gi for CPU jobs)
+    shm_size: str | None = None  # /dev/shm; default from the node pool
+    restart_policy: str = "OnFailure"
+    backoff_limit: int | None = None  # default 3 x nodes
+    clean_pod_policy: str = "Running"
+    ttl_seconds_after_finished: int | None = 7 * 24 * 3600
+    active_deadline_seconds: int | None = None
+    # All-or-nothing scheduling; needs the operator's --gang-scheduler-name=volcano or
+    # scheduler-plugins (the operator then sets each pod's schedulerName itself).
+    gang_scheduling: bool = False
+    queue: str | None = None  # Volcano queue
+    priority_class: str | None = None
+    schedule_timeout_seconds: int | None = None  # scheduler-plugins: give up waiting after
+    elastic_min_nodes: int | None = None  # set both for an elastic (c10d rendezvous) job
+    elastic_max_nodes: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    validate_config: bool = True  # load the stage config now (imports the stage module)
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise ValueError(f"nodes must be >= 1, got {self.nodes}")
+        if self.gpus_per_node < 0:
+            raise ValueError(f"gpus_per_node must be >= 0, got {self.gpus_per_node}")
+        pool = get_node_pool(self.node_pool)
+        if self.gpus_per_node > pool.gpus_per_node:
+            raise ValueError(f"node pool {pool.name} ({pool.description}) has at most "
+                             f"{pool.gpus_per_node} GPUs per node, asked for {self.gpus_per_node}")
+        if self.restart_policy not in RESTART_POLICIES:
+            raise ValueError(f"restart_policy must be one of {RESTART_POLICIES}")
+        if self.clean_pod_policy not in CLEAN_POD_POLICIES:
+            raise ValueError(f"clean_pod_policy must be one of {CLEAN_POD_POLICIES}")
+        if (self.elastic_min_nodes is None) != (self.elastic_max_nodes is None):
+            raise ValueError("set both elastic_min_nodes and elastic_max_nodes, or neither")
+        if self.elastic_min_nodes is not None and not (
+                1 <= self.elastic_min_nodes <= self.nodes <= self.elastic_max_nodes):
+            raise ValueError("elastic jobs need 1 <= elastic_min_nodes <= nodes <= "
+                             "elastic_max_nodes")
+
+    @property
+    def nproc(self) -> int:
+        return self.procs_per_node or self.gpus_per_node or 1
+
+
+def _dns_label(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+
+
+def _short_hash(payload: Any) -> str:
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def _label_value(text: str) -> str:
+    """A valid label value for any id (<= 63, alphanumeric ends); long ids keep a hash."""
+    value = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-_.")
+    if len(value) > 63:
+        value = value[:52].rstrip("-_.") + "-" + _short_hash(text)
+    return value
+
+
+def job_name(req: TrainingJob) -> str:
+    """Deterministic: the same run + stage (or the same spec) always gives the same name,
+    which is what makes resubmitting adopt the running job instead of starting a second one."""
+    if req.name:
+        name = req.name
+    else:
+        identity = ({"run_id": req.run_id, "stage": req.stage} if req.run_id else
+                    {k: v for k, v in asdict(req).items()
+                     if k not in ("name", "validate_config")})
+        name = f"umt-{_dns_label(req.stage)}"[: MAX_NAME_LENGTH - 11] + "-" + _short_hash(identity)
+    if len(name) > MAX_NAME_LENGTH or not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name):
+        raise ValueError(f"job name {name!r} must be a DNS-1035 label of at most "
+                         f"{MAX_NAME_LENGTH} characters (pods are named '<job>-worker-<i>')")
+    return name
+
+
+def _env(req: TrainingJob) -> list[V1EnvVar]:
+    env = [V1EnvVar(name=k, value=v) for k, v in sorted(req.env.items())]
+    if req.s3 is not None:
+        for var, (key, optional) in req.s3.keys.items():
+            if var in req.env:
+                continue
+            env.append(V1EnvVar(name=var, value_from=V1EnvVarSource(
+                secret_key_ref=V1SecretKeySelector(name=req.s3.secret, key=key,
+                                                   optional=optional or None))))
+    return env
+
+
+def _resources(req: TrainingJob) -> V1ResourceRequirements:
+    gpus = req.gpus_per_node
+    cpu = req.cpu or (str(8 * gpus) if gpus else "2")
+    memory = req.memory or (f"{60 * gpus}Gi" if gpus else "8Gi")
+    requests = {"cpu": cpu, "memory": memory}
+    # Memory limit == request: an over-eager dataloader gets OOM-killed (and restarted) instead
+    # of evicting its neighbours. No CPU limit: throttling only slows the input pipeline.
+    limits = {"memory": memory}
+    if gpus:
+        # Extended resources: requests must equal limits; limits alone imply the request.
+        limits[GPU_RESOURCE] = str(gpus)
+    return V1ResourceRequirements(requests=requests, limits=limits)
+
+
+def command(req: TrainingJob) -> list[str]:
+    config, overrides = job_config_args(req.config, req.overrides)
+    if req.output_uri:
+        overrides.append(f"train.output_dir={req.output_uri}")
+    args = ["torchrun", "-m", stage_module(req.stage)]
+    if config:
+        args += ["--config", config]
+    return args + overrides
+
+
+def _pod_template(req: TrainingJob, labels: dict[str, str]) -> V1PodTemplateSpec:
+    pool = get_node_pool(req.node_pool)
+    shm = req.shm_size or f"{pool.shm_gib}Gi"
+    container = V1Container(
+        name=CONTAINER,
+        image=req.image or default_image(),
+        image_pull_policy=req.image_pull_policy,
+        command=command(req),
+        env=_env(req) or None,
+        ports=[V1ContainerPort(name=PORT_NAME, container_port=PORT)],
+        resources=_resources(req),
+        volume_mounts=[V1VolumeMount(name="dshm", mount_path="/dev/shm")],
+        security_context=V1SecurityContext(
+            allow_privilege_escalation=False,
+            capabilities=V1Capabilities(drop=["ALL"])),
+    )
+    spec = V1PodSpec(
+        containers=[container],
+        service_account_name=req.service_account,
+        node_selector=dict(pool.node_selector) or None,
+        tolerations=list(pool.tolerations) or None,
+        affinity=pool.affinity,
+        volumes=[V1Volume(name="dshm",
+                          empty_dir=V1EmptyDirVolumeSource(medium="Memory", size_limit=shm))],
+        # Pod-level, so it also covers the operator's init container on workers.
+        security_context=V1PodSecurityContext(
+            run_as_non_root=True, run_as_user=UID, run_as_group=UID, fs_group=UID,
+            seccomp_profile=V1SeccompProfile(type="RuntimeDefault")),
+        priority_class_name=req.priority_class,
+    )
+    # Istio sidecars (Kubeflow profile namespaces) keep pods from ever completing and get in
+    # the way of NCCL; training pods talk to nothing that needs the mesh.
+    annotations = {"sidecar.istio.io/inject": "false"}
+    return V1PodTemplateSpec(metadata=V1ObjectMeta(labels=labels, annotations=annotations),
+                             spec=spec)
+
+
+def _run_policy(req: TrainingJob) -> KubeflowOrgV1RunPolicy:
+    scheduling = None
+    if req.gang_scheduling or req.queue or req.priority_class:
+        scheduling = KubeflowOrgV1SchedulingPolicy(
+            # All pods or none: a half-scheduled job holds GPUs while it waits forever.
+            min_available=(req.elastic_min_nodes or req.nodes) if req.gang_scheduling else None,
+            queue=req.queue, priority_class=req.priority_class,
+            schedule_timeout_seconds=req.schedule_timeout_seconds)
+    return KubeflowOrgV1RunPolicy(
+        clean_pod_policy=req.clean_pod_policy,
+        backoff_limit=req.backoff_limit if req.backoff_limit is not None else 3 * req.nodes,
+        ttl_seconds_after_finished=req.ttl_seconds_after_finished,
+        active_deadline_seconds=req.active_deadline_seconds,
+        scheduling_policy=scheduling,
+    )
+
+
+def build_pytorchjob(req: TrainingJob, *, validate: bool = True) -> KubeflowOrgV1PyTorchJob:
+    """The job object for ``req``; raises ``ValueError`` (or ``InvalidJobError``) on bad input."""
+    if req.validate_config:
+        overrides = list(req.overrides) + (
+            [f"train.output_dir={req.output_uri}"] if req.output_uri else [])
+        validate_stage_config(req.stage, req.config, overrides)
+    name = job_name(req)
+    labels = {LABEL_PART_OF: "umt", LABEL_STAGE: _label_value(req.stage), **req.labels}
+    if req.run_id:
+        labels[LABEL_RUN_ID] = _label_value(req.run_id)
+    template = _pod_template(req, labels)
+    elastic = None
+    if req.elastic_min_nodes is None:
+        replicas = {"Master": KubeflowOrgV1ReplicaSpec(
+            replicas=1, restart_policy=req.restart_policy, template=template)}
+        if req.nodes > 1:
+            replicas["Worker"] = KubeflowOrgV1ReplicaSpec(
+                replicas=req.nodes - 1, restart_policy=req.restart_policy, template=template)
+    else:
+        # Elastic jobs are Workers only: the operator counts min/max in Worker replicas and
+        # points the c10d rendezvous at worker-0 (a Master would sit outside min..max).
+        replicas = {"Worker": KubeflowOrgV1ReplicaSpec(
+            replicas=req.nodes, restart_policy=req.restart_policy, template=template)}
+        elastic = KubeflowOrgV1ElasticPolicy(
+            min_replicas=req.elastic_min_nodes, max_replicas=req.elastic_max_nodes,
+            rdzv_backend="c10d", max_restarts=3 * req.nodes)
+    job = KubeflowOrgV1PyTorchJob(
+        api_version=API_VERSION,
+        kind=KIND,
+        metadata=V1ObjectMeta(name=name, namespace=req.namespace, labels=labels,
+                              annotations=dict(req.annotations) or None),
+        spec=KubeflowOrgV1PyTorchJobSpec(
+            nproc_per_node=str(req.nproc),
+            pytorch_replica_specs=replicas,
+            run_policy=_run_policy(req),
+            elastic_policy=elastic,
+        ),
+    )
+    # The hash of what runs lets an adopting launcher tell "my job" from a same-named stranger.
+    job.metadata.annotations = {**(job.metadata.annotations or {}),
+                                ANNOTATION_SPEC_HASH: spec_hash(job)}
+    if validate:
+        validate_pytorchjob(to_dict(job))
+    return job
+
+
+def spec_hash(job: KubeflowOrgV1PyTorchJob | dict[str, Any]) -> str:
+    data = job if isinstance(job, dict) else to_dict(job)
+    return _short_hash(data.get("spec"))

@@ -1,0 +1,76 @@
+"""Stages the launcher can run, and checking their configs before a job is rendered.
+
+Every entry of ``umt.train.STAGES`` (stage name -> module with ``CONFIG_SCHEMA``) is a job; the
+launcher needs no code per stage. A config is a preset name (packaged inside the image) or a YAML
+file. A file on *this* machine does not exist inside the container, so its content is turned into
+``key=value`` overrides on top of the schema defaults, which is exactly what loading the file
+does; the rendered job then says every value it runs with.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+
+def stage_modules() -> dict[str, str]:
+    from umt.train import STAGES  # the lead's registry; imported late so tests can patch it
+
+    return dict(STAGES)
+
+
+def stage_module(stage: str) -> str:
+    stages = stage_modules()
+    if stage not in stages:
+        raise ValueError(f"unknown stage {stage!r}; known stages: {', '.join(sorted(stages))}")
+    return stages[stage]
+
+
+def is_local_config_file(config: str | None) -> bool:
+    return bool(config) and Path(config).suffix in (".yaml", ".yml") and Path(config).is_file()
+
+
+def _override_value(value: Any) -> str:
+    """A value as OmegaConf's dot-list parser reads it back unchanged."""
+    if isinstance(value, str):
+        # Strings YAML would read as something else ('null', '1e-4', 'true') are quoted.
+        return value if yaml.safe_load(value) == value and value.strip() == value \
+            else json.dumps(value)
+    return json.dumps(value)
+
+
+def flatten_config(data: dict[str, Any], prefix: str = "") -> list[str]:
+    """``{'train': {'steps': 5}}`` -> ``['train.steps=5']`` (empty dicts stay ``{}``)."""
+    out: list[str] = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out += flatten_config(value, dotted + ".")
+        else:
+            out.append(f"{dotted}={_override_value(value)}")
+    return out
+
+
+def job_config_args(config: str | None, overrides: Sequence[str]) -> tuple[str | None, list[str]]:
+    """(``--config`` value for the container, overrides) with local files inlined."""
+    if is_local_config_file(config):
+        data = yaml.safe_load(Path(config).read_text()) or {}  # type: ignore[arg-type]
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {config} must hold a mapping")
+        return None, flatten_config(data) + list(overrides)
+    return config, list(overrides)
+
+
+def validate_stage_config(stage: str, config: str | None, overrides: Sequence[str]) -> Any:
+    """Load the config exactly as the stage will, so a typo fails now, not on a GPU node."""
+    module = importlib.import_module(stage_module(stage))
+    schema = getattr(module, "CONFIG_SCHEMA", None)
+    if schema is None:
+        raise ValueError(f"stage module {module.__name__} defines no CONFIG_SCHEMA")
+    from umt.configs import load_config
+
+    return load_config(schema, stage, config, list(overrides))
