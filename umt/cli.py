@@ -18,8 +18,9 @@ import typer
 
 from umt.train import STAGES
 
+# Plain tracebacks: they end up in pod logs, where rich panels with locals are noise.
 app = typer.Typer(help="Unmasked Teacher (UMT) video foundation models: train, shard, launch.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 train_app = typer.Typer(help="Train a stage (one process, or under torchrun).", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect stage configs and presets.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -37,10 +38,13 @@ def _stage_command(stage: str):
         except ValueError as e:  # bad config / checkpoint: a clear message, not a traceback
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(2)
+        except FloatingPointError as e:  # the non-finite-loss guard stopped the run
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(1)
         typer.echo(f"{stage} finished: {summary}")
 
-    module_doc = (importlib.util.find_spec(STAGES[stage]) and STAGES[stage])
-    command.__doc__ = f"Run {stage} ({module_doc}). Writes config.yaml, metrics.jsonl and checkpoints to train.output_dir."
+    command.__doc__ = (f"Run {stage} ({STAGES[stage]}). Writes config.yaml, metrics.jsonl, "
+                       f"summary.json and checkpoints to train.output_dir; resumes from them.")
     return command
 
 
@@ -50,7 +54,7 @@ for _stage in STAGES:
 
 def run_stage_module(stage: str) -> None:
     """``python -m umt.train.<stage> --config ... key=value``: the same command as ``umt train``."""
-    single = typer.Typer(add_completion=False)
+    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     single.command()(_stage_command(stage))
     single(prog_name=f"python -m {STAGES[stage]}")
 

@@ -12,6 +12,7 @@ the parallelism, and more decoder threads per worker only oversubscribe the core
 from __future__ import annotations
 
 import io
+import re
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -207,6 +208,19 @@ def decode_image(data: bytes) -> np.ndarray:
         raise DecodeError(f"cannot decode image: {_short(e)}") from None
 
 
-def _short(e: BaseException, limit: int = 200) -> str:
+_NOISE = [
+    re.compile(r"\[Errno -?\d+\] "),                        # PyAV's errno prefix
+    re.compile(r": '(<none>|avcodec_send_packet\(\))'"),    # PyAV's "filename" of in-memory I/O
+    re.compile(r"\[\d\d:\d\d:\d\d\] \S+?:\d+: "),          # decord's "[time] file.cc:123: "
+]
+
+
+def short_error(e: BaseException, limit: int = 200) -> str:
+    """A one-line, bounded description of a decoder exception for logs and failure reasons."""
     msg = f"{type(e).__name__}: {e}".replace("\n", " ")
+    for pattern in _NOISE:
+        msg = pattern.sub("", msg)
     return msg if len(msg) <= limit else msg[:limit] + "..."
+
+
+_short = short_error

@@ -110,25 +110,40 @@ def process_item(item: Item, settings: TranscodeSettings, classes: list[str]) ->
 
 # ----------------------------------------------------------------------- parallel, crash-isolated
 
+def _ping() -> int:
+    return os.getpid()
+
+
 def _new_pool(workers: int) -> ProcessPoolExecutor:
-    # spawn, not fork: the main process runs upload threads, and forking a threaded process can
-    # deadlock in the child. The workers only import umt.data.* (no torch), so spawning is cheap.
+    # spawn, not fork: the main process runs upload and progress threads, and forking a threaded
+    # process can deadlock in the child. The workers only import umt.data.* (no torch), so
+    # spawning is cheap. (As with any spawn pool, a script calling this must guard its entry
+    # point with ``if __name__ == "__main__":``; the ``umt`` command does.)
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _kill_pool(pool: ProcessPoolExecutor) -> None:
     """Stop a pool whose worker hangs or died; only this pool's own processes are touched."""
-    for proc in list(getattr(pool, "_processes", {}).values()):
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
         if proc.is_alive():
             proc.kill()
     pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _run_isolated(item: Item, settings, classes, timeout: float) -> dict[str, Any]:
+def _submit(pool: ProcessPoolExecutor, fn, *args) -> Future:
+    try:
+        return pool.submit(fn, *args)
+    except BrokenProcessPool as e:  # handled like a failure found by result(): see below
+        fut: Future = Future()
+        fut.set_exception(e)
+        return fut
+
+
+def _run_isolated(fn, item: Item, settings, classes, timeout: float) -> dict[str, Any]:
     """Run one suspect input alone in a fresh process: a crash or hang blames only it."""
     pool = _new_pool(1)
     try:
-        return pool.submit(process_item, item, settings, classes).result(timeout=timeout)
+        return _submit(pool, fn, item, settings, classes).result(timeout=timeout)
     except BrokenProcessPool:
         return {"ok": False, "reason": "decoder crashed the worker process (corrupt input)"}
     except FutureTimeout:
@@ -138,9 +153,21 @@ def _run_isolated(item: Item, settings, classes, timeout: float) -> dict[str, An
 
 
 def process_in_order(items: list[Item], settings: TranscodeSettings, classes: list[str],
-                     workers: int, timeout: float) -> Iterator[tuple[Item, dict[str, Any]]]:
-    """Yield ``(item, result)`` in input order, processing up to ``4 * workers`` ahead."""
+                     workers: int, timeout: float,
+                     fn=process_item) -> Iterator[tuple[Item, dict[str, Any]]]:
+    """Yield ``(item, fn(item, settings, classes))`` in input order, ``4 * workers`` ahead.
+
+    ``fn`` must be importable by name (it runs in spawned processes); tests swap in one that
+    crashes or hangs on purpose.
+    """
     pool = _new_pool(workers)
+    try:
+        pool.submit(_ping).result(timeout=120)
+    except Exception as e:
+        _kill_pool(pool)
+        raise RuntimeError(f"sharding worker processes cannot start ({type(e).__name__}: {e}); a "
+                           f"script that calls shard_dataset must guard its entry point with "
+                           f"`if __name__ == '__main__':`") from None
     pending: deque[tuple[Item, Future]] = deque()
     todo = iter(items)
 
@@ -149,7 +176,7 @@ def process_in_order(items: list[Item], settings: TranscodeSettings, classes: li
             it = next(todo, None)
             if it is None:
                 return
-            pending.append((it, pool.submit(process_item, it, settings, classes)))
+            pending.append((it, _submit(pool, fn, it, settings, classes)))
 
     try:
         fill()
@@ -163,9 +190,8 @@ def process_in_order(items: list[Item], settings: TranscodeSettings, classes: li
                 # the new pool and is isolated when it reaches the head of the queue).
                 _kill_pool(pool)
                 pool = _new_pool(workers)
-                result = _run_isolated(item, settings, classes, timeout)
-                pending = deque((it, pool.submit(process_item, it, settings, classes))
-                                for it, _ in pending)
+                result = _run_isolated(fn, item, settings, classes, timeout)
+                pending = deque((it, _submit(pool, fn, it, settings, classes)) for it, _ in pending)
             yield item, result
             fill()
     finally:

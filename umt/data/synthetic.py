@@ -72,7 +72,8 @@ def frames_to_mp4(frames: np.ndarray, fps: float = 8.0, keyframe_interval: int =
 
 
 def write_dataset(output_dir: str, num_videos: int, *, num_frames: int = 16, size: int = 64,
-                  fps: float = 8.0, seed: int = 0, manifest_name: str = "manifest.csv") -> str:
+                  fps: float = 8.0, seed: int = 0, manifest_name: str = "manifest.csv",
+                  progress=None) -> str:
     """Write ``num_videos`` synthetic mp4s and a CSV manifest for ``umt shard``; return its path.
 
     ``output_dir`` is a local folder or an s3:// prefix.
@@ -82,6 +83,7 @@ def write_dataset(output_dir: str, num_videos: int, *, num_frames: int = 16, siz
     from :data:`CLASSES`) and ``<output_dir>/classes.txt`` (pass it to ``umt shard --classes``
     to keep :data:`CLASSES`' order as the label indices). Labels are balanced (index % 4) so
     small datasets cover every class. The same arguments give byte-identical files.
+    ``progress``, if given, is called with 1 after each video (e.g. ``tqdm.update``).
     """
     import csv
     import io
@@ -100,6 +102,8 @@ def write_dataset(output_dir: str, num_videos: int, *, num_frames: int = 16, siz
         storage.write_bytes(storage.join(output_dir, rel), frames_to_mp4(frames, fps))
         rows.append({"video": rel, "label": CLASSES[label], "caption": caption,
                      "id": f"synthetic-{i:06d}"})
+        if progress is not None:
+            progress(1)
     storage.write_bytes(storage.join(output_dir, "classes.txt"), ("\n".join(CLASSES) + "\n").encode())
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=["video", "label", "caption", "id"])

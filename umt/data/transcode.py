@@ -21,6 +21,7 @@ from fractions import Fraction
 from typing import Any, Optional
 
 from umt.data.decoders import DecodeError, DecordDecoder
+from umt.data.decoders import short_error as _short
 
 
 class InputError(Exception):
@@ -236,8 +237,3 @@ def process_image(data: bytes, settings: TranscodeSettings) -> tuple[bytes, str,
     rgb.save(buf, format="JPEG", quality=settings.image_quality)
     meta.update(width=w, height=h)
     return buf.getvalue(), "jpg", meta
-
-
-def _short(e: BaseException, limit: int = 200) -> str:
-    msg = f"{type(e).__name__}: {e}".replace("\n", " ")
-    return msg if len(msg) <= limit else msg[:limit] + "..."

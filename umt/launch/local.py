@@ -276,11 +276,11 @@ class LocalExecutor:
         if self._done.is_set():
             return
         self._set(phase, message)
-        self._done.set()
         # After success, stragglers get a grace period to exit on their own.
         grace = self.grace_period if phase == SUCCEEDED else 0.0
         self._stopper = threading.Thread(target=self._stop_all, args=(grace,), daemon=True)
         self._stopper.start()
+        self._done.set()  # last: wait() joins the stopper once this is set
 
     def _stop_all(self, grace: float = 0.0) -> None:
         deadline = time.monotonic() + grace
@@ -324,11 +324,36 @@ class LocalExecutor:
         return self.dir / f"{replica}-{index}.log"
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (``ps`` works on Linux and macOS alike)."""
+    out = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True,
+                         text=True, check=False).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            children.setdefault(int(parts[1]), []).append(int(parts[0]))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def _kill_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
+    """Signal a replica's whole process tree, like a container dying.
+
+    torchrun starts each worker in a session of its own, so signalling torchrun's group is not
+    enough: a SIGKILLed torchrun would leave its trainers running. SIGTERM goes to torchrun
+    only, which forwards it to its workers as it does in a pod.
+    """
+    tree = _descendants(proc.pid) if sig == signal.SIGKILL else []
+    for pid in [proc.pid, *tree]:
+        try:
+            os.killpg(pid, sig) if pid == proc.pid else os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 class LocalBackend:

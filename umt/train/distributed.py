@@ -47,6 +47,15 @@ def all_finite(x: torch.Tensor, info: DistInfo) -> bool:
     return bool(flag.item())
 
 
+def mean_over_ranks(x: torch.Tensor, info: DistInfo) -> float:
+    """The global mean of a per-rank scalar (for logging the loss of the whole batch)."""
+    x = x.detach().float().clone()
+    if info.world_size > 1:
+        dist.all_reduce(x)
+        x /= info.world_size
+    return float(x)
+
+
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -57,12 +57,15 @@ def train(cfg: Stage1Config) -> dict[str, Any]:
     dist = distributed.setup(cfg.train.device)
     setup_logging(dist.rank)
     tc = cfg.train
-    torch.manual_seed(tc.seed + dist.rank)
+    # Same seed on every rank while building, so a random (test/demo) teacher is the same
+    # everywhere; then a per-rank seed for stochastic depth.
+    torch.manual_seed(tc.seed)
     device = dist.device
     files = RunFiles(tc.output_dir, enabled=dist.is_main)
     files.write_config(cfg)
 
     teacher, student = build_models(cfg, device)
+    torch.manual_seed(tc.seed + dist.rank)
     global_batch = tc.batch_size * dist.world_size
     lr, min_lr, warmup_lr = scaled_lrs(cfg.optim, global_batch)
     optimizer = build_optimizer(student, cfg.optim, lr, device)
@@ -124,7 +127,7 @@ def train(cfg: Stage1Config) -> dict[str, Any]:
 
         done = step + 1
         if done % tc.log_every == 0 or done == end:
-            loss_val = float(loss.detach())
+            loss_val = distributed.mean_over_ranks(loss.detach(), dist)
             elapsed = time.perf_counter() - t_last
             record = {"step": done, "loss": finite_or_none(loss_val),
                       "lr": optimizer.param_groups[0]["lr"],

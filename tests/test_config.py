@@ -1,0 +1,54 @@
+"""One config system: dataclass defaults <- preset/YAML <- key=value overrides."""
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from umt.cli import app
+from umt.configs import Stage1Config, list_presets, load_config
+
+
+def test_presets_exist_and_load():
+    assert {"tiny", "b16", "l16"} <= set(list_presets("stage1"))
+    for name in list_presets("stage1"):
+        assert isinstance(load_config(Stage1Config, "stage1", name), Stage1Config)
+
+
+def test_b16_and_l16_follow_the_paper_recipe():
+    for name, dp, teacher, res in (("b16", 0.1, "ViT-B-16", 224), ("l16", 0.2, "ViT-L-14", 196)):
+        c = load_config(Stage1Config, "stage1", name)
+        assert c.model.num_frames == 8 and c.model.img_size == 224 and c.model.tubelet_size == 1
+        assert c.mask.type == "attention" and c.mask.ratio == 0.8
+        assert c.model.align_layers == c.teacher.return_layers == 6
+        assert c.optim.betas == [0.9, 0.95] and c.optim.weight_decay == 0.05 and c.optim.base_lr == 1.5e-4
+        assert c.model.drop_path_rate == dp and c.teacher.model_name == teacher
+        assert c.teacher.input_resolution == res and c.train.precision == "bf16"
+
+
+def test_overrides_and_yaml_file(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("train: {steps: 7}\noptim: {betas: [0.9, 0.99]}\n")
+    c = load_config(Stage1Config, "stage1", str(f), ["train.batch_size=3", "mask.type=tube"])
+    assert (c.train.steps, c.train.batch_size, c.optim.betas, c.mask.type) == (7, 3, [0.9, 0.99], "tube")
+
+
+@pytest.mark.parametrize("bad,msg", [(["train.steps=abc"], "steps"), (["train.nope=1"], "nope"),
+                                     (["trainsteps"], "key=value")])
+def test_bad_overrides_name_the_key(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        load_config(Stage1Config, "stage1", "tiny", bad)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="neither a YAML file nor a stage1 preset"):
+        load_config(Stage1Config, "stage1", "huge")
+
+
+def test_cli_config_show_and_errors():
+    r = CliRunner().invoke(app, ["config", "show", "stage1", "--config", "tiny", "train.steps=3"])
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load(r.output)["train"]["steps"] == 3
+    r = CliRunner().invoke(app, ["train", "stage1", "--config", "tiny", "train.steps=x"])
+    assert r.exit_code == 2 and "steps" in r.output
+    for args in (["--help"], ["train", "--help"], ["train", "stage1", "--help"], ["config", "--help"]):
+        assert CliRunner().invoke(app, args).exit_code == 0

@@ -1,0 +1,123 @@
+"""Data commands, registered by ``umt/cli.py`` (``app.command("shard")(shard)``)::
+
+    umt shard --input videos.csv --output s3://bucket/k400-train --short-side 320 --max-fps 30
+    umt shard --input /data/kinetics/train --output ./shards --samples-per-shard 500 --workers 8
+    umt shard --input s3://raw/clips/ --output s3://bucket/clips --shard-bytes 1GB --no-transcode
+    umt make-synthetic --output-dir ./synthetic --num-videos 256
+
+Exit codes: 0 success; 1 too many inputs failed (``--max-failure-rate``); 2 bad arguments or
+a manifest that cannot be parsed (nothing was done).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Annotated, Optional
+
+import typer
+
+
+def _fail(message: str, code: int) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(code)
+
+
+def shard(
+    input: Annotated[str, typer.Option(
+        "--input", "-i", help="Manifest (.csv / .jsonl) or a folder / s3:// prefix of videos "
+                              "(label = parent folder name).")],
+    output: Annotated[str, typer.Option(
+        "--output", "-o", help="Folder or s3://bucket/prefix for the shards and dataset.json.")],
+    short_side: Annotated[int, typer.Option(
+        "--short-side", help="Cap the short side (pixels) when transcoding; never upscales. 0 = keep.")] = 320,
+    max_fps: Annotated[float, typer.Option(
+        "--max-fps", help="Cap the frame rate when transcoding. 0 = keep.")] = 30.0,
+    max_seconds: Annotated[Optional[float], typer.Option(
+        "--max-seconds", help="Keep at most this many seconds from each clip's start.")] = None,
+    samples_per_shard: Annotated[Optional[int], typer.Option(
+        "--samples-per-shard", help="Close a shard at this many samples (default 1000).")] = None,
+    shard_bytes: Annotated[Optional[str], typer.Option(
+        "--shard-bytes", help="Close a shard at this size, e.g. 1GB or 500MiB (with "
+                              "--samples-per-shard: whichever comes first).")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", "-j", help="Worker processes (default: CPU cores).")] = 0,
+    max_failure_rate: Annotated[float, typer.Option(
+        "--max-failure-rate", help="Fail the step when more than this fraction of inputs fail.")] = 0.05,
+    transcode: Annotated[bool, typer.Option(
+        "--transcode/--no-transcode", help="Re-encode to H.264 (short side, fps, duration caps, "
+                                           "short GOP), or store validated originals.")] = True,
+    keyframe_interval: Annotated[int, typer.Option(
+        "--keyframe-interval", help="Frames between keyframes in transcoded videos.")] = 16,
+    crf: Annotated[int, typer.Option("--crf", help="x264 quality (lower = better, bigger).")] = 23,
+    classes: Annotated[Optional[str], typer.Option(
+        "--classes", help="Class-names file (one per line, or a JSON list): fixes label indices "
+                          "so train and val shards agree.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Validate videos, transcode them and write WebDataset shards + dataset.json (local or S3)."""
+    from umt.data.dataset_json import DatasetJsonError
+    from umt.data.manifest import ManifestError, read_classes
+    from umt.data.shard import ShardingFailed, parse_size, shard_dataset
+    from umt.data.transcode import TranscodeSettings
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if short_side < 0 or max_fps < 0 or (max_seconds is not None and max_seconds <= 0):
+            raise ValueError("--short-side and --max-fps must be >= 0, --max-seconds > 0")
+        if keyframe_interval < 1:
+            raise ValueError("--keyframe-interval must be >= 1")
+        settings = TranscodeSettings(enabled=transcode, short_side=short_side,
+                                     max_fps=max_fps or None, max_seconds=max_seconds,
+                                     keyframe_interval=keyframe_interval, crf=crf)
+        class_names = read_classes(classes) if classes else None
+        info = shard_dataset(input, output, settings, samples_per_shard=samples_per_shard,
+                             shard_bytes=parse_size(shard_bytes), workers=workers or os.cpu_count(),
+                             max_failure_rate=max_failure_rate, classes=class_names,
+                             progress=not quiet)
+    except (ManifestError, DatasetJsonError, ValueError, FileNotFoundError) as e:
+        _fail(str(e), 2)
+    except ShardingFailed as e:
+        _fail(str(e), 1)
+    _summary(info)
+
+
+def _summary(info) -> None:
+    from collections import Counter
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    console.print(f"[green]wrote {info.num_samples} samples in {len(info.shards)} shards "
+                  f"({info.num_bytes / 1e6:.1f} MB), {info.num_failed} inputs failed[/green]")
+    if info.failures:
+        table = Table("reason", "inputs", "example", title="failed inputs (all listed in dataset.json)")
+        reasons = Counter(f.reason.split(":")[0] for f in info.failures)
+        for reason, n in reasons.most_common(10):
+            example = next(f.source for f in info.failures if f.reason.split(":")[0] == reason)
+            table.add_row(reason, str(n), example)
+        console.print(table)
+    typer.echo(info.location)
+
+
+def synthetic(
+    output_dir: Annotated[str, typer.Option(
+        "--output-dir", "-o", help="Folder or s3:// prefix for videos/, manifest.csv, classes.txt.")],
+    num_videos: Annotated[int, typer.Option("--num-videos", "-n", help="How many clips.")] = 64,
+    num_frames: Annotated[int, typer.Option("--num-frames", help="Frames per clip.")] = 16,
+    size: Annotated[int, typer.Option("--size", help="Frame side in pixels (even).")] = 64,
+    fps: Annotated[float, typer.Option("--fps", help="Frame rate of the mp4s.")] = 8.0,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same files.")] = 0,
+) -> None:
+    """Write synthetic mp4 clips (label = direction of motion) and a manifest for `umt shard`."""
+    from tqdm import tqdm
+
+    from umt.data import synthetic as syn
+
+    if num_videos < 1 or size < 2 or size % 2 or num_frames < 1 or fps <= 0:
+        _fail("--num-videos and --num-frames must be >= 1, --size even, --fps > 0", 2)
+    with tqdm(total=num_videos, unit="video", desc="synthetic") as bar:
+        manifest = syn.write_dataset(output_dir, num_videos, num_frames=num_frames, size=size,
+                                     fps=fps, seed=seed, progress=bar.update)
+    typer.echo(manifest)
