@@ -84,8 +84,8 @@ def train(cfg: Stage1Config) -> dict[str, Any]:
     scheduler.step_update(start)
     model = DDP(student, device_ids=[dist.local_rank] if device.type == "cuda" else None) \
         if dist.world_size > 1 else student
-    if tc.compile:
-        model = torch.compile(model)
+    if tc.compile:  # the frozen teacher is compiled too: it costs about as much as the student
+        model, teacher = torch.compile(model), torch.compile(teacher)
 
     loader = build_pretrain_loader(cfg.data, batch_size=tc.batch_size, num_frames=cfg.model.num_frames,
                                    img_size=cfg.model.img_size, seed=tc.seed, rank=dist.rank,
@@ -142,6 +142,10 @@ def train(cfg: Stage1Config) -> dict[str, Any]:
             last_ckpt = checkpoint.save(tc.output_dir, done, {
                 "model": student.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": checkpoint.rng_state(),
+                # Data position: the loaders are functions of (seed, step, rank), so the step
+                # and the batch geometry are what a resumed run needs to continue the stream.
+                "data": {"next_step": done, "samples_seen": done * global_batch,
+                         "world_size": dist.world_size, "source": cfg.data.source},
                 "config": to_yaml(cfg)},
                 keep_last=tc.keep_last)
             files.flush()
