@@ -35,9 +35,10 @@ class JobBackend(Protocol):
              on_status: Callable[[JobStatus], None] | None = None) -> JobStatus:
         """Block until the job succeeds or fails (``timeout=None``: as long as it takes)."""
 
-    def logs(self, name: str, *, follow: bool = False, replica: str = "master",
+    def logs(self, name: str, *, follow: bool = False, replica: str | None = None,
              index: int = 0) -> Iterator[str]:
-        """Lines of one replica's main container; ``follow`` streams until the job finishes."""
+        """Lines of one replica's ``pytorch`` container (``replica=None``: the master role);
+        ``follow`` streams until the job finishes."""
 
     def delete(self, name: str) -> None:
         """Stop the job and remove it (no error when it is already gone)."""

@@ -12,7 +12,9 @@ What earlier launchers got wrong, and what this one does instead:
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from typing import Any, Callable, Iterator
 
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 
 GROUP, VERSION = API_VERSION.split("/")
 TRANSIENT_HTTP = {429, 500, 502, 503, 504}
+LOG_READ_TIMEOUT = 300.0  # seconds without a log line before we reconnect (no lines lost)
+_RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 TRANSIENT_ERRORS = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
 
 
@@ -41,8 +45,6 @@ def _is_transient(err: BaseException) -> bool:
 
 def _reason(err: ApiException) -> str:
     """The API server's own message out of a Status body."""
-    import json
-
     try:
         return json.loads(err.body).get("message") or str(err.reason)
     except (TypeError, ValueError):
@@ -97,6 +99,9 @@ class PyTorchJobBackend:
                 raise RuntimeError(
                     "the API server has no kubeflow.org/v1 pytorchjobs: install the Training "
                     "Operator v1.9 (see docs/kubernetes.md) and run `umt doctor`") from None
+            if e.status in (400, 403, 422) and "admission webhook" in _reason(e):
+                # The Training Operator's webhook said no (a validation error, not RBAC).
+                raise InvalidJobError(name, [_reason(e)]) from None
             if e.status == 403:
                 raise PermissionError(
                     f"not allowed to create pytorchjobs in namespace {self.namespace}: "
@@ -184,20 +189,46 @@ class PyTorchJobBackend:
             return
         yield from self._follow(name, pod)
 
+    def _previous_lines(self, pod: str) -> list[tuple[str, str]]:
+        try:
+            text = self.cluster.core.read_namespaced_pod_log(
+                pod, self.namespace, container=CONTAINER, previous=True, timestamps=True,
+                _request_timeout=self.request_timeout)
+        except ApiException:
+            return []  # 400: no previous container (the usual case)
+        out = []
+        for line in text.splitlines():
+            ts, _, body = line.partition(" ")
+            if _RFC3339.match(ts):
+                out.append((_ts_key(ts), body))
+        return out
+
     def _follow(self, name: str, pod: str) -> Iterator[str]:
         """Stream a pod's log across container restarts and dropped connections, without
         repeating lines (timestamps tell where the previous stream stopped)."""
         last = ""
         while True:
             try:
+                # A container that crashed between two connections: show its last words.
+                for key, text in self._previous_lines(pod):
+                    if key > last:
+                        last = key
+                        yield text
+                # The read timeout turns a silently dropped connection (idle NAT / load
+                # balancer) into a reconnect instead of a log that stops forever.
                 resp = self.cluster.core.read_namespaced_pod_log(
                     pod, self.namespace, container=CONTAINER, follow=True, timestamps=True,
-                    _preload_content=False)
+                    _preload_content=False,
+                    _request_timeout=(self.request_timeout, LOG_READ_TIMEOUT))
                 try:
                     for raw in resp:
-                        ts, _, text = raw.decode("utf-8", "replace").rstrip("\n").partition(" ")
-                        if _ts_key(ts) <= last:
+                        line = raw.decode("utf-8", "replace").rstrip("\n")
+                        ts, _, text = line.partition(" ")
+                        if not _RFC3339.match(ts):  # a server that ignored timestamps=true
+                            yield line
                             continue
+                        if _ts_key(ts) <= last:
+                            continue  # already shown before the stream was reopened
                         last = _ts_key(ts)
                         yield text
                 finally:

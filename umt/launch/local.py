@@ -21,7 +21,9 @@ Differences that a laptop forces, and nothing else:
 Restarts follow the replica's ``restartPolicy`` (OnFailure/Always: restart the replica after a
 short delay, like the kubelet; ExitCode: restart on codes >= 128, i.e. signals, fail on 1-127;
 Never: fail) and the job fails once replicas have restarted ``backoffLimit`` times in total.
-Conditions (Created, Running, Restarting, Succeeded, Failed) move as the operator moves them.
+Conditions (Created, Running, Restarting, Succeeded, Failed) move as the operator moves them,
+with one addition: a replica restarted under OnFailure shows as Restarting here, where on a
+cluster the kubelet restarts the container in place and only its restart count tells.
 """
 
 from __future__ import annotations
@@ -44,8 +46,15 @@ import yaml
 from umt.launch.backend import Submission
 from umt.launch.pytorchjob import CONTAINER
 from umt.launch.serialize import to_dict
-from umt.launch.status import (CREATED, FAILED, RESTARTING, RUNNING, SUCCEEDED, JobStatus,
-                               set_condition)
+from umt.launch.status import (
+    CREATED,
+    FAILED,
+    RESTARTING,
+    RUNNING,
+    SUCCEEDED,
+    JobStatus,
+    set_condition,
+)
 from umt.launch.validate import validate_pytorchjob
 
 log = logging.getLogger(__name__)
@@ -99,6 +108,8 @@ class LocalExecutor:
         self.conditions: list = []
         self.port = free_port()
         self.replicas = self._replicas(spec)
+        for replica in self.replicas:  # a new job: logs of an earlier one with this name go
+            replica.log_path.unlink(missing_ok=True)
         self._lock = threading.RLock()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None

@@ -1,4 +1,4 @@
-"""Where training pods land: A100 node pools per cloud, as node selectors + tolerations (+ affinity).
+"""Where training pods land: A100 node pools per cloud (node selectors, tolerations, affinity).
 
 A GPU type is not a Kubernetes resource (``nvidia.com/gpu`` counts any NVIDIA GPU), so pinning
 A100s needs a node label. Each cloud labels its GPU nodes differently; the same labels are used by
@@ -95,6 +95,12 @@ NODE_POOLS: dict[str, NodePool] = {pool.name: pool for pool in [
         description="Any cluster running NVIDIA GPU Feature Discovery (A100 SXM4 80GB)",
         node_selector={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
         tolerations=(GPU_TOLERATION,),
+    ),
+    NodePool(
+        name="nvidia",
+        description="Any node with NVIDIA GPUs (toleration only; kustomize overlays add a pool)",
+        tolerations=(GPU_TOLERATION,),
+        gpus_per_node=16,
     ),
     NodePool(
         name="cpu",

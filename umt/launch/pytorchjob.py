@@ -7,11 +7,12 @@
 
 Shape of the job (Training Operator v1, ``kubeflow.org/v1``):
 
-* Master (exactly 1 replica) + ``nodes - 1`` Workers (elastic jobs: Workers only), each a pod with one container named
-  ``pytorch`` running ``torchrun -m <stage module> --config ... key=value ...``. No torchrun
-  flags: the operator injects ``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK``,
-  ``PET_MASTER_ADDR`` and ``PET_MASTER_PORT`` and torchrun reads them, so the same command runs
-  on 1 or 64 nodes, on a cluster or in the local executor.
+* Master (exactly 1 replica) + ``nodes - 1`` Workers (elastic jobs: Workers only), each a
+  pod with one container named ``pytorch`` running
+  ``torchrun -m <stage module> --config ... key=value ...``. No torchrun flags: the operator
+  injects ``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK``, ``PET_MASTER_ADDR`` and
+  ``PET_MASTER_PORT`` and torchrun reads them, so the same command runs on 1 or 64 nodes, on a
+  cluster or in the local executor.
 * ``nprocPerNode`` = GPUs per node, as a string (the CRD's type; ``8`` would be rejected).
 * ``restartPolicy: OnFailure``: a crashed container restarts in place, keeps its node and GPUs,
   and the stage resumes from its last checkpoint. (``ExitCode`` looks tempting but fails the job
@@ -61,7 +62,7 @@ from umt.launch.images import default_image
 from umt.launch.node_pools import GPU_RESOURCE, get_node_pool
 from umt.launch.serialize import to_dict
 from umt.launch.stages import job_config_args, stage_module, validate_stage_config
-from umt.launch.validate import validate_pytorchjob
+from umt.launch.validate import CLEAN_POD_POLICIES, RESTART_POLICIES, validate_pytorchjob
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "PyTorchJob"
@@ -78,8 +79,6 @@ ANNOTATION_SPEC_HASH = "umt/spec-hash"
 # Replica pods are '<job>-worker-<i>' and each gets a Service of the same name, which must be a
 # DNS-1035 label (<= 63 chars); keep room for '-worker-' and the index.
 MAX_NAME_LENGTH = 48
-RESTART_POLICIES = ("OnFailure", "Always", "ExitCode", "Never")
-CLEAN_POD_POLICIES = ("None", "Running", "All")
 UID = 1000  # the non-root user of images/train.Dockerfile
 
 

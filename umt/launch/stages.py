@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,12 +35,16 @@ def is_local_config_file(config: str | None) -> bool:
     return bool(config) and Path(config).suffix in (".yaml", ".yml") and Path(config).is_file()
 
 
+_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_./:@+-]*$")
+
+
 def _override_value(value: Any) -> str:
     """A value as OmegaConf's dot-list parser reads it back unchanged."""
     if isinstance(value, str):
-        # Strings YAML would read as something else ('null', '1e-4', 'true') are quoted.
-        return value if yaml.safe_load(value) == value and value.strip() == value \
-            else json.dumps(value)
+        # Plain only when nothing could read it as another type ('null', 'yes', '1e-4');
+        # everything else is a quoted (JSON = YAML) string.
+        plain = _PLAIN.match(value) and yaml.safe_load(value) == value
+        return value if plain else json.dumps(value)
     return json.dumps(value)
 
 

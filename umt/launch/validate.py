@@ -1,6 +1,6 @@
 """Check a PyTorchJob the way a cluster would, before it costs a GPU-hour.
 
-Four layers, each named in its error messages:
+Layers, each named in its error messages:
 
 * ``schema``: the Training Operator v1.9 CRD's ``openAPIV3Schema`` (shipped in ``crds/``), as a
   *structural* schema: unknown fields are errors (what ``kubectl apply`` does with server-side
@@ -14,7 +14,8 @@ Four layers, each named in its error messages:
   DNS-1035 name, only Master/Worker replicas, a container named ``pytorch`` with an image,
   exactly one Master (``replicas: 1`` spelt out), Workers >= 1, elastic policy needs Workers,
   ``elasticPolicy.nProcPerNode`` excludes ``nprocPerNode``, supported ``runPolicy.managedBy``.
-* ``torchrun``: ``nprocPerNode`` must be a form torchrun accepts (auto, cpu, gpu or an int).
+* ``operator`` / ``torchrun``: plain strings the schema accepts but that fail at run time:
+  ``restartPolicy`` and ``cleanPodPolicy`` values, ``nprocPerNode`` forms (auto, cpu, gpu, int).
 
 The same checks run in ``umt job render``, in the launcher before submitting, and inside the
 tests' fake API server, so a job that passes here is one the real server accepts.
@@ -61,9 +62,12 @@ OBJECT_META_SCHEMA: dict[str, Any] = {
 PYTORCH_CONTAINER = "pytorch"
 REPLICA_TYPES = ("Master", "Worker")
 MANAGED_BY = ("kubeflow.org/training-operator", "kueue.x-k8s.io/multikueue")
+RESTART_POLICIES = ("OnFailure", "Always", "ExitCode", "Never")
+CLEAN_POD_POLICIES = ("None", "Running", "All")
 
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_SUBDOMAIN = re.compile(rf"^{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _NPROC_FORMS = re.compile(r"^(auto|cpu|gpu|[1-9][0-9]*)$")
 _INT32 = (-(2**31), 2**31 - 1)
@@ -80,7 +84,8 @@ class InvalidJobError(ValueError):
 
 @lru_cache(maxsize=None)
 def load_crd(path: str = str(CRD_PATH)) -> dict[str, Any]:
-    return yaml.safe_load(Path(path).read_text())
+    # The C loader when present: the CRD is 8000 lines and the pure-Python parser takes ~2 s.
+    return yaml.load(Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def crd_version_schema(crd: dict[str, Any], version: str = "v1") -> dict[str, Any]:
@@ -246,18 +251,31 @@ def webhook_errors(job: dict[str, Any]) -> list[str]:
     return errs
 
 
-def torchrun_errors(job: dict[str, Any]) -> list[str]:
-    nproc = (job.get("spec") or {}).get("nprocPerNode")
+def runtime_errors(job: dict[str, Any]) -> list[str]:
+    """Values the schema lets through (plain strings) but that break once the job runs."""
+    errs = []
+    spec = job.get("spec") or {}
+    nproc = spec.get("nprocPerNode")
     if isinstance(nproc, str) and not _NPROC_FORMS.match(nproc):
-        return [f"torchrun: spec.nprocPerNode {nproc!r} must be auto, cpu, gpu or a positive "
-                "integer (as a string)"]
-    return []
+        errs.append(f"torchrun: spec.nprocPerNode {nproc!r} must be auto, cpu, gpu or a "
+                    "positive integer (as a string)")
+    for rtype, rspec in _replica_specs(job).items():
+        policy = (rspec or {}).get("restartPolicy")
+        if policy is not None and policy not in RESTART_POLICIES:
+            # The operator copies it into the pods, which the API server then refuses.
+            errs.append(f"operator: spec.pytorchReplicaSpecs[{rtype}].restartPolicy {policy!r} "
+                        f"not in {RESTART_POLICIES}")
+    clean = (spec.get("runPolicy") or {}).get("cleanPodPolicy")
+    if clean is not None and clean not in CLEAN_POD_POLICIES:
+        errs.append(f"operator: spec.runPolicy.cleanPodPolicy {clean!r} not in "
+                    f"{CLEAN_POD_POLICIES}")
+    return errs
 
 
 def pytorchjob_errors(job: dict[str, Any]) -> list[str]:
     """Every problem a cluster would find, schema first (the API server checks it first)."""
     job = copy.deepcopy(job)
-    return schema_errors(job) + apiserver_errors(job) + webhook_errors(job) + torchrun_errors(job)
+    return schema_errors(job) + apiserver_errors(job) + webhook_errors(job) + runtime_errors(job)
 
 
 def validate_pytorchjob(job: dict[str, Any]) -> None:

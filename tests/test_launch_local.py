@@ -1,0 +1,195 @@
+"""The local PyTorchJob executor: the cluster's job object, run as processes here (CPU, gloo).
+
+Fast tests swap the container command for a tiny fake replica to pin down the operator
+semantics (environment, restart policies, backoff limit, deadline, conditions); the slow test
+runs the real Stage-1 entry point as a 2-replica job through ``run_training_job`` and kills a
+replica mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from umt.launch import InvalidJobError, TrainingJob, build_pytorchjob, run_training_job, to_dict
+from umt.launch.local import LocalBackend, LocalExecutor
+from umt.launch.status import CREATED, FAILED, RESTARTING, RUNNING, SUCCEEDED
+
+FAKE_REPLICA = '''
+import json, os, sys, time
+print(json.dumps({k: v for k, v in os.environ.items() if k.startswith(
+    ("PET_", "MASTER_", "WORLD_SIZE", "RANK", "PYTHONUNBUFFERED", "FROM_"))}), flush=True)
+mode, arg = sys.argv[1], int(sys.argv[2])
+if mode == "exit":
+    sys.exit(arg)
+for i in range(arg):
+    print(f"line {i}", flush=True)
+    time.sleep(0.05)
+'''
+
+
+def fake_job(tmp_path: Path, mode: str, arg: int, **kw) -> dict:
+    """A real rendered job whose ``pytorch`` container runs the fake replica instead."""
+    script = tmp_path / "fake_replica.py"
+    script.write_text(FAKE_REPLICA)
+    kw.setdefault("nodes", 1)
+    job = to_dict(build_pytorchjob(TrainingJob(
+        stage="stage1", config="tiny", gpus_per_node=0, node_pool="cpu",
+        env={"FROM_SPEC": "yes"}, validate_config=False, **kw)))
+    for rspec in job["spec"]["pytorchReplicaSpecs"].values():
+        rspec["template"]["spec"]["containers"][0]["command"] = [
+            sys.executable, str(script), mode, str(arg)]
+    return job
+
+
+def first_json(path: Path) -> dict:
+    return json.loads(path.read_text().splitlines()[0])
+
+
+def test_replicas_get_the_operators_environment(tmp_path):
+    job = fake_job(tmp_path, "exit", 0, nodes=3, procs_per_node=2)
+    ex = LocalExecutor(job, tmp_path / "jobs", secrets={"umt-s3": {"AWS_ACCESS_KEY_ID": "k"}})
+    status = ex.start().wait(timeout=60)
+    assert status.phase == SUCCEEDED
+    assert [(c.type, c.status) for c in status.conditions] == [
+        (CREATED, "True"), (RUNNING, "False"), (SUCCEEDED, "True")]
+    envs = [first_json(ex.log_path(r, i)) for r, i in (("master", 0), ("worker", 0),
+                                                       ("worker", 1))]
+    assert [e["PET_NODE_RANK"] for e in envs] == ["0", "1", "2"]
+    assert [e["RANK"] for e in envs] == ["0", "1", "2"]  # node rank, as the operator sets it
+    for e in envs:
+        assert e["PET_NNODES"] == "3" and e["PET_NPROC_PER_NODE"] == "2"
+        assert e["WORLD_SIZE"] == "6" and e["PYTHONUNBUFFERED"] == "1"
+        assert e["MASTER_ADDR"] == e["PET_MASTER_ADDR"] == "127.0.0.1"
+        assert e["MASTER_PORT"] == e["PET_MASTER_PORT"] == envs[0]["MASTER_PORT"]
+        assert e["FROM_SPEC"] == "yes"
+    assert (tmp_path / "jobs" / job["metadata"]["name"] / "job.yaml").exists()
+
+
+def test_secret_refs_come_from_secrets_or_our_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-env")
+    script = tmp_path / "show.py"
+    script.write_text("import os; print(os.environ.get('AWS_ACCESS_KEY_ID'), "
+                      "os.environ.get('AWS_SECRET_ACCESS_KEY'))")
+    job = fake_job(tmp_path, "exit", 0)
+    job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
+        "command"] = [sys.executable, str(script)]
+    ex = LocalExecutor(job, tmp_path / "jobs", secrets={"umt-s3": {"AWS_ACCESS_KEY_ID": "k"}})
+    assert ex.start().wait(timeout=60).succeeded
+    assert ex.log_path().read_text().split() == ["k", "from-env"]
+
+
+def test_elastic_jobs_get_the_rendezvous_environment(tmp_path):
+    job = fake_job(tmp_path, "exit", 0, nodes=2, elastic_min_nodes=1, elastic_max_nodes=3)
+    ex = LocalExecutor(job, tmp_path / "jobs")
+    assert ex.start().wait(timeout=60).succeeded
+    env = first_json(ex.log_path())  # worker-0: elastic jobs have no Master
+    assert env["PET_NNODES"] == "1:3" and env["PET_RDZV_BACKEND"] == "c10d"
+    assert env["PET_RDZV_ENDPOINT"].startswith("127.0.0.1:") and "MASTER_ADDR" not in env
+
+
+def test_never_restart_policy_fails_the_job(tmp_path):
+    job = fake_job(tmp_path, "exit", 3, restart_policy="Never")
+    status = LocalExecutor(job, tmp_path / "jobs").start().wait(timeout=60)
+    assert status.phase == FAILED
+    assert "1 Master replica(s) failed (exit code 3)" in status.message
+
+
+def test_on_failure_restarts_until_the_backoff_limit(tmp_path):
+    job = fake_job(tmp_path, "exit", 1, backoff_limit=3)
+    ex = LocalExecutor(job, tmp_path / "jobs", restart_delay=0.05)
+    seen: set[str] = set()
+    ex.start()
+    while not ex.status().finished:
+        seen.add(ex.status().phase)
+        time.sleep(0.01)
+    status = ex.wait()
+    assert status.phase == FAILED and "backoff limit" in status.message
+    assert ex.replicas[0].exit_codes == [1, 1, 1]  # 2 restarts; the 3rd reaches the limit
+    assert RESTARTING in seen
+
+
+def test_exit_code_policy_restarts_signals_but_fails_on_errors(tmp_path):
+    job = fake_job(tmp_path, "exit", 137, restart_policy="ExitCode", backoff_limit=2)
+    ex = LocalExecutor(job, tmp_path / "jobs", restart_delay=0.05)
+    assert ex.start().wait(timeout=60).phase == FAILED
+    assert ex.replicas[0].exit_codes == [137, 137]  # retryable: restarted once
+    job = fake_job(tmp_path, "exit", 2, restart_policy="ExitCode", backoff_limit=2)
+    ex = LocalExecutor(job, tmp_path / "jobs2", restart_delay=0.05)
+    assert ex.start().wait(timeout=60).phase == FAILED
+    assert ex.replicas[0].exit_codes == [2]  # a bug, not a lost node: no restart
+
+
+def test_active_deadline_fails_the_job(tmp_path):
+    job = fake_job(tmp_path, "loop", 10_000, active_deadline_seconds=1)
+    ex = LocalExecutor(job, tmp_path / "jobs")
+    status = ex.start().wait(timeout=60)
+    assert status.phase == FAILED and "deadline" in status.message
+    assert ex.replicas[0].proc.poll() is not None
+
+
+def test_the_executor_refuses_what_the_cluster_would_refuse(tmp_path):
+    job = fake_job(tmp_path, "exit", 0)
+    job["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = 2
+    with pytest.raises(InvalidJobError, match="must be 1"):
+        LocalExecutor(job, tmp_path / "jobs")
+
+
+def test_local_backend_adopts_streams_logs_and_deletes(tmp_path):
+    backend = LocalBackend(tmp_path / "jobs", poll_interval=0.05)
+    job = fake_job(tmp_path, "loop", 10_000)
+    sub = backend.submit(job)
+    assert sub.created and not backend.submit(job).created  # same name: adopted
+    ex = backend.executors[sub.name]
+    assert any(line == "line 3" for line in backend.logs(sub.name, follow=True))
+    backend.delete(sub.name)
+    assert sub.name not in backend.executors
+    assert all(r.proc.poll() is not None for r in ex.replicas)  # processes stopped
+
+
+def test_local_logs_end_when_the_job_ends(tmp_path):
+    backend = LocalBackend(tmp_path / "jobs", poll_interval=0.05)
+    sub = backend.submit(fake_job(tmp_path, "loop", 5))
+    lines = list(backend.logs(sub.name, follow=True))
+    assert lines[1:] == [f"line {i}" for i in range(5)]
+    assert backend.wait(sub.name, timeout=30).succeeded
+
+
+@pytest.mark.slow
+def test_stage1_two_replicas_survive_a_killed_replica_and_resume(tmp_path):
+    """The real Stage-1 job (tiny preset) as Master + Worker; the worker dies mid-run."""
+    out = tmp_path / "out"
+    backend = LocalBackend(tmp_path / "jobs", cwd=str(tmp_path), restart_delay=1.0,
+                           poll_interval=0.2)
+    lines: list[str] = []
+    killed = threading.Event()
+
+    def kill_worker_after_a_checkpoint() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed.is_set():
+            ckpts = list((out / "checkpoints").glob("step_*.pt"))
+            if ckpts and backend.executors:
+                next(iter(backend.executors.values())).kill_replica("Worker", 0)
+                killed.set()
+            time.sleep(0.05)
+
+    threading.Thread(target=kill_worker_after_a_checkpoint, daemon=True).start()
+    result = run_training_job(
+        "stage1", "tiny", ["train.steps=16", "train.ckpt_every=2", "train.log_every=1"],
+        nodes=2, gpus_per_node=0, node_pool="cpu", s3=None, output_uri=str(out),
+        backend=backend, rendered_yaml_path=str(tmp_path / "job.yaml"),
+        log_sink=lines.append)
+    text = "\n".join(lines)
+    assert killed.is_set()
+    assert result.status.succeeded, text
+    ex = backend.executors[result.name]
+    assert sum(r.restarts for r in ex.replicas) >= 1  # restarted, not failed
+    assert "resumed from step" in text, text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["total_steps"] == 16
+    assert (tmp_path / "job.yaml").read_text().startswith("apiVersion: kubeflow.org/v1")

@@ -1,0 +1,202 @@
+"""Building the PyTorchJob: shape, node pools, run policy, names, configs, (de)serialization."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from umt.launch import (
+    NODE_POOLS,
+    S3Credentials,
+    TrainingJob,
+    build_pytorchjob,
+    from_dict,
+    from_yaml,
+    job_name,
+    run_training_job,
+    to_dict,
+    to_yaml,
+)
+from umt.launch.stages import flatten_config, stage_modules
+from umt.launch.validate import pytorchjob_errors
+
+
+def build(**kw) -> dict:
+    kw = {"stage": "stage1", "config": "tiny", "validate_config": False, **kw}
+    return to_dict(build_pytorchjob(TrainingJob(**kw)))
+
+
+def pod(job: dict, rtype: str = "Master") -> dict:
+    return job["spec"]["pytorchReplicaSpecs"][rtype]["template"]
+
+
+def test_master_and_workers_run_torchrun_on_the_operators_environment():
+    job = build(nodes=4, gpus_per_node=8, overrides=["train.steps=10"],
+                output_uri="s3://b/run")
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    assert specs["Master"]["replicas"] == 1 and specs["Worker"]["replicas"] == 3
+    assert job["spec"]["nprocPerNode"] == "8"  # a string, as the CRD wants
+    for rtype in ("Master", "Worker"):
+        c = pod(job, rtype)["spec"]["containers"][0]
+        assert c["name"] == "pytorch"
+        # No torchrun flags: PET_* from the operator say nodes, rank, master and nproc.
+        assert c["command"] == ["torchrun", "-m", "umt.train.stage1", "--config", "tiny",
+                                "train.steps=10", "train.output_dir=s3://b/run"]
+        assert c["resources"] == {"limits": {"memory": "480Gi", "nvidia.com/gpu": "8"},
+                                  "requests": {"cpu": "64", "memory": "480Gi"}}
+        assert c["volumeMounts"] == [{"mountPath": "/dev/shm", "name": "dshm"}]
+        assert c["securityContext"] == {"allowPrivilegeEscalation": False,
+                                        "capabilities": {"drop": ["ALL"]}}
+        spec = pod(job, rtype)["spec"]
+        assert spec["volumes"] == [{"emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"},
+                                    "name": "dshm"}]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["serviceAccountName"] == "umt-training"
+    assert pytorchjob_errors(job) == []
+
+
+def test_single_node_jobs_have_no_workers():
+    job = build(nodes=1, gpus_per_node=1)
+    assert list(job["spec"]["pytorchReplicaSpecs"]) == ["Master"]
+
+
+def test_s3_credentials_come_from_a_secret():
+    env = {e["name"]: e for e in pod(build())["spec"]["containers"][0]["env"]}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+        "name": "umt-s3", "key": "AWS_ACCESS_KEY_ID"}
+    assert env["AWS_ENDPOINT_URL"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert "value" not in env["AWS_SECRET_ACCESS_KEY"]  # never a literal key in the spec
+    assert "env" not in pod(build(s3=None))["spec"]["containers"][0]
+    mine = build(s3=S3Credentials(secret="other"), env={"AWS_ENDPOINT_URL": "http://m:9000"})
+    env = {e["name"]: e for e in pod(mine)["spec"]["containers"][0]["env"]}
+    assert env["AWS_ENDPOINT_URL"] == {"name": "AWS_ENDPOINT_URL", "value": "http://m:9000"}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "other"
+
+
+@pytest.mark.parametrize("name", sorted(NODE_POOLS))
+def test_every_node_pool_renders_a_valid_job(name):
+    pool = NODE_POOLS[name]
+    job = build(nodes=2, gpus_per_node=min(8, pool.gpus_per_node), node_pool=name)
+    spec = pod(job)["spec"]
+    assert spec.get("nodeSelector", {}) == pool.node_selector
+    assert spec.get("tolerations", []) == to_dict(list(pool.tolerations))
+    if pool.gpus_per_node:
+        assert {"key": "nvidia.com/gpu", "operator": "Exists",
+                "effect": "NoSchedule"} in spec["tolerations"]
+    assert pytorchjob_errors(job) == []
+
+
+def test_cpu_jobs_ask_for_no_gpu():
+    job = build(nodes=2, gpus_per_node=0, node_pool="cpu", procs_per_node=2)
+    c = pod(job, "Worker")["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in c["resources"]["limits"]
+    assert job["spec"]["nprocPerNode"] == "2"
+
+
+def test_run_policy_scheduling_and_elastic():
+    job = build(nodes=4, backoff_limit=5, ttl_seconds_after_finished=60,
+                active_deadline_seconds=3600, clean_pod_policy="All", gang_scheduling=True,
+                queue="research", priority_class="high")
+    assert job["spec"]["runPolicy"] == {
+        "activeDeadlineSeconds": 3600, "backoffLimit": 5, "cleanPodPolicy": "All",
+        "schedulingPolicy": {"minAvailable": 4, "priorityClass": "high", "queue": "research"},
+        "ttlSecondsAfterFinished": 60}
+    assert pod(job)["spec"]["priorityClassName"] == "high"
+    assert build(nodes=3)["spec"]["runPolicy"]["backoffLimit"] == 9  # 3 x nodes
+    elastic = build(nodes=2, elastic_min_nodes=1, elastic_max_nodes=4)
+    assert list(elastic["spec"]["pytorchReplicaSpecs"]) == ["Worker"]
+    assert elastic["spec"]["elasticPolicy"]["minReplicas"] == 1
+    assert elastic["spec"]["elasticPolicy"]["maxReplicas"] == 4
+    assert pytorchjob_errors(elastic) == []
+
+
+def test_labels_carry_run_id_and_stage_on_job_and_pods():
+    long_id = "run-" + "x" * 80
+    job = build(run_id=long_id, labels={"team": "video"})
+    for labels in (job["metadata"]["labels"], pod(job)["metadata"]["labels"]):
+        assert labels["umt/stage"] == "stage1" and labels["team"] == "video"
+        assert len(labels["umt/run-id"]) <= 63  # long ids shortened, still unique (hash)
+    assert pod(job)["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    assert pytorchjob_errors(job) == []
+
+
+def test_names_are_deterministic():
+    a = TrainingJob(stage="stage1", config="b16", nodes=4, run_id="r1", validate_config=False)
+    same_run = TrainingJob(stage="stage1", config="b16", nodes=8, run_id="r1",
+                           validate_config=False)
+    other_run = TrainingJob(stage="stage1", config="b16", nodes=4, run_id="r2",
+                            validate_config=False)
+    assert job_name(a) == job_name(same_run)  # one job per (run, stage): a retry adopts it
+    assert job_name(a) != job_name(other_run)
+    no_run = TrainingJob(stage="stage1", config="b16", validate_config=False)
+    assert job_name(no_run) == job_name(TrainingJob(stage="stage1", config="b16",
+                                                    validate_config=False))
+    assert job_name(no_run) != job_name(TrainingJob(stage="stage1", config="l16",
+                                                    validate_config=False))
+    assert job_name(a).startswith("umt-stage1-") and len(job_name(a)) <= 48
+    with pytest.raises(ValueError, match="DNS-1035"):
+        job_name(TrainingJob(stage="stage1", name="Bad_Name", validate_config=False))
+    with pytest.raises(ValueError, match="at most 48"):
+        job_name(TrainingJob(stage="stage1", name="a" * 49, validate_config=False))
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"nodes": 0}, "nodes"), ({"gpus_per_node": 9, "node_pool": "eks-p4d"}, "at most 8"),
+    ({"node_pool": "moon"}, "unknown node pool"), ({"restart_policy": "Sometimes"}, "restart"),
+    ({"elastic_min_nodes": 1}, "both"), ({"stage": "stage9"}, "unknown stage"),
+])
+def test_bad_requests_fail_early(kw, match):
+    with pytest.raises(ValueError, match=match):
+        build(**kw)
+
+
+def test_every_registered_stage_renders_with_its_config_checked():
+    for stage in stage_modules():
+        job = to_dict(build_pytorchjob(TrainingJob(stage=stage, gpus_per_node=8)))
+        assert pytorchjob_errors(job) == []
+    with pytest.raises(ValueError, match="stepz"):
+        build_pytorchjob(TrainingJob(stage="stage1", config="tiny", overrides=["train.stepz=1"]))
+
+
+def test_typed_model_round_trips_through_dict_and_yaml():
+    job = build_pytorchjob(TrainingJob(stage="stage1", nodes=2, validate_config=False))
+    assert to_dict(from_dict(to_dict(job))) == to_dict(job)
+    assert to_dict(from_yaml(to_yaml(job))) == to_dict(job)
+    assert from_yaml(to_yaml(job)).spec.pytorch_replica_specs["Worker"].replicas == 1
+
+
+def test_config_files_flatten_to_overrides_that_load_back():
+    data = {"train": {"steps": 5, "output_dir": "s3://b/x", "precision": "null",
+                      "tag": "1e-4", "empty": ""},
+            "optim": {"betas": [0.9, 0.95], "clip_grad": None, "fused": False},
+            "teacher": {"vision_cfg": {}}}
+    assert OmegaConf.to_container(OmegaConf.from_dotlist(flatten_config(data))) == data
+
+
+def test_run_training_job_writes_the_yaml_it_submits(tmp_path):
+    class Recorder:  # the smallest JobBackend: records, succeeds at once
+        def submit(self, job):
+            from umt.launch import Submission
+            self.job = to_dict(job)
+            return Submission(job.metadata.name, "ns", created=True)
+
+        def wait(self, name, timeout=None, on_status=None):
+            from umt.launch import JobStatus
+            return JobStatus(name, "Succeeded", "done")
+
+        def logs(self, name, follow=False, replica=None, index=0):
+            return iter(["hello"])
+
+        def delete(self, name):
+            raise AssertionError("not cancelled")
+
+    backend, lines = Recorder(), []
+    out = tmp_path / "artifacts" / "job.yaml"
+    result = run_training_job("stage1", "tiny", nodes=2, backend=backend,
+                              rendered_yaml_path=str(out), log_sink=lines.append,
+                              validate_config=False)
+    assert yaml.safe_load(out.read_text()) == backend.job
+    assert result.status.succeeded and lines == ["hello"]
+    with pytest.raises(TypeError, match="unknown job options"):
+        run_training_job("stage1", backend=backend, nodez=3)

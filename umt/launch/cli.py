@@ -1,0 +1,285 @@
+"""``umt job ...`` and ``umt doctor``: PyTorchJobs for kubectl-minded users.
+
+    umt doctor --output s3://bucket/runs                      # before spending a GPU
+    umt job render stage1 --config b16 --nodes 4 --gpus-per-node 8 --node-pool gke-a100 \\
+        data.source=s3://bucket/k710/dataset.json --output s3://bucket/runs/b16 \\
+        | kubectl apply -f -
+    umt job submit stage1 --config b16 --nodes 4 ... [--wait]  # same, through the API
+    umt job wait NAME          # stream the master's log until it ends; exit 1 if it failed
+    umt job logs NAME [-f] [--replica worker --index 2]
+    umt job status NAME
+    umt job delete NAME
+    umt job run stage1 --config tiny --nodes 2 train.steps=20  # the same job, run locally
+
+Mounted by ``umt/cli.py`` as ``app.add_typer(job_app, name="job")`` and
+``app.command("doctor")(doctor)``.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from umt.launch.backend import JobCancelledError, JobFailedError
+from umt.launch.node_pools import NODE_POOLS
+from umt.launch.pytorchjob import RESTART_POLICIES, S3Credentials, TrainingJob
+from umt.launch.validate import InvalidJobError
+
+job_app = typer.Typer(help="Render, submit and follow training PyTorchJobs.",
+                      no_args_is_help=True, add_completion=False,
+                      pretty_exceptions_enable=False)
+
+StageArg = typer.Argument(..., help="Training stage (umt.train.STAGES), e.g. stage1.")
+OverridesArg = typer.Argument(None, help="Config overrides key=value, e.g. train.steps=1000.")
+ConfigOpt = typer.Option(None, "--config", "-c",
+                         help="Preset (tiny, b16, l16) or a YAML file (inlined into the job).")
+NodesOpt = typer.Option(1, "--nodes", "-n", help="Pods (Master + Workers).")
+GpusOpt = typer.Option(8, "--gpus-per-node", "-g", help="GPUs per pod; 0 for a CPU job.")
+PoolOpt = typer.Option("gke-a100", "--node-pool", "-p",
+                       help=f"One of: {', '.join(NODE_POOLS)}.")
+ImageOpt = typer.Option(None, "--image", help="Training image (default: umt-train:<version>).")
+NameOpt = typer.Option(None, "--name", help="Job name (default: derived from run id + stage).")
+NamespaceOpt = typer.Option(None, "--namespace", help="Default: the kubeconfig context's.")
+RunIdOpt = typer.Option(None, "--run-id", help="Id of the enclosing run (label umt/run-id).")
+OutputOpt = typer.Option(None, "--output", "-o", help="train.output_dir, e.g. s3://b/runs/x.")
+S3SecretOpt = typer.Option("umt-s3", "--s3-secret",
+                           help="Secret with AWS_* keys; '' for none (IRSA, workload identity).")
+RestartOpt = typer.Option("OnFailure", "--restart-policy",
+                          help=f"One of: {', '.join(RESTART_POLICIES)}.")
+BackoffOpt = typer.Option(None, "--backoff-limit", help="Restarts before failing (3 x nodes).")
+DeadlineOpt = typer.Option(None, "--active-deadline", help="Fail the job after N seconds.")
+GangOpt = typer.Option(False, "--gang", help="Gang scheduling (Volcano / scheduler-plugins).")
+QueueOpt = typer.Option(None, "--queue", help="Volcano queue.")
+PriorityOpt = typer.Option(None, "--priority-class", help="PriorityClass of the pods.")
+ElasticOpt = typer.Option(None, "--elastic", help="MIN:MAX nodes for an elastic job.")
+CpuOpt = typer.Option(None, "--cpu", help="CPU request per pod (default 8 per GPU).")
+MemoryOpt = typer.Option(None, "--memory", help="Memory per pod (default 60Gi per GPU).")
+ShmOpt = typer.Option(None, "--shm-size", help="/dev/shm size, e.g. 128Gi.")
+KubeconfigOpt = typer.Option(None, "--kubeconfig", help="Default: $KUBECONFIG, in-cluster.")
+ContextOpt = typer.Option(None, "--context", help="kubeconfig context.")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    return typer.Exit(code)
+
+
+def _request(stage: str, overrides: Optional[List[str]], config: Optional[str], nodes: int,
+             gpus_per_node: int, node_pool: str, image: Optional[str], name: Optional[str],
+             namespace: Optional[str], run_id: Optional[str], output: Optional[str],
+             s3_secret: str, restart_policy: str, backoff_limit: Optional[int],
+             active_deadline: Optional[int], gang: bool, queue: Optional[str],
+             priority_class: Optional[str], elastic: Optional[str], cpu: Optional[str],
+             memory: Optional[str], shm_size: Optional[str]) -> TrainingJob:
+    elastic_min = elastic_max = None
+    if elastic:
+        try:
+            elastic_min, elastic_max = (int(x) for x in elastic.split(":"))
+        except ValueError:
+            raise _fail(f"--elastic must be MIN:MAX, got {elastic!r}", 2) from None
+    try:
+        return TrainingJob(
+            stage=stage, config=config, overrides=list(overrides or []), nodes=nodes,
+            gpus_per_node=gpus_per_node, node_pool=node_pool, image=image, name=name,
+            namespace=namespace, run_id=run_id, output_uri=output,
+            s3=S3Credentials(secret=s3_secret) if s3_secret else None,
+            restart_policy=restart_policy, backoff_limit=backoff_limit,
+            active_deadline_seconds=active_deadline, gang_scheduling=gang, queue=queue,
+            priority_class=priority_class, elastic_min_nodes=elastic_min,
+            elastic_max_nodes=elastic_max, cpu=cpu, memory=memory, shm_size=shm_size)
+    except ValueError as e:
+        raise _fail(str(e), 2) from None
+
+
+def _build(req: TrainingJob):
+    from umt.launch.pytorchjob import build_pytorchjob
+
+    try:
+        return build_pytorchjob(req)
+    except (ValueError, InvalidJobError) as e:  # a bad config or job: say why, no traceback
+        raise _fail(str(e), 2) from None
+
+
+@job_app.command("render")
+def render(stage: str = StageArg, overrides: Optional[List[str]] = OverridesArg,
+           config: Optional[str] = ConfigOpt, nodes: int = NodesOpt, gpus_per_node: int = GpusOpt,
+           node_pool: str = PoolOpt, image: Optional[str] = ImageOpt,
+           name: Optional[str] = NameOpt, namespace: Optional[str] = NamespaceOpt,
+           run_id: Optional[str] = RunIdOpt, output: Optional[str] = OutputOpt,
+           s3_secret: str = S3SecretOpt, restart_policy: str = RestartOpt,
+           backoff_limit: Optional[int] = BackoffOpt, active_deadline: Optional[int] = DeadlineOpt,
+           gang: bool = GangOpt, queue: Optional[str] = QueueOpt,
+           priority_class: Optional[str] = PriorityOpt, elastic: Optional[str] = ElasticOpt,
+           cpu: Optional[str] = CpuOpt, memory: Optional[str] = MemoryOpt,
+           shm_size: Optional[str] = ShmOpt):
+    """Print the PyTorchJob YAML (validated) for `kubectl apply -f -`."""
+    from umt.launch.serialize import to_yaml
+
+    req = _request(stage, overrides, config, nodes, gpus_per_node, node_pool, image, name,
+                   namespace, run_id, output, s3_secret, restart_policy, backoff_limit,
+                   active_deadline, gang, queue, priority_class, elastic, cpu, memory, shm_size)
+    typer.echo(to_yaml(_build(req)), nl=False)
+
+
+@job_app.command("submit")
+def submit(stage: str = StageArg, overrides: Optional[List[str]] = OverridesArg,
+           config: Optional[str] = ConfigOpt, nodes: int = NodesOpt, gpus_per_node: int = GpusOpt,
+           node_pool: str = PoolOpt, image: Optional[str] = ImageOpt,
+           name: Optional[str] = NameOpt, namespace: Optional[str] = NamespaceOpt,
+           run_id: Optional[str] = RunIdOpt, output: Optional[str] = OutputOpt,
+           s3_secret: str = S3SecretOpt, restart_policy: str = RestartOpt,
+           backoff_limit: Optional[int] = BackoffOpt, active_deadline: Optional[int] = DeadlineOpt,
+           gang: bool = GangOpt, queue: Optional[str] = QueueOpt,
+           priority_class: Optional[str] = PriorityOpt, elastic: Optional[str] = ElasticOpt,
+           cpu: Optional[str] = CpuOpt, memory: Optional[str] = MemoryOpt,
+           shm_size: Optional[str] = ShmOpt,
+           wait: bool = typer.Option(False, "--wait", help="Stream logs and wait for the end."),
+           kubeconfig: Optional[str] = KubeconfigOpt, context: Optional[str] = ContextOpt):
+    """Create the job (or adopt the one with the same name) and print its name."""
+    req = _request(stage, overrides, config, nodes, gpus_per_node, node_pool, image, name,
+                   namespace, run_id, output, s3_secret, restart_policy, backoff_limit,
+                   active_deadline, gang, queue, priority_class, elastic, cpu, memory, shm_size)
+    job = _build(req)
+    backend = _backend(kubeconfig, context, namespace)
+    try:
+        sub = backend.submit(job)
+    except (RuntimeError, PermissionError, InvalidJobError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"pytorchjob/{sub.name} {'created' if sub.created else 'adopted (already existed)'}"
+               f" in namespace {sub.namespace}", err=True)
+    typer.echo(sub.name)
+    if wait:
+        _wait(backend, sub.name, logs=True, timeout=None)
+
+
+def _backend(kubeconfig: Optional[str], context: Optional[str], namespace: Optional[str],
+             poll_interval: float = 10.0):
+    from umt.launch.cluster import PyTorchJobBackend
+
+    try:
+        return PyTorchJobBackend(kubeconfig=kubeconfig, context=context, namespace=namespace,
+                                 poll_interval=poll_interval)
+    except RuntimeError as e:
+        raise _fail(str(e)) from None
+
+
+def _wait(backend, name: str, logs: bool, timeout: Optional[float]) -> None:
+    from umt.launch.run import LogPump
+
+    pump = None
+    if logs:
+        pump = LogPump(backend, name, lambda line: typer.echo(line))
+        pump.start()
+    try:
+        status = backend.wait(name, timeout=timeout, on_status=lambda s: typer.echo(
+            f"pytorchjob/{name}: {s.phase} {s.message}", err=True))
+    except JobFailedError as e:
+        raise _fail(str(e)) from None
+    except TimeoutError as e:
+        raise _fail(str(e)) from None
+    if pump is not None:
+        pump.join(timeout=10)
+    if not status.succeeded:
+        tail = list(pump.tail) if pump else []
+        raise _fail(str(JobFailedError(status, tail)))
+
+
+@job_app.command("wait")
+def wait_cmd(name: str = typer.Argument(..., help="Job name."),
+             logs: bool = typer.Option(True, "--logs/--no-logs", help="Stream the master's log."),
+             timeout: Optional[float] = typer.Option(None, help="Give up after N seconds."),
+             poll_interval: float = typer.Option(10.0, help="Seconds between status checks."),
+             namespace: Optional[str] = NamespaceOpt, kubeconfig: Optional[str] = KubeconfigOpt,
+             context: Optional[str] = ContextOpt):
+    """Wait until the job succeeds (exit 0) or fails (exit 1), streaming the master's log."""
+    _wait(_backend(kubeconfig, context, namespace, poll_interval), name, logs, timeout)
+
+
+@job_app.command("logs")
+def logs_cmd(name: str = typer.Argument(..., help="Job name."),
+             follow: bool = typer.Option(False, "--follow", "-f"),
+             replica: Optional[str] = typer.Option(None, help="master or worker (default: the "
+                                                               "master role)."),
+             index: int = typer.Option(0, help="Replica index."),
+             namespace: Optional[str] = NamespaceOpt, kubeconfig: Optional[str] = KubeconfigOpt,
+             context: Optional[str] = ContextOpt):
+    """Print a replica's log (the `pytorch` container)."""
+    from kubernetes.client.exceptions import ApiException
+
+    backend = _backend(kubeconfig, context, namespace, poll_interval=2.0)
+    try:
+        for line in backend.logs(name, follow=follow, replica=replica, index=index):
+            typer.echo(line)
+    except ApiException as e:
+        raise _fail(f"{e.status} {e.reason}: no log for {name} ({replica or 'master'}-{index})"
+                    ) from None
+
+
+@job_app.command("status")
+def status_cmd(name: str = typer.Argument(..., help="Job name."),
+               namespace: Optional[str] = NamespaceOpt, kubeconfig: Optional[str] = KubeconfigOpt,
+               context: Optional[str] = ContextOpt):
+    """Print the job's phase and conditions."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        st = _backend(kubeconfig, context, namespace).status(name)
+    except ApiException as e:
+        raise _fail(f"{e.status} {e.reason}: pytorchjob/{name}") from None
+    typer.echo(f"{name}: {st.phase} {st.message}")
+    for c in st.conditions:
+        typer.echo(f"  {c.type:<11} {c.status:<5} {c.last_transition_time}  {c.message}")
+
+
+@job_app.command("delete")
+def delete_cmd(name: str = typer.Argument(..., help="Job name."),
+               namespace: Optional[str] = NamespaceOpt, kubeconfig: Optional[str] = KubeconfigOpt,
+               context: Optional[str] = ContextOpt):
+    """Delete the job and its pods (no error if it is already gone)."""
+    _backend(kubeconfig, context, namespace).delete(name)
+    typer.echo(f"pytorchjob/{name} deleted")
+
+
+@job_app.command("run")
+def run_local(stage: str = StageArg, overrides: Optional[List[str]] = OverridesArg,
+              config: Optional[str] = ConfigOpt, nodes: int = NodesOpt,
+              procs_per_node: int = typer.Option(1, "--procs-per-node",
+                                                 help="torchrun processes per replica."),
+              output: Optional[str] = OutputOpt,
+              restart_policy: str = RestartOpt, backoff_limit: Optional[int] = BackoffOpt,
+              workdir: str = typer.Option("runs/local-jobs", help="Job YAML and replica logs.")):
+    """Run the job on this machine (CPU, gloo): one process group per replica."""
+    from umt.launch.run import run_training_job
+
+    try:
+        result = run_training_job(
+            stage, config, overrides or [], nodes=nodes, gpus_per_node=0, node_pool="cpu",
+            procs_per_node=procs_per_node, output_uri=output, s3=None,
+            restart_policy=restart_policy, backoff_limit=backoff_limit, backend="local",
+            local_workdir=workdir)  # <workdir>/<job>/ holds job.yaml and replica logs
+    except (ValueError, InvalidJobError) as e:
+        raise _fail(str(e), 2) from None
+    except (JobFailedError, JobCancelledError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"{result.name}: {result.status.phase}", err=True)
+
+
+def doctor(namespace: Optional[str] = NamespaceOpt,
+           output: Optional[str] = typer.Option(
+               None, "--output", "-o", help="S3 prefix (or folder) the jobs will write to."),
+           kubeconfig: Optional[str] = KubeconfigOpt, context: Optional[str] = ContextOpt):
+    """Check, before any GPU is spent: cluster, PyTorchJob CRD, RBAC, writable output."""
+    from umt.launch.doctor import run_checks
+
+    checks = run_checks(namespace=namespace, kubeconfig=kubeconfig, context=context,
+                        output_uri=output)
+    for c in checks:
+        mark = typer.style("ok  ", fg="green") if c.ok else typer.style("FAIL", fg="red")
+        typer.echo(f"{mark} {c.name:<15} {c.detail}")
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":  # python -m umt.launch.cli render ...
+    job_app()

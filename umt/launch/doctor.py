@@ -1,0 +1,119 @@
+"""Pre-flight checks, run before any GPU is spent: ``umt doctor``.
+
+1. the cluster answers (kubeconfig or in-cluster service account);
+2. the PyTorchJob CRD is installed and serves ``kubeflow.org/v1`` (read from the CRD itself, or
+   from API discovery when, as in Kubeflow profile namespaces, users may not read CRDs);
+3. we may create, watch and delete pytorchjobs and read pod logs in the namespace
+   (SelfSubjectAccessReview: asks the API server, so RBAC, webhooks and aggregation agree);
+4. the S3 output prefix is writable: write, read back and delete a marker object.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from umt.launch.kube import Cluster, connect
+from umt.launch.pytorchjob import API_VERSION, PLURAL
+
+CRD_NAME = f"{PLURAL}.kubeflow.org"
+INSTALL_HINT = ('kubectl apply --server-side -k "github.com/kubeflow/training-operator.git/'
+                'manifests/overlays/standalone?ref=v1.9.1"')
+# (verb, resource, subresource) the launcher needs.
+NEEDED = [("create", PLURAL, ""), ("get", PLURAL, ""), ("list", PLURAL, ""),
+          ("watch", PLURAL, ""), ("delete", PLURAL, ""), ("get", "pods", ""),
+          ("list", "pods", ""), ("get", "pods", "log")]
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def check_crd(cluster: Cluster) -> Check:
+    group, version = API_VERSION.split("/")
+    try:
+        crd = client.ApiextensionsV1Api(cluster.api_client).read_custom_resource_definition(
+            CRD_NAME)
+        served = [v.name for v in crd.spec.versions if v.served]
+        if version not in served:
+            return Check("PyTorchJob CRD", False, f"{CRD_NAME} serves {served}, not {version}")
+        return Check("PyTorchJob CRD", True, f"{CRD_NAME} serves {version}")
+    except ApiException as e:
+        if e.status == 404:
+            return Check("PyTorchJob CRD", False, f"{CRD_NAME} is not installed: {INSTALL_HINT}")
+        if e.status != 403:
+            return Check("PyTorchJob CRD", False, f"cannot read {CRD_NAME}: {e.status} {e.reason}")
+    try:  # no permission to read CRDs: ask API discovery, which every user may read
+        resources = client.CustomObjectsApi(cluster.api_client).get_api_resources(group, version)
+        if any(r.name == PLURAL for r in resources.resources):
+            return Check("PyTorchJob CRD", True, f"{API_VERSION} {PLURAL} (API discovery)")
+    except ApiException:
+        pass
+    return Check("PyTorchJob CRD", False, f"{API_VERSION} {PLURAL} not served: {INSTALL_HINT}")
+
+
+def check_rbac(cluster: Cluster, namespace: str) -> Check:
+    group = API_VERSION.split("/")[0]
+    auth = client.AuthorizationV1Api(cluster.api_client)
+    missing = []
+    for verb, resource, sub in NEEDED:
+        review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(
+            resource_attributes=client.V1ResourceAttributes(
+                namespace=namespace, verb=verb, resource=resource, subresource=sub or None,
+                group=group if resource == PLURAL else "")))
+        try:
+            allowed = auth.create_self_subject_access_review(review).status.allowed
+        except ApiException as e:
+            return Check("RBAC", False, f"SelfSubjectAccessReview failed: {e.status} {e.reason}")
+        if not allowed:
+            missing.append(f"{verb} {resource}{'/' + sub if sub else ''}")
+    if missing:
+        return Check("RBAC", False, f"not allowed in namespace {namespace}: {', '.join(missing)} "
+                                    "(apply manifests/base: Role umt-launcher)")
+    return Check("RBAC", True, f"may create/watch/delete pytorchjobs and read pod logs in "
+                               f"{namespace}")
+
+
+def check_output(output_uri: str) -> Check:
+    from umt.data import storage
+
+    marker = storage.join(output_uri, f".umt-doctor-{uuid.uuid4().hex[:12]}")
+    try:
+        storage.write_bytes(marker, b"umt doctor\n")
+        if storage.read_bytes(marker) != b"umt doctor\n":
+            return Check("output", False, f"{marker} read back differently")
+        storage.delete(marker)
+        if storage.exists(marker):
+            return Check("output", False, f"could write but not delete {marker}")
+    except Exception as e:  # any storage error is the answer to "is it writable?"
+        return Check("output", False, f"cannot write under {output_uri}: {e}")
+    return Check("output", True, f"{output_uri} is writable")
+
+
+def run_checks(*, namespace: str | None = None, kubeconfig: str | None = None,
+               context: str | None = None, output_uri: str | None = None,
+               cluster: Cluster | None = None) -> list[Check]:
+    checks = []
+    try:
+        cluster = cluster or connect(kubeconfig, context, namespace)
+        client.VersionApi(cluster.api_client).get_code(_request_timeout=15)
+        checks.append(Check("cluster", True, f"{cluster.api_client.configuration.host}, "
+                                             f"namespace {cluster.namespace}"))
+    except ApiException as e:
+        checks.append(Check("cluster", False, f"API server answered {e.status} {e.reason}"))
+        cluster = None
+    except Exception as e:  # no cluster: say so and skip what needs one
+        checks.append(Check("cluster", False, str(e)))
+        cluster = None
+    if cluster is not None:
+        checks.append(check_crd(cluster))
+        checks.append(check_rbac(cluster, namespace or cluster.namespace))
+    if output_uri:
+        checks.append(check_output(output_uri))
+    return checks

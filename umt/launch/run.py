@@ -1,0 +1,145 @@
+"""Run one training stage as a job and see it through: the entry point components call.
+
+    from umt.launch import run_training_job
+    result = run_training_job("stage1", "b16", ["data.source=s3://b/k710/dataset.json"],
+                              nodes=4, gpus_per_node=8, node_pool="gke-a100",
+                              output_uri="s3://b/runs/b16", run_id=kfp_run_id,
+                              rendered_yaml_path=job_yaml.path)
+
+It renders and validates the PyTorchJob (a bad config fails here, not on a GPU node), writes
+the YAML artifact, submits it or adopts the job a previous attempt created, streams the
+master's log to stdout, waits as long as the job runs, and
+
+* returns when the job succeeded,
+* raises :class:`JobFailedError` (with the operator's reason and the log tail) when it failed,
+* deletes the job and raises :class:`JobCancelledError` when we are cancelled: SIGTERM (KFP
+  terminating the run, ``kubectl delete pod``) or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import signal
+import threading
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from umt.launch.backend import JobBackend, JobCancelledError, JobFailedError
+from umt.launch.pytorchjob import TrainingJob, build_pytorchjob
+from umt.launch.serialize import to_yaml
+from umt.launch.status import JobStatus
+
+log = logging.getLogger(__name__)
+LOG_TAIL_LINES = 30
+
+
+@dataclass
+class JobResult:
+    name: str
+    namespace: str
+    status: JobStatus
+    created: bool  # False: an existing job of the same name was adopted
+    yaml_path: str | None
+
+
+def make_backend(backend: str | JobBackend, *, namespace: str | None = None,
+                 kubeconfig: str | None = None, context: str | None = None,
+                 poll_interval: float = 15.0, local_workdir: str = "runs/local-jobs") -> Any:
+    if not isinstance(backend, str):
+        return backend
+    if backend == "cluster":
+        from umt.launch.cluster import PyTorchJobBackend
+
+        return PyTorchJobBackend(kubeconfig=kubeconfig, context=context, namespace=namespace,
+                                 poll_interval=poll_interval)
+    if backend == "local":
+        from umt.launch.local import LocalBackend
+
+        return LocalBackend(local_workdir)
+    raise ValueError(f"backend must be 'cluster', 'local' or a JobBackend, got {backend!r}")
+
+
+class LogPump(threading.Thread):
+    """Streams the master's log to ``sink`` and keeps the last lines for error messages."""
+
+    def __init__(self, backend: Any, name: str, sink: Callable[[str], None]):
+        super().__init__(name=f"logs-{name}", daemon=True)
+        self.backend, self.job, self.sink = backend, name, sink
+        self.tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+
+    def run(self) -> None:
+        try:
+            for line in self.backend.logs(self.job, follow=True):
+                self.tail.append(line)
+                self.sink(line)
+        except Exception as e:  # logs are a convenience; the job's status is the verdict
+            log.warning("log streaming for %s stopped: %s", self.job, e)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    # KeyboardInterrupt, not a normal exception: no library retry loop swallows it.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_training_job(stage: str, config: str | None = None, overrides: Sequence[str] = (), *,
+                     nodes: int = 1, gpus_per_node: int = 8, node_pool: str = "gke-a100",
+                     backend: str | JobBackend = "cluster",
+                     rendered_yaml_path: str | None = None,
+                     log_sink: Callable[[str], None] | None = None,
+                     wait_timeout: float | None = None, poll_interval: float = 15.0,
+                     kubeconfig: str | None = None, context: str | None = None,
+                     local_workdir: str = "runs/local-jobs", **job_options: Any) -> JobResult:
+    """Render, submit-or-adopt, stream, wait; raise on failure; delete on cancellation.
+
+    ``job_options`` are the other fields of :class:`TrainingJob` (image, namespace, name,
+    run_id, output_uri, restart_policy, backoff_limit, gang_scheduling, ...).
+    ``wait_timeout=None`` waits as long as the job runs: bound jobs with
+    ``active_deadline_seconds`` instead, which the operator enforces even if we are gone.
+    """
+    known = {f.name for f in fields(TrainingJob)}
+    unknown = set(job_options) - known
+    if unknown:
+        raise TypeError(f"unknown job options: {sorted(unknown)}")
+    req = TrainingJob(stage=stage, config=config, overrides=list(overrides), nodes=nodes,
+                      gpus_per_node=gpus_per_node, node_pool=node_pool, **job_options)
+    job = build_pytorchjob(req)
+    name = job.metadata.name
+    if rendered_yaml_path:
+        Path(rendered_yaml_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(rendered_yaml_path).write_text(to_yaml(job))
+    impl = make_backend(backend, namespace=req.namespace, kubeconfig=kubeconfig,
+                        context=context, poll_interval=poll_interval,
+                        local_workdir=local_workdir)
+    sink = log_sink or (lambda line: print(line, flush=True))
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    submitted = False
+    try:
+        submitted = True  # from here on the job may exist, even if submit() is interrupted
+        submission = impl.submit(job)
+        log.info("%s PyTorchJob %s/%s", "created" if submission.created else "adopted",
+                 submission.namespace, name)
+        pump = LogPump(impl, name, sink)
+        pump.start()
+        status = impl.wait(name, timeout=wait_timeout, on_status=lambda s: log.info(
+            "job %s: %s %s", s.name, s.phase, s.message))
+        # Let the last lines arrive (a container still running after the end, e.g. kept by
+        # cleanPodPolicy None, would keep the stream open: do not wait for it for long).
+        pump.join(timeout=10)
+        if not status.succeeded:
+            raise JobFailedError(status, list(pump.tail))
+        return JobResult(name, submission.namespace, status, submission.created,
+                         rendered_yaml_path)
+    except KeyboardInterrupt:
+        if submitted:
+            log.warning("cancelled: deleting job %s", name)
+            impl.delete(name)
+        raise JobCancelledError(f"cancelled while running job {name}; the job was deleted"
+                                if submitted else "cancelled before the job was submitted"
+                                ) from None
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
