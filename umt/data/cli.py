@@ -1,9 +1,9 @@
-"""Data commands, registered by ``umt/cli.py`` (``app.command("shard")(shard)``)::
+"""Data commands, registered by ``umt/cli.py`` as ``umt shard`` and ``umt synthetic``::
 
     umt shard --input videos.csv --output s3://bucket/k400-train --short-side 320 --max-fps 30
     umt shard --input /data/kinetics/train --output ./shards --samples-per-shard 500 --workers 8
     umt shard --input s3://raw/clips/ --output s3://bucket/clips --shard-bytes 1GB --no-transcode
-    umt make-synthetic --output-dir ./synthetic --num-videos 256
+    umt synthetic --output-dir ./synthetic --num-videos 256
 
 Exit codes: 0 success; 1 too many inputs failed (``--max-failure-rate``); 2 bad arguments or
 a manifest that cannot be parsed (nothing was done).
@@ -50,6 +50,9 @@ def shard(
     keyframe_interval: Annotated[int, typer.Option(
         "--keyframe-interval", help="Frames between keyframes in transcoded videos.")] = 16,
     crf: Annotated[int, typer.Option("--crf", help="x264 quality (lower = better, bigger).")] = 23,
+    tune: Annotated[str, typer.Option(
+        "--tune", help="x264 tune; fastdecode trades ~8% size for ~1/3 faster decoding. "
+                       "'none' to disable.")] = "fastdecode",
     classes: Annotated[Optional[str], typer.Option(
         "--classes", help="Class-names file (one per line, or a JSON list): fixes label indices "
                           "so train and val shards agree.")] = None,
@@ -69,7 +72,8 @@ def shard(
             raise ValueError("--keyframe-interval must be >= 1")
         settings = TranscodeSettings(enabled=transcode, short_side=short_side,
                                      max_fps=max_fps or None, max_seconds=max_seconds,
-                                     keyframe_interval=keyframe_interval, crf=crf)
+                                     keyframe_interval=keyframe_interval, crf=crf,
+                                     tune=None if tune == "none" else tune)
         class_names = read_classes(classes) if classes else None
         info = shard_dataset(input, output, settings, samples_per_shard=samples_per_shard,
                              shard_bytes=parse_size(shard_bytes), workers=workers or os.cpu_count(),

@@ -29,7 +29,6 @@ import logging
 import multiprocessing
 import os
 import tempfile
-import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -115,11 +114,14 @@ def _ping() -> int:
 
 
 def _new_pool(workers: int) -> ProcessPoolExecutor:
-    # spawn, not fork: the main process runs upload and progress threads, and forking a threaded
-    # process can deadlock in the child. The workers only import umt.data.* (no torch), so
-    # spawning is cheap. (As with any spawn pool, a script calling this must guard its entry
-    # point with ``if __name__ == "__main__":``; the ``umt`` command does.)
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    # forkserver: workers fork from a small single-threaded server process, never from this
+    # one, which runs upload and progress threads (forking a threaded process can deadlock the
+    # child). The server preloads this module, so a restart after a crash is quick. As with any
+    # non-fork pool, a script that calls this must guard its entry point with
+    # ``if __name__ == "__main__":`` (the ``umt`` command does).
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["umt.data.shard"])
+    return ProcessPoolExecutor(workers, mp_context=ctx)
 
 
 def _kill_pool(pool: ProcessPoolExecutor) -> None:
@@ -130,9 +132,22 @@ def _kill_pool(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _with_env(env: dict[str, str], fn, *args):
+    """Run ``fn`` with the caller's AWS settings.
+
+    Why: workers fork from the fork server, which holds the environment of when it started; the
+    caller may have set AWS_ENDPOINT_URL / credentials since (tools, tests, notebooks).
+    """
+    for k in [k for k in os.environ if k.startswith("AWS_") and k not in env]:
+        del os.environ[k]
+    os.environ.update(env)
+    return fn(*args)
+
+
 def _submit(pool: ProcessPoolExecutor, fn, *args) -> Future:
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
     try:
-        return pool.submit(fn, *args)
+        return pool.submit(_with_env, env, fn, *args)
     except BrokenProcessPool as e:  # handled like a failure found by result(): see below
         fut: Future = Future()
         fut.set_exception(e)
@@ -360,12 +375,8 @@ def parse_size(text: str | int | None) -> Optional[int]:
     units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40,
              "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "K": 1 << 10, "M": 1 << 20,
              "G": 1 << 30, "B": 1}
-    for unit, factor in units.items():
-        if s.endswith(unit):
-            number = s[:-len(unit)]
-            break
-    else:
-        number, factor = s, 1
+    unit = next((u for u in units if s.endswith(u)), "")
+    number, factor = (s[:-len(unit)], units[unit]) if unit else (s, 1)
     try:
         value = int(float(number) * factor)
     except ValueError:
@@ -389,7 +400,9 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
     from tqdm import tqdm
 
     settings = settings or TranscodeSettings()
-    storage.check_uri(output)
+    output = storage.check_uri(str(output))
+    if output.startswith("file://"):
+        output = output[len("file://"):]
     if samples_per_shard is None and shard_bytes is None:
         samples_per_shard = DEFAULT_SAMPLES_PER_SHARD
     if samples_per_shard is not None and samples_per_shard < 1:
@@ -451,6 +464,7 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
         if shard is not None and shard.keys:
             sink.close(shard, len(items))
             num_shards += 1
+            bar.set_postfix(failed=len(failures), shards=num_shards)
         elif shard is not None:  # only failures since the last shard: nothing to write
             sink.abort(shard)
         shard = None

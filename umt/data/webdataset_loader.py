@@ -66,7 +66,11 @@ def _seed(*parts: Any) -> int:
 
 
 class _Skips:
-    """Per-process count of skipped samples, handed to the main process with each batch."""
+    """Skipped-sample count of one loader in one process, handed on with each batch.
+
+    One per loader (not module-global): two loaders in one process, or a loader created after
+    another one failed, must not mix their counts. DataLoader workers each get their own copy.
+    """
 
     def __init__(self):
         self.pending: Counter = Counter()
@@ -87,14 +91,10 @@ class _Skips:
         out, self.pending = self.pending, Counter()
         return out
 
-
-_SKIPS = _Skips()
-
-
-def _handler(exn: Exception) -> bool:
-    """WebDataset exception handler: count, log and continue (open_clip's log_and_continue)."""
-    _SKIPS.skip(f"corrupt shard: {type(exn).__name__}: {exn}"[:300], "")
-    return True
+    def handler(self, exn: Exception) -> bool:
+        """WebDataset exception handler: count, log, continue (open_clip's log_and_continue)."""
+        self.skip(f"corrupt shard: {type(exn).__name__}: {exn}"[:300], "")
+        return True
 
 
 # --------------------------------------------------------------------------------- shard sources
@@ -125,14 +125,14 @@ class ShardSampler(torch.utils.data.IterableDataset):
             yield {"url": rng.choice(urls)}
 
 
-def _open_streams(src: Iterator[dict]) -> Iterator[dict]:
+def _open_streams(src: Iterator[dict], skips: _Skips) -> Iterator[dict]:
     """``{"url"}`` -> ``{"url", "stream"}`` through umt.data.storage (boto3 for s3://)."""
     for sample in src:
         url = sample["url"]
         try:
             stream = storage.open_read(url)
         except Exception as e:  # missing / unreadable shard: skip it, as a corrupt tar is
-            _handler(e)
+            skips.handler(e)
             continue
         try:
             yield {"url": url, "stream": stream}
@@ -140,10 +140,10 @@ def _open_streams(src: Iterator[dict]) -> Iterator[dict]:
             stream.close()  # the consumer has read the whole tar when it asks for the next
 
 
-def _samples(src: Iterator[dict]) -> Iterator[dict]:
+def _samples(src: Iterator[dict], skips: _Skips) -> Iterator[dict]:
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
-    return group_by_keys(tar_file_expander(src, handler=_handler), handler=_handler)
+    return group_by_keys(tar_file_expander(src, handler=skips.handler), handler=skips.handler)
 
 
 def _shuffle(src: Iterator[dict], bufsize: int, seed_parts: tuple) -> Iterator[dict]:
@@ -209,26 +209,26 @@ def read_frames(sample: dict, meta: dict, decoder, num_frames: int, *, train: bo
 
 
 def _train_sample(sample: dict, *, decoder, num_frames: int, img_size: int, scales, flip: bool,
-                  rng: np.random.Generator) -> dict:
+                  skips: _Skips, rng: np.random.Generator) -> dict:
     key = sample.get("__key__", "?")
     try:
         meta = _meta(sample)
         frames = read_frames(sample, meta, decoder, num_frames, train=True, rng=rng)
         label = _label(sample, meta)
     except (SampleError, DecodeError) as e:
-        _SKIPS.skip(str(e), f"{sample.get('__url__', '')}:{key}")
+        skips.skip(str(e), f"{sample.get('__url__', '')}:{key}")
         return {}
     captions = meta.get("captions") or ([sample["txt"].decode("utf-8", "replace")] if "txt" in sample else [""])
-    _SKIPS.ok()
+    skips.ok()
     return {"video": train_transform(frames, img_size, scales, flip, rng),  # [3, T, S, S]
             "label": label, "caption": str(captions[int(rng.integers(len(captions)))]), "key": key}
 
 
-def _collate(samples: list[dict]) -> dict:
+def _collate(samples: list[dict], skips: _Skips) -> dict:
     return {"video": torch.stack([s["video"] for s in samples]),
             "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
             "caption": [s["caption"] for s in samples], "key": [s["key"] for s in samples],
-            "skipped": dict(_SKIPS.take())}
+            "skipped": dict(skips.take())}
 
 
 def _decode_stage(src: Iterator[dict], fn, rng_parts: tuple) -> Iterator[dict]:
@@ -286,16 +286,17 @@ def build_webdataset_loader(cfg, *, batch_size: int, num_frames: int, img_size: 
     info = dataset_json.load(cfg.source)
     decoder = get_decoder(getattr(cfg, "decoder", "decord"))
     seed_parts = (seed, rank, start_step)
+    skips = _Skips()
     pipeline = wds.DataPipeline(
         ShardSampler(info.shard_uris(), seed=seed, rank=rank, world_size=world_size,
                      start_step=start_step),
-        _open_streams,
-        _samples,
+        partial(_open_streams, skips=skips),
+        partial(_samples, skips=skips),
         partial(_shuffle, bufsize=cfg.shuffle_buffer, seed_parts=seed_parts),
         partial(_decode_stage, rng_parts=seed_parts,
-                fn=partial(_train_sample, decoder=decoder, num_frames=num_frames,
+                fn=partial(_train_sample, decoder=decoder, num_frames=num_frames, skips=skips,
                            img_size=img_size, scales=list(cfg.crop_scales), flip=cfg.flip)),
-        wds.batched(batch_size, collation_fn=_collate, partial=False),
+        wds.batched(batch_size, collation_fn=partial(_collate, skips=skips), partial=False),
     )
     return ClipLoader(_data_loader(pipeline, cfg.num_workers), start_step, info)
 
@@ -330,7 +331,7 @@ def _eval_select(src: Iterator[dict], split: _EvalSplit) -> Iterator[dict]:
 
 
 def _eval_sample(sample: dict, *, decoder, num_frames: int, img_size: int, num_clips: int,
-                 num_crops: int, rng=None) -> dict:
+                 num_crops: int, skips: _Skips, rng=None) -> dict:
     key = sample.get("__key__", "?")
     try:
         meta = _meta(sample)
@@ -341,9 +342,9 @@ def _eval_sample(sample: dict, *, decoder, num_frames: int, img_size: int, num_c
             views.extend(test_transforms(frames, img_size, num_crops))
         label = _label(sample, meta)
     except (SampleError, DecodeError) as e:
-        _SKIPS.skip(str(e), f"{sample.get('__url__', '')}:{key}")
+        skips.skip(str(e), f"{sample.get('__url__', '')}:{key}")
         return {}
-    _SKIPS.ok()
+    skips.ok()
     captions = meta.get("captions") or ([sample["txt"].decode("utf-8", "replace")] if "txt" in sample else [""])
     return {"video": torch.stack(views), "label": label, "caption": captions[0], "key": key}
 
@@ -362,11 +363,14 @@ def build_eval_loader(source: str, *, batch_size: int, num_frames: int, img_size
 
     info = dataset_json.load(source)
     split = _EvalSplit(info.shard_uris(), rank, world_size)
+    skips = _Skips()
     pipeline = wds.DataPipeline(
-        split, _open_streams, _samples, partial(_eval_select, split=split),
+        split, partial(_open_streams, skips=skips), partial(_samples, skips=skips),
+        partial(_eval_select, split=split),
         partial(_decode_stage, rng_parts=(0,),
                 fn=partial(_eval_sample, decoder=get_decoder(decoder), num_frames=num_frames,
-                           img_size=img_size, num_clips=num_clips, num_crops=num_crops)),
-        wds.batched(batch_size, collation_fn=_collate, partial=True),
+                           img_size=img_size, num_clips=num_clips, num_crops=num_crops,
+                           skips=skips)),
+        wds.batched(batch_size, collation_fn=partial(_collate, skips=skips), partial=True),
     )
     return ClipLoader(_data_loader(pipeline, num_workers), 0, info)
