@@ -132,7 +132,9 @@ def train(cfg: Stage1Config) -> dict[str, Any]:
             record = {"step": done, "loss": finite_or_none(loss_val),
                       "lr": optimizer.param_groups[0]["lr"],
                       "clips_per_s": global_batch * steps_since / elapsed,
-                      "step_time_s": elapsed / steps_since, "nonfinite_skipped": guard.total}
+                      "step_time_s": elapsed / steps_since, "nonfinite_skipped": guard.total,
+                      # corrupt samples the WebDataset loader skipped (and counted) so far
+                      "samples_skipped": getattr(loader, "num_skipped", 0)}
             files.log_metrics(record)
             bar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{record['lr']:.2e}")
             log.info("step %d/%d loss %.4f lr %.3e %.1f clips/s %.3f s/step", done, tc.steps,
