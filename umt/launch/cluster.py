@@ -98,7 +98,7 @@ class PyTorchJobBackend:
             if e.status == 404:
                 raise RuntimeError(
                     "the API server has no kubeflow.org/v1 pytorchjobs: install the Training "
-                    "Operator v1.9 (README: "Run on a cluster") and run `umt doctor`") from None
+                    "Operator v1.9 (README, 'Run on a cluster') and run `umt doctor`") from None
             if e.status in (400, 403, 422) and "admission webhook" in _reason(e):
                 # The Training Operator's webhook said no (a validation error, not RBAC).
                 raise InvalidJobError(name, [_reason(e)]) from None
