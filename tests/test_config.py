@@ -8,15 +8,25 @@ from umt.cli import app
 from umt.configs import Stage1Config, list_presets, load_config
 
 
+SRC = ["data.source=s3://bucket/k710/dataset.json"]
+
+
 def test_presets_exist_and_load():
     assert {"tiny", "b16", "l16"} <= set(list_presets("stage1"))
     for name in list_presets("stage1"):
-        assert isinstance(load_config(Stage1Config, "stage1", name), Stage1Config)
+        assert isinstance(load_config(Stage1Config, "stage1", name, SRC), Stage1Config)
+
+
+def test_gpu_presets_require_a_dataset():
+    """A GPU job must not silently train on the synthetic demo source."""
+    for name in ("b16", "l16"):
+        with pytest.raises(ValueError, match="data.source"):
+            load_config(Stage1Config, "stage1", name)
 
 
 def test_b16_and_l16_follow_the_paper_recipe():
     for name, dp, teacher, res in (("b16", 0.1, "ViT-B-16", 224), ("l16", 0.2, "ViT-L-14", 196)):
-        c = load_config(Stage1Config, "stage1", name)
+        c = load_config(Stage1Config, "stage1", name, SRC)
         assert c.model.num_frames == 8 and c.model.img_size == 224 and c.model.tubelet_size == 1
         assert c.mask.type == "attention" and c.mask.ratio == 0.8
         assert c.model.align_layers == c.teacher.return_layers == 6
@@ -28,7 +38,7 @@ def test_b16_and_l16_follow_the_paper_recipe():
 def test_overrides_and_yaml_file(tmp_path):
     f = tmp_path / "mine.yaml"
     f.write_text("train: {steps: 7}\noptim: {betas: [0.9, 0.99]}\n")
-    c = load_config(Stage1Config, "stage1", str(f), ["train.batch_size=3", "mask.type=tube"])
+    c = load_config(Stage1Config, "stage1", str(f), ["train.batch_size=3", "mask.type=tube", *SRC])
     assert (c.train.steps, c.train.batch_size, c.optim.betas, c.mask.type) == (7, 3, [0.9, 0.99], "tube")
 
 

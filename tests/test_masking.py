@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from umt.masking import make_mask, num_visible, random_mask, semantic_mask, tube_mask
+from umt.masking import make_mask, num_visible, random_mask, semantic_mask, tube_mask, visible_count
 
 
 def test_8x224_at_0_8_keeps_40_per_frame_320_per_clip():
@@ -15,10 +15,15 @@ def test_8x224_at_0_8_keeps_40_per_frame_320_per_clip():
     assert num_visible(196, 0.8) == 40
 
 
-@pytest.mark.parametrize("fn", [tube_mask, random_mask])
-def test_tube_and_random_counts(fn):
-    mask = fn(4, 8, 196, 0.9)
+def test_tube_counts_per_frame_and_random_counts_per_clip():
+    mask = tube_mask(4, 8, 196, 0.9)
     assert ((~mask).view(4, 8, 196).sum(-1) == 196 - int(196 * 0.9)).all()
+    # random: as the official RandomMaskingGenerator, int(N * ratio) masked anywhere in the clip
+    mask = random_mask(64, 8, 196, 0.9)
+    assert ((~mask).sum(-1) == 1568 - int(1568 * 0.9)).all()
+    per_frame = (~mask).view(64, 8, 196).sum(-1)
+    assert per_frame.min() < per_frame.max()  # not the same in every frame
+    assert visible_count("random", 0.9, 8, 196) == 157 and visible_count("attention", 0.8, 8, 196) == 320
 
 
 def test_tube_mask_repeats_over_time():

@@ -19,15 +19,20 @@ What is compared (see each test's docstring for details):
   finetune_8x224      logits [1,5] and forward_features tokens [1,1568,96];
                       checkpoint {'module': fp16 state_dict} (DeepSpeed style).
   finetune_16x112     logits [1,5] and tokens [1,784,96] with the checkpoint's
-                      learnable ``pos_embed``; our own fixed table for 16x112 vs
+                      ``pos_embed`` parameter; our own fixed table for 16x112 vs
                       the official interpolated one; logits/tokens when the
                       checkpoint has no ``pos_embed``.
   pretrain_8x224      Stage-1 student output [3,1,320,32] for a given mask.
+  pretrain_b2         the student (width 64, 4 frames) on a batch of 2 clips with
+                      a different mask each: output [3,2,160,32].
   teacher_b16like     CLIP teacher targets [3,1,1568,32] and last-layer CLS
                       attention [1,8,196] (official layout [B*T, HW]).
   teacher_l14like_196 teacher with a 224px checkpoint run at 196px (pos-embed
                       interpolation + input resize): targets [2,1,784,32],
                       attention [1,4,196].
+  teacher_b2          the teacher_b16like architecture on a batch of 2 clips of
+                      2 frames: targets [3,2,392,32], attention [2,2,196]
+                      (official [B*T, HW], rows b*T + t).
 """
 from __future__ import annotations
 
@@ -137,7 +142,7 @@ def test_finetune_8x224_fp16_module_checkpoint(tmp_path):
 
 def test_finetune_16x112_checkpoint_pos_embed(tmp_path):
     """16 frames, 112px.  The checkpoint ``{'model': fp32 sd}`` contains a
-    learnable ``pos_embed`` [1,784,96] (noised, i.e. different from any fixed
+    ``pos_embed`` parameter [1,784,96] (noised, i.e. different from any fixed
     table): ours must use it.  Compares logits [1,5] and tokens [1,784,96]."""
     ref = _load("finetune_16x112")
     assert "pos_embed" in ref["checkpoint"]["model"]
@@ -171,15 +176,7 @@ def test_finetune_16x112_checkpoint_without_pos_embed(tmp_path):
 
 
 # --------------------------------------------------------------------------- Stage-1 student
-def test_pretrain_student_8x224(tmp_path):
-    """Stage-1 student (official PretrainVisionTransformer): encoder depth 4,
-    width 96, 3 aligned layers (the last three blocks, returned in ascending
-    block order, each through the shared final encoder norm, + the clip
-    sin-cos pos-embed of the visible tokens, then per-layer Linear -> LayerNorm
-    -> L2 normalise), teacher dim 32.  Checkpoint ``{'model': sd}`` with
-    ``encoder.*`` / ``clip_decoder.*`` keys.  The mask [1,1568] (True = masked)
-    keeps exactly 40 tokens per frame.  Compares the output [3,1,320,32]."""
-    ref = _load("pretrain_8x224")
+def _check_pretrain(ref: dict, tmp_path):
     hp = ref["hparams"]
     model = _models().create_model(
         "umt_pretrain_vit_tiny_patch16_224",
@@ -197,6 +194,28 @@ def test_pretrain_student_8x224(tmp_path):
     with torch.no_grad():
         out = model(_normalise(ref["input_u8"]), ref["mask"])
     _assert_close("student output", out, ref["output"])
+
+
+def test_pretrain_student_8x224(tmp_path):
+    """Stage-1 student (official PretrainVisionTransformer): encoder depth 4,
+    width 96, 3 aligned layers (the last three blocks, returned in ascending
+    block order, each through the shared final encoder norm, + the clip
+    sin-cos pos-embed of the visible tokens, then per-layer Linear -> LayerNorm
+    -> L2 normalise), teacher dim 32.  Checkpoint ``{'model': sd}`` with
+    ``encoder.*`` / ``clip_decoder.*`` keys.  The mask [1,1568] (True = masked)
+    keeps exactly 40 tokens per frame.  Compares the output [3,1,320,32]."""
+    _check_pretrain(_load("pretrain_8x224"), tmp_path)
+
+
+def test_pretrain_student_batch2(tmp_path):
+    """Same student with batch 2 and 4 frames (encoder width 64, 2 heads, depth
+    4; its fixed pos-table is the plain 1-D table for 4*196 tokens).  Each clip
+    has its own random mask [2,784] with exactly 40 visible tokens per frame,
+    so the per-clip gathering of the visible tokens (and of their clip
+    pos-embed) is checked.  Compares the output [3,2,160,32]."""
+    ref = _load("pretrain_b2")
+    assert ref["mask"].shape == (2, 784) and not torch.equal(ref["mask"][0], ref["mask"][1])
+    _check_pretrain(ref, tmp_path)
 
 
 # --------------------------------------------------------------------------- CLIP teacher
@@ -254,3 +273,15 @@ def test_teacher_l14like_196(tmp_path):
     assert ref["checkpoint"]["positional_embedding"].shape[0] == 16 * 16 + 1
     path = _save(ref["checkpoint"], tmp_path / "vit_l14_visual.pth")
     _check_teacher(ref, _teacher(ref, path, "ViT-L-14"))
+
+
+def test_teacher_batch2(tmp_path):
+    """The teacher of ``teacher_b16like`` (patch 16, 224px, width 64, 4 layers,
+    3 returned layers) on a batch of 2 clips of 2 frames: checks the official
+    frame order ``b*T + t`` of the per-frame teacher and the regrouping of its
+    tokens per clip.  Compares targets [3,2,2*196,32] and attention [2,2,196]
+    (official layout [B*T, HW] = [4,196])."""
+    ref = _load("teacher_b2")
+    assert tuple(ref["input_u8"].shape) == (2, 3, 2, 224, 224)
+    path = _save(ref["checkpoint"], tmp_path / "vit_b16_visual.pth")
+    _check_teacher(ref, _teacher(ref, path, "ViT-B-16"))

@@ -69,6 +69,75 @@ def test_non_finite_loss_stops_the_run(tmp_path):
             "train.max_nonfinite=2")
 
 
+def test_a_poisoned_batch_is_skipped_and_counted(tmp_path, monkeypatch):
+    """A batch with NaNs (a corrupt decode, say) makes the loss non-finite: that update is
+    skipped (weights unchanged), counted, and training goes on."""
+    import umt.train.stage1 as stage1
+
+    real = stage1.build_pretrain_loader
+
+    def poisoned(*args, **kwargs):
+        for batch in real(*args, **kwargs):
+            if batch["step"] == 1:
+                batch["video"][0, 0, 0, 0, 0] = float("nan")
+            yield batch
+
+    monkeypatch.setattr(stage1, "build_pretrain_loader", poisoned)
+    run(tmp_path, "train.steps=3", "train.ckpt_every=1", "train.keep_last=5")
+    w1 = checkpoint.load(str(tmp_path / "checkpoints" / "step_00000001.pt"))["model"]
+    w2 = checkpoint.load(str(tmp_path / "checkpoints" / "step_00000002.pt"))["model"]
+    w3 = checkpoint.load(str(tmp_path / "checkpoints" / "step_00000003.pt"))["model"]
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)          # step 2 was skipped
+    assert not all(torch.equal(w2[k], w3[k]) for k in w2)      # step 3 trained again
+    recs = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nonfinite_skipped"] for r in recs] == [0, 1, 1]
+    assert recs[1]["loss"] is None and recs[2]["loss"] is not None
+
+
+def test_resume_continues_the_metrics_history(tmp_path):
+    run(tmp_path, "train.steps=4", "train.ckpt_every=2", "train.stop_at=3")  # ckpts 2 and 3
+    (tmp_path / "checkpoints" / "step_00000003.pt").unlink()   # as if killed after step 3's log
+    (tmp_path / "checkpoints" / "latest").write_text("step_00000002.pt")
+    run(tmp_path, "train.steps=4", "train.ckpt_every=2")
+    steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_s3_resume_keeps_metrics_history(tmp_path, s3_bucket, monkeypatch):
+    out = f"{s3_bucket}/runs/m"
+    monkeypatch.setenv("UMT_CACHE", str(tmp_path / "cache1"))
+    run(out, "train.steps=4", "train.ckpt_every=2", "train.stop_at=2")
+    monkeypatch.setenv("UMT_CACHE", str(tmp_path / "cache2"))  # a fresh container
+    run(out, "train.steps=4", "train.ckpt_every=2")
+    from umt.data import storage
+    steps = [json.loads(l)["step"] for l in storage.read_bytes(f"{out}/metrics.jsonl").decode().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_pruning_ignores_temp_files_of_killed_writers(tmp_path):
+    folder = tmp_path / "checkpoints"
+    run(tmp_path, "train.steps=2", "train.ckpt_every=1", "train.keep_last=2", "train.stop_at=1")
+    (folder / ".tmp-abc123-step_00000002.pt").write_bytes(b"partial")
+    (folder / ".tmp-def456-step_00000002.pt").write_bytes(b"partial")
+    run(tmp_path, "train.steps=2", "train.ckpt_every=1", "train.keep_last=2")
+    assert sorted(p.name for p in folder.iterdir()) == ["latest", "step_00000001.pt", "step_00000002.pt"]
+    assert checkpoint.load_latest(str(tmp_path))["step"] == 2
+
+
+def test_own_checkpoint_loads_through_create_model(tmp_path):
+    from umt.models import create_model
+
+    summary = run(tmp_path, "train.steps=1")
+    trained = weights(tmp_path)
+    student = create_model("umt_pretrain_vit_tiny_patch16_224", pretrained=summary["checkpoint"],
+                           num_frames=4, img_size=64, embed_dim=96, depth=4, num_heads=3,
+                           teacher_dim=32, align_layers=2)
+    backbone = create_model("umt_vit_tiny_patch16_224", pretrained=summary["checkpoint"],
+                            num_frames=4, img_size=64, embed_dim=96, depth=4, num_heads=3, num_classes=4)
+    assert torch.equal(student.clip_decoder[1].head.weight, trained["clip_decoder.1.head.weight"])
+    assert torch.equal(backbone.blocks[3].mlp.fc2.weight, trained["encoder.blocks.3.mlp.fc2.weight"])
+
+
 def test_non_finite_guard_counts_and_resets():
     g = NonFiniteGuard(limit=2)
     g.update(False, 1)
@@ -83,6 +152,26 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _torchrun(nproc, *args, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                    "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+                    "-m", "umt.train.stage1", *args], check=True, env=env, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_ddp_resume_with_drop_path_equals_uninterrupted(tmp_path):
+    """Every rank's RNG state is saved and restored, so stochastic depth replays exactly."""
+    common = ["--config", "tiny", "train.steps=4", "train.ckpt_every=2", "train.batch_size=4",
+              "model.drop_path_rate=0.3"]
+    _torchrun(2, *common, f"train.output_dir={tmp_path / 'a'}")
+    _torchrun(2, *common, f"train.output_dir={tmp_path / 'b'}", "train.stop_at=2")
+    _torchrun(2, *common, f"train.output_dir={tmp_path / 'b'}")
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
 
 
 @pytest.mark.slow

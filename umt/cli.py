@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import importlib
-import sys
+import os
 from typing import List, Optional
 
 import typer
@@ -35,12 +35,13 @@ def _stage_command(stage: str):
         module = importlib.import_module(STAGES[stage])
         try:
             summary = module.main(config, overrides or [])
-        except ValueError as e:  # bad config / checkpoint: a clear message, not a traceback
+        except (ValueError, FloatingPointError) as e:
+            # A bad config/checkpoint (2) or the non-finite guard (1): one clear line, not a
+            # traceback; UMT_TRACEBACK=1 shows the traceback too.
+            if os.environ.get("UMT_TRACEBACK"):
+                raise
             typer.secho(f"error: {e}", fg="red", err=True)
-            raise typer.Exit(2)
-        except FloatingPointError as e:  # the non-finite-loss guard stopped the run
-            typer.secho(f"error: {e}", fg="red", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(2 if isinstance(e, ValueError) else 1)
         typer.echo(f"{stage} finished: {summary}")
 
     command.__doc__ = (f"Run {stage} ({STAGES[stage]}). Writes config.yaml, metrics.jsonl, "
@@ -91,25 +92,14 @@ def models():
     typer.echo("\n".join(list_models()))
 
 
-def _mount_optional() -> None:
-    """Commands owned by other subpackages; each module defines its typer commands."""
-    try:
-        from umt.data.cli import shard, synthetic
-    except ImportError:
-        pass
-    else:
-        app.command("shard")(shard)
-        app.command("synthetic")(synthetic)
-    try:
-        from umt.launch.cli import doctor, job_app
-    except ImportError:
-        pass
-    else:
-        app.add_typer(job_app, name="job")
-        app.command("doctor")(doctor)
+# Commands owned by other subpackages; each module defines its own typer commands.
+from umt.data.cli import shard, synthetic  # noqa: E402
+from umt.launch.cli import doctor, job_app  # noqa: E402
 
-
-_mount_optional()
+app.command("shard")(shard)
+app.command("synthetic")(synthetic)
+app.add_typer(job_app, name="job")
+app.command("doctor")(doctor)
 
 if __name__ == "__main__":
     app()

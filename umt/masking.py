@@ -1,8 +1,9 @@
 """Token masks for Stage 1 and Stage 2: semantic (teacher-attention guided), tube and random.
 
-Every mask is bool ``[B, T*HW]`` with True = masked, and hides exactly ``int(HW * ratio)`` tokens
-in every frame, so every clip keeps ``T * (HW - int(HW * ratio))`` visible tokens (8x224 at
-0.8: 40 per frame, 320 per clip).
+Every mask is bool ``[B, T*HW]`` with True = masked. Semantic and tube masks hide exactly
+``int(HW * ratio)`` tokens in every frame, so every clip keeps ``T * (HW - int(HW * ratio))``
+visible tokens (8x224 at 0.8: 40 per frame, 320 per clip); the random mask, as the official
+``RandomMaskingGenerator``, hides ``int(T*HW * ratio)`` tokens anywhere in the clip.
 """
 
 from __future__ import annotations
@@ -70,11 +71,19 @@ def tube_mask(batch: int, frames: int, hw: int, ratio: float = 0.8, device=None,
 def random_mask(batch: int, frames: int, hw: int, ratio: float = 0.8, device=None,
                 generator: Optional[torch.Generator] = None,
                 uniform: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """An independent random mask per frame (same visible count per frame) -> bool ``[B, T*HW]``."""
-    n_vis = num_visible(hw, ratio)
-    noise = _uniform((batch, frames, hw), device, generator, uniform).reshape(batch * frames, hw)
-    keep = noise.argsort(1)[:, :n_vis]
-    return _mask_from_keep(keep, batch, frames, hw)
+    """Uniformly random tokens over the whole clip (the same count per clip, not per frame)
+    -> bool ``[B, T*HW]``."""
+    n = frames * hw
+    noise = _uniform((batch, frames, hw), device, generator, uniform).reshape(batch, n)
+    keep = noise.argsort(1)[:, :num_visible(n, ratio)]
+    return _mask_from_keep(keep, batch, 1, n)
+
+
+def visible_count(kind: str, ratio: float, frames: int, hw: int) -> int:
+    """Visible tokens per clip for a mask type (lets the training loop avoid a host sync)."""
+    if kind == "random":
+        return num_visible(frames * hw, ratio)
+    return frames * num_visible(hw, ratio)
 
 
 def make_mask(kind: str, ratio: float, attn: torch.Tensor,

@@ -76,6 +76,14 @@ teacher_l14like_196 same class, patch 14, width 64, 3 layers, 2 returned layers;
                     engine_for_pretraining_umt.py does.  Outputs 'targets'
                     [2,1,4*196,32], 'attn' [4,196], and
                     'positional_embedding_interp' (the loader's result).
+pretrain_b2         the student of pretrain_8x224 but BATCH 2, 4 frames (encoder
+                    table for 4*196 tokens) and width 64 / 2 heads (head dim 32;
+                    keeps the file < 2.5 MB).  'mask' bool [2,784], a different
+                    random mask per clip, 40 visible per frame.  Output
+                    'output' [3,2,160,32].
+teacher_b2          the teacher of teacher_b16like but BATCH 2 and 2 frames
+                    (input_u8 [2,3,2,224,224]).  Outputs 'targets'
+                    [3,2,2*196,32] and 'attn' [B*T, 196] = [4,196] (rows b*T+t).
 """
 from __future__ import annotations
 
@@ -279,7 +287,7 @@ def case_finetune_16x112(ctx):
     pos_interp = model.pos_embed.detach().clone()
     randomise_(model)
     sharpen_attention_(model, 4.0)
-    with torch.no_grad():  # make the checkpoint's learnable pos_embed clearly differ from the fixed table
+    with torch.no_grad():  # make the checkpoint's pos_embed parameter clearly differ from the fixed table
         model.pos_embed.add_(0.3 * torch.randn_like(model.pos_embed))
     sd = clone_sd(model.state_dict())
     assert "pos_embed" in sd
@@ -302,43 +310,55 @@ def case_finetune_16x112(ctx):
     return save("finetune_16x112", obj, ctx["out"])
 
 
-def case_pretrain_8x224(ctx):
+def pretrain_case(ctx, case, seed, T, B, width, heads):
     pt = ctx["pt"]
-    torch.manual_seed(1003)
+    torch.manual_seed(seed)
     hp = dict(
-        img_size=224, patch_size=16, encoder_in_chans=3, encoder_num_classes=0, encoder_embed_dim=96,
-        encoder_depth=4, encoder_num_heads=3, mlp_ratio=4.0, qkv_bias=True, norm_eps=1e-6,
-        init_values=0.0, use_learnable_pos_emb=False, num_frames=8, tubelet_size=1,
-        clip_decoder_embed_dim=96, clip_output_dim=32, clip_norm_type="l2", clip_return_layer=3,
+        img_size=224, patch_size=16, encoder_in_chans=3, encoder_num_classes=0, encoder_embed_dim=width,
+        encoder_depth=4, encoder_num_heads=heads, mlp_ratio=4.0, qkv_bias=True, norm_eps=1e-6,
+        init_values=0.0, use_learnable_pos_emb=False, num_frames=T, tubelet_size=1,
+        clip_decoder_embed_dim=width, clip_output_dim=32, clip_norm_type="l2", clip_return_layer=3,
         clip_student_return_interval=1, drop_path_rate=0.0,
     )
     kw = {k: v for k, v in hp.items() if k != "norm_eps"}
     build = lambda: pt.PretrainVisionTransformer(norm_layer=partial(nn.LayerNorm, eps=hp["norm_eps"]), **kw).eval()
     model = build()
+    assert model.encoder.pos_embed.shape == (1, T * 196, width)  # the encoder's own 1-D table, no interpolation
     randomise_(model)
     sharpen_attention_(model, 4.0)
     sd = clone_sd(model.state_dict())
-    T, HW, n_vis = 8, 196, 40
-    mask = torch.ones(1, T, HW, dtype=torch.bool)
-    for t in range(T):
-        mask[0, t, torch.randperm(HW)[:n_vis]] = False
-    mask = mask.flatten(1)  # [1, 1568], token index = t*196 + h*14 + w, True = masked
-    assert int((~mask).sum()) == T * n_vis
-    u8 = video_u8((1, 3, 8, 224, 224))
+    HW, n_vis = 196, 40
+    mask = torch.ones(B, T, HW, dtype=torch.bool)
+    for b in range(B):  # an independent random mask per clip
+        for t in range(T):
+            mask[b, t, torch.randperm(HW)[:n_vis]] = False
+    mask = mask.flatten(1)  # [B, T*196], token index = t*196 + h*14 + w, True = masked
+    assert int((~mask).sum()) == B * T * n_vis
+    assert all(not torch.equal(mask[0], mask[b]) for b in range(1, B))
+    u8 = video_u8((B, 3, T, 224, 224))
     with torch.no_grad():
         out = model(normalise(u8), mask)
     stats("output", out)
-    assert out.shape == (3, 1, 320, 32)
+    assert out.shape == (3, B, T * n_vis, 32)
 
     def run(m):
         with torch.no_grad():
             return (m(normalise(u8), mask),)
 
-    verify_reload("pretrain_8x224", build, {"model": sd}, "model", run, {"output": out})
-    obj = meta("pretrain_8x224", hp, ctx)
+    verify_reload(case, build, {"model": sd}, "model", run, {"output": out})
+    obj = meta(case, hp, ctx)
     obj.update(checkpoint={"model": sd}, input_u8=u8, mask=mask, output=out,
                student_return_index=list(model.encoder.return_index))
-    return save("pretrain_8x224", obj, ctx["out"])
+    return save(case, obj, ctx["out"])
+
+
+def case_pretrain_8x224(ctx):
+    return pretrain_case(ctx, "pretrain_8x224", 1003, T=8, B=1, width=96, heads=3)
+
+
+def case_pretrain_b2(ctx):
+    # width 64 / 2 heads (head dim 32 as in pretrain_8x224) keeps the file under 2.5 MB
+    return pretrain_case(ctx, "pretrain_b2", 1006, T=4, B=2, width=64, heads=2)
 
 
 def openai_visual_sd(model) -> "OrderedDict[str, torch.Tensor]":
@@ -352,7 +372,7 @@ def openai_visual_sd(model) -> "OrderedDict[str, torch.Tensor]":
     return sd
 
 
-def teacher_case(ctx, case, seed, patch, src_res, res, width, layers, heads, out_dim, k, T):
+def teacher_case(ctx, case, seed, patch, src_res, res, width, layers, heads, out_dim, k, T, B=1):
     clip = ctx["clip"]
     torch.manual_seed(seed)
     hp = dict(
@@ -374,7 +394,7 @@ def teacher_case(ctx, case, seed, patch, src_res, res, width, layers, heads, out
     model = clip.VisionTransformer(input_resolution=res, **cargs)
     clip.load_state_dict(model, OrderedDict(ckpt), input_resolution=res, patch_size=patch, center=True)
     model.eval()
-    u8 = video_u8((1, 3, T, 224, 224))
+    u8 = video_u8((B, 3, T, 224, 224))
     videos = normalise(u8)
     B, C, _, H, W = videos.shape
     if H != res:  # engine_for_pretraining_umt.train_one_epoch, verbatim
@@ -404,12 +424,19 @@ def case_teacher_l14like_196(ctx):
                         width=64, layers=3, heads=4, out_dim=32, k=2, T=4)
 
 
+def case_teacher_b2(ctx):
+    return teacher_case(ctx, "teacher_b2", 1007, patch=16, src_res=224, res=224,
+                        width=64, layers=4, heads=4, out_dim=32, k=3, T=2, B=2)
+
+
 CASES = OrderedDict(
     finetune_8x224=case_finetune_8x224,
     finetune_16x112=case_finetune_16x112,
     pretrain_8x224=case_pretrain_8x224,
     teacher_b16like=case_teacher_b16like,
     teacher_l14like_196=case_teacher_l14like_196,
+    pretrain_b2=case_pretrain_b2,
+    teacher_b2=case_teacher_b2,
 )
 
 

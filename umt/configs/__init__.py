@@ -5,7 +5,7 @@ inside the image) is merged onto the dataclass defaults, then ``key=value`` over
 checked on every merge, so ``train.steps=abc`` fails with a message naming the key.
 """
 
-from umt.configs.loader import load_config, save_config, to_yaml, preset_path, list_presets
+from umt.configs.loader import list_presets, load_config, preset_path, to_yaml
 from umt.configs.schema import (
     DataConfig,
     MaskConfig,
@@ -27,6 +27,5 @@ __all__ = [
     "list_presets",
     "load_config",
     "preset_path",
-    "save_config",
     "to_yaml",
 ]

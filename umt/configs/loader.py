@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 T = TypeVar("T")
 
@@ -48,16 +47,15 @@ def load_config(schema: type[T], stage: str, config: str | None = None,
             raise ValueError(f"overrides must look like key=value, got: {bad}")
         if overrides:
             base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(base)  # type: ignore[return-value]
+    except MissingMandatoryValue as e:
+        raise ValueError(f"{stage} config: {e.full_key} is required (set it in the YAML or pass "
+                         f"{e.full_key}=...)") from None
     except OmegaConfBaseException as e:
         raise ValueError(f"invalid {stage} config: {e}") from None
-    return OmegaConf.to_object(base)  # type: ignore[return-value]
 
 
 def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def save_config(cfg: Any, path: str | os.PathLike) -> None:
-    """Write the fully resolved config next to a run's outputs (local path)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(to_yaml(cfg))

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from omegaconf import MISSING
+
 
 @dataclass
 class ModelConfig:
@@ -53,9 +55,13 @@ class MaskConfig:
 
 @dataclass
 class DataConfig:
-    """Where clips come from. ``source`` is 'synthetic' or a dataset.json path / s3:// URI."""
+    """Where clips come from. ``source`` is 'synthetic' or a dataset.json path / s3:// URI.
 
-    source: str = "synthetic"
+    It has no default: a real run must name its data (the tiny preset picks 'synthetic'), so a
+    GPU job can never train on the demo source by accident.
+    """
+
+    source: str = MISSING
     num_workers: int = 8
     shuffle_buffer: int = 1000
     # Stage-1 augmentation: multi-scale crop scales (GroupMultiScaleCrop) and horizontal flip.

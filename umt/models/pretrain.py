@@ -10,6 +10,8 @@ and no decoder transformer.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
@@ -30,19 +32,21 @@ class AlignHead(nn.Module):
         return x / x.norm(dim=-1, keepdim=True)
 
 
-def visible_indices(mask: torch.Tensor) -> torch.Tensor:
+def visible_indices(mask: torch.Tensor, n_vis: Optional[int] = None) -> torch.Tensor:
     """Positions of the visible tokens, ascending: bool ``[B, N]`` (True = masked) -> ``[B, N_vis]``.
 
-    Every row must hide the same number of tokens (semantic, tube and random masks all do); the
-    one host sync here reads that count. A stable sort keeps the positions in increasing order,
-    which is the order the official boolean gather ``x[~mask]`` produces.
+    Every row must show the same number of tokens (semantic, tube and random masks all do).
+    Given ``n_vis`` (the training loop knows it from the mask ratio) this needs no host sync;
+    without it the count is read and checked here. A stable sort keeps the positions in
+    increasing order, the order the official boolean gather ``x[~mask]`` produces.
     """
     if mask.dtype != torch.bool or mask.dim() != 2:
         raise ValueError(f"mask must be bool [B, N], got {mask.dtype} {tuple(mask.shape)}")
-    counts = (~mask).sum(1)
-    n_vis = int(counts[0])
-    if not bool((counts == n_vis).all()):
-        raise ValueError(f"every clip must have the same number of visible tokens, got {counts.tolist()}")
+    if n_vis is None:
+        counts = (~mask).sum(1)
+        n_vis = int(counts[0])
+        if not bool((counts == n_vis).all()):
+            raise ValueError(f"every clip must have the same number of visible tokens, got {counts.tolist()}")
     return torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :n_vis]
 
 
@@ -83,8 +87,10 @@ class PretrainVisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"encoder.pos_embed", "clip_pos_embed"}
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        idx = visible_indices(mask)                                    # [B, N_vis]
+    def forward(self, x: torch.Tensor, mask: torch.Tensor,
+                visible_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``visible_idx`` (``visible_indices(mask)``) may be passed when already computed."""
+        idx = visible_indices(mask) if visible_idx is None else visible_idx  # [B, N_vis]
         tokens = gather_tokens(self.encoder.embed(x), idx)             # [B, N_vis, D]
         _, layers = self.encoder.run_blocks(tokens, self.align_layers)  # [K, B, N_vis, D]
         layers = self.encoder.norm(layers)

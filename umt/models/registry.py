@@ -26,7 +26,7 @@ SIZES = {
 TEACHER_DIM = {"tiny": 512, "small": 512, "base": 512, "large": 768}
 
 # timm's create_model passes these; our builders have no use for them.
-_TIMM_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only")
+_TIMM_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -34,6 +34,8 @@ _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 def _build(cls, size: str, pretrained, **kwargs) -> nn.Module:
     for k in _TIMM_KWARGS:
         kwargs.pop(k, None)
+    if kwargs.pop("features_only", False):
+        raise ValueError("features_only is not supported: use model.forward_features(x) for tokens")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if cls is PretrainVisionTransformer:
         kwargs.setdefault("teacher_dim", TEACHER_DIM[size])

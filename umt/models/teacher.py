@@ -64,12 +64,13 @@ class CLIPTeacher(nn.Module):
     of visual weights, or ``None`` for random weights (tests, the CPU demo). ``vision_cfg`` and
     ``embed_dim`` override open_clip's config for ``model_name`` (``heads`` is accepted and
     mapped to open_clip's ``head_width``). OpenAI CLIP uses QuickGELU, hence the default.
+    ``autocast_dtype``: the teacher's precision on GPUs (bf16 by default; None = fp32).
     """
 
     def __init__(self, model_name: str = "ViT-B-16", pretrained: Optional[str] = "openai",
                  return_layers: int = 6, input_resolution: int = 224,
                  vision_cfg: Optional[dict[str, Any]] = None, embed_dim: Optional[int] = None,
-                 quick_gelu: bool = True, autocast_dtype: torch.dtype = torch.bfloat16):
+                 quick_gelu: bool = True, autocast_dtype: Optional[torch.dtype] = torch.bfloat16):
         super().__init__()
         is_file = pretrained is not None and (pretrained.startswith("s3://") or "/" in pretrained
                                               or pretrained.endswith((".pth", ".pt", ".bin")))
@@ -140,7 +141,8 @@ class CLIPTeacher(nn.Module):
             x = F.interpolate(x.reshape(b, c * t, h, w), size=(r, r), mode="bicubic",
                               align_corners=False).reshape(b, c, t, r, r)
         frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, r, r)
-        with torch.autocast(x.device.type, dtype=self.autocast_dtype, enabled=x.is_cuda):
+        use_amp = x.is_cuda and self.autocast_dtype is not None
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype or torch.float32, enabled=use_amp):
             return self._forward_frames(frames, b, t)
 
     def _forward_frames(self, frames: torch.Tensor, b: int, t: int):

@@ -3,18 +3,20 @@
 Layout: ``<output_dir>/checkpoints/step_00001000.pt`` plus ``latest`` (a small text file naming
 the newest complete one). A checkpoint is written in full first (local: temp file + fsync +
 rename; S3: one PUT or a completed multipart upload, both atomic), and only then is ``latest``
-replaced, so a crash while saving never leaves a broken "latest". The frozen teacher is never
-saved.
+replaced, so a crash while saving never leaves a broken "latest". Pruning never touches the
+checkpoint just written, and temp files that a killed writer left behind are swept.
 
 Contents: ``model`` (the student's state dict, in the official key layout), ``optimizer``,
-``scheduler``, ``step``, ``rng`` (torch CPU/CUDA states), ``config`` (resolved YAML) and
-``format``. Reading uses ``weights_only=True``: nothing in a checkpoint is executed.
+``scheduler``, ``step``, ``rng`` (one entry per rank: torch CPU and current-CUDA-device
+states), ``data`` (the stream position), ``config`` (resolved YAML) and ``format``. The frozen
+teacher is never saved. Reading uses ``weights_only=True``: nothing in a checkpoint is executed.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 from typing import Any, Optional
 
@@ -25,24 +27,26 @@ from umt.data import storage
 log = logging.getLogger(__name__)
 
 FORMAT = "umt-train-ckpt-v1"
-_NAME = re.compile(r"step_(\d{8})\.pt$")
+# Anchored at a path separator so a crashed writer's ".tmp-XXXX-step_...pt" never counts.
+_NAME = re.compile(r"(?:^|/)step_(\d{8})\.pt$")
 
 
 def ckpt_dir(output_dir: str) -> str:
     return storage.join(output_dir, "checkpoints")
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random state: CPU, and its own CUDA device when it has one."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def save(output_dir: str, step: int, payload: dict[str, Any], keep_last: int = 2) -> str:
@@ -55,20 +59,19 @@ def save(output_dir: str, step: int, payload: dict[str, Any], keep_last: int = 2
     storage.write_bytes(uri, buf.getvalue())
     storage.write_bytes(storage.join(folder, "latest"), name.encode())
     if keep_last > 0:
-        for old in list_steps(output_dir)[:-keep_last]:
+        older = [s for s in list_steps(output_dir) if s != step]
+        for old in older[:max(len(older) - (keep_last - 1), 0)]:
             storage.delete(storage.join(folder, f"step_{old:08d}.pt"))
+    if not storage.is_s3(folder):  # leftovers of writers killed mid-write (S3 has none)
+        for path in storage.list_uris(folder):
+            if os.path.basename(path).startswith(".tmp-"):
+                storage.delete(path)
     return uri
 
 
 def list_steps(output_dir: str) -> list[int]:
-    folder = ckpt_dir(output_dir)
-    if not storage.exists(folder) and not folder.startswith("s3://"):
-        return []
-    steps = []
-    for uri in storage.list_uris(folder):
-        m = _NAME.search(uri)
-        if m:
-            steps.append(int(m.group(1)))
+    steps = {int(m.group(1)) for uri in storage.list_uris(ckpt_dir(output_dir))
+             if (m := _NAME.search(uri))}
     return sorted(steps)
 
 
@@ -80,7 +83,7 @@ def load(uri: str) -> dict[str, Any]:
 
 
 def load_latest(output_dir: str) -> Optional[dict[str, Any]]:
-    """The newest complete checkpoint under ``output_dir``, or None when there is none.
+    """The newest complete checkpoint under ``output_dir`` (with its ``uri``), or None.
 
     Follows ``latest``; if that names a file that cannot be read (deleted, corrupt), falls back
     to the newest readable ``step_*.pt`` with a warning instead of starting over silently.

@@ -77,7 +77,7 @@ def autocast(device: torch.device, precision: str):
 
 
 class NonFiniteGuard:
-    """Counts skipped non-finite steps; stops the run after ``limit`` in a row."""
+    """Counts skipped non-finite steps (loss or gradients); stops the run after ``limit`` in a row."""
 
     def __init__(self, limit: int):
         self.limit, self.consecutive, self.total = limit, 0, 0
@@ -88,11 +88,11 @@ class NonFiniteGuard:
             return
         self.consecutive += 1
         self.total += 1
-        log.warning("step %d: non-finite loss, update skipped (%d in a row, %d in total)",
+        log.warning("step %d: non-finite loss or gradients, update skipped (%d in a row, %d in total)",
                     step, self.consecutive, self.total)
         if self.consecutive >= self.limit:
             raise FloatingPointError(
-                f"loss was non-finite for {self.consecutive} consecutive steps (up to step {step}); "
+                f"loss or gradients were non-finite for {self.consecutive} consecutive steps (up to step {step}); "
                 f"stopping. Lower optim.base_lr, enable optim.clip_grad, or check the data; "
                 f"resume continues from the last good checkpoint.")
 
@@ -117,6 +117,20 @@ class RunFiles:
         if self.enabled:
             storage.write_bytes(storage.join(self.output_dir, "config.yaml"), to_yaml(cfg).encode())
 
+    def resume(self, step: int) -> None:
+        """Continue the metrics history of a resumed run: fetch it when it lives on S3 (the
+        local cache may be a fresh container's) and drop records after ``step``, which the
+        resumed run logs again."""
+        if not self.enabled:
+            return
+        remote = storage.join(self.output_dir, "metrics.jsonl")
+        if self.output_dir.startswith("s3://") and storage.exists(remote):
+            storage.download_file(remote, str(self.metrics_path))
+        if self.metrics_path.exists():
+            kept = [line for line in self.metrics_path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= step]
+            self.metrics_path.write_text("".join(f"{line}\n" for line in kept))
+
     def log_metrics(self, record: dict[str, Any]) -> None:
         if self.enabled:
             with open(self.metrics_path, "a") as f:
@@ -133,5 +147,5 @@ class RunFiles:
             self.flush()
 
 
-def finite_or_none(x: float) -> Optional[float]:
-    return x if math.isfinite(x) else None
+def finite_or_none(x: Optional[float]) -> Optional[float]:
+    return x if x is not None and math.isfinite(x) else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -39,12 +40,32 @@ def setup(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local, dev)
 
 
-def all_finite(x: torch.Tensor, info: DistInfo) -> bool:
-    """True when ``x`` is finite on every rank (all ranks must agree to skip a step together)."""
-    flag = torch.isfinite(x.detach()).all().to(torch.int32)
-    if info.world_size > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj``, indexed by rank (a collective: all ranks must call it)."""
+    if info.world_size == 1:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def agree_on_step(step: int, info: DistInfo) -> int:
+    """Check all ranks resume from the same step (a collective).
+
+    Only rank 0 writes checkpoints; a multi-node job whose output folder is not shared would
+    otherwise have ranks start at different steps and hang in mismatched collectives.
+    """
+    if info.world_size == 1:
+        return step
+    lo = torch.tensor(step, device=info.device)
+    hi = lo.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    if lo.item() != hi.item():
+        raise RuntimeError(
+            f"ranks found different checkpoints to resume from (steps {lo.item()}..{hi.item()}): "
+            f"train.output_dir must be storage every node sees (s3:// or a shared volume)")
+    return step
 
 
 def mean_over_ranks(x: torch.Tensor, info: DistInfo) -> float:
