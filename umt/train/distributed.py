@@ -70,10 +70,14 @@ def agree_on_step(step: int, info: DistInfo) -> int:
 
 def mean_over_ranks(x: torch.Tensor, info: DistInfo) -> float:
     """The global mean of a per-rank scalar (for logging the loss of the whole batch)."""
-    x = x.detach().float().clone()
+    return sum_over_ranks(x, info) / info.world_size
+
+
+def sum_over_ranks(x, info: DistInfo) -> float:
+    """The sum of a per-rank scalar (a collective: all ranks must call it)."""
+    x = torch.as_tensor(x, dtype=torch.float64, device=info.device).detach().clone()
     if info.world_size > 1:
         dist.all_reduce(x)
-        x /= info.world_size
     return float(x)
 
 

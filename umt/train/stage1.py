@@ -152,8 +152,9 @@ def train(cfg: Stage1Config) -> dict[str, Any]:
                       "lr": optimizer.param_groups[0]["lr"],
                       "clips_per_s": global_batch * steps_since / elapsed,
                       "step_time_s": elapsed / steps_since, "nonfinite_skipped": guard.total,
-                      # corrupt samples the WebDataset loader skipped (and counted) so far
-                      "samples_skipped": getattr(loader, "num_skipped", 0)}
+                      # corrupt samples the WebDataset loaders of all ranks skipped so far
+                      "samples_skipped": int(distributed.sum_over_ranks(
+                          getattr(loader, "num_skipped", 0), dist))}
             files.log_metrics(record)
             bar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{record['lr']:.2e}")
             log.info("step %d/%d loss %.4f lr %.3e %.1f clips/s %.3f s/step", done, tc.steps,
