@@ -3,11 +3,17 @@
 It serves what the launcher and ``umt doctor`` use, with the API server's status codes and
 ``Status`` bodies:
 
-* ``kubeflow.org/v1`` pytorchjobs: create (409 on a taken name; 422 on schema errors, unknown
-  fields rejected under ``fieldValidation=Strict``; 403 "admission webhook ... denied" on the
-  Training Operator webhook's rules), get, list (label selectors), delete (pods go with it);
-* pods, and ``pods/log`` with ``follow`` (chunked streaming), ``timestamps``, ``previous``
-  and ``container``;
+* ``kubeflow.org/v1`` pytorchjobs: create (409 on a taken name, also while the old object is
+  still being deleted; 422 on schema errors, unknown fields rejected under
+  ``fieldValidation=Strict``; 403 "admission webhook ... denied" on the Training Operator
+  webhook's rules), get, list (label selectors), delete (``propagationPolicy=Background``: the
+  job goes at once, its pods with it; ``Foreground``: the job gets a ``deletionTimestamp`` and the
+  ``foregroundDeletion`` finalizer and goes only after its pods, ``deletion_delay`` later);
+* pods (list with label selectors), and ``pods/log`` with ``follow`` (chunked streaming),
+  ``timestamps``, ``previous`` and ``container``. Pods that cannot start: ``stuck`` gives a pod
+  a :class:`Stuck` state (unschedulable, or a container waiting in ImagePullBackOff,
+  CreateContainerConfigError, ...), optionally only for its first seconds;
+* secrets (get), for ``umt doctor``;
 * ``customresourcedefinitions/pytorchjobs.kubeflow.org`` (``crd_readable=False``: 403, as for
   Kubeflow profile users), API discovery of ``kubeflow.org/v1``, ``/version``,
   ``selfsubjectaccessreviews``;
@@ -25,6 +31,7 @@ exported as ``$KUBECONFIG``).
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import json
@@ -48,7 +55,8 @@ SHARED_CRD = Path(__file__).resolve().parents[2] / "shared" / "schemas" / \
     "kubeflow.org_pytorchjobs.v1.9.yaml"
 CRD_FILE = SHARED_CRD if SHARED_CRD.exists() else validate.CRD_PATH
 ALL_VERBS = {(v, r) for v in ("create", "get", "list", "watch", "delete", "patch", "update")
-             for r in ("pytorchjobs", "pods", "pods/log")}
+             for r in ("pytorchjobs", "pods", "pods/log", "secrets")}
+UNSCHEDULABLE = "Unschedulable"
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,6 +80,20 @@ class Attempt:
 
 
 @dataclass
+class Stuck:
+    """Why a pod cannot start: ``reason`` Unschedulable (PodScheduled=False) or a container
+    waiting reason (ImagePullBackOff, ErrImagePull, InvalidImageName,
+    CreateContainerConfigError, ...) of ``container`` (``init-pytorch``: the operator's init
+    container on workers). ``until``: seconds after the pod's creation when it clears (None:
+    never)."""
+
+    reason: str
+    message: str = ""
+    container: str = "pytorch"
+    until: float | None = None
+
+
+@dataclass
 class Pod:
     name: str
     namespace: str
@@ -85,13 +107,41 @@ class Pod:
     restart_count: int = 0
     logs: list[list[tuple[str, str]]] = field(default_factory=lambda: [[]])  # per container run
     exit_code: int | None = None
+    stuck: Stuck | None = None
+    created: float = field(default_factory=time.monotonic)
 
-    def to_dict(self) -> dict[str, Any]:
+    def stuck_now(self) -> Stuck | None:
+        s = self.stuck
+        if s is None or (s.until is not None and time.monotonic() - self.created >= s.until):
+            return None
+        return s
+
+    def _status(self) -> dict[str, Any]:
+        stuck = self.stuck_now()
+        if stuck is not None and self.phase == "Pending":
+            if stuck.reason == UNSCHEDULABLE:
+                return {"phase": "Pending", "conditions": [{
+                    "type": "PodScheduled", "status": "False", "reason": UNSCHEDULABLE,
+                    "message": stuck.message, "lastTransitionTime": now_rfc3339()}]}
+            waiting = {"name": stuck.container, "restartCount": 0, "ready": False,
+                       "image": "x", "imageID": "",
+                       "state": {"waiting": {"reason": stuck.reason,
+                                             "message": stuck.message}}}
+            key = "initContainerStatuses" if stuck.container.startswith("init") else \
+                "containerStatuses"
+            return {"phase": "Pending", "conditions": [{"type": "PodScheduled",
+                                                        "status": "True"}], key: [waiting]}
         state: dict[str, Any] = {"waiting": {"reason": "ContainerCreating"}}
         if self.phase == "Running":
             state = {"running": {"startedAt": now_rfc3339()}}
         elif self.phase in ("Succeeded", "Failed"):
             state = {"terminated": {"exitCode": self.exit_code or 0}}
+        return {"phase": self.phase, "containerStatuses": [{
+            "name": "pytorch", "restartCount": self.restart_count, "ready": True,
+            "image": "x", "imageID": "", "state": state}]}
+
+    def to_dict(self) -> dict[str, Any]:
+        init = [{"name": "init-pytorch", "image": "alpine"}] if self.rtype == "worker" else []
         return {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": self.name, "namespace": self.namespace, "labels": {
@@ -102,10 +152,9 @@ class Pod:
                 **({"training.kubeflow.org/job-role": "master"} if self.rtype == "master"
                    else {})}},
             "spec": {"restartPolicy": self.restart_policy,
-                     "containers": [{"name": "pytorch", "image": "x"}]},
-            "status": {"phase": self.phase, "containerStatuses": [{
-                "name": "pytorch", "restartCount": self.restart_count, "ready": True,
-                "image": "x", "imageID": "", "state": state}]},
+                     "containers": [{"name": "pytorch", "image": "x"}],
+                     **({"initContainers": init} if init else {})},
+            "status": self._status(),
         }
 
 
@@ -133,6 +182,10 @@ class FakeKubeAPI:
         # Per-pod scripts: (job name, pod name) -> attempts; default: succeed after 3 lines.
         self.script: Callable[[str, str], list[Attempt]] = lambda job, pod: [Attempt(
             lines=[f"{pod} step 1", f"{pod} step 2", f"{pod} done"])]
+        # (job name, pod name) -> why the pod cannot start, or None (it starts).
+        self.stuck: Callable[[str, str], Stuck | None] = lambda job, pod: None
+        self.secrets: dict[tuple[str, str], dict[str, str]] = {}  # (ns, name) -> plain data
+        self.deletion_delay = 0.3  # seconds a Foreground-deleted job waits for its pods
         self.lock = threading.RLock()
         self._stop = threading.Event()
         self._crd = _load_crd()
@@ -220,11 +273,19 @@ class FakeKubeAPI:
         pod_name = f"{name}-{rtype.lower()}-{i}"
         self.pods[(ns, pod_name)] = Pod(
             pod_name, ns, name, rtype.lower(), i,
-            "Never" if policy == "ExitCode" else policy, list(self.script(name, pod_name)))
+            "Never" if policy == "ExitCode" else policy, list(self.script(name, pod_name)),
+            stuck=self.stuck(name, pod_name))
 
     def _reconcile(self, key: tuple[str, str]) -> None:
         ns, name = key
         job = self.jobs[key]
+        deleting = job["metadata"].get("deletionTimestamp")
+        if deleting:  # foreground deletion: pods first, then the job
+            if time.monotonic() >= job["metadata"]["_deleteAt"]:
+                for k in [k for k, p in self.pods.items() if p.job == name and k[0] == ns]:
+                    del self.pods[k]
+                del self.jobs[key]
+            return
         if self._finished(job):
             return
         specs = job["spec"]["pytorchReplicaSpecs"]
@@ -274,6 +335,8 @@ class FakeKubeAPI:
 
     def _kubelet(self, pod: Pod) -> None:
         t = time.monotonic()
+        if pod.phase == "Pending" and pod.stuck_now() is not None:
+            return
         if pod.phase == "Pending":
             pod.phase, pod.started = "Running", t
             return
@@ -338,6 +401,7 @@ VERSION = {"major": "1", "minor": "30", "gitVersion": "v1.30.0-fake", "gitCommit
 REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 409: "AlreadyExists",
            422: "Invalid", 500: "InternalError", 503: "ServiceUnavailable"}
 JOBS = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/([^/]+)/pytorchjobs(?:/([^/]+))?$")
+SECRETS = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets/([^/]+)$")
 PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+))?(/log)?$")
 CRD = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
 SSAR = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
@@ -403,6 +467,8 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
                 return self._jobs(method, m.group(1), m.group(2), query)
             if (m := PODS.match(url.path)) and method == "GET":
                 return self._pods(m.group(1), m.group(2), bool(m.group(3)), query)
+            if (m := SECRETS.match(url.path)) and method == "GET":
+                return self._secret(m.group(1), m.group(2))
             self._error(404, f"the server could not find the requested resource {url.path}")
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
@@ -457,7 +523,7 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
                 return None
             with api.lock:
                 if name is None:
-                    items = [copy.deepcopy(j) for (n, _), j in api.jobs.items() if n == ns and
+                    items = [self._public(j) for (n, _), j in api.jobs.items() if n == ns and
                              _matches(j["metadata"].get("labels") or {},
                                       query.get("labelSelector"))]
                     return self._send(200, {"apiVersion": "kubeflow.org/v1",
@@ -467,12 +533,36 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
                 if job is None:
                     return self._error(404, f'pytorchjobs.kubeflow.org "{name}" not found')
                 if method == "DELETE":
+                    if query.get("propagationPolicy") == "Foreground":
+                        meta = job["metadata"]
+                        if not meta.get("deletionTimestamp"):
+                            meta["deletionTimestamp"] = now_rfc3339()
+                            meta["finalizers"] = ["foregroundDeletion"]
+                            meta["_deleteAt"] = time.monotonic() + api.deletion_delay
+                        return self._send(200, self._public(job))
                     del api.jobs[(ns, name)]
                     for key in [k for k, p in api.pods.items() if p.job == name and k[0] == ns]:
                         del api.pods[key]  # garbage collection of owned pods
                     return self._send(200, _status_body(200, "deleted", "") | {
                         "status": "Success"})
-                return self._send(200, copy.deepcopy(job))
+                return self._send(200, self._public(job))
+
+        @staticmethod
+        def _public(job: dict[str, Any]) -> dict[str, Any]:
+            out = copy.deepcopy(job)
+            out["metadata"].pop("_deleteAt", None)  # our own bookkeeping
+            return out
+
+        def _secret(self, ns: str, name: str) -> None:
+            if self._forbidden("get", "secrets", ns):
+                return None
+            data = api.secrets.get((ns, name))
+            if data is None:
+                return self._error(404, f'secrets "{name}" not found')
+            self._send(200, {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                             "metadata": {"name": name, "namespace": ns},
+                             "data": {k: base64.b64encode(v.encode()).decode()
+                                      for k, v in data.items()}})
 
         def _create(self, ns: str, body: dict[str, Any], strict: bool) -> None:
             name = (body.get("metadata") or {}).get("name", "")

@@ -4,6 +4,7 @@ against what jobs default to."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -11,12 +12,12 @@ import re
 import shutil
 import subprocess
 import sys
-import warnings
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 import tomllib
+from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -107,16 +108,92 @@ def test_the_lock_is_self_consistent():
                     f"{name}=={version} needs {req}, lock has {dep}=={locked[dep]}"
 
 
-def test_the_lock_is_what_this_environment_installed():
-    """The images install what the tests ran against (regenerate: python images/lock.py)."""
-    fresh = _lock_module().render()
-    current = (IMAGES / "requirements.txt").read_text()
-    if fresh != current:
-        # A fresh environment (CI) may resolve the same ranges to newer releases; that is not
-        # an error of the images, but say what moved so someone re-locks.
-        moved = sorted(set(fresh.splitlines()) ^ set(current.splitlines()))
-        warnings.warn(f"images/requirements.txt differs from this environment (re-lock with "
-                      f"python images/lock.py): {moved[:8]}", stacklevel=1)
+@functools.lru_cache(maxsize=None)
+def _installed(name: str) -> tuple[str, tuple[str, ...]] | None:
+    """(version, requirements) of an installed distribution, or None."""
+    try:
+        dist = metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return None
+    return dist.version, tuple(dist.requires or ())
+
+
+def lock_problems(locked: dict[str, str]) -> tuple[list[str], set[str]]:
+    """What is wrong with a lock: requirements of pyproject's dependencies, followed through the
+    *pinned* versions' own metadata, that are not pinned; and (when every pinned version's
+    metadata is at hand, i.e. this environment installed the lock) pins nothing needs. Also
+    returns the pins whose metadata this environment lacks (another version is installed)."""
+    lock = _lock_module()
+    env = default_environment()
+    reached: dict[str, str] = {}  # name -> who needs it
+    seen: set[tuple[str, str]] = set()
+    unknown: set[str] = set()
+    problems: list[str] = []
+    todo = [(r, "", "pyproject.toml") for r in lock.runtime_requirements()]
+    while todo:
+        req, extra, parent = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({**env, "extra": extra}):
+            continue
+        name = canonicalize_name(req.name)
+        if lock.FROM_BASE.match(name):
+            continue
+        for wanted in sorted(req.extras) or [""]:
+            if (name, wanted) in seen:
+                continue
+            seen.add((name, wanted))
+            if name not in locked:
+                if name not in reached:
+                    problems.append(f"{name} ({req}, needed by {parent}) is not pinned")
+                reached.setdefault(name, parent)
+                continue
+            reached.setdefault(name, parent)
+            installed = _installed(name)
+            if installed is None or installed[0] != locked[name]:
+                unknown.add(name)
+                continue
+            for line in installed[1]:
+                todo.append((Requirement(line), wanted, f"{name}=={installed[0]}"))
+    if not unknown:
+        problems += [f"{n}=={locked[n]} is pinned but nothing needs it"
+                     for n in sorted(set(locked) - set(reached))]
+    return problems, unknown
+
+
+def test_the_lock_pins_exactly_what_pyproject_pulls_in():
+    """The images install `pip install -r requirements.txt`: a requirement missing from the
+    lock would be resolved at build time, unpinned and untested; a stale pin is dead weight.
+    Where this environment installed the lock (the project's), it is also exactly what
+    images/lock.py writes (re-lock: python images/lock.py)."""
+    locked = pins()
+    problems, unknown = lock_problems(locked)
+    assert not problems, "re-lock with python images/lock.py:\n" + "\n".join(problems)
+    if not unknown:
+        assert _lock_module().render() == (IMAGES / "requirements.txt").read_text(), \
+            "images/requirements.txt is not what python images/lock.py writes here"
+
+
+def test_lock_problems_finds_missing_and_stale_pins():
+    locked = pins()
+    _, unknown = lock_problems(locked)
+    # A pinned package installed at its pin that needs another pinned package: drop the latter.
+    lock = _lock_module()
+    edges = []
+    for name, version in sorted(locked.items()):
+        if name in unknown:
+            continue
+        for line in _installed(name)[1]:
+            req = Requirement(line)
+            dep = canonicalize_name(req.name)
+            if dep in locked and dep != name and not lock.FROM_BASE.match(dep) and (
+                    req.marker is None or req.marker.evaluate({"extra": ""})):
+                edges.append((name, dep))
+    assert edges, "no dependency between pinned packages to test with"
+    parent, dep = edges[0]
+    problems, _ = lock_problems({k: v for k, v in locked.items() if k != dep})
+    assert any(p.startswith(f"{dep} (") and "is not pinned" in p for p in problems), problems
+    if not unknown:
+        problems, _ = lock_problems({**locked, "left-pad": "1.3.0"})
+        assert problems == ["left-pad==1.3.0 is pinned but nothing needs it"]
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 import yaml
-from kube_api_server import Attempt, kube_api, kubeconfig  # noqa: F401 - fixtures
+from kube_api_server import Attempt, Stuck, kube_api, kubeconfig  # noqa: F401 - fixtures
 from typer.testing import CliRunner
 
 from umt.launch.cli import doctor, job_app
@@ -15,6 +15,7 @@ from umt.launch.validate import pytorchjob_errors
 runner = CliRunner()
 RENDER = ["render", "stage1", "--config", "tiny", "--nodes", "2", "--gpus-per-node", "8",
           "--node-pool", "gke-a100", "train.steps=5"]
+OUT = ["--output", "s3://b/run"]  # cluster jobs need shared output storage
 
 
 def doctor_app() -> typer.Typer:
@@ -38,6 +39,47 @@ def test_render_prints_a_valid_job_for_kubectl():
                          ).stdout == result.stdout
 
 
+def test_render_of_a_paper_preset_needs_a_data_source():
+    """b16/l16 have no data.source: a GPU job must never train on synthetic clips by default."""
+    for preset in ("b16", "l16"):
+        result = runner.invoke(job_app, ["render", "stage1", "--config", preset, *OUT])
+        assert result.exit_code == 2
+        assert "data.source" in result.output
+        assert "required" in result.output or "Missing mandatory value" in result.output
+        assert not result.stdout.startswith("apiVersion")
+    ok = runner.invoke(job_app, ["render", "stage1", "--config", "b16", *OUT,
+                                 "data.source=s3://b/k710/dataset.json"])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_cluster_jobs_refuse_a_local_output_dir():
+    """Checkpoints in a pod's own filesystem: invisible to other nodes, lost on restart."""
+    for nodes in ("2", "1"):
+        result = runner.invoke(job_app, [*RENDER[:5], nodes, *RENDER[6:]])  # tiny: runs/...
+        assert result.exit_code == 2, result.output
+        assert "is a local path" in result.output  # the preset's runs/...
+        assert "--allow-local-output" in result.output
+        result = runner.invoke(job_app, [*RENDER[:5], nodes, *RENDER[6:], "--output", "/out"])
+        assert result.exit_code == 2 and "/out is a local path" in result.output
+    result = runner.invoke(job_app, RENDER + ["--output", "/mnt/pvc/run", "--allow-local-output"])
+    assert result.exit_code == 0, result.output  # a shared volume the user mounts in every pod
+    assert "train.output_dir=/mnt/pvc/run" in result.stdout
+    assert runner.invoke(job_app, RENDER + ["train.output_dir=s3://b/x"]).exit_code == 0
+
+
+def test_render_caps_default_requests_to_the_node_pools_machines():
+    """16 A100s per pod on GKE means an a2-megagpu-16g: 96 vCPUs, not the 128 of 8 per GPU."""
+    result = runner.invoke(job_app, [*RENDER[:7], "16", *RENDER[8:], *OUT])
+    assert result.exit_code == 0, result.output
+    job = yaml.safe_load(result.stdout)
+    res = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
+        "resources"]
+    assert res["requests"] == {"cpu": "86", "memory": "960Gi"}
+    assert res["limits"]["nvidia.com/gpu"] == "16"
+    too_big = runner.invoke(job_app, [*RENDER[:7], "16", *RENDER[8:], *OUT, "--cpu", "128"])
+    assert too_big.exit_code == 2 and "does not fit node pool gke-a100" in too_big.output
+
+
 def test_render_rejects_a_bad_config_before_anything_runs():
     result = runner.invoke(job_app, RENDER + ["train.stepz=5"])
     assert result.exit_code == 2
@@ -48,7 +90,8 @@ def test_render_rejects_a_bad_config_before_anything_runs():
 
 def test_render_inlines_a_local_config_file(tmp_path):
     cfg = tmp_path / "mine.yaml"
-    cfg.write_text("train:\n  steps: 7\n  output_dir: s3://b/x\nmodel:\n  num_frames: 4\n")
+    cfg.write_text("train:\n  steps: 7\n  output_dir: s3://b/x\nmodel:\n  num_frames: 4\n"
+                   "data:\n  source: s3://b/d.json\n")
     result = runner.invoke(job_app, ["render", "stage1", "--config", str(cfg),
                                      "--gpus-per-node", "0", "--node-pool", "cpu"])
     assert result.exit_code == 0, result.output
@@ -60,7 +103,7 @@ def test_render_inlines_a_local_config_file(tmp_path):
 
 
 def test_submit_wait_logs_status_delete(kube_api, kubeconfig):
-    submitted = runner.invoke(job_app, ["submit", *RENDER[1:], "--run-id", "cli"])
+    submitted = runner.invoke(job_app, ["submit", *RENDER[1:], *OUT, "--run-id", "cli"])
     assert submitted.exit_code == 0, submitted.output
     name = submitted.stdout.strip().splitlines()[-1]
     assert kube_api.job(name)["metadata"]["labels"]["umt/run-id"] == "cli"
@@ -71,7 +114,7 @@ def test_submit_wait_logs_status_delete(kube_api, kubeconfig):
     assert logs.stdout.splitlines()[-1] == f"{name}-worker-0 done"
     status = runner.invoke(job_app, ["status", name])
     assert status.stdout.startswith(f"{name}: Succeeded")
-    again = runner.invoke(job_app, ["submit", *RENDER[1:], "--run-id", "cli"])
+    again = runner.invoke(job_app, ["submit", *RENDER[1:], *OUT, "--run-id", "cli"])
     assert again.exit_code == 0 and "adopted" in again.output
     assert runner.invoke(job_app, ["delete", name]).exit_code == 0
     assert kube_api.job(name) is None
@@ -80,17 +123,37 @@ def test_submit_wait_logs_status_delete(kube_api, kubeconfig):
 def test_wait_exits_1_when_the_job_fails(kube_api, kubeconfig):
     kube_api.script = lambda job, pod: [Attempt(lines=["Traceback: boom"], exit_code=1,
                                                 line_interval=0.1)]
-    name = runner.invoke(job_app, ["submit", *RENDER[1:], "--restart-policy", "Never"]
+    name = runner.invoke(job_app, ["submit", *RENDER[1:], *OUT, "--restart-policy", "Never"]
                          ).stdout.strip()
     result = runner.invoke(job_app, ["wait", name, "--poll-interval", "0.05"])
     assert result.exit_code == 1
     assert "failed" in result.output and "Traceback: boom" in result.output
 
 
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "r"}
+
+
+def test_wait_exits_1_when_pods_cannot_start_and_leaves_the_job(kube_api, kubeconfig):
+    kube_api.stuck = lambda job, pod: Stuck("CreateContainerConfigError",
+                                            'secret "umt-s3" not found')
+    name = runner.invoke(job_app, ["submit", *RENDER[1:], *OUT]).stdout.strip()
+    result = runner.invoke(job_app, ["wait", name, "--poll-interval", "0.05", "--start-grace",
+                                     "0.2", "--timeout", "20"])
+    assert result.exit_code == 1
+    assert f"pod {name}-master-0, container pytorch cannot start: CreateContainerConfigError: " \
+           'secret "umt-s3" not found' in result.output
+    assert f"umt job delete {name}" in result.output
+    assert kube_api.job(name) is not None  # `umt job wait` does not own the job
+
+
 def test_doctor_passes_on_a_ready_cluster_and_bucket(kube_api, kubeconfig, s3_bucket):
+    kube_api.secrets[("umt", "umt-s3")] = S3_KEYS
     checks = run_checks(output_uri=f"{s3_bucket}/runs")
     assert [(c.name, c.ok) for c in checks] == [("cluster", True), ("PyTorchJob CRD", True),
-                                               ("RBAC", True), ("output", True)]
+                                               ("RBAC", True), ("S3 secret", True),
+                                               ("output", True)]
+    assert not any(c.warning for c in checks)
+    assert "AWS_DEFAULT_REGION" in checks[3].detail and "s3cr" not in checks[3].detail
     reviews = [p for m, p in kube_api.requests if "selfsubjectaccessreviews" in p]
     assert len(reviews) == 8  # one question per verb the launcher needs
     result = runner.invoke(doctor_app(), ["doctor", "--output", f"{s3_bucket}/runs"])
@@ -107,8 +170,33 @@ def test_doctor_names_each_problem(kube_api, kubeconfig, s3_env):
     assert "create pytorchjobs" in checks["RBAC"].detail
     assert "get pods/log" in checks["RBAC"].detail
     assert not checks["output"].ok and "no-such-bucket" in checks["output"].detail
+    assert not checks["S3 secret"].ok  # no umt-s3 in the namespace: pods would never start
+    assert "Secret umt-s3 not found in namespace umt" in checks["S3 secret"].detail
+    assert "kubectl -n umt create secret generic umt-s3" in checks["S3 secret"].detail
     result = runner.invoke(doctor_app(), ["doctor", "--output", "s3://no-such-bucket/x"])
     assert result.exit_code == 1 and "FAIL" in result.output
+
+
+def test_doctor_checks_the_keys_of_the_jobs_s3_secret(kube_api, kubeconfig):
+    kube_api.secrets[("umt", "umt-s3")] = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": ""}
+    kube_api.secrets[("umt", "other")] = {"AWS_ACCESS_KEY_ID": "k"}
+    check = {c.name: c for c in run_checks()}["S3 secret"]
+    assert not check.ok and "has empty AWS_SECRET_ACCESS_KEY" in check.detail
+    check = {c.name: c for c in run_checks(s3_secret="other")}["S3 secret"]
+    assert not check.ok and "lacks AWS_SECRET_ACCESS_KEY" in check.detail
+    assert "S3 secret" not in {c.name for c in run_checks(s3_secret=None)}  # IRSA etc.
+    result = runner.invoke(doctor_app(), ["doctor", "--s3-secret", ""])
+    assert result.exit_code == 0, result.output
+
+
+def test_doctor_warns_when_it_may_not_read_secrets(kube_api, kubeconfig):
+    """The launcher's Role grants no Secrets: unverifiable is a warning, not a failure."""
+    kube_api.allowed.discard(("get", "secrets"))
+    check = {c.name: c for c in run_checks()}["S3 secret"]
+    assert check.ok and check.warning and "may not read Secret umt-s3" in check.detail
+    result = runner.invoke(doctor_app(), ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert "warn" in result.output and "S3 secret" in result.output
 
 
 def test_doctor_uses_api_discovery_when_crds_are_not_readable(kube_api, kubeconfig):

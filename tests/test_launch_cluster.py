@@ -10,8 +10,10 @@ import signal
 import threading
 import time
 
+import logging
+
 import pytest
-from kube_api_server import Attempt, kube_api, kubeconfig  # noqa: F401 - fixtures
+from kube_api_server import Attempt, Stuck, kube_api, kubeconfig  # noqa: F401 - fixtures
 
 from umt.launch import (
     InvalidJobError,
@@ -22,6 +24,7 @@ from umt.launch import (
     run_training_job,
     to_dict,
 )
+from umt.launch.backend import JobStartError
 from umt.launch.cluster import PyTorchJobBackend
 from umt.launch.status import FAILED, RUNNING, SUCCEEDED
 
@@ -68,6 +71,66 @@ def test_resubmitting_adopts_the_existing_job(kube_api, kubeconfig):
     assert not result.created and result.name == job.metadata.name
     assert result.status.succeeded
     assert len(kube_api.jobs) == 1
+
+
+def test_a_retry_replaces_a_failed_job_instead_of_re_reporting_its_failure(kube_api, kubeconfig,
+                                                                           caplog):
+    """A KFP retry has the same run id, hence the same job name: it must run again."""
+    runs = {"n": 0}
+
+    def script(job, pod):
+        if pod.endswith("master-0"):
+            runs["n"] += 1
+        fail = runs["n"] == 1  # the first job's master fails, the retry's succeeds
+        return [Attempt(lines=["boom" if fail else "ok"], exit_code=1 if fail else 0)]
+
+    kube_api.script = script
+    with pytest.raises(JobFailedError, match="Master replica"):
+        run(kubeconfig, run_id="kfp-run", restart_policy="Never")
+    (name,) = [n for _, n in kube_api.jobs]
+    old_uid = kube_api.job(name)["metadata"]["uid"]
+    kube_api.deletion_delay = 0.3  # the old job's pods take a while to go
+    with caplog.at_level(logging.INFO, logger="umt.launch"):
+        result = run(kubeconfig, run_id="kfp-run", restart_policy="Never")
+    assert result.status.succeeded and result.created and result.replaced
+    assert kube_api.job(name)["metadata"]["uid"] != old_uid
+    assert "already exists and failed" in caplog.text
+    # Foreground deletion (the old pods go before the job, their names are reused), then a
+    # create that only happened once the old job was gone (409s while it was terminating).
+    deletes = [p for m, p in kube_api.requests if m == "DELETE"]
+    assert len(deletes) == 1 and "propagationPolicy=Foreground" in deletes[0]
+    posts = [p for m, p in kube_api.requests if m == "POST" and "pytorchjobs" in p]
+    assert len(posts) == 3  # the first job, the 409, the replacement
+
+
+def test_a_succeeded_job_is_adopted_not_run_again(kube_api, kubeconfig, caplog):
+    backend = PyTorchJobBackend(kubeconfig=str(kubeconfig), poll_interval=0.02)
+    job = build_pytorchjob(job_request(run_id="done"))
+    assert backend.wait(backend.submit(job).name).succeeded
+    uid = kube_api.job(job.metadata.name)["metadata"]["uid"]
+    with caplog.at_level(logging.INFO, logger="umt.launch"):
+        sub = backend.submit(job)
+    assert not sub.created and not sub.replaced
+    assert kube_api.job(job.metadata.name)["metadata"]["uid"] == uid
+    assert "already succeeded: adopting it" in caplog.text
+    assert not [m for m, _ in kube_api.requests if m == "DELETE"]
+
+
+def test_a_job_still_being_deleted_is_waited_for(kube_api, kubeconfig, caplog):
+    kube_api.script = lambda job, pod: [Attempt(lines=["forever"], exit_code=None)]
+    backend = PyTorchJobBackend(kubeconfig=str(kubeconfig), poll_interval=0.02)
+    job = build_pytorchjob(job_request(run_id="again"))
+    first = backend.submit(job)
+    kube_api.wait_for(lambda: kube_api.pods)
+    kube_api.deletion_delay = 0.3
+    backend.delete(first.name, propagation="Foreground")
+    assert kube_api.job(first.name)["metadata"]["deletionTimestamp"]
+    kube_api.script = lambda job, pod: [Attempt(lines=["ok"])]
+    with caplog.at_level(logging.WARNING, logger="umt.launch"):
+        sub = backend.submit(job)
+    assert sub.created and "is being deleted" in caplog.text
+    assert "deletionTimestamp" not in kube_api.job(sub.name)["metadata"]
+    assert backend.wait(sub.name).succeeded
 
 
 def test_a_different_job_with_the_same_name_is_not_adopted(kube_api, kubeconfig):
@@ -194,3 +257,73 @@ def test_list_and_logs_by_name(kube_api, kubeconfig):
     assert [j["metadata"]["name"] for j in backend.list("umt/run-id=r9")] == [sub.name]
     assert backend.list("umt/run-id=other") == []
     assert list(backend.logs(sub.name, replica="worker"))[-1] == f"{sub.name}-worker-0 done"
+
+
+def stuck_backend(kubeconfig, **kw) -> PyTorchJobBackend:
+    return PyTorchJobBackend(kubeconfig=str(kubeconfig), poll_interval=0.02, **kw)
+
+
+@pytest.mark.parametrize("pod,stuck,want", [
+    ("master-0", Stuck("ImagePullBackOff", 'Back-off pulling image "ghcr.io/x/umt-train:9"'),
+     "pod {job}-master-0, container pytorch cannot start: ImagePullBackOff: Back-off pulling "
+     'image "ghcr.io/x/umt-train:9"'),
+    ("master-0", Stuck("ErrImagePull", "manifest unknown"), "ErrImagePull: manifest unknown"),
+    ("worker-0", Stuck("CreateContainerConfigError", 'secret "umt-s3" not found'),
+     'pod {job}-worker-0, container pytorch cannot start: CreateContainerConfigError: secret '
+     '"umt-s3" not found'),
+    ("worker-0", Stuck("ImagePullBackOff", "no such host", container="init-pytorch"),
+     "container init-pytorch cannot start: ImagePullBackOff"),
+])
+def test_pods_that_can_never_start_fail_the_launch(kube_api, kubeconfig, pod, stuck, want):
+    kube_api.stuck = lambda job, name: stuck if name.endswith(pod) else None
+    # The others wait in the rendezvous for the pod that never comes.
+    kube_api.script = lambda job, name: [Attempt(lines=["waiting for peers"], exit_code=None)]
+    with pytest.raises(JobStartError) as err:
+        run(kubeconfig, start_grace=0.3, wait_timeout=20)  # bounded: without the check, forever
+    name = err.value.status.name
+    assert want.format(job=name) in str(err.value)
+    assert isinstance(err.value, JobFailedError)  # a KFP task fails on it like on any failure
+    assert "deleted so its pods free their nodes" in str(err.value)
+    assert kube_api.job(name) is None  # the launcher owned it: no pods left holding GPUs
+
+
+def test_a_pull_error_that_clears_within_the_grace_period_is_fine(kube_api, kubeconfig):
+    kube_api.stuck = lambda job, pod: Stuck("ErrImagePull", "i/o timeout", until=0.2)
+    assert run(kubeconfig, start_grace=30, wait_timeout=20).status.succeeded
+
+
+def test_an_invalid_image_name_fails_at_once(kube_api, kubeconfig):
+    kube_api.stuck = lambda job, pod: Stuck("InvalidImageName", "couldn't parse image 'A:'")
+    with pytest.raises(JobStartError, match="InvalidImageName"):
+        run(kubeconfig, start_grace=3600, wait_timeout=20)
+
+
+def test_crash_loops_are_the_operators_business(kube_api, kubeconfig):
+    kube_api.stuck = lambda job, pod: Stuck("CrashLoopBackOff", "back-off 10s", until=0.3)
+    assert run(kubeconfig, start_grace=0.01, wait_timeout=20).status.succeeded
+
+
+def test_unschedulable_pods_warn_and_fail_only_past_the_optional_limit(kube_api, kubeconfig,
+                                                                     caplog):
+    msg = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+    kube_api.stuck = lambda job, pod: Stuck("Unschedulable", msg, until=0.4)
+    backend = stuck_backend(kubeconfig, start_grace=0.01, unschedulable_warn_every=0.1)
+    sub = backend.submit(build_pytorchjob(job_request()))
+    with caplog.at_level(logging.WARNING, logger="umt.launch"):
+        assert backend.wait(sub.name, timeout=20).succeeded  # the autoscaler added nodes
+    warnings = [r.getMessage() for r in caplog.records if "unschedulable" in r.getMessage()]
+    assert len(warnings) >= 2 and msg in warnings[0] and "autoscaler" in warnings[0]
+    assert any(f"{sub.name}-worker-0" in w for w in warnings)
+    kube_api.stuck = lambda job, pod: Stuck("Unschedulable", msg)
+    with pytest.raises(JobStartError, match=f"pod .*-master-0 could not be scheduled .*{msg}"):
+        run(kubeconfig, unschedulable_timeout=0.3, run_id="never", wait_timeout=20)
+
+
+def test_without_pod_permissions_waiting_still_works(kube_api, kubeconfig, caplog):
+    kube_api.allowed.discard(("list", "pods"))
+    kube_api.stuck = lambda job, pod: Stuck("ImagePullBackOff", "x", until=0.3)
+    backend = stuck_backend(kubeconfig, start_grace=0.01)
+    sub = backend.submit(build_pytorchjob(job_request()))
+    with caplog.at_level(logging.WARNING, logger="umt.launch"):
+        assert backend.wait(sub.name, timeout=20).succeeded
+    assert "may not list pods" in caplog.text

@@ -152,6 +152,30 @@ def test_local_backend_adopts_streams_logs_and_deletes(tmp_path):
     assert all(r.proc.poll() is not None for r in ex.replicas)  # processes stopped
 
 
+def test_local_backend_replaces_a_failed_job_and_adopts_a_succeeded_one(tmp_path):
+    """As on a cluster: resubmitting a failed job runs it again; a succeeded one is kept."""
+    script = tmp_path / "flaky.py"
+    script.write_text("import pathlib, sys\n"
+                      "flag = pathlib.Path(sys.argv[1])\n"
+                      "if not flag.exists():\n"
+                      "    flag.touch(); print('first run fails', flush=True); sys.exit(1)\n"
+                      "print('second run works', flush=True)\n")
+    job = fake_job(tmp_path, "exit", 0, restart_policy="Never")
+    job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
+        "command"] = [sys.executable, str(script), str(tmp_path / "ran-once")]
+    backend = LocalBackend(tmp_path / "jobs", poll_interval=0.05)
+    first = backend.submit(job)
+    assert backend.wait(first.name, timeout=30).failed
+    failed_executor = backend.executors[first.name]
+    again = backend.submit(job)  # same name: a KFP retry
+    assert again.created and again.replaced
+    assert backend.executors[again.name] is not failed_executor
+    assert backend.wait(again.name, timeout=30).succeeded
+    assert list(backend.logs(again.name)) == ["second run works"]
+    third = backend.submit(job)
+    assert not third.created and not third.replaced  # succeeded: adopted, not run again
+
+
 def test_local_logs_end_when_the_job_ends(tmp_path):
     backend = LocalBackend(tmp_path / "jobs", poll_interval=0.05)
     sub = backend.submit(fake_job(tmp_path, "loop", 5))
@@ -180,7 +204,7 @@ def test_stage1_two_replicas_survive_a_killed_replica_and_resume(tmp_path):
 
     threading.Thread(target=kill_worker_after_a_checkpoint, daemon=True).start()
     result = run_training_job(
-        "stage1", "tiny", ["train.steps=16", "train.ckpt_every=2", "train.log_every=1"],
+        "stage1", "tiny", ["train.steps=8", "train.ckpt_every=2", "train.log_every=1"],
         nodes=2, gpus_per_node=0, node_pool="cpu", s3=None, output_uri=str(out),
         backend=backend, rendered_yaml_path=str(tmp_path / "job.yaml"),
         log_sink=lines.append)
@@ -191,5 +215,5 @@ def test_stage1_two_replicas_survive_a_killed_replica_and_resume(tmp_path):
     assert sum(r.restarts for r in ex.replicas) >= 1  # restarted, not failed
     assert "resumed from step" in text, text
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["total_steps"] == 16
+    assert summary["total_steps"] == 8
     assert (tmp_path / "job.yaml").read_text().startswith("apiVersion: kubeflow.org/v1")

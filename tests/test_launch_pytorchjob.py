@@ -18,6 +18,10 @@ from umt.launch import (
     to_dict,
     to_yaml,
 )
+from kubernetes.utils.quantity import parse_quantity
+
+from umt.launch.node_pools import GFD_A100_PRODUCTS
+from umt.launch.pytorchjob import default_requests
 from umt.launch.stages import flatten_config, stage_modules
 from umt.launch.validate import pytorchjob_errors
 
@@ -87,6 +91,104 @@ def test_every_node_pool_renders_a_valid_job(name):
     assert pytorchjob_errors(job) == []
 
 
+@pytest.mark.parametrize("name", sorted(NODE_POOLS))
+def test_default_requests_fit_the_smallest_machine_that_takes_the_gpus(name):
+    pool = NODE_POOLS[name]
+    for gpus in range(pool.gpus_per_node + 1):
+        cpu, memory = default_requests(gpus, name)
+        machine = pool.smallest_fit(gpus)
+        if machine is None:  # machines unknown (nvidia, cpu): 8 CPUs / 60Gi per GPU
+            assert (cpu, memory) == ((str(8 * gpus), f"{60 * gpus}Gi") if gpus else ("2", "8Gi"))
+            continue
+        assert machine.gpus >= gpus
+        # Headroom for kubelet reservations and daemonsets: never the whole machine.
+        assert int(cpu) < machine.vcpus and int(cpu) <= min(8 * gpus or 2, machine.vcpus)
+        assert parse_quantity(memory) < machine.memory_gib * 2**30
+
+
+def test_sixteen_gpus_on_gke_fit_an_a2_megagpu_16g():
+    c = pod(build(nodes=2, gpus_per_node=16, node_pool="gke-a100"))["spec"]["containers"][0]
+    assert c["resources"]["requests"] == {"cpu": "86", "memory": "960Gi"}  # 96 vCPUs, 1360 GB
+    assert c["resources"]["limits"] == {"memory": "960Gi", "nvidia.com/gpu": "16"}
+    # 8 per GPU still where the machine has room for it (a2-highgpu-8g: 96 vCPUs).
+    c = pod(build(nodes=2, gpus_per_node=8, node_pool="gke-a100"))["spec"]["containers"][0]
+    assert c["resources"]["requests"] == {"cpu": "64", "memory": "480Gi"}
+    # a2-highgpu-1g: 12 vCPUs, 85 GB.
+    c = pod(build(gpus_per_node=1, node_pool="gke-a100"))["spec"]["containers"][0]
+    assert c["resources"]["requests"] == {"cpu": "8", "memory": "60Gi"}
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"gpus_per_node": 16, "node_pool": "gke-a100", "cpu": "128"}, "cpu=128 per pod does not fit"),
+    ({"gpus_per_node": 8, "node_pool": "aks-a100", "memory": "1000Gi"},
+     "memory=1000Gi per pod does not fit node pool aks-a100"),
+    ({"gpus_per_node": 16, "node_pool": "eks-a100"}, "at most 8 GPUs"),
+    ({"gpus_per_node": 9, "node_pool": "gfd-a100"}, "at most 8 GPUs"),
+])
+def test_requests_a_pool_cannot_hold_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        build(**kw)
+    assert build(gpus_per_node=8, node_pool="aks-a100", memory="800Gi")  # fits ND96asr_v4
+
+
+def test_gfd_pool_takes_a100_sxm4_40gb_and_80gb():
+    spec = pod(build(gpus_per_node=8, node_pool="gfd-a100"))["spec"]
+    assert "nodeSelector" not in spec
+    (term,) = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]
+    assert term["matchExpressions"] == [{"key": "nvidia.com/gpu.product", "operator": "In",
+                                         "values": ["NVIDIA-A100-SXM4-40GB",
+                                                    "NVIDIA-A100-SXM4-80GB"]}]
+    assert set(GFD_A100_PRODUCTS) == {"NVIDIA-A100-SXM4-40GB", "NVIDIA-A100-SXM4-80GB"}
+
+
+@pytest.mark.parametrize("nodes", [1, 4])
+def test_cluster_jobs_need_shared_output_storage(nodes):
+    with pytest.raises(ValueError, match="runs/x is a local path.*lost when a pod restarts"):
+        build(nodes=nodes, output_uri="runs/x")
+    with pytest.raises(ValueError, match="/data/out is a local path"):
+        build(nodes=nodes, overrides=["train.output_dir=/data/out"])
+    assert build(nodes=nodes, output_uri="s3://b/x")
+    assert build(nodes=nodes, output_uri="/mnt/pvc/x", allow_local_output=True)
+    # The name does not depend on the flag (it changes nothing in the job).
+    assert job_name(TrainingJob(stage="stage1", output_uri="/p", allow_local_output=True,
+                                validate_config=False)) == job_name(
+        TrainingJob(stage="stage1", output_uri="/p", validate_config=False))
+
+
+def test_the_preset_output_dir_counts_when_the_config_is_loaded():
+    with pytest.raises(ValueError, match="is a local path"):  # tiny: runs/...
+        build_pytorchjob(TrainingJob(stage="stage1", config="tiny", nodes=2))
+    build_pytorchjob(TrainingJob(stage="stage1", config="tiny", nodes=2,
+                                 output_uri="s3://b/tiny"))
+
+
+def test_the_local_executor_may_write_local_outputs(tmp_path):
+    class Recorder:
+        shares_filesystem = True  # like LocalBackend
+
+        def submit(self, job):
+            from umt.launch import Submission
+            return Submission(job.metadata.name, "ns", created=True)
+
+        def wait(self, name, timeout=None, on_status=None):
+            from umt.launch import JobStatus
+            return JobStatus(name, "Succeeded", "done")
+
+        def logs(self, name, follow=False, replica=None, index=0):
+            return iter([])
+
+        def delete(self, name):
+            pass
+
+    kw = dict(nodes=2, backend=Recorder(), output_uri=str(tmp_path / "out"),
+              validate_config=False, log_sink=lambda _: None)
+    assert run_training_job("stage1", "tiny", **kw).status.succeeded
+    Recorder.shares_filesystem = False
+    with pytest.raises(ValueError, match="local path"):
+        run_training_job("stage1", "tiny", **kw)
+
+
 def test_cpu_jobs_ask_for_no_gpu():
     job = build(nodes=2, gpus_per_node=0, node_pool="cpu", procs_per_node=2)
     c = pod(job, "Worker")["spec"]["containers"][0]
@@ -153,7 +255,9 @@ def test_bad_requests_fail_early(kw, match):
 
 def test_every_registered_stage_renders_with_its_config_checked():
     for stage in stage_modules():
-        job = to_dict(build_pytorchjob(TrainingJob(stage=stage, gpus_per_node=8)))
+        job = to_dict(build_pytorchjob(TrainingJob(
+            stage=stage, gpus_per_node=8, overrides=["data.source=s3://b/k710/dataset.json"],
+            output_uri="s3://b/out")))
         assert pytorchjob_errors(job) == []
     with pytest.raises(ValueError, match="stepz"):
         build_pytorchjob(TrainingJob(stage="stage1", config="tiny", overrides=["train.stepz=1"]))

@@ -6,6 +6,7 @@ are exactly what the launcher renders."""
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -111,6 +112,31 @@ def test_overlays_put_jobs_on_the_launchers_node_pools(overlay, pool):
             assert spec.get("nodeSelector", {}) == want.node_selector, (overlay, rtype)
             assert spec["tolerations"] == to_dict(list(want.tolerations))
             assert spec.get("affinity") == (to_dict(want.affinity) if want.affinity else None)
+
+
+def _commands(job: dict) -> list[list[str]]:
+    return [r["template"]["spec"]["containers"][0]["command"]
+            for r in job["spec"]["pytorchReplicaSpecs"].values()]
+
+
+@pytest.mark.parametrize("folder", sorted({f"overlays/{o}" for o in OVERLAY_POOLS}
+                                          | {"jobs/example-stage1-l16"}))
+def test_gpu_jobs_name_their_data_and_a_placeholder_output_to_edit(folder):
+    """Applying a cloud overlay must not start 16 A100s on synthetic clips, nor write to a
+    bucket nobody chose: the data source is explicit and the output an invalid placeholder."""
+    for job in jobs_in(build(folder)):
+        for cmd in _commands(job):
+            config = cmd[cmd.index("--config") + 1]
+            assert config in ("b16", "l16")
+            assert "data.source=s3://umt/datasets/k710/dataset.json" in cmd
+            (out,) = [a for a in cmd if a.startswith("train.output_dir=")]
+            assert out.startswith("train.output_dir=s3://EDIT_ME_BUCKET/umt/runs/")
+            # Not a valid S3 bucket name (uppercase, underscores): nobody can own it.
+            assert not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", "EDIT_ME_BUCKET")
+            # Without the data source the paper presets do not even load.
+            with pytest.raises(ValueError, match="data.source"):
+                validate_stage_config("stage1", config, [a for a in cmd if "=" in a
+                                                         and not a.startswith("data.source")])
 
 
 def test_local_overlay_is_cpu_only_with_minio():

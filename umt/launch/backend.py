@@ -17,16 +17,26 @@ from umt.launch.status import JobStatus
 
 @dataclass
 class Submission:
-    """What submitting did: ``created`` is False when a job of that name already existed."""
+    """What submitting did: ``created`` is False when a job of that name already existed and
+    was adopted (running, or already Succeeded); ``replaced`` is True when a Failed job of that
+    name (a KFP retry, a resubmission) was deleted and a new one created in its place."""
 
     name: str
     namespace: str
     created: bool
+    replaced: bool = False
+
+    @property
+    def action(self) -> str:
+        if self.replaced:
+            return "created (replacing a failed job of the same name)"
+        return "created" if self.created else "adopted (already existed)"
 
 
 class JobBackend(Protocol):
     def submit(self, job: Any) -> Submission:
-        """Create the job; adopt (do not fail on) an existing job with the same name."""
+        """Create the job; adopt an existing running or succeeded job with the same name;
+        replace a failed one (delete it, wait until it is gone, create the new one)."""
 
     def status(self, name: str) -> JobStatus:
         """The job's current phase and conditions."""
@@ -53,6 +63,11 @@ class JobFailedError(RuntimeError):
         tail = ("\nlast lines of the master's log:\n  " + "\n  ".join(self.log_tail)
                 if self.log_tail else "")
         super().__init__(f"job {status.name} {status.phase.lower()}: {status.message}{tail}")
+
+
+class JobStartError(JobFailedError):
+    """The job's pods cannot start (image pull, missing Secret, unschedulable past a limit):
+    the operator would wait forever, so the launcher gives up with the pod's own reason."""
 
 
 class JobCancelledError(RuntimeError):

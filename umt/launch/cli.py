@@ -21,7 +21,7 @@ from typing import List, Optional
 
 import typer
 
-from umt.launch.backend import JobCancelledError, JobFailedError
+from umt.launch.backend import JobCancelledError, JobFailedError, JobStartError
 from umt.launch.node_pools import NODE_POOLS
 from umt.launch.pytorchjob import RESTART_POLICIES, S3Credentials, TrainingJob
 from umt.launch.validate import InvalidJobError
@@ -56,6 +56,15 @@ ElasticOpt = typer.Option(None, "--elastic", help="MIN:MAX nodes for an elastic 
 CpuOpt = typer.Option(None, "--cpu", help="CPU request per pod (default 8 per GPU).")
 MemoryOpt = typer.Option(None, "--memory", help="Memory per pod (default 60Gi per GPU).")
 ShmOpt = typer.Option(None, "--shm-size", help="/dev/shm size, e.g. 128Gi.")
+AllowLocalOutputOpt = typer.Option(
+    False, "--allow-local-output",
+    help="Accept a local train.output_dir: only for a shared volume (PVC) mounted in every pod.")
+StartGraceOpt = typer.Option(
+    600.0, "--start-grace",
+    help="Seconds a pod may sit in an image pull / container config error before failing.")
+UnschedulableOpt = typer.Option(
+    None, "--unschedulable-timeout",
+    help="Fail when a pod stays unschedulable this long (default: wait, warning every 5 min).")
 KubeconfigOpt = typer.Option(None, "--kubeconfig", help="Default: $KUBECONFIG, in-cluster.")
 ContextOpt = typer.Option(None, "--context", help="kubeconfig context.")
 
@@ -71,7 +80,8 @@ def _request(stage: str, overrides: Optional[List[str]], config: Optional[str], 
              s3_secret: str, restart_policy: str, backoff_limit: Optional[int],
              active_deadline: Optional[int], gang: bool, queue: Optional[str],
              priority_class: Optional[str], elastic: Optional[str], cpu: Optional[str],
-             memory: Optional[str], shm_size: Optional[str]) -> TrainingJob:
+             memory: Optional[str], shm_size: Optional[str],
+             allow_local_output: bool = False) -> TrainingJob:
     elastic_min = elastic_max = None
     if elastic:
         try:
@@ -87,7 +97,8 @@ def _request(stage: str, overrides: Optional[List[str]], config: Optional[str], 
             restart_policy=restart_policy, backoff_limit=backoff_limit,
             active_deadline_seconds=active_deadline, gang_scheduling=gang, queue=queue,
             priority_class=priority_class, elastic_min_nodes=elastic_min,
-            elastic_max_nodes=elastic_max, cpu=cpu, memory=memory, shm_size=shm_size)
+            elastic_max_nodes=elastic_max, cpu=cpu, memory=memory, shm_size=shm_size,
+            allow_local_output=allow_local_output)
     except ValueError as e:
         raise _fail(str(e), 2) from None
 
@@ -112,13 +123,14 @@ def render(stage: str = StageArg, overrides: Optional[List[str]] = OverridesArg,
            gang: bool = GangOpt, queue: Optional[str] = QueueOpt,
            priority_class: Optional[str] = PriorityOpt, elastic: Optional[str] = ElasticOpt,
            cpu: Optional[str] = CpuOpt, memory: Optional[str] = MemoryOpt,
-           shm_size: Optional[str] = ShmOpt):
+           shm_size: Optional[str] = ShmOpt, allow_local_output: bool = AllowLocalOutputOpt):
     """Print the PyTorchJob YAML (validated) for `kubectl apply -f -`."""
     from umt.launch.serialize import to_yaml
 
     req = _request(stage, overrides, config, nodes, gpus_per_node, node_pool, image, name,
                    namespace, run_id, output, s3_secret, restart_policy, backoff_limit,
-                   active_deadline, gang, queue, priority_class, elastic, cpu, memory, shm_size)
+                   active_deadline, gang, queue, priority_class, elastic, cpu, memory, shm_size,
+                   allow_local_output)
     typer.echo(to_yaml(_build(req)), nl=False)
 
 
@@ -133,33 +145,39 @@ def submit(stage: str = StageArg, overrides: Optional[List[str]] = OverridesArg,
            gang: bool = GangOpt, queue: Optional[str] = QueueOpt,
            priority_class: Optional[str] = PriorityOpt, elastic: Optional[str] = ElasticOpt,
            cpu: Optional[str] = CpuOpt, memory: Optional[str] = MemoryOpt,
-           shm_size: Optional[str] = ShmOpt,
+           shm_size: Optional[str] = ShmOpt, allow_local_output: bool = AllowLocalOutputOpt,
            wait: bool = typer.Option(False, "--wait", help="Stream logs and wait for the end."),
+           start_grace: float = StartGraceOpt,
+           unschedulable_timeout: Optional[float] = UnschedulableOpt,
            kubeconfig: Optional[str] = KubeconfigOpt, context: Optional[str] = ContextOpt):
-    """Create the job (or adopt the one with the same name) and print its name."""
+    """Create the job (adopt a running or succeeded one of the same name, replace a failed
+    one) and print its name."""
     req = _request(stage, overrides, config, nodes, gpus_per_node, node_pool, image, name,
                    namespace, run_id, output, s3_secret, restart_policy, backoff_limit,
-                   active_deadline, gang, queue, priority_class, elastic, cpu, memory, shm_size)
+                   active_deadline, gang, queue, priority_class, elastic, cpu, memory, shm_size,
+                   allow_local_output)
     job = _build(req)
-    backend = _backend(kubeconfig, context, namespace)
+    backend = _backend(kubeconfig, context, namespace, start_grace=start_grace,
+                       unschedulable_timeout=unschedulable_timeout)
     try:
         sub = backend.submit(job)
     except (RuntimeError, PermissionError, InvalidJobError) as e:
         raise _fail(str(e)) from None
-    typer.echo(f"pytorchjob/{sub.name} {'created' if sub.created else 'adopted (already existed)'}"
-               f" in namespace {sub.namespace}", err=True)
+    typer.echo(f"pytorchjob/{sub.name} {sub.action} in namespace {sub.namespace}", err=True)
     typer.echo(sub.name)
     if wait:
         _wait(backend, sub.name, logs=True, timeout=None)
 
 
 def _backend(kubeconfig: Optional[str], context: Optional[str], namespace: Optional[str],
-             poll_interval: float = 10.0):
+             poll_interval: float = 10.0, start_grace: float = 600.0,
+             unschedulable_timeout: Optional[float] = None):
     from umt.launch.cluster import PyTorchJobBackend
 
     try:
         return PyTorchJobBackend(kubeconfig=kubeconfig, context=context, namespace=namespace,
-                                 poll_interval=poll_interval)
+                                 poll_interval=poll_interval, start_grace=start_grace,
+                                 unschedulable_timeout=unschedulable_timeout)
     except RuntimeError as e:
         raise _fail(str(e)) from None
 
@@ -174,6 +192,9 @@ def _wait(backend, name: str, logs: bool, timeout: Optional[float]) -> None:
     try:
         status = backend.wait(name, timeout=timeout, on_status=lambda s: typer.echo(
             f"pytorchjob/{name}: {s.phase} {s.message}", err=True))
+    except JobStartError as e:
+        raise _fail(f"{e}\n(the job is left in place: `umt job delete {name}` frees its nodes)"
+                    ) from None
     except JobFailedError as e:
         raise _fail(str(e)) from None
     except TimeoutError as e:
@@ -190,10 +211,14 @@ def wait_cmd(name: str = typer.Argument(..., help="Job name."),
              logs: bool = typer.Option(True, "--logs/--no-logs", help="Stream the master's log."),
              timeout: Optional[float] = typer.Option(None, help="Give up after N seconds."),
              poll_interval: float = typer.Option(10.0, help="Seconds between status checks."),
+             start_grace: float = StartGraceOpt,
+             unschedulable_timeout: Optional[float] = UnschedulableOpt,
              namespace: Optional[str] = NamespaceOpt, kubeconfig: Optional[str] = KubeconfigOpt,
              context: Optional[str] = ContextOpt):
-    """Wait until the job succeeds (exit 0) or fails (exit 1), streaming the master's log."""
-    _wait(_backend(kubeconfig, context, namespace, poll_interval), name, logs, timeout)
+    """Wait until the job succeeds (exit 0) or fails (exit 1), streaming the master's log;
+    exit 1 too when its pods cannot start (see --start-grace)."""
+    _wait(_backend(kubeconfig, context, namespace, poll_interval, start_grace,
+                   unschedulable_timeout), name, logs, timeout)
 
 
 @job_app.command("logs")
@@ -268,14 +293,24 @@ def run_local(stage: str = StageArg, overrides: Optional[List[str]] = OverridesA
 def doctor(namespace: Optional[str] = NamespaceOpt,
            output: Optional[str] = typer.Option(
                None, "--output", "-o", help="S3 prefix (or folder) the jobs will write to."),
+           s3_secret: str = typer.Option(
+               "umt-s3", "--s3-secret",
+               help="Secret the jobs read S3 credentials from; '' when they use IRSA/workload "
+                    "identity."),
            kubeconfig: Optional[str] = KubeconfigOpt, context: Optional[str] = ContextOpt):
-    """Check, before any GPU is spent: cluster, PyTorchJob CRD, RBAC, writable output."""
+    """Check, before any GPU is spent: cluster, PyTorchJob CRD, RBAC, the jobs' S3 Secret,
+    writable output."""
     from umt.launch.doctor import run_checks
 
     checks = run_checks(namespace=namespace, kubeconfig=kubeconfig, context=context,
-                        output_uri=output)
+                        output_uri=output, s3_secret=s3_secret or None)
     for c in checks:
-        mark = typer.style("ok  ", fg="green") if c.ok else typer.style("FAIL", fg="red")
+        if not c.ok:
+            mark = typer.style("FAIL", fg="red")
+        elif c.warning:
+            mark = typer.style("warn", fg="yellow")
+        else:
+            mark = typer.style("ok  ", fg="green")
         typer.echo(f"{mark} {c.name:<15} {c.detail}")
     if not all(c.ok for c in checks):
         raise typer.Exit(1)

@@ -3,11 +3,16 @@
 What earlier launchers got wrong, and what this one does instead:
 
 * resubmitting (a retried KFP task) *adopts* the job with the same name (HTTP 409) when it is
-  the same spec, instead of failing or starting a second copy;
+  the same spec and still running or already succeeded, instead of failing or starting a second
+  copy; a *failed* one (or one being deleted) is deleted (foreground: its pods first), waited
+  for, and replaced, so a retry runs again instead of re-reporting the old failure;
 * unknown fields are rejected (``fieldValidation=Strict``), not silently dropped;
 * waiting has no built-in deadline (the job's ``activeDeadlineSeconds`` is the bound) and rides
   out API hiccups (5xx, 429, dropped connections) instead of declaring the job failed;
-* a Failed job raises, so the KFP task fails too.
+* a Failed job raises, so the KFP task fails too;
+* pods that can never start (image pull errors, a missing Secret) fail the wait after a grace
+  period, naming pod, container and reason; unschedulable pods are reported periodically (the
+  cluster autoscaler may be adding nodes) and fail it only past an optional limit.
 """
 
 from __future__ import annotations
@@ -21,11 +26,11 @@ from typing import Any, Callable, Iterator
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from umt.launch.backend import JobFailedError, Submission
+from umt.launch.backend import JobFailedError, JobStartError, Submission
 from umt.launch.kube import Cluster, connect
 from umt.launch.pytorchjob import ANNOTATION_SPEC_HASH, API_VERSION, CONTAINER, PLURAL, spec_hash
 from umt.launch.serialize import from_dict, to_dict
-from umt.launch.status import FAILED, JobStatus
+from umt.launch.status import FAILED, SUCCEEDED, JobStatus
 from umt.launch.validate import InvalidJobError
 
 log = logging.getLogger(__name__)
@@ -35,6 +40,21 @@ TRANSIENT_HTTP = {429, 500, 502, 503, 504}
 LOG_READ_TIMEOUT = 300.0  # seconds without a log line before we reconnect (no lines lost)
 _RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 TRANSIENT_ERRORS = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+# The operator labels every pod of a job with it (Training Operator v1.7+).
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"
+# Container waiting reasons that never fix themselves without a person (a CrashLoopBackOff is
+# the operator's business: restarts, backoffLimit).
+IMAGE_REASONS = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
+                 "RegistryUnavailable"}
+CONFIG_REASONS = {"CreateContainerConfigError", "CreateContainerError"}
+PERMANENT_REASONS = {"InvalidImageName"}  # fail at once: no retry can fix the spec
+UNSCHEDULABLE = "Unschedulable"
+HINTS = {
+    "image": "check the image name/tag (--image, UMT_IMAGE_REPOSITORY) and that the nodes may "
+             "pull from its registry (imagePullSecrets)",
+    "config": "a Secret or ConfigMap the pod references is missing or lacks a key, e.g. the S3 "
+              "Secret (README 'Run on a cluster', step 2; `umt doctor` checks it)",
+}
 
 
 def _is_transient(err: BaseException) -> bool:
@@ -64,11 +84,21 @@ class PyTorchJobBackend:
 
     def __init__(self, cluster: Cluster | None = None, *, kubeconfig: str | None = None,
                  context: str | None = None, namespace: str | None = None,
-                 poll_interval: float = 15.0, request_timeout: float = 60.0):
+                 poll_interval: float = 15.0, request_timeout: float = 60.0,
+                 start_grace: float = 600.0, unschedulable_timeout: float | None = None,
+                 unschedulable_warn_every: float = 300.0, delete_timeout: float = 600.0):
+        """``start_grace``: seconds a pod may sit in an image-pull or container-config error
+        before the wait fails; ``unschedulable_timeout``: the same for unschedulable pods
+        (None: wait, warning every ``unschedulable_warn_every`` seconds); ``delete_timeout``:
+        how long to wait for a failed job being replaced to go away."""
         self.cluster = cluster or connect(kubeconfig, context, namespace)
         self.namespace = namespace or self.cluster.namespace
         self.poll_interval = poll_interval
         self.request_timeout = request_timeout
+        self.start_grace = start_grace
+        self.unschedulable_timeout = unschedulable_timeout
+        self.unschedulable_warn_every = unschedulable_warn_every
+        self.delete_timeout = delete_timeout
 
     # -- objects ---------------------------------------------------------------------------
     def get(self, name: str) -> dict[str, Any]:
@@ -85,54 +115,119 @@ class PyTorchJobBackend:
         body = job if isinstance(job, dict) else to_dict(job)
         name = body["metadata"]["name"]
         body["metadata"]["namespace"] = self.namespace
-        try:
-            self.cluster.custom.create_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, body, field_validation="Strict",
-                _request_timeout=self.request_timeout)
-            return Submission(name, self.namespace, created=True)
-        except ApiException as e:
-            if e.status == 409:
-                self._check_adoptable(body)
-                log.info("adopting existing PyTorchJob %s/%s", self.namespace, name)
-                return Submission(name, self.namespace, created=False)
-            if e.status == 404:
-                raise RuntimeError(
-                    "the API server has no kubeflow.org/v1 pytorchjobs: install the Training "
-                    "Operator v1.9 (README, 'Run on a cluster') and run `umt doctor`") from None
-            if e.status in (400, 403, 422) and "admission webhook" in _reason(e):
-                # The Training Operator's webhook said no (a validation error, not RBAC).
-                raise InvalidJobError(name, [_reason(e)]) from None
-            if e.status == 403:
-                raise PermissionError(
-                    f"not allowed to create pytorchjobs in namespace {self.namespace}: "
-                    f"{_reason(e)} (apply manifests/base for the umt Role, run `umt doctor`)"
-                ) from None
-            if e.status in (400, 422):
-                raise InvalidJobError(name, [f"apiserver: {_reason(e)}"]) from None
-            raise
+        replaced = False
+        for _ in range(5):  # a name taken again while we replaced it: decide again
+            try:
+                self.cluster.custom.create_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, body, field_validation="Strict",
+                    _request_timeout=self.request_timeout)
+                return Submission(name, self.namespace, created=True, replaced=replaced)
+            except ApiException as e:
+                if e.status == 409:
+                    if self._adopt_or_clear(body):
+                        return Submission(name, self.namespace, created=False)
+                    replaced = True
+                    continue
+                if e.status == 404:
+                    raise RuntimeError(
+                        "the API server has no kubeflow.org/v1 pytorchjobs: install the Training "
+                        "Operator v1.9 (README, 'Run on a cluster') and run `umt doctor`"
+                    ) from None
+                if e.status in (400, 403, 422) and "admission webhook" in _reason(e):
+                    # The Training Operator's webhook said no (a validation error, not RBAC).
+                    raise InvalidJobError(name, [_reason(e)]) from None
+                if e.status == 403:
+                    raise PermissionError(
+                        f"not allowed to create pytorchjobs in namespace {self.namespace}: "
+                        f"{_reason(e)} (apply manifests/base for the umt Role, run `umt doctor`)"
+                    ) from None
+                if e.status in (400, 422):
+                    raise InvalidJobError(name, [f"apiserver: {_reason(e)}"]) from None
+                raise
+        raise RuntimeError(f"PyTorchJob {self.namespace}/{name} keeps being re-created by "
+                           "someone else while we replace it; giving up")
 
-    def _check_adoptable(self, body: dict[str, Any]) -> None:
-        existing = self.get(body["metadata"]["name"])
+    def _adopt_or_clear(self, body: dict[str, Any]) -> bool:
+        """A job of this name exists: True to adopt it (same spec, running or succeeded);
+        False once a failed (or terminating) one is gone and the name is free again."""
+        name = body["metadata"]["name"]
+        try:
+            existing = self.get(name)
+        except ApiException as e:
+            if e.status == 404:
+                return False  # gone between our create and get: create again
+            raise
+        meta = existing.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            log.warning("PyTorchJob %s/%s is being deleted: waiting until it is gone to create "
+                        "the new one", self.namespace, name)
+            self._wait_gone(name, meta.get("uid"))
+            return False
+        self._check_adoptable(body, existing)
+        current = self._status_of(name, existing)
+        if current.failed:
+            log.warning("PyTorchJob %s/%s already exists and failed (%s): deleting it and "
+                        "creating a new one", self.namespace, name, current.message)
+            # Foreground: the job goes only after its pods, whose names the new job reuses.
+            self.delete(name, propagation="Foreground")
+            self._wait_gone(name, meta.get("uid"))
+            return False
+        if current.phase == SUCCEEDED:
+            log.warning("PyTorchJob %s/%s already succeeded: adopting it, not running it again "
+                        "(delete it, or use another --run-id, to train again)",
+                        self.namespace, name)
+        else:
+            log.info("adopting existing PyTorchJob %s/%s (%s)", self.namespace, name,
+                     current.phase)
+        return True
+
+    def _wait_gone(self, name: str, uid: str | None) -> None:
+        deadline = time.monotonic() + self.delete_timeout
+        while True:
+            try:
+                obj = self.get(name)
+                if uid and (obj.get("metadata") or {}).get("uid") != uid:
+                    return  # someone created a new one already: the caller decides again
+            except ApiException as e:
+                if e.status == 404:
+                    return
+                if not _is_transient(e):
+                    raise
+            except TRANSIENT_ERRORS:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"PyTorchJob {self.namespace}/{name} was still being deleted after "
+                    f"{self.delete_timeout:.0f}s (a finalizer or a stuck pod?): `kubectl -n "
+                    f"{self.namespace} describe pytorchjob {name}`")
+            time.sleep(min(self.poll_interval, 2.0))
+
+    def _check_adoptable(self, body: dict[str, Any], existing: dict[str, Any]) -> None:
         ours = (body["metadata"].get("annotations") or {}).get(ANNOTATION_SPEC_HASH) \
             or spec_hash(body)
         theirs = (existing["metadata"].get("annotations") or {}).get(ANNOTATION_SPEC_HASH)
         if theirs != ours:
+            phase = self._status_of(body["metadata"]["name"], existing).phase
             raise RuntimeError(
                 f"a different PyTorchJob named {body['metadata']['name']} already exists in "
-                f"{self.namespace} (spec hash {theirs} != {ours}); delete it "
+                f"{self.namespace} ({phase}; spec hash {theirs} != {ours}); delete it "
                 "(`umt job delete NAME`) or choose another --name / --run-id")
 
-    def status(self, name: str) -> JobStatus:
-        obj = self.get(name)
+    @staticmethod
+    def _status_of(name: str, obj: dict[str, Any]) -> JobStatus:
         conditions = from_dict(obj.get("status") or {}, "KubeflowOrgV1JobStatus").conditions
         return JobStatus.from_conditions(name, conditions)
 
-    def delete(self, name: str) -> None:
+    def status(self, name: str) -> JobStatus:
+        return self._status_of(name, self.get(name))
+
+    def delete(self, name: str, propagation: str = "Background") -> None:
+        """Background: the job goes now, its pods and services after it; Foreground: the job
+        stays (with a deletionTimestamp) until its pods are gone."""
         try:
-            # Background propagation: the operator's pods and services go with the job.
             self.cluster.custom.delete_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, PLURAL, name,
-                propagation_policy="Background", _request_timeout=self.request_timeout)
+                propagation_policy=propagation, _request_timeout=self.request_timeout)
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -143,6 +238,7 @@ class PyTorchJobBackend:
         """Poll until Succeeded or Failed. ``timeout=None`` waits as long as the job runs."""
         deadline = None if timeout is None else time.monotonic() + timeout
         last_phase, errors = None, 0
+        watch = _PodWatch(self, name)
         while True:
             try:
                 current = self.status(name)
@@ -165,6 +261,7 @@ class PyTorchJobBackend:
                         on_status(current)
                 if current.finished:
                     return current
+                watch.check()  # raises JobStartError for pods that cannot start
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {name} still {last_phase} after {timeout:.0f}s")
             # Back off on repeated errors (up to 10 polls) so a flapping API server recovers.
@@ -246,3 +343,86 @@ class PyTorchJobBackend:
                 if e.status == 404:
                     return
             time.sleep(min(self.poll_interval, 5.0))
+
+
+class _PodWatch:
+    """What keeps a job's pods from starting, seen across polls of one wait."""
+
+    def __init__(self, backend: PyTorchJobBackend, job: str):
+        self.backend, self.job = backend, job
+        self.since: dict[tuple[str, str, str], float] = {}  # (pod, container, kind) -> first seen
+        self.warned: dict[tuple[str, str, str], float] = {}
+        self.enabled = True
+
+    def _pods(self) -> list[Any]:
+        b = self.backend
+        try:
+            return b.cluster.core.list_namespaced_pod(
+                b.namespace, label_selector=f"{JOB_NAME_LABEL}={self.job}",
+                _request_timeout=b.request_timeout).items
+        except ApiException as e:
+            if e.status == 403:
+                log.warning("may not list pods in %s (%s): pods that cannot start will not be "
+                            "detected", b.namespace, _reason(e))
+                self.enabled = False
+            elif not _is_transient(e):
+                log.warning("listing the pods of %s failed: %s %s", self.job, e.status, e.reason)
+            return []
+        except TRANSIENT_ERRORS:
+            return []
+
+    @staticmethod
+    def problems(pod: Any) -> dict[tuple[str, str, str], tuple[str, str]]:
+        """(pod, container, kind) -> (reason, message) for what keeps ``pod`` from running."""
+        out: dict[tuple[str, str, str], tuple[str, str]] = {}
+        name, status = pod.metadata.name, pod.status
+        if status is None:
+            return out
+        for c in status.conditions or []:
+            if c.type == "PodScheduled" and c.status == "False" and c.reason == UNSCHEDULABLE:
+                out[(name, "", UNSCHEDULABLE)] = (UNSCHEDULABLE, c.message or "")
+        for cs in (status.init_container_statuses or []) + (status.container_statuses or []):
+            waiting = cs.state.waiting if cs.state else None
+            reason = waiting.reason if waiting else None
+            if reason in IMAGE_REASONS or reason in CONFIG_REASONS:
+                kind = "image" if reason in IMAGE_REASONS else "config"
+                out[(name, cs.name, kind)] = (reason, waiting.message or "")
+        return out
+
+    def check(self) -> None:
+        if not self.enabled:
+            return
+        b, now = self.backend, time.monotonic()
+        current: dict[tuple[str, str, str], tuple[str, str]] = {}
+        for pod in self._pods():
+            current.update(self.problems(pod))
+        for key in [k for k in self.since if k not in current]:  # resolved (or pod replaced)
+            del self.since[key]
+            self.warned.pop(key, None)
+        for key, (reason, message) in sorted(current.items()):
+            pod, container, kind = key
+            since = self.since.setdefault(key, now)
+            waited = now - since
+            if kind == UNSCHEDULABLE:
+                limit = b.unschedulable_timeout
+                if key not in self.warned or now - self.warned[key] >= b.unschedulable_warn_every:
+                    self.warned[key] = now
+                    log.warning("pod %s is unschedulable (%.0fs so far): %s; the cluster "
+                                "autoscaler may be adding nodes%s", pod, waited, message,
+                                "" if limit is None else f" (giving up after {limit:.0f}s)")
+                if limit is not None and waited >= limit:
+                    self._give_up(f"pod {pod} could not be scheduled for {waited:.0f}s: "
+                                  f"{message} (no node pool has room for it, or none matches "
+                                  "its node selector / tolerations)")
+                continue
+            grace = 0.0 if reason in PERMANENT_REASONS else b.start_grace
+            if key not in self.warned:
+                self.warned[key] = now
+                log.warning("pod %s, container %s: %s: %s (failing the job's wait after "
+                            "%.0fs unless it recovers)", pod, container, reason, message, grace)
+            if waited >= grace:
+                self._give_up(f"pod {pod}, container {container} cannot start: {reason}: "
+                              f"{message} (for {waited:.0f}s). {HINTS[kind]}")
+
+    def _give_up(self, message: str) -> None:
+        raise JobStartError(JobStatus(self.job, FAILED, message))

@@ -5,11 +5,17 @@
    from API discovery when, as in Kubeflow profile namespaces, users may not read CRDs);
 3. we may create, watch and delete pytorchjobs and read pod logs in the namespace
    (SelfSubjectAccessReview: asks the API server, so RBAC, webhooks and aggregation agree);
-4. the S3 output prefix is writable: write, read back and delete a marker object.
+4. the S3 Secret the jobs' pods read their credentials from (default ``umt-s3``) exists in the
+   namespace with non-empty required keys (a pod referencing a missing Secret or key never
+   starts: CreateContainerConfigError). Reading Secrets is not in the launcher's Role, so when we
+   may not, that is a warning, not a failure;
+5. the S3 output prefix is writable *with the caller's credentials*: write, read back and delete
+   a marker object.
 """
 
 from __future__ import annotations
 
+import base64
 import uuid
 from dataclasses import dataclass
 
@@ -17,7 +23,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from umt.launch.kube import Cluster, connect
-from umt.launch.pytorchjob import API_VERSION, PLURAL
+from umt.launch.pytorchjob import API_VERSION, PLURAL, S3Credentials
 
 CRD_NAME = f"{PLURAL}.kubeflow.org"
 INSTALL_HINT = ('kubectl apply --server-side -k "github.com/kubeflow/training-operator.git/'
@@ -33,6 +39,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    warning: bool = False  # ok, but could not be verified (or is worth a look)
 
 
 def check_crd(cluster: Cluster) -> Check:
@@ -80,6 +87,39 @@ def check_rbac(cluster: Cluster, namespace: str) -> Check:
                                f"{namespace}")
 
 
+def check_s3_secret(cluster: Cluster, namespace: str, secret: str = "umt-s3") -> Check:
+    name = "S3 secret"
+    keys = S3Credentials(secret=secret).keys.values()
+    required = [key for key, optional in keys if not optional]
+    create = (f"kubectl -n {namespace} create secret generic {secret} "
+              + " ".join(f"--from-literal={k}=..." for k in required))
+    try:
+        obj = client.CoreV1Api(cluster.api_client).read_namespaced_secret(
+            secret, namespace, _request_timeout=15)
+    except ApiException as e:
+        if e.status == 404:
+            return Check(name, False, f"Secret {secret} not found in namespace {namespace}; the "
+                                      f"training pods would never start: {create} (or render "
+                                      "jobs with --s3-secret '' for IRSA / workload identity)")
+        if e.status == 403:
+            return Check(name, True, f"may not read Secret {secret} in {namespace}, so it is "
+                                     "unchecked: make sure it exists with keys "
+                                     f"{', '.join(required)} (README step 2)", warning=True)
+        return Check(name, False, f"cannot read Secret {secret}: {e.status} {e.reason}")
+    data = {k: base64.b64decode(v or "") for k, v in (obj.data or {}).items()}
+    data.update({k: (v or "").encode() for k, v in (obj.string_data or {}).items()})
+    missing = [k for k in required if k not in data]
+    empty = [k for k in required if k in data and not data[k].strip()]
+    if missing or empty:
+        problems = ([f"lacks {', '.join(missing)}"] if missing else []) + (
+            [f"has empty {', '.join(empty)}"] if empty else [])
+        return Check(name, False, f"Secret {secret} in {namespace} {' and '.join(problems)}: "
+                                  f"{create}")
+    optional = [k for k, opt in keys if opt and k in data]
+    return Check(name, True, f"Secret {secret} in {namespace} has {', '.join(required)}"
+                             + (f" (and {', '.join(optional)})" if optional else ""))
+
+
 def check_output(output_uri: str) -> Check:
     from umt.data import storage
 
@@ -98,7 +138,8 @@ def check_output(output_uri: str) -> Check:
 
 def run_checks(*, namespace: str | None = None, kubeconfig: str | None = None,
                context: str | None = None, output_uri: str | None = None,
-               cluster: Cluster | None = None) -> list[Check]:
+               cluster: Cluster | None = None, s3_secret: str | None = "umt-s3") -> list[Check]:
+    """``s3_secret=None``: the jobs get S3 access another way (IRSA, workload identity)."""
     checks = []
     try:
         cluster = cluster or connect(kubeconfig, context, namespace)
@@ -114,6 +155,8 @@ def run_checks(*, namespace: str | None = None, kubeconfig: str | None = None,
     if cluster is not None:
         checks.append(check_crd(cluster))
         checks.append(check_rbac(cluster, namespace or cluster.namespace))
+        if s3_secret:
+            checks.append(check_s3_secret(cluster, namespace or cluster.namespace, s3_secret))
     if output_uri:
         checks.append(check_output(output_uri))
     return checks

@@ -370,8 +370,11 @@ def _kill_group(proc: subprocess.Popen, sig: int) -> None:
 class LocalBackend:
     """:class:`umt.launch.backend.JobBackend` running jobs as processes on this machine.
 
-    Jobs live as long as this object; submitting a name that is already running adopts it.
+    Jobs live as long as this object. Submitting a name it already has adopts that job when it
+    is running or succeeded, and replaces it (a new run) when it failed, as on a cluster.
     """
+
+    shares_filesystem = True  # every replica sees this machine's files: local outputs are fine
 
     def __init__(self, workdir: str | os.PathLike = "runs/local-jobs", *, cwd: str | None = None,
                  secrets: dict[str, dict[str, str]] | None = None, restart_delay: float = 2.0,
@@ -387,12 +390,25 @@ class LocalBackend:
     def submit(self, job: Any) -> Submission:
         body = job if isinstance(job, dict) else to_dict(job)
         name = body["metadata"]["name"]
-        if name in self.executors:
-            return Submission(name, self.namespace, created=False)
+        replaced = False
+        existing = self.executors.get(name)
+        if existing is not None:
+            phase = existing.status().phase
+            if phase != FAILED:
+                if phase == SUCCEEDED:
+                    log.warning("local job %s already succeeded: adopting it, not running it "
+                                "again", name)
+                return Submission(name, self.namespace, created=False)
+            log.warning("local job %s failed before (%s): replacing it with a new run", name,
+                        existing.status().message)
+            existing.cancel()  # its processes are already stopping; make sure they are gone
+            existing.wait()
+            del self.executors[name]
+            replaced = True
         executor = LocalExecutor(body, self.workdir, cwd=self.cwd, secrets=self.secrets,
                                  restart_delay=self.restart_delay)
         self.executors[name] = executor.start()
-        return Submission(name, self.namespace, created=True)
+        return Submission(name, self.namespace, created=True, replaced=replaced)
 
     def _executor(self, name: str) -> LocalExecutor:
         try:

@@ -6,10 +6,16 @@ the kustomize overlays in ``manifests/overlays/`` (a test checks both agree).
 
 Every GPU pool tolerates ``nvidia.com/gpu:NoSchedule``: GKE taints GPU nodes with it automatically
 and it is the usual taint elsewhere, so that CPU pods stay off expensive nodes.
+
+Each pool also lists the machine types it may hand out (GPUs, vCPUs, memory), so that default
+CPU/memory requests are capped to what the smallest machine that can take the pod holds, less
+headroom for the kubelet's reservations and the daemonsets (a pod that asks for more than a node
+has stays Pending forever, e.g. 8 CPUs x 16 GPUs = 128 on a 96-vCPU a2-megagpu-16g).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from kubernetes.client import (
@@ -23,11 +29,35 @@ from kubernetes.client import (
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = V1Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+# Share of a machine's vCPUs and memory a pod may ask for: the kubelet's system/kube reservations
+# and eviction threshold plus the daemonsets (device plugin, DCGM exporter, CNI, logging, CSI)
+# take the rest. GKE/EKS/AKS reserve ~0.3 CPU and 2-6 % of memory on these machines; 90 % leaves
+# room for daemonsets on top.
+USABLE_FRACTION = 0.9
+
+
+@dataclass(frozen=True)
+class Machine:
+    """One machine type of a pool: its GPUs, vCPUs and memory (GiB) per node."""
+
+    name: str
+    gpus: int
+    vcpus: int
+    memory_gib: int
+
+    @property
+    def usable_cpu(self) -> int:
+        return math.floor(self.vcpus * USABLE_FRACTION)
+
+    @property
+    def usable_memory_gib(self) -> int:
+        return math.floor(self.memory_gib * USABLE_FRACTION)
 
 
 @dataclass(frozen=True)
 class NodePool:
-    """How to reach one kind of node. ``gpus_per_node`` is the largest a node offers."""
+    """How to reach one kind of node. ``gpus_per_node`` is the largest a node offers;
+    ``machines`` the machine types the pool may use (empty: unknown, requests not capped)."""
 
     name: str
     description: str
@@ -39,14 +69,29 @@ class NodePool:
     # GiB for /dev/shm: NCCL and DataLoader workers use shared memory; the container default
     # (64 MiB) makes multi-GPU runs crash with "Bus error".
     shm_gib: int = 64
+    machines: tuple[Machine, ...] = ()
+
+    def smallest_fit(self, gpus: int) -> Machine | None:
+        """The smallest machine of the pool a pod with ``gpus`` GPUs may land on: default
+        requests must fit it (None: the pool's machines are not known)."""
+        fits = [m for m in self.machines if m.gpus >= gpus]
+        return min(fits, key=lambda m: (m.vcpus, m.memory_gib)) if fits else None
 
 
-def _instance_types(*types: str) -> V1Affinity:
+def _node_label_in(key: str, *values: str) -> V1Affinity:
     return V1Affinity(node_affinity=V1NodeAffinity(
         required_during_scheduling_ignored_during_execution=V1NodeSelector(node_selector_terms=[
             V1NodeSelectorTerm(match_expressions=[V1NodeSelectorRequirement(
-                key="node.kubernetes.io/instance-type", operator="In", values=list(types))])
+                key=key, operator="In", values=list(values))])
         ])))
+
+
+def _instance_types(*types: str) -> V1Affinity:
+    return _node_label_in("node.kubernetes.io/instance-type", *types)
+
+
+# GPU Feature Discovery's product label of A100 SXM4 boards (PCIe cards: NVIDIA-A100-PCIE-40GB).
+GFD_A100_PRODUCTS = ("NVIDIA-A100-SXM4-40GB", "NVIDIA-A100-SXM4-80GB")
 
 
 NODE_POOLS: dict[str, NodePool] = {pool.name: pool for pool in [
@@ -56,30 +101,38 @@ NODE_POOLS: dict[str, NodePool] = {pool.name: pool for pool in [
         node_selector={"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"},
         tolerations=(GPU_TOLERATION,),
         gpus_per_node=16,
+        machines=(Machine("a2-highgpu-1g", 1, 12, 85), Machine("a2-highgpu-2g", 2, 24, 170),
+                  Machine("a2-highgpu-4g", 4, 48, 340), Machine("a2-highgpu-8g", 8, 96, 680),
+                  Machine("a2-megagpu-16g", 16, 96, 1360)),
     ),
     NodePool(
         name="gke-a100-80gb",
         description="GKE a2-ultragpu (A100 80GB)",
         node_selector={"cloud.google.com/gke-accelerator": "nvidia-a100-80gb"},
         tolerations=(GPU_TOLERATION,),
+        machines=(Machine("a2-ultragpu-1g", 1, 12, 170), Machine("a2-ultragpu-2g", 2, 24, 340),
+                  Machine("a2-ultragpu-4g", 4, 48, 680), Machine("a2-ultragpu-8g", 8, 96, 1360)),
     ),
     NodePool(
         name="eks-p4d",
         description="EKS p4d.24xlarge (8x A100 40GB)",
         node_selector={"node.kubernetes.io/instance-type": "p4d.24xlarge"},
         tolerations=(GPU_TOLERATION,),
+        machines=(Machine("p4d.24xlarge", 8, 96, 1152),),
     ),
     NodePool(
         name="eks-p4de",
         description="EKS p4de.24xlarge (8x A100 80GB)",
         node_selector={"node.kubernetes.io/instance-type": "p4de.24xlarge"},
         tolerations=(GPU_TOLERATION,),
+        machines=(Machine("p4de.24xlarge", 8, 96, 1152),),
     ),
     NodePool(
         name="eks-a100",
         description="EKS p4d or p4de, whichever has capacity (node affinity)",
         tolerations=(GPU_TOLERATION,),
         affinity=_instance_types("p4d.24xlarge", "p4de.24xlarge"),
+        machines=(Machine("p4d.24xlarge", 8, 96, 1152), Machine("p4de.24xlarge", 8, 96, 1152)),
     ),
     NodePool(
         name="aks-a100",
@@ -89,12 +142,16 @@ NODE_POOLS: dict[str, NodePool] = {pool.name: pool for pool in [
         node_selector={"agentpool": "a100", "kubernetes.azure.com/accelerator": "nvidia"},
         tolerations=(GPU_TOLERATION,
                      V1Toleration(key="sku", operator="Equal", value="gpu", effect="NoSchedule")),
+        machines=(Machine("Standard_ND96asr_v4", 8, 96, 900),
+                  Machine("Standard_ND96amsr_A100_v4", 8, 96, 1900)),
     ),
     NodePool(
         name="gfd-a100",
-        description="Any cluster running NVIDIA GPU Feature Discovery (A100 SXM4 80GB)",
-        node_selector={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
+        description="Any cluster running NVIDIA GPU Feature Discovery (A100 SXM4 40GB or 80GB)",
         tolerations=(GPU_TOLERATION,),
+        affinity=_node_label_in("nvidia.com/gpu.product", *GFD_A100_PRODUCTS),
+        # Not known exactly: sized for the smallest 8x A100 SXM4 cloud machine (a2-highgpu-8g).
+        machines=(Machine("8x A100 SXM4 (assumed)", 8, 96, 680),),
     ),
     NodePool(
         name="nvidia",

@@ -58,6 +58,8 @@ from kubernetes.client import (
     V1VolumeMount,
 )
 
+from kubernetes.utils.quantity import parse_quantity
+
 from umt.launch.images import default_image
 from umt.launch.node_pools import GPU_RESOURCE, get_node_pool
 from umt.launch.serialize import to_dict
@@ -116,8 +118,8 @@ class TrainingJob:
     service_account: str | None = "umt-training"
     s3: S3Credentials | None = field(default_factory=S3Credentials)
     env: dict[str, str] = field(default_factory=dict)
-    cpu: str | None = None  # per pod; default 8 per GPU (2 for CPU jobs)
-    memory: str | None = None  # per pod; default 60Gi per GPU (8Gi for CPU jobs)
+    cpu: str | None = None  # per pod; default 8 per GPU (2 for CPU jobs), capped to the node
+    memory: str | None = None  # per pod; default 60Gi per GPU (8Gi for CPU jobs), capped
     shm_size: str | None = None  # /dev/shm; default from the node pool
     restart_policy: str = "OnFailure"
     backoff_limit: int | None = None  # default 3 x nodes
@@ -135,6 +137,10 @@ class TrainingJob:
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     validate_config: bool = True  # load the stage config now (imports the stage module)
+    # A local (not s3://) train.output_dir is refused: each pod has its own filesystem, so the
+    # checkpoints would be lost. True when it is a shared volume mounted in every pod (a PVC),
+    # and for the local executor (one machine, one filesystem).
+    allow_local_output: bool = False
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -145,6 +151,17 @@ class TrainingJob:
         if self.gpus_per_node > pool.gpus_per_node:
             raise ValueError(f"node pool {pool.name} ({pool.description}) has at most "
                              f"{pool.gpus_per_node} GPUs per node, asked for {self.gpus_per_node}")
+        machine = pool.smallest_fit(self.gpus_per_node)
+        if machine is not None:
+            for what, asked, usable, unit in (
+                    ("cpu", self.cpu, machine.usable_cpu, ""),
+                    ("memory", self.memory, machine.usable_memory_gib * 2**30, "Gi")):
+                if asked is not None and parse_quantity(asked) > usable:
+                    shown = usable if not unit else f"{usable // 2**30}{unit}"
+                    raise ValueError(
+                        f"{what}={asked} per pod does not fit node pool {pool.name}: its "
+                        f"{machine.name} nodes ({machine.vcpus} vCPUs, {machine.memory_gib} GiB) "
+                        f"leave about {shown} for a pod after system reservations")
         if self.restart_policy not in RESTART_POLICIES:
             raise ValueError(f"restart_policy must be one of {RESTART_POLICIES}")
         if self.clean_pod_policy not in CLEAN_POD_POLICIES:
@@ -186,7 +203,7 @@ def job_name(req: TrainingJob) -> str:
     else:
         identity = ({"run_id": req.run_id, "stage": req.stage} if req.run_id else
                     {k: v for k, v in asdict(req).items()
-                     if k not in ("name", "validate_config")})
+                     if k not in ("name", "validate_config", "allow_local_output")})
         name = f"umt-{_dns_label(req.stage)}"[: MAX_NAME_LENGTH - 11] + "-" + _short_hash(identity)
     if len(name) > MAX_NAME_LENGTH or not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name):
         raise ValueError(f"job name {name!r} must be a DNS-1035 label of at most "
@@ -206,10 +223,25 @@ def _env(req: TrainingJob) -> list[V1EnvVar]:
     return env
 
 
+CPU_PER_GPU, MEMORY_GIB_PER_GPU = 8, 60  # defaults, capped to what the pool's nodes hold
+
+
+def default_requests(gpus: int, node_pool: str) -> tuple[str, str]:
+    """(cpu, memory) a pod asks for by default: 8 CPUs and 60Gi per GPU (2 and 8Gi on CPU),
+    at most what the smallest machine of the pool that fits the GPUs leaves for pods."""
+    cpu, memory_gib = (CPU_PER_GPU * gpus, MEMORY_GIB_PER_GPU * gpus) if gpus else (2, 8)
+    machine = get_node_pool(node_pool).smallest_fit(gpus)
+    if machine is not None:
+        cpu = min(cpu, machine.usable_cpu)
+        memory_gib = min(memory_gib, machine.usable_memory_gib)
+    return str(cpu), f"{memory_gib}Gi"
+
+
 def _resources(req: TrainingJob) -> V1ResourceRequirements:
     gpus = req.gpus_per_node
-    cpu = req.cpu or (str(8 * gpus) if gpus else "2")
-    memory = req.memory or (f"{60 * gpus}Gi" if gpus else "8Gi")
+    default_cpu, default_memory = default_requests(gpus, req.node_pool)
+    cpu = req.cpu or default_cpu
+    memory = req.memory or default_memory
     requests = {"cpu": cpu, "memory": memory}
     # Memory limit == request: an over-eager dataloader gets OOM-killed (and restarted) instead
     # of evicting its neighbours. No CPU limit: throttling only slows the input pipeline.
@@ -284,12 +316,44 @@ def _run_policy(req: TrainingJob) -> KubeflowOrgV1RunPolicy:
     )
 
 
+def _output_dir(req: TrainingJob, cfg: Any) -> str | None:
+    """``train.output_dir`` the job will use: --output, else the last override, else the
+    loaded config's (None when the config was not loaded and nothing says)."""
+    if req.output_uri:
+        return req.output_uri
+    _, overrides = job_config_args(req.config, req.overrides)
+    for item in reversed(overrides):
+        key, _, value = item.partition("=")
+        if key.strip() == "train.output_dir":
+            return value.strip().strip("'\"")
+    train = getattr(cfg, "train", None)
+    return getattr(train, "output_dir", None)
+
+
+def check_shared_output(req: TrainingJob, cfg: Any = None) -> None:
+    """Refuse a local ``train.output_dir`` for a cluster job (see ``allow_local_output``)."""
+    if req.allow_local_output:
+        return
+    output = _output_dir(req, cfg)
+    if output is None or str(output).startswith("s3://"):
+        return
+    where = f"{req.nodes} nodes" if req.nodes > 1 else "a pod"
+    raise ValueError(
+        f"train.output_dir={output} is a local path, but the job runs on {where} of a "
+        "cluster: each pod has its own filesystem, so checkpoints written by rank 0 are not "
+        "visible to the other nodes and are lost when a pod restarts. Write to shared storage "
+        "(--output s3://bucket/prefix), or pass --allow-local-output (allow_local_output=True) "
+        "if that path is a shared volume (a PVC) mounted in every pod")
+
+
 def build_pytorchjob(req: TrainingJob, *, validate: bool = True) -> KubeflowOrgV1PyTorchJob:
     """The job object for ``req``; raises ``ValueError`` (or ``InvalidJobError``) on bad input."""
+    cfg = None
     if req.validate_config:
         overrides = list(req.overrides) + (
             [f"train.output_dir={req.output_uri}"] if req.output_uri else [])
-        validate_stage_config(req.stage, req.config, overrides)
+        cfg = validate_stage_config(req.stage, req.config, overrides)
+    check_shared_output(req, cfg)
     name = job_name(req)
     labels = {LABEL_PART_OF: "umt", LABEL_STAGE: _label_value(req.stage), **req.labels}
     if req.run_id:

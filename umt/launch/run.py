@@ -12,6 +12,9 @@ master's log to stdout, waits as long as the job runs, and
 
 * returns when the job succeeded,
 * raises :class:`JobFailedError` (with the operator's reason and the log tail) when it failed,
+* deletes the job and raises :class:`JobStartError` (a ``JobFailedError``) when its pods cannot
+  start (image pull or container config errors past ``start_grace`` seconds; unschedulable past
+  ``unschedulable_timeout`` if set), so they stop holding nodes,
 * deletes the job and raises :class:`JobCancelledError` when we are cancelled: SIGTERM (KFP
   terminating the run, ``kubectl delete pod``) or Ctrl-C.
 """
@@ -26,7 +29,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from umt.launch.backend import JobBackend, JobCancelledError, JobFailedError
+from umt.launch.backend import JobBackend, JobCancelledError, JobFailedError, JobStartError
 from umt.launch.pytorchjob import TrainingJob, build_pytorchjob
 from umt.launch.serialize import to_yaml
 from umt.launch.status import JobStatus
@@ -42,23 +45,34 @@ class JobResult:
     status: JobStatus
     created: bool  # False: an existing job of the same name was adopted
     yaml_path: str | None
+    replaced: bool = False  # True: a failed job of the same name was deleted first
 
 
 def make_backend(backend: str | JobBackend, *, namespace: str | None = None,
                  kubeconfig: str | None = None, context: str | None = None,
-                 poll_interval: float = 15.0, local_workdir: str = "runs/local-jobs") -> Any:
+                 poll_interval: float = 15.0, local_workdir: str = "runs/local-jobs",
+                 start_grace: float = 600.0, unschedulable_timeout: float | None = None) -> Any:
     if not isinstance(backend, str):
         return backend
     if backend == "cluster":
         from umt.launch.cluster import PyTorchJobBackend
 
         return PyTorchJobBackend(kubeconfig=kubeconfig, context=context, namespace=namespace,
-                                 poll_interval=poll_interval)
+                                 poll_interval=poll_interval, start_grace=start_grace,
+                                 unschedulable_timeout=unschedulable_timeout)
     if backend == "local":
         from umt.launch.local import LocalBackend
 
         return LocalBackend(local_workdir)
     raise ValueError(f"backend must be 'cluster', 'local' or a JobBackend, got {backend!r}")
+
+
+def shares_filesystem(backend: str | JobBackend) -> bool:
+    """Whether every replica of the backend's jobs sees one filesystem (the local executor),
+    so a local ``train.output_dir`` is fine."""
+    if isinstance(backend, str):
+        return backend == "local"
+    return bool(getattr(backend, "shares_filesystem", False))
 
 
 class LogPump(threading.Thread):
@@ -90,18 +104,23 @@ def run_training_job(stage: str, config: str | None = None, overrides: Sequence[
                      log_sink: Callable[[str], None] | None = None,
                      wait_timeout: float | None = None, poll_interval: float = 15.0,
                      kubeconfig: str | None = None, context: str | None = None,
-                     local_workdir: str = "runs/local-jobs", **job_options: Any) -> JobResult:
+                     local_workdir: str = "runs/local-jobs", start_grace: float = 600.0,
+                     unschedulable_timeout: float | None = None,
+                     **job_options: Any) -> JobResult:
     """Render, submit-or-adopt, stream, wait; raise on failure; delete on cancellation.
 
     ``job_options`` are the other fields of :class:`TrainingJob` (image, namespace, name,
-    run_id, output_uri, restart_policy, backoff_limit, gang_scheduling, ...).
-    ``wait_timeout=None`` waits as long as the job runs: bound jobs with
+    run_id, output_uri, restart_policy, backoff_limit, gang_scheduling, allow_local_output,
+    ...). ``wait_timeout=None`` waits as long as the job runs: bound jobs with
     ``active_deadline_seconds`` instead, which the operator enforces even if we are gone.
+    ``start_grace`` / ``unschedulable_timeout``: see :class:`PyTorchJobBackend`.
     """
     known = {f.name for f in fields(TrainingJob)}
     unknown = set(job_options) - known
     if unknown:
         raise TypeError(f"unknown job options: {sorted(unknown)}")
+    if shares_filesystem(backend):
+        job_options.setdefault("allow_local_output", True)
     req = TrainingJob(stage=stage, config=config, overrides=list(overrides), nodes=nodes,
                       gpus_per_node=gpus_per_node, node_pool=node_pool, **job_options)
     job = build_pytorchjob(req)
@@ -111,7 +130,8 @@ def run_training_job(stage: str, config: str | None = None, overrides: Sequence[
         Path(rendered_yaml_path).write_text(to_yaml(job))
     impl = make_backend(backend, namespace=req.namespace, kubeconfig=kubeconfig,
                         context=context, poll_interval=poll_interval,
-                        local_workdir=local_workdir)
+                        local_workdir=local_workdir, start_grace=start_grace,
+                        unschedulable_timeout=unschedulable_timeout)
     sink = log_sink or (lambda line: print(line, flush=True))
 
     in_main = threading.current_thread() is threading.main_thread()
@@ -120,19 +140,25 @@ def run_training_job(stage: str, config: str | None = None, overrides: Sequence[
     try:
         submitted = True  # from here on the job may exist, even if submit() is interrupted
         submission = impl.submit(job)
-        log.info("%s PyTorchJob %s/%s", "created" if submission.created else "adopted",
-                 submission.namespace, name)
+        log.info("PyTorchJob %s/%s %s", submission.namespace, name, submission.action)
         pump = LogPump(impl, name, sink)
         pump.start()
-        status = impl.wait(name, timeout=wait_timeout, on_status=lambda s: log.info(
-            "job %s: %s %s", s.name, s.phase, s.message))
+        try:
+            status = impl.wait(name, timeout=wait_timeout, on_status=lambda s: log.info(
+                "job %s: %s %s", s.name, s.phase, s.message))
+        except JobStartError as e:
+            # Its pods would sit on their nodes (holding GPUs) until someone notices.
+            log.error("deleting job %s: its pods cannot start", name)
+            impl.delete(name)
+            e.status.message += f" -- job {name} deleted so its pods free their nodes"
+            raise JobStartError(e.status) from None
         # Let the last lines arrive (a container still running after the end, e.g. kept by
         # cleanPodPolicy None, would keep the stream open: do not wait for it for long).
         pump.join(timeout=10)
         if not status.succeeded:
             raise JobFailedError(status, list(pump.tail))
         return JobResult(name, submission.namespace, status, submission.created,
-                         rendered_yaml_path)
+                         rendered_yaml_path, getattr(submission, "replaced", False))
     except KeyboardInterrupt:
         if submitted:
             log.warning("cancelled: deleting job %s", name)
