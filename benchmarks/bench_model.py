@@ -4,8 +4,9 @@ path vs ``need_weights=True``, and Gumbel-top-k masking vs ``torch.multinomial``
     python benchmarks/bench_model.py                 # CPU here; --device cuda on a GPU
     python benchmarks/bench_model.py --size base --batch 4 --tokens 320
 
-Prints one line per measurement (median of --repeats timed runs after warm-up); copy them into
-BENCHMARKS.md with the command and the machine.
+Prints one line per measurement (median of --repeats timed runs after warm-up; CPU time with
+one thread on CPUs, wall time on GPUs); copy them into BENCHMARKS.md with the command and the
+machine.
 """
 
 from __future__ import annotations
@@ -23,17 +24,20 @@ from umt.models.vit import Attention
 
 
 def timed(fn, repeats: int, device: str) -> float:
+    """Median seconds per call: wall time on GPUs, this process's CPU time on CPUs (with one
+    thread that is the compute time, unaffected by other jobs sharing the machine)."""
+    clock = time.perf_counter if device == "cuda" else time.process_time
     for _ in range(2):
         fn()
     times = []
     for _ in range(repeats):
         if device == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         if device == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -54,7 +58,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--tokens", type=int, default=320, help="visible tokens (8x224 at 80%% mask: 320)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (1: stable CPU-time numbers)")
     a = p.parse_args()
+    torch.set_num_threads(a.threads)
     dev = a.device
     torch.manual_seed(0)
 
