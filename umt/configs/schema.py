@@ -75,6 +75,10 @@ class DataConfig:
     decoder: str = "decord"
     test_num_clips: int = 1
     test_num_crops: int = 1
+    # Epoch length in steps (batches per rank). None: one pass over the data, i.e.
+    # dataset.json's num_samples // global batch (at least 1). Each epoch re-seeds the shard
+    # sampling (seed, rank, worker, epoch); batches carry "epoch".
+    epoch_steps: Optional[int] = None
 
 
 @dataclass

@@ -12,7 +12,6 @@ a manifest that cannot be parsed (nothing was done).
 from __future__ import annotations
 
 import logging
-import os
 from typing import Annotated, Optional
 
 import typer
@@ -41,7 +40,7 @@ def shard(
         "--shard-bytes", help="Close a shard at this size, e.g. 1GB or 500MiB (with "
                               "--samples-per-shard: whichever comes first).")] = None,
     workers: Annotated[int, typer.Option(
-        "--workers", "-j", help="Worker processes (default: CPU cores).")] = 0,
+        "--workers", "-j", help="Worker processes (default: the CPUs this process may use: affinity and cgroup quota).")] = 0,
     max_failure_rate: Annotated[float, typer.Option(
         "--max-failure-rate", help="Fail the step when more than this fraction of inputs fail.")] = 0.05,
     transcode: Annotated[bool, typer.Option(
@@ -61,7 +60,7 @@ def shard(
     """Validate videos, transcode them and write WebDataset shards + dataset.json (local or S3)."""
     from umt.data.dataset_json import DatasetJsonError
     from umt.data.manifest import ManifestError, read_classes
-    from umt.data.shard import ShardingFailed, parse_size, shard_dataset
+    from umt.data.shard import ShardingFailed, available_cpus, parse_size, shard_dataset
     from umt.data.transcode import TranscodeSettings
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -76,7 +75,7 @@ def shard(
                                      tune=None if tune == "none" else tune)
         class_names = read_classes(classes) if classes else None
         info = shard_dataset(input, output, settings, samples_per_shard=samples_per_shard,
-                             shard_bytes=parse_size(shard_bytes), workers=workers or os.cpu_count(),
+                             shard_bytes=parse_size(shard_bytes), workers=workers or available_cpus(),
                              max_failure_rate=max_failure_rate, classes=class_names,
                              progress=not quiet)
     except (ManifestError, DatasetJsonError, ValueError, FileNotFoundError) as e:

@@ -2,9 +2,10 @@
 
 The video (or its ``[first, last)`` clip range) is cut into ``num_frames`` equal segments and one
 frame is taken from each: a random one for training (TSN-style, every epoch sees other frames),
-a fixed one for testing. Multi-view testing takes ``num_clips`` clips per video whose frames sit
-at ``(k + 1) / (num_clips + 1)`` of each segment (``kinetics_sparse``'s ``_get_seq_frames``), so
-one clip is the middle frame of every segment.
+a fixed one for testing. Test positions are exactly those of the official
+``kinetics_sparse._get_seq_frames``: with ``seg = (n - 1) / T``, frame ``i`` of clip ``k`` (of
+``K = num_clips``) is ``round(seg * i) + int(seg / (K + 1) * (k + 1))``, capped at ``n - 1``; one
+clip is (about) the middle frame of every segment.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def segment_indices(num_video_frames: int, num_frames: int, *, train: bool,
     else:
         if not 0 <= clip_idx < num_clips:
             raise ValueError(f"clip_idx {clip_idx} not in [0, {num_clips})")
-        offsets = bounds[:-1] + (bounds[1:] - bounds[:-1]) * (clip_idx + 1) / (num_clips + 1)
+        # Official _get_seq_frames (test mode), on the clip range.
+        seg = max(0.0, float(length - 1) / num_frames)
+        shift = int(seg / (num_clips + 1) * (clip_idx + 1))
+        idx = [min(int(np.round(seg * i)) + shift, length - 1) + first for i in range(num_frames)]
+        return [int(i) for i in idx]
     idx = np.minimum(np.floor(offsets).astype(np.int64), length - 1) + first
     return [int(i) for i in idx]

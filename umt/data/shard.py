@@ -10,8 +10,12 @@ packs the results, in manifest order, into ``shard-NNNNNN.tar`` files (``<key>.m
 writes ``dataset.json``.
 
 Guarantees:
-- Bad inputs never crash the step; each is recorded with its reason. Even a decoder that kills
-  its process (decord segfaults on some files) or hangs only costs that one input.
+- Bad inputs never crash the step; each is recorded with its reason. A decoder that kills its
+  worker process (decord segfaults on some files) or hangs past ``item_timeout`` takes the
+  whole worker pool down with it: the pool is killed and restarted, the input at the head of
+  the queue is re-run alone in a fresh process (so a crash or hang is blamed on it only when it
+  is the culprit) and the other queued inputs are resubmitted. Only the culprit is recorded as
+  failed; the cost is the restart plus redoing the queued work.
 - Keys are content hashes, tars have fixed mtimes and manifest order is kept, so a re-run
   produces the same shards.
 - Resumable: every finished shard gets a ``shard-NNNNNN_stats.json`` *after* its tar is in place;
@@ -52,6 +56,35 @@ TAR_MTIME = 0  # fixed: identical inputs give byte-identical tars
 
 class ShardingFailed(RuntimeError):
     """Too many inputs failed; the message says how many and where the list is."""
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: the affinity mask, capped by a cgroup CPU quota (cgroup v2
+    ``cpu.max`` or v1 ``cpu.cfs_quota_us``) -- in a Kubernetes pod os.cpu_count() is the node's
+    core count, not the pod's limit."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    quota = None
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            q, period = f.read().split()[:2]
+            if q != "max":
+                quota = int(q) / int(period)
+    except (OSError, ValueError):
+        try:
+            with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f:
+                q = int(f.read())
+            with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
+                period = int(f.read())
+            if q > 0 and period > 0:
+                quota = q / period
+        except (OSError, ValueError):
+            pass
+    if quota is not None:
+        n = min(n, max(1, int(quota)))
+    return max(1, n)
 
 
 # ----------------------------------------------------------------------------- one input (worker)
@@ -209,8 +242,12 @@ def process_in_order(items: list[Item], settings: TranscodeSettings, classes: li
                 pending = deque((it, _submit(pool, fn, it, settings, classes)) for it, _ in pending)
             yield item, result
             fill()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:
+        # An error (or the consumer stopping early: GeneratorExit, KeyboardInterrupt): do not
+        # wait for up to 4 * workers queued transcodes, or a hung decoder, to finish.
+        _kill_pool(pool)
+        raise
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------------------- shard output
@@ -275,6 +312,8 @@ def _verify_stats(output: str, k: int, fingerprint: str, first_index: int) -> Op
 class _ShardSink:
     """Writes shards to a local folder (temp + rename) or S3 (local temp + background upload)."""
 
+    MAX_PENDING_UPLOADS = 2
+
     def __init__(self, output: str, fingerprint: str):
         self.output = output
         self.fingerprint = fingerprint
@@ -283,7 +322,7 @@ class _ShardSink:
         if not self.remote:
             os.makedirs(output, exist_ok=True)
         # Two uploads in flight: overlap network with encoding, bound local disk use.
-        self.uploader = ThreadPoolExecutor(2) if self.remote else None
+        self.uploader = ThreadPoolExecutor(self.MAX_PENDING_UPLOADS) if self.remote else None
         self.uploads: list[Future] = []
         self.finished: dict[int, dict] = {}
 
@@ -305,6 +344,13 @@ class _ShardSink:
                  "next_index": next_index, "keys": shard.keys, "failures": shard.failures,
                  "fingerprint": self.fingerprint, "created_by": f"umt {umt.__version__}"}
         if self.remote:
+            # At most MAX_PENDING_UPLOADS shards waiting (bounds local disk use when the network
+            # is slower than encoding); an upload error surfaces here, not at the very end.
+            for fut in [f for f in self.uploads if f.done()]:
+                fut.result()
+                self.uploads.remove(fut)
+            while len(self.uploads) >= self.MAX_PENDING_UPLOADS:
+                self.uploads.pop(0).result()
             self.uploads.append(self.uploader.submit(self._publish, shard.tmp_path, name, stats))
         else:
             self._publish(shard.tmp_path, name, stats)
@@ -353,9 +399,20 @@ def _sample(key: str, result: dict) -> dict[str, bytes]:
 
 
 def _remove_stale(output: str, num_shards: int) -> None:
-    """Shards numbered past the end, left by an earlier run with other settings."""
+    """Shards numbered past the end, left by an earlier run with other settings.
+
+    Only direct children of ``output``: a dataset sharded into a sub-folder (or, on S3, under a
+    longer key prefix) is another dataset, never this run's leftovers.
+    """
     for uri in storage.list_uris(output):
-        name = uri.rsplit("/", 1)[-1]
+        if storage.is_s3(output):
+            parent, name = uri.rsplit("/", 1)
+            if parent != output.rstrip("/"):
+                continue
+        else:
+            parent, name = os.path.split(uri)
+            if os.path.normpath(parent) != os.path.normpath(output):
+                continue
         if name.startswith("shard-") and (name.endswith(".tar") or name.endswith(STATS_SUFFIX)):
             try:
                 k = int(name[6:12])
@@ -409,7 +466,7 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
     if not 0.0 <= max_failure_rate <= 1.0:
         raise ValueError(f"max_failure_rate must be in [0, 1], got {max_failure_rate}")
-    workers = max(1, workers or os.cpu_count() or 1)
+    workers = max(1, workers or available_cpus())
     manifest = load_manifest(input, classes=classes)
     items = manifest.items
     fingerprint = _fingerprint(manifest, settings, samples_per_shard, shard_bytes)

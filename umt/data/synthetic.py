@@ -1,16 +1,29 @@
 """Seeded synthetic video clips whose label can only be told from temporal order.
 
-A coloured square crosses the frame in one of four directions. Every single frame is a square
-somewhere on the path, and the set of frames of "left to right" equals the set of frames of
-"right to left": only the order of the frames gives the label away, so a model that ignores
-time cannot beat chance. Used by the CPU demo, the tests and the benchmarks.
+A coloured square sits at a random row ``y`` and visits the fixed column positions
+``x_0 < x_1 < ... < x_{T-1}`` (``y`` is drawn from the same grid), one per frame. The four classes
+are four *orders* of visiting the same positions:
+
+- ``left to right``: ``x_0, x_1, ..., x_{T-1}``
+- ``right to left``: ``x_{T-1}, ..., x_1, x_0``
+- ``left to right in jumps``: the even positions, then the odd ones (``x_0, x_2, ..., x_1, x_3, ...``)
+- ``right to left in jumps``: the mirror of that (``x_{T-1}, x_{T-3}, ..., x_{T-2}, x_{T-4}, ...``)
+
+Everything else (colour, background noise, row) is drawn from the seed independently of the
+label, so for a given seed the four classes are temporal permutations of exactly the same
+frames: the multiset of frames -- and hence any single frame, or any bag of frames -- has the
+same distribution for every class, and a model that ignores frame order is at chance (25 %).
+Only the order gives the label away. (With ``num_frames < 3`` the "jumps" orders coincide with
+the plain ones; use at least 3 frames, better 8+, to have four distinguishable classes.)
+
+Used by the CPU demo, the tests and the benchmarks.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-CLASSES = ["left to right", "right to left", "top to bottom", "bottom to top"]
+CLASSES = ["left to right", "right to left", "left to right in jumps", "right to left in jumps"]
 _COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
 
 
@@ -18,26 +31,37 @@ def caption_for(label: int, colour: str) -> str:
     return f"a {colour} square moving {CLASSES[label]}"
 
 
+def visit_order(label: int, num_frames: int) -> list[int]:
+    """Which grid position the square is at in each frame, for class ``label``."""
+    forward = list(range(0, num_frames, 2)) + list(range(1, num_frames, 2))
+    orders = [list(range(num_frames)), list(range(num_frames))[::-1],
+              forward, [num_frames - 1 - i for i in forward]]
+    return orders[label]
+
+
 def render_clip(seed: int, num_frames: int = 16, size: int = 64,
                 label: int | None = None) -> tuple[np.ndarray, int, str]:
     """Render one clip.
 
     Returns ``(frames uint8 [T, H, W, 3], label, caption)``; the same seed gives the same clip.
+    The frames of one seed are the same multiset for every label (only their order differs);
+    with ``label=None`` the label is drawn from the seed last, independently of everything else.
     """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     rng = np.random.default_rng(seed)
-    if label is None:
-        label = int(rng.integers(len(CLASSES)))
     colour = list(_COLOURS)[int(rng.integers(len(_COLOURS)))]
     side = max(4, size // 5)
     background = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
-    # Path: the moving coordinate goes edge to edge; the other stays at a random offset.
-    travel = np.linspace(0, size - side, num_frames).round().astype(int)
-    if label in (1, 3):
-        travel = travel[::-1]
-    fixed = int(rng.integers(0, size - side + 1))
+    grid = np.linspace(0, size - side, num_frames).round().astype(int)
+    y = int(grid[int(rng.integers(num_frames))])
+    if label is None:
+        label = int(rng.integers(len(CLASSES)))
+    if not 0 <= label < len(CLASSES):
+        raise ValueError(f"label must be in [0, {len(CLASSES)}), got {label}")
     frames = np.repeat(background[None], num_frames, axis=0)
-    for t, pos in enumerate(travel):
-        y, x = (fixed, pos) if label in (0, 1) else (pos, fixed)
+    for t, j in enumerate(visit_order(label, num_frames)):
+        x = int(grid[j])
         frames[t, y:y + side, x:x + side] = _COLOURS[colour]
     return frames, label, caption_for(label, colour)
 

@@ -6,9 +6,11 @@ use), the frame rate and duration capped, no B-frames and a short keyframe inter
 sparse segment sampling -- 8 frames spread over the clip -- decodes only a few frames from the
 nearest keyframe instead of the whole group of pictures. Audio is dropped (training never uses it).
 
-Every input is decoded before it is accepted: with transcoding, PyAV decodes every frame and the
-result is test-decoded with decord (the loader's default decoder); without, the original is
-test-decoded with decord (first, middle and last frame). Problems raise :class:`InputError` with
+Every input is decoded before it is accepted, with FFmpeg's error detection on
+(``err_detect=explode``: a damaged bitstream is an error, not a concealed frame): with
+transcoding, PyAV decodes every frame and the result is test-decoded with decord (the loader's
+default decoder); without, PyAV decodes every frame of the original and decord test-decodes it
+(first, middle and last frame). Problems raise :class:`InputError` with
 a short reason that ends up in dataset.json's ``failures``.
 """
 
@@ -103,6 +105,44 @@ def test_decode(data: bytes) -> dict[str, Any]:
     return {"num_frames": n, "fps": fps, "height": int(frames.shape[1]), "width": int(frames.shape[2])}
 
 
+# FFmpeg conceals damaged macroblocks by default and returns a "successfully" decoded frame;
+# with err_detect=explode any bitstream error raises instead, so damaged inputs are rejected
+# (and recorded) at sharding time rather than trained on.
+STRICT_DECODE_OPTIONS = {"err_detect": "explode"}
+
+
+def _strict(stream) -> None:
+    stream.codec_context.options = dict(STRICT_DECODE_OPTIONS)
+
+
+def _check_frame(frame) -> None:
+    if getattr(frame, "is_corrupt", False):
+        raise InputError(f"corrupt video stream: damaged frame at pts {frame.pts}")
+
+
+def strict_decode(data: bytes) -> int:
+    """Decode every frame of the first video stream with FFmpeg's error detection on; raise
+    :class:`InputError` on any bitstream error or corrupt frame. Returns the frame count."""
+    container = _probe_container(data)
+    n = 0
+    try:
+        st = container.streams.video[0]
+        st.thread_count = 1
+        _strict(st)
+        for frame in container.decode(st):
+            _check_frame(frame)
+            n += 1
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"corrupt video stream: {_short(e)}") from None
+    finally:
+        container.close()
+    if n == 0:
+        raise InputError("no frames decoded")
+    return n
+
+
 def inspect_video(data: bytes, settings: TranscodeSettings) -> dict[str, Any]:
     """Metadata of the first video stream (PyAV), after the resolution check."""
     container = _probe_container(data)
@@ -132,6 +172,7 @@ def transcode_video(data: bytes, settings: TranscodeSettings, start: Optional[fl
     try:
         ist = container.streams.video[0]
         ist.thread_count = 1  # processes are the parallelism; see decoders.py
+        _strict(ist)
         src_fps = src["fps"] if src["fps"] > 0 else 25.0
         fps = min(src_fps, settings.max_fps) if settings.max_fps else src_fps
         rate = Fraction(fps).limit_denominator(1001)
@@ -165,9 +206,15 @@ def transcode_video(data: bytes, settings: TranscodeSettings, start: Optional[fl
                 continue
             if t >= stop - 1e-6:
                 break
+            _check_frame(frame)
             decoded += 1
-            # Frame-rate cap: keep the first source frame of each output frame period.
-            k = int(math.floor((t - start) * float(rate) + 1e-6))
+            # Frame-rate cap: output slot k covers [k, k+1) / rate; the first source frame in a
+            # slot wins. Timestamps are shifted by half a source frame before flooring, so a
+            # timestamp rounded down by the container (.mkv/.webm store milliseconds: frame 1
+            # at 30 fps is 33 ms, i.e. 0.99 slots) still lands in its own slot -- plain
+            # flooring dropped a third of the frames. Uncapped (rate == source fps) this is
+            # rounding to the nearest slot; capped, the last slot stays inside the clip.
+            k = int(math.floor((t - start) * float(rate) + 0.5 * float(rate) / src_fps))
             if k <= last_k:
                 continue
             last_k = k
@@ -182,8 +229,8 @@ def transcode_video(data: bytes, settings: TranscodeSettings, start: Optional[fl
         out.close()
     except InputError:
         raise
-    except Exception as e:  # corrupt packets, FFmpeg errors
-        raise InputError(f"cannot decode while transcoding: {_short(e)}") from e
+    except Exception as e:  # corrupt packets (err_detect=explode), FFmpeg errors
+        raise InputError(f"corrupt video stream: cannot decode while transcoding: {_short(e)}") from e
     finally:
         container.close()
     if written == 0:
@@ -194,8 +241,16 @@ def transcode_video(data: bytes, settings: TranscodeSettings, start: Optional[fl
     expected = expected_s * src_fps
     if expected >= 4 and decoded < 0.9 * expected - 1:
         raise InputError(f"truncated: decoded {decoded} of ~{int(expected)} frames")
+    # Frame-rate conversion must keep every frame when the rate is not capped, and about
+    # rate / source fps of them when it is; fewer means frames were dropped on the way.
+    expected_written = decoded * min(1.0, float(rate) / src_fps)
+    if written < 0.95 * expected_written - 1:
+        raise InputError(f"dropped frames: wrote {written} of {decoded} decoded frames "
+                         f"(expected ~{expected_written:.0f} at {float(rate):g} fps)")
     mp4 = out_buf.getvalue()
     check = test_decode(mp4)
+    if check["num_frames"] != written:
+        raise InputError(f"output has {check['num_frames']} frames, {written} were written")
     meta = {"num_frames": check["num_frames"], "fps": float(rate), "width": w, "height": h,
             "duration": round(check["num_frames"] / float(rate), 3),
             "source_width": src["width"], "source_height": src["height"],
@@ -205,8 +260,10 @@ def transcode_video(data: bytes, settings: TranscodeSettings, start: Optional[fl
 
 
 def check_video(data: bytes, settings: TranscodeSettings) -> dict[str, Any]:
-    """No-transcode path: metadata + decord test-decode of the original bytes."""
+    """No-transcode path: metadata, a strict PyAV decode of every frame (bitstream errors
+    reject the input) and a decord test-decode of the original bytes."""
     src = inspect_video(data, settings)
+    strict_decode(data)
     check = test_decode(data)
     return {"num_frames": check["num_frames"], "fps": round(check["fps"], 3),
             "width": check["width"], "height": check["height"],

@@ -1,11 +1,15 @@
 """Clip transforms shared by the loaders, following the official UMT / VideoMAE recipes.
 
-Training (Stage 1 and 2): ``GroupMultiScaleCrop(img_size, [1, .875, .75, .66])`` -- a crop whose
+Training (Stage 1): ``GroupMultiScaleCrop(img_size, [1, .875, .75, .66])`` -- a crop whose
 sides are scales of the short side (aspect distorted by at most one scale step) at one of 13
 fixed positions, resized to ``img_size`` squared -- then a random horizontal flip. Testing:
 resize the short side to ``img_size`` and take ``num_crops`` square crops along the long side
 (1 = centre). Both end with ImageNet normalisation. The same crop is applied to every frame of
 a clip, so motion is preserved.
+
+Not Stage 2's recipe: the official Stage 2 (multi-modality) pipeline uses
+``RandomResizedCrop(img_size, scale=(0.5, 1.0), interpolation=bicubic)`` + horizontal flip,
+which this module does not implement.
 """
 
 from __future__ import annotations

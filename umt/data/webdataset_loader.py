@@ -3,17 +3,24 @@
 Training (``build_webdataset_loader``, behind ``umt.data.stream.build_pretrain_loader``), the
 open_clip recipe adapted to video::
 
-    shard sampler (resampled, split by node and worker, seeded by (seed, rank, worker, start_step))
+    shard sampler (with replacement from this rank's shard slice; every DataLoader worker draws
+                   from the whole slice with its own seed (seed, rank, worker, epoch))
       -> boto3 / local byte stream (never a ``pipe:`` shell command)
       -> tar -> samples (a corrupt tar is logged and skipped)
       -> shuffle buffer of undecoded samples (cfg.shuffle_buffer)
       -> decode (decord | pyav) + sparse segment sampling + multi-scale crop + flip + normalise
-      -> batches of ``{"video": [B, 3, T, H, W], "label": [B], "caption", "key", "step"}``
+      -> batches of ``{"video": [B, 3, T, H, W], "label": [B], "caption", "key", "step", "epoch"}``
       -> DataLoader(cfg.num_workers), batches made inside the workers
 
-Training is step-based: the stream is endless (resampled shards), so an "epoch" is whatever
-number of steps the trainer runs; a resumed run (``start_step``) draws a different shard
-sequence instead of replaying the first shards again.
+Epochs are defined in steps: ``cfg.epoch_steps`` batches per rank (default: ``num_samples //
+(batch_size * world_size)`` from dataset.json, at least 1). Step ``s`` belongs to epoch
+``s // epoch_steps``; the DataLoader hands out batches round-robin, so step ``s`` is made by
+worker slot ``s % num_workers``, and that slot re-seeds its shard sampling, shuffle buffer and
+augmentation at every epoch from ``(seed, rank, slot, epoch)``. A run resumed at step ``s``
+starts in epoch ``s // epoch_steps`` at the right position (its first epoch boundary is at the
+same step as in an uninterrupted run), draws fresh shards for the rest of that epoch (seeded with
+the resume step as well, so the epoch's first steps are not replayed), and from the next epoch on
+reads exactly the batches an uninterrupted run reads.
 
 Corrupt samples (undecodable video, broken tar, bad metadata) are skipped -- never replaced by
 another sample, never a crash -- logged, and counted: ``loader.num_skipped`` and
@@ -38,14 +45,16 @@ import torch
 
 from umt.data import dataset_json, storage
 from umt.data.decoders import DecodeError, decode_image, get_decoder
+from umt.data.manifest import IMAGE_EXTS as MANIFEST_IMAGE_EXTS
+from umt.data.manifest import VIDEO_EXTS as MANIFEST_VIDEO_EXTS
 from umt.data.sampling import segment_indices
 from umt.data.transforms import test_transforms, train_transform
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "mpg", "mpeg", "wmv", "flv", "3gp",
-              "ts", "gif")
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
+# Sample keys in a tar are the file extensions without the dot (one list: umt.data.manifest).
+VIDEO_EXTS = tuple(e.lstrip(".") for e in MANIFEST_VIDEO_EXTS)
+IMAGE_EXTS = tuple(e.lstrip(".") for e in MANIFEST_IMAGE_EXTS)
 # A worker that skips this many samples in a row is reading a dataset that is broken as a whole
 # (wrong decoder, every shard unreadable): stop with a clear error instead of spinning forever.
 MAX_CONSECUTIVE_SKIPS = 500
@@ -99,30 +108,25 @@ class _Skips:
 
 # --------------------------------------------------------------------------------- shard sources
 
-class ShardSampler(torch.utils.data.IterableDataset):
-    """Endless shard URLs, drawn with replacement, disjoint across ranks and workers when possible.
+def rank_shards(urls: list[str], rank: int, world_size: int) -> list[str]:
+    """This rank's shard slice (``shards[rank::world_size]``); all shards when there are fewer
+    shards than ranks (the per-rank seeds then keep the sequences different)."""
+    return list(urls[rank::world_size]) if len(urls) >= world_size else list(urls)
 
-    Why not ``wds.ResampledShards``: it has no notion of the node (rank) split, and its seed does
-    not include the step a run resumes from. With at least ``world_size`` shards each rank draws
-    from its own slice (``shards[rank::world_size]``), and likewise each worker from its slice of
-    that; with fewer shards they share, and the (seed, rank, worker, start_step) seed keeps their
-    sequences different.
+
+def shard_stream(urls: list[str], seed_parts: tuple) -> Iterator[dict]:
+    """Endless ``{"url"}`` drawn with replacement from ``urls``, seeded by ``seed_parts``.
+
+    Every DataLoader worker draws from the rank's whole slice (open_clip's resampled shards)
+    with its own seed. Splitting the slice among workers instead gives uneven exposure when the
+    counts do not divide (3 shards over 2 workers: one shard read twice as often) and leaves a
+    worker with a single shard reading it over and over.
     """
-
-    def __init__(self, urls: list[str], *, seed: int, rank: int, world_size: int, start_step: int):
-        super().__init__()
-        for u in urls:
-            storage.check_uri(u)  # rejects pipe: and other schemes
-        self.urls, self.seed, self.rank, self.world_size = list(urls), seed, rank, world_size
-        self.start_step = start_step
-
-    def __iter__(self) -> Iterator[dict]:
-        worker, num_workers = _worker()
-        urls = self.urls[self.rank::self.world_size] if len(self.urls) >= self.world_size else self.urls
-        urls = urls[worker::num_workers] if len(urls) >= num_workers else urls
-        rng = random.Random(_seed("shards", self.seed, self.rank, worker, self.start_step))
-        while True:
-            yield {"url": rng.choice(urls)}
+    for u in urls:
+        storage.check_uri(u)  # rejects pipe: and other schemes
+    rng = random.Random(_seed("shards", *seed_parts))
+    while True:
+        yield {"url": rng.choice(urls)}
 
 
 def _open_streams(src: Iterator[dict], skips: _Skips) -> Iterator[dict]:
@@ -151,8 +155,7 @@ def _shuffle(src: Iterator[dict], bufsize: int, seed_parts: tuple) -> Iterator[d
 
     if bufsize <= 1:
         return src
-    worker, _ = _worker()
-    rng = random.Random(_seed("shuffle", *seed_parts, worker))
+    rng = random.Random(_seed("shuffle", *seed_parts))
     return wds_shuffle(src, bufsize=bufsize, initial=min(bufsize, 100), rng=rng)
 
 
@@ -231,9 +234,10 @@ def _collate(samples: list[dict], skips: _Skips) -> dict:
             "skipped": dict(skips.take())}
 
 
-def _decode_stage(src: Iterator[dict], fn, rng_parts: tuple) -> Iterator[dict]:
-    worker, _ = _worker()
-    rng = np.random.default_rng([_seed("decode", *rng_parts, worker) % (2**63)])
+def _decode_stage(src: Iterator[dict], fn, rng_parts: tuple, per_worker: bool = True) -> Iterator[dict]:
+    if per_worker:
+        rng_parts = rng_parts + (_worker()[0],)
+    rng = np.random.default_rng([_seed("decode", *rng_parts) % (2**63)])
     for sample in src:
         out = fn(sample, rng=rng)
         if out:
@@ -243,8 +247,10 @@ def _decode_stage(src: Iterator[dict], fn, rng_parts: tuple) -> Iterator[dict]:
 class ClipLoader:
     """Endless iterator of batches with skip statistics (see module docstring)."""
 
-    def __init__(self, loader, start_step: int, info: dataset_json.DatasetInfo):
+    def __init__(self, loader, start_step: int, info: dataset_json.DatasetInfo,
+                 epoch_steps: Optional[int] = None):
         self._loader = loader
+        self.epoch_steps = epoch_steps
         self._it: Optional[Iterator] = None
         self.step = start_step
         self.info = info
@@ -261,7 +267,12 @@ class ClipLoader:
         skipped = batch.pop("skipped", {})
         self.skip_reasons.update(skipped)
         self.num_skipped += sum(skipped.values())
+        worker_step = batch.pop("worker_step", self.step)
+        if worker_step != self.step:  # the round-robin assumption behind epochs broke
+            raise RuntimeError(f"loader out of order: expected step {self.step}, got {worker_step}")
         batch["step"] = self.step
+        if self.epoch_steps:
+            batch["epoch"] = self.step // self.epoch_steps
         self.step += 1
         return batch
 
@@ -274,31 +285,79 @@ def _data_loader(pipeline, num_workers: int):
         prefetch_factor=2 if num_workers > 0 else None)
 
 
+def default_epoch_steps(num_samples: int, batch_size: int, world_size: int) -> int:
+    """One pass over the data in steps: ``num_samples // global batch``, at least 1."""
+    return max(1, int(num_samples) // max(1, batch_size * world_size))
+
+
+class _TrainStream(torch.utils.data.IterableDataset):
+    """The training pipeline of one DataLoader worker, rebuilt (re-seeded) at every epoch.
+
+    Worker ``w`` of ``W`` makes the batches of steps ``start_step + w, start_step + w + W, ...``
+    (DataLoader's round-robin order); its slot ``(start_step + w) % W`` -- the same for the same
+    steps in any run -- and the epoch seed everything it draws.
+    """
+
+    def __init__(self, urls: list[str], make_stages, *, seed: int, rank: int, start_step: int,
+                 epoch_steps: int):
+        super().__init__()
+        for u in urls:
+            storage.check_uri(u)  # rejects pipe: and other schemes, before any worker starts
+        self.urls, self.make_stages = urls, make_stages
+        self.seed, self.rank, self.start_step, self.epoch_steps = seed, rank, start_step, epoch_steps
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = _worker()
+        slot = (self.start_step + worker) % num_workers
+        step = self.start_step + worker
+        while True:
+            epoch = step // self.epoch_steps
+            end = (epoch + 1) * self.epoch_steps
+            parts: tuple = (self.seed, self.rank, slot, epoch)
+            if self.start_step > epoch * self.epoch_steps:  # resumed inside this epoch
+                parts += ("resume", self.start_step)
+            src: Any = shard_stream(self.urls, parts)
+            for stage in self.make_stages(parts):
+                src = stage(src)
+            try:
+                for _ in range(step, end, num_workers):
+                    batch = next(src)
+                    batch["worker_step"] = step
+                    yield batch
+                    step += num_workers
+            finally:
+                if hasattr(src, "close"):
+                    src.close()  # ends the generator chain: open shard streams are closed
+
+
 def build_webdataset_loader(cfg, *, batch_size: int, num_frames: int, img_size: int, seed: int = 0,
                             rank: int = 0, world_size: int = 1, start_step: int = 0) -> ClipLoader:
     """Training batches from ``cfg.source`` (dataset.json path or s3:// URI) for this rank.
 
     Yields ``{"video": float [B, 3, T, H, W] (ImageNet-normalised), "label": long [B] (-1 when
-    unlabelled), "caption": list[str], "key": list[str], "step": int}`` forever.
+    unlabelled), "caption": list[str], "key": list[str], "step": int, "epoch": int}`` forever.
     """
     import webdataset as wds
 
     info = dataset_json.load(cfg.source)
     decoder = get_decoder(getattr(cfg, "decoder", "decord"))
-    seed_parts = (seed, rank, start_step)
+    epoch_steps = getattr(cfg, "epoch_steps", None) or default_epoch_steps(
+        info.num_samples, batch_size, world_size)
+    if epoch_steps < 1:
+        raise ValueError(f"epoch_steps must be >= 1, got {epoch_steps}")
     skips = _Skips()
-    pipeline = wds.DataPipeline(
-        ShardSampler(info.shard_uris(), seed=seed, rank=rank, world_size=world_size,
-                     start_step=start_step),
-        partial(_open_streams, skips=skips),
-        partial(_samples, skips=skips),
-        partial(_shuffle, bufsize=cfg.shuffle_buffer, seed_parts=seed_parts),
-        partial(_decode_stage, rng_parts=seed_parts,
-                fn=partial(_train_sample, decoder=decoder, num_frames=num_frames, skips=skips,
-                           img_size=img_size, scales=list(cfg.crop_scales), flip=cfg.flip)),
-        wds.batched(batch_size, collation_fn=partial(_collate, skips=skips), partial=False),
-    )
-    return ClipLoader(_data_loader(pipeline, cfg.num_workers), start_step, info)
+    sample_fn = partial(_train_sample, decoder=decoder, num_frames=num_frames, skips=skips,
+                        img_size=img_size, scales=list(cfg.crop_scales), flip=cfg.flip)
+
+    def make_stages(parts: tuple) -> list:
+        return [partial(_open_streams, skips=skips), partial(_samples, skips=skips),
+                partial(_shuffle, bufsize=cfg.shuffle_buffer, seed_parts=parts),
+                partial(_decode_stage, rng_parts=parts, fn=sample_fn, per_worker=False),
+                wds.batched(batch_size, collation_fn=partial(_collate, skips=skips), partial=False)]
+
+    stream = _TrainStream(rank_shards(info.shard_uris(), rank, world_size), make_stages,
+                          seed=seed, rank=rank, start_step=start_step, epoch_steps=epoch_steps)
+    return ClipLoader(_data_loader(stream, cfg.num_workers), start_step, info, epoch_steps)
 
 
 # ---------------------------------------------------------------------------------- evaluation
@@ -349,18 +408,32 @@ def _eval_sample(sample: dict, *, decoder, num_frames: int, img_size: int, num_c
     return {"video": torch.stack(views), "label": label, "caption": captions[0], "key": key}
 
 
-def build_eval_loader(source: str, *, batch_size: int, num_frames: int, img_size: int,
-                      num_clips: int = 1, num_crops: int = 1, rank: int = 0, world_size: int = 1,
-                      num_workers: int = 0, decoder: str = "decord") -> ClipLoader:
+def build_eval_loader(source, *, batch_size: int, num_frames: int, img_size: int,
+                      num_clips: Optional[int] = None, num_crops: Optional[int] = None,
+                      rank: int = 0, world_size: int = 1, num_workers: Optional[int] = None,
+                      decoder: Optional[str] = None) -> ClipLoader:
     """One pass over every sample (this rank's share), ``V = num_clips * num_crops`` views each.
+
+    ``source`` is a dataset.json path / s3:// URI, or a :class:`DataConfig` whose
+    ``test_num_clips``, ``test_num_crops``, ``decoder`` and ``num_workers`` are then the defaults
+    of the arguments left out (otherwise: 1 clip, 1 crop, decord, no workers).
 
     Yields ``{"video": float [B, V, 3, T, H, W], "label": long [B], "caption": list[str],
     "key": list[str], "step": int}``; the last batch may be smaller. Multi-view testing as in the
-    official fine-tuning code: clip ``k`` takes frame ``(k+1)/(num_clips+1)`` of every segment;
-    crops are spread along the long side.
+    official fine-tuning code: clip ``k`` takes the frames of ``kinetics_sparse._get_seq_frames``
+    (see :mod:`umt.data.sampling`); crops are spread along the long side.
     """
     import webdataset as wds
 
+    if not isinstance(source, str):  # a DataConfig
+        cfg = source
+        source = cfg.source
+        num_clips = cfg.test_num_clips if num_clips is None else num_clips
+        num_crops = cfg.test_num_crops if num_crops is None else num_crops
+        decoder = cfg.decoder if decoder is None else decoder
+        num_workers = cfg.num_workers if num_workers is None else num_workers
+    num_clips, num_crops = num_clips or 1, num_crops or 1
+    decoder, num_workers = decoder or "decord", num_workers or 0
     info = dataset_json.load(source)
     split = _EvalSplit(info.shard_uris(), rank, world_size)
     skips = _Skips()
