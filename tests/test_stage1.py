@@ -193,3 +193,10 @@ def test_ddp_two_processes_agree_with_one(tmp_path):
     assert [r["lr"] for r in m_one] == pytest.approx([r["lr"] for r in m_ddp])
     # the logged loss is the whole global batch's, however it is split
     assert [r["loss"] for r in m_one] == pytest.approx([r["loss"] for r in m_ddp], rel=1e-4)
+
+
+def test_mismatched_teacher_and_student_layers_fail_early(tmp_path):
+    with pytest.raises(ValueError, match="return_layers"):
+        run(tmp_path, "model.align_layers=3")
+    with pytest.raises(ValueError, match="token grid"):
+        run(tmp_path, "teacher.input_resolution=32")

@@ -36,14 +36,13 @@ CONFIG_SCHEMA = Stage1Config
 
 def build_models(cfg: Stage1Config, device: torch.device):
     """The frozen teacher and the student, checked to share one token grid."""
-    t = cfg.teacher
+    t, m = cfg.teacher, cfg.model
+    if t.return_layers != m.align_layers:  # checked before any weights are downloaded
+        raise ValueError(f"teacher.return_layers ({t.return_layers}) must equal model.align_layers ({m.align_layers})")
     teacher = CLIPTeacher(t.model_name, t.pretrained, t.return_layers, t.input_resolution,
                           vision_cfg=dict(t.vision_cfg), embed_dim=t.embed_dim,
                           autocast_dtype=torch.bfloat16 if cfg.train.precision == "bf16" else None
                           ).to(device)
-    m = cfg.model
-    if t.return_layers != m.align_layers:
-        raise ValueError(f"teacher.return_layers ({t.return_layers}) must equal model.align_layers ({m.align_layers})")
     student = create_model(m.name, pretrained=m.pretrained, num_frames=m.num_frames,
                            img_size=m.img_size, tubelet_size=m.tubelet_size,
                            drop_path_rate=m.drop_path_rate, embed_dim=m.embed_dim, depth=m.depth,
