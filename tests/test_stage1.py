@@ -200,3 +200,25 @@ def test_mismatched_teacher_and_student_layers_fail_early(tmp_path):
         run(tmp_path, "model.align_layers=3")
     with pytest.raises(ValueError, match="token grid"):
         run(tmp_path, "teacher.input_resolution=32")
+
+
+def test_activation_checkpointing_gives_the_same_weights(tmp_path):
+    from umt.configs import Stage1Config, load_config
+    from umt.train.stage1 import build_models
+
+    cfg = load_config(Stage1Config, "stage1", "tiny", ["model.grad_checkpointing=true"])
+    assert build_models(cfg, torch.device("cpu"))[1].encoder.grad_checkpointing
+    run(tmp_path / "plain", "train.steps=2")
+    run(tmp_path / "ckpt", "train.steps=2", "model.grad_checkpointing=true")
+    a, b = weights(tmp_path / "plain"), weights(tmp_path / "ckpt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    run(tmp_path / "free", "train.steps=1")
+    run(tmp_path / "clipped", "train.steps=1", "optim.clip_grad=1e-3")
+    rec = json.loads((tmp_path / "clipped" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert rec["grad_norm"] > 1e-3  # the norm before clipping is logged
+    free, clipped = weights(tmp_path / "free"), weights(tmp_path / "clipped")
+    assert any(not torch.equal(free[k], clipped[k]) for k in free)
