@@ -54,7 +54,7 @@ class DecordDecoder:
         try:
             vr = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=self.num_threads)
         except Exception as e:  # decord raises DECORDError / RuntimeError with FFmpeg's message
-            raise DecodeError(f"decord cannot open video: {_short(e)}") from None
+            raise DecodeError(f"decord cannot open video: {short_error(e)}") from None
         if len(vr) < 1:
             raise DecodeError("video has no frames")
         return vr
@@ -72,7 +72,7 @@ class DecordDecoder:
         try:
             frames = vr.get_batch(idx).asnumpy()
         except Exception as e:
-            raise DecodeError(f"decord cannot decode frames {idx}: {_short(e)}") from None
+            raise DecodeError(f"decord cannot decode frames {idx}: {short_error(e)}") from None
         if frames.ndim != 4 or frames.shape[0] != len(idx) or frames.shape[-1] != 3:
             raise DecodeError(f"decord returned frames of shape {frames.shape}")
         return frames
@@ -98,7 +98,7 @@ class PyAVDecoder:
         try:
             container = av.open(io.BytesIO(data), mode="r")
         except Exception as e:
-            raise DecodeError(f"PyAV cannot open video: {_short(e)}") from None
+            raise DecodeError(f"PyAV cannot open video: {short_error(e)}") from None
         if not container.streams.video:
             container.close()
             raise DecodeError("no video stream")
@@ -131,7 +131,7 @@ class PyAVDecoder:
         except DecodeError:
             raise
         except Exception as e:  # av.error.* (InvalidDataError, ...), corrupt packets
-            raise DecodeError(f"PyAV cannot decode: {_short(e)}") from None
+            raise DecodeError(f"PyAV cannot decode: {short_error(e)}") from None
         finally:
             container.close()
 
@@ -218,7 +218,7 @@ def decode_image(data: bytes) -> np.ndarray:
             im.draft("RGB", (4096, 4096))
             return np.asarray(im.convert("RGB"))[None]
     except Exception as e:
-        raise DecodeError(f"cannot decode image: {_short(e)}") from None
+        raise DecodeError(f"cannot decode image: {short_error(e)}") from None
 
 
 _NOISE = [
@@ -236,4 +236,3 @@ def short_error(e: BaseException, limit: int = 200) -> str:
     return msg if len(msg) <= limit else msg[:limit] + "..."
 
 
-_short = short_error

@@ -281,11 +281,6 @@ def _sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def _etag(uri: str) -> str:
-    bucket, key = storage.split_s3(uri)
-    return str(storage.s3_client().head_object(Bucket=bucket, Key=key)["ETag"])
-
-
 def _verify_stats(output: str, k: int, fingerprint: str, first_index: int) -> Optional[dict]:
     """The stats of shard k if it is complete and intact, else None."""
     tar_uri = storage.join(output, SHARD_PATTERN.format(k))
@@ -300,7 +295,7 @@ def _verify_stats(output: str, k: int, fingerprint: str, first_index: int) -> Op
         if storage.size(tar_uri) != stats.get("num_bytes"):
             return None
         if storage.is_s3(tar_uri):
-            if _etag(tar_uri) != stats.get("etag"):
+            if storage.etag(tar_uri) != stats.get("etag"):
                 return None
         elif _sha256_file(tar_uri) != stats.get("sha256"):
             return None
@@ -359,10 +354,10 @@ class _ShardSink:
         uri = storage.join(self.output, name)
         if self.remote:
             storage.upload_file(tmp_path, uri)
-            stats["etag"] = _etag(uri)
+            stats["etag"] = storage.etag(uri)
             os.unlink(tmp_path)
         else:
-            os.chmod(tmp_path, storage._FILE_MODE)
+            os.chmod(tmp_path, storage.FILE_MODE)
             os.replace(tmp_path, uri)  # atomic: readers never see a partial tar under this name
         # Stats last: their presence is what marks the shard complete.
         storage.write_bytes(uri[:-4] + STATS_SUFFIX, json.dumps(stats).encode())

@@ -35,7 +35,7 @@ def _read_umask() -> int:
 
 # mkstemp creates 0600 files; finished files get the usual umask-based mode instead (shards on a
 # shared volume must be readable by other pods). Read once: os.umask is process-global.
-_FILE_MODE = 0o666 & ~_read_umask()
+FILE_MODE = 0o666 & ~_read_umask()
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 _clients: dict[tuple, object] = {}
 _clients_lock = threading.Lock()
@@ -176,7 +176,7 @@ def write_bytes(uri: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -202,7 +202,7 @@ def upload_file(local_path: str, uri: str) -> None:
         shutil.copyfile(local_path, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, dst)
     except BaseException:
         if os.path.exists(tmp):
@@ -228,7 +228,7 @@ def download_file(uri: str, local_path: str) -> None:
     os.close(fd)
     try:
         s3_client().download_file(bucket, key, tmp, Config=_transfer_config())
-        os.chmod(tmp, _FILE_MODE)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, local_path)
     except ClientError as e:
         if _is_not_found(e):
@@ -253,6 +253,12 @@ def exists(uri: str) -> bool:
         if _is_not_found(e):
             return False
         raise
+
+
+def etag(uri: str) -> str:
+    """The S3 ETag of an object (identifies its content version)."""
+    bucket, key = split_s3(check_uri(uri))
+    return str(s3_client().head_object(Bucket=bucket, Key=key)["ETag"])
 
 
 def size(uri: str) -> int:

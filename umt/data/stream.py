@@ -23,7 +23,7 @@ from umt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _synthetic_batches(cfg: DataConfig, batch_size: int, num_frames: int, img_size: int,
-                       seed: int, rank: int, world_size: int, start_step: int) -> Iterator[dict]:
+                       seed: int, rank: int, start_step: int) -> Iterator[dict]:
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
     step = start_step
@@ -50,8 +50,7 @@ def build_pretrain_loader(cfg: DataConfig, *, batch_size: int, num_frames: int, 
                           start_step: int = 0) -> Iterator[dict]:
     """An endless iterator of training batches for this rank (see module docstring)."""
     if cfg.source == "synthetic":
-        return _synthetic_batches(cfg, batch_size, num_frames, img_size, seed, rank, world_size,
-                                  start_step)
+        return _synthetic_batches(cfg, batch_size, num_frames, img_size, seed, rank, start_step)
     from umt.data.webdataset_loader import build_webdataset_loader
 
     return build_webdataset_loader(cfg, batch_size=batch_size, num_frames=num_frames,

@@ -23,7 +23,7 @@ from fractions import Fraction
 from typing import Any, Optional
 
 from umt.data.decoders import DecodeError, DecordDecoder, PyAVDecoder
-from umt.data.decoders import short_error as _short
+from umt.data.decoders import short_error
 
 
 class InputError(Exception):
@@ -74,7 +74,7 @@ def _probe_container(data: bytes):
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except Exception as e:  # av.error.InvalidDataError etc.
-        raise InputError(f"not a readable video: {_short(e)}") from None
+        raise InputError(f"not a readable video: {short_error(e)}") from None
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams})
         container.close()
@@ -135,7 +135,7 @@ def strict_decode(data: bytes) -> int:
     except InputError:
         raise
     except Exception as e:
-        raise InputError(f"corrupt video stream: {_short(e)}") from None
+        raise InputError(f"corrupt video stream: {short_error(e)}") from None
     finally:
         container.close()
     if n == 0:
@@ -230,7 +230,7 @@ def transcode_video(data: bytes, settings: TranscodeSettings, start: Optional[fl
     except InputError:
         raise
     except Exception as e:  # corrupt packets (err_detect=explode), FFmpeg errors
-        raise InputError(f"corrupt video stream: cannot decode while transcoding: {_short(e)}") from e
+        raise InputError(f"corrupt video stream: cannot decode while transcoding: {short_error(e)}") from e
     finally:
         container.close()
     if written == 0:
@@ -288,7 +288,7 @@ def process_image(data: bytes, settings: TranscodeSettings) -> tuple[bytes, str,
     except InputError:
         raise
     except Exception as e:
-        raise InputError(f"not a readable image: {_short(e)}") from None
+        raise InputError(f"not a readable image: {short_error(e)}") from None
     meta = {"num_frames": 1, "fps": 0.0, "source_width": rgb.width, "source_height": rgb.height}
     if not settings.enabled:
         ext = {"jpeg": "jpg", "png": "png", "webp": "webp", "bmp": "bmp"}.get(fmt)

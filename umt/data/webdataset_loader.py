@@ -180,6 +180,11 @@ def _meta(sample: dict) -> dict:
     return meta
 
 
+def _captions(sample: dict, meta: dict) -> list[str]:
+    """The sample's captions: ``.json`` ``captions``, else its ``.txt``, else one empty one."""
+    return meta.get("captions") or ([sample["txt"].decode("utf-8", "replace")] if "txt" in sample else [""])
+
+
 def _label(sample: dict, meta: dict) -> int:
     if "cls" in sample:
         try:
@@ -221,7 +226,7 @@ def _train_sample(sample: dict, *, decoder, num_frames: int, img_size: int, scal
     except (SampleError, DecodeError) as e:
         skips.skip(str(e), f"{sample.get('__url__', '')}:{key}")
         return {}
-    captions = meta.get("captions") or ([sample["txt"].decode("utf-8", "replace")] if "txt" in sample else [""])
+    captions = _captions(sample, meta)
     skips.ok()
     return {"video": train_transform(frames, img_size, scales, flip, rng),  # [3, T, S, S]
             "label": label, "caption": str(captions[int(rng.integers(len(captions)))]), "key": key}
@@ -404,7 +409,7 @@ def _eval_sample(sample: dict, *, decoder, num_frames: int, img_size: int, num_c
         skips.skip(str(e), f"{sample.get('__url__', '')}:{key}")
         return {}
     skips.ok()
-    captions = meta.get("captions") or ([sample["txt"].decode("utf-8", "replace")] if "txt" in sample else [""])
+    captions = _captions(sample, meta)
     return {"video": torch.stack(views), "label": label, "caption": captions[0], "key": key}
 
 
