@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from umt.data import storage
+from umt import storage
 from umt.models import CheckpointError, create_model
 
 DIMS = dict(embed_dim=48, depth=2, num_heads=3)

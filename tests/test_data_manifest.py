@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from umt.data import dataset_json, storage
+from umt import storage
+from umt.data import dataset_json
 from umt.data.dataset_json import DatasetJsonError
 from umt.data.manifest import ManifestError, load_manifest, read_classes
 

@@ -7,7 +7,8 @@ import os
 import boto3
 
 from umt.configs.schema import DataConfig
-from umt.data import dataset_json, storage
+from umt import storage
+from umt.data import dataset_json
 from umt.data.shard import shard_dataset
 from umt.data.stream import build_pretrain_loader
 

@@ -418,7 +418,7 @@ def test_stale_shard_cleanup_never_touches_nested_datasets(tmp_path, synthetic_m
 
 
 def test_stale_shard_cleanup_s3_only_direct_children(s3_bucket, tmp_path, synthetic_manifest):
-    from umt.data import storage
+    from umt import storage
 
     for key in ("data/k400/shard-000003.tar", "data/k400/shard-000003_stats.json",
                 "data2/shard-000004.tar", "data/shard-000009.tar"):

@@ -58,7 +58,7 @@ def test_checkpoints_to_s3(tmp_path, s3_bucket):
     summary = run(f"{s3_bucket}/runs/t", "train.steps=2", "train.ckpt_every=2")
     assert summary["checkpoint"] == f"{s3_bucket}/runs/t/checkpoints/step_00000002.pt"
     assert checkpoint.load_latest(f"{s3_bucket}/runs/t")["step"] == 2
-    from umt.data import storage
+    from umt import storage
     assert storage.exists(f"{s3_bucket}/runs/t/metrics.jsonl")
     assert storage.exists(f"{s3_bucket}/runs/t/config.yaml")
 
@@ -109,7 +109,7 @@ def test_s3_resume_keeps_metrics_history(tmp_path, s3_bucket, monkeypatch):
     run(out, "train.steps=4", "train.ckpt_every=2", "train.stop_at=2")
     monkeypatch.setenv("UMT_CACHE", str(tmp_path / "cache2"))  # a fresh container
     run(out, "train.steps=4", "train.ckpt_every=2")
-    from umt.data import storage
+    from umt import storage
     steps = [json.loads(l)["step"] for l in storage.read_bytes(f"{out}/metrics.jsonl").decode().splitlines()]
     assert steps == [1, 2, 3, 4]
 

@@ -2,7 +2,7 @@
 
 import json
 
-from umt.data import storage
+from umt import storage
 from umt.data.shard import shard_dataset
 from umt.train.stage1 import main
 

@@ -11,12 +11,12 @@
 from __future__ import annotations
 
 import importlib
-import os
 from typing import List, Optional
 
 import typer
 
 from umt.train import STAGES
+from umt.train.entry import ConfigOpt, OverridesArg, stage_command
 
 # Plain tracebacks: they end up in pod logs, where rich panels with locals are noise.
 app = typer.Typer(help="Unmasked Teacher (UMT) video foundation models: train, shard, launch.",
@@ -26,38 +26,8 @@ config_app = typer.Typer(help="Inspect stage configs and presets.", no_args_is_h
 app.add_typer(train_app, name="train")
 app.add_typer(config_app, name="config")
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="Preset name (e.g. tiny, b16, l16) or a YAML file.")
-OverridesArg = typer.Argument(None, help="Overrides as key=value, e.g. train.steps=100 optim.base_lr=1e-4.")
-
-
-def _stage_command(stage: str):
-    def command(config: Optional[str] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
-        module = importlib.import_module(STAGES[stage])
-        try:
-            summary = module.main(config, overrides or [])
-        except (ValueError, FloatingPointError) as e:
-            # A bad config/checkpoint (2) or the non-finite guard (1): one clear line, not a
-            # traceback; UMT_TRACEBACK=1 shows the traceback too.
-            if os.environ.get("UMT_TRACEBACK"):
-                raise
-            typer.secho(f"error: {e}", fg="red", err=True)
-            raise typer.Exit(2 if isinstance(e, ValueError) else 1)
-        typer.echo(f"{stage} finished: {summary}")
-
-    command.__doc__ = (f"Run {stage} ({STAGES[stage]}). Writes config.yaml, metrics.jsonl, "
-                       f"summary.json and checkpoints to train.output_dir; resumes from them.")
-    return command
-
-
 for _stage in STAGES:
-    train_app.command(_stage)(_stage_command(_stage))
-
-
-def run_stage_module(stage: str) -> None:
-    """``python -m umt.train.<stage> --config ... key=value``: the same command as ``umt train``."""
-    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    single.command()(_stage_command(stage))
-    single(prog_name=f"python -m {STAGES[stage]}")
+    train_app.command(_stage)(stage_command(_stage))
 
 
 @config_app.command("show")

@@ -1,6 +1,6 @@
-"""Video data: synthetic clips, sharding to WebDataset, streaming loaders, storage (local/S3).
+"""Video data: synthetic clips, sharding to WebDataset, streaming loaders.
 
-Modules: ``storage`` (local / s3:// I/O), ``manifest`` (what to shard), ``transcode`` (validate and
+Modules: ``manifest`` (what to shard), ``transcode`` (validate and
 re-encode one input), ``shard`` (``umt shard``), ``dataset_json`` (the dataset description),
 ``decoders`` / ``sampling`` / ``transforms`` (clip reading), ``webdataset_loader`` and ``stream``
 (training / evaluation loaders), ``synthetic`` (generated clips), ``cli`` (command functions).

@@ -27,7 +27,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from umt.data import storage
+from umt import storage
 
 FORMAT = "umt-webdataset"
 FORMAT_VERSION = 1

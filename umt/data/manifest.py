@@ -31,7 +31,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from umt.data import storage
+from umt import storage
 
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv",
               ".3gp", ".ts", ".gif")

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 import umt
-from umt.data import dataset_json, storage
+from umt import storage
+from umt.data import dataset_json
 from umt.data.manifest import Item, Manifest, load_manifest
 from umt.data.transcode import (InputError, TranscodeSettings, check_video, process_image,
                                 transcode_video)

@@ -19,6 +19,7 @@ import torch
 
 from umt.configs.schema import DataConfig
 from umt.data import synthetic
+from umt.seeds import derive_seed
 from umt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -35,7 +36,7 @@ def _synthetic_batches(cfg: DataConfig, batch_size: int, num_frames: int, img_si
         idx = [int(order[(first + i) % cfg.synthetic_size]) for i in range(batch_size)]
         videos, labels, captions = [], [], []
         for i in idx:
-            frames, label, caption = synthetic.render_clip(seed * 1_000_003 + i, num_frames, img_size)
+            frames, label, caption = synthetic.render_clip(derive_seed("clip", seed, i), num_frames, img_size)
             clip = torch.from_numpy(frames).permute(3, 0, 1, 2).float().div_(255)  # [3, T, H, W]
             videos.append((clip - mean) / std)
             labels.append(label)

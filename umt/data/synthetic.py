@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from umt.seeds import derive_seed
+
 CLASSES = ["left to right", "right to left", "left to right in jumps", "right to left in jumps"]
 _COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
 
@@ -112,7 +114,7 @@ def write_dataset(output_dir: str, num_videos: int, *, num_frames: int = 16, siz
     import csv
     import io
 
-    from umt.data import storage
+    from umt import storage
 
     if num_videos < 1:
         raise ValueError(f"num_videos must be >= 1, got {num_videos}")
@@ -121,7 +123,7 @@ def write_dataset(output_dir: str, num_videos: int, *, num_frames: int = 16, siz
     rows = []
     for i in range(num_videos):
         label = i % len(CLASSES)
-        frames, label, caption = render_clip(seed * 1_000_003 + i, num_frames, size, label=label)
+        frames, label, caption = render_clip(derive_seed("clip", seed, i), num_frames, size, label=label)
         rel = f"videos/{i:06d}.mp4"
         storage.write_bytes(storage.join(output_dir, rel), frames_to_mp4(frames, fps))
         rows.append({"video": rel, "label": CLASSES[label], "caption": caption,

@@ -32,7 +32,6 @@ with ``num_clips`` x ``num_crops`` views per video.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -43,7 +42,9 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
-from umt.data import dataset_json, storage
+from umt import storage
+from umt.seeds import derive_seed
+from umt.data import dataset_json
 from umt.data.decoders import DecodeError, decode_image, get_decoder
 from umt.data.manifest import IMAGE_EXTS as MANIFEST_IMAGE_EXTS
 from umt.data.manifest import VIDEO_EXTS as MANIFEST_VIDEO_EXTS
@@ -67,11 +68,6 @@ class SampleError(Exception):
 def _worker() -> tuple[int, int]:
     info = torch.utils.data.get_worker_info()
     return (info.id, info.num_workers) if info is not None else (0, 1)
-
-
-def _seed(*parts: Any) -> int:
-    """A stable 64-bit seed from any parts (Python's hash() is salted per process)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
 class _Skips:
@@ -124,13 +120,13 @@ def shard_stream(urls: list[str], seed_parts: tuple) -> Iterator[dict]:
     """
     for u in urls:
         storage.check_uri(u)  # rejects pipe: and other schemes
-    rng = random.Random(_seed("shards", *seed_parts))
+    rng = random.Random(derive_seed("shards", *seed_parts))
     while True:
         yield {"url": rng.choice(urls)}
 
 
 def _open_streams(src: Iterator[dict], skips: _Skips) -> Iterator[dict]:
-    """``{"url"}`` -> ``{"url", "stream"}`` through umt.data.storage (boto3 for s3://)."""
+    """``{"url"}`` -> ``{"url", "stream"}`` through umt.storage (boto3 for s3://)."""
     for sample in src:
         url = sample["url"]
         try:
@@ -155,7 +151,7 @@ def _shuffle(src: Iterator[dict], bufsize: int, seed_parts: tuple) -> Iterator[d
 
     if bufsize <= 1:
         return src
-    rng = random.Random(_seed("shuffle", *seed_parts))
+    rng = random.Random(derive_seed("shuffle", *seed_parts))
     return wds_shuffle(src, bufsize=bufsize, initial=min(bufsize, 100), rng=rng)
 
 
@@ -242,7 +238,7 @@ def _collate(samples: list[dict], skips: _Skips) -> dict:
 def _decode_stage(src: Iterator[dict], fn, rng_parts: tuple, per_worker: bool = True) -> Iterator[dict]:
     if per_worker:
         rng_parts = rng_parts + (_worker()[0],)
-    rng = np.random.default_rng([_seed("decode", *rng_parts) % (2**63)])
+    rng = np.random.default_rng([derivederive_seed("decode", *rng_parts)])
     for sample in src:
         out = fn(sample, rng=rng)
         if out:

@@ -121,7 +121,7 @@ def check_s3_secret(cluster: Cluster, namespace: str, secret: str = "umt-s3") ->
 
 
 def check_output(output_uri: str) -> Check:
-    from umt.data import storage
+    from umt import storage
 
     marker = storage.join(output_uri, f".umt-doctor-{uuid.uuid4().hex[:12]}")
     try:

@@ -64,7 +64,7 @@ def read_checkpoint(uri: str) -> dict:
     ``args`` with it; it is a plain attribute bag.
     """
     if uri.startswith("s3://"):
-        from umt.data import storage
+        from umt import storage
 
         f: object = io.BytesIO(storage.read_bytes(uri))
     else:

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import torch
 
-from umt.data import storage
+from umt import storage
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 from timm.scheduler import CosineLRScheduler
 
 from umt.configs import OptimConfig, to_yaml
-from umt.data import storage
+from umt import storage
 
 log = logging.getLogger("umt.train")
 

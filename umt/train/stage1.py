@@ -187,6 +187,6 @@ def main(config: Optional[str] = None, overrides: Sequence[str] = ()) -> dict[st
 
 
 if __name__ == "__main__":
-    from umt.cli import run_stage_module
+    from umt.train.entry import run_stage_module
 
     run_stage_module("stage1")

@@ -1,4 +1,4 @@
-"""umt.data.storage against the local filesystem and a real S3-protocol server (moto)."""
+"""umt.storage against the local filesystem and a real S3-protocol server (moto)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import boto3
 import pytest
 
-from umt.data import storage
+from umt import storage
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -11,7 +11,7 @@ Only two kinds of location exist: a local path (optionally ``file://``) and ``s3
 Every other scheme -- in particular WebDataset's ``pipe:`` -- is rejected, so a URI that came
 from a data file can never run a shell command.
 
-    >>> from umt.data import storage
+    >>> from umt import storage
     >>> storage.write_bytes("s3://bucket/run/x.json", b"{}")
     >>> storage.read_bytes(storage.join("s3://bucket/run", "x.json"))
     b'{}'

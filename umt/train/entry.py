@@ -1,0 +1,48 @@
+"""The command of one training stage, shared by ``umt train <stage>`` and ``python -m
+umt.train.<stage>`` (what torchrun runs inside a PyTorchJob pod).
+
+It lives here, not in ``umt.cli``, so that a training process imports only the training code:
+``umt.cli`` pulls in the launcher and the Kubernetes client, which a pod has no use for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Callable, List, Optional
+
+import typer
+
+from umt.errors import UserError
+from umt.train import STAGES
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Preset name (e.g. tiny, b16, l16) or a YAML file.")
+OverridesArg = typer.Argument(None, help="Overrides as key=value, e.g. train.steps=100 optim.base_lr=1e-4.")
+
+
+def stage_command(stage: str) -> Callable[..., None]:
+    """A typer command that loads the stage's config and runs its ``main``."""
+
+    def command(config: Optional[str] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+        module = importlib.import_module(STAGES[stage])
+        try:
+            summary = module.main(config, overrides or [])
+        except (ValueError, FloatingPointError, UserError) as e:
+            # A bad config / checkpoint / input (2) or a run that cannot go on (1): one clear
+            # line, not a traceback; UMT_TRACEBACK=1 shows the traceback too.
+            if os.environ.get("UMT_TRACEBACK"):
+                raise
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(2 if isinstance(e, ValueError) else 1)
+        typer.echo(f"{stage} finished: {summary}")
+
+    command.__doc__ = (f"Run {stage} ({STAGES[stage]}). Writes config.yaml, metrics.jsonl, "
+                       f"summary.json and checkpoints to train.output_dir; resumes from them.")
+    return command
+
+
+def run_stage_module(stage: str) -> None:
+    """``python -m umt.train.<stage> --config ... key=value``: the same command as ``umt train``."""
+    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    single.command()(stage_command(stage))
+    single(prog_name=f"python -m {STAGES[stage]}")
