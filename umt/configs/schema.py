@@ -82,6 +82,35 @@ class DataConfig:
 
 
 @dataclass
+class VLDataConfig:
+    """Stage-2 (vision-language) data: captioned videos and images from ``umt shard``.
+
+    ``sources`` lists dataset.json paths / s3:// URIs (video-caption and image-caption corpora,
+    e.g. WebVid + CC3M), or ``['synthetic']`` for the demo. Video and image batches are
+    interleaved in an order every rank agrees on (the official MetaLoader): each source
+    contributes its number of batches per epoch. Like ``DataConfig.source`` it has no default.
+    """
+
+    sources: list[str] = MISSING
+    num_workers: int = 8
+    shuffle_buffer: int = 1000
+    decoder: str = "decord"
+    # Batch size per media type (per process); None = train.batch_size.
+    video_batch_size: Optional[int] = None
+    image_batch_size: Optional[int] = None
+    # all: every (media, caption) pair is one sample of an epoch (official: each caption row
+    # is its own sample and VTC id); random: one random caption per media per visit.
+    caption_sampling: str = "all"
+    # Official Stage-2 augmentation: RandomResizedCrop(img_size, scale) bicubic + flip.
+    crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    flip: bool = True
+    max_txt_len: int = 32  # captions are tokenised to this many tokens (official max_txt_l)
+    epoch_steps: Optional[int] = None  # None: one pass over every source's pairs
+    # Synthetic source only (captioned synthetic clips; images = their first frame).
+    synthetic_size: int = 512
+
+
+@dataclass
 class OptimConfig:
     """AdamW + per-step cosine schedule with linear warmup.
 
