@@ -238,7 +238,7 @@ def _collate(samples: list[dict], skips: _Skips) -> dict:
 def _decode_stage(src: Iterator[dict], fn, rng_parts: tuple, per_worker: bool = True) -> Iterator[dict]:
     if per_worker:
         rng_parts = rng_parts + (_worker()[0],)
-    rng = np.random.default_rng([derivederive_seed("decode", *rng_parts)])
+    rng = np.random.default_rng([derive_seed("decode", *rng_parts)])
     for sample in src:
         out = fn(sample, rng=rng)
         if out:
