@@ -197,6 +197,34 @@ class PyAVDecoder:
 _DECODERS = {"decord": DecordDecoder, "pyav": PyAVDecoder}
 
 
+def frame_size(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` of the first video stream, from the container header.
+
+    Why not decord or a plain ``av.open``: both decode a frame while opening (FFmpeg's stream
+    probing), which for a 12000x12000 clip is ~300 MB before anyone could look at the size.
+    ``skip_frame=all`` makes the probe skip decoding (2 ms instead of 250 ms there); formats
+    whose streams appear only while probing (MPEG-TS) still decode a frame.
+    """
+    import av
+
+    if not data:
+        raise DecodeError("empty file")
+    try:
+        container = av.open(io.BytesIO(data), mode="r", options={"skip_frame": "all"})
+    except Exception as e:
+        raise DecodeError(f"PyAV cannot open video: {short_error(e)}") from None
+    try:
+        if not container.streams.video:
+            raise DecodeError("no video stream")
+        ctx = container.streams.video[0].codec_context
+        w, h = int(ctx.width or 0), int(ctx.height or 0)
+    finally:
+        container.close()
+    if w <= 0 or h <= 0:
+        raise DecodeError(f"video stream without a frame size ({w}x{h})")
+    return w, h
+
+
 def get_decoder(name: str = "decord", num_threads: int = 1) -> VideoDecoder:
     """A decoder by name: ``decord`` (default) or ``pyav``."""
     try:

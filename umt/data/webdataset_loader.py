@@ -22,9 +22,13 @@ same step as in an uninterrupted run), draws fresh shards for the rest of that e
 the resume step as well, so the epoch's first steps are not replayed), and from the next epoch on
 reads exactly the batches an uninterrupted run reads.
 
-Corrupt samples (undecodable video, broken tar, bad metadata) are skipped -- never replaced by
-another sample, never a crash -- logged, and counted: ``loader.num_skipped`` and
-``loader.skip_reasons`` in the training process.
+Unusable samples -- an undecodable video, a broken tar, any malformed field (``.json`` that is
+not an object, captions that are not strings, a clip range that is not finite / ordered / inside
+the video, a ``.cls`` that is not a small class index or is out of range for dataset.json's
+classes), or media that would decode more than ``cfg.max_pixels`` pixels (checked on the header,
+before decoding; see :mod:`umt.data.samples`) -- are skipped, never replaced by another sample,
+never a crash: logged with their shard and key, and counted (``loader.num_skipped``,
+``loader.skip_reasons``) in the training process.
 
 Evaluation (``build_eval_loader``) reads every sample exactly once, split over ranks and workers,
 with ``num_clips`` x ``num_crops`` views per video.
@@ -32,7 +36,6 @@ with ``num_clips`` x ``num_crops`` views per video.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections import Counter
@@ -45,24 +48,20 @@ import torch
 from umt import storage
 from umt.seeds import derive_seed
 from umt.data import dataset_json
-from umt.data.decoders import DecodeError, decode_image, get_decoder
-from umt.data.manifest import IMAGE_EXTS as MANIFEST_IMAGE_EXTS
-from umt.data.manifest import VIDEO_EXTS as MANIFEST_VIDEO_EXTS
+from umt.data.decoders import DecodeError, get_decoder
+from umt.data.samples import (SampleError, captions_of, label_of, media_of, parse_meta,
+                              read_image, read_video)
 from umt.data.sampling import segment_indices
 from umt.data.transforms import test_transforms, train_transform
 
 log = logging.getLogger(__name__)
 
-# Sample keys in a tar are the file extensions without the dot (one list: umt.data.manifest).
-VIDEO_EXTS = tuple(e.lstrip(".") for e in MANIFEST_VIDEO_EXTS)
-IMAGE_EXTS = tuple(e.lstrip(".") for e in MANIFEST_IMAGE_EXTS)
 # A worker that skips this many samples in a row is reading a dataset that is broken as a whole
 # (wrong decoder, every shard unreadable): stop with a clear error instead of spinning forever.
 MAX_CONSECUTIVE_SKIPS = 500
-
-
-class SampleError(Exception):
-    """One sample cannot be used; the message is the skip reason."""
+# Decoded pixels per sample (width x height x frames) above which a sample is refused before it
+# is decoded; the number is sharding's per-frame limit (TranscodeSettings.max_pixels).
+DEFAULT_MAX_PIXELS = 8192 * 8192
 
 
 def _worker() -> tuple[int, int]:
@@ -157,75 +156,50 @@ def _shuffle(src: Iterator[dict], bufsize: int, seed_parts: tuple) -> Iterator[d
 
 # ------------------------------------------------------------------------------------ decoding
 
-def _media(sample: dict) -> tuple[str, bytes]:
-    for ext in VIDEO_EXTS + IMAGE_EXTS:
-        if ext in sample:
-            return ext, sample[ext]
-    raise SampleError(f"no video or image file (has: {sorted(k for k in sample if not k.startswith('__'))})")
-
-
-def _meta(sample: dict) -> dict:
-    if "json" not in sample:
-        return {}
-    try:
-        meta = json.loads(sample["json"])  # JSON only: nothing in a shard is ever executed
-    except (ValueError, UnicodeDecodeError) as e:
-        raise SampleError(f"bad json: {e}") from None
-    if not isinstance(meta, dict):
-        raise SampleError("bad json: not an object")
-    return meta
-
-
-def _captions(sample: dict, meta: dict) -> list[str]:
-    """The sample's captions: ``.json`` ``captions``, else its ``.txt``, else one empty one."""
-    return meta.get("captions") or ([sample["txt"].decode("utf-8", "replace")] if "txt" in sample else [""])
-
-
-def _label(sample: dict, meta: dict) -> int:
-    if "cls" in sample:
-        try:
-            return int(sample["cls"].decode().strip())
-        except (ValueError, UnicodeDecodeError):
-            raise SampleError(f"bad cls {sample['cls'][:20]!r}") from None
-    label = meta.get("label")
-    return int(label) if isinstance(label, int) else -1  # -1: unlabelled (caption corpora)
-
-
 def read_frames(sample: dict, meta: dict, decoder, num_frames: int, *, train: bool,
                 rng: Optional[np.random.Generator] = None, clip_idx: int = 0,
-                num_clips: int = 1) -> np.ndarray:
-    """Decode one clip of a sample: uint8 ``[T, H, W, 3]`` (an image is repeated T times)."""
-    ext, data = _media(sample)
-    if ext in IMAGE_EXTS:
-        return np.repeat(decode_image(data), num_frames, axis=0)
+                num_clips: int = 1, max_pixels: Optional[int] = None) -> np.ndarray:
+    """Decode one clip of a sample: uint8 ``[T, H, W, 3]`` (an image is repeated T times).
 
-    def pick(n: int, fps: float) -> list[int]:
-        first, last = 0, n
-        # Untranscoded clips keep their [start, end) range in the metadata.
-        if fps > 0 and meta.get("start") is not None:
-            first = min(n - 1, int(float(meta["start"]) * fps))
-        if fps > 0 and meta.get("end") is not None:
-            last = max(first + 1, min(n, int(np.ceil(float(meta["end"]) * fps))))
-        return segment_indices(n, num_frames, train=train, rng=rng, clip_idx=clip_idx,
-                               num_clips=num_clips, first=first, last=last)
+    ``max_pixels``: refuse (:class:`SampleError`) a sample that would decode more pixels
+    (frame size x frames, checked on the header before decoding).
+    """
+    ext, data, kind = media_of(sample)
+    if kind == "image":
+        # A broadcast view, not T copies: the crop is taken before anything is materialised.
+        image = read_image(data, max_pixels)  # [1, H, W, 3]
+        return np.broadcast_to(image, (num_frames,) + image.shape[1:])
 
-    return decoder.read(data, pick)
+    def pick(length: int) -> list[int]:
+        return segment_indices(length, num_frames, train=train, rng=rng, clip_idx=clip_idx,
+                               num_clips=num_clips)
+
+    return read_video(data, meta, decoder, pick, num_frames, max_pixels)
+
+
+def _skip(skips: "_Skips", sample: dict, e: Exception) -> dict:
+    """Count and log one unusable sample (with its shard and key); the run goes on."""
+    reason = str(e) if isinstance(e, (SampleError, DecodeError)) else \
+        f"unexpected error: {type(e).__name__}: {e}"[:300]
+    skips.skip(reason, f"{sample.get('__url__', '')}:{sample.get('__key__', '?')}")
+    return {}
 
 
 def _train_sample(sample: dict, *, decoder, num_frames: int, img_size: int, scales, flip: bool,
-                  skips: _Skips, rng: np.random.Generator) -> dict:
-    key = sample.get("__key__", "?")
+                  skips: _Skips, rng: np.random.Generator, num_classes: int = 0,
+                  max_pixels: Optional[int] = None) -> dict:
     try:
-        meta = _meta(sample)
-        frames = read_frames(sample, meta, decoder, num_frames, train=True, rng=rng)
-        label = _label(sample, meta)
-    except (SampleError, DecodeError) as e:
-        skips.skip(str(e), f"{sample.get('__url__', '')}:{key}")
-        return {}
-    captions = _captions(sample, meta)
+        meta = parse_meta(sample)
+        label = label_of(sample, meta, num_classes)
+        captions = captions_of(sample, meta) or [""]
+        frames = read_frames(sample, meta, decoder, num_frames, train=True, rng=rng,
+                             max_pixels=max_pixels)
+        video = train_transform(frames, img_size, scales, flip, rng)  # [3, T, S, S]
+    except Exception as e:  # any malformed field or medium: skip this sample, never the run
+        return _skip(skips, sample, e)
     skips.ok()
-    return {"video": train_transform(frames, img_size, scales, flip, rng),  # [3, T, S, S]
-            "label": label, "caption": str(captions[int(rng.integers(len(captions)))]), "key": key}
+    return {"video": video, "label": label,
+            "caption": captions[int(rng.integers(len(captions)))], "key": sample.get("__key__", "?")}
 
 
 def _collate(samples: list[dict], skips: _Skips) -> dict:
@@ -264,10 +238,13 @@ class ClipLoader:
     def __next__(self) -> dict:
         if self._it is None:
             self._it = iter(self._loader)
-        batch = next(self._it)  # endless: resampled shards never run out
-        skipped = batch.pop("skipped", {})
-        self.skip_reasons.update(skipped)
-        self.num_skipped += sum(skipped.values())
+        while True:
+            batch = next(self._it)  # training: endless, resampled shards never run out
+            skipped = batch.pop("skipped", {})
+            self.skip_reasons.update(skipped)
+            self.num_skipped += sum(skipped.values())
+            if not batch.pop(TRAILER, False):
+                break
         worker_step = batch.pop("worker_step", self.step)
         if worker_step != self.step:  # the round-robin assumption behind epochs broke
             raise RuntimeError(f"loader out of order: expected step {self.step}, got {worker_step}")
@@ -276,6 +253,16 @@ class ClipLoader:
             batch["epoch"] = self.step // self.epoch_steps
         self.step += 1
         return batch
+
+
+TRAILER = "_skips_only"
+
+
+def with_trailer(src: Iterator[dict], skips: "_Skips") -> Iterator[dict]:
+    """Pass batches through, then hand on the skips counted after the last batch (a finite
+    evaluation pass would otherwise lose them: counts travel with batches)."""
+    yield from src
+    yield {"skipped": dict(skips.take()), TRAILER: True}
 
 
 def _data_loader(pipeline, num_workers: int):
@@ -348,7 +335,9 @@ def build_webdataset_loader(cfg, *, batch_size: int, num_frames: int, img_size: 
         raise ValueError(f"epoch_steps must be >= 1, got {epoch_steps}")
     skips = _Skips()
     sample_fn = partial(_train_sample, decoder=decoder, num_frames=num_frames, skips=skips,
-                        img_size=img_size, scales=list(cfg.crop_scales), flip=cfg.flip)
+                        img_size=img_size, scales=list(cfg.crop_scales), flip=cfg.flip,
+                        num_classes=len(info.classes),
+                        max_pixels=getattr(cfg, "max_pixels", DEFAULT_MAX_PIXELS))
 
     def make_stages(parts: tuple) -> list:
         return [partial(_open_streams, skips=skips), partial(_samples, skips=skips),
@@ -391,28 +380,29 @@ def _eval_select(src: Iterator[dict], split: _EvalSplit) -> Iterator[dict]:
 
 
 def _eval_sample(sample: dict, *, decoder, num_frames: int, img_size: int, num_clips: int,
-                 num_crops: int, skips: _Skips, rng=None) -> dict:
-    key = sample.get("__key__", "?")
+                 num_crops: int, skips: _Skips, num_classes: int = 0,
+                 max_pixels: Optional[int] = None, rng=None) -> dict:
     try:
-        meta = _meta(sample)
+        meta = parse_meta(sample)
+        label = label_of(sample, meta, num_classes)
+        captions = captions_of(sample, meta) or [""]
         views = []
         for c in range(num_clips):
             frames = read_frames(sample, meta, decoder, num_frames, train=False, clip_idx=c,
-                                 num_clips=num_clips)
+                                 num_clips=num_clips, max_pixels=max_pixels)
             views.extend(test_transforms(frames, img_size, num_crops))
-        label = _label(sample, meta)
-    except (SampleError, DecodeError) as e:
-        skips.skip(str(e), f"{sample.get('__url__', '')}:{key}")
-        return {}
+    except Exception as e:  # as in training: skip and count, never stop the evaluation
+        return _skip(skips, sample, e)
     skips.ok()
-    captions = _captions(sample, meta)
-    return {"video": torch.stack(views), "label": label, "caption": captions[0], "key": key}
+    return {"video": torch.stack(views), "label": label, "caption": captions[0],
+            "key": sample.get("__key__", "?")}
 
 
 def build_eval_loader(source, *, batch_size: int, num_frames: int, img_size: int,
                       num_clips: Optional[int] = None, num_crops: Optional[int] = None,
                       rank: int = 0, world_size: int = 1, num_workers: Optional[int] = None,
-                      decoder: Optional[str] = None) -> ClipLoader:
+                      decoder: Optional[str] = None,
+                      max_pixels: Optional[int] = None) -> ClipLoader:
     """One pass over every sample (this rank's share), ``V = num_clips * num_crops`` views each.
 
     ``source`` is a dataset.json path / s3:// URI, or a :class:`DataConfig` whose
@@ -433,8 +423,10 @@ def build_eval_loader(source, *, batch_size: int, num_frames: int, img_size: int
         num_crops = cfg.test_num_crops if num_crops is None else num_crops
         decoder = cfg.decoder if decoder is None else decoder
         num_workers = cfg.num_workers if num_workers is None else num_workers
+        max_pixels = getattr(cfg, "max_pixels", None) if max_pixels is None else max_pixels
     num_clips, num_crops = num_clips or 1, num_crops or 1
     decoder, num_workers = decoder or "decord", num_workers or 0
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     info = dataset_json.load(source)
     split = _EvalSplit(info.shard_uris(), rank, world_size)
     skips = _Skips()
@@ -444,7 +436,8 @@ def build_eval_loader(source, *, batch_size: int, num_frames: int, img_size: int
         partial(_decode_stage, rng_parts=(0,),
                 fn=partial(_eval_sample, decoder=get_decoder(decoder), num_frames=num_frames,
                            img_size=img_size, num_clips=num_clips, num_crops=num_crops,
-                           skips=skips)),
+                           skips=skips, num_classes=len(info.classes), max_pixels=max_pixels)),
         wds.batched(batch_size, collation_fn=partial(_collate, skips=skips), partial=True),
+        partial(with_trailer, skips=skips),
     )
     return ClipLoader(_data_loader(pipeline, num_workers), 0, info)
