@@ -207,7 +207,7 @@ def test_activation_checkpointing_gives_the_same_weights(tmp_path):
     from umt.train.stage1 import build_models
 
     cfg = load_config(Stage1Config, "stage1", "tiny", ["model.grad_checkpointing=true"])
-    assert build_models(cfg, torch.device("cpu"))[1].encoder.grad_checkpointing
+    assert build_models(cfg, torch.device("cpu")).model.encoder.grad_checkpointing
     run(tmp_path / "plain", "train.steps=2")
     run(tmp_path / "ckpt", "train.steps=2", "model.grad_checkpointing=true")
     a, b = weights(tmp_path / "plain"), weights(tmp_path / "ckpt")

@@ -33,14 +33,18 @@ for _stage in STAGES:
 @config_app.command("show")
 def config_show(stage: str = typer.Argument(..., help=f"One of: {', '.join(STAGES)}"),
                 config: Optional[str] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
-    """Print the fully resolved config (defaults <- preset/YAML <- overrides)."""
-    from umt.configs import load_config, to_yaml
+    """Print the fully resolved config (defaults <- preset/YAML <- overrides); required values
+    still missing are shown as ``???`` and listed."""
+    from umt.configs.loader import show_config
 
     if stage not in STAGES:
         raise typer.BadParameter(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
     schema = importlib.import_module(STAGES[stage]).CONFIG_SCHEMA
     try:
-        typer.echo(to_yaml(load_config(schema, stage, config, overrides or [])))
+        text, missing = show_config(schema, stage, config, overrides or [])
+        typer.echo(text.rstrip("\n"))
+        for key in missing:
+            typer.secho(f"# {key} is required (???): pass {key}=...", fg="yellow", err=True)
     except ValueError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2)

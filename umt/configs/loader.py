@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 T = TypeVar("T")
+
+# A config file or override is data: it may refer to other keys (``${train.output_dir}``) but
+# may not call resolvers. ``${oc.env:AWS_SECRET_ACCESS_KEY}`` would copy a pod's S3 secret into
+# config.yaml, the checkpoint and the job's logs; other resolvers can do worse.
+_RESOLVER_CALL = re.compile(r"\$\{\s*[\w.\-]+\s*:")
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB; refuse anything absurd before parsing
 
 
 def preset_path(stage: str, name: str) -> Path:
@@ -23,39 +30,86 @@ def list_presets(stage: str) -> list[str]:
     return sorted(p.stem[len(prefix):] for p in folder.glob(f"{prefix}*.yaml"))
 
 
+def _refuse_resolvers(node: Any, where: str, path: str = "") -> None:
+    """Raise if any string value of ``node`` (a raw DictConfig/ListConfig) calls a resolver."""
+    if isinstance(node, DictConfig):
+        items = ((f"{path}.{k}" if path else str(k), node._get_node(k)) for k in node.keys())
+    elif isinstance(node, ListConfig):
+        items = ((f"{path}[{i}]", node._get_node(i)) for i in range(len(node)))
+    else:
+        value = node._value() if hasattr(node, "_value") else node
+        if isinstance(value, str) and _RESOLVER_CALL.search(value):
+            raise ValueError(f"{where}: {path}={value!r} calls a resolver; resolvers such as "
+                             f"oc.env are disabled in umt configs (only ${{other.key}} "
+                             f"references are allowed)")
+        return
+    for sub_path, child in items:
+        _refuse_resolvers(child, where, sub_path)
+
+
+def _merged(schema: type, stage: str, config: str | None, overrides: Sequence[str]) -> DictConfig:
+    base = OmegaConf.structured(schema)
+    if config:
+        path = Path(config)
+        if not (path.suffix in (".yaml", ".yml") and path.exists()):
+            path = preset_path(stage, config)
+            if not path.exists():
+                raise ValueError(
+                    f"config {config!r} is neither a YAML file nor a {stage} preset "
+                    f"(presets: {', '.join(list_presets(stage))})")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
+        loaded = OmegaConf.load(path)  # a safe YAML loader: no !!python tags
+        _refuse_resolvers(loaded, str(path))
+        base = OmegaConf.merge(base, loaded)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"overrides must look like key=value, got: {bad}")
+    if overrides:
+        dotlist = OmegaConf.from_dotlist(list(overrides))
+        _refuse_resolvers(dotlist, "override")
+        base = OmegaConf.merge(base, dotlist)
+    return base
+
+
 def load_config(schema: type[T], stage: str, config: str | None = None,
                 overrides: Sequence[str] = ()) -> T:
     """Build a typed config.
 
     ``config`` is a preset name (``tiny``, ``b16``...) or a YAML file path. Overrides are
-    OmegaConf dot-list items (``train.steps=10 optim.betas=[0.9,0.99]``). Unknown keys and
-    wrongly-typed values raise ``ValueError`` naming the offending key.
+    OmegaConf dot-list items (``train.steps=10 optim.betas=[0.9,0.99]``). Unknown keys,
+    wrongly-typed values and out-of-range values (checked by each dataclass's
+    ``__post_init__``) raise ``ValueError`` naming the offending key.
     """
-    base = OmegaConf.structured(schema)
     try:
-        if config:
-            path = Path(config)
-            if not (path.suffix in (".yaml", ".yml") and path.exists()):
-                path = preset_path(stage, config)
-                if not path.exists():
-                    raise ValueError(
-                        f"config {config!r} is neither a YAML file nor a {stage} preset "
-                        f"(presets: {', '.join(list_presets(stage))})")
-            base = OmegaConf.merge(base, OmegaConf.load(path))
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ValueError(f"overrides must look like key=value, got: {bad}")
-        if overrides:
-            base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
-        return OmegaConf.to_object(base)  # type: ignore[return-value]
+        return OmegaConf.to_object(_merged(schema, stage, config, overrides))  # type: ignore[return-value]
     except MissingMandatoryValue as e:
         raise ValueError(f"{stage} config: {e.full_key} is required (set it in the YAML or pass "
                          f"{e.full_key}=...)") from None
     except OmegaConfBaseException as e:
         raise ValueError(f"invalid {stage} config: {e}") from None
+    except ValueError as e:  # a range or choice check of a dataclass
+        raise ValueError(f"invalid {stage} config: {e}") from None
+
+
+def show_config(schema: type, stage: str, config: str | None = None,
+                overrides: Sequence[str] = ()) -> tuple[str, list[str]]:
+    """The resolved config as YAML, and the required keys still missing (shown as ``???``).
+
+    Unlike :func:`load_config` a missing required value is not an error here: ``umt config
+    show`` is how users find out what they still have to set. Range checks still apply.
+    """
+    try:
+        merged = _merged(schema, stage, config, overrides)
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if not missing:
+            OmegaConf.to_object(merged)  # runs the range and choice checks
+        return OmegaConf.to_yaml(merged), missing
+    except OmegaConfBaseException as e:
+        raise ValueError(f"invalid {stage} config: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"invalid {stage} config: {e}") from None
 
 
 def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-

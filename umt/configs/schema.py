@@ -11,6 +11,8 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+from umt.configs.checks import at_least, choice, in_range, length
+
 
 @dataclass
 class ModelConfig:
@@ -30,6 +32,14 @@ class ModelConfig:
     # Local path or s3:// URI of weights to start from (official or ours); None = random init.
     pretrained: Optional[str] = None
 
+    def __post_init__(self):
+        for key in ("num_frames", "img_size", "tubelet_size"):
+            at_least(f"model.{key}", getattr(self, key), 1)
+        for key in ("embed_dim", "depth", "num_heads"):
+            at_least(f"model.{key}", getattr(self, key), 1, optional=True)
+        at_least("model.align_layers", self.align_layers, 1)
+        in_range("model.drop_path_rate", self.drop_path_rate, 0.0, 1.0, high_open=True)
+
 
 @dataclass
 class TeacherConfig:
@@ -46,11 +56,26 @@ class TeacherConfig:
     vision_cfg: dict[str, Any] = field(default_factory=dict)
     embed_dim: Optional[int] = None
 
+    def __post_init__(self):
+        at_least("teacher.return_layers", self.return_layers, 1)
+        at_least("teacher.input_resolution", self.input_resolution, 1)
+        at_least("teacher.embed_dim", self.embed_dim, 1, optional=True)
+
+
+UTA_LOSSES = ("l2", "mse", "smooth_l1")
+MASK_TYPES = ("attention", "tube", "random")
+
 
 @dataclass
 class MaskConfig:
-    type: str = "attention"  # attention (semantic) | tube | random
+    type: str = "attention"  # attention (= semantic, teacher-guided) | tube | random
     ratio: float = 0.8
+
+    def __post_init__(self):
+        if self.type == "semantic":  # the paper's name for it
+            self.type = "attention"
+        choice("mask.type", self.type, MASK_TYPES + ("semantic",))
+        in_range("mask.ratio", self.ratio, 0.0, 1.0, high_open=True)
 
 
 @dataclass
@@ -79,6 +104,29 @@ class DataConfig:
     # dataset.json's num_samples // global batch (at least 1). Each epoch re-seeds the shard
     # sampling (seed, rank, worker, epoch); batches carry "epoch".
     epoch_steps: Optional[int] = None
+    # A sample that would decode more pixels (width x height x frames, read from the header
+    # before decoding) is skipped and counted: one hostile or absurd sample cannot take a
+    # worker's memory. Default: sharding's per-frame limit (TranscodeSettings.max_pixels).
+    max_pixels: int = 8192 * 8192
+
+    def __post_init__(self):
+        at_least("data.num_workers", self.num_workers, 0)
+        at_least("data.shuffle_buffer", self.shuffle_buffer, 0)
+        if not self.crop_scales:
+            raise ValueError("data.crop_scales=[] must list at least one scale in (0, 1]")
+        for i, s in enumerate(self.crop_scales):
+            in_range(f"data.crop_scales[{i}]", s, 0.0, 1.0, low_open=True)
+        at_least("data.synthetic_size", self.synthetic_size, 1)
+        at_least("data.synthetic_num_classes", self.synthetic_num_classes, 1)
+        choice("data.decoder", self.decoder, DECODERS)
+        at_least("data.test_num_clips", self.test_num_clips, 1)
+        at_least("data.test_num_crops", self.test_num_crops, 1)
+        at_least("data.epoch_steps", self.epoch_steps, 1, optional=True)
+        at_least("data.max_pixels", self.max_pixels, 1)
+
+
+DECODERS = ("decord", "pyav")
+CAPTION_SAMPLING = ("all", "random")
 
 
 @dataclass
@@ -127,6 +175,23 @@ class OptimConfig:
     eps: float = 1e-8
     clip_grad: Optional[float] = None
     fused: bool = True  # fused AdamW kernel where the device has one
+    # linear: lr x global_batch / 256 (official video-only recipes); none: as given (official
+    # multi-modality recipes, Stage 2 and retrieval/QA fine-tuning).
+    lr_scaling: str = "linear"
+    # Layer-wise LR decay (fine-tuning): None = off; 0.75 (B) / 0.85 (L) officially.
+    layer_decay: Optional[float] = None
+
+    def __post_init__(self):
+        for key in ("base_lr", "min_lr", "warmup_lr", "weight_decay"):
+            at_least(f"optim.{key}", getattr(self, key), 0.0)
+        at_least("optim.warmup_steps", self.warmup_steps, 0)
+        length("optim.betas", self.betas, 2)
+        for i, b in enumerate(self.betas):
+            in_range(f"optim.betas[{i}]", b, 0.0, 1.0, high_open=True)
+        in_range("optim.eps", self.eps, 0.0, 1.0, low_open=True)
+        at_least("optim.clip_grad", self.clip_grad, 0.0, optional=True)
+        choice("optim.lr_scaling", self.lr_scaling, ("linear", "none"))
+        in_range("optim.layer_decay", self.layer_decay, 0.0, 1.0, low_open=True, optional=True)
 
 
 @dataclass
@@ -146,6 +211,30 @@ class TrainConfig:
     resume: bool = True  # continue from <output_dir>/checkpoints/latest when it exists
     max_nonfinite: int = 5  # consecutive non-finite steps before the run stops
     compile: bool = False
+    # Micro-batches per optimizer step: global batch = batch_size x world size x accum_steps.
+    accum_steps: int = 1
+    # Evaluation every N steps (stages that have one: Stage-2 zero-shot retrieval, fine-tunes);
+    # 0 = only at the end, None = never.
+    eval_every: Optional[int] = None
+    # One writer per output_dir: a lease object whose heartbeat a live run renews; a lease
+    # older than this many seconds belongs to a dead run and is taken over with a warning.
+    lease_ttl_s: float = 90.0
+
+    def __post_init__(self):
+        if not self.output_dir:
+            raise ValueError("train.output_dir must not be empty")
+        for key in ("steps", "batch_size", "log_every", "ckpt_every", "max_nonfinite", "accum_steps"):
+            at_least(f"train.{key}", getattr(self, key), 1)
+        at_least("train.stop_at", self.stop_at, 1, optional=True)
+        at_least("train.keep_last", self.keep_last, 0)
+        at_least("train.eval_every", self.eval_every, 0, optional=True)
+        at_least("train.seed", self.seed, 0)
+        in_range("train.lease_ttl_s", self.lease_ttl_s, 1.0, 86400.0)
+        choice("train.precision", self.precision, ("bf16", "fp32"))
+        if not (self.device in ("auto", "cpu", "cuda") or
+                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            raise ValueError(f"train.device={self.device!r} is not allowed; choose one of: "
+                             f"'auto', 'cpu', 'cuda' (or 'cuda:N')")
 
 
 @dataclass
@@ -157,3 +246,12 @@ class Stage1Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: str = "l2"  # l2 (2 - 2cos) | mse | smooth_l1
+
+    def __post_init__(self):
+        choice("loss", self.loss, UTA_LOSSES)
+        if self.teacher.return_layers != self.model.align_layers:
+            raise ValueError(f"teacher.return_layers={self.teacher.return_layers} must equal "
+                             f"model.align_layers={self.model.align_layers}")
+        if self.model.depth is not None and self.model.align_layers > self.model.depth:
+            raise ValueError(f"model.align_layers={self.model.align_layers} must be <= "
+                             f"model.depth={self.model.depth}")

@@ -1,28 +1,43 @@
 """Training checkpoints in a local folder or under an ``s3://`` prefix.
 
 Layout: ``<output_dir>/checkpoints/step_00001000.pt`` plus ``latest`` (a small text file naming
-the newest complete one). A checkpoint is written in full first (local: temp file + fsync +
-rename; S3: one PUT or a completed multipart upload, both atomic), and only then is ``latest``
-replaced, so a crash while saving never leaves a broken "latest". Pruning never touches the
-checkpoint just written, and temp files that a killed writer left behind are swept.
+the newest complete one), and for stages that evaluate, ``best.pt`` + ``best.json``. A
+checkpoint is written in full first (local: temp file + fsync + rename; S3: one PUT or a
+completed multipart upload, both atomic), and only then is ``latest`` replaced, so a crash while
+saving never leaves a broken "latest".
 
-Contents: ``model`` (the student's state dict, in the official key layout), ``optimizer``,
-``scheduler``, ``step``, ``rng`` (one entry per rank: torch CPU and current-CUDA-device
-states), ``data`` (the stream position), ``config`` (resolved YAML) and ``format``. The frozen
-teacher is never saved. Reading uses ``weights_only=True``: nothing in a checkpoint is executed.
+What is never lost:
+
+* Resuming reads the newest checkpoint that loads; a corrupt newest one falls back to an older
+  readable one with a warning naming it. A folder that holds checkpoints none of which can be
+  read, or a storage error that is not "not found" (access denied, network down), stops the
+  run (``CheckpointsUnreadableError`` naming every file and error) instead of starting over at
+  step 0 and overwriting them. Only a folder with no checkpoints starts fresh.
+* A :class:`CheckpointWriter` prunes only checkpoints of its own lineage: the ones it wrote
+  and the one it resumed from. A file it did not write is never deleted, and one it would
+  overwrite (an unreadable newer checkpoint, after falling back) is first kept aside as
+  ``step_XXXXXXXX.pt.unreadable-<time>``.
+
+Contents: ``model`` (the trained module's state dict), ``optimizer``, ``scheduler``, ``step``,
+``rng`` (one entry per rank: torch CPU and current-CUDA-device states), ``data`` (the stream
+position), ``config`` (resolved YAML) and ``format``. Frozen modules (the CLIP teacher) are
+never saved. Reading uses ``weights_only=True``: nothing in a checkpoint is executed.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import re
+import time
 from typing import Any, Optional
 
 import torch
 
 from umt import storage
+from umt.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +46,16 @@ FORMAT = "umt-train-ckpt-v1"
 _NAME = re.compile(r"(?:^|/)step_(\d{8})\.pt$")
 
 
+class CheckpointsUnreadableError(UserError):
+    """Checkpoints exist but none can be read: resuming would silently start over."""
+
+
 def ckpt_dir(output_dir: str) -> str:
     return storage.join(output_dir, "checkpoints")
+
+
+def step_uri(output_dir: str, step: int) -> str:
+    return storage.join(ckpt_dir(output_dir), f"step_{step:08d}.pt")
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -49,24 +72,10 @@ def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def save(output_dir: str, step: int, payload: dict[str, Any], keep_last: int = 2) -> str:
-    """Write ``payload`` (plus step/format) as step ``step``; point ``latest`` at it; prune."""
-    folder = ckpt_dir(output_dir)
-    name = f"step_{step:08d}.pt"
+def _serialise(payload: dict[str, Any], step: int) -> bytes:
     buf = io.BytesIO()
     torch.save({**payload, "step": step, "format": FORMAT}, buf)
-    uri = storage.join(folder, name)
-    storage.write_bytes(uri, buf.getvalue())
-    storage.write_bytes(storage.join(folder, "latest"), name.encode())
-    if keep_last > 0:
-        older = [s for s in list_steps(output_dir) if s != step]
-        for old in older[:max(len(older) - (keep_last - 1), 0)]:
-            storage.delete(storage.join(folder, f"step_{old:08d}.pt"))
-    if not storage.is_s3(folder):  # leftovers of writers killed mid-write (S3 has none)
-        for path in storage.list_uris(folder):
-            if os.path.basename(path).startswith(".tmp-"):
-                storage.delete(path)
-    return uri
+    return buf.getvalue()
 
 
 def list_steps(output_dir: str) -> list[int]:
@@ -75,28 +84,119 @@ def list_steps(output_dir: str) -> list[int]:
     return sorted(steps)
 
 
-def load(uri: str) -> dict[str, Any]:
-    obj = torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
+def _parse(data: bytes, uri: str) -> dict[str, Any]:
+    obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError(f"{uri} is not a umt training checkpoint (format {FORMAT})")
     return obj
 
 
-def load_latest(output_dir: str) -> Optional[dict[str, Any]]:
-    """The newest complete checkpoint under ``output_dir`` (with its ``uri``), or None.
+def load(uri: str) -> dict[str, Any]:
+    return _parse(storage.read_bytes(uri), uri)
 
-    Follows ``latest``; if that names a file that cannot be read (deleted, corrupt), falls back
-    to the newest readable ``step_*.pt`` with a warning instead of starting over silently.
+
+def load_latest(output_dir: str) -> Optional[dict[str, Any]]:
+    """The newest readable checkpoint under ``output_dir`` (with its ``uri`` and the list of
+    newer ``unreadable`` ones), or None when the folder holds no checkpoint at all.
+
+    Raises :class:`CheckpointsUnreadableError` when checkpoints exist and none loads; storage
+    errors other than "not found" propagate (they say nothing about the files' content).
     """
     folder = ckpt_dir(output_dir)
     candidates = []
     pointer = storage.join(folder, "latest")
-    if storage.exists(pointer):
-        candidates.append(storage.join(folder, storage.read_bytes(pointer).decode().strip()))
-    candidates += [storage.join(folder, f"step_{s:08d}.pt") for s in reversed(list_steps(output_dir))]
+    try:
+        name = storage.read_bytes(pointer).decode("utf-8", "replace").strip()
+        if _NAME.search("/" + name):
+            candidates.append(storage.join(folder, name))
+        else:
+            log.warning("ignoring %s: %r is not a checkpoint name", pointer, name[:80])
+    except FileNotFoundError:
+        pass
+    candidates += [step_uri(output_dir, s) for s in reversed(list_steps(output_dir))]
+    problems: list[str] = []
     for uri in dict.fromkeys(candidates):
         try:
-            return {**load(uri), "uri": uri}
-        except Exception as e:  # keep looking for an older complete checkpoint
-            log.warning("skipping unreadable checkpoint %s: %s", uri, e)
+            data = storage.read_bytes(uri)
+        except FileNotFoundError:  # ``latest`` naming a pruned or deleted file
+            continue
+        try:
+            obj = _parse(data, uri)
+        except Exception as e:  # truncated, garbage, foreign: try an older one
+            reason = f"{type(e).__name__}: {str(e)[:200]}"
+            log.warning("skipping unreadable checkpoint %s (%s)", uri, reason)
+            problems.append(f"{uri}: {reason}")
+            continue
+        if problems:
+            log.warning("resuming from %s, the newest readable checkpoint; %d newer one(s) could "
+                        "not be read and are kept untouched", uri, len(problems))
+        return {**obj, "uri": uri, "unreadable": [p.split(": ", 1)[0] for p in problems]}
+    if problems:
+        raise CheckpointsUnreadableError(
+            f"{folder} holds {len(problems)} checkpoint(s) and none can be read, so the run stops "
+            f"instead of starting over and overwriting them:\n  " + "\n  ".join(problems) +
+            f"\nMove or delete them to start from step 0, or use another train.output_dir.")
     return None
+
+
+class CheckpointWriter:
+    """Saves ``step_*.pt`` + ``latest`` and prunes, touching only this run's own lineage."""
+
+    def __init__(self, output_dir: str, keep_last: int = 2):
+        self.output_dir, self.keep_last = output_dir, keep_last
+        self.folder = ckpt_dir(output_dir)
+        self.owned: list[int] = []  # steps of this lineage, oldest first
+
+    def adopt(self, step: int) -> None:
+        """The checkpoint this run resumed from joins its lineage (pruned like its own)."""
+        if step not in self.owned:
+            self.owned.append(step)
+
+    def save(self, step: int, payload: dict[str, Any]) -> str:
+        uri = step_uri(self.output_dir, step)
+        if step not in self.owned and storage.exists(uri):
+            aside = f"{uri}.unreadable-{int(time.time())}"
+            storage.write_bytes(aside, storage.read_bytes(uri))
+            log.warning("%s exists but is not this run's (it could not be read): kept as %s",
+                        uri, aside)
+        storage.write_bytes(uri, _serialise(payload, step))
+        storage.write_bytes(storage.join(self.folder, "latest"), os.path.basename(uri).encode())
+        self.adopt(step)
+        self._prune(step)
+        return uri
+
+    def _prune(self, newest: int) -> None:
+        if self.keep_last <= 0:
+            return
+        older = [s for s in self.owned if s != newest]
+        drop = older[:max(len(older) - (self.keep_last - 1), 0)]
+        for old in drop:
+            storage.delete(step_uri(self.output_dir, old))
+            self.owned.remove(old)
+        if not storage.is_s3(self.folder):
+            # Leftovers of writers killed mid-write (S3 has none). Safe: the run lease
+            # (umt.train.lease) guarantees no other live writer uses this folder.
+            for path in storage.list_uris(self.folder):
+                if os.path.basename(path).startswith(".tmp-"):
+                    storage.delete(path)
+
+    def best_info(self) -> Optional[dict[str, Any]]:
+        """``best.json`` of an earlier attempt of this run (so a resumed run keeps its best)."""
+        try:
+            info = json.loads(storage.read_bytes(storage.join(self.folder, "best.json")))
+        except (FileNotFoundError, ValueError):
+            return None
+        return info if isinstance(info, dict) and "value" in info else None
+
+    def save_best(self, step: int, payload: dict[str, Any], info: dict[str, Any]) -> str:
+        """``best.pt`` (same format) and ``best.json`` (``info``: metric, value, step)."""
+        uri = storage.join(self.folder, "best.pt")
+        storage.write_bytes(uri, _serialise(payload, step))
+        storage.write_bytes(storage.join(self.folder, "best.json"),
+                            json.dumps({**info, "step": step, "checkpoint": uri}, indent=2).encode())
+        return uri
+
+
+def save(output_dir: str, step: int, payload: dict[str, Any], keep_last: int = 2) -> str:
+    """Write one checkpoint outside a training run (tools, tests): prunes nothing it did not write."""
+    return CheckpointWriter(output_dir, keep_last).save(step, payload)

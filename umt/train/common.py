@@ -1,9 +1,10 @@
-"""Pieces every training stage shares: optimizer groups, LR schedule, precision, metrics log,
-non-finite guard, run-directory files. The loops themselves live in one module per stage."""
+"""Small pieces of the training loop (umt.train.loop): logging, precision, the non-finite
+guard and the run's small files. Optimizer and schedule: umt.train.optim."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -14,10 +15,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import torch.nn as nn
-from timm.scheduler import CosineLRScheduler
 
-from umt.configs import OptimConfig, to_yaml
+from umt.configs import to_yaml
 from umt import storage
 
 log = logging.getLogger("umt.train")
@@ -29,42 +28,6 @@ def setup_logging(rank: int = 0) -> None:
     logging.basicConfig(level=level, stream=sys.stderr, force=True,
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices/kernels only: no decay on 1-D params (norms, q/v bias), biases,
-    or names the model lists in ``no_weight_decay()`` (as the official optimizer factory)."""
-    skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(".bias") or name in skip:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
-
-
-def scaled_lrs(cfg: OptimConfig, global_batch: int) -> tuple[float, float, float]:
-    """``(lr, min_lr, warmup_lr)`` scaled linearly by ``global_batch / 256`` (official rule)."""
-    scale = global_batch / 256
-    return cfg.base_lr * scale, cfg.min_lr * scale, cfg.warmup_lr * scale
-
-
-def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, device: torch.device):
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=tuple(cfg.betas),
-                             eps=cfg.eps, fused=cfg.fused and device.type == "cuda")
-
-
-def build_scheduler(optimizer, total_steps: int, warmup_steps: int, min_lr: float,
-                    warmup_lr: float) -> CosineLRScheduler:
-    """Per-step cosine decay to ``min_lr`` after a linear warmup from ``warmup_lr`` (timm)."""
-    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
-    return CosineLRScheduler(optimizer, t_initial=max(total_steps - warmup_steps, 1),
-                             lr_min=min_lr, warmup_t=warmup_steps, warmup_lr_init=warmup_lr,
-                             warmup_prefix=True, t_in_epochs=False)
 
 
 def autocast(device: torch.device, precision: str):
@@ -104,7 +67,9 @@ class RunFiles:
     def __init__(self, output_dir: str, enabled: bool = True):
         self.output_dir, self.enabled = output_dir, enabled
         if output_dir.startswith("s3://"):
-            safe = output_dir[5:].replace("/", "_")
+            # Readable, and unique: "s3://b/x_y/z" and "s3://b/x/y_z" flatten alike.
+            digest = hashlib.sha256(output_dir.encode()).hexdigest()[:12]
+            safe = f"{output_dir[5:].replace('/', '_')[:80]}-{digest}"
             self.local = Path(os.environ.get("UMT_CACHE", Path.home() / ".cache" / "umt")) / "runs" / safe
         else:
             self.local = Path(output_dir)
@@ -127,8 +92,19 @@ class RunFiles:
         if self.output_dir.startswith("s3://") and storage.exists(remote):
             storage.download_file(remote, str(self.metrics_path))
         if self.metrics_path.exists():
-            kept = [line for line in self.metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= step]
+            kept = []
+            lines = self.metrics_path.read_text(errors="replace").splitlines()
+            for n, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line torn by a crash mid-write: the rest is intact
+                    log.warning("%s line %d is not valid JSON (torn by a crash?): dropped",
+                                remote, n)
+                    continue
+                if isinstance(record, dict) and record.get("step", 0) <= step:
+                    kept.append(line)
             self.metrics_path.write_text("".join(f"{line}\n" for line in kept))
 
     def log_metrics(self, record: dict[str, Any]) -> None:

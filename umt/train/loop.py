@@ -1,0 +1,344 @@
+"""The one training loop every stage runs on (Stage 1, Stage 2, every fine-tune).
+
+A stage module holds only what is its own -- its config schema and a :class:`Stage`:
+
+    STAGE = Stage(name="stage1", build_models=..., build_loader=..., forward_loss=...)
+    def main(config, overrides): return train(STAGE, load_config(Stage1Config, "stage1", config, overrides))
+
+and this module does the rest, once: process group and device, the run lease (one writer per
+output folder), resume from the newest readable checkpoint (weights, optimizer, schedule
+position, every rank's RNG, the data position) with a check that all ranks agree on the step,
+DDP, gradient accumulation, the non-finite guard, the optimizer step and LR schedule, metrics
+averaged over ranks in ``metrics.jsonl``, periodic evaluation with a best checkpoint, periodic
+checkpoints and ``summary.json``.
+
+Stage hooks (``ctx`` is the :class:`Context` below):
+
+* ``build_models(cfg, device) -> Models``: the trained module (optimised, DDP-wrapped,
+  checkpointed) and frozen helpers (the CLIP teacher: never optimised, saved or wrapped).
+* ``build_loader(cfg, ctx, start) -> iterator`` of batches, positioned at micro-batch
+  ``start`` (= optimizer step x ``train.accum_steps``).
+* ``forward_loss(ctx, batch, step) -> (loss, metrics)``: the scalar to minimise for one
+  micro-batch and a dict of scalar tensors to log (averaged over the log interval and ranks).
+  ``ctx.micro`` is the micro-batch index within the step.
+* optional ``param_groups(cfg, model) -> groups`` (default: weight decay on matrices only),
+  ``evaluate(ctx, step) -> metrics`` (every ``train.eval_every`` steps and at the end; with
+  ``train.best_metric`` the best checkpoint is kept too), ``summary(ctx) -> dict``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from umt.configs import to_yaml
+from umt.seeds import derive_seed
+from umt.train import checkpoint, distributed
+from umt.train.common import NonFiniteGuard, RunFiles, finite_or_none, log, setup_logging
+from umt.train.lease import RunLease
+from umt.train.optim import build_optimizer, build_scheduler, param_groups, scaled_lrs
+
+
+@dataclass
+class Models:
+    model: nn.Module  # trained: optimizer, DDP, checkpoints
+    frozen: dict[str, nn.Module] = field(default_factory=dict)  # e.g. the teacher
+    ddp_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Stage:
+    name: str
+    build_models: Callable[[Any, torch.device], Models]
+    build_loader: Callable[[Any, "Context", int], Iterator[dict]]
+    forward_loss: Callable[["Context", dict, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    param_groups: Optional[Callable[[Any, nn.Module], list[dict]]] = None
+    evaluate: Optional[Callable[["Context", int], dict[str, float]]] = None
+    summary: Optional[Callable[["Context"], dict[str, Any]]] = None
+
+
+@dataclass
+class Context:
+    """What a stage's hooks see of the running loop."""
+
+    cfg: Any
+    dist: distributed.DistInfo
+    device: torch.device
+    raw: nn.Module  # the trained module itself
+    model: nn.Module  # the same, wrapped for the forward pass (DDP and/or compiled)
+    frozen: dict[str, nn.Module]
+    global_batch: int  # samples per optimizer step, all ranks and micro-batches
+    micro_batch: int = 0  # samples per micro-batch over all ranks (batch_size x world size)
+    micro: int = 0  # index of the current micro-batch within the step
+    loader: Any = None
+    state: dict[str, Any] = field(default_factory=dict)  # a stage's own per-run state
+
+    def micro_seed(self, purpose: str, step: int) -> int:
+        """A seed for ``purpose`` at this micro-batch, the same on every rank: draw noise for
+        the whole micro-batch of all ranks from it and take this rank's rows, so results do
+        not depend on how a batch is split over processes."""
+        return derive_seed(purpose, self.cfg.train.seed, step, self.micro)
+
+    def rank_rows(self) -> slice:
+        b = self.cfg.train.batch_size
+        return slice(self.dist.rank * b, (self.dist.rank + 1) * b)
+
+
+def _check_shapes(model: nn.Module, state: dict[str, torch.Tensor], uri: str) -> None:
+    """A resumed checkpoint must fit the configured model: say which shapes differ."""
+    own = model.state_dict()
+    bad = [f"{k}: checkpoint {tuple(v.shape)} vs config {tuple(own[k].shape)}"
+           for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if bad or missing or unexpected:
+        lines = [f"the checkpoint {uri} does not fit the configured model (did the model config "
+                 f"change since it was written? use another train.output_dir for a new model):"]
+        if bad:
+            lines.append(f"  shapes differ: {bad[:10]}")
+        if missing:
+            lines.append(f"  missing in the checkpoint: {missing[:10]}")
+        if unexpected:
+            lines.append(f"  not in the model: {unexpected[:10]}")
+        raise ValueError("\n".join(lines))
+
+
+def _restore(state: dict, ctx: Context, optimizer, start: int) -> None:
+    ctx.raw.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    rngs = state.get("rng")
+    if isinstance(rngs, list) and len(rngs) == ctx.dist.world_size:
+        checkpoint.set_rng_state(rngs[ctx.dist.rank], ctx.device)
+    else:
+        log.warning("checkpoint has RNG states for %s ranks, this run has %d: reseeding",
+                    len(rngs) if isinstance(rngs, list) else "?", ctx.dist.world_size)
+        torch.manual_seed(derive_seed("reseed", ctx.cfg.train.seed, start, ctx.dist.rank))
+
+
+class _Meter:
+    """Means of logged scalars over the steps since the last log, kept on the device (no host
+    sync in the hot loop)."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for k, v in values.items():
+            v = torch.as_tensor(v).detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+            self.counts[k] += 1
+
+    def take(self) -> dict[str, torch.Tensor]:
+        out = {k: v / self.counts[k] for k, v in self.sums.items()}
+        self.sums, self.counts = {}, defaultdict(int)
+        return out
+
+
+def train(stage: Stage, cfg: Any) -> dict[str, Any]:
+    tc = cfg.train
+    dist = distributed.setup(tc.device)
+    setup_logging(dist.rank)
+    device = dist.device
+    lease = RunLease(tc.output_dir, tc.lease_ttl_s).acquire() if dist.is_main else None
+    try:
+        return _train(stage, cfg, dist, device, lease)
+    finally:
+        if lease is not None:
+            lease.release()
+        distributed.cleanup()
+
+
+def _train(stage: Stage, cfg: Any, dist: distributed.DistInfo, device: torch.device,
+           lease: Optional[RunLease]) -> dict[str, Any]:
+    tc = cfg.train
+    # The same seed on every rank while building, so random (test/demo) weights agree; then a
+    # per-rank stream for stochastic depth and dropout.
+    torch.manual_seed(tc.seed)
+    models = stage.build_models(cfg, device)
+    raw = models.model.to(device)
+    torch.manual_seed(derive_seed("rank", tc.seed, dist.rank))
+
+    micro_batch = tc.batch_size * dist.world_size
+    global_batch = micro_batch * tc.accum_steps
+    lr, min_lr, warmup_lr = scaled_lrs(cfg.optim, global_batch)
+    groups = (stage.param_groups(cfg, raw) if stage.param_groups
+              else param_groups(raw, cfg.optim.weight_decay))
+    optimizer = build_optimizer(groups, cfg.optim, lr, device)
+    # The schedule follows this run's config (steps, warmup, lr, world size); a resumed run
+    # restores its position in it, not the old shape.
+    scheduler = build_scheduler(optimizer, tc.steps, cfg.optim.warmup_steps, min_lr, warmup_lr)
+    ctx = Context(cfg, dist, device, raw, raw, models.frozen, global_batch, micro_batch)
+
+    # Resume before anything is written, so a config that does not fit the checkpoint fails
+    # with config.yaml and metrics.jsonl untouched.
+    writer = checkpoint.CheckpointWriter(tc.output_dir, tc.keep_last)
+    start, last_ckpt = 0, ""
+    if not tc.resume and dist.is_main and checkpoint.list_steps(tc.output_dir):
+        raise ValueError(f"train.resume=false but {tc.output_dir} already holds checkpoints: "
+                         f"use another train.output_dir (nothing is overwritten)")
+    # Every rank reads the checkpoint: each restores its own RNG state from it.
+    state = checkpoint.load_latest(tc.output_dir) if tc.resume else None
+    if state is not None:
+        _check_shapes(raw, state["model"], state["uri"])
+        start, last_ckpt = state["step"], state["uri"]
+        if start > tc.steps:
+            raise ValueError(f"{state['uri']} is at step {start} but train.steps={tc.steps}: "
+                             f"raise train.steps to continue this run, or use another output_dir")
+        _restore(state, ctx, optimizer, start)
+        writer.adopt(start)
+        if state.get("scheduler") and state["scheduler"].get("t_initial") != scheduler.t_initial:
+            log.warning("the LR schedule changed since the checkpoint; following this config")
+        log.info("resumed from step %d of %s", start, tc.output_dir)
+    del state
+    start = distributed.agree_on_step(start, dist)
+    files = RunFiles(tc.output_dir, enabled=dist.is_main)
+    files.write_config(cfg)
+    files.resume(start)
+    scheduler.step_update(start)
+
+    if dist.world_size > 1:  # fixed buffers (position tables) never change: no broadcast
+        ctx.model = DDP(raw, device_ids=[dist.local_rank] if device.type == "cuda" else None,
+                        broadcast_buffers=False, **models.ddp_kwargs)
+    if tc.compile:  # frozen helpers too: the teacher costs about as much as the student
+        ctx.model = torch.compile(ctx.model)
+        ctx.frozen = {k: torch.compile(v) for k, v in ctx.frozen.items()}
+    ctx.loader = loader = stage.build_loader(cfg, ctx, start * tc.accum_steps)
+
+    n_params = sum(p.numel() for p in raw.parameters())
+    log.info("%s: %s (%.1fM params), global batch %d (%d x %d ranks x %d accum), lr %.2e, steps %d -> %d",
+             stage.name, type(raw).__name__, n_params / 1e6, global_batch, tc.batch_size,
+             dist.world_size, tc.accum_steps, lr, start, tc.steps)
+
+    guard, meter = NonFiniteGuard(tc.max_nonfinite), _Meter()
+    end = min(tc.steps, tc.stop_at) if tc.stop_at else tc.steps
+    last_logged: dict[str, Any] = {}
+    eval_metrics: dict[str, Any] = {}
+    best: Optional[dict[str, Any]] = writer.best_info() if start else None
+    t_last, steps_since, wait_s = time.perf_counter(), 0, 0.0
+    ctx.model.train()
+    bar = tqdm(total=tc.steps, initial=start, disable=not dist.is_main, desc=stage.name, unit="step")
+    for step in range(start, end):
+        if lease is not None:
+            lease.check()
+        for micro in range(tc.accum_steps):
+            ctx.micro = micro
+            t0 = time.perf_counter()
+            batch = next(loader)
+            wait_s += time.perf_counter() - t0
+            last = micro == tc.accum_steps - 1
+            # DDP averages gradients at the last micro-batch only.
+            sync = ctx.model.no_sync() if (dist.world_size > 1 and not last) else contextlib.nullcontext()
+            with sync:
+                loss, metrics = stage.forward_loss(ctx, batch, step)
+                (loss / tc.accum_steps).backward()
+            meter.add({"loss": loss, **metrics})
+        # DDP has averaged the gradients, so every rank sees the same norm and takes the same
+        # decision; a NaN/inf loss on any rank makes it non-finite. One host sync per step.
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.optim.clip_grad or math.inf)
+        finite = bool(torch.isfinite(grad_norm))
+        guard.update(finite, step + 1)
+        if finite:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step_update(step + 1)
+        steps_since += 1
+        bar.update(1)
+
+        done = step + 1
+        if done % tc.log_every == 0 or done == end:
+            means = distributed.mean_dict_over_ranks(meter.take(), dist)
+            elapsed = time.perf_counter() - t_last
+            record = {"step": done, **{k: finite_or_none(v) for k, v in means.items()},
+                      "grad_norm": finite_or_none(float(grad_norm)),
+                      "lr": optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1.0),
+                      "clips_per_s": global_batch * steps_since / elapsed,
+                      "step_time_s": elapsed / steps_since,
+                      "data_wait_frac": min(1.0, wait_s / elapsed),
+                      "nonfinite_skipped": guard.total,
+                      # corrupt samples the loaders of all ranks skipped so far
+                      "samples_skipped": int(distributed.sum_over_ranks(
+                          getattr(loader, "num_skipped", 0), dist))}
+            files.log_metrics(record)
+            last_logged = record
+            if record["loss"] is not None:
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+            log.info("step %d/%d loss %s lr %.3e %.1f clips/s %.3f s/step", done, tc.steps,
+                     "nan" if record["loss"] is None else f"{record['loss']:.4f}", record["lr"],
+                     record["clips_per_s"], record["step_time_s"])
+            t_last, steps_since, wait_s = time.perf_counter(), 0, 0.0
+
+        evaluate_now = stage.evaluate is not None and tc.eval_every is not None and (
+            done == end or (tc.eval_every > 0 and done % tc.eval_every == 0))
+        if evaluate_now:
+            ctx.model.eval()
+            eval_metrics = stage.evaluate(ctx, done)
+            ctx.model.train()
+            files.log_metrics({"step": done, **{f"eval/{k}": v for k, v in eval_metrics.items()}})
+            best = _maybe_best(ctx, writer, best, eval_metrics, done, optimizer, scheduler)
+        if done % tc.ckpt_every == 0 or done == end:
+            payload = _payload(ctx, optimizer, scheduler, done)
+            if dist.is_main:
+                last_ckpt = writer.save(done, payload)
+                files.flush()
+                log.info("saved %s", last_ckpt)
+    bar.close()
+
+    summary = {"stage": stage.name, "steps": max(end, start), "total_steps": tc.steps,
+               "final_loss": last_logged.get("loss"), "final_metrics": last_logged,
+               "nonfinite_skipped": guard.total, "global_batch": global_batch,
+               "checkpoint": last_ckpt, "output_dir": tc.output_dir}
+    if eval_metrics:
+        summary["eval"] = eval_metrics
+    if best is not None:
+        summary["best"] = best
+    if stage.summary is not None:
+        summary.update(stage.summary(ctx))
+    files.write_summary(summary)
+    return summary
+
+
+def _payload(ctx: Context, optimizer, scheduler, done: int) -> dict[str, Any]:
+    """The checkpoint of step ``done`` (a collective: every rank's RNG state is gathered)."""
+    rngs = distributed.gather_objects(checkpoint.rng_state(ctx.device), ctx.dist)
+    if not ctx.dist.is_main:
+        return {}
+    data = ctx.cfg.data
+    return {"model": ctx.raw.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": rngs,
+            # Data position: the loaders are functions of (seed, micro-batch, rank), so the
+            # step and the batch geometry are what a resumed run needs to continue.
+            "data": {"next_step": done, "samples_seen": done * ctx.global_batch,
+                     "world_size": ctx.dist.world_size, "accum_steps": ctx.cfg.train.accum_steps,
+                     "source": str(getattr(data, "source", None) or getattr(data, "sources", ""))},
+            "config": to_yaml(ctx.cfg)}
+
+
+def _maybe_best(ctx: Context, writer: checkpoint.CheckpointWriter, best: Optional[dict],
+                metrics: dict[str, Any], done: int, optimizer, scheduler) -> Optional[dict]:
+    """Keep ``best.pt`` by ``train.best_metric`` (higher is better unless ``train.best_mode``
+    is 'min'), when the stage's config has one."""
+    name = getattr(ctx.cfg.train, "best_metric", None)
+    if not name:
+        return best
+    if name not in metrics:
+        raise ValueError(f"train.best_metric={name!r} is not among the evaluation metrics "
+                         f"{sorted(metrics)}")
+    value = float(metrics[name])
+    sign = -1.0 if getattr(ctx.cfg.train, "best_mode", "max") == "min" else 1.0
+    if best is not None and sign * value <= sign * best["value"]:
+        return best
+    payload = _payload(ctx, optimizer, scheduler, done)
+    info = {"metric": name, "value": value, "step": done}
+    if ctx.dist.is_main:
+        info["checkpoint"] = writer.save_best(done, payload, info)
+    return info
