@@ -38,9 +38,13 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, _, t, h, w = x.shape
-        if (t, h, w) != (self.num_frames, self.img_size, self.img_size):
+        # T=1 is an image (Stage 2 trains on image-text pairs as 1-frame clips).
+        if t not in (self.num_frames, 1) or (h, w) != (self.img_size, self.img_size):
             raise ValueError(f"input clip is {t}x{h}x{w} (frames x height x width) but the model "
-                             f"was built for {self.num_frames}x{self.img_size}x{self.img_size}")
+                             f"was built for {self.num_frames}x{self.img_size}x{self.img_size} "
+                             f"(or 1x{self.img_size}x{self.img_size} images)")
+        if t == 1 and self.proj.kernel_size[0] != 1:
+            raise ValueError(f"images (1-frame clips) need tubelet_size 1, the model has {self.proj.kernel_size[0]}")
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
@@ -141,10 +145,22 @@ class VisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed"}
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer groups for layer-wise LR decay (timm's interface): the patch embedding is
+        layer 0, ``blocks.i`` layer ``i + 1``, the rest (``fc_norm``, head) the last layer."""
+        return {"stem": r"^patch_embed", "blocks": r"^blocks\.(\d+)"}
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch embedding + fixed position table: ``[B,3,T,H,W]`` -> ``[B, N, D]``."""
+        """Patch embedding + fixed position table: ``[B,3,T,H,W]`` -> ``[B, N, D]``.
+
+        An image (T=1) gets the first H*W rows of the table: the official Stage-2 encoder's
+        ``img_pos_embed`` (a sinusoid over H*W), not the clip table repeated.
+        """
         x = self.patch_embed(x)
-        return self.pos_drop(x + self.pos_embed.to(x.dtype))
+        pos = self.pos_embed
+        if x.shape[1] != pos.shape[1]:
+            pos = pos[:, :x.shape[1]]
+        return self.pos_drop(x + pos.to(x.dtype))
 
     def run_blocks(self, x: torch.Tensor, return_layers: int = 0):
         """Run every block on ``x [B, N', D]`` (all tokens or the visible ones).

@@ -82,15 +82,18 @@ class Context:
     loader: Any = None
     state: dict[str, Any] = field(default_factory=dict)  # a stage's own per-run state
 
-    def micro_seed(self, purpose: str, step: int) -> int:
-        """A seed for ``purpose`` at this micro-batch, the same on every rank: draw noise for
-        the whole micro-batch of all ranks from it and take this rank's rows, so results do
-        not depend on how a batch is split over processes."""
-        return derive_seed(purpose, self.cfg.train.seed, step, self.micro)
+    def step_seed(self, purpose: str, step: int) -> int:
+        """A seed for ``purpose`` at this step, the same on every rank: draw noise for the
+        step's whole global batch (every rank and micro-batch) from it and take
+        :meth:`batch_rows`, so a sample's noise does not depend on how the batch is split over
+        processes and micro-batches."""
+        return derive_seed(purpose, self.cfg.train.seed, step)
 
-    def rank_rows(self) -> slice:
+    def batch_rows(self) -> slice:
+        """This rank's rows of the current micro-batch within the step's global batch."""
         b = self.cfg.train.batch_size
-        return slice(self.dist.rank * b, (self.dist.rank + 1) * b)
+        first = self.micro * self.micro_batch + self.dist.rank * b
+        return slice(first, first + b)
 
 
 def _check_shapes(model: nn.Module, state: dict[str, torch.Tensor], uri: str) -> None:

@@ -72,14 +72,14 @@ def masked_uta(ctx: Context, video: torch.Tensor, step: int, mask_cfg: Any, mode
     """Teacher forward, semantic mask and the UTA loss of ``model`` on one micro-batch.
 
     ``video [B, 3, T, H, W]`` -> ``(loss, mask bool [B, N], visible_idx [B, N_vis])``. The mask
-    noise comes from one stream per micro-batch for all ranks' clips, so a clip's mask does not
-    depend on how the batch is split across processes (or on resuming).
+    noise comes from one stream per step for the global batch, so a clip's mask does not depend
+    on how the batch is split across processes and micro-batches (or on resuming).
     """
     targets, attn = ctx.frozen["teacher"](video)                          # [K,B,N,C], [B,T,HW]
     n_vis = visible_count(mask_cfg.type, mask_cfg.ratio, attn.shape[1], attn.shape[2])
-    gen = torch.Generator(device=ctx.device).manual_seed(ctx.micro_seed("mask", step))
-    noise = torch.rand((ctx.micro_batch, *attn.shape[1:]), generator=gen, device=ctx.device)
-    mask = make_mask(mask_cfg.type, mask_cfg.ratio, attn, uniform=noise[ctx.rank_rows()])  # [B, N]
+    gen = torch.Generator(device=ctx.device).manual_seed(ctx.step_seed("mask", step))
+    noise = torch.rand((ctx.global_batch, *attn.shape[1:]), generator=gen, device=ctx.device)
+    mask = make_mask(mask_cfg.type, mask_cfg.ratio, attn, uniform=noise[ctx.batch_rows()])  # [B, N]
     idx = visible_indices(mask, n_vis)                                    # [B, N_vis], no sync
     with autocast(ctx.device, ctx.cfg.train.precision):
         out = (model or ctx.model)(video, mask, visible_idx=idx)          # [K, B, N_vis, C]
