@@ -139,3 +139,71 @@ def test_dataset_json_roundtrip_and_validation(tmp_path):
         dataset_json.load(str(tmp_path / "bad.json"))
     with pytest.raises(DatasetJsonError, match="not found"):
         dataset_json.load(str(tmp_path / "missing"))
+
+
+# ---------------------------------------------------------------- untrusted input (issue 7 §4)
+
+def test_huge_integer_label_is_refused_without_building_a_class_list(tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(ManifestError, match=r"m.csv: line 3: label index 999999999999 is above "
+                                            r"the limit of \d+ class indices"):
+        load_manifest(write(tmp_path, "m.csv", "video,label\na.mp4,1\nb.mp4,999999999999\n"))
+    assert time.perf_counter() - t0 < 1.0  # no 10^12-entry list on the way
+    with pytest.raises(ManifestError, match=r"m.jsonl: line 1: label index 10000000000000000000000"):
+        load_manifest(write(tmp_path, "m.jsonl", '{"video": "a.mp4", "label": 10000000000000000000000}\n'))
+
+
+def test_non_ascii_digit_labels_are_names_and_errors_name_file_and_line(tmp_path):
+    # '²'.isdigit() is True but int('²') fails: only ASCII digits make an index.
+    m = load_manifest(write(tmp_path, "m.csv", "video,label\na.mp4,\u00b2\nb.mp4,\u0663\n"))
+    assert m.classes == sorted(["\u00b2", "\u0663"]) and sorted(it.label for it in m.items) == [0, 1]
+    with pytest.raises(ManifestError, match=r"m2.csv: line 3: label '\u00b2' is not one of the 2 given classes"):
+        load_manifest(write(tmp_path, "m2.csv", "video,label\na.mp4,0\nb.mp4,\u00b2\n"), ["0", "1"])
+    with pytest.raises(ManifestError, match=r"m.json: entry 1: label index must be >= 0"):
+        load_manifest(write(tmp_path, "m.json", json.dumps([{"video": "a"}, {"video": "b", "label": -1}])))
+
+
+def test_class_files_name_file_and_line(tmp_path):
+    with pytest.raises(ManifestError, match=r"c.json: line 2: not valid JSON"):
+        read_classes(write(tmp_path, "c.json", '["a",\n oops]'))
+    (tmp_path / "c.txt").write_bytes(b"a\n\xff\n")
+    with pytest.raises(ManifestError, match=r"c.txt: file is not UTF-8 text"):
+        read_classes(str(tmp_path / "c.txt"))
+    with pytest.raises(ManifestError, match=r"c2.txt: line 3: duplicate class name 'a'"):
+        read_classes(write(tmp_path, "c2.txt", "a\nb\na\n"))
+    with pytest.raises(ManifestError, match="no such file"):
+        read_classes(str(tmp_path / "missing.txt"))
+
+
+def test_manifests_that_are_not_regular_files_or_too_big_are_refused(tmp_path):
+    fifo = tmp_path / "m.csv"
+    os.mkfifo(fifo)  # open() on it would block until a writer comes: never opened for reading
+    with pytest.raises(ManifestError, match="m.csv: cannot read manifest: not a regular file"):
+        load_manifest(str(fifo))
+    big = write(tmp_path, "big.csv", "video\n" + "a.mp4\n" * 100)
+    with pytest.raises(ManifestError, match=r"big.csv: cannot read manifest: .*larger than the "
+                                            r"limit of 100 bytes \(--max-bytes\)"):
+        load_manifest(big, max_bytes=100)
+    with pytest.raises(ManifestError, match="not a regular file"):
+        read_classes("/dev/zero")
+
+
+def test_storage_reads_only_regular_files_within_a_size_limit(tmp_path, s3_bucket):
+    fifo = tmp_path / "pipe.bin"
+    os.mkfifo(fifo)
+    for call in (lambda p: storage.read_bytes(p), lambda p: storage.open_read(p),
+                 lambda p: storage.upload_file(p, str(tmp_path / "copy"))):
+        for path in (str(fifo), "/dev/zero"):
+            with pytest.raises(storage.NotRegularFileError, match="not a regular file"):
+                call(path)
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"x" * 1000)
+    assert storage.read_bytes(str(f), max_bytes=1000) == b"x" * 1000
+    with pytest.raises(storage.TooLargeError, match="larger than the limit of 999 bytes"):
+        storage.read_bytes(str(f), max_bytes=999)
+    storage.write_bytes(f"{s3_bucket}/f.bin", b"x" * 1000)
+    assert storage.read_bytes(f"{s3_bucket}/f.bin", max_bytes=1000) == b"x" * 1000
+    with pytest.raises(storage.TooLargeError, match="larger than the limit of 999 bytes"):
+        storage.read_bytes(f"{s3_bucket}/f.bin", max_bytes=999)

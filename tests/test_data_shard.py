@@ -533,3 +533,39 @@ def test_default_workers_follow_affinity_and_cgroup_quota(monkeypatch):
     assert shard_mod.available_cpus() == 3
     monkeypatch.setattr(shard_mod, "open", lambda p, *a, **k: io.StringIO("max 100000\n"), raising=False)
     assert shard_mod.available_cpus() == 8
+
+
+def test_inputs_that_are_not_regular_files_or_too_big_fail_alone_and_fast(tmp_path, synthetic_manifest):
+    """/dev/zero, a FIFO, a link to a device and an over-limit file are recorded failures; the
+    good input is sharded (issue 7 §4: they used to be read until memory ran out, twice)."""
+    good = os.path.join(os.path.dirname(synthetic_manifest), "videos", "000000.mp4")
+    size = os.path.getsize(good)
+    os.mkfifo(tmp_path / "fifo.mp4")
+    os.symlink("/dev/zero", tmp_path / "link.mp4")
+    (tmp_path / "big.mp4").write_bytes(open(good, "rb").read() * 3)
+    rows = [good, "/dev/zero", tmp_path / "fifo.mp4", tmp_path / "link.mp4", tmp_path / "big.mp4"]
+    (tmp_path / "m.csv").write_text("video\n" + "".join(f"{r}\n" for r in rows))
+    t0 = time.perf_counter()
+    info = shard_dataset(str(tmp_path / "m.csv"), str(tmp_path / "out"), workers=2,
+                         max_failure_rate=1.0, progress=False,
+                         settings=TranscodeSettings(max_bytes=2 * size))
+    assert time.perf_counter() - t0 < 60
+    assert info.num_samples == 1 and info.transcode["max_bytes"] == 2 * size
+    reasons = {os.path.basename(f.source): f.reason for f in info.failures}
+    for name in ("zero", "fifo.mp4", "link.mp4"):
+        assert reasons[name].startswith("not a regular file"), reasons
+    assert reasons["big.mp4"].startswith(f"too large: ") and "--max-bytes" in reasons["big.mp4"]
+
+
+def test_cli_max_bytes(tmp_path, synthetic_manifest):
+    import typer
+    from typer.testing import CliRunner
+
+    from umt.data.cli import shard
+
+    app = typer.Typer()
+    app.command("shard")(shard)
+    app.command("other")(lambda: None)
+    res = CliRunner().invoke(app, ["shard", "-i", synthetic_manifest, "-o", str(tmp_path / "o"),
+                                   "--max-bytes", "100", "-q", "-j", "1"])
+    assert res.exit_code == 2 and "larger than the limit of 100 bytes (--max-bytes)" in res.output, res.output

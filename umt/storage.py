@@ -23,9 +23,10 @@ import io
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
-from typing import BinaryIO
+from typing import BinaryIO, Optional
 
 def _read_umask() -> int:
     mask = os.umask(0)
@@ -44,6 +45,42 @@ _clients_lock = threading.Lock()
 # and a failed part is retried alone instead of restarting the whole object.
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNKSIZE = 64 * 1024 * 1024
+
+
+class NotRegularFileError(OSError):
+    """A local path that is a FIFO, a device, a socket (``/dev/zero``...): never read, since it
+    can block forever or never end."""
+
+
+class TooLargeError(OSError):
+    """A file / object larger than the caller's ``max_bytes``."""
+
+
+def _too_large(uri: str, size: int, max_bytes: int) -> TooLargeError:
+    return TooLargeError(f"{uri}: {size} bytes, larger than the limit of {max_bytes} bytes "
+                         f"(--max-bytes)")
+
+
+def _open_regular(path: str) -> BinaryIO:
+    """Open a local file for reading only if it is a regular file (symlinks followed).
+
+    O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer; the fstat on the
+    open descriptor (not a stat of the name before) leaves no window to swap the file.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(f"{path}: is a directory")
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(f"{path}: not a regular file (a FIFO, device or socket); "
+                                      f"only regular files are read")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def is_s3(uri: str) -> bool:
@@ -139,21 +176,39 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *[str(p) for p in parts])
 
 
-def read_bytes(uri: str) -> bytes:
-    """The whole object / file. Raises ``FileNotFoundError`` when it does not exist."""
+def read_bytes(uri: str, max_bytes: Optional[int] = None) -> bytes:
+    """The whole object / file. Raises ``FileNotFoundError`` when it does not exist,
+    :class:`NotRegularFileError` for a local FIFO / device / socket and :class:`TooLargeError`
+    when it holds more than ``max_bytes`` (checked before reading, and while reading for files
+    that grow)."""
     uri = check_uri(uri)
     if not is_s3(uri):
-        with open(_local(uri), "rb") as f:
-            return f.read()
+        with _open_regular(_local(uri)) as f:
+            if max_bytes is None:
+                return f.read()
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                raise _too_large(uri, size, max_bytes)
+            data = f.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise _too_large(uri, len(data), max_bytes)
+            return data
     from botocore.exceptions import ClientError
 
     bucket, key = split_s3(uri)
     try:
-        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        resp = s3_client().get_object(Bucket=bucket, Key=key)
     except ClientError as e:
         if _is_not_found(e):
             raise FileNotFoundError(f"no such object: {uri}") from None
         raise
+    body = resp["Body"]
+    try:
+        if max_bytes is not None and int(resp.get("ContentLength", 0)) > max_bytes:
+            raise _too_large(uri, int(resp["ContentLength"]), max_bytes)
+        return body.read()
+    finally:
+        body.close()
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -188,18 +243,20 @@ def upload_file(local_path: str, uri: str) -> None:
     """Copy a local file to ``uri`` (multipart on S3 above 64 MiB; atomic either way)."""
     uri = check_uri(uri)
     if is_s3(uri):
+        _open_regular(os.fspath(local_path)).close()  # a FIFO or /dev/zero would never end
         bucket, key = split_s3(uri)
         s3_client().upload_file(os.fspath(local_path), bucket, key, Config=_transfer_config())
         return
     dst = _local(uri)
     if os.path.abspath(dst) == os.path.abspath(local_path):
         return
+    src = _open_regular(os.fspath(local_path))  # a FIFO or /dev/zero would never end
     folder = os.path.dirname(os.path.abspath(dst))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(dst), dir=folder)
-    os.close(fd)
     try:
-        shutil.copyfile(local_path, tmp)
+        with src, os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
@@ -342,7 +399,7 @@ def open_read(uri: str) -> BinaryIO:
     """
     uri = check_uri(uri)
     if not is_s3(uri):
-        return open(_local(uri), "rb")
+        return _open_regular(_local(uri))
     from botocore.exceptions import ClientError
 
     bucket, key = split_s3(uri)

@@ -55,6 +55,9 @@ def shard(
     classes: Annotated[Optional[str], typer.Option(
         "--classes", help="Class-names file (one per line, or a JSON list): fixes label indices "
                           "so train and val shards agree.")] = None,
+    max_bytes: Annotated[str, typer.Option(
+        "--max-bytes", help="Refuse inputs (and a manifest) larger than this, e.g. 4GiB; "
+                            "FIFOs and devices are always refused.")] = "4GiB",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Validate videos, transcode them and write WebDataset shards + dataset.json (local or S3)."""
@@ -72,8 +75,9 @@ def shard(
         settings = TranscodeSettings(enabled=transcode, short_side=short_side,
                                      max_fps=max_fps or None, max_seconds=max_seconds,
                                      keyframe_interval=keyframe_interval, crf=crf,
-                                     tune=None if tune == "none" else tune)
-        class_names = read_classes(classes) if classes else None
+                                     tune=None if tune == "none" else tune,
+                                     max_bytes=parse_size(max_bytes))
+        class_names = read_classes(classes, max_bytes=settings.max_bytes) if classes else None
         info = shard_dataset(input, output, settings, samples_per_shard=samples_per_shard,
                              shard_bytes=parse_size(shard_bytes), workers=workers or available_cpus(),
                              max_failure_rate=max_failure_rate, classes=class_names,

@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -37,6 +38,14 @@ VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", 
               ".3gp", ".ts", ".gif")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 COLUMNS = ("video", "label", "caption", "start", "end", "id")
+# Integer labels index a dense class list ("0", "1", ...): bound them, so that one row with
+# label 999999999999 cannot build a 10^12-entry list. Labels that are identifiers, not indices,
+# belong in the manifest as names (strings that are not all digits) or in a --classes file.
+MAX_LABEL_INDEX = 100_000
+# Only ASCII digits make an index: '²'.isdigit() is True but int('²') fails.
+_INDEX = re.compile(r"[0-9]+")
+# What `umt shard` reads at most from one manifest, class file or input (--max-bytes).
+DEFAULT_MAX_BYTES = 4 << 30
 
 
 class ManifestError(ValueError):
@@ -55,6 +64,7 @@ class Item:
     end: Optional[float] = None
     id: Optional[str] = None
     line: int = 0  # manifest line (1-based) for messages; 0 for folder listings
+    where: str = ""  # "<manifest>: line N" (or "entry N" in a JSON list) for messages
 
     @property
     def is_image(self) -> bool:
@@ -118,7 +128,8 @@ def _row_to_item(row: dict, index: int, line: int, base_dir: str, where: str) ->
         raise ManifestError(f"{where}: no 'video' value")
     if not isinstance(row["video"], str):
         raise ManifestError(f"{where}: 'video' must be a string, got {row['video']!r}")
-    item = Item(index=index, video=_resolve_video(base_dir, row["video"], where), line=line)
+    item = Item(index=index, video=_resolve_video(base_dir, row["video"], where), line=line,
+                where=where)
     item.captions = _parse_captions(row.get("caption"), where)
     item.start = _parse_float(row.get("start"), "start", where)
     item.end = _parse_float(row.get("end"), "end", where)
@@ -186,35 +197,50 @@ def _read_jsonl(text: str, name: str, base_dir: str) -> list[tuple[Item, Any]]:
     return out
 
 
+def _is_index(lab: Any) -> bool:
+    return isinstance(lab, int) or (isinstance(lab, str) and _INDEX.fullmatch(lab) is not None)
+
+
+def _index(item: Item, lab: Any, name: str) -> int:
+    where = item.where or f"{name}: line {item.line}"
+    value = lab if isinstance(lab, int) else int(lab)  # ASCII digits only: cannot fail
+    if value < 0:
+        raise ManifestError(f"{where}: label index must be >= 0")
+    if value > MAX_LABEL_INDEX:
+        raise ManifestError(f"{where}: label index {value} is above the limit of "
+                            f"{MAX_LABEL_INDEX} class indices; if labels are identifiers, not "
+                            f"indices, give them as names or pass --classes")
+    return value
+
+
 def _assign_labels(rows: list[tuple[Item, Any]], name: str,
                    classes: Optional[list[str]]) -> list[str]:
     """Turn raw labels into indices; return the class names.
 
-    Indices when every label is a non-negative integer (or integer string); names otherwise,
-    mapped through ``classes`` when given (so train and val shards share one mapping) or
-    through the sorted set of names.
+    Indices when every label is a non-negative integer (or a string of ASCII digits), at most
+    :data:`MAX_LABEL_INDEX`; names otherwise, mapped through ``classes`` when given (so train
+    and val shards share one mapping) or through the sorted set of names.
     """
     raw = [(item, lab) for item, lab in rows if lab is not None]
     if not raw:
         return list(classes or [])
-    as_int = all(isinstance(lab, int) or (isinstance(lab, str) and lab.isdigit()) for _, lab in raw)
+    as_int = all(_is_index(lab) for _, lab in raw)
     if as_int and not classes:
         for item, lab in raw:
-            item.label = int(lab)
-            if item.label < 0:
-                raise ManifestError(f"{name}: line {item.line}: label index must be >= 0")
+            item.label = _index(item, lab, name)
         return [str(i) for i in range(max(i.label for i, _ in raw) + 1)]
     names = list(classes) if classes else sorted({str(lab) for _, lab in raw})
     lookup = {c: i for i, c in enumerate(names)}
     for item, lab in raw:
+        where = item.where or f"{name}: line {item.line}"
         if as_int and str(lab) not in lookup:
-            item.label = int(lab)
+            item.label = _index(item, lab, name)
             if item.label >= len(names):
-                raise ManifestError(f"{name}: line {item.line}: label index {lab} out of range for "
+                raise ManifestError(f"{where}: label index {lab} out of range for "
                                     f"{len(names)} classes")
             continue
         if str(lab) not in lookup:
-            raise ManifestError(f"{name}: line {item.line}: label {lab!r} is not one of the "
+            raise ManifestError(f"{where}: label {lab!r} is not one of the "
                                 f"{len(names)} given classes")
         item.label = lookup[str(lab)]
     return names
@@ -238,20 +264,55 @@ def _list_folder(root: str, classes: Optional[list[str]]) -> Manifest:
                     sha256=hashlib.sha256(listing).hexdigest(), input=root)
 
 
-def read_classes(uri: str) -> list[str]:
+def _read_text(uri: str, what: str, max_bytes: Optional[int]) -> tuple[bytes, str]:
+    """Bytes and UTF-8 text of a manifest or class file; every problem as a ManifestError."""
+    try:
+        data = storage.read_bytes(uri, max_bytes=max_bytes)
+    except FileNotFoundError:
+        raise ManifestError(f"{uri}: no such {what}") from None
+    except OSError as e:  # not a regular file, too large, permissions, a directory
+        raise ManifestError(f"{uri}: cannot read {what}: {str(e).removeprefix(uri + ': ')}") from None
+    try:
+        return data, data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{uri}: {what} is not UTF-8 text: {e}") from None
+
+
+def read_classes(uri: str, max_bytes: Optional[int] = DEFAULT_MAX_BYTES) -> list[str]:
     """A class-names file: one name per line (line order = index), or a JSON list."""
-    text = storage.read_bytes(uri).decode("utf-8")
+    try:
+        uri = storage.check_uri(str(uri))
+    except ValueError as e:
+        raise ManifestError(str(e)) from None
+    _, text = _read_text(uri, "file", max_bytes)
     if text.lstrip().startswith("["):
-        names = json.loads(text)
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{uri}: line {e.lineno}: not valid JSON: {e.msg}") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ManifestError(f"{uri}: a JSON class list must be a list of strings")
+        lines = list(range(1, len(names) + 1))
+        where = "entry"
     else:
-        names = [line.strip() for line in text.splitlines() if line.strip()]
-    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
-        raise ManifestError(f"{uri}: class list must be non-empty, unique strings")
+        numbered = [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+        names, lines, where = [n for _, n in numbered], [i for i, _ in numbered], "line"
+    if not names:
+        raise ManifestError(f"{uri}: class list must be non-empty")
+    seen: set[str] = set()
+    for n, line in zip(names, lines):
+        if n in seen:
+            raise ManifestError(f"{uri}: {where} {line}: duplicate class name {n!r}")
+        seen.add(n)
     return names
 
 
-def load_manifest(uri: str, classes: Optional[list[str]] = None) -> Manifest:
-    """Parse a manifest file (``.csv``, ``.jsonl``/``.json``) or list a folder / s3:// prefix."""
+def load_manifest(uri: str, classes: Optional[list[str]] = None,
+                  max_bytes: Optional[int] = DEFAULT_MAX_BYTES) -> Manifest:
+    """Parse a manifest file (``.csv``, ``.jsonl``/``.json``) or list a folder / s3:// prefix.
+
+    The file must be a regular file of at most ``max_bytes`` bytes.
+    """
     try:
         uri = storage.check_uri(str(uri))
     except ValueError as e:
@@ -264,16 +325,7 @@ def load_manifest(uri: str, classes: Optional[list[str]] = None) -> Manifest:
                 raise ManifestError(f"{uri}: unknown manifest type; use .csv or .jsonl, or a folder")
             raise ManifestError(f"{uri}: no such manifest or folder")
         return _list_folder(uri, classes)
-    try:
-        data = storage.read_bytes(uri)
-    except FileNotFoundError:
-        raise ManifestError(f"{uri}: no such manifest") from None
-    except OSError as e:
-        raise ManifestError(f"{uri}: cannot read manifest: {e}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ManifestError(f"{uri}: manifest is not UTF-8 text: {e}") from None
+    data, text = _read_text(uri, "manifest", max_bytes)
     base_dir = uri.rsplit("/", 1)[0] if "/" in uri else ""
     if lower.endswith(".csv"):
         rows = _read_csv(text, uri, base_dir)

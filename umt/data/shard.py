@@ -97,11 +97,15 @@ def process_item(item: Item, settings: TranscodeSettings, classes: list[str]) ->
     """
     try:
         try:
-            data = storage.read_bytes(item.video)
+            data = storage.read_bytes(item.video, max_bytes=settings.max_bytes)
         except FileNotFoundError:
             raise InputError("missing: file not found") from None
         except IsADirectoryError:
             raise InputError("not a file (a directory)") from None
+        except storage.NotRegularFileError:
+            raise InputError("not a regular file (a FIFO, device or socket)") from None
+        except storage.TooLargeError as e:
+            raise InputError(f"too large: {str(e).removeprefix(item.video + ': ')}") from None
         except OSError as e:
             raise InputError(f"unreadable: {e}") from None
         if not data:
@@ -463,7 +467,7 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
     if not 0.0 <= max_failure_rate <= 1.0:
         raise ValueError(f"max_failure_rate must be in [0, 1], got {max_failure_rate}")
     workers = max(1, workers or available_cpus())
-    manifest = load_manifest(input, classes=classes)
+    manifest = load_manifest(input, classes=classes, max_bytes=settings.max_bytes)
     items = manifest.items
     fingerprint = _fingerprint(manifest, settings, samples_per_shard, shard_bytes)
     # A dataset.json from an earlier run may describe shards this run is about to replace.

@@ -47,6 +47,10 @@ class TranscodeSettings:
     # Inputs with more pixels per frame than this are rejected before decoding (a 16K frame
     # would take gigabytes per worker); 8K UHD (7680x4320) passes.
     max_pixels: int = 8192 * 8192
+    # Inputs (and the manifest) larger than this many bytes are refused before they are read
+    # (`umt shard --max-bytes`); generous, but an endless or absurd input cannot take a
+    # worker's memory.
+    max_bytes: int = 4 << 30
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
