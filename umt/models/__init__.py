@@ -1,4 +1,5 @@
-"""UMT models: the video ViT student, the Stage-1 student, the CLIP teacher, checkpoint loading."""
+"""UMT models: the video ViT student, the Stage-1 student, the CLIP teacher, the Stage-2
+vision-language model (+ BERT text side), checkpoint loading."""
 
 from umt.models.checkpoint import CheckpointError, load_pretrained
 from umt.models.pretrain import PretrainVisionTransformer
@@ -6,12 +7,34 @@ from umt.models.registry import create_model, list_models
 from umt.models.teacher import CLIPTeacher
 from umt.models.vit import VisionTransformer
 
+# The Stage-2 names import transformers (seconds): only when first used, so Stage 1, the CLI
+# and the launcher do not pay for it.
+_LAZY = {"BertTextEncoder": "text", "load_tokenizer": "text", "tokenize": "text",
+         "VisionLanguageModel": "vl", "VLOutput": "vl", "export_official": "vl_checkpoint",
+         "load_vl_pretrained": "vl_checkpoint"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"umt.models.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'umt.models' has no attribute {name!r}")
+
+
 __all__ = [
+    "BertTextEncoder",
     "CLIPTeacher",
     "CheckpointError",
     "PretrainVisionTransformer",
+    "VLOutput",
+    "VisionLanguageModel",
     "VisionTransformer",
     "create_model",
+    "export_official",
     "list_models",
     "load_pretrained",
+    "load_tokenizer",
+    "load_vl_pretrained",
+    "tokenize",
 ]

@@ -160,18 +160,18 @@ def adapt_state_dict(sd: dict[str, torch.Tensor], model: nn.Module,
     return sd, report
 
 
-def load_pretrained(model: nn.Module, uri: str) -> LoadReport:
-    """Load ``uri`` into ``model`` strictly (see the module docstring for the allow-list)."""
-    sd, report = adapt_state_dict(extract_state_dict(read_checkpoint(uri), uri), model, uri)
-    own = model.state_dict()
-    own.pop("pos_embed", None)
-    own.pop("encoder.pos_embed", None)
+def check_strict(sd: dict, own: dict, fresh, source: str, kind: str, model_name: str) -> None:
+    """Raise ``CheckpointError`` naming every missing, unexpected or mis-shaped key.
+
+    ``sd``: the (adapted) file; ``own``: the model's state dict; ``fresh``: model keys allowed to
+    be missing (left at init by the allow-list).
+    """
     shape_bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                  for k, v in sd.items() if k in own and own[k].shape != v.shape]
-    missing = sorted(set(own) - set(sd) - set(report.fresh))
+    missing = sorted(set(own) - set(sd) - set(fresh))
     unexpected = sorted(set(sd) - set(own))
     if shape_bad or missing or unexpected:
-        lines = [f"checkpoint {uri} ({report.kind} layout) does not fit {type(model).__name__}:"]
+        lines = [f"checkpoint {source} ({kind} layout) does not fit {model_name}:"]
         if missing:
             lines.append(f"  missing keys ({len(missing)}): {missing[:20]}")
         if unexpected:
@@ -179,6 +179,15 @@ def load_pretrained(model: nn.Module, uri: str) -> LoadReport:
         if shape_bad:
             lines.append(f"  shape mismatches: {shape_bad[:20]}")
         raise CheckpointError("\n".join(lines))
+
+
+def load_pretrained(model: nn.Module, uri: str) -> LoadReport:
+    """Load ``uri`` into ``model`` strictly (see the module docstring for the allow-list)."""
+    sd, report = adapt_state_dict(extract_state_dict(read_checkpoint(uri), uri), model, uri)
+    own = model.state_dict()
+    own.pop("pos_embed", None)
+    own.pop("encoder.pos_embed", None)
+    check_strict(sd, own, report.fresh, uri, report.kind, type(model).__name__)
     model.load_state_dict(sd, strict=False)  # strictness enforced above, with the allow-list
     if report.dropped or report.fresh:
         log.info("loaded %s (%s): ignored %s; left at init %s", uri, report.kind,

