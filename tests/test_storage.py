@@ -8,6 +8,7 @@ import boto3
 import pytest
 
 from umt import storage
+from umt.errors import UserError
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -133,3 +134,72 @@ def test_join():
     assert storage.join("/tmp/a", "b", "c.tar") == "/tmp/a/b/c.tar"
     assert storage.join("file:///tmp/a", "b") == "file:///tmp/a/b"
     assert storage.check_uri("C:\\data\\x.mp4")  # drive letter, not a scheme
+
+
+# ------------------------------------------------- S3 failures other than "not found" (issue 7 §6)
+
+S3_OPS = {
+    "read": lambda u, tmp: storage.read_bytes(u),
+    "stream": lambda u, tmp: storage.open_read(u),
+    "write": lambda u, tmp: storage.write_bytes(u, b"x"),
+    "upload": lambda u, tmp: storage.upload_file(str(tmp), u),
+    "download": lambda u, tmp: storage.download_file(u, str(tmp) + ".copy"),
+    "exists": lambda u, tmp: storage.exists(u),
+    "size": lambda u, tmp: storage.size(u),
+    "list": lambda u, tmp: storage.list_uris(u),
+    "delete": lambda u, tmp: storage.delete(u),
+}
+
+
+def _all_ops_raise(uri, tmp_path, *needles):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"data")
+    for name, op in S3_OPS.items():
+        with pytest.raises(storage.StorageError) as info:
+            op(uri, src)
+        msg = str(info.value)
+        assert uri.split("/")[2] in msg and "\n" not in msg, (name, msg)
+        for needle in needles:
+            if "|" in needle:  # alternatives: HEAD answers carry no error code, only 403
+                assert any(n in msg for n in needle.split("|")), (name, msg)
+            else:
+                assert needle in msg, (name, msg)
+        assert isinstance(info.value, UserError)
+
+
+def test_wrong_credentials_are_one_clear_error(s3_bucket, tmp_path, monkeypatch):
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    storage.write_bytes(f"{s3_bucket}/k", b"v")
+    # moto checks signatures against its IAM users from now on: "testing" is not one of them.
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    monkeypatch.setattr(ActionAuthenticatorMixin, "request_count", 0)
+    _all_ops_raise(f"{s3_bucket}/k", tmp_path, "InvalidAccessKeyId|403 (Forbidden)",
+                   "AWS_ACCESS_KEY_ID")
+
+
+def test_missing_bucket_is_not_a_missing_object(s3_env, tmp_path):
+    uri = "s3://umt-no-such-bucket-4d1b/dir/k"
+    _all_ops_raise(uri, tmp_path, "NoSuchBucket", "check the bucket name", s3_env)
+
+
+def test_endpoint_down_is_one_clear_error(s3_env, tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(storage, "S3_MAX_ATTEMPTS", 1)  # refused at once; no backoff to wait for
+    _all_ops_raise("s3://bucket/k", tmp_path, "cannot reach the S3 endpoint",
+                   f"http://127.0.0.1:{port}", "AWS_ENDPOINT_URL")
+
+
+def test_not_found_stays_file_not_found_on_s3(s3_bucket, tmp_path):
+    uri = f"{s3_bucket}/missing/k"
+    for name in ("read", "stream", "download", "size"):
+        with pytest.raises(FileNotFoundError):
+            S3_OPS[name](uri, tmp_path / "x")
+    assert storage.exists(uri) is False and storage.list_uris(uri) == []
+    storage.delete(uri)  # deleting what is not there is fine

@@ -11,6 +11,13 @@ Only two kinds of location exist: a local path (optionally ``file://``) and ``s3
 Every other scheme -- in particular WebDataset's ``pipe:`` -- is rejected, so a URI that came
 from a data file can never run a shell command.
 
+Errors, the same contract everywhere: something that does not exist raises
+``FileNotFoundError`` (local and S3); every other S3 failure (wrong credentials, a missing
+bucket, an unreachable endpoint, a throttled or failing service after botocore's retries)
+raises :class:`StorageError`, whose one-line message names the operation, the URI, the error
+code and what to check. Local failures stay ``OSError``; local paths that are not regular files
+(FIFOs, devices) are never read (:class:`NotRegularFileError`).
+
     >>> from umt import storage
     >>> storage.write_bytes("s3://bucket/run/x.json", b"{}")
     >>> storage.read_bytes(storage.join("s3://bucket/run", "x.json"))
@@ -26,7 +33,10 @@ import shutil
 import stat
 import tempfile
 import threading
-from typing import BinaryIO, Optional
+from contextlib import contextmanager
+from typing import BinaryIO, Iterator, Optional
+
+from umt.errors import UserError
 
 def _read_umask() -> int:
     mask = os.umask(0)
@@ -45,6 +55,97 @@ _clients_lock = threading.Lock()
 # and a failed part is retried alone instead of restarting the whole object.
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNKSIZE = 64 * 1024 * 1024
+# botocore's "standard" retries (exponential backoff, at most 20 s apart) ride out a restarting
+# MinIO or S3 throttling; after that the operation fails with a StorageError.
+S3_MAX_ATTEMPTS = 10
+
+
+class StorageError(UserError):
+    """An S3 operation failed for a reason other than "does not exist" (see the module doc)."""
+
+
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                     "InvalidToken", "TokenRefreshRequired", "AuthorizationHeaderMalformed",
+                     "InvalidClientTokenId", "UnrecognizedClientException"}
+
+
+def _endpoint() -> str:
+    return (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            or "AWS S3 (no AWS_ENDPOINT_URL set)")
+
+
+def s3_error(op: str, uri: str, err: BaseException) -> StorageError:
+    """The :class:`StorageError` for botocore / boto3 exception ``err`` raised by ``op`` on ``uri``.
+
+    Public so that code calling the boto3 client directly (conditional writes) reports
+    failures the same way.
+    """
+    from botocore.exceptions import (ClientError, ConnectionError, NoCredentialsError,
+                                     PartialCredentialsError, ProfileNotFound)
+
+    cause = err
+    # boto3's transfer manager re-raises a ClientError as S3UploadFailedError (a string).
+    if not isinstance(cause, ClientError) and isinstance(err.__context__, ClientError):
+        cause = err.__context__
+    if isinstance(cause, ClientError):
+        info = cause.response.get("Error", {})
+        status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = str(info.get("Code") or status or "error")
+        reason = str(info.get("Message") or "").strip()
+        if code in _CREDENTIAL_CODES:
+            hint = ("check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / "
+                    "AWS_PROFILE, or the pod's S3 Secret) and that AWS_ENDPOINT_URL is the "
+                    "service they belong to")
+        elif code in ("AccessDenied", "403", "AllAccessDisabled"):
+            hint = ("check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / "
+                    "AWS_PROFILE, or the pod's S3 Secret) and that they may access this bucket "
+                    "and key (S3 also answers 403 for a missing key when s3:ListBucket is not "
+                    "granted, and HEAD requests carry no error code)")
+        elif code == "NoSuchBucket":
+            hint = (f"check the bucket name, and that AWS_ENDPOINT_URL ({_endpoint()}) is the "
+                    f"S3 service that holds it")
+        elif code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout") or                 (isinstance(status, int) and status >= 500):
+            hint = (f"the S3 service ({_endpoint()}) kept failing after {S3_MAX_ATTEMPTS} "
+                    f"attempts; check its health and retry")
+        else:
+            hint = "check the URI, the credentials and AWS_ENDPOINT_URL"
+        what = f"{code} ({reason})" if reason and reason != code else code
+    elif isinstance(cause, (NoCredentialsError, PartialCredentialsError)):
+        what = type(cause).__name__
+        hint = ("no usable credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+                "AWS_PROFILE), e.g. from the cluster's S3 Secret")
+    elif isinstance(cause, ProfileNotFound):
+        what, hint = f"ProfileNotFound ({cause})", "check AWS_PROFILE and ~/.aws/config"
+    elif isinstance(cause, ConnectionError):  # endpoint down / unreachable / timeouts
+        what = f"{type(cause).__name__} ({cause})"
+        hint = (f"cannot reach the S3 endpoint {_endpoint()} (tried {S3_MAX_ATTEMPTS} times): "
+                f"check AWS_ENDPOINT_URL and that the service is up and reachable from here")
+    else:
+        what = f"{type(cause).__name__} ({cause})"
+        hint = "check the URI, the credentials and AWS_ENDPOINT_URL"
+    return StorageError(f"S3 {op} of {uri} failed: {what}; {hint}".replace("\n", " "))
+
+
+def _is_boto_error(err: BaseException) -> bool:
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return isinstance(err, (ClientError, BotoCoreError, Boto3Error))
+
+
+@contextmanager
+def _s3_errors(op: str, uri: str) -> Iterator[None]:
+    """Translate what boto3 raises: not found -> FileNotFoundError, the rest -> StorageError."""
+    try:
+        yield
+    except (FileNotFoundError, StorageError):
+        raise
+    except Exception as e:
+        if not _is_boto_error(e):
+            raise
+        if _is_not_found(e):
+            raise FileNotFoundError(f"no such object: {uri}") from None
+        raise s3_error(op, uri, e) from e
 
 
 class NotRegularFileError(OSError):
@@ -134,11 +235,11 @@ def s3_client():
     env = tuple(os.environ.get(k) for k in (
         "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
         "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION"))
-    key = (os.getpid(),) + env
+    key = (os.getpid(), S3_MAX_ATTEMPTS) + env
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
-            config = Config(retries={"max_attempts": 10, "mode": "standard"},
+            config = Config(retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
                             connect_timeout=10, read_timeout=120,
                             max_pool_connections=32)
             # botocore reads AWS_ENDPOINT_URL(_S3) itself (>= 1.31); passing it explicitly
@@ -159,7 +260,8 @@ def _transfer_config():
 
 
 def _is_not_found(err: Exception) -> bool:
-    code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
+    # NoSuchBucket is *not* "not found": it is a configuration error (wrong bucket or endpoint).
+    code = str((getattr(err, "response", None) or {}).get("Error", {}).get("Code", ""))
     return code in ("404", "NoSuchKey", "NotFound")
 
 
@@ -193,22 +295,16 @@ def read_bytes(uri: str, max_bytes: Optional[int] = None) -> bytes:
             if len(data) > max_bytes:
                 raise _too_large(uri, len(data), max_bytes)
             return data
-    from botocore.exceptions import ClientError
-
     bucket, key = split_s3(uri)
-    try:
+    with _s3_errors("read", uri):
         resp = s3_client().get_object(Bucket=bucket, Key=key)
-    except ClientError as e:
-        if _is_not_found(e):
-            raise FileNotFoundError(f"no such object: {uri}") from None
-        raise
-    body = resp["Body"]
-    try:
-        if max_bytes is not None and int(resp.get("ContentLength", 0)) > max_bytes:
-            raise _too_large(uri, int(resp["ContentLength"]), max_bytes)
-        return body.read()
-    finally:
-        body.close()
+        body = resp["Body"]
+        try:
+            if max_bytes is not None and int(resp.get("ContentLength", 0)) > max_bytes:
+                raise _too_large(uri, int(resp["ContentLength"]), max_bytes)
+            return body.read()
+        finally:
+            body.close()
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -220,7 +316,8 @@ def write_bytes(uri: str, data: bytes) -> None:
     uri = check_uri(uri)
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        s3_client().upload_fileobj(io.BytesIO(data), bucket, key, Config=_transfer_config())
+        with _s3_errors("write", uri):
+            s3_client().upload_fileobj(io.BytesIO(data), bucket, key, Config=_transfer_config())
         return
     path = _local(uri)
     folder = os.path.dirname(os.path.abspath(path))
@@ -240,12 +337,17 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 
 def upload_file(local_path: str, uri: str) -> None:
-    """Copy a local file to ``uri`` (multipart on S3 above 64 MiB; atomic either way)."""
+    """Copy a local file to ``uri`` (multipart on S3 above 64 MiB; atomic either way).
+
+    On S3 a failed multipart upload is aborted by boto3's transfer manager when the service can
+    still be reached; when it cannot, :func:`abort_multipart_uploads` cleans up later.
+    """
     uri = check_uri(uri)
     if is_s3(uri):
         _open_regular(os.fspath(local_path)).close()  # a FIFO or /dev/zero would never end
         bucket, key = split_s3(uri)
-        s3_client().upload_file(os.fspath(local_path), bucket, key, Config=_transfer_config())
+        with _s3_errors("upload", uri):
+            s3_client().upload_file(os.fspath(local_path), bucket, key, Config=_transfer_config())
         return
     dst = _local(uri)
     if os.path.abspath(dst) == os.path.abspath(local_path):
@@ -275,8 +377,6 @@ def download_file(uri: str, local_path: str) -> None:
             raise FileNotFoundError(f"no such file: {uri}")
         upload_file(_local(uri), os.fspath(local_path))
         return
-    from botocore.exceptions import ClientError
-
     bucket, key = split_s3(uri)
     local_path = os.fspath(local_path)
     folder = os.path.dirname(os.path.abspath(local_path))
@@ -284,38 +384,64 @@ def download_file(uri: str, local_path: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     os.close(fd)
     try:
-        s3_client().download_file(bucket, key, tmp, Config=_transfer_config())
+        with _s3_errors("download", uri):
+            try:
+                s3_client().download_file(bucket, key, tmp, Config=_transfer_config())
+            except Exception as e:
+                if _is_boto_error(e) and _is_not_found(e):
+                    _check_bucket(bucket, uri)  # a HEAD 404 may be a missing bucket
+                raise
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, local_path)
-    except ClientError as e:
-        if _is_not_found(e):
-            raise FileNotFoundError(f"no such object: {uri}") from None
-        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _check_bucket(bucket: str, uri: str) -> None:
+    """Raise StorageError if ``bucket`` does not exist or cannot be reached.
+
+    Why: S3 answers HEAD of a missing key and HEAD of a key in a missing bucket alike (404, no
+    body); a missing bucket is a configuration error, not "no such object".
+    """
+    with _s3_errors("read", uri):
+        try:
+            s3_client().head_bucket(Bucket=bucket)
+        except Exception as e:
+            if _is_boto_error(e) and _is_not_found(e):
+                from botocore.exceptions import ClientError
+
+                raise s3_error("read", uri, ClientError(
+                    {"Error": {"Code": "NoSuchBucket", "Message": f"bucket {bucket!r} does not exist"}},
+                    "HeadBucket")) from None
+            raise
+
+
+def _head(uri: str, op: str) -> dict:
+    bucket, key = split_s3(uri)
+    with _s3_errors(op, uri):
+        try:
+            return s3_client().head_object(Bucket=bucket, Key=key)
+        except Exception as e:
+            if _is_boto_error(e) and _is_not_found(e):
+                _check_bucket(bucket, uri)
+            raise
 
 
 def exists(uri: str) -> bool:
     uri = check_uri(uri)
     if not is_s3(uri):
         return os.path.exists(_local(uri))
-    from botocore.exceptions import ClientError
-
-    bucket, key = split_s3(uri)
     try:
-        s3_client().head_object(Bucket=bucket, Key=key)
+        _head(uri, "exists check")
         return True
-    except ClientError as e:
-        if _is_not_found(e):
-            return False
-        raise
+    except FileNotFoundError:
+        return False
 
 
 def etag(uri: str) -> str:
     """The S3 ETag of an object (identifies its content version)."""
-    bucket, key = split_s3(check_uri(uri))
-    return str(s3_client().head_object(Bucket=bucket, Key=key)["ETag"])
+    return str(_head(check_uri(uri), "etag read")["ETag"])
 
 
 def size(uri: str) -> int:
@@ -323,22 +449,14 @@ def size(uri: str) -> int:
     uri = check_uri(uri)
     if not is_s3(uri):
         return os.path.getsize(_local(uri))
-    from botocore.exceptions import ClientError
-
-    bucket, key = split_s3(uri)
-    try:
-        return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
-    except ClientError as e:
-        if _is_not_found(e):
-            raise FileNotFoundError(f"no such object: {uri}") from None
-        raise
+    return int(_head(uri, "size read")["ContentLength"])
 
 
 def list_uris(prefix_uri: str) -> list[str]:
     """All files / objects under a folder or key prefix, recursively, sorted.
 
     For S3 the prefix is taken as a folder (``s3://b/data`` lists ``s3://b/data/...``, not
-    ``s3://b/data2``). A missing folder lists as empty.
+    ``s3://b/data2``). A missing folder lists as empty; a missing bucket is a StorageError.
     """
     prefix_uri = check_uri(prefix_uri)
     if not is_s3(prefix_uri):
@@ -353,9 +471,10 @@ def list_uris(prefix_uri: str) -> list[str]:
     if key and not key.endswith("/"):
         key += "/"
     out = []
-    paginator = s3_client().get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=key):
-        out.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
+    with _s3_errors("listing", prefix_uri):
+        paginator = s3_client().get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=key):
+            out.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
     return sorted(out)
 
 
@@ -364,7 +483,8 @@ def delete(uri: str) -> None:
     uri = check_uri(uri)
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        s3_client().delete_object(Bucket=bucket, Key=key)
+        with _s3_errors("delete", uri):
+            s3_client().delete_object(Bucket=bucket, Key=key)
         return
     try:
         os.unlink(_local(uri))
@@ -372,17 +492,48 @@ def delete(uri: str) -> None:
         pass
 
 
+def abort_multipart_uploads(prefix_uri: str, keep=None) -> list[str]:
+    """Abort the incomplete multipart uploads under an S3 folder; return their URIs.
+
+    An upload that failed while the service was unreachable cannot be aborted at the time; its
+    parts stay stored (and billed) until someone aborts it. Writers that own a folder (``umt
+    shard``) call this before they start. ``keep(uri) -> bool`` spares uploads it returns True
+    for.
+    """
+    bucket, key = split_s3(check_uri(prefix_uri))
+    if key and not key.endswith("/"):
+        key += "/"
+    aborted = []
+    with _s3_errors("multipart cleanup", prefix_uri):
+        client = s3_client()
+        paginator = client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=bucket, Prefix=key):
+            for up in page.get("Uploads", []):
+                uri = f"s3://{bucket}/{up['Key']}"
+                if keep is not None and keep(uri):
+                    continue
+                client.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+                aborted.append(uri)
+    return aborted
+
+
 class _S3Stream(io.RawIOBase):
     """A read-only, forward-streaming view of an S3 object's body (what tarfile ``r|`` needs)."""
 
-    def __init__(self, body):
+    def __init__(self, body, uri: str):
         self._body = body
+        self._uri = uri
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buf) -> int:
-        data = self._body.read(len(buf))
+        try:
+            data = self._body.read(len(buf))
+        except Exception as e:  # a connection dropped mid-object: say so, with the URI
+            if _is_boto_error(e) or "urllib3" in type(e).__module__:
+                raise s3_error("read", self._uri, e) from e
+            raise
         buf[:len(data)] = data
         return len(data)
 
@@ -400,13 +551,7 @@ def open_read(uri: str) -> BinaryIO:
     uri = check_uri(uri)
     if not is_s3(uri):
         return _open_regular(_local(uri))
-    from botocore.exceptions import ClientError
-
     bucket, key = split_s3(uri)
-    try:
+    with _s3_errors("read", uri):
         body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
-    except ClientError as e:
-        if _is_not_found(e):
-            raise FileNotFoundError(f"no such object: {uri}") from None
-        raise
-    return io.BufferedReader(_S3Stream(body), buffer_size=1 << 20)
+    return io.BufferedReader(_S3Stream(body, uri), buffer_size=1 << 20)

@@ -5,8 +5,9 @@
     umt shard --input s3://raw/clips/ --output s3://bucket/clips --shard-bytes 1GB --no-transcode
     umt synthetic --output-dir ./synthetic --num-videos 256
 
-Exit codes: 0 success; 1 too many inputs failed (``--max-failure-rate``); 2 bad arguments or
-a manifest that cannot be parsed (nothing was done).
+Exit codes: 0 success; 1 too many inputs failed (``--max-failure-rate``) or storage failed (an
+S3 error other than not-found: credentials, bucket, endpoint; the finished shards are kept and a
+re-run resumes); 2 bad arguments or a manifest that cannot be parsed (nothing was done).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def shard(
     from umt.data.manifest import ManifestError, read_classes
     from umt.data.shard import ShardingFailed, available_cpus, parse_size, shard_dataset
     from umt.data.transcode import TranscodeSettings
+    from umt.errors import UserError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -84,7 +86,7 @@ def shard(
                              progress=not quiet)
     except (ManifestError, DatasetJsonError, ValueError, FileNotFoundError) as e:
         _fail(str(e), 2)
-    except ShardingFailed as e:
+    except (ShardingFailed, UserError) as e:  # UserError: storage.StorageError (S3 failures)
         _fail(str(e), 1)
     _summary(info)
 

@@ -32,6 +32,8 @@ import json
 import logging
 import multiprocessing
 import os
+import re
+import shutil
 import tempfile
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -378,13 +380,19 @@ class _ShardSink:
         for fut in self.uploads:
             fut.result()  # re-raises an upload error: the step must not report success
         self.uploads.clear()
+
+    def cleanup(self) -> None:
+        """Always, success or not: stop the uploads and remove the local staging folder.
+
+        Without this a failed S3 run left its staging folder (``umt-shard-*``, up to two
+        shards) in the system temp folder.
+        """
         if self.uploader:
-            self.uploader.shutdown()
+            # Queued uploads are cancelled; one in flight ends (fails fast when the endpoint is
+            # gone) before its file is removed under it.
+            self.uploader.shutdown(wait=True, cancel_futures=True)
         if self.remote:
-            try:
-                os.rmdir(self.staging)
-            except OSError:
-                pass
+            shutil.rmtree(self.staging, ignore_errors=True)
 
 
 def _sample(key: str, result: dict) -> dict[str, bytes]:
@@ -488,6 +496,12 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
     seen = {k for s in done for k in s["keys"]}
     failures = [f for s in done for f in s["failures"]]
 
+    if storage.is_s3(output):
+        # A run that died with the endpoint could not abort its multipart upload; its parts are
+        # still stored (and billed). Only this dataset's own shard keys are touched.
+        own = re.compile(re.escape(output.rstrip("/")) + r"/shard-\d{6}\.tar")
+        for uri in storage.abort_multipart_uploads(output, keep=lambda u: not own.fullmatch(u)):
+            log.warning("aborted an incomplete multipart upload of an earlier run: %s", uri)
     sink = _ShardSink(output, fingerprint)
     shard: Optional[_OpenShard] = None
     num_shards = len(done)
@@ -526,9 +540,15 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
             sink.abort(shard)
         shard = None
         sink.wait()
+    except storage.StorageError as e:
+        raise storage.StorageError(
+            f"{e}. Sharding stopped: the {len(sink.finished) + len(done)} finished shards are "
+            f"kept, and a re-run of the same command resumes after them (and aborts this run's "
+            f"incomplete multipart uploads)") from e
     finally:
         bar.close()
         sink.abort(shard)
+        sink.cleanup()
 
     all_stats = done + [sink.finished[k] for k in sorted(sink.finished)]
     _remove_stale(output, num_shards)

@@ -130,6 +130,10 @@ def _open_streams(src: Iterator[dict], skips: _Skips) -> Iterator[dict]:
         url = sample["url"]
         try:
             stream = storage.open_read(url)
+        except storage.StorageError:
+            # Credentials, bucket or endpoint (after botocore's retries): every other shard
+            # would fail the same way, so stop with the message instead of skipping them all.
+            raise
         except Exception as e:  # missing / unreadable shard: skip it, as a corrupt tar is
             skips.handler(e)
             continue
