@@ -128,16 +128,16 @@ class PretrainVisionTransformer(nn.Module):
         aligned = torch.stack([head(layers[k] + pos) for k, head in enumerate(self.clip_decoder)])
         return layers[-1], aligned
 
-    def pool(self, tokens: torch.Tensor, frames: int = 1) -> torch.Tensor:
+    def pool(self, tokens: torch.Tensor, frames: Optional[int] = None) -> torch.Tensor:
         """Official Stage-2 pooling: ``pool_norm`` of the token mean.
 
-        ``tokens [B, N', D]`` -> ``[B, D]`` (``frames=1``: one vector, as in training on masked
-        clips) or ``[B, frames, D]`` (per-frame means: tokens are ordered frame-major, so every
-        frame must contribute the same number, e.g. unmasked evaluation).
+        ``tokens [B, N', D]`` -> ``[B, D]`` (``frames=None``: one vector, as in training on
+        masked clips) or ``[B, frames, D]`` (per-frame means: tokens are ordered frame-major, so
+        every frame must contribute the same number, e.g. unmasked evaluation).
         """
         if not hasattr(self, "pool_norm"):
             raise AttributeError("pool() needs the Stage-2 encoder, built with pool_norm=True")
-        if frames == 1:
+        if frames is None:
             return self.pool_norm(tokens.mean(1))
         b, n, d = tokens.shape
         if n % frames:

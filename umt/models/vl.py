@@ -138,8 +138,8 @@ class VisionLanguageModel(nn.Module):
         visible tokens in every frame.
         """
         tokens, _ = self.vision_encoder.forward_visible(video, mask, align=False)
-        frames = self.frames_of(video) if per_frame else 1
-        if frames > 1 and mask is not None:
+        frames = self.frames_of(video) if per_frame else None
+        if frames is not None and mask is not None:
             per = (~mask).view(mask.shape[0], frames, -1).sum(-1)
             if not bool((per == per[0, 0]).all()):
                 raise ValueError("per_frame pooling of a masked clip needs the same number of "
