@@ -6,6 +6,8 @@
     umt shard ...                                    videos -> WebDataset shards (umt/data/)
     umt job render|submit|wait|logs|delete ...       PyTorchJobs (umt/launch/)
     umt doctor                                       cluster / S3 preflight checks
+    umt run pipelines/full.py --local                the whole KFP pipeline here (umt/pipeline/)
+    umt submit pipelines/full.py --endpoint URL      compile + start a run on a KFP backend
 """
 
 from __future__ import annotations
@@ -69,11 +71,14 @@ def models():
 # Commands owned by other subpackages; each module defines its own typer commands.
 from umt.data.cli import shard, synthetic  # noqa: E402
 from umt.launch.cli import doctor, job_app  # noqa: E402
+from umt.pipeline.cli import run, submit  # noqa: E402  (kfp is imported only when they run)
 
 app.command("shard")(shard)
 app.command("synthetic")(synthetic)
 app.add_typer(job_app, name="job")
 app.command("doctor")(doctor)
+app.command("run")(run)
+app.command("submit")(submit)
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,31 @@
+"""The pipeline's KFP components: one folder per step, ``component.py`` + compiled
+``component.yaml`` (reuse the YAML with ``kfp.components.load_component_from_file``; see
+README.md). Regenerate the YAML files with ``python -m components``.
+"""
+
+from components.cleanup.component import cleanup
+from components.evaluate.component import evaluate
+from components.finetune_action.component import finetune_action
+from components.finetune_qa.component import finetune_qa
+from components.finetune_retrieval.component import finetune_retrieval
+from components.pretrain_stage1.component import pretrain_stage1
+from components.pretrain_stage2.component import pretrain_stage2
+from components.report.component import report
+from components.shard_videos.component import shard_videos
+from components.validate.component import validate
+
+# step folder -> component, in DAG order
+COMPONENTS = {
+    "validate": validate,
+    "shard_videos": shard_videos,
+    "pretrain_stage1": pretrain_stage1,
+    "pretrain_stage2": pretrain_stage2,
+    "finetune_action": finetune_action,
+    "finetune_retrieval": finetune_retrieval,
+    "finetune_qa": finetune_qa,
+    "evaluate": evaluate,
+    "report": report,
+    "cleanup": cleanup,
+}
+
+__all__ = ["COMPONENTS", *COMPONENTS]

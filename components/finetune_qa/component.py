@@ -1,0 +1,62 @@
+"""``finetune_qa``: fine-tune for video question answering as a PyTorchJob."""
+
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.base import component
+
+
+@component
+def finetune_qa(
+    model: Output[Model],
+    metrics: Output[Metrics],
+    job: Output[Artifact],
+    dataset: Input[Dataset],
+    pretrained: Input[Model],
+    output_prefix: str,
+    enabled: bool = True,
+    train_data: str = "",
+    model_size: str = "base",
+    steps: int = 0,
+    batch_size: int = 0,
+    num_frames: int = 0,
+    overrides: list = [],
+    nodes: int = 1,
+    gpus_per_node: int = 8,
+    node_pool: str = "gke-a100",
+    image: str = "",
+    s3_secret: str = "umt-s3",
+):
+    """Fine-tunes for video question answering.
+
+    Starts from the Stage-2 model; runs as a PyTorchJob writing to
+    <output_prefix>/finetune-qa-<config hash>/ (stable across retries, so it resumes).
+
+    Args:
+        dataset: The pipeline's dataset (used unless train_data is set).
+        pretrained: The model it starts from.
+        output_prefix: Folder or s3:// prefix the job writes under.
+        enabled: False: skip (the outputs say so) and let the evaluation skip too.
+        train_data: Videos with questions and answers: a dataset.json ("" = the pipeline's dataset).
+        model_size: tiny, small, base or large (the stage's preset).
+        steps: Optimizer steps (0 = the preset's).
+        batch_size: Batch size per GPU (0 = the preset's).
+        num_frames: Frames per clip (0 = the preset's).
+        overrides: Extra config overrides, key=value.
+        nodes: Nodes (pods) of the job.
+        gpus_per_node: GPUs per node (0 = a CPU job).
+        node_pool: Node pool of the training pods, e.g. gke-a100.
+        image: Training image ("" = umt-train of this package's version).
+        s3_secret: Kubernetes Secret with the S3 credentials ("" = none).
+
+    Returns:
+        model: model.json: checkpoint URI, architecture, frames, resolution, step, config hash.
+        metrics: final_loss, steps, clips_per_s, wall_hours, gpu_hours.
+        job: The rendered PyTorchJob YAML.
+    """
+    from umt.pipeline import steps as s
+
+    s.train("finetune-qa", dataset=dataset, parent=pretrained, enabled=enabled,
+            train_data=train_data, model_size=model_size, steps=steps, batch_size=batch_size,
+            num_frames=num_frames, overrides=overrides, output_prefix=output_prefix,
+            nodes=nodes, gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
+            s3_secret=s3_secret, model=model, metrics=metrics, job=job)

@@ -1,0 +1,59 @@
+"""``pretrain_stage1``: Stage 1 (video-only UMT pretraining) as a PyTorchJob."""
+
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.base import component
+
+
+@component
+def pretrain_stage1(
+    model: Output[Model],
+    metrics: Output[Metrics],
+    job: Output[Artifact],
+    dataset: Input[Dataset],
+    output_prefix: str,
+    model_size: str = "base",
+    steps: int = 0,
+    batch_size: int = 0,
+    num_frames: int = 0,
+    overrides: list = [],
+    existing_checkpoint: str = "",
+    nodes: int = 1,
+    gpus_per_node: int = 8,
+    node_pool: str = "gke-a100",
+    image: str = "",
+    s3_secret: str = "umt-s3",
+):
+    """Trains Stage 1 (semantic masking + unmasked token alignment) as a PyTorchJob.
+
+    This pod only launches and follows the job (CPU); the job's pods get the GPUs. Outputs go
+    to <output_prefix>/stage1-<config hash>/, the same folder on every retry and rerun, so an
+    interrupted training resumes from its last checkpoint.
+
+    Args:
+        dataset: The sharded videos (dataset.json).
+        output_prefix: Folder or s3:// prefix the job writes under.
+        model_size: tiny, small, base or large (the stage's preset).
+        steps: Optimizer steps (0 = the preset's).
+        batch_size: Batch size per GPU (0 = the preset's).
+        num_frames: Frames per clip (0 = the preset's).
+        overrides: Extra config overrides, key=value.
+        existing_checkpoint: Use this checkpoint instead of training (skips the job).
+        nodes: Nodes (pods) of the job.
+        gpus_per_node: GPUs per node (0 = a CPU job).
+        node_pool: Node pool of the training pods, e.g. gke-a100.
+        image: Training image ("" = umt-train of this package's version).
+        s3_secret: Kubernetes Secret with the S3 credentials ("" = none).
+
+    Returns:
+        model: model.json: checkpoint URI, architecture, frames, resolution, step, config hash.
+        metrics: final_loss, steps, clips_per_s, wall_hours, gpu_hours.
+        job: The rendered PyTorchJob YAML.
+    """
+    from umt.pipeline import steps as s
+
+    s.train("stage1", dataset=dataset, model_size=model_size, steps=steps,
+            batch_size=batch_size, num_frames=num_frames, overrides=overrides,
+            existing_checkpoint=existing_checkpoint, output_prefix=output_prefix, nodes=nodes,
+            gpus_per_node=gpus_per_node, node_pool=node_pool, image=image, s3_secret=s3_secret,
+            model=model, metrics=metrics, job=job)

@@ -1,0 +1,38 @@
+"""``shard_videos``: videos -> WebDataset shards + dataset.json (``umt shard``)."""
+
+from kfp.dsl import Dataset, Output
+
+from components.base import component
+
+
+@component
+def shard_videos(
+    dataset: Output[Dataset],
+    output_prefix: str,
+    input_videos: str = "",
+    existing_dataset: str = "",
+    classes: str = "",
+    samples_per_shard: int = 1000,
+    short_side: int = 320,
+):
+    """Validates, transcodes and shards videos to WebDataset; resumes verified shards.
+
+    The shards go to <output_prefix>/datasets/<input>-<hash>/ (never through KFP's artifact
+    store); the Dataset artifact is the small dataset.json with counts in its metadata.
+
+    Args:
+        output_prefix: Folder or s3:// prefix; the shards go under datasets/.
+        input_videos: Manifest (.csv/.jsonl), folder or s3:// prefix of videos.
+        existing_dataset: dataset.json of already sharded data: described, not re-sharded.
+        classes: Class-names file fixing label indices ("" = sorted label names).
+        samples_per_shard: Samples per shard.
+        short_side: Short side (pixels) videos are transcoded to (never upscaled).
+
+    Returns:
+        dataset: dataset.json (shard URIs absolute) with num_shards, num_samples, num_failed,
+            classes and the canonical dataset_json URI in its metadata.
+    """
+    from umt.pipeline import steps
+
+    steps.shard(input_videos, existing_dataset, output_prefix, classes=classes,
+                samples_per_shard=samples_per_shard, short_side=short_side, dataset=dataset)

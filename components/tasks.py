@@ -1,0 +1,58 @@
+"""How a pipeline sets up tasks of these components (``pipelines/*.py`` use it; so can yours).
+
+* Launcher pods are CPU-only with small explicit requests: the GPUs belong to the PyTorchJobs
+  they launch (nodes, GPUs and node pool are the components' own parameters), never to the
+  task (no ``set_accelerator_*``, no TaskConfig ``RESOURCES`` passthrough).
+* S3 credentials come from a Kubernetes Secret as environment variables (kfp-kubernetes
+  ``use_secret_as_env``), never as parameters. ``optional=True``: a missing Secret does not
+  leave the pod stuck in CreateContainerConfigError; ``validate`` then fails with a message
+  that names the Secret.
+* The run id comes from the pod's label (``use_field_path_as_env``), not from an input: the
+  backend resolves the run-id placeholder before computing the cache key, so a task taking it
+  as an input would never hit the cache.
+* ``set_retry`` for launcher pods lost with their node; the retry adopts the running job.
+"""
+
+from kfp import kubernetes
+
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+           "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+           "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION",
+           "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL"}
+RUN_ID_ENV, RUN_ID_FIELD = "KFP_RUN_ID", "metadata.labels['pipeline/runid']"
+
+
+def with_run_id(task):
+    kubernetes.use_field_path_as_env(task, RUN_ID_ENV, RUN_ID_FIELD)
+    return task
+
+
+def cpu_task(task, display_name: str, *, s3_secret, cpu: str = "500m", memory: str = "1Gi",
+             memory_limit: str = "4Gi", retries: int = 0):
+    """A CPU-only task with the S3 Secret and the run id in its environment."""
+    task.set_display_name(display_name)
+    task.set_cpu_request(cpu)
+    task.set_memory_request(memory)
+    task.set_memory_limit(memory_limit)
+    kubernetes.use_secret_as_env(task, secret_name=s3_secret, secret_key_to_env=S3_KEYS,
+                                 optional=True)
+    with_run_id(task)
+    if retries:
+        task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
+    return task
+
+
+def launcher_task(task, display_name: str, *, s3_secret, retries: int = 2):
+    """A task that launches and follows a PyTorchJob: 0.5 CPU, 1-4 GiB, retried twice."""
+    return cpu_task(task, display_name, s3_secret=s3_secret, retries=retries)
+
+
+def exit_task(task, display_name: str = "Clean up unfinished jobs"):
+    """The exit handler's task: small, never cached (a cached exit task would not run), with
+    the run id (it deletes the run's jobs by their label)."""
+    task.set_display_name(display_name)
+    task.set_caching_options(False)
+    task.set_cpu_request("100m")
+    task.set_memory_request("256Mi")
+    task.set_memory_limit("1Gi")
+    return with_run_id(task)

@@ -1,0 +1,99 @@
+"""``validate``: check every pipeline setting in seconds, before anything GPU-bound."""
+
+from kfp.dsl import Artifact, Output
+
+from components.base import component
+
+
+@component
+def validate(
+    plan: Output[Artifact],
+    output_prefix: str,
+    input_videos: str = "",
+    existing_dataset: str = "",
+    classes: str = "",
+    samples_per_shard: int = 1000,
+    short_side: int = 320,
+    model_size: str = "base",
+    num_frames: int = 0,
+    batch_size: int = 0,
+    stage1_steps: int = 0,
+    stage2_steps: int = 0,
+    finetune_steps: int = 0,
+    stage1_overrides: list = [],
+    stage2_overrides: list = [],
+    finetune_overrides: list = [],
+    eval_overrides: list = [],
+    existing_stage1_checkpoint: str = "",
+    existing_stage2_checkpoint: str = "",
+    run_stage2: bool = True,
+    run_action: bool = True,
+    run_retrieval: bool = True,
+    run_qa: bool = True,
+    run_mc: bool = True,
+    action_train_data: str = "",
+    action_eval_data: str = "",
+    retrieval_train_data: str = "",
+    retrieval_eval_data: str = "",
+    qa_train_data: str = "",
+    qa_eval_data: str = "",
+    mc_eval_data: str = "",
+    nodes: int = 1,
+    gpus_per_node: int = 8,
+    downstream_nodes: int = 1,
+    node_pool: str = "gke-a100",
+    image: str = "",
+    s3_secret: str = "umt-s3",
+):
+    """Checks the pipeline's settings and plans every job; fails listing all problems.
+
+    Loads each enabled stage's config with its overrides and renders its PyTorchJob (the
+    launcher's own validation), checks the values KFP cannot constrain (model size, node pool,
+    task switches), that the data and checkpoints exist, that the output prefix is writable
+    with the S3 Secret's credentials and, on a cluster, the PyTorchJob CRD, RBAC and Secret.
+
+    Args:
+        output_prefix: Folder or s3:// prefix for shards, checkpoints and job outputs.
+        input_videos: Manifest (.csv/.jsonl), folder or s3:// prefix of videos to shard.
+        existing_dataset: dataset.json of already sharded data; skips sharding.
+        classes: Class-names file fixing label indices ("" = sorted label names).
+        samples_per_shard: Samples per WebDataset shard.
+        short_side: Short side (pixels) videos are transcoded to.
+        model_size: tiny, small, base or large (the presets of every stage).
+        num_frames: Frames per clip in every stage (0 = the preset's).
+        batch_size: Batch size per GPU in every training stage (0 = the preset's).
+        stage1_steps: Stage-1 optimizer steps (0 = the preset's).
+        stage2_steps: Stage-2 optimizer steps (0 = the preset's).
+        finetune_steps: Optimizer steps of each fine-tune (0 = the preset's).
+        stage1_overrides: Extra Stage-1 config overrides, key=value.
+        stage2_overrides: Extra Stage-2 config overrides, key=value.
+        finetune_overrides: Extra overrides for every fine-tune, key=value.
+        eval_overrides: Extra overrides for every evaluation, key=value.
+        existing_stage1_checkpoint: Start from this Stage-1 checkpoint; skips Stage 1.
+        existing_stage2_checkpoint: Start from this Stage-2 checkpoint; skips Stage 2.
+        run_stage2: Run Stage 2 (vision-language pretraining).
+        run_action: Fine-tune and evaluate action recognition.
+        run_retrieval: Fine-tune and evaluate video-text retrieval.
+        run_qa: Fine-tune and evaluate video question answering.
+        run_mc: Evaluate multiple-choice (with the retrieval model).
+        action_train_data: dataset.json for the action fine-tune ("" = the pipeline's data).
+        action_eval_data: dataset.json for the action evaluation ("" = the pipeline's data).
+        retrieval_train_data: dataset.json for the retrieval fine-tune ("" = pipeline's data).
+        retrieval_eval_data: dataset.json for the retrieval evaluation ("" = pipeline's data).
+        qa_train_data: dataset.json for the QA fine-tune ("" = the pipeline's data).
+        qa_eval_data: dataset.json for the QA evaluation ("" = the pipeline's data).
+        mc_eval_data: dataset.json for the multiple-choice evaluation ("" = pipeline's data).
+        nodes: Nodes (pods) per pretraining job.
+        gpus_per_node: GPUs per node (0 = CPU jobs).
+        downstream_nodes: Nodes per fine-tune and evaluation job.
+        node_pool: Node pool of the training pods (umt.launch.NODE_POOLS), e.g. gke-a100.
+        image: Training image ("" = umt-train of this package's version).
+        s3_secret: Kubernetes Secret with the S3 credentials ("" = IRSA / workload identity).
+
+    Returns:
+        plan: The plan: every job's stage, preset, overrides, output folder and rendered YAML.
+    """
+    params = {k: v for k, v in locals().items() if k != "plan"}  # every parameter, by name
+    from umt.pipeline.validate import validate_step
+
+    validate_step(params, plan)

@@ -1,0 +1,93 @@
+"""Fine-tune and evaluate action recognition from an existing Stage-1 checkpoint (e.g. an
+official UMT one) on your data, with the same components:
+validate -> describe data -> register the checkpoint -> fine-tune -> evaluate -> report.
+
+    umt submit pipelines/finetune.py output_prefix=s3://bucket/runs \\
+        checkpoint=s3://bucket/ckpt/b16_ptk710_f8_res224.pth \\
+        train_data=s3://bucket/k400/train/dataset.json eval_data=s3://bucket/k400/val/dataset.json
+"""
+
+import sys
+from pathlib import Path
+
+_ROOT = str(Path(__file__).resolve().parents[1])  # importable without PYTHONPATH (kfp dsl compile)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from kfp import dsl  # noqa: E402
+
+from components import (cleanup, evaluate, finetune_action, pretrain_stage1,  # noqa: E402
+                        report, shard_videos, validate)
+from components.tasks import cpu_task, exit_task, launcher_task  # noqa: E402
+
+
+@dsl.pipeline(name="umt-finetune-action",
+              display_name="UMT: fine-tune and evaluate action recognition",
+              description="Action-recognition fine-tune + evaluation PyTorchJobs from an "
+                          "existing Stage-1 checkpoint, and a report.")
+def finetune(
+    checkpoint: str,
+    train_data: str,
+    eval_data: str = "",
+    output_prefix: str = "s3://umt/runs",
+    model_size: str = "base",
+    num_frames: int = 0,
+    batch_size: int = 0,
+    finetune_steps: int = 0,
+    finetune_overrides: list = [],
+    eval_overrides: list = [],
+    nodes: int = 1,
+    gpus_per_node: int = 8,
+    node_pool: str = "gke-a100",
+    image: str = "",
+    s3_secret: str = "umt-s3",
+):
+    """Fine-tunes a Stage-1 checkpoint for action recognition and evaluates it.
+
+    Args:
+        checkpoint: The Stage-1 checkpoint to start from (local path or s3:// URI).
+        train_data: dataset.json of the labelled training videos (from `umt shard`).
+        eval_data: dataset.json of the evaluation videos ("" = train_data).
+        output_prefix: s3:// prefix (a folder locally) for checkpoints and job outputs.
+        model_size: tiny, small, base or large (the presets of both stages).
+        num_frames: Frames per clip (0 = the presets').
+        batch_size: Batch size per GPU (0 = the preset's).
+        finetune_steps: Fine-tuning optimizer steps (0 = the preset's).
+        finetune_overrides: Extra fine-tune config overrides, key=value.
+        eval_overrides: Extra evaluation config overrides, key=value.
+        nodes: Nodes (pods) per job.
+        gpus_per_node: GPUs per node (0 = CPU jobs).
+        node_pool: Node pool of the training pods, e.g. gke-a100.
+        image: Training image ("" = umt-train of this package's version).
+        s3_secret: Kubernetes Secret with the S3 credentials ("" = IRSA / workload identity).
+    """
+    done = exit_task(cleanup())
+    jobs = dict(output_prefix=output_prefix, model_size=model_size, num_frames=num_frames,
+                nodes=nodes, gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
+                s3_secret=s3_secret)
+    with dsl.ExitHandler(done, name="umt"):
+        checked = cpu_task(validate(
+            existing_dataset=train_data, existing_stage1_checkpoint=checkpoint,
+            batch_size=batch_size, finetune_steps=finetune_steps,
+            finetune_overrides=finetune_overrides, eval_overrides=eval_overrides,
+            action_eval_data=eval_data, run_stage2=False, run_action=True,
+            run_retrieval=False, run_qa=False, run_mc=False, downstream_nodes=nodes, **jobs),
+            "Validate settings and plan jobs", s3_secret=s3_secret)
+        data = cpu_task(shard_videos(output_prefix=output_prefix, existing_dataset=train_data),
+                        "Describe the training data", s3_secret=s3_secret).after(checked)
+        base = launcher_task(pretrain_stage1(
+            dataset=data.outputs["dataset"], existing_checkpoint=checkpoint, **jobs),
+            "Stage-1 checkpoint (given)", s3_secret=s3_secret)
+        tuned = launcher_task(finetune_action(
+            dataset=data.outputs["dataset"], pretrained=base.outputs["model"],
+            steps=finetune_steps, batch_size=batch_size, overrides=finetune_overrides,
+            **jobs), "Fine-tune: action recognition", s3_secret=s3_secret)
+        scored = launcher_task(evaluate(
+            task="action", model=tuned.outputs["model"], dataset=data.outputs["dataset"],
+            eval_data=eval_data, overrides=eval_overrides, **jobs),
+            "Evaluate: action recognition", s3_secret=s3_secret)
+        cpu_task(report(
+            dataset=data.outputs["dataset"], stage1_model=base.outputs["model"],
+            action_model=tuned.outputs["model"], action_metrics=tuned.outputs["metrics"],
+            action_eval=scored.outputs["metrics"], title="UMT action fine-tuning run"),
+            "Report", s3_secret=s3_secret)

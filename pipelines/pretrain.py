@@ -1,0 +1,99 @@
+"""Pretraining only: validate -> shard -> Stage 1 -> Stage 2 -> report (the same components).
+
+    umt run pipelines/pretrain.py --local
+    umt submit pipelines/pretrain.py output_prefix=s3://bucket/runs input_videos=s3://bucket/k710.csv
+"""
+
+import sys
+from pathlib import Path
+
+_ROOT = str(Path(__file__).resolve().parents[1])  # importable without PYTHONPATH (kfp dsl compile)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from kfp import dsl  # noqa: E402
+
+from components import (cleanup, pretrain_stage1, pretrain_stage2, report,  # noqa: E402
+                        shard_videos, validate)
+from components.tasks import cpu_task, exit_task, launcher_task  # noqa: E402
+
+
+@dsl.pipeline(name="umt-pretrain", display_name="UMT: shard and pretrain (Stage 1 + 2)",
+              description="WebDataset sharding, Stage-1 and Stage-2 UMT pretraining "
+                          "PyTorchJobs and a report.")
+def pretrain(
+    output_prefix: str = "s3://umt/runs",
+    input_videos: str = "",
+    existing_dataset: str = "",
+    classes: str = "",
+    samples_per_shard: int = 1000,
+    model_size: str = "base",
+    num_frames: int = 0,
+    batch_size: int = 0,
+    stage1_steps: int = 0,
+    stage2_steps: int = 0,
+    stage1_overrides: list = [],
+    stage2_overrides: list = [],
+    existing_stage1_checkpoint: str = "",
+    run_stage2: bool = True,
+    nodes: int = 4,
+    gpus_per_node: int = 8,
+    node_pool: str = "gke-a100",
+    image: str = "",
+    s3_secret: str = "umt-s3",
+):
+    """Shards videos and pretrains UMT: Stage 1 (video-only), then Stage 2 (vision-language).
+
+    Args:
+        output_prefix: s3:// prefix (a folder locally) for shards, checkpoints and job outputs.
+        input_videos: Manifest (.csv/.jsonl), folder or s3:// prefix of videos to shard.
+        existing_dataset: dataset.json of already sharded data; skips sharding.
+        classes: Class-names file fixing label indices ("" = sorted label names).
+        samples_per_shard: Samples per WebDataset shard.
+        model_size: tiny, small, base or large (the presets of both stages).
+        num_frames: Frames per clip (0 = the presets').
+        batch_size: Batch size per GPU (0 = the presets').
+        stage1_steps: Stage-1 optimizer steps (0 = the preset's).
+        stage2_steps: Stage-2 optimizer steps (0 = the preset's).
+        stage1_overrides: Extra Stage-1 config overrides, key=value.
+        stage2_overrides: Extra Stage-2 config overrides, key=value.
+        existing_stage1_checkpoint: Start from this Stage-1 checkpoint; skips Stage 1.
+        run_stage2: Run Stage 2 after Stage 1.
+        nodes: Nodes (pods) per job.
+        gpus_per_node: GPUs per node (0 = CPU jobs).
+        node_pool: Node pool of the training pods, e.g. gke-a100.
+        image: Training image ("" = umt-train of this package's version).
+        s3_secret: Kubernetes Secret with the S3 credentials ("" = IRSA / workload identity).
+    """
+    done = exit_task(cleanup())
+    jobs = dict(output_prefix=output_prefix, model_size=model_size, num_frames=num_frames,
+                batch_size=batch_size, nodes=nodes, gpus_per_node=gpus_per_node,
+                node_pool=node_pool, image=image, s3_secret=s3_secret)
+    with dsl.ExitHandler(done, name="umt"):
+        checked = cpu_task(validate(
+            input_videos=input_videos, existing_dataset=existing_dataset, classes=classes,
+            samples_per_shard=samples_per_shard, stage1_steps=stage1_steps,
+            stage2_steps=stage2_steps, stage1_overrides=stage1_overrides,
+            stage2_overrides=stage2_overrides,
+            existing_stage1_checkpoint=existing_stage1_checkpoint, run_stage2=run_stage2,
+            run_action=False, run_retrieval=False, run_qa=False, run_mc=False, **jobs),
+            "Validate settings and plan jobs", s3_secret=s3_secret)
+        data = cpu_task(shard_videos(
+            output_prefix=output_prefix, input_videos=input_videos,
+            existing_dataset=existing_dataset, classes=classes,
+            samples_per_shard=samples_per_shard), "Shard videos to WebDataset",
+            s3_secret=s3_secret, cpu="4", memory="8Gi", memory_limit="16Gi",
+            retries=2).after(checked)
+        stage1 = launcher_task(pretrain_stage1(
+            dataset=data.outputs["dataset"], steps=stage1_steps, overrides=stage1_overrides,
+            existing_checkpoint=existing_stage1_checkpoint, **jobs),
+            "Stage 1: video pretraining", s3_secret=s3_secret)
+        stage2 = launcher_task(pretrain_stage2(
+            dataset=data.outputs["dataset"], stage1_model=stage1.outputs["model"],
+            enabled=run_stage2, steps=stage2_steps, overrides=stage2_overrides, **jobs),
+            "Stage 2: vision-language pretraining", s3_secret=s3_secret)
+        cpu_task(report(
+            dataset=data.outputs["dataset"], stage1_model=stage1.outputs["model"],
+            stage1_metrics=stage1.outputs["metrics"], stage2_model=stage2.outputs["model"],
+            stage2_metrics=stage2.outputs["metrics"], title="UMT pretraining run"),
+            "Report", s3_secret=s3_secret)

@@ -1,0 +1,229 @@
+"""What the components call (umt.pipeline.plan / steps / validate), run in-process on real
+data, with kfp's own artifact classes as the artifacts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from umt.data import dataset_json
+from umt.data.synthetic import write_dataset
+from umt.pipeline import plan as planning
+from umt.pipeline import steps
+from umt.pipeline.validate import InvalidPipelineSettings, Settings, validate
+
+dsl = pytest.importorskip("kfp.dsl")
+
+
+@pytest.fixture(autouse=True)
+def local_backend(monkeypatch):
+    monkeypatch.setenv(planning.BACKEND_ENV, "local")
+    monkeypatch.delenv("KFP_RUN_ID", raising=False)
+
+
+def artifact(kind, folder: Path, name: str):
+    return getattr(dsl, kind)(name=name, uri=str(folder / name), metadata={})
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("videos")
+    return Path(write_dataset(str(folder), 8, num_frames=8, size=32))
+
+
+@pytest.fixture(scope="module")
+def sharded(videos, tmp_path_factory):
+    """The real shard step on 8 synthetic clips."""
+    out = tmp_path_factory.mktemp("shard")
+    ds = artifact("Dataset", out, "dataset")
+    meta = steps.shard(str(videos), "", str(out / "prefix"), classes=str(videos.parent /
+                       "classes.txt"), samples_per_shard=4, dataset=ds)
+    return ds, meta, out
+
+
+def tiny(**kw) -> Settings:
+    base = dict(output_prefix="", model_size="tiny", nodes=2, gpus_per_node=0,
+                downstream_nodes=2, node_pool="cpu", run_stage2=False, run_action=False,
+                run_retrieval=False, run_qa=False, run_mc=False)
+    return Settings(**{**base, **kw})
+
+
+# -- plan ------------------------------------------------------------------------------------
+def test_output_folders_are_stable_and_follow_the_config(tmp_path):
+    a = planning.plan_step("stage1", "tiny", str(tmp_path), data="/d/dataset.json")
+    b = planning.plan_step("stage1", "tiny", str(tmp_path), data="/d/dataset.json")
+    assert a.output_dir == b.output_dir == str(tmp_path / f"stage1-{a.config_hash}")
+    assert a.overrides == b.overrides
+    changed = [planning.plan_step("stage1", "tiny", str(tmp_path), data="/d/dataset.json",
+                                  steps=7).output_dir,
+               planning.plan_step("stage1", "tiny", str(tmp_path), data="/e/dataset.json").output_dir,
+               planning.plan_step("stage1", "tiny", str(tmp_path), data="/d/dataset.json",
+                                  parent="s3://b/other").output_dir,
+               planning.plan_step("stage1", "tiny", str(tmp_path), data="/d/dataset.json",
+                                  extra=["optim.base_lr=0.5"]).output_dir]
+    assert len({a.output_dir, *changed}) == 5
+    # The parent's checkpoint is added to the job, not hashed (it is not known in advance).
+    assert a.job_overrides("s3://b/ck.pt")[-1] == "model.pretrained=s3://b/ck.pt"
+
+
+def test_plan_refuses_pipeline_managed_keys_and_unknown_sizes(tmp_path):
+    with pytest.raises(ValueError, match="train.output_dir is set by the pipeline"):
+        planning.plan_step("stage1", "tiny", str(tmp_path), data="x", extra=["train.output_dir=y"])
+    with pytest.raises(ValueError, match="model_size='huge' is not one of tiny, small, base"):
+        planning.plan_step("stage1", "huge", str(tmp_path), data="x")
+    with pytest.raises(ValueError, match="needs the preset stage1_s16.yaml"):
+        planning.plan_step("stage1", "small", str(tmp_path), data="x")
+
+
+def test_stages_reading_several_corpora_get_a_list():
+    from umt.configs.schema import DataConfig, VLDataConfig
+
+    @dataclasses.dataclass
+    class VL:
+        data: VLDataConfig = dataclasses.field(default_factory=VLDataConfig)
+
+    @dataclasses.dataclass
+    class One:
+        data: DataConfig = dataclasses.field(default_factory=DataConfig)
+
+    assert "sources" in planning._data_fields(VL) and "source" in planning._data_fields(One)
+    assert planning.data_overrides("stage1", "s3://b/d/dataset.json") == [
+        "data.source=s3://b/d/dataset.json"]
+    assert planning.data_overrides("stage1", "/a b/dataset.json") == [
+        'data.source="/a b/dataset.json"']  # quoted where OmegaConf would misread it
+
+
+def test_job_backend_is_the_cluster_only_inside_a_pod(monkeypatch):
+    monkeypatch.delenv(planning.BACKEND_ENV)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert planning.job_backend() == "local"
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    assert planning.job_backend() == "cluster"
+    monkeypatch.setenv(planning.BACKEND_ENV, "local")
+    assert planning.job_backend() == "local"
+    monkeypatch.setenv(planning.BACKEND_ENV, "docker")
+    with pytest.raises(ValueError, match="must be 'cluster' or 'local'"):
+        planning.job_backend()
+
+
+# -- validate --------------------------------------------------------------------------------
+def test_validate_plans_exactly_what_the_steps_will_run(videos, tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sentinel-secret-value-123")
+    s = tiny(output_prefix=str(tmp_path), input_videos=str(videos), stage1_steps=3)
+    result = validate(s)
+    assert result["backend"] == "local" and set(result["steps"]) == {"stage1"}
+    assert "stage2" in result["skipped"] and "eval-action" in result["skipped"]
+    dataset = planning.dataset_dir(str(tmp_path), str(videos), samples_per_shard=1000,
+                                   short_side=320)
+    assert result["dataset"] == f"{dataset}/dataset.json"
+    stage1 = result["steps"]["stage1"]
+    want = planning.plan_step("stage1", "tiny", str(tmp_path), data=result["dataset"], steps=3)
+    assert stage1["output_dir"] == want.output_dir
+    job = stage1["job"]
+    assert "kind: PyTorchJob" in job and "secretKeyRef" in job and "umt-s3" in job
+    assert "sentinel-secret-value-123" not in json.dumps(result)
+
+
+def test_validate_reports_every_problem_at_once(videos, tmp_path):
+    s = tiny(output_prefix=str(tmp_path), input_videos=str(tmp_path / "missing.csv"),
+             node_pool="cpux", run_action=True, run_qa=True, nodes=0,
+             stage1_overrides=["train.stepz=3"])
+    with pytest.raises(InvalidPipelineSettings) as err:
+        validate(s)
+    text = str(err.value)
+    assert "nothing was started" in text
+    assert "unknown node pool 'cpux'" in text
+    assert "nodes=0 must be >= 1" in text
+    assert f"input_videos {tmp_path / 'missing.csv'} does not exist" in text
+    assert "run_qa=true needs the Stage-2 model" in text
+    assert ("finetune-action is enabled (run_action) but stage 'finetune-action' is not "
+            "registered in umt.train.STAGES") in text
+    assert "stepz" in text  # the config typo, named
+
+
+def test_validate_needs_data_and_s3_on_a_cluster(tmp_path, monkeypatch):
+    monkeypatch.setenv(planning.BACKEND_ENV, "cluster")
+    with pytest.raises(InvalidPipelineSettings) as err:
+        validate(tiny(output_prefix=str(tmp_path)), cluster_checks=False)
+    assert "no data: set input_videos" in str(err.value)
+    assert "must be an s3:// prefix on a cluster" in str(err.value)
+
+
+# -- steps -----------------------------------------------------------------------------------
+def test_shard_writes_a_portable_dataset_artifact(sharded, videos):
+    ds, meta, out = sharded
+    assert meta["num_samples"] == 8 and meta["num_shards"] == 2 and meta["num_failed"] == 0
+    assert ds.metadata["dataset_json"] == meta["dataset_json"]
+    assert meta["dataset_json"].startswith(str(out / "prefix" / "datasets" / "manifest-"))
+    info = dataset_json.from_dict(json.loads(Path(ds.path).read_text()), location=ds.path)
+    assert all(Path(uri).is_file() for uri in info.shard_uris())  # absolute: works anywhere
+    assert info.num_samples == 8 and len(info.classes) == 4
+    # An existing dataset is described, not re-sharded.
+    again = artifact("Dataset", out, "again")
+    meta2 = steps.shard("", meta["dataset_json"], str(out / "other"), dataset=again)
+    assert meta2["dataset_json"] == meta["dataset_json"] and not (out / "other").exists()
+
+
+def test_a_disabled_step_fills_every_output(sharded, tmp_path):
+    ds, _, _ = sharded
+    outs = [artifact(k, tmp_path, n) for k, n in (("Model", "model"), ("Metrics", "metrics"),
+                                                   ("Artifact", "job"))]
+    assert steps.train("stage2", dataset=ds, enabled=False, model_size="tiny",
+                       output_prefix=str(tmp_path), nodes=2, gpus_per_node=0, node_pool="cpu",
+                       model=outs[0], metrics=outs[1], job=outs[2]) == {"skipped": True}
+    for a in outs:
+        assert Path(a.path).is_file() and a.metadata["skipped"] is True
+    # ...and whatever starts from it refuses clearly.
+    with pytest.raises(ValueError, match="parent step was skipped"):
+        steps.train("finetune-action", dataset=ds, parent=outs[0], model_size="tiny",
+                    output_prefix=str(tmp_path), nodes=2, gpus_per_node=0, node_pool="cpu",
+                    model=outs[0], metrics=outs[1], job=outs[2])
+
+
+def test_an_existing_checkpoint_is_registered_not_trained(sharded, tmp_path):
+    ds, _, _ = sharded
+    ckpt = tmp_path / "given.pt"
+    ckpt.write_bytes(b"weights")
+    model = artifact("Model", tmp_path, "model")
+    meta = steps.train("stage1", dataset=ds, model_size="tiny", existing_checkpoint=str(ckpt),
+                       output_prefix=str(tmp_path), nodes=2, gpus_per_node=0, node_pool="cpu",
+                       model=model, metrics=artifact("Metrics", tmp_path, "m"),
+                       job=artifact("Artifact", tmp_path, "j"))
+    assert meta["provided"] is True and meta["identity"] == str(ckpt)
+    assert json.loads(Path(model.path).read_text())["checkpoint"] == str(ckpt)
+    assert model.metadata["architecture"] == "umt_pretrain_vit_tiny_patch16_224"
+    assert model.metadata["num_frames"] == 4 and model.metadata["resolution"] == 64
+    assert not list(tmp_path.glob("stage1-*"))  # no job, no output folder
+
+
+def test_evaluate_checks_its_task(sharded, tmp_path):
+    ds, _, _ = sharded
+    with pytest.raises(ValueError, match="task='speech' is not one of action, retrieval"):
+        steps.evaluate("speech", model=None, dataset=ds, model_size="tiny", output_prefix="x",
+                       nodes=1, gpus_per_node=0, node_pool="cpu", metrics=None,
+                       confusion=None, job=None)
+
+
+def test_metrics_go_to_metadata_and_to_the_file(tmp_path):
+    m = artifact("Metrics", tmp_path, "metrics")
+    logged = steps.log_metrics(m, {"top1": 71.5, "steps": 3, "loss": None, "name": "x",
+                                   "bad": float("nan")}, task="action")
+    assert logged == {"top1": 71.5, "steps": 3.0} == m.metadata
+    assert json.loads(Path(m.path).read_text()) == {"metrics": logged, "task": "action"}
+
+
+def test_confusion_matrix_shown_for_the_most_frequent_classes():
+    matrix = [[1, 0, 0], [0, 9, 1], [0, 2, 5]]
+    names, sub = steps.confusion_subset(matrix, ["a", "b", "c"], limit=2)
+    assert names == ["b", "c"] and sub == [[9, 1], [2, 5]]
+
+
+def test_a_permanently_failed_job_is_not_trained_again_by_a_retry(tmp_path):
+    steps._write_failure_marker(str(tmp_path), "run-1", "umt-stage1-x", "job failed: OOM")
+    with pytest.raises(RuntimeError, match="job failed: OOM .in an earlier attempt"):
+        steps._check_failure_marker(str(tmp_path), "run-1")
+    steps._check_failure_marker(str(tmp_path), "run-2")  # another run tries again
+    steps._check_failure_marker(str(tmp_path), "")  # no run id: no memory of attempts

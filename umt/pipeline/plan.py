@@ -1,0 +1,208 @@
+"""What each pipeline step runs: presets, overrides, output folders, and where jobs run.
+
+Pure functions of a step's inputs, so ``validate`` (the pipeline's first task) computes the very
+folders and PyTorchJobs the later tasks will use, and a rerun or a KFP retry of a task lands in
+the same folder and resumes there (KFP gives every attempt a fresh artifact URI; checkpoints
+therefore never live under it)::
+
+    <output_prefix>/datasets/<input name>-<hash>/     shards + dataset.json
+    <output_prefix>/<stage>-<config hash>/            one training or evaluation job
+
+The hash is of the stage's fully resolved config (preset <- overrides, data, and what it starts
+from), without ``train.output_dir``: the same training always gets the same folder, a changed
+one a new folder. Hardware (nodes, GPUs) is not part of it: rerunning on more nodes resumes.
+
+No kfp here (nor anywhere a training process imports).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from umt import storage
+
+# The pipeline's `model_size` -> the preset name every stage ships (umt/configs/<stage>_<x>.yaml).
+MODEL_SIZES = {"tiny": "tiny", "small": "s16", "base": "b16", "large": "l16"}
+
+# Downstream tasks: which fine-tune and evaluation stage serve each, and what they start from.
+FINETUNE_STAGES = {"action": "finetune-action", "retrieval": "finetune-retrieval",
+                   "qa": "finetune-qa"}
+EVAL_STAGES = {"action": "eval-action", "retrieval": "eval-retrieval", "qa": "eval-qa",
+               "mc": "eval-mc"}
+# Action recognition fine-tunes the video-only Stage-1 encoder (as the official
+# single_modality code); retrieval and QA start from the Stage-2 vision-language model.
+FINETUNE_PARENT = {"action": "stage1", "retrieval": "stage2", "qa": "stage2"}
+# Multiple-choice (MSRVTT-MC) ranks candidate captions with the retrieval model.
+EVAL_MODEL = {"action": "action", "retrieval": "retrieval", "qa": "qa", "mc": "retrieval"}
+
+# Keys the pipeline sets itself; a user override of them would silently lose.
+MANAGED_KEYS = ("train.output_dir", "model.pretrained", "data.source", "data.sources")
+
+BACKEND_ENV = "UMT_JOB_BACKEND"  # set by `umt run --local`; tests
+LOCAL_JOBS_ENV = "UMT_LOCAL_JOBS_DIR"  # where the local executor keeps job YAMLs and logs
+
+
+def job_backend() -> str:
+    """``cluster`` inside a Kubernetes pod (a KFP launcher pod), else ``local``.
+
+    Not a pipeline parameter on purpose: a UI user on a cluster must not be able to make a
+    launcher pod train in itself. Kubernetes sets ``KUBERNETES_SERVICE_HOST`` in every pod;
+    ``umt run --local`` sets ``UMT_JOB_BACKEND=local`` explicitly.
+    """
+    forced = os.environ.get(BACKEND_ENV, "").strip()
+    if forced:
+        if forced not in ("cluster", "local"):
+            raise ValueError(f"{BACKEND_ENV}={forced!r}: must be 'cluster' or 'local'")
+        return forced
+    return "cluster" if os.environ.get("KUBERNETES_SERVICE_HOST") else "local"
+
+
+def local_jobs_dir() -> str:
+    return os.environ.get(LOCAL_JOBS_ENV) or "runs/local-jobs"
+
+
+def short_hash(payload: Any, n: int = 10) -> str:
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def known_stages() -> dict[str, str]:
+    from umt.launch.stages import stage_modules
+
+    return stage_modules()
+
+
+def stage_schema(stage: str) -> type:
+    from umt.launch.stages import stage_module
+
+    module = importlib.import_module(stage_module(stage))  # ValueError naming known stages
+    schema = getattr(module, "CONFIG_SCHEMA", None)
+    if schema is None:
+        raise ValueError(f"stage module {module.__name__} defines no CONFIG_SCHEMA")
+    return schema
+
+
+def preset(stage: str, model_size: str) -> str:
+    """The preset of ``stage`` for ``model_size``; ValueError naming what exists."""
+    from umt.configs import list_presets
+
+    if model_size not in MODEL_SIZES:
+        raise ValueError(f"model_size={model_size!r} is not one of {', '.join(MODEL_SIZES)}")
+    name = MODEL_SIZES[model_size]
+    available = list_presets(stage)
+    if name not in available:
+        raise ValueError(f"model_size={model_size} needs the preset {stage}_{name}.yaml, which "
+                         f"does not exist (presets of {stage}: {', '.join(available) or 'none'})")
+    return name
+
+
+def _data_fields(schema: type) -> set[str]:
+    """Field names of the schema's ``data`` section (from its default, not its annotation:
+    schemas use postponed annotations)."""
+    field_ = next((f for f in dataclasses.fields(schema) if f.name == "data"), None)
+    if field_ is None or field_.default_factory is dataclasses.MISSING:
+        return set()
+    data = field_.default_factory()
+    return {f.name for f in dataclasses.fields(data)} if dataclasses.is_dataclass(data) else set()
+
+
+def data_overrides(stage: str, data: str) -> list[str]:
+    """``data.source=<uri>``, or ``data.sources=["<uri>"]`` for stages reading several corpora."""
+    from umt.launch.stages import flatten_config
+
+    names = _data_fields(stage_schema(stage))
+    if "sources" in names and "source" not in names:
+        return flatten_config({"data": {"sources": [data]}})
+    return flatten_config({"data": {"source": data}})
+
+
+def check_user_overrides(name: str, overrides: Sequence[str]) -> None:
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"{name}: {item!r} must look like key=value")
+        key = item.split("=", 1)[0].strip()
+        if key in MANAGED_KEYS:
+            raise ValueError(f"{name}: {key} is set by the pipeline (output_prefix, the data and "
+                             f"the parent model); remove {item!r}")
+
+
+@dataclass
+class StepPlan:
+    """One job as the pipeline will run it."""
+
+    stage: str
+    config: str  # preset name
+    overrides: list[str]  # all but train.output_dir and model.pretrained
+    parent: str  # identity of what it starts from ("" = from scratch), part of the hash
+    output_dir: str
+    config_hash: str
+    resolved: Any = field(default=None, repr=False)  # the loaded config dataclass
+
+    def job_overrides(self, checkpoint: str = "") -> list[str]:
+        """The overrides the job gets: ours plus the parent's actual checkpoint."""
+        return self.overrides + ([f"model.pretrained={checkpoint}"] if checkpoint else [])
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": self.stage, "config": self.config, "overrides": self.overrides,
+                "parent": self.parent, "output_dir": self.output_dir,
+                "config_hash": self.config_hash}
+
+
+def plan_step(stage: str, model_size: str, output_prefix: str, *, data: str, parent: str = "",
+              steps: int = 0, batch_size: int = 0, num_frames: int = 0,
+              extra: Sequence[str] = (), trains: bool = True) -> StepPlan:
+    """Plan one stage. ``parent`` is the identity of the model it starts from: the parent's
+    output folder when the pipeline trained it, or the checkpoint URI it was given.
+
+    ``steps``/``batch_size``/``num_frames`` of 0 keep the preset's values; evaluations
+    (``trains=False``) take neither steps nor a batch size from the pipeline.
+    """
+    from umt.launch.stages import validate_stage_config
+
+    config = preset(stage, model_size)
+    check_user_overrides(f"{stage} overrides", extra)
+    overrides = []
+    if trains and steps:
+        overrides.append(f"train.steps={int(steps)}")
+    if trains and batch_size:
+        overrides.append(f"train.batch_size={int(batch_size)}")
+    if num_frames:
+        overrides.append(f"model.num_frames={int(num_frames)}")
+    overrides += list(extra) + data_overrides(stage, data)
+    # Hash what the job would run with, with the parent's identity standing in for its
+    # checkpoint (not known before it has trained) and a fixed output folder.
+    hashed = overrides + ([f"model.pretrained={parent}"] if parent else []) + [
+        "train.output_dir=."]
+    resolved = validate_stage_config(stage, config, hashed)
+    from umt.configs import to_yaml
+
+    digest = short_hash({"stage": stage, "config": to_yaml(resolved)})
+    output_dir = storage.join(output_prefix, f"{stage}-{digest}")
+    return StepPlan(stage, config, overrides, parent, output_dir, digest, resolved)
+
+
+def dataset_dir(output_prefix: str, input_videos: str, *, samples_per_shard: int,
+                short_side: int, classes: str = "") -> str:
+    """Where ``shard_videos`` writes: named after the input, keyed by the settings."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-",
+                  input_videos.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]).strip("-.")
+    digest = short_hash({"input": input_videos, "samples_per_shard": samples_per_shard,
+                         "short_side": short_side, "classes": classes})
+    return storage.join(output_prefix, "datasets", f"{name or 'videos'}-{digest}")
+
+
+def config_value(cfg: Any, dotted: str, default: Any = None) -> Any:
+    """``config_value(cfg, "model.num_frames")`` on a config dataclass; ``default`` if absent."""
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part, None)
+        if node is None:
+            return default
+    return node

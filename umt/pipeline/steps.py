@@ -1,0 +1,477 @@
+"""The pipeline's steps as plain functions: what each KFP component's body calls.
+
+A component passes its artifacts in as they are (anything with ``.path`` and ``.metadata``;
+kfp is never imported here, so these run and are tested without it) and gets them filled:
+
+* ``shard``: sharded videos -> ``Dataset`` = a small ``dataset.json`` (shard URIs absolute) with
+  counts in its metadata; the shards stay where ``umt shard`` wrote them;
+* ``train``: one stage as a PyTorchJob (``umt.launch.run_training_job``) -> ``Model`` = a small
+  ``model.json`` (checkpoint URI, architecture, frames, resolution, step, config hash, parent,
+  stage; the same fields as metadata), ``Metrics``, the rendered job YAML;
+* ``evaluate``: an evaluation job -> ``Metrics`` (+ ``ClassificationMetrics`` for action);
+* ``report`` (see ``umt.report``), ``validate`` (``umt.pipeline.validate``), ``cleanup``.
+
+Checkpoints never pass through KFP: a ``Model`` artifact's file is ``model.json`` and its URI is
+the one KFP gave it (under the pipeline root). Every output gets a file, even a skipped step's:
+a missing file makes the local cache miss and the backend log warnings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+from umt import storage
+from umt.pipeline import plan as planning
+
+log = logging.getLogger(__name__)
+
+FAILURE_MARKER = "pipeline-failure.json"
+MAX_CONFUSION_CLASSES = 20  # the KFP UI's matrix stays readable; the report has the full one
+TRAIN_METRICS = ("final_loss", "steps", "clips_per_s", "wall_hours", "gpu_hours")
+
+
+class StepSkipped(Exception):
+    """Not an error: a disabled step."""
+
+
+# -- artifacts -------------------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    """Metadata travels as a protobuf Struct: no None, numbers as floats, JSON types only."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, bool, int, float)):
+        return value
+    return str(value)
+
+
+def write_json(artifact: Any, data: Any, metadata: dict[str, Any] | None = None) -> None:
+    Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(artifact.path).write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    if metadata:
+        artifact.metadata.update(_plain(metadata))
+
+
+def write_text(artifact: Any, text: str) -> None:
+    Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(artifact.path).write_text(text)
+
+
+def read_metadata(artifact: Any) -> dict[str, Any]:
+    """An input artifact's metadata (kfp.local and the backend turn ints into floats)."""
+    meta = dict(getattr(artifact, "metadata", None) or {})
+    return {k: (int(v) if isinstance(v, float) and v.is_integer() and k in _INT_KEYS else v)
+            for k, v in meta.items()}
+
+
+_INT_KEYS = {"step", "num_frames", "resolution", "num_shards", "num_samples", "num_failed",
+             "num_classes", "nodes", "gpus_per_node", "num_bytes"}
+
+
+def read_json_file(artifact: Any) -> dict[str, Any]:
+    if artifact is None or not getattr(artifact, "path", None) or not Path(artifact.path).exists():
+        return {}
+    text = Path(artifact.path).read_text().strip()
+    return json.loads(text) if text else {}
+
+
+def log_metrics(metrics: Any, values: dict[str, Any], **extra: Any) -> dict[str, float]:
+    """Numbers go to the Metrics artifact (the KFP run-comparison view) *and* to its file,
+    ``{"metrics": {...}, **extra}`` (kfp.local caches only outputs that have a file)."""
+    numbers = {k: float(v) for k, v in values.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)
+               and v == v and abs(v) != float("inf")}
+    for name, value in sorted(numbers.items()):
+        metrics.log_metric(name, value)
+    write_json(metrics, {"metrics": numbers, **extra})
+    return numbers
+
+
+def skip(reason: str, *outputs: Any) -> None:
+    """Fill every output of a disabled step: metadata says so, files exist."""
+    print(f"skipped: {reason}")
+    for artifact in outputs:
+        if artifact is not None:
+            write_json(artifact, {"skipped": True, "reason": reason},
+                       {"skipped": True, "reason": reason})
+
+
+# -- sharding ----------------------------------------------------------------------------------
+def dataset_metadata(info: Any, uri: str) -> dict[str, Any]:
+    return {"dataset_json": uri, "num_shards": len(info.shards), "num_samples": info.num_samples,
+            "num_bytes": info.num_bytes, "num_failed": info.num_failed,
+            "num_classes": len(info.classes), "classes": list(info.classes[:50]),
+            "source": str(info.source.get("input", "")), "shards_uri": uri.rsplit("/", 1)[0]}
+
+
+def shard(input_videos: str, existing_dataset: str, output_prefix: str, *, classes: str = "",
+          samples_per_shard: int = 1000, short_side: int = 320, dataset: Any) -> dict[str, Any]:
+    """Shard ``input_videos`` under ``<output_prefix>/datasets/`` (resuming verified shards),
+    or describe ``existing_dataset``; write the Dataset artifact."""
+    from umt.data import dataset_json
+    from umt.data.manifest import read_classes
+    from umt.data.shard import available_cpus, shard_dataset
+    from umt.data.transcode import TranscodeSettings
+
+    if existing_dataset:
+        uri = existing_dataset
+        info = dataset_json.load(uri)
+        print(f"using the existing dataset {uri}: {info.num_samples} samples in "
+              f"{len(info.shards)} shards")
+    else:
+        if not input_videos:
+            raise ValueError("set input_videos (a manifest, folder or s3:// prefix of videos) "
+                             "or existing_dataset (a dataset.json)")
+        out = planning.dataset_dir(output_prefix, input_videos,
+                                   samples_per_shard=samples_per_shard, short_side=short_side,
+                                   classes=classes)
+        print(f"sharding {input_videos} -> {out}")
+        info = shard_dataset(input_videos, out, TranscodeSettings(short_side=short_side),
+                             samples_per_shard=samples_per_shard, workers=available_cpus(),
+                             classes=read_classes(classes) if classes else None, progress=False)
+        uri = storage.join(out, dataset_json.FILENAME)
+        print(f"wrote {info.num_samples} samples in {len(info.shards)} shards, "
+              f"{info.num_failed} inputs failed")
+    # The artifact's copy names its shards absolutely: it must work away from its folder.
+    body = info.to_dict()
+    for entry, absolute in zip(body["shards"], info.shard_uris()):
+        entry["uri"] = absolute
+    meta = dataset_metadata(info, uri)
+    write_json(dataset, body, meta)
+    return meta
+
+
+# -- training and evaluation jobs ---------------------------------------------------------------
+def run_id() -> str:
+    """The KFP run id, from the pod's label (``use_field_path_as_env``), never a task input:
+    a cached task that took it as an input would never hit the cache on a cluster."""
+    return os.environ.get("KFP_RUN_ID", "").strip()
+
+
+def _check_failure_marker(output_dir: str, rid: str) -> None:
+    """A task retried (KFP ``set_retry``) after its job failed for good fails at once."""
+    if not rid:
+        return
+    marker = storage.join(output_dir, FAILURE_MARKER)
+    try:
+        record = json.loads(storage.read_bytes(marker))
+    except (FileNotFoundError, ValueError):
+        return
+    if record.get("run_id") == rid:
+        raise RuntimeError(f"{record.get('message', 'the job failed')} (in an earlier attempt of "
+                           f"this task in run {rid}: not training again; rerun the pipeline "
+                           "to try again)")
+
+
+def _write_failure_marker(output_dir: str, rid: str, job: str, message: str) -> None:
+    if rid:
+        storage.write_bytes(storage.join(output_dir, FAILURE_MARKER), json.dumps(
+            {"run_id": rid, "job": job, "message": message[:4000],
+             "time": datetime.now().isoformat(timespec="seconds")}).encode())
+
+
+def _job_seconds(result: Any, measured: float) -> float:
+    """Job wall time from its conditions (Created -> Succeeded): right even when this launcher
+    adopted a job an earlier attempt started. Falls back to what we measured."""
+    conditions = getattr(getattr(result, "status", None), "conditions", None) or []
+    times = {c.type: c.last_transition_time for c in conditions if c.last_transition_time}
+    start, end = times.get("Created"), times.get("Succeeded")
+    if start and end and end > start:
+        return (end - start).total_seconds()
+    return measured
+
+
+def read_summary(result: Any, output_dir: str) -> dict[str, Any]:
+    summary = getattr(result, "summary", None)
+    if summary:
+        return dict(summary)
+    try:
+        return json.loads(storage.read_bytes(storage.join(output_dir, "summary.json")))
+    except FileNotFoundError:
+        return {}
+
+
+def read_history(output_dir: str) -> list[dict[str, Any]]:
+    """The stage's ``metrics.jsonl`` (one record per logged step); [] when there is none."""
+    try:
+        text = storage.read_bytes(storage.join(output_dir, "metrics.jsonl")).decode()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def launch(step: planning.StepPlan, checkpoint: str, *, nodes: int, gpus_per_node: int,
+           node_pool: str, image: str, s3_secret: str, job_yaml: str) -> tuple[Any, float]:
+    """Run the planned job to the end (cluster or local executor); (JobResult, seconds)."""
+    from umt.launch import JobFailedError, S3Credentials, run_training_job
+
+    rid = run_id()
+    _check_failure_marker(step.output_dir, rid)
+    started = time.monotonic()
+    try:
+        result = run_training_job(
+            step.stage, step.config, step.job_overrides(checkpoint), nodes=nodes,
+            gpus_per_node=gpus_per_node, node_pool=node_pool, backend=planning.job_backend(),
+            output_uri=step.output_dir, run_id=rid or None, rendered_yaml_path=job_yaml,
+            image=image or None, s3=S3Credentials(secret=s3_secret) if s3_secret else None,
+            local_workdir=planning.local_jobs_dir())
+    except JobFailedError as e:
+        if getattr(e, "permanent", True):
+            _write_failure_marker(step.output_dir, rid, e.status.name, str(e))
+        raise
+    return result, time.monotonic() - started
+
+
+def _model_metadata(step: planning.StepPlan, *, checkpoint: str, parent_checkpoint: str,
+                    summary: dict[str, Any], data: str, provided: bool = False) -> dict[str, Any]:
+    cfg = step.resolved
+    return {
+        "stage": step.stage, "checkpoint": checkpoint, "skipped": False, "provided": provided,
+        "architecture": planning.config_value(cfg, "model.name", ""),
+        "num_frames": planning.config_value(cfg, "model.num_frames", 0),
+        "resolution": planning.config_value(cfg, "model.img_size", 0),
+        "step": summary.get("steps", 0), "config": step.config, "config_hash": step.config_hash,
+        # What a child's plan hashes as its parent: our folder (known before we trained).
+        "identity": checkpoint if provided else step.output_dir,
+        "output_dir": "" if provided else step.output_dir,
+        "parent": parent_checkpoint, "dataset": data,
+    }
+
+
+def parent_model(parent: Any, what: str) -> dict[str, Any]:
+    meta = read_metadata(parent) if parent is not None else {}
+    if parent is not None and (meta.get("skipped") or not meta.get("checkpoint")):
+        raise ValueError(f"{what} needs a trained parent model, but its parent step was "
+                         f"skipped ({meta.get('reason', 'no checkpoint')}); enable it or give "
+                         "an existing checkpoint")
+    return meta
+
+
+def train(stage: str, *, dataset: Any, parent: Any = None, enabled: bool = True,
+          model_size: str, steps: int = 0, batch_size: int = 0, num_frames: int = 0,
+          overrides: Sequence[str] = (), existing_checkpoint: str = "", train_data: str = "",
+          output_prefix: str, nodes: int, gpus_per_node: int, node_pool: str, image: str = "",
+          s3_secret: str = "umt-s3", model: Any, metrics: Any, job: Any) -> dict[str, Any]:
+    """One training stage from ``dataset`` (or ``train_data``) and ``parent``'s checkpoint."""
+    if not enabled:
+        skip(f"{stage} is disabled by a pipeline parameter", model, metrics, job)
+        return {"skipped": True}
+    data = train_data or read_metadata(dataset)["dataset_json"]
+    if existing_checkpoint:
+        if not storage.exists(existing_checkpoint):
+            raise FileNotFoundError(f"existing checkpoint {existing_checkpoint} does not exist")
+        try:  # the config says what the checkpoint is (architecture, frames, resolution)
+            step = planning.plan_step(stage, model_size, output_prefix, data=data,
+                                      num_frames=num_frames, extra=overrides)
+        except ValueError:  # a stage not registered here: the checkpoint is all we know
+            step = planning.StepPlan(stage, "", [], "", "", "")
+        meta = _model_metadata(step, checkpoint=existing_checkpoint, summary={}, data=data,
+                               parent_checkpoint="", provided=True)
+        write_json(model, meta, meta)
+        log_metrics(metrics, {}, stage=stage)
+        write_text(job, f"# no job: {stage} starts from the existing checkpoint "
+                        f"{existing_checkpoint}\n")
+        print(f"{stage}: using the existing checkpoint {existing_checkpoint}")
+        return meta
+    parent_meta = parent_model(parent, stage)
+    step = planning.plan_step(stage, model_size, output_prefix, data=data,
+                              parent=parent_meta.get("identity", ""), steps=steps,
+                              batch_size=batch_size, num_frames=num_frames, extra=overrides)
+    print(f"{stage}: preset {step.config}, output {step.output_dir}\n  overrides: "
+          + " ".join(step.job_overrides(parent_meta.get("checkpoint", ""))))
+    result, measured = launch(step, parent_meta.get("checkpoint", ""), nodes=nodes,
+                              gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
+                              s3_secret=s3_secret, job_yaml=job.path)
+    summary = read_summary(result, step.output_dir)
+    if not summary.get("checkpoint"):
+        raise RuntimeError(f"{stage} succeeded but {step.output_dir}/summary.json names no "
+                           "checkpoint")
+    seconds = _job_seconds(result, measured)
+    meta = _model_metadata(step, checkpoint=summary["checkpoint"], summary=summary, data=data,
+                           parent_checkpoint=parent_meta.get("checkpoint", ""))
+    meta.update(nodes=nodes, gpus_per_node=gpus_per_node, node_pool=node_pool,
+                job_name=result.name, wall_seconds=round(seconds, 1))
+    if "energy_kwh" in summary:  # measured by the stage (NVML energy counters), if it does
+        meta["energy_kwh_measured"] = summary["energy_kwh"]
+    write_json(model, meta, meta)
+    history = read_history(step.output_dir)
+    speeds = [r["clips_per_s"] for r in history[1:] or history if r.get("clips_per_s")]
+    hours = seconds / 3600
+    log_metrics(metrics, {
+        "final_loss": summary.get("final_loss"), "steps": summary.get("steps"),
+        "clips_per_s": sorted(speeds)[len(speeds) // 2] if speeds else None,
+        "wall_hours": hours, "gpu_hours": hours * nodes * gpus_per_node}, stage=stage)
+    return meta
+
+
+def _flat_numbers(data: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat_numbers(value, f"{name}_"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = value
+    return out
+
+
+def read_eval_metrics(output_dir: str) -> dict[str, Any]:
+    """``<output_dir>/metrics.json`` of an evaluation (or the ``metrics`` of its summary)."""
+    try:
+        return json.loads(storage.read_bytes(storage.join(output_dir, "metrics.json")))
+    except FileNotFoundError:
+        summary = read_summary(None, output_dir)
+        if isinstance(summary.get("metrics"), dict):
+            return summary["metrics"]
+        raise FileNotFoundError(f"the evaluation wrote neither {output_dir}/metrics.json nor "
+                                "metrics in summary.json") from None
+
+
+def confusion_subset(matrix: list[list[float]], names: list[str],
+                     limit: int = MAX_CONFUSION_CLASSES) -> tuple[list[str], list[list[float]]]:
+    """The ``limit`` classes with the most samples (rows = true class), in their order."""
+    support = [sum(row) for row in matrix]
+    keep = sorted(sorted(range(len(matrix)), key=lambda i: -support[i])[:limit])
+    return [names[i] for i in keep], [[matrix[i][j] for j in keep] for i in keep]
+
+
+def evaluate(task: str, *, model: Any, dataset: Any, enabled: bool = True, eval_data: str = "",
+             model_size: str, num_frames: int = 0, overrides: Sequence[str] = (),
+             output_prefix: str, nodes: int, gpus_per_node: int, node_pool: str,
+             image: str = "", s3_secret: str = "umt-s3", metrics: Any, confusion: Any,
+             job: Any) -> dict[str, Any]:
+    """Evaluate ``model`` on ``task`` (action | retrieval | qa | mc) as a job."""
+    if task not in planning.EVAL_STAGES:
+        raise ValueError(f"task={task!r} is not one of {', '.join(planning.EVAL_STAGES)}")
+    stage = planning.EVAL_STAGES[task]
+    if not enabled:
+        skip(f"{stage} is disabled by a pipeline parameter", metrics, confusion, job)
+        return {"skipped": True}
+    parent = parent_model(model, stage)
+    data = eval_data or read_metadata(dataset)["dataset_json"]
+    step = planning.plan_step(stage, model_size, output_prefix, data=data,
+                              parent=parent["identity"], num_frames=num_frames, extra=overrides,
+                              trains=False)
+    print(f"{stage}: {parent['checkpoint']} on {data}, output {step.output_dir}")
+    result, seconds = launch(step, parent["checkpoint"], nodes=nodes,
+                             gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
+                             s3_secret=s3_secret, job_yaml=job.path)
+    values = read_eval_metrics(step.output_dir)
+    matrix, names = values.get("confusion_matrix"), values.get("class_names")
+    numbers = _flat_numbers({k: v for k, v in values.items() if k != "confusion_matrix"})
+    hours = _job_seconds(result, seconds) / 3600
+    numbers.update(wall_hours=hours, gpu_hours=hours * nodes * gpus_per_node)
+    # The file keeps everything, the full confusion matrix included (the report draws it).
+    numbers = log_metrics(metrics, numbers, task=task, stage=stage, model=parent["checkpoint"],
+                          output_dir=step.output_dir, nodes=nodes, gpus_per_node=gpus_per_node,
+                          confusion_matrix=matrix or [], class_names=names or [])
+    if matrix:
+        names = list(names or [str(i) for i in range(len(matrix))])
+        shown, sub = confusion_subset(matrix, names)
+        confusion.log_confusion_matrix(shown, [[int(v) for v in row] for row in sub])
+        write_json(confusion, {"classes": shown, "matrix": sub, "of_classes": len(names)})
+    else:
+        write_json(confusion, {"classes": [], "matrix": []})
+    return numbers
+
+
+# -- the end -----------------------------------------------------------------------------------
+def cleanup(state: str = "", error: str = "") -> str:
+    """Exit handler: delete the run's PyTorchJobs that are still running (a failed or
+    terminated run would otherwise leave them holding GPUs). Local jobs are processes of their
+    launcher tasks and end with them, so there is nothing to do locally."""
+    rid = run_id()
+    print(f"pipeline finished: {state or 'unknown'}{' (' + error + ')' if error else ''}")
+    if planning.job_backend() == "local":
+        return "local run: every job ended with its task"
+    if not rid:
+        return "no KFP_RUN_ID in the environment: nothing to clean up"
+    from umt.launch import run as launch_run
+
+    delete = getattr(launch_run, "delete_run_jobs", None)
+    if delete is None:  # older umt.launch: do the same through the backend
+        return _delete_run_jobs(rid)
+    deleted = delete(rid)
+    return f"deleted {len(deleted or [])} unfinished jobs of run {rid}"
+
+
+def _delete_run_jobs(rid: str) -> str:
+    from umt.launch.cluster import PyTorchJobBackend
+    from umt.launch.pytorchjob import LABEL_RUN_ID, _label_value
+
+    backend = PyTorchJobBackend()
+    gone = []
+    for obj in backend.list(f"{LABEL_RUN_ID}={_label_value(rid)}"):
+        name = obj["metadata"]["name"]
+        if not backend._status_of(name, obj).finished:
+            backend.delete(name)
+            gone.append(name)
+    return f"deleted {len(gone)} unfinished jobs of run {rid}: {', '.join(gone) or '-'}"
+
+
+# -- the report --------------------------------------------------------------------------------
+STEP_NAMES = {"stage1": "Stage 1", "stage2": "Stage 2",
+              **{stage: f"Fine-tune: {task}" for task, stage in planning.FINETUNE_STAGES.items()},
+              **{stage: f"Evaluate: {task}" for task, stage in planning.EVAL_STAGES.items()}}
+
+
+def report(*, dataset: Any, models: dict[str, tuple[Any, Any]], evals: dict[str, Any],
+           title: str, gpu_power_watts: float, grid_g_per_kwh: float, markdown: Any,
+           html: Any) -> dict[str, Any]:
+    """Collect what the run's artifacts say and write the Markdown and HTML reports.
+
+    ``models``: stage -> (Model, Metrics) artifacts; ``evals``: stage -> Metrics. Absent
+    (``None``) artifacts are steps this pipeline does not have.
+    """
+    from umt.report import Report, Step, render_html, render_markdown
+
+    data_meta = read_metadata(dataset)
+    steps = [Step("Data", "", "data", metadata=data_meta)]
+    for stage, (model, metrics) in models.items():
+        if model is None:
+            continue
+        meta = read_metadata(model)
+        name = STEP_NAMES.get(stage, stage)
+        if meta.get("skipped"):
+            steps.append(Step(name, stage, "train", "skipped", meta, reason=meta.get("reason", "")))
+            continue
+        numbers = read_json_file(metrics).get("metrics", {})
+        history = read_history(meta["output_dir"]) if meta.get("output_dir") else []
+        steps.append(Step(name, stage, "train", "provided" if meta.get("provided") else "done",
+                          meta, numbers, history))
+    confusion: dict[str, Any] = {}
+    for stage, metrics in evals.items():
+        if metrics is None:
+            continue
+        body = read_json_file(metrics)
+        name = STEP_NAMES.get(stage, stage)
+        if body.get("skipped"):
+            steps.append(Step(name, stage, "eval", "skipped", reason=body.get("reason", "")))
+            continue
+        if body.get("confusion_matrix"):
+            confusion = {"matrix": body["confusion_matrix"],
+                         "class_names": body.get("class_names") or []}
+        steps.append(Step(name, stage, "eval", "done", {k: v for k, v in body.items()
+                                                          if k != "metrics"},
+                          body.get("metrics", {})))
+    name = data_meta.get("dataset_json", "").rstrip("/").rsplit("/", 2)[-2:-1]
+    rep = Report(title=title, steps=steps, confusion=confusion, gpu_power_watts=gpu_power_watts,
+                 grid_g_per_kwh=grid_g_per_kwh,
+                 dataset={"name": f"data: {name[0] if name else 'dataset'}", **{
+                     k: data_meta.get(k, "") for k in ("dataset_json", "num_samples",
+                                                       "num_shards", "num_failed",
+                                                       "num_classes", "source")}})
+    write_text(markdown, render_markdown(rep))
+    write_text(html, render_html(rep))
+    summary = {s.name: s.status for s in steps}
+    print(render_markdown(rep))
+    return summary

@@ -1,0 +1,208 @@
+"""Render a :class:`umt.report.Report` as Markdown and as one self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import html
+from typing import Any
+
+from umt.report import figures
+from umt.report.model import Report, Step, energy
+
+# The number a person looks for first, per kind of result.
+HEADLINE = ("top1", "acc", "accuracy", "t2v_r1", "r1", "txt_r1", "qa_acc", "mc_acc")
+
+
+def headline(step: Step) -> str:
+    if step.status == "skipped":
+        return step.reason or "skipped"
+    if step.status == "provided":
+        return f"given: {step.metadata.get('checkpoint') or step.metadata.get('dataset_json', '')}"
+    if step.kind == "data":
+        m = step.metadata
+        return (f"{int(m.get('num_samples', 0))} samples in {int(m.get('num_shards', 0))} shards, "
+                f"{int(m.get('num_failed', 0))} failed")
+    if step.kind == "train":
+        loss = step.metrics.get("final_loss")
+        return (f"step {int(step.metadata.get('step', 0))}"
+                + (f", final loss {loss:.4f}" if isinstance(loss, (int, float)) else ""))
+    for key in HEADLINE:
+        if key in step.metrics:
+            return f"{key} {step.metrics[key]:.2f}"
+    shown = [(k, v) for k, v in step.metrics.items() if k not in ("wall_hours", "gpu_hours")]
+    return ", ".join(f"{k} {v:.3g}" for k, v in shown[:2]) or "done"
+
+
+def lineage(report: Report) -> list[list[str]]:
+    """Chains from the data to every final model or evaluation, as step names."""
+    by_checkpoint = {s.metadata.get("checkpoint"): s for s in report.steps
+                     if s.kind == "train" and s.status != "skipped" and s.metadata.get("checkpoint")}
+    parent_of: dict[str, Step | None] = {}
+    for s in report.steps:
+        if s.status == "skipped" or s.kind == "data":
+            continue
+        key = s.metadata.get("model") if s.kind == "eval" else s.metadata.get("parent")
+        parent_of[s.name] = by_checkpoint.get(key) if key else None
+    parents = {p.name for p in parent_of.values() if p is not None}
+    data = report.dataset.get("name", "data")
+    chains = []
+    for s in report.steps:
+        if s.name not in parent_of or s.name in parents:
+            continue
+        chain, node = [s.name], parent_of[s.name]
+        while node is not None and len(chain) < 10:
+            chain.append(node.name)
+            node = parent_of.get(node.name)
+        chains.append([data] + chain[::-1])
+    return chains
+
+
+def _energy_rows(report: Report) -> list[tuple[Step, Any]]:
+    return [(s, energy(s, report.gpu_power_watts, report.grid_g_per_kwh))
+            for s in report.steps if s.kind in ("train", "eval") and s.status == "done"]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+# -- Markdown ---------------------------------------------------------------------------------
+def render_markdown(report: Report) -> str:
+    out = [f"# {report.title}", ""]
+    out += ["| step | status | result |", "|---|---|---|"]
+    out += [f"| {s.name} | {s.status} | {headline(s)} |" for s in report.steps]
+    chains = lineage(report)
+    if chains:
+        out += ["", "## Lineage", ""] + [f"- {' → '.join(c)}" for c in chains]
+    evals = [s for s in report.steps if s.kind == "eval" and s.status == "done"]
+    if evals:
+        out += ["", "## Evaluation", ""]
+        for s in evals:
+            values = ", ".join(f"{k} {_fmt(v)}" for k, v in s.metrics.items()
+                               if k not in ("wall_hours", "gpu_hours"))
+            out.append(f"- **{s.name}**: {values}")
+    rows = _energy_rows(report)
+    out += ["", "## Compute, energy and CO2", "",
+            "| job | nodes × GPUs | GPU-hours | energy (kWh) | CO2 (kg) | source |",
+            "|---|---|---|---|---|---|"]
+    for s, e in rows:
+        out.append(f"| {s.name} | {int(s.metadata.get('nodes', 0))} × "
+                   f"{int(s.metadata.get('gpus_per_node', 0))} | {e.gpu_hours:.3f} | "
+                   f"{e.energy_kwh:.3f} | {e.co2_kg:.3f} | {'NVML' if e.measured else 'estimate'} |")
+    total = [sum(getattr(e, f) for _, e in rows) for f in ("gpu_hours", "energy_kwh", "co2_kg")]
+    out += [f"| **total** | | {total[0]:.3f} | {total[1]:.3f} | {total[2]:.3f} | |", "",
+            f"Estimates: GPUs × job time × {report.gpu_power_watts:g} W; "
+            f"CO2 at {report.grid_g_per_kwh:g} g/kWh. CPU-only jobs count no GPU energy."]
+    models = [s for s in report.steps if s.kind == "train" and s.status != "skipped"]
+    if models:
+        out += ["", "## Models", "", "| model | checkpoint | architecture | frames | resolution "
+                "| step | config hash |", "|---|---|---|---|---|---|---|"]
+        for s in models:
+            m = s.metadata
+            out.append(f"| {s.name} | `{m.get('checkpoint', '')}` | {m.get('architecture', '')} | "
+                       f"{_fmt(m.get('num_frames', ''))} | {_fmt(m.get('resolution', ''))} | "
+                       f"{_fmt(m.get('step', ''))} | {m.get('config_hash', '')} |")
+    out += [""] + [f"> {note}" for note in report.notes]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# -- HTML -------------------------------------------------------------------------------------
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;
+     max-width:1200px}
+h1{font-size:22px;margin:0 0 12px} h2{font-size:17px;margin:26px 0 8px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}
+td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f4f6f8} code{font-size:12px;word-break:break-all}
+.done{color:#1a7f37;font-weight:600} .skipped{color:#888} .provided{color:#0550ae}
+.chain{display:flex;flex-wrap:wrap;align-items:center;margin:6px 0}
+.node{border:1px solid #9ab;border-radius:6px;padding:4px 10px;background:#f6fbff;font-size:13px}
+.arrow{margin:0 8px;color:#678;font-size:18px}
+img{max-width:100%;border:1px solid #eee;margin:6px 0}
+.note{color:#555;font-size:12px}
+"""
+
+
+def _img(png: bytes | None, alt: str) -> str:
+    if not png:
+        return ""
+    data = base64.b64encode(png).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(report: Report) -> str:
+    e = html.escape
+    parts = [f"<h1>{e(report.title)}</h1>"]
+    parts.append(_table(["step", "status", "result"], [
+        [e(s.name), f'<span class="{e(s.status)}">{e(s.status)}</span>', e(headline(s))]
+        for s in report.steps]))
+
+    chains = lineage(report)
+    if chains:
+        parts.append("<h2>Lineage</h2>")
+        for chain in chains:
+            nodes = '<span class="arrow">&rarr;</span>'.join(
+                f'<span class="node">{e(n)}</span>' for n in chain)
+            parts.append(f'<div class="chain">{nodes}</div>')
+
+    trains = [s for s in report.steps if s.kind == "train" and s.status == "done"]
+    curves = figures.loss_curves([(s.name, s.history) for s in trains])
+    if curves:
+        parts += ["<h2>Training loss</h2>", _img(curves, "loss curves")]
+
+    evals = [s for s in report.steps if s.kind == "eval" and s.status == "done"]
+    if evals:
+        parts.append("<h2>Evaluation</h2>")
+        parts.append(_img(figures.metric_bars([(s.name, s.metrics) for s in evals]),
+                          "evaluation metrics"))
+        for s in evals:
+            parts.append(f"<p><b>{e(s.name)}</b></p>" + _table(
+                ["metric", "value"], [[e(k), e(_fmt(v))] for k, v in s.metrics.items()]))
+    if report.confusion.get("matrix"):
+        parts += ["<h2>Confusion matrix (action recognition, all classes)</h2>",
+                  _img(figures.confusion(report.confusion["matrix"],
+                                         report.confusion.get("class_names") or []),
+                       "confusion matrix")]
+
+    rows = _energy_rows(report)
+    parts.append("<h2>Compute, energy and CO2</h2>")
+    table_rows = [[e(s.name), f"{int(s.metadata.get('nodes', 0))} &times; "
+                   f"{int(s.metadata.get('gpus_per_node', 0))}", f"{en.gpu_hours:.3f}",
+                   f"{en.energy_kwh:.3f}", f"{en.co2_kg:.3f}",
+                   "NVML" if en.measured else "estimate"] for s, en in rows]
+    totals = [sum(getattr(en, f) for _, en in rows) for f in ("gpu_hours", "energy_kwh", "co2_kg")]
+    table_rows.append(["<b>total</b>", "", *(f"<b>{t:.3f}</b>" for t in totals), ""])
+    parts.append(_table(["job", "nodes × GPUs", "GPU-hours", "energy (kWh)", "CO2 (kg)",
+                         "source"], table_rows))
+    parts.append(_img(figures.energy_bars([(s.name, en.gpu_hours, en.co2_kg) for s, en in rows]),
+                      "GPU-hours and CO2"))
+    parts.append(f'<p class="note">Estimates: GPUs &times; job time &times; '
+                 f'{report.gpu_power_watts:g} W per GPU; CO2 at {report.grid_g_per_kwh:g} g/kWh '
+                 "of grid electricity. CPU-only jobs count no GPU energy. Jobs that report NVML "
+                 "energy counters are marked NVML.</p>")
+
+    if report.dataset:
+        d = report.dataset
+        parts.append("<h2>Data</h2>" + _table(["", ""], [[e(k), f"<code>{e(_fmt(v))}</code>"]
+                                                          for k, v in d.items() if k != "classes"]))
+    models = [s for s in report.steps if s.kind == "train" and s.status != "skipped"]
+    if models:
+        parts.append("<h2>Models</h2>")
+        keys = ["checkpoint", "architecture", "num_frames", "resolution", "step", "config_hash",
+                "parent", "output_dir"]
+        parts.append(_table(["model", *keys], [
+            [e(s.name), *(f"<code>{e(_fmt(s.metadata.get(k, '')))}</code>" for k in keys)]
+            for s in models]))
+    for note in report.notes:
+        parts.append(f'<p class="note">{e(note)}</p>')
+    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\">"
+            f"<title>{e(report.title)}</title><style>{CSS}</style></head><body>"
+            + "\n".join(p for p in parts if p) + "</body></html>\n")
