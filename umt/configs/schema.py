@@ -134,9 +134,11 @@ class VLDataConfig:
     """Stage-2 (vision-language) data: captioned videos and images from ``umt shard``.
 
     ``sources`` lists dataset.json paths / s3:// URIs (video-caption and image-caption corpora,
-    e.g. WebVid + CC3M), or ``['synthetic']`` for the demo. Video and image batches are
-    interleaved in an order every rank agrees on (the official MetaLoader): each source
-    contributes its number of batches per epoch. Like ``DataConfig.source`` it has no default.
+    e.g. WebVid + CC3M; one media type each), or ``['synthetic']`` for the demo. Sources of one
+    media type are pooled (the official ConcatDataset); video and image batches are interleaved
+    in an order every rank agrees on (the official MetaLoader): each media type contributes its
+    number of batches per epoch. Like ``DataConfig.source`` it has no default. Loader:
+    ``umt.data.vl_loader.build_vl_loader`` (docs/data.md).
     """
 
     sources: list[str] = MISSING
@@ -153,9 +155,40 @@ class VLDataConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
     flip: bool = True
     max_txt_len: int = 32  # captions are tokenised to this many tokens (official max_txt_l)
-    epoch_steps: Optional[int] = None  # None: one pass over every source's pairs
-    # Synthetic source only (captioned synthetic clips; images = their first frame).
+    # Steps per epoch (all media types together); None: one pass over every source's rows,
+    # i.e. each media type's rows // (its batch x world size) batches.
+    epoch_steps: Optional[int] = None
+    # Synthetic source only: clips (2 captions each) and still images (1 caption each).
     synthetic_size: int = 512
+    # Decoded pixels per sample (width x height x frames) above which a sample is skipped,
+    # checked on the header before decoding (as DataConfig.max_pixels).
+    max_pixels: int = 8192 * 8192
+
+    def __post_init__(self):
+        if self.sources != MISSING:
+            if not self.sources:
+                raise ValueError("data.sources=[] must list at least one dataset.json URI (or "
+                                 "be [synthetic])")
+            for i, src in enumerate(self.sources):
+                if not isinstance(src, str) or not src.strip():
+                    raise ValueError(f"data.sources[{i}]={src!r} must be a dataset.json path "
+                                     f"or s3:// URI")
+            if "synthetic" in self.sources and len(self.sources) > 1:
+                raise ValueError(f"data.sources={list(self.sources)}: 'synthetic' cannot be "
+                                 f"mixed with dataset.json sources")
+        at_least("data.num_workers", self.num_workers, 0)
+        at_least("data.shuffle_buffer", self.shuffle_buffer, 0)
+        choice("data.decoder", self.decoder, DECODERS)
+        at_least("data.video_batch_size", self.video_batch_size, 1, optional=True)
+        at_least("data.image_batch_size", self.image_batch_size, 1, optional=True)
+        choice("data.caption_sampling", self.caption_sampling, CAPTION_SAMPLING)
+        length("data.crop_scale", self.crop_scale, 2)
+        in_range("data.crop_scale[0]", self.crop_scale[0], 0.0, 1.0, low_open=True)
+        in_range("data.crop_scale[1]", self.crop_scale[1], self.crop_scale[0], 1.0)
+        at_least("data.max_txt_len", self.max_txt_len, 1)
+        at_least("data.epoch_steps", self.epoch_steps, 1, optional=True)
+        at_least("data.synthetic_size", self.synthetic_size, 1)
+        at_least("data.max_pixels", self.max_pixels, 1)
 
 
 @dataclass

@@ -2,13 +2,16 @@
 
 Modules: ``manifest`` (what to shard), ``transcode`` (validate and
 re-encode one input), ``shard`` (``umt shard``), ``dataset_json`` (the dataset description),
-``decoders`` / ``sampling`` / ``transforms`` (clip reading), ``webdataset_loader`` and ``stream``
-(training / evaluation loaders), ``synthetic`` (generated clips), ``cli`` (command functions).
+``samples`` (the tar sample format, read defensively), ``decoders`` / ``sampling`` /
+``transforms`` (clip reading), ``webdataset_loader`` and ``stream`` (Stage-1 training /
+evaluation loaders), ``vl_loader`` (Stage-2 captioned videos + images), ``retrieval_loader``
+(retrieval evaluation), ``captions`` (official caption cleaning), ``synthetic`` (generated
+clips), ``cli`` (command functions). See docs/data.md.
 """
 
 from __future__ import annotations
 
-__all__ = ["build_pretrain_loader"]
+__all__ = ["build_pretrain_loader", "build_vl_loader", "build_retrieval_loader", "clean_caption"]
 
 
 def __getattr__(name: str):
@@ -17,4 +20,16 @@ def __getattr__(name: str):
         from umt.data.stream import build_pretrain_loader
 
         return build_pretrain_loader
+    if name == "build_vl_loader":
+        from umt.data.vl_loader import build_vl_loader
+
+        return build_vl_loader
+    if name == "build_retrieval_loader":
+        from umt.data.retrieval_loader import build_retrieval_loader
+
+        return build_retrieval_loader
+    if name == "clean_caption":
+        from umt.data.captions import clean_caption
+
+        return clean_caption
     raise AttributeError(f"module 'umt.data' has no attribute {name!r}")

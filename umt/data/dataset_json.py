@@ -14,8 +14,14 @@ evaluation jobs load it with :func:`load` and never list buckets themselves. Exa
                   "sha256": "b1e4..."}, ...],
       "classes": ["abseiling", "air drumming", ...],
       "num_samples": 1000, "num_bytes": 734003200, "num_failed": 2,
+      "media": {"video": 1000}, "num_captions": 1000,
       "failures": [{"index": 17, "source": "s3://raw/k400/x.mp4", "reason": "truncated: ..."}]
     }
+
+``media`` (samples per media type) and ``num_captions`` (captions over all samples: the
+(media, caption) pairs of a Stage-2 epoch) are summaries written since umt 0.1 by ``umt
+shard``, also per shard; files without them stay valid (the Stage-2 loader then looks at the
+first sample and assumes one caption per sample).
 
 Shard ``uri`` values are relative to the folder holding dataset.json (so a dataset can be copied
 between buckets or to local disk as one folder) or absolute local paths / ``s3://`` URIs.
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from umt import storage
 
@@ -44,6 +50,8 @@ class ShardInfo:
     num_samples: int
     num_bytes: int
     sha256: str = ""
+    num_captions: Optional[int] = None  # None: not recorded (older files)
+    media: dict[str, int] = field(default_factory=dict)  # {"video": n, "image": m}
 
 
 @dataclass
@@ -61,6 +69,8 @@ class DatasetInfo:
     num_bytes: int = 0
     num_failed: int = 0
     failures: list[Failure] = field(default_factory=list)
+    media: dict[str, int] = field(default_factory=dict)
+    num_captions: Optional[int] = None
     source: dict[str, Any] = field(default_factory=dict)
     transcode: dict[str, Any] = field(default_factory=dict)
     created_by: str = ""
@@ -104,6 +114,24 @@ def _require(d: dict, key: str, kind: type | tuple, where: str) -> Any:
     return value
 
 
+def _count(d: dict, key: str, where: str) -> Optional[int]:
+    value = d.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise DatasetJsonError(f"{where}: field {key!r} must be an int >= 0, got {value!r:.40}")
+    return value
+
+
+def _media_counts(d: dict, where: str) -> dict[str, int]:
+    media = d.get("media") or {}
+    if not isinstance(media, dict) or not all(
+            k in ("video", "image") and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in media.items()):
+        raise DatasetJsonError(f"{where}: 'media' must map 'video' / 'image' to counts >= 0")
+    return dict(media)
+
+
 def from_dict(d: Any, location: str = "") -> DatasetInfo:
     """Validate a parsed dataset.json; raises :class:`DatasetJsonError` naming the bad field."""
     where = location or FILENAME
@@ -130,7 +158,9 @@ def from_dict(d: Any, location: str = "") -> DatasetInfo:
         b = _require(s, "num_bytes", int, w)
         if n < 0 or b < 0:
             raise DatasetJsonError(f"{w}: num_samples and num_bytes must be >= 0")
-        shards.append(ShardInfo(uri=uri, num_samples=n, num_bytes=b, sha256=str(s.get("sha256", ""))))
+        shards.append(ShardInfo(uri=uri, num_samples=n, num_bytes=b, sha256=str(s.get("sha256", "")),
+                                num_captions=_count(s, "num_captions", w),
+                                media=_media_counts(s, w)))
     classes = d.get("classes", [])
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise DatasetJsonError(f"{where}: 'classes' must be a list of strings")
@@ -141,7 +171,8 @@ def from_dict(d: Any, location: str = "") -> DatasetInfo:
         failures.append(Failure(index=int(f.get("index", -1)), source=str(f.get("source", "")),
                                 reason=str(f.get("reason", ""))))
     info = DatasetInfo(
-        shards=shards, classes=classes,
+        shards=shards, classes=classes, media=_media_counts(d, where),
+        num_captions=_count(d, "num_captions", where),
         num_samples=int(d.get("num_samples", sum(s.num_samples for s in shards))),
         num_bytes=int(d.get("num_bytes", sum(s.num_bytes for s in shards))),
         num_failed=int(d.get("num_failed", len(failures))), failures=failures,

@@ -53,3 +53,38 @@ def segment_indices(num_video_frames: int, num_frames: int, *, train: bool,
         return [int(i) for i in idx]
     idx = np.minimum(np.floor(offsets).astype(np.int64), length - 1) + first
     return [int(i) for i in idx]
+
+
+def vl_frame_indices(num_frames: int, length: int, sample: str = "rand",
+                     rng: np.random.Generator | None = None) -> list[int]:
+    """Frame indices of the official multi-modality sampler (``video_utils.get_frame_indices``).
+
+    ``min(T, length)`` equal intervals ``[a_k, a_{k+1})`` with ``a = int(linspace(0, length,
+    n + 1))``; then, as officially (quirks included, so clips match the recipe's):
+
+    - ``rand`` (Stage-2 training): a random frame in ``[a_k, a_{k+1} - 1)`` -- the last frame of
+      each interval is never drawn; if any interval is shorter than 2 frames the official code
+      falls back to ``n`` distinct random frames, sorted.
+    - ``middle`` (retrieval evaluation): ``(a_k + a_{k+1} - 1) // 2``.
+
+    Fewer frames than ``T``: padded with the last index. Returns ``T`` indices in ``[0, length)``.
+    """
+    if length < 1:
+        raise ValueError(f"cannot sample from a video with {length} frames")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    n = min(num_frames, length)
+    bounds = np.linspace(0, length, n + 1).astype(int)
+    lo, hi = bounds[:-1], bounds[1:] - 1  # official ranges (a_k, a_{k+1} - 1)
+    if sample == "middle":
+        idx = [int(i) for i in (lo + hi) // 2]
+    elif sample == "rand":
+        if rng is None:
+            raise ValueError("'rand' sampling needs an rng")
+        if np.all(hi > lo):
+            idx = [int(rng.integers(a, b)) for a, b in zip(lo, hi)]
+        else:  # the official fallback (its random.choice on an empty range raised)
+            idx = sorted(int(i) for i in rng.permutation(length)[:n])
+    else:
+        raise ValueError(f"unknown sample type {sample!r}; choose 'rand' or 'middle'")
+    return idx + [idx[-1]] * (num_frames - len(idx))

@@ -269,6 +269,8 @@ class _OpenShard:
     keys: list[str] = field(default_factory=list)
     num_bytes: int = 0
     failures: list[dict] = field(default_factory=list)
+    media: dict[str, int] = field(default_factory=dict)  # samples per media type
+    num_captions: int = 0
 
 
 def _fingerprint(manifest: Manifest, settings: TranscodeSettings, samples_per_shard, shard_bytes) -> str:
@@ -344,6 +346,7 @@ class _ShardSink:
         stats = {"shard": name, "num_samples": len(shard.keys), "num_bytes": os.path.getsize(shard.tmp_path),
                  "sha256": _sha256_file(shard.tmp_path), "first_index": shard.first_index,
                  "next_index": next_index, "keys": shard.keys, "failures": shard.failures,
+                 "media": shard.media, "num_captions": shard.num_captions,
                  "fingerprint": self.fingerprint, "created_by": f"umt {umt.__version__}"}
         if self.remote:
             # At most MAX_PENDING_UPLOADS shards waiting (bounds local disk use when the network
@@ -525,6 +528,9 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
                 sample = _sample(key, result)
                 shard.writer.write(sample)
                 shard.keys.append(key)
+                kind = result["meta"].get("media", "video")
+                shard.media[kind] = shard.media.get(kind, 0) + 1
+                shard.num_captions += len(result["meta"].get("captions") or [])
                 shard.num_bytes += sum(len(v) for k, v in sample.items() if k != "__key__")
                 if ((samples_per_shard and len(shard.keys) >= samples_per_shard)
                         or (shard_bytes and shard.num_bytes >= shard_bytes)):
@@ -555,7 +561,9 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
     rate = len(failures) / max(1, len(items))
     info = dataset_json.DatasetInfo(
         shards=[dataset_json.ShardInfo(uri=s["shard"], num_samples=s["num_samples"],
-                                       num_bytes=s["num_bytes"], sha256=s["sha256"]) for s in all_stats],
+                                       num_bytes=s["num_bytes"], sha256=s["sha256"],
+                                       num_captions=s.get("num_captions"), media=s.get("media", {}))
+                for s in all_stats],
         classes=manifest.classes, failures=[dataset_json.Failure(**f) for f in failures],
         num_failed=len(failures),
         source={"input": manifest.input, "sha256": manifest.sha256, "num_inputs": len(items)},
@@ -563,6 +571,12 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
         location=storage.join(output, dataset_json.FILENAME))
     info.num_samples = sum(s.num_samples for s in info.shards)
     info.num_bytes = sum(s.num_bytes for s in info.shards)
+    # Summaries for the Stage-2 loader; unknown when a resumed shard's stats predate them.
+    if all(s.num_captions is not None for s in info.shards):
+        info.num_captions = sum(s.num_captions for s in info.shards)
+        for s in info.shards:
+            for kind, n in s.media.items():
+                info.media[kind] = info.media.get(kind, 0) + n
     if rate > max_failure_rate or info.num_samples == 0:
         report = storage.join(output, "failures.json")
         storage.write_bytes(report, json.dumps(info.to_dict()["failures"], indent=2).encode())

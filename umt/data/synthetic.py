@@ -68,6 +68,32 @@ def render_clip(seed: int, num_frames: int = 16, size: int = 64,
     return frames, label, caption_for(label, colour)
 
 
+def clip_captions(seed: int, label: int) -> list[str]:
+    """Two captions of the clip ``render_clip(seed, ...)`` with class ``label`` (Stage 2: several
+    captions per video, each its own (video, caption) pair)."""
+    colour = list(_COLOURS)[int(np.random.default_rng(seed).integers(len(_COLOURS)))]  # its first draw
+    return [caption_for(label, colour), f"{CLASSES[label]} motion of a {colour} square"]
+
+
+def render_image(seed: int, size: int = 64) -> tuple[np.ndarray, str]:
+    """A captioned still image: a coloured square in one quadrant of a noisy background.
+
+    Returns ``(frame uint8 [1, H, W, 3], caption)``, e.g. "a red square in the top left"; what
+    the caption says is visible in the image (the Stage-2 demo learns to match them).
+    """
+    rng = np.random.default_rng(seed)
+    colour = list(_COLOURS)[int(rng.integers(len(_COLOURS)))]
+    side = max(4, size // 5)
+    frame = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
+    qy, qx = int(rng.integers(2)), int(rng.integers(2))
+    half = size // 2
+    y = qy * half + int(rng.integers(0, max(1, half - side)))
+    x = qx * half + int(rng.integers(0, max(1, half - side)))
+    frame[y:y + side, x:x + side] = _COLOURS[colour]
+    where = f"{('top', 'bottom')[qy]} {('left', 'right')[qx]}"
+    return frame[None], f"a {colour} square in the {where}"
+
+
 def frames_to_mp4(frames: np.ndarray, fps: float = 8.0, keyframe_interval: int = 16,
                   crf: int = 18) -> bytes:
     """Encode uint8 ``[T, H, W, 3]`` RGB frames as an H.264 mp4 (in memory, with PyAV)."""

@@ -7,9 +7,14 @@ resize the short side to ``img_size`` and take ``num_crops`` square crops along 
 (1 = centre). Both end with ImageNet normalisation. The same crop is applied to every frame of
 a clip, so motion is preserved.
 
-Not Stage 2's recipe: the official Stage 2 (multi-modality) pipeline uses
-``RandomResizedCrop(img_size, scale=(0.5, 1.0), interpolation=bicubic)`` + horizontal flip,
-which this module does not implement.
+Stage 2 and retrieval (the official multi-modality recipe, ``multi_modality/dataset/__init__.py``):
+training is ``RandomResizedCrop(img_size, scale=(0.5, 1.0), ratio=(3/4, 4/3), bicubic)`` +
+horizontal flip (:func:`vl_train_transform`), evaluation ``Resize((img_size, img_size),
+bicubic)`` with no crop (:func:`vl_test_transform`). As officially, both resize the uint8 frames
+(torchvision's resize, rounded back to uint8) before converting to float; the crop box and the
+flip are drawn once per clip from a passed Generator (torchvision draws from torch's global RNG,
+which a deterministic, resumable loader cannot use). Resizing is antialiased (torchvision's
+default today; the official environment's older torchvision did not antialias tensors).
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ def _resize(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def train_transform(frames: np.ndarray, img_size: int, scales: list[float], flip: bool,
                     rng: np.random.Generator) -> torch.Tensor:
-    """Stage-1/2 training augmentation.
+    """Stage-1 training augmentation (GroupMultiScaleCrop + flip).
 
     Args:
         frames: uint8 ``[T, H, W, 3]`` RGB.
@@ -105,3 +110,79 @@ def test_transforms(frames: np.ndarray, img_size: int, num_crops: int = 1) -> li
         x = int(round((nw - img_size) * (frac if nw >= nh else 0.5)))
         views.append(_normalize(clip[:, :, y:y + img_size, x:x + img_size]))
     return views
+
+
+# ------------------------------------------------------------------- Stage 2 / retrieval
+
+
+def random_resized_crop_box(h: int, w: int, scale: tuple[float, float], rng: np.random.Generator,
+                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """``(top, left, crop_h, crop_w)`` of one RandomResizedCrop draw (torchvision's
+    ``RandomResizedCrop.get_params``: 10 tries of area x log-uniform aspect, then a centre crop
+    with the aspect clamped into ``ratio``)."""
+    area = h * w
+    log_lo, log_hi = np.log(ratio[0]), np.log(ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = float(np.exp(rng.uniform(log_lo, log_hi)))
+        cw = int(round(np.sqrt(target * aspect)))
+        ch = int(round(np.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = int(rng.integers(0, h - ch + 1))
+            left = int(rng.integers(0, w - cw + 1))
+            return top, left, ch, cw
+    in_ratio = w / h
+    if in_ratio < min(ratio):
+        cw, ch = w, int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        ch, cw = h, int(round(h * max(ratio)))
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def _u8_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 ``[T, H, W, 3]`` -> uint8 ``[T, 3, H, W]`` (what the official transforms receive)."""
+    arr = np.ascontiguousarray(frames)
+    if not arr.flags.writeable:  # PIL / broadcast views: torch wants memory it may own
+        arr = arr.copy()
+    return torch.from_numpy(arr).permute(0, 3, 1, 2)
+
+
+def vl_train_transform(frames: np.ndarray, img_size: int, scale: tuple[float, float], flip: bool,
+                       rng: np.random.Generator) -> torch.Tensor:
+    """Stage-2 training augmentation, one crop box and one flip for the whole clip.
+
+    Args:
+        frames: uint8 ``[T, H, W, 3]`` RGB (T = 1 for an image).
+    Returns:
+        float ``[3, T, img_size, img_size]``, ImageNet-normalised.
+    """
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    _, h, w, _ = frames.shape
+    top, left, ch, cw = random_resized_crop_box(h, w, tuple(scale), rng)
+    # Crop the uint8 array first: the resize then reads only the box.
+    clip = _u8_tensor(frames[:, top:top + ch, left:left + cw])
+    clip = TF.resize(clip, [img_size, img_size], interpolation=InterpolationMode.BICUBIC,
+                     antialias=True)
+    if flip and rng.random() < 0.5:
+        clip = clip.flip(-1)
+    return _normalize(clip.float().div_(255.0))
+
+
+def vl_test_transform(frames: np.ndarray, img_size: int) -> torch.Tensor:
+    """Retrieval evaluation: ``Resize((img_size, img_size))`` bicubic, no crop.
+
+    Args:
+        frames: uint8 ``[T, H, W, 3]`` RGB.
+    Returns:
+        float ``[3, T, img_size, img_size]``, ImageNet-normalised.
+    """
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    clip = TF.resize(_u8_tensor(frames), [img_size, img_size],
+                     interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return _normalize(clip.float().div_(255.0))

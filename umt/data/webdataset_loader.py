@@ -109,8 +109,10 @@ def rank_shards(urls: list[str], rank: int, world_size: int) -> list[str]:
     return list(urls[rank::world_size]) if len(urls) >= world_size else list(urls)
 
 
-def shard_stream(urls: list[str], seed_parts: tuple) -> Iterator[dict]:
-    """Endless ``{"url"}`` drawn with replacement from ``urls``, seeded by ``seed_parts``.
+def shard_stream(urls: list[str], seed_parts: tuple,
+                 weights: Optional[list[float]] = None) -> Iterator[dict]:
+    """Endless ``{"url"}`` drawn with replacement from ``urls``, seeded by ``seed_parts``
+    (in proportion to ``weights`` when given: shards of several datasets differ in size).
 
     Every DataLoader worker draws from the rank's whole slice (open_clip's resampled shards)
     with its own seed. Splitting the slice among workers instead gives uneven exposure when the
@@ -120,6 +122,11 @@ def shard_stream(urls: list[str], seed_parts: tuple) -> Iterator[dict]:
     for u in urls:
         storage.check_uri(u)  # rejects pipe: and other schemes
     rng = random.Random(derive_seed("shards", *seed_parts))
+    if weights is not None:
+        if len(weights) != len(urls) or not sum(weights) > 0:
+            raise ValueError(f"shard weights {weights[:8]} do not fit {len(urls)} shards")
+        while True:
+            yield {"url": rng.choices(urls, weights)[0]}
     while True:
         yield {"url": rng.choice(urls)}
 
@@ -290,12 +297,12 @@ class _TrainStream(torch.utils.data.IterableDataset):
     steps in any run -- and the epoch seed everything it draws.
     """
 
-    def __init__(self, urls: list[str], make_stages, *, seed: int, rank: int, start_step: int,
-                 epoch_steps: int):
+    def __init__(self, urls: list[str], make_stages, *, seed: Any, rank: int, start_step: int,
+                 epoch_steps: int, weights: Optional[list[float]] = None):
         super().__init__()
         for u in urls:
             storage.check_uri(u)  # rejects pipe: and other schemes, before any worker starts
-        self.urls, self.make_stages = urls, make_stages
+        self.urls, self.make_stages, self.weights = urls, make_stages, weights
         self.seed, self.rank, self.start_step, self.epoch_steps = seed, rank, start_step, epoch_steps
 
     def __iter__(self) -> Iterator[dict]:
@@ -308,7 +315,7 @@ class _TrainStream(torch.utils.data.IterableDataset):
             parts: tuple = (self.seed, self.rank, slot, epoch)
             if self.start_step > epoch * self.epoch_steps:  # resumed inside this epoch
                 parts += ("resume", self.start_step)
-            src: Any = shard_stream(self.urls, parts)
+            src: Any = shard_stream(self.urls, parts, self.weights)
             for stage in self.make_stages(parts):
                 src = stage(src)
             try:
