@@ -190,14 +190,12 @@ def test_temperature_clamped_fp32_and_decayed(model, batch):
 
 def test_grad_checkpointing_same_result(batch):
     torch.manual_seed(0)
-    m = build().train()
-    for p in m.modules():  # no dropout: compare the two runs exactly
-        if isinstance(p, torch.nn.Dropout):
-            p.p = 0.0
+    m = build(drop_path_rate=0.1).train()
     grads = []
     for enable in (False, True):
         m.zero_grad()
         m.set_grad_checkpointing(enable)
+        torch.manual_seed(1)  # the same dropout / drop-path draws (checkpointing replays them)
         out = m(batch["video"][:2], batch["ids"][:2], batch["att"][:2], batch["idx"][:2], mask=batch["mask"][:2],
                 negatives=None, generator=torch.Generator().manual_seed(0))
         (out.video_feat.sum() + out.text_feat.sum() + out.vtm_logits.sum() + out.uta.sum()).backward()
