@@ -237,6 +237,16 @@ def test_own_stage2_checkpoint_round_trip(tmp_path, batch):
     assert "text_encoder.bert.embeddings.position_ids" in export_official(model)
 
 
+def test_own_stage2_checkpoint_initialises_the_finetune_backbones(tmp_path, model):
+    """Our Stage-2 layout is the official one, so the fine-tunes' loaders take its video part."""
+    path = save(tmp_path / "s2.pth", {"model": model.state_dict()})
+    dims = {k: v for k, v in VISION.items() if k not in ("teacher_dim", "align_layers")}
+    vit = create_model("umt_vit_tiny_patch16_224", pretrained=path, num_classes=3, **dims)
+    assert torch.equal(vit.blocks[1].mlp.fc2.weight, model.vision_encoder.encoder.blocks[1].mlp.fc2.weight)
+    student = create_model("umt_pretrain_vit_tiny_patch16_224", pretrained=path, **VISION)
+    assert torch.equal(student.clip_decoder[1].norm.bias, model.vision_encoder.clip_decoder[1].norm.bias)
+
+
 def test_stage2_layout_differences_handled(tmp_path, model, batch):
     from umt.models import export_official
 

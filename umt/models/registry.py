@@ -60,7 +60,7 @@ def _build(cls, size: str, pretrained, **kwargs) -> nn.Module:
 
 def _build_vl(size: str, pretrained, **kwargs) -> nn.Module:
     from umt.models.vl import VisionLanguageModel
-    from umt.models.vl_checkpoint import load_vl_pretrained, read_vl_state_dict
+    from umt.models.vl_checkpoint import load_vl_state_dict, read_vl_state_dict
 
     for k in _TIMM_KWARGS:
         kwargs.pop(k, None)
@@ -72,13 +72,14 @@ def _build_vl(size: str, pretrained, **kwargs) -> nn.Module:
     kwargs.setdefault("teacher_dim", TEACHER_DIM[size])
     if pretrained is True:
         raise ValueError("pretrained=True needs a checkpoint: pass its path or s3:// URI instead")
+    sd = None
     if isinstance(pretrained, str) and pretrained:
         # A Stage-2 file overwrites every weight: read only the text encoder's config then.
-        _, kind = read_vl_state_dict(pretrained)
+        sd, kind = read_vl_state_dict(pretrained)
         kwargs.setdefault("load_text_weights", kind != "stage2")
     model = VisionLanguageModel(**{**SIZES[size], **kwargs})
-    if isinstance(pretrained, str) and pretrained:
-        load_vl_pretrained(model, pretrained)
+    if sd is not None:
+        load_vl_state_dict(model, sd, kind, pretrained)
     return model
 
 

@@ -86,6 +86,11 @@ def adapt_stage2(sd: dict[str, torch.Tensor], model: nn.Module,
 def load_vl_pretrained(model: nn.Module, uri: str) -> LoadReport:
     """Load a Stage-2 (everything) or Stage-1 (video encoder) checkpoint into ``model``."""
     sd, kind = read_vl_state_dict(uri)
+    return load_vl_state_dict(model, sd, kind, uri)
+
+
+def load_vl_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], kind: str, uri: str) -> LoadReport:
+    """``load_vl_pretrained`` for a state dict already read (``read_vl_state_dict``)."""
     if kind == "stage2":
         sd, report = adapt_stage2(sd, model, uri)
         own = model.state_dict()
