@@ -51,9 +51,17 @@ def multi_scale_crop_box(h: int, w: int, img_size: int, scales: list[float],
     return x, y, cw, ch
 
 
+def _u8_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 ``[T, H, W, 3]`` -> uint8 ``[T, 3, H, W]`` (what the official transforms receive)."""
+    arr = np.ascontiguousarray(frames)
+    if not arr.flags.writeable:  # PIL / broadcast views: torch wants memory it may own
+        arr = arr.copy()
+    return torch.from_numpy(arr).permute(0, 3, 1, 2)
+
+
 def _to_float(frames: np.ndarray) -> torch.Tensor:
     """uint8 ``[T, H, W, 3]`` -> float ``[T, 3, H, W]`` in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+    return _u8_tensor(frames).float().div_(255.0)
 
 
 def _normalize(clip: torch.Tensor) -> torch.Tensor:
@@ -139,14 +147,6 @@ def random_resized_crop_box(h: int, w: int, scale: tuple[float, float], rng: np.
     else:
         cw, ch = w, h
     return (h - ch) // 2, (w - cw) // 2, ch, cw
-
-
-def _u8_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 ``[T, H, W, 3]`` -> uint8 ``[T, 3, H, W]`` (what the official transforms receive)."""
-    arr = np.ascontiguousarray(frames)
-    if not arr.flags.writeable:  # PIL / broadcast views: torch wants memory it may own
-        arr = arr.copy()
-    return torch.from_numpy(arr).permute(0, 3, 1, 2)
 
 
 def vl_train_transform(frames: np.ndarray, img_size: int, scale: tuple[float, float], flip: bool,
