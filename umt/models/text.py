@@ -36,6 +36,8 @@ from transformers import AutoConfig, AutoTokenizer
 from transformers.models.bert.modeling_bert import (BertAttention, BertEmbeddings, BertIntermediate,
                                                     BertOnlyMLMHead, BertOutput)
 
+from umt.models.checkpoint import CheckpointError, check_strict
+
 log = logging.getLogger(__name__)
 
 # Model ids resolved to files shipped in an installed package (no network needed).
@@ -201,10 +203,14 @@ class BertTextEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name: str, fusion_layer: int, cross_width: int,
-                        load_weights: bool = True) -> "BertTextEncoder":
+                        load_weights: bool = True, dropout: Optional[float] = None) -> "BertTextEncoder":
         """Build from a BERT directory / hub id; ``load_weights=False`` reads only its config
-        (when an official or own Stage-2 checkpoint will overwrite every weight anyway)."""
-        enc = cls(bert_config(name), fusion_layer, cross_width, name=name)
+        (when an official or own Stage-2 checkpoint will overwrite every weight anyway).
+        ``dropout`` overrides the config's hidden and attention dropout (None: keep them)."""
+        config = bert_config(name)
+        if dropout is not None:
+            config.hidden_dropout_prob = config.attention_probs_dropout_prob = float(dropout)
+        enc = cls(config, fusion_layer, cross_width, name=name)
         if load_weights:
             enc.load_bert_weights(name)
         return enc
@@ -273,15 +279,13 @@ class BertTextEncoder(nn.Module):
         else missing, unexpected or of another shape raises ``CheckpointError`` naming the keys.
         Returns ``{'dropped': [...], 'fresh': [...]}``.
         """
-        from umt.models.checkpoint import check_strict
-
         sd = read_bert_state_dict(name)
         sd, dropped = normalise_bert_keys(sd, name)
         own = self.state_dict()
         fresh = [k for k in own if ".crossattention." in k and k not in sd]
         if not any(k.startswith("cls.") for k in sd):  # no MLM head in the file
             fresh += [k for k in own if k.startswith("cls.")]
-        sd = _resolve_tied(sd, name)
+        sd = resolve_tied_decoder(sd, name)
         own.pop("cls.predictions.decoder.weight")
         own.pop("cls.predictions.decoder.bias")
         check_strict(sd, own, fresh, f"text encoder {name}", "BERT", type(self).__name__)
@@ -292,10 +296,8 @@ class BertTextEncoder(nn.Module):
         return {"dropped": dropped, "fresh": fresh}
 
 
-def _resolve_tied(sd: dict, source: str) -> dict:
+def resolve_tied_decoder(sd: dict, source: str) -> dict:
     """Drop the tied decoder copies after checking they equal what the model ties them to."""
-    from umt.models.checkpoint import CheckpointError
-
     sd = dict(sd)
     for copy, ref in (("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight"),
                       ("cls.predictions.decoder.bias", "cls.predictions.bias")):
@@ -315,8 +317,6 @@ def normalise_bert_keys(sd: dict, source: str, prefix: str = "") -> tuple[dict, 
     ``prefix``: a leading part (``text_encoder.``) kept on the returned keys. Returns the
     renamed dict and the list of dropped keys (pooler, NSP head, buffers).
     """
-    from umt.models.checkpoint import CheckpointError
-
     out, dropped = {}, []
     for k, v in sd.items():
         if not k.startswith(prefix):
@@ -346,8 +346,6 @@ def read_bert_state_dict(name: str) -> dict[str, torch.Tensor]:
     """The tensors of a BERT checkpoint: ``model.safetensors`` or ``pytorch_model.bin`` (sharded or
     not) in a directory, or fetched from the hub for a model id. Nothing is executed
     (``weights_only`` / safetensors); floats are cast to fp32."""
-    from umt.models.checkpoint import CheckpointError
-
     path = resolve_text_encoder(name)
     files = _weight_files(path, name)
     sd: dict[str, torch.Tensor] = {}
@@ -366,8 +364,6 @@ def read_bert_state_dict(name: str) -> dict[str, torch.Tensor]:
 
 
 def _weight_files(path: str, name: str) -> list[str]:
-    from umt.models.checkpoint import CheckpointError
-
     def shards(index_file: str, get) -> list[str]:
         with open(index_file) as fh:
             return [get(s) for s in sorted(set(json.load(fh)["weight_map"].values()))]

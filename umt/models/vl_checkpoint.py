@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from umt.models.checkpoint import (CheckpointError, LoadReport, adapt_state_dict, check_strict,
                                    extract_state_dict, read_checkpoint)
-from umt.models.text import _resolve_tied, normalise_bert_keys
+from umt.models.text import resolve_tied_decoder, normalise_bert_keys
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def adapt_stage2(sd: dict[str, torch.Tensor], model: nn.Module,
     text = {k[len("text_encoder."):]: v for k, v in out.items() if k.startswith("text_encoder.")}
     if not any(k.startswith("cls.") for k in text):  # e.g. an official retrieval fine-tune
         report.fresh += [k for k in model.state_dict() if k.startswith("text_encoder.cls.")]
-    text = _resolve_tied(text, source)
+    text = resolve_tied_decoder(text, source)
     out = {k: v for k, v in out.items() if not k.startswith("text_encoder.")}
     out |= {f"text_encoder.{k}": v for k, v in text.items()}
     # Fixed position table of the video encoder: loaded when it fits, else the model's own.
