@@ -19,7 +19,8 @@ from umt.data.sampling import vl_frame_indices
 from umt.data.shard import shard_dataset
 from umt.data.transcode import TranscodeSettings
 from umt.data.transforms import vl_test_transform
-from umt.data.vl_loader import batch_order, build_retrieval_loader, build_vl_loader, sample_id
+from umt.data.vl_loader import (batch_order, build_retrieval_loader, build_vl_loader, epoch_counts,
+                                 sample_id)
 
 NUM_VIDEOS, NUM_IMAGES = 10, 7
 
@@ -139,6 +140,21 @@ def test_interleaving_is_the_same_on_every_rank_and_reseeded_per_epoch(captioned
     assert all(Counter(o) == counts for o in orders)
     assert len({tuple(o) for o in orders}) > 1
     assert batch_order(counts, seed=0, epoch=2) == orders[2]
+
+
+def test_epoch_counts_per_media_type():
+    sizes = {"video": 4, "image": 8}
+    # One pass: rows // (batch x world), at least 1; a type without rows is left out.
+    assert epoch_counts({"video": 1000, "image": 100}, sizes, 2) == {"video": 125, "image": 6}
+    assert epoch_counts({"video": 3, "image": 0}, sizes, 1) == {"video": 1}
+    # epoch_steps rescales to the total, keeping at least one batch of each type.
+    assert epoch_counts({"video": 1000, "image": 100}, sizes, 2, epoch_steps=10) == {"video": 9, "image": 1}
+    assert epoch_counts({"video": 1000, "image": 1}, sizes, 1, epoch_steps=7) == {"video": 6, "image": 1}
+    assert sum(epoch_counts({"video": 999, "image": 333}, sizes, 1, epoch_steps=101).values()) == 101
+    with pytest.raises(ValueError, match="cannot hold a batch of each"):
+        epoch_counts({"video": 10, "image": 10}, sizes, 1, epoch_steps=1)
+    with pytest.raises(ValueError, match="no captioned samples"):
+        epoch_counts({"video": 0}, sizes, 1)
 
 
 def test_resume_positions_the_epoch_and_then_matches_the_uninterrupted_run(captioned):
