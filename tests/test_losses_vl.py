@@ -236,3 +236,12 @@ def test_all_gather_with_grad_single_process_is_identity():
 
     x = torch.randn(3, 4)
     assert all_gather_with_grad(x) is x
+
+
+def test_underflowed_weights_fall_back_to_uniform_negatives():
+    sim = torch.eye(3) * 2000.0  # temp at its floor: every negative's softmax weight is exactly 0
+    idx = torch.arange(3)
+    w_v2t, _ = hard_negative_weights(sim, idx)
+    assert float(w_v2t.sum()) == 0.0  # the official multinomial would raise here
+    neg = sample_hard_negatives(sim, idx, generator=torch.Generator().manual_seed(0))
+    assert bool(neg.valid.all()) and not bool((neg.video_for_text == idx).any())
