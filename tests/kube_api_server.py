@@ -23,7 +23,12 @@ A fake operator + kubelet moves each job like the Training Operator v1.9 would: 
 ``<job>-<replica>-<i>`` that go Pending -> Running -> Succeeded/Failed following a per-pod
 script, in-place container restarts for OnFailure/Always (restart counts against
 ``backoffLimit``), pod re-creation for ExitCode >= 128, Running/Restarting/Succeeded/Failed
-conditions, ``cleanPodPolicy`` on completion.
+conditions, ``cleanPodPolicy`` on completion, ``activeDeadlineSeconds`` (Failed with the
+operator's message, every pod deleted). When a job's master role succeeds, the fake plays the
+stage's last act: it writes ``summary.json`` into the ``train.output_dir=`` its command names
+when that is a local folder, and to s3:// (through ``umt.storage``) only with
+``s3_summaries`` (a test with the moto server); ``write_summaries=False`` writes none.
+``request_times`` records when each request arrived (for "deleted within a second" checks).
 
 Fixtures: ``kube_api`` (the server) and ``kubeconfig`` (a kubeconfig file pointing at it, also
 exported as ``$KUBECONFIG``).
@@ -177,6 +182,9 @@ class FakeKubeAPI:
         self.allowed: set[tuple[str, str]] = set(ALL_VERBS)
         self.user = "system:serviceaccount:umt:umt-pipeline"
         self.requests: list[tuple[str, str]] = []
+        self.request_times: list[tuple[float, str, str]] = []  # (monotonic, method, path)
+        self.write_summaries = True
+        self.s3_summaries = False
         # Inject failures: (method, path regex, status) consumed by the first matching request.
         self.fail_next: list[tuple[str, str, int]] = []
         # Per-pod scripts: (job name, pod name) -> attempts; default: succeed after 3 lines.
@@ -239,14 +247,15 @@ class FakeKubeAPI:
                 for key in list(self.jobs):
                     self._reconcile(key)
 
-    def _set_condition(self, job: dict[str, Any], type_: str, message: str) -> None:
+    def _set_condition(self, job: dict[str, Any], type_: str, message: str,
+                       reason: str | None = None) -> None:
         """The operator's setCondition rules, on plain dicts (independent of umt.launch)."""
         status = job.setdefault("status", {})
         conds = status.setdefault("conditions", [])
         if any(c["type"] == "Failed" and c["status"] == "True" for c in conds):
             return
         current = next((c for c in conds if c["type"] == type_), None)
-        reason = f"PyTorchJob{type_}"
+        reason = reason or f"PyTorchJob{type_}"
         if current and current["status"] == "True" and current["reason"] == reason:
             return
         kept = []
@@ -299,6 +308,14 @@ class FakeKubeAPI:
         for pod in pods:
             self._kubelet(pod)
         run_policy = job["spec"].get("runPolicy") or {}
+        deadline = run_policy.get("activeDeadlineSeconds")
+        if deadline is not None and time.monotonic() - job["metadata"]["_createdAt"] > deadline:
+            # The operator's pastActiveDeadline: Failed, and every pod deleted.
+            self._set_condition(job, "Failed", f"Job {name} has failed because it was active "
+                                "longer than specified deadline")
+            for pod in pods:
+                self.pods.pop((pod.namespace, pod.name), None)
+            return
         limit = run_policy.get("backoffLimit")
         restarts = sum(p.restart_count for p in pods if p.phase == "Running")
         if limit is not None and restarts and restarts >= limit:
@@ -328,6 +345,8 @@ class FakeKubeAPI:
                 if active:
                     self._set_condition(job, "Running", f"PyTorchJob {name} is running.")
                 if succeeded == rspec.get("replicas", 1):
+                    if self.write_summaries:
+                        _write_summary(job, rspec, self.s3_summaries)
                     self._set_condition(job, "Succeeded",
                                         f"PyTorchJob {name} is successfully completed.")
                     self._clean_pods(job, pods)
@@ -390,6 +409,21 @@ class FakeKubeAPI:
         raise AssertionError("timed out waiting on the fake API server")
 
 
+def _write_summary(job: dict[str, Any], rspec: dict[str, Any], to_s3: bool) -> None:
+    """What a stage writes when it finishes (see umt/train/*: summary.json)."""
+    from umt import storage
+
+    command = rspec["template"]["spec"]["containers"][0].get("command") or []
+    outs = [a.split("=", 1)[1] for a in command if a.startswith("train.output_dir=")]
+    if not outs or (storage.is_s3(outs[-1]) and not to_s3):
+        return
+    stage = (job["metadata"].get("labels") or {}).get("umt/stage", "stage")
+    summary = {"stage": stage, "steps": 3, "output_dir": outs[-1],
+               "checkpoint": storage.join(outs[-1], "checkpoints", "step_3.pt"),
+               "final_loss": 0.25, "job": job["metadata"]["name"]}
+    storage.write_bytes(storage.join(outs[-1], "summary.json"), json.dumps(summary).encode())
+
+
 def _status_body(code: int, message: str, reason: str) -> dict[str, Any]:
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": message, "reason": reason, "code": code}
@@ -445,6 +479,7 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
             url = urlparse(self.path)
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
             api.requests.append((method, self.path))
+            api.request_times.append((time.monotonic(), method, self.path))
             for i, (m, pattern, code) in enumerate(api.fail_next):
                 if m == method and re.search(pattern, url.path):
                     api.fail_next.pop(i)
@@ -551,6 +586,7 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
         def _public(job: dict[str, Any]) -> dict[str, Any]:
             out = copy.deepcopy(job)
             out["metadata"].pop("_deleteAt", None)  # our own bookkeeping
+            out["metadata"].pop("_createdAt", None)
             return out
 
         def _secret(self, ns: str, name: str) -> None:
@@ -575,11 +611,12 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
                 stored = copy.deepcopy(body)
                 stored["metadata"].update(namespace=ns, uid=str(uuid.uuid4()),
                                           resourceVersion="1",
-                                          creationTimestamp=now_rfc3339())
+                                          creationTimestamp=now_rfc3339(),
+                                          _createdAt=time.monotonic())
                 stored["status"] = {}
                 api._set_condition(stored, "Created", f"PyTorchJob {name} is created.")
                 api.jobs[(ns, name)] = stored
-                return self._send(201, copy.deepcopy(stored))
+                return self._send(201, self._public(stored))
 
         def _pods(self, ns: str, name: str | None, log: bool, query: dict[str, str]) -> None:
             if self._forbidden("get" if name else "list", "pods/log" if log else "pods", ns):

@@ -39,6 +39,9 @@ def job_request(**kw) -> TrainingJob:
 
 def run(kubeconfig, lines=None, **kw):
     kw.setdefault("validate_config", False)
+    # A folder the fake kubelet writes the stage's summary.json into (a PVC, as it were).
+    kw.setdefault("output_uri", str(kubeconfig.parent / "out"))
+    kw.setdefault("allow_local_output", True)
     return run_training_job("stage1", "tiny", nodes=2, gpus_per_node=8, node_pool="gke-a100",
                             kubeconfig=str(kubeconfig), poll_interval=0.02,
                             log_sink=(lines.append if lines is not None else lambda _: None),
@@ -65,7 +68,8 @@ def test_submit_wait_and_stream_the_masters_log(kube_api, kubeconfig, tmp_path):
 def test_resubmitting_adopts_the_existing_job(kube_api, kubeconfig):
     kube_api.script = lambda job, pod: [Attempt(lines=["slow"], exit_code=0, line_interval=0.5)]
     backend = PyTorchJobBackend(kubeconfig=str(kubeconfig), poll_interval=0.02)
-    job = build_pytorchjob(job_request(run_id="run-2"))
+    job = build_pytorchjob(job_request(run_id="run-2", output_uri=str(kubeconfig.parent / "out"),
+                                       allow_local_output=True))
     assert backend.submit(job).created
     result = run(kubeconfig, run_id="run-2")  # e.g. KFP retrying the launcher step
     assert not result.created and result.name == job.metadata.name
@@ -73,9 +77,27 @@ def test_resubmitting_adopts_the_existing_job(kube_api, kubeconfig):
     assert len(kube_api.jobs) == 1
 
 
-def test_a_retry_replaces_a_failed_job_instead_of_re_reporting_its_failure(kube_api, kubeconfig,
-                                                                           caplog):
-    """A KFP retry has the same run id, hence the same job name: it must run again."""
+def test_a_retry_re_raises_a_failed_jobs_failure_without_training_again(kube_api, kubeconfig):
+    """A KFP retry has the same run id, hence the same job name. A job that spent its own
+    backoffLimit must not be run again by KFP's retries: the retry fails at once, permanent."""
+    kube_api.script = lambda job, pod: [Attempt(lines=["boom"], exit_code=1)]
+    with pytest.raises(JobFailedError, match="backoff limit") as first:
+        run(kubeconfig, run_id="kfp-run", backoff_limit=2)
+    assert first.value.permanent and not first.value.already_failed
+    (name,) = [n for _, n in kube_api.jobs]
+    uid = kube_api.job(name)["metadata"]["uid"]
+    t0 = time.monotonic()
+    with pytest.raises(JobFailedError, match="earlier attempt; not running it again") as retry:
+        run(kubeconfig, run_id="kfp-run", backoff_limit=2)
+    assert time.monotonic() - t0 < 5
+    assert retry.value.permanent and retry.value.already_failed
+    assert "backoff limit" in str(retry.value)  # the original reason, again
+    assert kube_api.job(name)["metadata"]["uid"] == uid  # not replaced, not run again
+    assert not [m for m, _ in kube_api.requests if m == "DELETE"]
+
+
+def test_replace_failed_runs_a_failed_job_again(kube_api, kubeconfig, caplog):
+    """A user resubmitting (`umt job submit`, or replace_failed=True) wants it to run again."""
     runs = {"n": 0}
 
     def script(job, pod):
@@ -91,7 +113,7 @@ def test_a_retry_replaces_a_failed_job_instead_of_re_reporting_its_failure(kube_
     old_uid = kube_api.job(name)["metadata"]["uid"]
     kube_api.deletion_delay = 0.3  # the old job's pods take a while to go
     with caplog.at_level(logging.INFO, logger="umt.launch"):
-        result = run(kubeconfig, run_id="kfp-run", restart_policy="Never")
+        result = run(kubeconfig, run_id="kfp-run", restart_policy="Never", replace_failed=True)
     assert result.status.succeeded and result.created and result.replaced
     assert kube_api.job(name)["metadata"]["uid"] != old_uid
     assert "already exists and failed" in caplog.text

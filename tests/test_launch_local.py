@@ -9,6 +9,8 @@ replica mid-run.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -16,8 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from umt.launch import InvalidJobError, TrainingJob, build_pytorchjob, run_training_job, to_dict
-from umt.launch.local import LocalBackend, LocalExecutor
+from umt.launch import (
+    InvalidJobError,
+    JobFailedError,
+    TrainingJob,
+    build_pytorchjob,
+    run_training_job,
+    to_dict,
+)
+from umt.launch import replica as replica_wrapper
+from umt.launch.local import WRAPPER, LocalBackend, LocalExecutor
 from umt.launch.status import CREATED, FAILED, RESTARTING, RUNNING, SUCCEEDED
 
 FAKE_REPLICA = '''
@@ -217,3 +227,184 @@ def test_stage1_two_replicas_survive_a_killed_replica_and_resume(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["total_steps"] == 8
     assert (tmp_path / "job.yaml").read_text().startswith("apiVersion: kubeflow.org/v1")
+
+
+# -- replicas never outlive the executor (issue 7 §3, issue 12 §6) ---------------------------
+
+TREE_REPLICA = '''
+import os, subprocess, sys, time
+# Like torchrun: a worker in a session of its own, which killing our group does not reach.
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                          start_new_session=True)
+with open(os.path.join(sys.argv[1], f"{os.getpid()}.pids"), "w") as f:
+    f.write(f"{os.getpid()} {worker.pid}")
+time.sleep(600)
+'''
+
+EXECUTOR = '''
+import json, sys
+from umt.launch.local import LocalExecutor
+executor = LocalExecutor(json.load(open(sys.argv[1])), sys.argv[2]).start()
+print("started", flush=True)
+executor.wait()
+'''
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped counts as gone: it runs nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return sys.platform.startswith("linux") is False
+
+
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [p for p in pids if alive(p)]
+        if not left:
+            return []
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+def tree_job(tmp_path: Path, nodes: int = 2) -> dict:
+    script = tmp_path / "tree_replica.py"
+    script.write_text(TREE_REPLICA)
+    (tmp_path / "pids").mkdir()
+    job = fake_job(tmp_path, "exit", 0, nodes=nodes)
+    for rspec in job["spec"]["pytorchReplicaSpecs"].values():
+        rspec["template"]["spec"]["containers"][0]["command"] = [
+            sys.executable, str(script), str(tmp_path / "pids")]
+    return job
+
+
+def test_kill_9_of_the_executor_takes_every_replica_process_with_it(tmp_path):
+    """The replicas run in sessions of their own; a SIGKILLed executor must not leave them
+    (or the workers they started in sessions of *their* own) training."""
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(tree_job(tmp_path)))
+    executor = subprocess.Popen([sys.executable, "-c", EXECUTOR, str(job_file),
+                                 str(tmp_path / "jobs")], stdout=subprocess.PIPE, text=True)
+    tree: list[int] = []
+    try:
+        assert executor.stdout.readline().strip() == "started"
+        deadline = time.monotonic() + 30
+        while len(list((tmp_path / "pids").glob("*.pids"))) < 2:
+            assert time.monotonic() < deadline, "replicas did not start"
+            time.sleep(0.05)
+        tree = replica_wrapper.descendants(executor.pid)
+        started = [int(p) for f in (tmp_path / "pids").glob("*.pids")
+                   for p in f.read_text().split()]
+        assert set(started) <= set(tree)  # 2 wrappers, 2 replicas, 2 session-leader workers
+        assert len(tree) == 6, tree
+        t0 = time.monotonic()
+        executor.kill()  # kill -9
+        executor.wait()
+        assert wait_gone(tree, timeout=10) == [], "replica processes outlived the executor"
+        assert time.monotonic() - t0 < 10
+    finally:
+        executor.kill()
+        replica_wrapper.kill_all(tree)  # only if the test failed: nothing is left otherwise
+
+
+def test_the_parent_pid_watchdog_alone_stops_an_orphaned_replica(tmp_path):
+    """Without PR_SET_PDEATHSIG (macOS; or its thread rules missed), the wrapper still notices
+    that its parent changed and stops the replica's whole tree."""
+    script = tmp_path / "tree_replica.py"
+    script.write_text(TREE_REPLICA)
+    (tmp_path / "pids").mkdir()
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import os, subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, {str(WRAPPER)!r}, '--parent', str(os.getpid()), "
+        f"'--no-pdeathsig', '--grace', '1', '--', sys.executable, {str(script)!r}, "
+        f"{str(tmp_path / 'pids')!r}], start_new_session=True)\n"
+        "time.sleep(600)\n")])
+    tree: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not list((tmp_path / "pids").glob("*.pids")):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        tree = replica_wrapper.descendants(parent.pid)
+        assert len(tree) == 3, tree  # wrapper, replica, worker
+        parent.kill()
+        parent.wait()
+        assert wait_gone(tree, timeout=10) == []
+    finally:
+        parent.kill()
+        replica_wrapper.kill_all(tree)
+
+
+def test_a_replica_that_exits_leaves_nothing_running(tmp_path):
+    """A container's processes end with its main process: workers it left behind go too."""
+    script = tmp_path / "leaves_a_worker.py"
+    pidfile = tmp_path / "worker.pid"
+    script.write_text("import subprocess, sys\n"
+                      "w = subprocess.Popen([sys.executable, '-c', 'import time; "
+                      "time.sleep(600)'], start_new_session=True)\n"
+                      f"open({str(pidfile)!r}, 'w').write(str(w.pid))\n"
+                      "sys.exit(3)\n")
+    job = fake_job(tmp_path, "exit", 0, restart_policy="Never")
+    job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
+        "command"] = [sys.executable, str(script)]
+    status = LocalExecutor(job, tmp_path / "jobs").start().wait(timeout=60)
+    worker = int(pidfile.read_text())
+    try:
+        assert status.failed and "exit code 3" in status.message  # the replica's own code
+        assert wait_gone([worker], timeout=5) == []
+    finally:
+        replica_wrapper.kill_all([worker])
+
+
+def test_deleting_a_local_job_fails_its_wait(tmp_path):
+    """A deleted job never reads as a success (issue 12 §6)."""
+    backend = LocalBackend(tmp_path / "jobs", poll_interval=0.05)
+    sub = backend.submit(fake_job(tmp_path, "loop", 10_000))
+    threading.Timer(0.5, backend.delete, args=(sub.name,)).start()
+    with pytest.raises(JobFailedError, match="deleted") as err:
+        backend.wait(sub.name, timeout=30)
+    assert err.value.permanent
+
+
+def test_a_local_retry_of_a_failed_job_raises_its_failure_again(tmp_path):
+    backend = LocalBackend(tmp_path / "jobs", poll_interval=0.05)
+    job = fake_job(tmp_path, "exit", 1, restart_policy="Never")
+    first = backend.submit(job)
+    assert backend.wait(first.name, timeout=30).failed
+    with pytest.raises(JobFailedError, match="earlier attempt") as err:
+        backend.submit(job, replace_failed=False)
+    assert err.value.already_failed and err.value.permanent
+    assert backend.submit(job).replaced  # the default (a user resubmitting) runs it again
+
+
+@pytest.mark.slow
+def test_kill_9_of_umt_job_run_stops_its_torchrun_replicas(tmp_path):
+    """The real command: `umt job run` of Stage 1 (tiny, 2 replicas, torchrun + gloo)."""
+    umt = Path(sys.executable).with_name("umt")
+    run = subprocess.Popen([str(umt), "job", "run", "stage1", "--config", "tiny", "--nodes",
+                            "2", "train.steps=100000", "train.log_every=1", "--output",
+                            str(tmp_path / "out")], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    tree: list[int] = []
+    try:
+        deadline = time.monotonic() + 180
+        logs = tmp_path / "runs" / "local-jobs"
+        # Training has started on both replicas: metrics are being written.
+        while not (tmp_path / "out" / "metrics.jsonl").exists():
+            assert time.monotonic() < deadline and run.poll() is None, "no training started"
+            time.sleep(0.2)
+        tree = replica_wrapper.descendants(run.pid)
+        # 2 wrappers, 2 torchruns, 2 trainers (and whatever torch starts below them).
+        assert len(tree) >= 6, tree
+        assert len(list(logs.glob("*/master-0.log"))) == 1
+        run.kill()
+        run.wait()
+        assert wait_gone(tree, timeout=15) == [], "replicas kept training after kill -9"
+    finally:
+        run.kill()
+        replica_wrapper.kill_all(tree)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from omegaconf import OmegaConf
+
+from umt import storage
 
 from umt.launch import (
     NODE_POOLS,
@@ -24,6 +28,40 @@ from umt.launch.node_pools import GFD_A100_PRODUCTS
 from umt.launch.pytorchjob import default_requests
 from umt.launch.stages import flatten_config, stage_modules
 from umt.launch.validate import pytorchjob_errors
+
+
+class Recorder:
+    """The smallest JobBackend: records the job it is given and 'runs' it by writing the
+    summary.json a stage writes to its train.output_dir (``summary=None``: writes none)."""
+
+    shares_filesystem = False
+
+    def __init__(self, summary: dict | None = None, lines=("hello",)):
+        self.summary, self.lines, self.job = summary, list(lines), None
+
+    def submit(self, job, *, replace_failed=True):
+        from umt.launch import Submission
+        self.job = to_dict(job)
+        return Submission(job.metadata.name, "ns", created=True)
+
+    def wait(self, name, timeout=None, on_status=None):
+        from umt.launch import JobStatus
+        if self.summary is not None:
+            command = self.job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"][
+                "containers"][0]["command"]
+            out = [a.split("=", 1)[1] for a in command if a.startswith("train.output_dir=")][-1]
+            storage.write_bytes(storage.join(out, "summary.json"), json.dumps(self.summary).encode())
+        return JobStatus(name, "Succeeded", "done")
+
+    def logs(self, name, follow=False, replica=None, index=0):
+        return iter(self.lines)
+
+    def delete(self, name):
+        raise AssertionError("not cancelled")
+
+
+SUMMARY = {"stage": "stage1", "steps": 8, "checkpoint": "s3://b/out/checkpoints/step_8.pt",
+           "output_dir": "s3://b/out", "final_loss": 0.5}
 
 
 def build(**kw) -> dict:
@@ -49,12 +87,16 @@ def test_master_and_workers_run_torchrun_on_the_operators_environment():
                                 "train.steps=10", "train.output_dir=s3://b/run"]
         assert c["resources"] == {"limits": {"memory": "480Gi", "nvidia.com/gpu": "8"},
                                   "requests": {"cpu": "64", "memory": "480Gi"}}
-        assert c["volumeMounts"] == [{"mountPath": "/dev/shm", "name": "dshm"}]
+        assert c["volumeMounts"] == [{"mountPath": "/dev/shm", "name": "dshm"},
+                                     {"mountPath": "/tmp", "name": "tmp"},
+                                     {"mountPath": "/home/umt", "name": "home"}]
         assert c["securityContext"] == {"allowPrivilegeEscalation": False,
-                                        "capabilities": {"drop": ["ALL"]}}
+                                        "capabilities": {"drop": ["ALL"]},
+                                        "readOnlyRootFilesystem": True}
         spec = pod(job, rtype)["spec"]
         assert spec["volumes"] == [{"emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"},
-                                    "name": "dshm"}]
+                                    "name": "dshm"}, {"emptyDir": {}, "name": "tmp"},
+                                   {"emptyDir": {}, "name": "home"}]
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["serviceAccountName"] == "umt-training"
     assert pytorchjob_errors(job) == []
@@ -164,27 +206,12 @@ def test_the_preset_output_dir_counts_when_the_config_is_loaded():
 
 
 def test_the_local_executor_may_write_local_outputs(tmp_path):
-    class Recorder:
-        shares_filesystem = True  # like LocalBackend
-
-        def submit(self, job):
-            from umt.launch import Submission
-            return Submission(job.metadata.name, "ns", created=True)
-
-        def wait(self, name, timeout=None, on_status=None):
-            from umt.launch import JobStatus
-            return JobStatus(name, "Succeeded", "done")
-
-        def logs(self, name, follow=False, replica=None, index=0):
-            return iter([])
-
-        def delete(self, name):
-            pass
-
-    kw = dict(nodes=2, backend=Recorder(), output_uri=str(tmp_path / "out"),
+    backend = Recorder(SUMMARY)
+    backend.shares_filesystem = True  # like LocalBackend
+    kw = dict(nodes=2, backend=backend, output_uri=str(tmp_path / "out"),
               validate_config=False, log_sink=lambda _: None)
     assert run_training_job("stage1", "tiny", **kw).status.succeeded
-    Recorder.shares_filesystem = False
+    backend.shares_filesystem = False
     with pytest.raises(ValueError, match="local path"):
         run_training_job("stage1", "tiny", **kw)
 
@@ -279,27 +306,12 @@ def test_config_files_flatten_to_overrides_that_load_back():
 
 
 def test_run_training_job_writes_the_yaml_it_submits(tmp_path):
-    class Recorder:  # the smallest JobBackend: records, succeeds at once
-        def submit(self, job):
-            from umt.launch import Submission
-            self.job = to_dict(job)
-            return Submission(job.metadata.name, "ns", created=True)
-
-        def wait(self, name, timeout=None, on_status=None):
-            from umt.launch import JobStatus
-            return JobStatus(name, "Succeeded", "done")
-
-        def logs(self, name, follow=False, replica=None, index=0):
-            return iter(["hello"])
-
-        def delete(self, name):
-            raise AssertionError("not cancelled")
-
-    backend, lines = Recorder(), []
+    backend, lines = Recorder(SUMMARY), []
     out = tmp_path / "artifacts" / "job.yaml"
     result = run_training_job("stage1", "tiny", nodes=2, backend=backend,
                               rendered_yaml_path=str(out), log_sink=lines.append,
-                              validate_config=False)
+                              validate_config=False, output_uri=str(tmp_path / "run"),
+                              allow_local_output=True)
     assert yaml.safe_load(out.read_text()) == backend.job
     assert result.status.succeeded and lines == ["hello"]
     with pytest.raises(TypeError, match="unknown job options"):

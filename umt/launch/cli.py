@@ -9,7 +9,11 @@
     umt job logs NAME [-f] [--replica worker --index 2]
     umt job status NAME
     umt job delete NAME
+    umt job gc --run-id RUN    # delete the unfinished jobs of a (terminated) pipeline run
     umt job run stage1 --config tiny --nodes 2 train.steps=20  # the same job, run locally
+
+Every value is checked before anything is rendered (umt.launch.values): a bad namespace,
+quantity, count or name fails here with the option, the value and what is allowed (exit 2).
 
 Mounted by ``umt/cli.py`` as ``app.add_typer(job_app, name="job")`` and
 ``app.command("doctor")(doctor)``.
@@ -17,13 +21,19 @@ Mounted by ``umt/cli.py`` as ``app.add_typer(job_app, name="job")`` and
 
 from __future__ import annotations
 
+import json
 from typing import List, Optional
 
 import typer
 
-from umt.launch.backend import JobCancelledError, JobFailedError, JobStartError
+from umt.launch.backend import JobCancelledError, JobFailedError, JobStartError, SummaryError
 from umt.launch.node_pools import NODE_POOLS
-from umt.launch.pytorchjob import RESTART_POLICIES, S3Credentials, TrainingJob
+from umt.launch.pytorchjob import (
+    DEFAULT_ACTIVE_DEADLINE,
+    RESTART_POLICIES,
+    S3Credentials,
+    TrainingJob,
+)
 from umt.launch.validate import InvalidJobError
 
 job_app = typer.Typer(help="Render, submit and follow training PyTorchJobs.",
@@ -48,7 +58,9 @@ S3SecretOpt = typer.Option("umt-s3", "--s3-secret",
 RestartOpt = typer.Option("OnFailure", "--restart-policy",
                           help=f"One of: {', '.join(RESTART_POLICIES)}.")
 BackoffOpt = typer.Option(None, "--backoff-limit", help="Restarts before failing (3 x nodes).")
-DeadlineOpt = typer.Option(None, "--active-deadline", help="Fail the job after N seconds.")
+DeadlineOpt = typer.Option(
+    None, "--active-deadline",
+    help=f"Fail the job after N seconds (default {DEFAULT_ACTIVE_DEADLINE}: 14 days).")
 GangOpt = typer.Option(False, "--gang", help="Gang scheduling (Volcano / scheduler-plugins).")
 QueueOpt = typer.Option(None, "--queue", help="Volcano queue.")
 PriorityOpt = typer.Option(None, "--priority-class", help="PriorityClass of the pods.")
@@ -56,6 +68,12 @@ ElasticOpt = typer.Option(None, "--elastic", help="MIN:MAX nodes for an elastic 
 CpuOpt = typer.Option(None, "--cpu", help="CPU request per pod (default 8 per GPU).")
 MemoryOpt = typer.Option(None, "--memory", help="Memory per pod (default 60Gi per GPU).")
 ShmOpt = typer.Option(None, "--shm-size", help="/dev/shm size, e.g. 128Gi.")
+ServiceAccountOpt = typer.Option("umt-training", "--service-account",
+                                 help="ServiceAccount of the training pods.")
+WritableRootOpt = typer.Option(
+    False, "--writable-root-filesystem",
+    help="Drop readOnlyRootFilesystem (only for an image that writes outside /tmp and "
+         "/home/umt).")
 AllowLocalOutputOpt = typer.Option(
     False, "--allow-local-output",
     help="Accept a local train.output_dir: only for a shared volume (PVC) mounted in every pod.")
@@ -81,13 +99,15 @@ def _request(stage: str, overrides: Optional[List[str]], config: Optional[str], 
              active_deadline: Optional[int], gang: bool, queue: Optional[str],
              priority_class: Optional[str], elastic: Optional[str], cpu: Optional[str],
              memory: Optional[str], shm_size: Optional[str],
-             allow_local_output: bool = False) -> TrainingJob:
+             allow_local_output: bool = False, service_account: str = "umt-training",
+             writable_root_filesystem: bool = False) -> TrainingJob:
     elastic_min = elastic_max = None
     if elastic:
         try:
             elastic_min, elastic_max = (int(x) for x in elastic.split(":"))
         except ValueError:
             raise _fail(f"--elastic must be MIN:MAX, got {elastic!r}", 2) from None
+    optional = {} if active_deadline is None else {"active_deadline_seconds": active_deadline}
     try:
         return TrainingJob(
             stage=stage, config=config, overrides=list(overrides or []), nodes=nodes,
@@ -95,10 +115,11 @@ def _request(stage: str, overrides: Optional[List[str]], config: Optional[str], 
             namespace=namespace, run_id=run_id, output_uri=output,
             s3=S3Credentials(secret=s3_secret) if s3_secret else None,
             restart_policy=restart_policy, backoff_limit=backoff_limit,
-            active_deadline_seconds=active_deadline, gang_scheduling=gang, queue=queue,
+            gang_scheduling=gang, queue=queue,
             priority_class=priority_class, elastic_min_nodes=elastic_min,
             elastic_max_nodes=elastic_max, cpu=cpu, memory=memory, shm_size=shm_size,
-            allow_local_output=allow_local_output)
+            allow_local_output=allow_local_output, service_account=service_account or None,
+            read_only_root_filesystem=not writable_root_filesystem, **optional)
     except ValueError as e:
         raise _fail(str(e), 2) from None
 
@@ -123,14 +144,16 @@ def render(stage: str = StageArg, overrides: Optional[List[str]] = OverridesArg,
            gang: bool = GangOpt, queue: Optional[str] = QueueOpt,
            priority_class: Optional[str] = PriorityOpt, elastic: Optional[str] = ElasticOpt,
            cpu: Optional[str] = CpuOpt, memory: Optional[str] = MemoryOpt,
-           shm_size: Optional[str] = ShmOpt, allow_local_output: bool = AllowLocalOutputOpt):
+           shm_size: Optional[str] = ShmOpt, allow_local_output: bool = AllowLocalOutputOpt,
+           service_account: str = ServiceAccountOpt,
+           writable_root_filesystem: bool = WritableRootOpt):
     """Print the PyTorchJob YAML (validated) for `kubectl apply -f -`."""
     from umt.launch.serialize import to_yaml
 
     req = _request(stage, overrides, config, nodes, gpus_per_node, node_pool, image, name,
                    namespace, run_id, output, s3_secret, restart_policy, backoff_limit,
                    active_deadline, gang, queue, priority_class, elastic, cpu, memory, shm_size,
-                   allow_local_output)
+                   allow_local_output, service_account, writable_root_filesystem)
     typer.echo(to_yaml(_build(req)), nl=False)
 
 
@@ -146,6 +169,8 @@ def submit(stage: str = StageArg, overrides: Optional[List[str]] = OverridesArg,
            priority_class: Optional[str] = PriorityOpt, elastic: Optional[str] = ElasticOpt,
            cpu: Optional[str] = CpuOpt, memory: Optional[str] = MemoryOpt,
            shm_size: Optional[str] = ShmOpt, allow_local_output: bool = AllowLocalOutputOpt,
+           service_account: str = ServiceAccountOpt,
+           writable_root_filesystem: bool = WritableRootOpt,
            wait: bool = typer.Option(False, "--wait", help="Stream logs and wait for the end."),
            start_grace: float = StartGraceOpt,
            unschedulable_timeout: Optional[float] = UnschedulableOpt,
@@ -155,7 +180,7 @@ def submit(stage: str = StageArg, overrides: Optional[List[str]] = OverridesArg,
     req = _request(stage, overrides, config, nodes, gpus_per_node, node_pool, image, name,
                    namespace, run_id, output, s3_secret, restart_policy, backoff_limit,
                    active_deadline, gang, queue, priority_class, elastic, cpu, memory, shm_size,
-                   allow_local_output)
+                   allow_local_output, service_account, writable_root_filesystem)
     job = _build(req)
     backend = _backend(kubeconfig, context, namespace, start_grace=start_grace,
                        unschedulable_timeout=unschedulable_timeout)
@@ -173,7 +198,12 @@ def _backend(kubeconfig: Optional[str], context: Optional[str], namespace: Optio
              poll_interval: float = 10.0, start_grace: float = 600.0,
              unschedulable_timeout: Optional[float] = None):
     from umt.launch.cluster import PyTorchJobBackend
+    from umt.launch.values import Problems
 
+    problems = Problems()
+    problems.dns_label("namespace", namespace)
+    if problems.items:
+        raise _fail("; ".join(problems.items), 2)
     try:
         return PyTorchJobBackend(kubeconfig=kubeconfig, context=context, namespace=namespace,
                                  poll_interval=poll_interval, start_grace=start_grace,
@@ -266,6 +296,33 @@ def delete_cmd(name: str = typer.Argument(..., help="Job name."),
     typer.echo(f"pytorchjob/{name} deleted")
 
 
+@job_app.command("gc")
+def gc_cmd(run_id: str = typer.Option(..., "--run-id", help="The run whose jobs to delete."),
+           include_finished: bool = typer.Option(
+               False, "--all", help="Also delete finished jobs (their pods and logs go too)."),
+           namespace: Optional[str] = NamespaceOpt, kubeconfig: Optional[str] = KubeconfigOpt,
+           context: Optional[str] = ContextOpt):
+    """Delete the unfinished PyTorchJobs labelled umt/run-id=RUN (a terminated pipeline run
+    leaves its jobs running: they have no owner reference to it)."""
+    from kubernetes.client.exceptions import ApiException
+
+    from umt.launch.gc import delete_run_jobs, run_selector
+
+    backend = _backend(kubeconfig, context, namespace)
+    try:
+        names = delete_run_jobs(run_id, include_finished=include_finished, backend=backend)
+    except ValueError as e:
+        raise _fail(str(e), 2) from None
+    except ApiException as e:
+        raise _fail(f"{e.status} {e.reason}: deleting pytorchjobs -l {run_selector(run_id)} "
+                    f"in {backend.namespace}") from None
+    for name in names:
+        typer.echo(f"pytorchjob/{name} deleted")
+    if not names:
+        typer.echo(f"no unfinished pytorchjobs with {run_selector(run_id)} in "
+                   f"{backend.namespace}", err=True)
+
+
 @job_app.command("run")
 def run_local(stage: str = StageArg, overrides: Optional[List[str]] = OverridesArg,
               config: Optional[str] = ConfigOpt, nodes: int = NodesOpt,
@@ -285,9 +342,10 @@ def run_local(stage: str = StageArg, overrides: Optional[List[str]] = OverridesA
             local_workdir=workdir)  # <workdir>/<job>/ holds job.yaml and replica logs
     except (ValueError, InvalidJobError) as e:
         raise _fail(str(e), 2) from None
-    except (JobFailedError, JobCancelledError) as e:
+    except (JobFailedError, JobCancelledError, SummaryError) as e:
         raise _fail(str(e)) from None
     typer.echo(f"{result.name}: {result.status.phase}", err=True)
+    typer.echo(json.dumps(result.summary, indent=2))
 
 
 def doctor(namespace: Optional[str] = NamespaceOpt,

@@ -5,7 +5,9 @@ What earlier launchers got wrong, and what this one does instead:
 * resubmitting (a retried KFP task) *adopts* the job with the same name (HTTP 409) when it is
   the same spec and still running or already succeeded, instead of failing or starting a second
   copy; a *failed* one (or one being deleted) is deleted (foreground: its pods first), waited
-  for, and replaced, so a retry runs again instead of re-reporting the old failure;
+  for, and replaced (a user resubmitting), or with ``replace_failed=False`` (a KFP retry of a
+  job that failed on its own: ``run_training_job``'s default) its failure is raised again at
+  once, without training a second time;
 * unknown fields are rejected (``fieldValidation=Strict``), not silently dropped;
 * waiting has no built-in deadline (the job's ``activeDeadlineSeconds`` is the bound) and rides
   out API hiccups (5xx, 429, dropped connections) instead of declaring the job failed;
@@ -111,7 +113,7 @@ class PyTorchJobBackend:
             _request_timeout=self.request_timeout)
         return resp.get("items", [])
 
-    def submit(self, job: Any) -> Submission:
+    def submit(self, job: Any, *, replace_failed: bool = True) -> Submission:
         body = job if isinstance(job, dict) else to_dict(job)
         name = body["metadata"]["name"]
         body["metadata"]["namespace"] = self.namespace
@@ -124,7 +126,7 @@ class PyTorchJobBackend:
                 return Submission(name, self.namespace, created=True, replaced=replaced)
             except ApiException as e:
                 if e.status == 409:
-                    if self._adopt_or_clear(body):
+                    if self._adopt_or_clear(body, replace_failed):
                         return Submission(name, self.namespace, created=False)
                     replaced = True
                     continue
@@ -147,9 +149,10 @@ class PyTorchJobBackend:
         raise RuntimeError(f"PyTorchJob {self.namespace}/{name} keeps being re-created by "
                            "someone else while we replace it; giving up")
 
-    def _adopt_or_clear(self, body: dict[str, Any]) -> bool:
+    def _adopt_or_clear(self, body: dict[str, Any], replace_failed: bool = True) -> bool:
         """A job of this name exists: True to adopt it (same spec, running or succeeded);
-        False once a failed (or terminating) one is gone and the name is free again."""
+        False once a failed (or terminating) one is gone and the name is free again; raise
+        the failure of a failed one when it may not be replaced."""
         name = body["metadata"]["name"]
         try:
             existing = self.get(name)
@@ -164,7 +167,9 @@ class PyTorchJobBackend:
             self._wait_gone(name, meta.get("uid"))
             return False
         self._check_adoptable(body, existing)
-        current = self._status_of(name, existing)
+        current = self.status_of(name, existing)
+        if current.failed and not replace_failed:
+            raise JobFailedError(current, already_failed=True)
         if current.failed:
             log.warning("PyTorchJob %s/%s already exists and failed (%s): deleting it and "
                         "creating a new one", self.namespace, name, current.message)
@@ -207,19 +212,19 @@ class PyTorchJobBackend:
             or spec_hash(body)
         theirs = (existing["metadata"].get("annotations") or {}).get(ANNOTATION_SPEC_HASH)
         if theirs != ours:
-            phase = self._status_of(body["metadata"]["name"], existing).phase
+            phase = self.status_of(body["metadata"]["name"], existing).phase
             raise RuntimeError(
                 f"a different PyTorchJob named {body['metadata']['name']} already exists in "
                 f"{self.namespace} ({phase}; spec hash {theirs} != {ours}); delete it "
                 "(`umt job delete NAME`) or choose another --name / --run-id")
 
     @staticmethod
-    def _status_of(name: str, obj: dict[str, Any]) -> JobStatus:
+    def status_of(name: str, obj: dict[str, Any]) -> JobStatus:
         conditions = from_dict(obj.get("status") or {}, "KubeflowOrgV1JobStatus").conditions
         return JobStatus.from_conditions(name, conditions)
 
     def status(self, name: str) -> JobStatus:
-        return self._status_of(name, self.get(name))
+        return self.status_of(name, self.get(name))
 
     def delete(self, name: str, propagation: str = "Background") -> None:
         """Background: the job goes now, its pods and services after it; Foreground: the job
@@ -422,7 +427,8 @@ class _PodWatch:
                             "%.0fs unless it recovers)", pod, container, reason, message, grace)
             if waited >= grace:
                 self._give_up(f"pod {pod}, container {container} cannot start: {reason}: "
-                              f"{message} (for {waited:.0f}s). {HINTS[kind]}")
+                              f"{message} (for {waited:.0f}s). {HINTS[kind]}",
+                              permanent=reason in PERMANENT_REASONS)
 
-    def _give_up(self, message: str) -> None:
-        raise JobStartError(JobStatus(self.job, FAILED, message))
+    def _give_up(self, message: str, permanent: bool = False) -> None:
+        raise JobStartError(JobStatus(self.job, FAILED, message), permanent=permanent)

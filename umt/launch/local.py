@@ -16,7 +16,10 @@ Differences that a laptop forces, and nothing else:
   jobs must not fight over 23456);
 * images, resources, node selectors and volumes are ignored; ``secretKeyRef`` values come from
   ``secrets=`` or, failing that, from the variable of the same name in our own environment;
-* when the job ends, replicas still running are stopped (there are no pods to keep around).
+* when the job ends, replicas still running are stopped (there are no pods to keep around);
+* the replicas die with the executor: each runs under ``umt/launch/replica.py``, which stops
+  its command when the executor goes away, even by ``kill -9`` (a pod dies with its node's
+  kubelet's decision; a local replica has only us).
 
 Restarts follow the replica's ``restartPolicy`` (OnFailure/Always: restart the replica after a
 short delay, like the kubelet; ExitCode: restart on codes >= 128, i.e. signals, fail on 1-127;
@@ -43,7 +46,8 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from umt.launch.backend import Submission
+from umt.launch import replica as replica_wrapper
+from umt.launch.backend import JobFailedError, Submission
 from umt.launch.pytorchjob import CONTAINER
 from umt.launch.serialize import to_dict
 from umt.launch.status import (
@@ -59,6 +63,8 @@ from umt.launch.validate import validate_pytorchjob
 
 log = logging.getLogger(__name__)
 KIND = "PyTorchJob"
+WRAPPER = Path(replica_wrapper.__file__)
+STOP_GRACE_S = 5.0  # SIGTERM -> SIGKILL, for us and for a replica whose executor died
 
 
 def free_port() -> int:
@@ -112,6 +118,9 @@ class LocalExecutor:
             replica.log_path.unlink(missing_ok=True)
         self._lock = threading.RLock()
         self._done = threading.Event()
+        self._spawned = threading.Event()
+        self._spawn_error: BaseException | None = None
+        self.deleted = False
         self._thread: threading.Thread | None = None
         self._stopper: threading.Thread | None = None
         self._started_at = 0.0
@@ -185,9 +194,13 @@ class LocalExecutor:
         if exe is None:
             raise FileNotFoundError(f"{argv[0]!r} (the {CONTAINER} container's command) is "
                                     "not on PATH here")
+        # The wrapper ties the replica's life to ours (see umt/launch/replica.py); run by
+        # path so that it imports nothing of umt.
+        wrapped = [sys.executable, str(WRAPPER), "--parent", str(os.getpid()),
+                   "--grace", str(STOP_GRACE_S), "--", exe, *argv[1:]]
         with open(replica.log_path, "ab") as out:
             # A session per replica: killing it kills torchrun *and* its workers, like a pod.
-            replica.proc = subprocess.Popen([exe, *argv[1:]], cwd=self.cwd, env=env,
+            replica.proc = subprocess.Popen(wrapped, cwd=self.cwd, env=env,
                                             stdout=out, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
         replica.state = "Running"
@@ -203,18 +216,33 @@ class LocalExecutor:
 
     # -- running ---------------------------------------------------------------------------
     def start(self) -> "LocalExecutor":
-        with self._lock:
-            self._started_at = time.monotonic()
-            for replica in self.replicas:
-                self._spawn(replica)
-            self._set(RUNNING, f"PyTorchJob {self.name} is running.")
+        """Start every replica (raises what starting one raised) and the monitor."""
+        self._started_at = time.monotonic()
         self._thread = threading.Thread(target=self._monitor, name=f"local-{self.name}",
                                         daemon=True)
         self._thread.start()
+        self._spawned.wait()
+        if self._spawn_error is not None:
+            self.wait()
+            raise self._spawn_error
         return self
 
     def _monitor(self) -> None:
+        # Linux sends a replica's parent-death signal when the *thread* that forked it ends,
+        # not the process: this thread forks every replica (restarts too) and ends only once
+        # they are all gone.
         try:
+            with self._lock:
+                try:
+                    for replica in self.replicas:
+                        self._spawn(replica)
+                except BaseException as e:
+                    self._spawn_error = e
+                    self._finish(FAILED, f"could not start the replicas: {e}")
+                    return
+                finally:
+                    self._spawned.set()
+                self._set(RUNNING, f"PyTorchJob {self.name} is running.")
             while not self._done.is_set():
                 with self._lock:
                     self._step()
@@ -223,6 +251,10 @@ class LocalExecutor:
             log.exception("local executor failed")
             with self._lock:
                 self._finish(FAILED, f"local executor error: {e}")
+        finally:
+            if self._stopper is not None:
+                self._stopper.join()
+            self._stop_all(0.0)
 
     def _step(self) -> None:
         now = time.monotonic()
@@ -313,13 +345,21 @@ class LocalExecutor:
 
     def wait(self, timeout: float | None = None) -> JobStatus:
         """Until the job finished and its processes are gone (or ``timeout``)."""
-        if self._done.wait(timeout) and self._stopper is not None:
-            self._stopper.join()
+        if self._done.wait(timeout):
+            if self._stopper is not None:
+                self._stopper.join()
+            if self._thread is not None and self._thread is not threading.current_thread():
+                self._thread.join()
         return self.status()
 
     def cancel(self) -> None:
-        """What deleting the job does: stop every replica now."""
+        """What deleting the job does: stop every replica now. The job counts as Failed (a
+        deleted job never reads as a success)."""
         with self._lock:
+            if not self._done.is_set():
+                self.deleted = True
+                self._set(FAILED, f"PyTorchJob {self.name} was deleted; its replicas were "
+                                  "stopped.")
             self._done.set()
         self._stop_all(0.0)
 
@@ -335,36 +375,27 @@ class LocalExecutor:
         return self.dir / f"{replica}-{index}.log"
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (``ps`` works on Linux and macOS alike)."""
-    out = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True,
-                         text=True, check=False).stdout
-    children: dict[int, list[int]] = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            children.setdefault(int(parts[1]), []).append(int(parts[0]))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def _kill_group(proc: subprocess.Popen, sig: int) -> None:
     """Signal a replica's whole process tree, like a container dying.
 
     torchrun starts each worker in a session of its own, so signalling torchrun's group is not
-    enough: a SIGKILLed torchrun would leave its trainers running. SIGTERM goes to torchrun
-    only, which forwards it to its workers as it does in a pod.
+    enough: a SIGKILLed torchrun would leave its trainers running, hence SIGKILL goes to the
+    replica's group and every process below it. Other signals go to the replica's wrapper
+    only, which forwards them to torchrun once (torchrun passes them on to its workers, as in
+    a pod); signalling the group would hand torchrun a second SIGTERM during its shutdown.
     """
-    tree = _descendants(proc.pid) if sig == signal.SIGKILL else []
-    for pid in [proc.pid, *tree]:
+    if sig != signal.SIGKILL:
         try:
-            os.killpg(pid, sig) if pid == proc.pid else os.kill(pid, sig)
+            os.kill(proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+        return
+    tree = replica_wrapper.descendants(proc.pid)
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    replica_wrapper.kill_all(tree, sig)
 
 
 class LocalBackend:
@@ -387,7 +418,7 @@ class LocalBackend:
         self.namespace = "local"
         self.executors: dict[str, LocalExecutor] = {}
 
-    def submit(self, job: Any) -> Submission:
+    def submit(self, job: Any, *, replace_failed: bool = True) -> Submission:
         body = job if isinstance(job, dict) else to_dict(job)
         name = body["metadata"]["name"]
         replaced = False
@@ -399,6 +430,8 @@ class LocalBackend:
                     log.warning("local job %s already succeeded: adopting it, not running it "
                                 "again", name)
                 return Submission(name, self.namespace, created=False)
+            if not replace_failed:
+                raise JobFailedError(existing.status(), already_failed=True)
             log.warning("local job %s failed before (%s): replacing it with a new run", name,
                         existing.status().message)
             existing.cancel()  # its processes are already stopping; make sure they are gone
@@ -425,6 +458,9 @@ class LocalBackend:
         deadline = None if timeout is None else time.monotonic() + timeout
         last = None
         while True:
+            if executor.deleted:
+                raise JobFailedError(JobStatus(name, FAILED, "the job was deleted while we "
+                                               "waited for it"))
             current = executor.status()
             if on_status and current.phase != last:
                 on_status(current)

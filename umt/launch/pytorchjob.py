@@ -21,6 +21,14 @@ Shape of the job (Training Operator v1, ``kubeflow.org/v1``):
   restart, and the operator counts each container restart.
 * ``cleanPodPolicy: Running``: when the job ends, pods still running (a worker hung in NCCL after
   the master failed) are deleted and free their GPUs; finished pods keep their logs.
+* ``activeDeadlineSeconds`` defaults to 14 days (twice the paper's longest run): a job stuck for
+  good (a hang no NCCL timeout catches, a rendezvous that never completes) is failed by the
+  operator and frees its GPUs even when no launcher is watching.
+* Pods run as UID 1000 (non-root), no privilege escalation, all capabilities dropped, seccomp
+  ``RuntimeDefault`` and a read-only root filesystem with writable ``emptyDir`` volumes for
+  ``/tmp`` and the image's ``$HOME`` (``/home/umt``: caches of torch, Hugging Face, matplotlib).
+* Every user value is checked first (:mod:`umt.launch.values`); user strings reach the
+  container only as items of its ``command`` list (no shell anywhere).
 """
 
 from __future__ import annotations
@@ -58,12 +66,16 @@ from kubernetes.client import (
     V1VolumeMount,
 )
 
-from kubernetes.utils.quantity import parse_quantity
-
+from umt.launch import values
 from umt.launch.images import default_image
 from umt.launch.node_pools import GPU_RESOURCE, get_node_pool
 from umt.launch.serialize import to_dict
-from umt.launch.stages import job_config_args, stage_module, validate_stage_config
+from umt.launch.stages import (
+    is_local_config_file,
+    job_config_args,
+    stage_module,
+    validate_stage_config,
+)
 from umt.launch.validate import CLEAN_POD_POLICIES, RESTART_POLICIES, validate_pytorchjob
 
 API_VERSION = "kubeflow.org/v1"
@@ -82,6 +94,9 @@ ANNOTATION_SPEC_HASH = "umt/spec-hash"
 # DNS-1035 label (<= 63 chars); keep room for '-worker-' and the index.
 MAX_NAME_LENGTH = 48
 UID = 1000  # the non-root user of images/train.Dockerfile
+HOME = "/home/umt"  # its $HOME: caches go there, so it is a writable volume
+DEFAULT_ACTIVE_DEADLINE = 14 * 24 * 3600
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 
 @dataclass
@@ -125,7 +140,7 @@ class TrainingJob:
     backoff_limit: int | None = None  # default 3 x nodes
     clean_pod_policy: str = "Running"
     ttl_seconds_after_finished: int | None = 7 * 24 * 3600
-    active_deadline_seconds: int | None = None
+    active_deadline_seconds: int | None = DEFAULT_ACTIVE_DEADLINE  # None: no deadline
     # All-or-nothing scheduling; needs the operator's --gang-scheduler-name=volcano or
     # scheduler-plugins (the operator then sets each pod's schedulerName itself).
     gang_scheduling: bool = False
@@ -141,12 +156,11 @@ class TrainingJob:
     # checkpoints would be lost. True when it is a shared volume mounted in every pod (a PVC),
     # and for the local executor (one machine, one filesystem).
     allow_local_output: bool = False
+    # False only for an image that must write outside /tmp and $HOME=/home/umt.
+    read_only_root_filesystem: bool = True
 
     def __post_init__(self) -> None:
-        if self.nodes < 1:
-            raise ValueError(f"nodes must be >= 1, got {self.nodes}")
-        if self.gpus_per_node < 0:
-            raise ValueError(f"gpus_per_node must be >= 0, got {self.gpus_per_node}")
+        check_values(self)
         pool = get_node_pool(self.node_pool)
         if self.gpus_per_node > pool.gpus_per_node:
             raise ValueError(f"node pool {pool.name} ({pool.description}) has at most "
@@ -156,26 +170,81 @@ class TrainingJob:
             for what, asked, usable, unit in (
                     ("cpu", self.cpu, machine.usable_cpu, ""),
                     ("memory", self.memory, machine.usable_memory_gib * 2**30, "Gi")):
-                if asked is not None and parse_quantity(asked) > usable:
+                if asked is not None and values.quantity(asked) > usable:
                     shown = usable if not unit else f"{usable // 2**30}{unit}"
                     raise ValueError(
                         f"{what}={asked} per pod does not fit node pool {pool.name}: its "
                         f"{machine.name} nodes ({machine.vcpus} vCPUs, {machine.memory_gib} GiB) "
                         f"leave about {shown} for a pod after system reservations")
-        if self.restart_policy not in RESTART_POLICIES:
-            raise ValueError(f"restart_policy must be one of {RESTART_POLICIES}")
-        if self.clean_pod_policy not in CLEAN_POD_POLICIES:
-            raise ValueError(f"clean_pod_policy must be one of {CLEAN_POD_POLICIES}")
-        if (self.elastic_min_nodes is None) != (self.elastic_max_nodes is None):
-            raise ValueError("set both elastic_min_nodes and elastic_max_nodes, or neither")
-        if self.elastic_min_nodes is not None and not (
-                1 <= self.elastic_min_nodes <= self.nodes <= self.elastic_max_nodes):
-            raise ValueError("elastic jobs need 1 <= elastic_min_nodes <= nodes <= "
-                             "elastic_max_nodes")
 
     @property
     def nproc(self) -> int:
         return self.procs_per_node or self.gpus_per_node or 1
+
+
+def check_values(req: TrainingJob) -> None:
+    """Every value of ``req`` that Kubernetes (or the stage's command line) would refuse,
+    raised at once as :class:`umt.launch.values.InvalidOptionError` (a ValueError)."""
+    p = values.Problems()
+    p.integer("nodes", req.nodes, 1)
+    p.integer("gpus_per_node", req.gpus_per_node, 0)
+    p.integer("procs_per_node", req.procs_per_node, 1)
+    p.dns_label("namespace", req.namespace)
+    if req.name is not None:
+        p.check(isinstance(req.name, str) and len(req.name) <= MAX_NAME_LENGTH
+                and bool(re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", req.name)), "name", req.name,
+                f"must be a DNS-1035 label of at most {MAX_NAME_LENGTH} characters (lowercase "
+                "letters, digits, '-', starting with a letter): pods are named "
+                "'<job>-worker-<i>'")
+    if req.run_id is not None:
+        p.check(isinstance(req.run_id, str) and bool(req.run_id.strip()), "run_id", req.run_id,
+                "must be a non-empty string")
+    p.image("image", req.image)
+    p.check(req.image_pull_policy in PULL_POLICIES, "image_pull_policy", req.image_pull_policy,
+            f"must be one of {', '.join(PULL_POLICIES)}")
+    p.dns_subdomain("service_account", req.service_account)
+    if req.s3 is not None:
+        p.dns_subdomain("s3", req.s3.secret)
+    for key, value in req.env.items():
+        if not isinstance(key, str) or not values.ENV_NAME.match(key):
+            p.add("env", key, "variable names are letters, digits and '_', not starting with "
+                              "a digit")
+        elif values.SECRET_NAME.search(key):
+            p.add("env", key, "looks like a credential: put it in a Secret (--s3-secret, or "
+                              "secretKeyRef in your own patch), never as a plain value in the "
+                              "job, where the YAML, the KFP artifact and `kubectl get` show it")
+        p.check(isinstance(value, str), "env", {key: value}, "values are strings")
+    p.quantity("cpu", req.cpu, "8, 7.5 or 500m")
+    p.memory("memory", req.memory)
+    p.memory("shm_size", req.shm_size)
+    p.check(req.restart_policy in RESTART_POLICIES, "restart_policy", req.restart_policy,
+            f"must be one of {', '.join(RESTART_POLICIES)}")
+    p.check(req.clean_pod_policy in CLEAN_POD_POLICIES, "clean_pod_policy", req.clean_pod_policy,
+            f"must be one of {', '.join(CLEAN_POD_POLICIES)}")
+    p.integer("backoff_limit", req.backoff_limit, 0)
+    p.integer("ttl_seconds_after_finished", req.ttl_seconds_after_finished, 0)
+    p.integer("active_deadline_seconds", req.active_deadline_seconds, 1, 2**63 - 1)
+    p.integer("schedule_timeout_seconds", req.schedule_timeout_seconds, 1)
+    p.dns_subdomain("priority_class", req.priority_class)
+    p.dns_subdomain("queue", req.queue)
+    elastic = (req.elastic_min_nodes, req.elastic_max_nodes)
+    if (elastic[0] is None) != (elastic[1] is None):
+        p.add("elastic", f"{elastic[0]}:{elastic[1]}", "set both the minimum and the maximum "
+                                                        "number of nodes (MIN:MAX), or neither")
+    elif elastic[0] is not None and not (1 <= elastic[0] <= req.nodes <= elastic[1]):
+        p.add("elastic", f"{elastic[0]}:{elastic[1]}",
+              f"needs 1 <= MIN <= --nodes ({req.nodes}) <= MAX")
+    if req.config is not None and not is_local_config_file(req.config):
+        p.check(isinstance(req.config, str) and bool(values.PRESET.match(req.config)), "config",
+                req.config, "must be a preset name (letters, digits, '_', '.', '-') or an "
+                            "existing .yaml file")
+    for item in req.overrides:
+        p.check(isinstance(item, str) and bool(values.OVERRIDE.match(item)), "overrides", item,
+                "overrides are key=value with a dotted key (train.steps=10), never options")
+    p.labels("labels", req.labels, reserved=(LABEL_STAGE, LABEL_RUN_ID, LABEL_PART_OF))
+    p.labels("annotations", req.annotations, reserved=(ANNOTATION_SPEC_HASH,),
+             check_values=False)
+    p.raise_if_any()
 
 
 def _dns_label(text: str) -> str:
@@ -187,14 +256,6 @@ def _short_hash(payload: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:10]
 
 
-def _label_value(text: str) -> str:
-    """A valid label value for any id (<= 63, alphanumeric ends); long ids keep a hash."""
-    value = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-_.")
-    if len(value) > 63:
-        value = value[:52].rstrip("-_.") + "-" + _short_hash(text)
-    return value
-
-
 def job_name(req: TrainingJob) -> str:
     """Deterministic: the same run + stage (or the same spec) always gives the same name,
     which is what makes resubmitting adopt the running job instead of starting a second one."""
@@ -204,7 +265,8 @@ def job_name(req: TrainingJob) -> str:
         identity = ({"run_id": req.run_id, "stage": req.stage} if req.run_id else
                     {k: v for k, v in asdict(req).items()
                      if k not in ("name", "validate_config", "allow_local_output")})
-        name = f"umt-{_dns_label(req.stage)}"[: MAX_NAME_LENGTH - 11] + "-" + _short_hash(identity)
+        stage = _dns_label(req.stage)[: MAX_NAME_LENGTH - 15].strip("-") or "stage"
+        name = f"umt-{stage}-{_short_hash(identity)}"
     if len(name) > MAX_NAME_LENGTH or not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name):
         raise ValueError(f"job name {name!r} must be a DNS-1035 label of at most "
                          f"{MAX_NAME_LENGTH} characters (pods are named '<job>-worker-<i>')")
@@ -240,8 +302,8 @@ def default_requests(gpus: int, node_pool: str) -> tuple[str, str]:
 def _resources(req: TrainingJob) -> V1ResourceRequirements:
     gpus = req.gpus_per_node
     default_cpu, default_memory = default_requests(gpus, req.node_pool)
-    cpu = req.cpu or default_cpu
-    memory = req.memory or default_memory
+    cpu = str(req.cpu) if req.cpu is not None else default_cpu
+    memory = str(req.memory) if req.memory is not None else default_memory
     requests = {"cpu": cpu, "memory": memory}
     # Memory limit == request: an over-eager dataloader gets OOM-killed (and restarted) instead
     # of evicting its neighbours. No CPU limit: throttling only slows the input pipeline.
@@ -273,19 +335,29 @@ def _pod_template(req: TrainingJob, labels: dict[str, str]) -> V1PodTemplateSpec
         env=_env(req) or None,
         ports=[V1ContainerPort(name=PORT_NAME, container_port=PORT)],
         resources=_resources(req),
-        volume_mounts=[V1VolumeMount(name="dshm", mount_path="/dev/shm")],
+        volume_mounts=[V1VolumeMount(name="dshm", mount_path="/dev/shm"), *(
+            [V1VolumeMount(name="tmp", mount_path="/tmp"),
+             V1VolumeMount(name="home", mount_path=HOME)]
+            if req.read_only_root_filesystem else [])],
         security_context=V1SecurityContext(
             allow_privilege_escalation=False,
-            capabilities=V1Capabilities(drop=["ALL"])),
+            capabilities=V1Capabilities(drop=["ALL"]),
+            read_only_root_filesystem=req.read_only_root_filesystem or None),
     )
+    volumes = [V1Volume(name="dshm",
+                        empty_dir=V1EmptyDirVolumeSource(medium="Memory", size_limit=shm))]
+    if req.read_only_root_filesystem:
+        # On the node's disk, without a size limit: what the writable root layer was (a
+        # limit would evict a pod whose checkpoint staging in /tmp crosses it).
+        volumes += [V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource()),
+                    V1Volume(name="home", empty_dir=V1EmptyDirVolumeSource())]
     spec = V1PodSpec(
         containers=[container],
         service_account_name=req.service_account,
         node_selector=dict(pool.node_selector) or None,
         tolerations=list(pool.tolerations) or None,
         affinity=pool.affinity,
-        volumes=[V1Volume(name="dshm",
-                          empty_dir=V1EmptyDirVolumeSource(medium="Memory", size_limit=shm))],
+        volumes=volumes,
         # Pod-level, so it also covers the operator's init container on workers.
         security_context=V1PodSecurityContext(
             run_as_non_root=True, run_as_user=UID, run_as_group=UID, fs_group=UID,
@@ -317,8 +389,11 @@ def _run_policy(req: TrainingJob) -> KubeflowOrgV1RunPolicy:
 
 
 def _output_dir(req: TrainingJob, cfg: Any) -> str | None:
-    """``train.output_dir`` the job will use: --output, else the last override, else the
-    loaded config's (None when the config was not loaded and nothing says)."""
+    """``train.output_dir`` the job will use: the loaded config's when it was loaded, else
+    --output, else the last override (None when the config was not loaded and nothing says)."""
+    train = getattr(cfg, "train", None)
+    if getattr(train, "output_dir", None):
+        return str(train.output_dir)
     if req.output_uri:
         return req.output_uri
     _, overrides = job_config_args(req.config, req.overrides)
@@ -326,8 +401,7 @@ def _output_dir(req: TrainingJob, cfg: Any) -> str | None:
         key, _, value = item.partition("=")
         if key.strip() == "train.output_dir":
             return value.strip().strip("'\"")
-    train = getattr(cfg, "train", None)
-    return getattr(train, "output_dir", None)
+    return None
 
 
 def check_shared_output(req: TrainingJob, cfg: Any = None) -> None:
@@ -346,8 +420,21 @@ def check_shared_output(req: TrainingJob, cfg: Any = None) -> None:
         "if that path is a shared volume (a PVC) mounted in every pod")
 
 
+@dataclass
+class RenderedJob:
+    job: KubeflowOrgV1PyTorchJob
+    # train.output_dir the stage writes config.yaml, checkpoints and summary.json to (None:
+    # unknown, when the config was not loaded and neither --output nor an override says).
+    output_dir: str | None
+
+
 def build_pytorchjob(req: TrainingJob, *, validate: bool = True) -> KubeflowOrgV1PyTorchJob:
     """The job object for ``req``; raises ``ValueError`` (or ``InvalidJobError``) on bad input."""
+    return render_job(req, validate=validate).job
+
+
+def render_job(req: TrainingJob, *, validate: bool = True) -> RenderedJob:
+    """:func:`build_pytorchjob`, and where the job will write its outputs."""
     cfg = None
     if req.validate_config:
         overrides = list(req.overrides) + (
@@ -355,9 +442,9 @@ def build_pytorchjob(req: TrainingJob, *, validate: bool = True) -> KubeflowOrgV
         cfg = validate_stage_config(req.stage, req.config, overrides)
     check_shared_output(req, cfg)
     name = job_name(req)
-    labels = {LABEL_PART_OF: "umt", LABEL_STAGE: _label_value(req.stage), **req.labels}
+    labels = {LABEL_PART_OF: "umt", LABEL_STAGE: values.label_value(req.stage), **req.labels}
     if req.run_id:
-        labels[LABEL_RUN_ID] = _label_value(req.run_id)
+        labels[LABEL_RUN_ID] = values.label_value(req.run_id)
     template = _pod_template(req, labels)
     elastic = None
     if req.elastic_min_nodes is None:
@@ -391,7 +478,7 @@ def build_pytorchjob(req: TrainingJob, *, validate: bool = True) -> KubeflowOrgV
                                 ANNOTATION_SPEC_HASH: spec_hash(job)}
     if validate:
         validate_pytorchjob(to_dict(job))
-    return job
+    return RenderedJob(job, _output_dir(req, cfg))
 
 
 def spec_hash(job: KubeflowOrgV1PyTorchJob | dict[str, Any]) -> str:

@@ -10,8 +10,14 @@ It renders and validates the PyTorchJob (a bad config fails here, not on a GPU n
 the YAML artifact, submits it or adopts the job a previous attempt created, streams the
 master's log to stdout, waits as long as the job runs, and
 
-* returns when the job succeeded,
-* raises :class:`JobFailedError` (with the operator's reason and the log tail) when it failed,
+* returns a :class:`JobResult` when the job succeeded, with the stage's ``summary.json`` read
+  from ``train.output_dir`` (local or s3://): ``result.summary["checkpoint"]``, its final
+  metrics; a summary that is missing or unreadable raises :class:`SummaryError` naming the URI,
+* raises :class:`JobFailedError` (with the operator's reason and the log tail) when it failed
+  or was deleted; ``permanent`` says a retry would not help, and a retried call
+  (``replace_failed=False``, the default) that finds the job of its name Failed raises it again
+  at once instead of training a second time (KFP's ``set_retry`` covers a lost launcher pod,
+  not a job that spent its own ``backoffLimit``),
 * deletes the job and raises :class:`JobStartError` (a ``JobFailedError``) when its pods cannot
   start (image pull or container config errors past ``start_grace`` seconds; unschedulable past
   ``unschedulable_timeout`` if set), so they stop holding nodes,
@@ -25,17 +31,29 @@ import collections
 import logging
 import signal
 import threading
-from dataclasses import dataclass, fields
+import json
+import os
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from umt.launch.backend import JobBackend, JobCancelledError, JobFailedError, JobStartError
-from umt.launch.pytorchjob import TrainingJob, build_pytorchjob
+from umt import storage
+from umt.launch.backend import (
+    JobBackend,
+    JobCancelledError,
+    JobFailedError,
+    JobStartError,
+    SummaryError,
+)
+from umt.launch.pytorchjob import TrainingJob, render_job
 from umt.launch.serialize import to_yaml
 from umt.launch.status import JobStatus
 
 log = logging.getLogger(__name__)
 LOG_TAIL_LINES = 30
+
+
+MAX_SUMMARY_BYTES = 16 << 20  # a summary is a few KB; refuse to parse anything absurd
 
 
 @dataclass
@@ -46,6 +64,39 @@ class JobResult:
     created: bool  # False: an existing job of the same name was adopted
     yaml_path: str | None
     replaced: bool = False  # True: a failed job of the same name was deleted first
+    output_dir: str | None = None  # train.output_dir (as the job sees it)
+    # <output_dir>/summary.json: at least stage, steps, checkpoint (URI), output_dir and the
+    # stage's final metrics; evaluation stages write their metrics there too.
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def summary_uri(output_dir: str, cwd: str | None = None) -> str:
+    """Where a stage writing to ``output_dir`` leaves its summary; a relative local folder is
+    relative to the replicas' working directory ``cwd`` (the local executor's)."""
+    if not storage.is_s3(output_dir) and cwd and not os.path.isabs(output_dir):
+        output_dir = os.path.join(cwd, output_dir)
+    return storage.join(output_dir, "summary.json")
+
+
+def read_summary(output_dir: str, cwd: str | None = None) -> dict[str, Any]:
+    """The stage's ``summary.json``; :class:`SummaryError` (naming the URI) if it is missing,
+    unreadable, too large or not a JSON object with a ``stage``."""
+    uri = summary_uri(output_dir, cwd)
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise SummaryError(uri, "does not exist") from None
+    except Exception as e:  # storage errors (permissions, endpoint down): say which object
+        raise SummaryError(uri, f"could not be read ({type(e).__name__}: {e})") from None
+    if len(data) > MAX_SUMMARY_BYTES:
+        raise SummaryError(uri, f"is {len(data)} bytes, more than a summary can be")
+    try:
+        summary = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SummaryError(uri, f"is not valid JSON ({e})") from None
+    if not isinstance(summary, dict) or "stage" not in summary:
+        raise SummaryError(uri, "is not a JSON object with a 'stage' key")
+    return summary
 
 
 def make_backend(backend: str | JobBackend, *, namespace: str | None = None,
@@ -106,14 +157,18 @@ def run_training_job(stage: str, config: str | None = None, overrides: Sequence[
                      kubeconfig: str | None = None, context: str | None = None,
                      local_workdir: str = "runs/local-jobs", start_grace: float = 600.0,
                      unschedulable_timeout: float | None = None,
+                     replace_failed: bool = False,
                      **job_options: Any) -> JobResult:
-    """Render, submit-or-adopt, stream, wait; raise on failure; delete on cancellation.
+    """Render, submit-or-adopt, stream, wait, read the summary; raise on failure; delete on
+    cancellation.
 
     ``job_options`` are the other fields of :class:`TrainingJob` (image, namespace, name,
     run_id, output_uri, restart_policy, backoff_limit, gang_scheduling, allow_local_output,
     ...). ``wait_timeout=None`` waits as long as the job runs: bound jobs with
     ``active_deadline_seconds`` instead, which the operator enforces even if we are gone.
     ``start_grace`` / ``unschedulable_timeout``: see :class:`PyTorchJobBackend`.
+    ``replace_failed``: a Failed job of the same name (an earlier attempt of this call) is
+    deleted and run again instead of its failure being raised again.
     """
     known = {f.name for f in fields(TrainingJob)}
     unknown = set(job_options) - known
@@ -123,7 +178,8 @@ def run_training_job(stage: str, config: str | None = None, overrides: Sequence[
         job_options.setdefault("allow_local_output", True)
     req = TrainingJob(stage=stage, config=config, overrides=list(overrides), nodes=nodes,
                       gpus_per_node=gpus_per_node, node_pool=node_pool, **job_options)
-    job = build_pytorchjob(req)
+    rendered = render_job(req)
+    job = rendered.job
     name = job.metadata.name
     if rendered_yaml_path:
         Path(rendered_yaml_path).parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +195,7 @@ def run_training_job(stage: str, config: str | None = None, overrides: Sequence[
     submitted = False
     try:
         submitted = True  # from here on the job may exist, even if submit() is interrupted
-        submission = impl.submit(job)
+        submission = impl.submit(job, replace_failed=replace_failed)
         log.info("PyTorchJob %s/%s %s", submission.namespace, name, submission.action)
         pump = LogPump(impl, name, sink)
         pump.start()
@@ -151,14 +207,20 @@ def run_training_job(stage: str, config: str | None = None, overrides: Sequence[
             log.error("deleting job %s: its pods cannot start", name)
             impl.delete(name)
             e.status.message += f" -- job {name} deleted so its pods free their nodes"
-            raise JobStartError(e.status) from None
+            raise JobStartError(e.status, permanent=e.permanent) from None
         # Let the last lines arrive (a container still running after the end, e.g. kept by
         # cleanPodPolicy None, would keep the stream open: do not wait for it for long).
         pump.join(timeout=10)
         if not status.succeeded:
             raise JobFailedError(status, list(pump.tail))
+        if rendered.output_dir is None:
+            raise SummaryError("<train.output_dir>/summary.json", "cannot be located: the job "
+                               "names no train.output_dir (pass output_uri, or let the config "
+                               "be loaded: validate_config=True)")
+        summary = read_summary(rendered.output_dir, getattr(impl, "cwd", None))
         return JobResult(name, submission.namespace, status, submission.created,
-                         rendered_yaml_path, getattr(submission, "replaced", False))
+                         rendered_yaml_path, getattr(submission, "replaced", False),
+                         rendered.output_dir, summary)
     except KeyboardInterrupt:
         if submitted:
             log.warning("cancelled: deleting job %s", name)
