@@ -347,8 +347,10 @@ def test_cutmix_box_clips_at_borders():
 
 def test_clip_mixup_bad_input():
     mix = ClipMixup(3, rng=np.random.default_rng(0))
-    with pytest.raises(ValueError, match=r"x must be \[B, C, T, H, W\]"):
+    with pytest.raises(ValueError, match=r"x must be float \[B, C, T, H, W\], got torch.float32 \[2, 3, 8, 8\]"):
         mix(torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"got torch.uint8"):
+        mix(torch.zeros(2, 3, 2, 8, 8, dtype=torch.uint8), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="batch size must be even"):
         mix(torch.zeros(3, 3, 2, 8, 8), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match=r"target holds class 3, outside the 3 classes"):

@@ -294,8 +294,8 @@ class ClipMixup:
         return self._mix(x, target, self.sample(x.shape[-2], x.shape[-1], rng))
 
     def _check(self, x: torch.Tensor, target: torch.Tensor) -> None:
-        if x.ndim != 5:
-            raise ValueError(f"x must be [B, C, T, H, W], got shape {list(x.shape)}")
+        if x.ndim != 5 or not x.is_floating_point():
+            raise ValueError(f"x must be float [B, C, T, H, W], got {x.dtype} {list(x.shape)}")
         if target.ndim != 1 or target.shape[0] != x.shape[0] or target.is_floating_point():
             raise ValueError(f"target must be integer class indices [B] = [{x.shape[0]}], "
                              f"got {target.dtype} {list(target.shape)}")
