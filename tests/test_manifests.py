@@ -1,7 +1,9 @@
 """The kustomize manifests: every kustomization builds; built-in kinds pass kubernetes-validate
 --strict; every PyTorchJob passes the Training Operator v1.9 CRD schema (unknown fields
 rejected) and webhook rules; overlays agree with the launcher's node pools; the job manifests
-are exactly what the launcher renders."""
+are exactly what the launcher renders; and the security rules of issue 12 §5 hold for every
+object we ship: least-privilege RBAC, hardened pods, pinned images, secrets only by reference,
+no shells; the two KFP install kinds get what their runs need in their namespace."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from umt.launch.images import default_image
 from umt.launch.manifests import render_stage
 from umt.launch.stages import stage_modules, validate_stage_config
 from umt.launch.validate import CRD_PATH, pytorchjob_errors
+from umt.launch.values import IMAGE, SECRET_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -49,7 +52,8 @@ def jobs_in(docs) -> list[dict]:
 
 def test_the_expected_kustomizations_exist():
     assert {"base", "jobs/stage1", "overlays/gke", "overlays/eks", "overlays/aks",
-            "overlays/gfd", "overlays/local"} <= set(KUSTOMIZATIONS)
+            "overlays/gfd", "overlays/local", "overlays/kfp-standalone",
+            "overlays/kfp-multi-user"} <= set(KUSTOMIZATIONS)
 
 
 @pytest.mark.parametrize("folder", KUSTOMIZATIONS)
@@ -80,7 +84,10 @@ def test_the_secret_template_validates_and_holds_no_values():
     assert [s["metadata"]["name"] for s in secrets] == ["umt-s3"]
 
 
-@pytest.mark.parametrize("folder", [f for f in KUSTOMIZATIONS if f != "base"])
+JOBLESS = {"base", "overlays/kfp-standalone", "overlays/kfp-multi-user"}  # namespace setup only
+
+
+@pytest.mark.parametrize("folder", [f for f in KUSTOMIZATIONS if f not in JOBLESS])
 def test_every_shipped_pytorchjob_is_accepted_by_crd_and_webhook(folder):
     jobs = jobs_in(build(folder))
     assert jobs
@@ -160,22 +167,136 @@ def test_job_manifests_are_what_the_launcher_renders(stage):
         f"{path} is stale: run python -m umt.launch.manifests"
 
 
-def test_rbac_is_least_privilege_and_enough_for_the_launcher():
-    docs = build("base")
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                  "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
+                  "PriorityClass", "StorageClass", "PersistentVolume"}
+
+
+@pytest.mark.parametrize("folder", [f for f in KUSTOMIZATIONS if not f.startswith("jobs/")])
+def test_rbac_is_exactly_what_the_launcher_uses(folder):
+    """No wildcard, nothing cluster-scoped, and not one verb more than the launcher calls
+    (umt doctor's list, which the launcher's code paths are written against)."""
+    docs = build(folder)
+    assert not {d["kind"] for d in docs} & CLUSTER_SCOPED
     (role,) = [d for d in docs if d["kind"] == "Role"]
     (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
     granted = set()
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
+        assert not rule.get("resourceNames") or "*" not in rule["resourceNames"]
         granted |= {(v, r) for v in rule["verbs"] for r in rule["resources"]}
-    assert granted == {(v, "pytorchjobs") for v in
-                       ("create", "get", "list", "watch", "delete", "patch")} | {
-        ("get", "pods"), ("list", "pods"), ("watch", "pods"), ("get", "pods/log")}
     needed = {(verb, res + (f"/{sub}" if sub else "")) for verb, res, sub in NEEDED}
-    assert needed <= granted, "umt doctor asks for more than the Role grants"
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert granted == needed
+    assert ("get", "secrets") not in granted and not any(r == "secrets" for _, r in granted)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"]
+
+
+def test_the_base_binds_the_launcher_role_to_umt_pipeline():
+    (binding,) = [d for d in build("base") if d["kind"] == "RoleBinding"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "umt-pipeline",
                                     "namespace": "umt"}]
+
+
+@pytest.mark.parametrize("overlay,namespace,runner", [
+    ("kfp-standalone", "kubeflow", "pipeline-runner"),
+    ("kfp-multi-user", "kubeflow-user-example-com", "default-editor"),
+])
+def test_each_kfp_install_kind_gets_what_its_runs_need_in_their_namespace(overlay, namespace,
+                                                                         runner):
+    """Standalone KFP runs in kubeflow as pipeline-runner; multi-user KFP in the profile
+    namespace as default-editor. There: the kfp-launcher ConfigMap, the training
+    ServiceAccount, the launcher Role bound to the runner; the namespace itself and its
+    runner belong to the install, so neither is created (or relabelled) here."""
+    docs = build(f"overlays/{overlay}")
+    assert {d["metadata"].get("namespace") for d in docs} == {namespace}
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert kinds == {("ServiceAccount", "umt-training"), ("Role", "umt-launcher"),
+                     ("RoleBinding", "umt-launcher"), ("ConfigMap", "kfp-launcher")}
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": runner,
+                                    "namespace": namespace}]
+    training = next(d for d in docs if d["kind"] == "ServiceAccount")
+    assert training["automountServiceAccountToken"] is False  # no API access from training
+    launcher = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert launcher["data"]["defaultPipelineRoot"].startswith("s3://")
+    assert "umt-s3" in launcher["data"]["providers"]  # the S3 Secret, by name only
+
+
+def _pod_specs(doc: dict) -> list[tuple[str, dict]]:
+    """(where, pod spec) of every pod an object makes."""
+    if doc["kind"] == "PyTorchJob":
+        return [(f"{doc['metadata']['name']}/{r}", s["template"]["spec"])
+                for r, s in doc["spec"]["pytorchReplicaSpecs"].items()]
+    if doc["kind"] in ("Deployment", "Job", "StatefulSet", "DaemonSet"):
+        return [(doc["metadata"]["name"], doc["spec"]["template"]["spec"])]
+    if doc["kind"] == "Pod":
+        return [(doc["metadata"]["name"], doc["spec"])]
+    return []
+
+
+def _all_pods():
+    return [(folder, where, spec) for folder in KUSTOMIZATIONS for doc in build(folder)
+            for where, spec in _pod_specs(doc)]
+
+
+def test_every_shipped_pod_is_hardened():
+    """Non-root, no privilege escalation, no capabilities, seccomp, read-only root with
+    writable emptyDirs for /tmp (and $HOME for training), no service-account token where no API
+    is used."""
+    pods = _all_pods()
+    assert {f for f, _, _ in pods} >= {"jobs/stage1", "overlays/gke", "overlays/local"}
+    for folder, where, spec in pods:
+        what = f"{folder}: {where}"
+        pod_sc = spec.get("securityContext") or {}
+        assert pod_sc.get("runAsNonRoot") is True and pod_sc.get("runAsUser", 0) != 0, what
+        assert pod_sc.get("seccompProfile") == {"type": "RuntimeDefault"}, what
+        assert not spec.get("hostNetwork") and not spec.get("hostPID") \
+            and not spec.get("hostIPC"), what
+        volumes = {v["name"]: v for v in spec.get("volumes") or []}
+        assert not any("hostPath" in v for v in volumes.values()), what
+        for c in spec["containers"] + (spec.get("initContainers") or []):
+            sc = c.get("securityContext") or {}
+            assert sc.get("allowPrivilegeEscalation") is False, (what, c["name"])
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], (what, c["name"])
+            assert not sc.get("capabilities", {}).get("add"), (what, c["name"])
+            assert not sc.get("privileged"), (what, c["name"])
+            assert sc.get("readOnlyRootFilesystem") is True, (what, c["name"])
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts") or []}
+            assert "/tmp" in mounts and "emptyDir" in volumes[mounts["/tmp"]], (what, c["name"])
+        if "umt-train" in spec["containers"][0]["image"]:
+            assert spec["serviceAccountName"] == "umt-training"
+            mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+            assert "/home/umt" in mounts  # the image's $HOME: caches
+
+
+def test_every_shipped_image_is_pinned():
+    for folder, where, spec in _all_pods():
+        for c in spec["containers"] + (spec.get("initContainers") or []):
+            m = IMAGE.match(c["image"])
+            assert m, (folder, where, c["image"])
+            assert m.group("digest") or m.group("tag") not in (None, "latest"), \
+                (folder, where, c["image"])
+
+
+def test_secrets_only_by_reference_and_no_shells():
+    """Credentials reach pods only through secretKeyRef; no container runs a shell, so no
+    user string (or secret) is ever interpreted as a command."""
+    for folder, where, spec in _all_pods():
+        for c in spec["containers"] + (spec.get("initContainers") or []):
+            argv = list(c.get("command") or []) + list(c.get("args") or [])
+            assert not (argv[:1] and Path(argv[0]).name in ("sh", "bash", "ash", "dash")), \
+                (folder, where, argv)
+            for env in c.get("env") or []:
+                if SECRET_NAME.search(env["name"]) or env["name"] in ("KEY", "SECRET"):
+                    assert "value" not in env, (folder, where, env["name"])
+                    assert "secretKeyRef" in env["valueFrom"], (folder, where, env["name"])
+    for folder in KUSTOMIZATIONS:
+        secrets = [d for d in build(folder) if d["kind"] == "Secret"]
+        # Only the local overlay's generated MinIO development credentials.
+        assert not secrets or (folder == "overlays/local" and [
+            s["metadata"]["name"] for s in secrets] == ["umt-s3"]), folder
 
 
 def test_namespace_pod_security_and_launcher_config():

@@ -3,7 +3,7 @@
 1. the cluster answers (kubeconfig or in-cluster service account);
 2. the PyTorchJob CRD is installed and serves ``kubeflow.org/v1`` (read from the CRD itself, or
    from API discovery when, as in Kubeflow profile namespaces, users may not read CRDs);
-3. we may create, watch and delete pytorchjobs and read pod logs in the namespace
+3. we may create, list and delete pytorchjobs and read pod logs in the namespace
    (SelfSubjectAccessReview: asks the API server, so RBAC, webhooks and aggregation agree);
 4. the S3 Secret the jobs' pods read their credentials from (default ``umt-s3``) exists in the
    namespace with non-empty required keys (a pod referencing a missing Secret or key never
@@ -28,10 +28,12 @@ from umt.launch.pytorchjob import API_VERSION, PLURAL, S3Credentials
 CRD_NAME = f"{PLURAL}.kubeflow.org"
 INSTALL_HINT = ('kubectl apply --server-side -k "github.com/kubeflow/training-operator.git/'
                 'manifests/overlays/standalone?ref=v1.9.1"')
-# (verb, resource, subresource) the launcher needs.
+# (verb, resource, subresource) the launcher uses -- all of them, and all that Role umt-launcher
+# (manifests/base/role.yaml) grants: create/get/delete a job, list a run's jobs (gc), get/list
+# its pods (why they cannot start), read the master's log. Waiting polls; nothing watches.
 NEEDED = [("create", PLURAL, ""), ("get", PLURAL, ""), ("list", PLURAL, ""),
-          ("watch", PLURAL, ""), ("delete", PLURAL, ""), ("get", "pods", ""),
-          ("list", "pods", ""), ("get", "pods", "log")]
+          ("delete", PLURAL, ""), ("get", "pods", ""), ("list", "pods", ""),
+          ("get", "pods", "log")]
 
 
 @dataclass
@@ -83,7 +85,7 @@ def check_rbac(cluster: Cluster, namespace: str) -> Check:
     if missing:
         return Check("RBAC", False, f"not allowed in namespace {namespace}: {', '.join(missing)} "
                                     "(apply manifests/base: Role umt-launcher)")
-    return Check("RBAC", True, f"may create/watch/delete pytorchjobs and read pod logs in "
+    return Check("RBAC", True, f"may create/list/delete pytorchjobs and read pod logs in "
                                f"{namespace}")
 
 

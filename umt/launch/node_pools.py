@@ -173,4 +173,5 @@ def get_node_pool(name: str) -> NodePool:
         return NODE_POOLS[name]
     except KeyError:
         raise ValueError(
-            f"unknown node pool {name!r}; choose one of: {', '.join(NODE_POOLS)}") from None
+            f"--node-pool: unknown node pool {name!r}; choose one of: {', '.join(NODE_POOLS)}"
+        ) from None

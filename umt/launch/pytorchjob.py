@@ -163,8 +163,9 @@ class TrainingJob:
         check_values(self)
         pool = get_node_pool(self.node_pool)
         if self.gpus_per_node > pool.gpus_per_node:
-            raise ValueError(f"node pool {pool.name} ({pool.description}) has at most "
-                             f"{pool.gpus_per_node} GPUs per node, asked for {self.gpus_per_node}")
+            raise ValueError(f"--gpus-per-node {self.gpus_per_node}: node pool {pool.name} "
+                             f"({pool.description}) has at most {pool.gpus_per_node} GPUs per "
+                             "node")
         machine = pool.smallest_fit(self.gpus_per_node)
         if machine is not None:
             for what, asked, usable, unit in (
@@ -173,7 +174,7 @@ class TrainingJob:
                 if asked is not None and values.quantity(asked) > usable:
                     shown = usable if not unit else f"{usable // 2**30}{unit}"
                     raise ValueError(
-                        f"{what}={asked} per pod does not fit node pool {pool.name}: its "
+                        f"--{what} {asked!r} per pod does not fit node pool {pool.name}: its "
                         f"{machine.name} nodes ({machine.vcpus} vCPUs, {machine.memory_gib} GiB) "
                         f"leave about {shown} for a pod after system reservations")
 

@@ -45,6 +45,7 @@ from umt.launch.backend import (
     JobStartError,
     SummaryError,
 )
+from umt.launch.gc import delete_run_jobs  # noqa: F401 - the exit task's half of this module
 from umt.launch.pytorchjob import TrainingJob, render_job
 from umt.launch.serialize import to_yaml
 from umt.launch.status import JobStatus

@@ -42,7 +42,10 @@ PRESET = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # The Docker reference grammar (distribution/reference), tag or digest required.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 IMAGE = re.compile(
-    rf"^(?:(?P<registry>[A-Za-z0-9.-]+(?::[0-9]+)?)/)?(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)"
+    # A first component is a registry only with a '.' or a port, or as localhost (docker's rule).
+    r"^(?:(?P<registry>localhost(?::[0-9]+)?|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+(?::[0-9]+)?"
+    r"|[A-Za-z0-9-]+:[0-9]+)/)?"
+    rf"(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)"
     r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?$")
 # Names of variables that hold credentials: those come from a Secret (secretKeyRef), never as
 # plain values in the job (where they would sit in the YAML, the KFP artifact, `kubectl get`).
@@ -120,8 +123,9 @@ class Problems:
         if value is None:
             return
         ok = isinstance(value, int) and not isinstance(value, bool)
-        self.check(ok and minimum <= value <= maximum, field, value,
-                   f"must be an integer from {minimum} to {maximum}")
+        allowed = (f"must be an integer >= {minimum}" if maximum >= INT32_MAX
+                   else f"must be an integer from {minimum} to {maximum}")
+        self.check(ok and minimum <= value <= maximum, field, value, allowed)
 
     def quantity(self, field: str, value: Any, example: str) -> Decimal | None:
         """The value as a number, or None (and a problem) unless it is a positive quantity."""
