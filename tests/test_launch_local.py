@@ -226,6 +226,8 @@ def test_stage1_two_replicas_survive_a_killed_replica_and_resume(tmp_path):
     assert "resumed from step" in text, text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["total_steps"] == 8
+    assert result.summary == summary and result.output_dir == str(out)  # no folder parsing
+    assert summary["checkpoint"].endswith("step_00000008.pt")
     assert (tmp_path / "job.yaml").read_text().startswith("apiVersion: kubeflow.org/v1")
 
 

@@ -50,7 +50,8 @@ class Recorder:
             command = self.job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"][
                 "containers"][0]["command"]
             out = [a.split("=", 1)[1] for a in command if a.startswith("train.output_dir=")][-1]
-            storage.write_bytes(storage.join(out, "summary.json"), json.dumps(self.summary).encode())
+            storage.write_bytes(storage.join(out, "summary.json"),
+                                json.dumps(self.summary).encode())
         return JobStatus(name, "Succeeded", "done")
 
     def logs(self, name, follow=False, replica=None, index=0):
@@ -161,7 +162,8 @@ def test_sixteen_gpus_on_gke_fit_an_a2_megagpu_16g():
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"gpus_per_node": 16, "node_pool": "gke-a100", "cpu": "128"}, "--cpu '128' per pod does not fit"),
+    ({"gpus_per_node": 16, "node_pool": "gke-a100", "cpu": "128"},
+     "--cpu '128' per pod does not fit"),
     ({"gpus_per_node": 8, "node_pool": "aks-a100", "memory": "1000Gi"},
      "--memory '1000Gi' per pod does not fit node pool aks-a100"),
     ({"gpus_per_node": 16, "node_pool": "eks-a100"}, "at most 8 GPUs"),

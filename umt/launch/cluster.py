@@ -55,7 +55,7 @@ HINTS = {
     "image": "check the image name/tag (--image, UMT_IMAGE_REPOSITORY) and that the nodes may "
              "pull from its registry (imagePullSecrets)",
     "config": "a Secret or ConfigMap the pod references is missing or lacks a key, e.g. the S3 "
-              "Secret (README 'Run on a cluster', step 2; `umt doctor` checks it)",
+              "Secret (docs/cluster.md, section 2; `umt doctor` checks it)",
 }
 
 
@@ -133,7 +133,7 @@ class PyTorchJobBackend:
                 if e.status == 404:
                     raise RuntimeError(
                         "the API server has no kubeflow.org/v1 pytorchjobs: install the Training "
-                        "Operator v1.9 (README, 'Run on a cluster') and run `umt doctor`"
+                        "Operator v1.9 (docs/cluster.md, section 1) and run `umt doctor`"
                     ) from None
                 if e.status in (400, 403, 422) and "admission webhook" in _reason(e):
                     # The Training Operator's webhook said no (a validation error, not RBAC).

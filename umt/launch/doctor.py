@@ -106,7 +106,8 @@ def check_s3_secret(cluster: Cluster, namespace: str, secret: str = "umt-s3") ->
         if e.status == 403:
             return Check(name, True, f"may not read Secret {secret} in {namespace}, so it is "
                                      "unchecked: make sure it exists with keys "
-                                     f"{', '.join(required)} (README step 2)", warning=True)
+                                     f"{', '.join(required)} (docs/cluster.md, section 2)",
+                         warning=True)
         return Check(name, False, f"cannot read Secret {secret}: {e.status} {e.reason}")
     data = {k: base64.b64decode(v or "") for k, v in (obj.data or {}).items()}
     data.update({k: (v or "").encode() for k, v in (obj.string_data or {}).items()})
