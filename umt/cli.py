@@ -17,8 +17,8 @@ from typing import List, Optional
 
 import typer
 
-from umt.train import STAGES
-from umt.train.entry import ConfigOpt, OverridesArg, stage_command
+from umt.train import STAGES, is_evaluation
+from umt.train.entry import ConfigOpt, OverridesArg, eval_command, stage_command
 
 # Plain tracebacks: they end up in pod logs, where rich panels with locals are noise.
 app = typer.Typer(help="Unmasked Teacher (UMT) video foundation models: train, shard, launch.",
@@ -26,10 +26,15 @@ app = typer.Typer(help="Unmasked Teacher (UMT) video foundation models: train, s
 train_app = typer.Typer(help="Train a stage (one process, or under torchrun).", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect stage configs and presets.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+eval_app = typer.Typer(help="Evaluate a checkpoint (one process, or under torchrun).", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(eval_app, name="eval")
 
 for _stage in STAGES:
-    train_app.command(_stage)(stage_command(_stage))
+    if is_evaluation(_stage):
+        eval_app.command(_stage[len("eval-"):])(eval_command(_stage))
+    else:
+        train_app.command(_stage)(stage_command(_stage))
 
 
 @config_app.command("show")
@@ -56,8 +61,12 @@ def config_show(stage: str = typer.Argument(..., help=f"One of: {', '.join(STAGE
 def config_presets(stage: str = typer.Argument("stage1")):
     """List the packaged presets of a stage."""
     from umt.configs import list_presets
+    from umt.configs.loader import preset_source
 
-    typer.echo("\n".join(list_presets(stage)))
+    if stage not in STAGES:
+        raise typer.BadParameter(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+    schema = importlib.import_module(STAGES[stage]).CONFIG_SCHEMA
+    typer.echo("\n".join(list_presets(preset_source(schema, stage)[0])))
 
 
 @app.command("models")

@@ -47,20 +47,32 @@ def _refuse_resolvers(node: Any, where: str, path: str = "") -> None:
         _refuse_resolvers(child, where, sub_path)
 
 
+def preset_source(schema: type, stage: str) -> tuple[str, Sequence[str] | None]:
+    """Whose presets a stage uses: its own, or -- when the schema says ``PRESETS = (stage,
+    sections)`` -- the listed sections of another stage's (an evaluation takes the ``model``
+    section of the training stage whose checkpoints it reads, so sizes are written once)."""
+    presets = getattr(schema, "PRESETS", None)
+    return (presets[0], presets[1]) if presets else (stage, None)
+
+
 def _merged(schema: type, stage: str, config: str | None, overrides: Sequence[str]) -> DictConfig:
     base = OmegaConf.structured(schema)
     if config:
         path = Path(config)
+        sections = None
         if not (path.suffix in (".yaml", ".yml") and path.exists()):
-            path = preset_path(stage, config)
+            owner, sections = preset_source(schema, stage)
+            path = preset_path(owner, config)
             if not path.exists():
                 raise ValueError(
-                    f"config {config!r} is neither a YAML file nor a {stage} preset "
-                    f"(presets: {', '.join(list_presets(stage))})")
+                    f"config {config!r} is neither a YAML file nor a {owner} preset "
+                    f"(presets: {', '.join(list_presets(owner))})")
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise ValueError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
         loaded = OmegaConf.load(path)  # a safe YAML loader: no !!python tags
         _refuse_resolvers(loaded, str(path))
+        if sections is not None:
+            loaded = OmegaConf.create({k: loaded[k] for k in sections if k in loaded})
         base = OmegaConf.merge(base, loaded)
     bad = [o for o in overrides if "=" not in o]
     if bad:

@@ -61,7 +61,8 @@ class VisionLanguageModel(nn.Module):
     ``num_frames``, ``img_size``, ``teacher_dim``/``align_layers``, ``drop_path_rate``).
     ``text_encoder``: a BERT directory or hub id (config, weights, tokenizer);
     ``load_text_weights=False`` builds from its config only (a Stage-2 checkpoint follows).
-    ``proj_dim``: the shared embedding size (512 for B, 768 for L).
+    ``proj_dim``: the shared embedding size (512 for B, 768 for L). ``text_dropout``
+    overrides BERT's dropout probabilities (None: the text encoder's config, 0.1 for BERT).
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, num_frames: int = 4,
@@ -69,7 +70,7 @@ class VisionLanguageModel(nn.Module):
                  mlp_ratio: float = 4.0, drop_path_rate: float = 0.0, teacher_dim: int = 512,
                  align_layers: int = 6, text_encoder: str = "bert-base-uncased",
                  fusion_layer: int = 9, proj_dim: int = 512, temp: float = 0.07,
-                 load_text_weights: bool = True):
+                 load_text_weights: bool = True, text_dropout: Optional[float] = None):
         super().__init__()
         self.vision_encoder = PretrainVisionTransformer(
             img_size=img_size, patch_size=patch_size, num_frames=num_frames,
@@ -77,7 +78,8 @@ class VisionLanguageModel(nn.Module):
             mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate, teacher_dim=teacher_dim,
             align_layers=align_layers, align_norm_eps=1e-5, pool_norm=True)
         self.text_encoder = BertTextEncoder.from_pretrained(
-            text_encoder, fusion_layer, cross_width=embed_dim, load_weights=load_text_weights)
+            text_encoder, fusion_layer, cross_width=embed_dim, load_weights=load_text_weights,
+            dropout=text_dropout)
         width = self.text_encoder.width
         self.vision_width, self.text_width, self.proj_dim = embed_dim, width, proj_dim
         # torch's default Linear init, as the official model (it applies no init to these).

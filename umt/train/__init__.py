@@ -3,10 +3,18 @@
 ``STAGES`` is the registry the launcher reads: any stage listed here becomes a PyTorchJob
 (``torchrun -m <module> --config <preset|yaml> key=value ...``) with no new launcher code.
 Each module defines ``CONFIG_SCHEMA`` (its dataclass) and ``main(config, overrides)``.
+Evaluations (``eval-<task>``) are stages too -- one process, torchrun or a PyTorchJob -- and
+appear on the command line as ``umt eval <task>``.
 """
 
 STAGES: dict[str, str] = {
     "stage1": "umt.train.stage1",
+    "stage2": "umt.train.stage2",
+    "eval-retrieval": "umt.eval.retrieval_job",
 }
 
-__all__ = ["STAGES"]
+
+def is_evaluation(stage: str) -> bool:
+    return stage.startswith("eval-")
+
+__all__ = ["STAGES", "is_evaluation"]

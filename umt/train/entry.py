@@ -34,10 +34,29 @@ def stage_command(stage: str) -> Callable[..., None]:
                 raise
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(2 if isinstance(e, ValueError) else 1)
-        typer.echo(f"{stage} finished: {summary}")
+        if os.environ.get("RANK", "0") == "0":  # one summary line per job, not per process
+            typer.echo(f"{stage} finished: {summary}")
 
     command.__doc__ = (f"Run {stage} ({STAGES[stage]}). Writes config.yaml, metrics.jsonl, "
                        f"summary.json and checkpoints to train.output_dir; resumes from them.")
+    return command
+
+
+def eval_command(stage: str) -> Callable[..., None]:
+    """``umt eval <task> --model CKPT --data DATASET --output DIR [key=value ...]``."""
+    train_like = stage_command(stage)
+
+    def command(config: Optional[str] = typer.Option("b16", "--config", "-c", help=(
+                    "Model size preset (tiny, b16, l16) or a YAML file.")),
+                model: str = typer.Option(..., "--model", "-m", help="Checkpoint to evaluate (path or s3:// URI)."),
+                data: str = typer.Option(..., "--data", "-d", help="dataset.json of the evaluation set."),
+                output: str = typer.Option(..., "--output", "-o", help="Folder or s3:// prefix for metrics.json."),
+                overrides: Optional[List[str]] = OverridesArg):
+        train_like(config, [f"model.pretrained={model}", f"data.source={data}",
+                            f"train.output_dir={output}", *(overrides or [])])
+
+    command.__doc__ = (f"Evaluate a checkpoint ({STAGES[stage]}): writes metrics.json, "
+                       f"summary.json and config.yaml to --output.")
     return command
 
 

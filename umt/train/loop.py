@@ -53,6 +53,7 @@ class Models:
     model: nn.Module  # trained: optimizer, DDP, checkpoints
     frozen: dict[str, nn.Module] = field(default_factory=dict)  # e.g. the teacher
     ddp_kwargs: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # e.g. a tokenizer -> Context.state
 
 
 @dataclass
@@ -89,11 +90,16 @@ class Context:
         processes and micro-batches."""
         return derive_seed(purpose, self.cfg.train.seed, step)
 
-    def batch_rows(self) -> slice:
-        """This rank's rows of the current micro-batch within the step's global batch."""
-        b = self.cfg.train.batch_size
-        first = self.micro * self.micro_batch + self.dist.rank * b
+    def batch_rows(self, batch_size: Optional[int] = None) -> slice:
+        """This rank's rows of the current micro-batch within the step's global batch (of
+        ``batch_size`` per rank and micro-batch; default ``train.batch_size``)."""
+        b = batch_size or self.cfg.train.batch_size
+        first = (self.micro * self.dist.world_size + self.dist.rank) * b
         return slice(first, first + b)
+
+    def global_rows(self, batch_size: Optional[int] = None) -> int:
+        """Rows of the step's global batch at ``batch_size`` per rank and micro-batch."""
+        return (batch_size or self.cfg.train.batch_size) * self.dist.world_size * self.cfg.train.accum_steps
 
 
 def _check_shapes(model: nn.Module, state: dict[str, torch.Tensor], uri: str) -> None:
@@ -180,7 +186,8 @@ def _train(stage: Stage, cfg: Any, dist: distributed.DistInfo, device: torch.dev
     # The schedule follows this run's config (steps, warmup, lr, world size); a resumed run
     # restores its position in it, not the old shape.
     scheduler = build_scheduler(optimizer, tc.steps, cfg.optim.warmup_steps, min_lr, warmup_lr)
-    ctx = Context(cfg, dist, device, raw, raw, models.frozen, global_batch, micro_batch)
+    ctx = Context(cfg, dist, device, raw, raw, models.frozen, global_batch, micro_batch,
+                  state=dict(models.extras))
 
     # Resume before anything is written, so a config that does not fit the checkpoint fails
     # with config.yaml and metrics.jsonl untouched.

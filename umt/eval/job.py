@@ -1,0 +1,76 @@
+"""What every evaluation job shares: its run settings, the run folder, metrics.json and
+summary.json. An evaluation is a stage in ``umt.train.STAGES`` like a training stage (so it
+runs as one process, under torchrun, or as a PyTorchJob), but it has no training loop.
+
+Files in ``train.output_dir`` (local or s3://): ``config.yaml`` (the resolved config: every
+evaluation setting, so each number can be reproduced from its folder), ``metrics.json`` (the
+task's full result) and ``summary.json`` (``stage``, ``task``, ``metrics``: the headline
+numbers, ``checkpoint``, ``output_dir``), which ``umt.launch.run_training_job`` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from umt import storage
+from umt.configs import to_yaml
+from umt.configs.checks import at_least, choice, in_range
+from umt.train import distributed
+from umt.train.common import setup_logging
+from umt.train.lease import RunLease
+
+log = logging.getLogger("umt.eval")
+
+
+@dataclass
+class EvalRunConfig:
+    """The ``train`` section of an evaluation config (named so for the launcher: every job's
+    ``train.output_dir`` is where its files go)."""
+
+    output_dir: str = "runs/eval"
+    device: str = "auto"
+    precision: str = "bf16"  # bf16 autocast on GPUs; fp32 on CPUs
+    seed: int = 0
+    lease_ttl_s: float = 90.0
+
+    def __post_init__(self):
+        if not self.output_dir:
+            raise ValueError("train.output_dir must not be empty")
+        choice("train.precision", self.precision, ("bf16", "fp32"))
+        at_least("train.seed", self.seed, 0)
+        in_range("train.lease_ttl_s", self.lease_ttl_s, 1.0, 86400.0)
+        if not (self.device in ("auto", "cpu", "cuda") or
+                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            raise ValueError(f"train.device={self.device!r} is not allowed; choose one of: "
+                             f"'auto', 'cpu', 'cuda' (or 'cuda:N')")
+
+
+def run_evaluation(task: str, cfg: Any, body: Callable[[Any, distributed.DistInfo], dict],
+                   headline: Callable[[dict], dict]) -> dict[str, Any]:
+    """Set up the process group, hold the output folder's lease, run ``body(cfg, dist)`` (every
+    rank; it returns the full result on every rank), write the files (rank 0)."""
+    tc = cfg.train
+    dist = distributed.setup(tc.device)
+    setup_logging(dist.rank)
+    lease = RunLease(tc.output_dir, tc.lease_ttl_s).acquire() if dist.is_main else None
+    try:
+        if dist.is_main:
+            storage.write_bytes(storage.join(tc.output_dir, "config.yaml"), to_yaml(cfg).encode())
+        result = body(cfg, dist)
+        summary = {"stage": f"eval-{task}", "task": task, "metrics": headline(result),
+                   "checkpoint": getattr(getattr(cfg, "model", None), "pretrained", None),
+                   "output_dir": tc.output_dir,
+                   "metrics_uri": storage.join(tc.output_dir, "metrics.json")}
+        if dist.is_main:
+            lease.check()
+            storage.write_bytes(summary["metrics_uri"], json.dumps(result, indent=2).encode())
+            storage.write_bytes(storage.join(tc.output_dir, "summary.json"),
+                                json.dumps(summary, indent=2).encode())
+        return summary
+    finally:
+        if lease is not None:
+            lease.release()
+        distributed.cleanup()
