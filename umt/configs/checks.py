@@ -41,3 +41,10 @@ def in_range(key: str, value: Optional[float], low: float, high: float, *,
 def length(key: str, value: list, n: int) -> None:
     if len(value) != n:
         raise ValueError(f"{key}={value!r} must have exactly {n} values, got {len(value)}")
+
+
+def device(key: str, value: str) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    if not (value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())):
+        raise ValueError(f"{key}={value!r} is not allowed; choose one of: 'auto', 'cpu', 'cuda' "
+                         f"(or 'cuda:N')")

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from umt.configs.checks import at_least, choice, in_range, length
+from umt.configs.checks import at_least, choice, device, in_range, length
 
 
 @dataclass
@@ -264,10 +264,7 @@ class TrainConfig:
         at_least("train.seed", self.seed, 0)
         in_range("train.lease_ttl_s", self.lease_ttl_s, 1.0, 86400.0)
         choice("train.precision", self.precision, ("bf16", "fp32"))
-        if not (self.device in ("auto", "cpu", "cuda") or
-                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
-            raise ValueError(f"train.device={self.device!r} is not allowed; choose one of: "
-                             f"'auto', 'cpu', 'cuda' (or 'cuda:N')")
+        device("train.device", self.device)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from umt import storage
 from umt.configs import to_yaml
-from umt.configs.checks import at_least, choice, in_range
+from umt.configs.checks import at_least, choice, device, in_range
 from umt.train import distributed
 from umt.train.common import setup_logging
 from umt.train.lease import RunLease
@@ -42,10 +42,7 @@ class EvalRunConfig:
         choice("train.precision", self.precision, ("bf16", "fp32"))
         at_least("train.seed", self.seed, 0)
         in_range("train.lease_ttl_s", self.lease_ttl_s, 1.0, 86400.0)
-        if not (self.device in ("auto", "cpu", "cuda") or
-                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
-            raise ValueError(f"train.device={self.device!r} is not allowed; choose one of: "
-                             f"'auto', 'cpu', 'cuda' (or 'cuda:N')")
+        device("train.device", self.device)
 
 
 def run_evaluation(task: str, cfg: Any, body: Callable[[Any, distributed.DistInfo], dict],
