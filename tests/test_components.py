@@ -109,3 +109,22 @@ def test_steps_library_never_sets_uri_and_never_imports_kfp():
     for name in ("plan.py", "steps.py", "validate.py"):
         text = (ROOT / "umt" / "pipeline" / name).read_text()
         assert "import kfp" not in text and "from kfp" not in text, name
+
+
+def test_the_readme_reuse_example_compiles_and_keeps_gpus_off_the_task_pods(tmp_path,
+                                                                              monkeypatch):
+    text = (ROOT / "components" / "README.md").read_text()
+    (code,) = [b for b in text.split("```python\n")[1:] if "load_component_from_file" in b]
+    code = code.split("```")[0].replace('"components/', f'"{ROOT}/components/')
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "components/README.md", "exec", dont_inherit=True), {})
+    docs = list(yaml.safe_load_all((tmp_path / "my_stage1.yaml").read_text()))
+    spec, platform = docs[0], docs[1]
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["pretrain-stage1"]["dependentTasks"] == ["shard-videos"]
+    for executor in spec["deploymentSpec"]["executors"].values():
+        assert "accelerator" not in executor["container"].get("resources", {})
+    assert tasks["pretrain-stage1"]["inputs"]["parameters"]["gpus_per_node"][
+        "runtimeValue"]["constant"] == 8
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert all("secretAsEnv" in e for e in k8s.values())

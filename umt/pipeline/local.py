@@ -161,7 +161,8 @@ class _Console(io.TextIOBase):
                 mark = "ok " if rec.status == "ran" else "FAILED"
                 self.say(f"  {mark} {rec.name} ({rec.seconds:.0f} s)")
                 if rec.status == "failed":
-                    self.say("      " + "\n      ".join(rec.tail[-40:]))
+                    self.say("      " + "\n      ".join(_error_lines(rec.tail)))
+                    self.say(f"      (the task's whole log: {self.log.name})")
             self.current = None
             return
         m = re.search(r"Pipeline '([^']+)' finished with status (\w+)", line)
@@ -170,8 +171,19 @@ class _Console(io.TextIOBase):
             return
         if self.current is not None and line.startswith("    "):
             self.current.tail = (self.current.tail + [line.strip()])[-60:]
-            if not self.verbose and re.search(r"step \d+/\d+ loss", line):
-                self.say(f"      {line.strip()[-110:]}")
+            progress = re.search(r"(step \d+/\d+ loss.*)", line)
+            if progress and not self.verbose:
+                self.say(f"      {progress.group(1)[:110]}")
+
+
+def _error_lines(tail: list[str], limit: int = 20) -> list[str]:
+    """What a failed task said: the exception after its traceback's last frame, or the end."""
+    starts = [i for i, line in enumerate(tail) if line.startswith("Traceback (most recent")]
+    if not starts:
+        return tail[-limit:]
+    frames = [i for i, line in enumerate(tail) if line.startswith('File "') and i > starts[-1]]
+    rest = tail[(frames[-1] + 2 if frames else starts[-1] + 1):]
+    return [line for line in rest if not set(line) <= set("^~ ")][:limit]
 
 
 class _Events(logging.Handler):
@@ -261,8 +273,6 @@ class LocalRun:
 def run_local(pipeline_file: str, items: Sequence[str] = (), *, workdir: str = "runs/pipelines",
               function: str | None = None, cache: bool = True, verbose: bool = False,
               out: Any = None) -> LocalRun:
-    from kfp import components, local
-
     out = out or sys.stdout
     started = time.monotonic()
     pipeline = loader.load_pipeline(pipeline_file, function)
@@ -284,8 +294,29 @@ def run_local(pipeline_file: str, items: Sequence[str] = (), *, workdir: str = "
         out.write(f"  {key}={_shown(value)}    (given)\n")
 
     run_id = f"local-{datetime.now():%Y%m%d-%H%M%S}"
-    os.environ.update({planning.BACKEND_ENV: "local", planning.LOCAL_JOBS_ENV: str(base / "jobs"),
-                       "KFP_RUN_ID": run_id})
+    # Inherited by every task process (kfp.local ignores kfp-kubernetes env settings); not task
+    # inputs, so they do not enter the cache keys.
+    env = {planning.BACKEND_ENV: "local", planning.LOCAL_JOBS_ENV: str(base / "jobs"),
+           "KFP_RUN_ID": run_id, "PYTHONUNBUFFERED": "1"}  # task output as it happens
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return _run(pipeline, package, spec, arguments, base, run_id, cache, verbose, out,
+                    started)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run(pipeline: Any, package: Path, spec: dict[str, Any], arguments: dict[str, Any],
+         base: Path, run_id: str, cache: bool, verbose: bool, out: Any,
+         started: float) -> LocalRun:
+    from kfp import components, local
+
+    name = pipeline.name
     root = base / "root"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                enable_caching=cache, raise_on_error=False)
@@ -336,7 +367,8 @@ def print_results(run: LocalRun, out: Any = None) -> None:
     console = Console(file=out or sys.stdout, width=160)
     table = Table("step", "status", "time", "result", title="results")
     for rec in run.tasks.values():
-        status = rec.status if rec.status != "ran" else "ran"
+        skipped = any(o["metadata"].get("skipped") is True for o in rec.outputs.values())
+        status = "ran (off)" if skipped and rec.status == "ran" else rec.status
         table.add_row(rec.name, status, f"{rec.seconds:.0f} s" if rec.seconds else "",
                       result_of(rec))
     console.print(table)

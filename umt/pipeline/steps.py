@@ -33,11 +33,8 @@ log = logging.getLogger(__name__)
 
 FAILURE_MARKER = "pipeline-failure.json"
 MAX_CONFUSION_CLASSES = 20  # the KFP UI's matrix stays readable; the report has the full one
+# A trainer's Metrics, the same names in every run (the KFP run comparison lines them up).
 TRAIN_METRICS = ("final_loss", "steps", "clips_per_s", "wall_hours", "gpu_hours")
-
-
-class StepSkipped(Exception):
-    """Not an error: a disabled step."""
 
 
 # -- artifacts -------------------------------------------------------------------------------
@@ -306,10 +303,10 @@ def train(stage: str, *, dataset: Any, parent: Any = None, enabled: bool = True,
     history = read_history(step.output_dir)
     speeds = [r["clips_per_s"] for r in history[1:] or history if r.get("clips_per_s")]
     hours = seconds / 3600
-    log_metrics(metrics, {
-        "final_loss": summary.get("final_loss"), "steps": summary.get("steps"),
-        "clips_per_s": sorted(speeds)[len(speeds) // 2] if speeds else None,
-        "wall_hours": hours, "gpu_hours": hours * nodes * gpus_per_node}, stage=stage)
+    values = {"final_loss": summary.get("final_loss"), "steps": summary.get("steps"),
+              "clips_per_s": sorted(speeds)[len(speeds) // 2] if speeds else None,
+              "wall_hours": hours, "gpu_hours": hours * nodes * gpus_per_node}
+    log_metrics(metrics, {k: values[k] for k in TRAIN_METRICS}, stage=stage)
     return meta
 
 
@@ -395,27 +392,11 @@ def cleanup(state: str = "", error: str = "") -> str:
         return "local run: every job ended with its task"
     if not rid:
         return "no KFP_RUN_ID in the environment: nothing to clean up"
-    from umt.launch import run as launch_run
+    from umt.launch.gc import delete_run_jobs
 
-    delete = getattr(launch_run, "delete_run_jobs", None)
-    if delete is None:  # older umt.launch: do the same through the backend
-        return _delete_run_jobs(rid)
-    deleted = delete(rid)
-    return f"deleted {len(deleted or [])} unfinished jobs of run {rid}"
-
-
-def _delete_run_jobs(rid: str) -> str:
-    from umt.launch.cluster import PyTorchJobBackend
-    from umt.launch.pytorchjob import LABEL_RUN_ID, _label_value
-
-    backend = PyTorchJobBackend()
-    gone = []
-    for obj in backend.list(f"{LABEL_RUN_ID}={_label_value(rid)}"):
-        name = obj["metadata"]["name"]
-        if not backend._status_of(name, obj).finished:
-            backend.delete(name)
-            gone.append(name)
-    return f"deleted {len(gone)} unfinished jobs of run {rid}: {', '.join(gone) or '-'}"
+    deleted = delete_run_jobs(rid)
+    return (f"deleted {len(deleted)} unfinished jobs of run {rid}"
+            + (f": {', '.join(deleted)}" if deleted else ""))
 
 
 # -- the report --------------------------------------------------------------------------------

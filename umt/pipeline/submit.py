@@ -12,7 +12,9 @@ kfp.Client's own discovery (in-cluster service, kubeconfig port-forward). Authen
 by the kubelet), or ``KF_PIPELINES_TOKEN`` (a bearer token). Arguments are checked against the
 compiled pipeline's parameters and typed from them before anything is sent.
 
-With ``--upload --version V`` the pipeline is uploaded under a stable name (created the first
+``--no-cache`` rewrites the compiled package so that no task of any DAG is cached (kfp.Client's
+``enable_caching`` reaches only top-level tasks, and every task of ours is inside the exit
+handler's DAG). With ``--upload --version V`` the pipeline is uploaded under a stable name (created the first
 time, a new version afterwards) and the run starts from that version: the KFP backend reuses
 cache entries only within one pipeline name and namespace.
 """
@@ -61,6 +63,21 @@ def make_client(endpoint: str | None = None, *, namespace: str | None = None,
         return kfp.Client(**kwargs)
 
 
+def disable_caching(package: str) -> None:
+    """Turn caching off for every task of every DAG of a compiled package, in place."""
+    import yaml
+
+    path = Path(package)
+    docs = list(yaml.safe_load_all(path.read_text()))
+    spec = docs[0]
+    dags = [spec["root"].get("dag", {})] + [c["dag"] for c in spec.get("components", {}).values()
+                                            if "dag" in c]
+    for dag in dags:
+        for task in (dag.get("tasks") or {}).values():
+            task["cachingOptions"] = {}
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+
+
 @dataclass
 class Submitted:
     run_id: str
@@ -85,10 +102,17 @@ def submit(pipeline_file: str, items: Sequence[str] = (), *, endpoint: str | Non
     folder = Path(package_dir or tempfile.mkdtemp(prefix="umt-submit-"))
     package = str(loader.compile_pipeline(pipeline, folder / f"{pipeline.name}.yaml"))
     arguments = loader.parse_arguments(items, loader.parameters(loader.read_spec(package)))
+    if not cache:
+        if upload:
+            raise loader.PipelineError(
+                "--no-cache with --upload: runs of an uploaded version use its compiled caching "
+                "settings; submit the package without --upload to rerun everything")
+        disable_caching(package)
     client = client or make_client(endpoint, namespace=namespace, token_path=token_path)
-    # Only an explicit --no-cache is sent: enable_caching=True would override the compiled
-    # settings of every task, turning caching on for the exit handler too.
-    caching = False if not cache else None
+    # Caching is never passed to kfp.Client: its enable_caching only reaches the top-level
+    # tasks (ours sit inside the ExitHandler's DAG), and True would turn it on for the exit
+    # task. --no-cache rewrites the package instead (disable_caching).
+    caching = None
     run_name = run_name or f"{pipeline.name} {Path(pipeline_file).stem}"
     if not upload:
         result = client.create_run_from_pipeline_package(

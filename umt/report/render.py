@@ -85,14 +85,17 @@ def render_markdown(report: Report) -> str:
             out.append(f"- **{s.name}**: {values}")
     rows = _energy_rows(report)
     out += ["", "## Compute, energy and CO2", "",
-            "| job | nodes × GPUs | GPU-hours | energy (kWh) | CO2 (kg) | source |",
-            "|---|---|---|---|---|---|"]
+            "| job | nodes × GPUs | job hours | GPU-hours | energy (kWh) | CO2 (kg) | source |",
+            "|---|---|---|---|---|---|---|"]
     for s, e in rows:
         out.append(f"| {s.name} | {int(s.metadata.get('nodes', 0))} × "
-                   f"{int(s.metadata.get('gpus_per_node', 0))} | {e.gpu_hours:.3f} | "
+                   f"{int(s.metadata.get('gpus_per_node', 0))} | "
+                   f"{float(s.metrics.get('wall_hours') or 0):.3f} | {e.gpu_hours:.3f} | "
                    f"{e.energy_kwh:.3f} | {e.co2_kg:.3f} | {'NVML' if e.measured else 'estimate'} |")
     total = [sum(getattr(e, f) for _, e in rows) for f in ("gpu_hours", "energy_kwh", "co2_kg")]
-    out += [f"| **total** | | {total[0]:.3f} | {total[1]:.3f} | {total[2]:.3f} | |", "",
+    hours = sum(float(s.metrics.get("wall_hours") or 0) for s, _ in rows)
+    out += [f"| **total** | | {hours:.3f} | {total[0]:.3f} | {total[1]:.3f} | {total[2]:.3f} | |",
+            "",
             f"Estimates: GPUs × job time × {report.gpu_power_watts:g} W; "
             f"CO2 at {report.grid_g_per_kwh:g} g/kWh. CPU-only jobs count no GPU energy."]
     models = [s for s in report.steps if s.kind == "train" and s.status != "skipped"]
@@ -175,13 +178,15 @@ def render_html(report: Report) -> str:
     rows = _energy_rows(report)
     parts.append("<h2>Compute, energy and CO2</h2>")
     table_rows = [[e(s.name), f"{int(s.metadata.get('nodes', 0))} &times; "
-                   f"{int(s.metadata.get('gpus_per_node', 0))}", f"{en.gpu_hours:.3f}",
+                   f"{int(s.metadata.get('gpus_per_node', 0))}",
+                   f"{float(s.metrics.get('wall_hours') or 0):.3f}", f"{en.gpu_hours:.3f}",
                    f"{en.energy_kwh:.3f}", f"{en.co2_kg:.3f}",
                    "NVML" if en.measured else "estimate"] for s, en in rows]
-    totals = [sum(getattr(en, f) for _, en in rows) for f in ("gpu_hours", "energy_kwh", "co2_kg")]
+    totals = [sum(float(s.metrics.get("wall_hours") or 0) for s, _ in rows)] + [
+        sum(getattr(en, f) for _, en in rows) for f in ("gpu_hours", "energy_kwh", "co2_kg")]
     table_rows.append(["<b>total</b>", "", *(f"<b>{t:.3f}</b>" for t in totals), ""])
-    parts.append(_table(["job", "nodes × GPUs", "GPU-hours", "energy (kWh)", "CO2 (kg)",
-                         "source"], table_rows))
+    parts.append(_table(["job", "nodes × GPUs", "job hours", "GPU-hours", "energy (kWh)",
+                         "CO2 (kg)", "source"], table_rows))
     parts.append(_img(figures.energy_bars([(s.name, en.gpu_hours, en.co2_kg) for s, en in rows]),
                       "GPU-hours and CO2"))
     parts.append(f'<p class="note">Estimates: GPUs &times; job time &times; '
@@ -191,7 +196,7 @@ def render_html(report: Report) -> str:
 
     if report.dataset:
         d = report.dataset
-        parts.append("<h2>Data</h2>" + _table(["", ""], [[e(k), f"<code>{e(_fmt(v))}</code>"]
+        parts.append("<h2>Data</h2>" + _table(["field", "value"], [[e(k), f"<code>{e(_fmt(v))}</code>"]
                                                           for k, v in d.items() if k != "classes"]))
     models = [s for s in report.steps if s.kind == "train" and s.status != "skipped"]
     if models:
