@@ -134,3 +134,38 @@ def test_a_second_run_hits_the_cache(first_run):
     assert re.search(r"ok\s+Clean up unfinished jobs \(\d+ s\)", again.stdout)  # never cached
     assert sorted((base / "outputs").glob("stage1-*/checkpoints/*")) == checkpoints
     assert "report: " in again.stdout
+
+
+@pytest.mark.slow
+def test_the_evaluate_step_scores_a_model_of_the_run(first_run, tmp_path, monkeypatch):
+    """The evaluate component's body on the run's Stage-2 model (retrieval, zero-shot): its
+    Metrics carry the job's headline numbers. Until the retrieval fine-tune exists the full
+    pipeline keeps this step off, so it is run here directly."""
+    from umt.train import STAGES
+
+    if not {"stage2", "eval-retrieval"} <= set(STAGES):
+        pytest.skip("needs the stage2 and eval-retrieval stages")
+    from kfp import dsl
+
+    from umt.pipeline import steps
+
+    _, base, run_dir = first_run
+    monkeypatch.setenv("UMT_JOB_BACKEND", "local")
+    monkeypatch.setenv("UMT_LOCAL_JOBS_DIR", str(tmp_path / "jobs"))
+    found = {**outputs(run_dir, "shard-videos"), **outputs(run_dir, "pretrain-stage2")}
+    model = dsl.Model(name="model", uri=found["model"]["uri"], metadata=found["model"]["metadata"])
+    data = dsl.Dataset(name="dataset", uri=found["dataset"]["uri"],
+                       metadata=found["dataset"]["metadata"])
+    metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics"))
+    confusion = dsl.ClassificationMetrics(name="confusion", uri=str(tmp_path / "confusion"))
+    job = dsl.Artifact(name="job", uri=str(tmp_path / "job"))
+    steps.evaluate("retrieval", model=model, dataset=data, model_size="tiny",
+                   output_prefix=str(tmp_path / "out"), nodes=2, gpus_per_node=0,
+                   node_pool="cpu", metrics=metrics, confusion=confusion, job=job)
+    assert {"t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "r_mean", "gpu_hours"} <= set(metrics.metadata)
+    assert 0 <= metrics.metadata["t2v_r1"] <= 100
+    saved = json.loads(Path(metrics.path).read_text())
+    assert saved["metrics"] == metrics.metadata
+    assert saved["model"] == found["model"]["metadata"]["checkpoint"]
+    assert yaml.safe_load(Path(job.path).read_text())["metadata"]["labels"]["umt/stage"] == \
+        "eval-retrieval"

@@ -90,27 +90,45 @@ def stage_schema(stage: str) -> type:
 
 
 def preset(stage: str, model_size: str) -> str:
-    """The preset of ``stage`` for ``model_size``; ValueError naming what exists."""
+    """The preset of ``stage`` for ``model_size``; ValueError naming what exists. (An
+    evaluation may read another stage's presets: ``PRESETS`` on its schema.)"""
     from umt.configs import list_presets
+    from umt.configs.loader import preset_source
 
     if model_size not in MODEL_SIZES:
         raise ValueError(f"model_size={model_size!r} is not one of {', '.join(MODEL_SIZES)}")
     name = MODEL_SIZES[model_size]
-    available = list_presets(stage)
+    source, _ = preset_source(stage_schema(stage), stage)
+    available = list_presets(source)
     if name not in available:
-        raise ValueError(f"model_size={model_size} needs the preset {stage}_{name}.yaml, which "
-                         f"does not exist (presets of {stage}: {', '.join(available) or 'none'})")
+        raise ValueError(f"model_size={model_size} needs the preset {source}_{name}.yaml, which "
+                         f"does not exist (presets of {source}: {', '.join(available) or 'none'})")
     return name
 
 
-def _data_fields(schema: type) -> set[str]:
-    """Field names of the schema's ``data`` section (from its default, not its annotation:
-    schemas use postponed annotations)."""
-    field_ = next((f for f in dataclasses.fields(schema) if f.name == "data"), None)
+def _section_fields(schema: type, section: str) -> set[str]:
+    """Field names of a section of a schema (from its default, not its annotation: schemas
+    use postponed annotations)."""
+    field_ = next((f for f in dataclasses.fields(schema) if f.name == section), None)
     if field_ is None or field_.default_factory is dataclasses.MISSING:
         return set()
-    data = field_.default_factory()
-    return {f.name for f in dataclasses.fields(data)} if dataclasses.is_dataclass(data) else set()
+    value = field_.default_factory()
+    return {f.name for f in dataclasses.fields(value)} if dataclasses.is_dataclass(value) else set()
+
+
+def _data_fields(schema: type) -> set[str]:
+    return _section_fields(schema, "data")
+
+
+def frames_key(stage: str, trains: bool = True) -> str:
+    """Where a stage sets its frames per clip: a training stage's ``model.num_frames``; an
+    evaluation's ``eval.num_frames`` when it samples its own clips (else its model's)."""
+    schema = stage_schema(stage)
+    for section in (("model", "eval") if trains else ("eval", "model")):
+        if "num_frames" in _section_fields(schema, section):
+            return f"{section}.num_frames"
+    raise ValueError(f"stage {stage} has no num_frames setting (model.num_frames or "
+                     "eval.num_frames); leave num_frames=0")
 
 
 def data_overrides(stage: str, data: str) -> list[str]:
@@ -174,7 +192,7 @@ def plan_step(stage: str, model_size: str, output_prefix: str, *, data: str, par
     if trains and batch_size:
         overrides.append(f"train.batch_size={int(batch_size)}")
     if num_frames:
-        overrides.append(f"model.num_frames={int(num_frames)}")
+        overrides.append(f"{frames_key(stage, trains)}={int(num_frames)}")
     overrides += list(extra) + data_overrides(stage, data)
     # Hash what the job would run with, with the parent's identity standing in for its
     # checkpoint (not known before it has trained) and a fixed output folder.

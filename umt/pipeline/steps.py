@@ -362,8 +362,12 @@ def evaluate(task: str, *, model: Any, dataset: Any, enabled: bool = True, eval_
     result, seconds = launch(step, parent["checkpoint"], nodes=nodes,
                              gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
                              s3_secret=s3_secret, job_yaml=job.path)
-    values = read_eval_metrics(step.output_dir)
-    matrix, names = values.get("confusion_matrix"), values.get("class_names")
+    full = read_eval_metrics(step.output_dir)
+    # The Metrics artifact gets the headline numbers of the job's summary (stable names such as
+    # top1, t2v_r1), or all numbers of metrics.json when it names none.
+    headline = read_summary(result, step.output_dir).get("metrics")
+    values = headline if isinstance(headline, dict) and headline else full
+    matrix, names = full.get("confusion_matrix"), full.get("class_names")
     numbers = _flat_numbers({k: v for k, v in values.items() if k != "confusion_matrix"})
     hours = _job_seconds(result, seconds) / 3600
     numbers.update(wall_hours=hours, gpu_hours=hours * nodes * gpus_per_node)
