@@ -250,7 +250,10 @@ class ClipLoader:
         if self._it is None:
             self._it = iter(self._loader)
         while True:
-            batch = next(self._it)  # training: endless, resampled shards never run out
+            try:
+                batch = next(self._it)  # training: endless, resampled shards never run out
+            except storage.StorageError as e:
+                raise storage.StorageError(_worker_message(str(e))) from None
             skipped = batch.pop("skipped", {})
             self.skip_reasons.update(skipped)
             self.num_skipped += sum(skipped.values())
@@ -264,6 +267,15 @@ class ClipLoader:
             batch["epoch"] = self.step // self.epoch_steps
         self.step += 1
         return batch
+
+
+def _worker_message(text: str) -> str:
+    """The original one-line message of an error re-raised from a DataLoader worker, whose
+    text DataLoader prefixes with the worker's whole traceback."""
+    marker = "StorageError: "
+    if "Original Traceback" in text and marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text
 
 
 TRAILER = "_skips_only"
