@@ -227,3 +227,29 @@ def test_a_permanently_failed_job_is_not_trained_again_by_a_retry(tmp_path):
         steps._check_failure_marker(str(tmp_path), "run-1")
     steps._check_failure_marker(str(tmp_path), "run-2")  # another run tries again
     steps._check_failure_marker(str(tmp_path), "")  # no run id: no memory of attempts
+
+
+def test_job_time_comes_from_the_jobs_conditions():
+    """From Created to Succeeded, so a retry that adopted a running job counts all of it."""
+    from datetime import datetime, timedelta, timezone
+
+    from umt.launch.status import JobStatus, set_condition
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    status = JobStatus.from_conditions("j", [])
+    conditions = set_condition([], "Created", "Created", "")
+    conditions = set_condition(conditions, "Succeeded", "Succeeded", "")
+    conditions[0].last_transition_time = t0
+    conditions[-1].last_transition_time = t0 + timedelta(hours=2)
+    status.conditions = conditions
+
+    class Result:
+        pass
+
+    result = Result()
+    result.status = status
+    assert steps._job_seconds(result, measured=5.0) == 7200.0
+    conditions[-1].last_transition_time = "2026-01-01T03:00:00Z"  # raw API strings too
+    assert steps._job_seconds(result, measured=5.0) == 10800.0
+    result.status = JobStatus.from_conditions("j", [])
+    assert steps._job_seconds(result, measured=5.0) == 5.0

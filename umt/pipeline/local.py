@@ -368,7 +368,7 @@ def print_results(run: LocalRun, out: Any = None) -> None:
     table = Table("step", "status", "time", "result", title="results")
     for rec in run.tasks.values():
         skipped = any(o["metadata"].get("skipped") is True for o in rec.outputs.values())
-        status = "ran (off)" if skipped and rec.status == "ran" else rec.status
+        status = "off" if skipped and rec.status == "ran" else rec.status
         table.add_row(rec.name, status, f"{rec.seconds:.0f} s" if rec.seconds else "",
                       result_of(rec))
     console.print(table)

@@ -180,10 +180,22 @@ def _job_seconds(result: Any, measured: float) -> float:
     """Job wall time from its conditions (Created -> Succeeded): right even when this launcher
     adopted a job an earlier attempt started. Falls back to what we measured."""
     conditions = getattr(getattr(result, "status", None), "conditions", None) or []
-    times = {c.type: c.last_transition_time for c in conditions if c.last_transition_time}
+    times = {}
+    for c in conditions:
+        when = c.last_transition_time
+        if isinstance(when, str):  # RFC 3339 from a raw API object
+            try:
+                when = datetime.fromisoformat(when.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+        if isinstance(when, datetime):
+            times[c.type] = when
     start, end = times.get("Created"), times.get("Succeeded")
-    if start and end and end > start:
-        return (end - start).total_seconds()
+    try:
+        if start and end and end > start:
+            return (end - start).total_seconds()
+    except TypeError:  # naive vs aware timestamps: trust our own clock
+        pass
     return measured
 
 
