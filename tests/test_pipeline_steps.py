@@ -127,7 +127,12 @@ def test_validate_plans_exactly_what_the_steps_will_run(videos, tmp_path, monkey
     assert "sentinel-secret-value-123" not in json.dumps(result)
 
 
-def test_validate_reports_every_problem_at_once(videos, tmp_path):
+def test_validate_reports_every_problem_at_once(videos, tmp_path, monkeypatch):
+    import umt.train
+
+    # An enabled step whose stage is not registered (as each downstream stage was until its
+    # issue landed) must fail here, by name.
+    monkeypatch.delitem(umt.train.STAGES, "finetune-action", raising=False)
     s = tiny(output_prefix=str(tmp_path), input_videos=str(tmp_path / "missing.csv"),
              node_pool="cpux", run_action=True, run_qa=True, nodes=0,
              stage1_overrides=["train.stepz=3"])
