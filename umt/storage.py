@@ -56,7 +56,8 @@ _clients_lock = threading.Lock()
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNKSIZE = 64 * 1024 * 1024
 # botocore's "standard" retries (exponential backoff, at most 20 s apart) ride out a restarting
-# MinIO or S3 throttling; after that the operation fails with a StorageError.
+# MinIO or S3 throttling; after that the operation fails with a StorageError. botocore reads
+# the legacy key max_attempts as retries: 10 means up to 11 attempts.
 S3_MAX_ATTEMPTS = 10
 
 
@@ -104,8 +105,9 @@ def s3_error(op: str, uri: str, err: BaseException) -> StorageError:
         elif code == "NoSuchBucket":
             hint = (f"check the bucket name, and that AWS_ENDPOINT_URL ({_endpoint()}) is the "
                     f"S3 service that holds it")
-        elif code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout") or                 (isinstance(status, int) and status >= 500):
-            hint = (f"the S3 service ({_endpoint()}) kept failing after {S3_MAX_ATTEMPTS} "
+        elif (code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout")
+              or (isinstance(status, int) and status >= 500)):
+            hint = (f"the S3 service ({_endpoint()}) kept failing after {S3_MAX_ATTEMPTS + 1} "
                     f"attempts; check its health and retry")
         else:
             hint = "check the URI, the credentials and AWS_ENDPOINT_URL"
@@ -118,8 +120,9 @@ def s3_error(op: str, uri: str, err: BaseException) -> StorageError:
         what, hint = f"ProfileNotFound ({cause})", "check AWS_PROFILE and ~/.aws/config"
     elif isinstance(cause, ConnectionError):  # endpoint down / unreachable / timeouts
         what = f"{type(cause).__name__} ({cause})"
-        hint = (f"cannot reach the S3 endpoint {_endpoint()} (tried {S3_MAX_ATTEMPTS} times): "
-                f"check AWS_ENDPOINT_URL and that the service is up and reachable from here")
+        hint = (f"cannot reach the S3 endpoint {_endpoint()} (tried {S3_MAX_ATTEMPTS + 1} "
+                f"times): check AWS_ENDPOINT_URL and that the service is up and reachable "
+                f"from here")
     else:
         what = f"{type(cause).__name__} ({cause})"
         hint = "check the URI, the credentials and AWS_ENDPOINT_URL"

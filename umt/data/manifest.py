@@ -10,6 +10,10 @@ label       no        class name, or a class index (when every label is a non-ne
 caption     no        one caption, or several: a JSON list in JSONL, a JSON list string in CSV
 start, end  no        clip range in seconds (float); ``end`` > ``start``
 id          no        your identifier, kept in the sample's ``.json``
+candidates  no        multiple choice: a JSON list of candidate captions (with ``answer``: the
+                      0-based index of the right one); see :mod:`umt.data.downstream`
+questions   no        video QA: a JSON list of ``{"question", "answer", "id", "type"}``; see
+                      :mod:`umt.data.downstream`
 ==========  ========  ==========================================================================
 
 A folder (or ``s3://`` prefix) is listed recursively; each video's label is its parent folder's
@@ -33,11 +37,12 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from umt import storage
+from umt.data.downstream import AnnotationError, manifest_fields
 
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv",
               ".3gp", ".ts", ".gif")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-COLUMNS = ("video", "label", "caption", "start", "end", "id")
+COLUMNS = ("video", "label", "caption", "start", "end", "id", "candidates", "answer", "questions")
 # Integer labels index a dense class list ("0", "1", ...): bound them, so that one row with
 # label 999999999999 cannot build a 10^12-entry list. Labels that are identifiers, not indices,
 # belong in the manifest as names (strings that are not all digits) or in a --classes file.
@@ -65,6 +70,9 @@ class Item:
     id: Optional[str] = None
     line: int = 0  # manifest line (1-based) for messages; 0 for folder listings
     where: str = ""  # "<manifest>: line N" (or "entry N" in a JSON list) for messages
+    # Downstream annotations (multiple-choice candidates + answer, QA questions), checked by
+    # umt.data.downstream and copied into the sample's .json.
+    extra: dict = field(default_factory=dict)
 
     @property
     def is_image(self) -> bool:
@@ -137,6 +145,10 @@ def _row_to_item(row: dict, index: int, line: int, base_dir: str, where: str) ->
         raise ManifestError(f"{where}: 'end' ({item.end}) must be greater than 'start' ({item.start or 0})")
     if row.get("id") not in (None, ""):
         item.id = str(row["id"])
+    try:
+        item.extra = manifest_fields(row)
+    except AnnotationError as e:
+        raise ManifestError(f"{where}: {e}") from None
     label = row.get("label")
     if label is not None and not isinstance(label, (str, int)) or isinstance(label, bool):
         raise ManifestError(f"{where}: 'label' must be a class name or index, got {label!r}")
@@ -295,7 +307,8 @@ def read_classes(uri: str, max_bytes: Optional[int] = DEFAULT_MAX_BYTES) -> list
         lines = list(range(1, len(names) + 1))
         where = "entry"
     else:
-        numbered = [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+        numbered = [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1)
+                    if line.strip()]
         names, lines, where = [n for _, n in numbered], [i for i, _ in numbered], "line"
     if not names:
         raise ManifestError(f"{uri}: class list must be non-empty")

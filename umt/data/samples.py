@@ -48,7 +48,8 @@ def media_of(sample: dict) -> tuple[str, bytes, str]:
     for ext in IMAGE_EXTS:
         if ext in sample:
             return ext, sample[ext], "image"
-    raise SampleError(f"no video or image file (has: {sorted(k for k in sample if not k.startswith('__'))})")
+    members = sorted(k for k in sample if not k.startswith("__"))
+    raise SampleError(f"no video or image file (has: {members})")
 
 
 def _number(meta: dict, name: str) -> Optional[float]:

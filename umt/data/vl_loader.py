@@ -15,8 +15,10 @@ As in the official multi-modality code:
   per media type; shards are drawn in proportion to their (media, caption) pairs.
 - **Epochs.** ``caption_sampling="all"``: every (media, caption) pair is one row of an epoch
   (officially each caption row is its own sample and its own VTC id); ``"random"``: one random
-  caption per media per visit. A media type contributes ``rows // (its batch x world size)``
-  batches per epoch (at least 1); ``cfg.epoch_steps`` rescales those counts to a total.
+  caption per media per visit; ``"paragraph"``: one row per media whose caption is all its
+  captions joined with " " (official paragraph retrieval). A media type contributes
+  ``rows // (its batch x world size)`` batches per epoch (at least 1); ``cfg.epoch_steps``
+  rescales those counts to a total.
 - **Interleaving** (the official MetaLoader): epoch ``e``'s order of video and image batches is
   a shuffle of ``["video"] * n_video + ["image"] * n_image`` seeded by
   ``derive_seed("vl-order", seed, e)``: every rank computes the same order, no broadcast.
@@ -181,6 +183,8 @@ def _rows(src: Iterator[dict], *, media: str, caption_sampling: str, source_of: 
         if caption_sampling == "all":
             for i in range(len(caps)):
                 yield dict(row, caption_idx=i)
+        elif caption_sampling == "paragraph":  # official is_paragraph_retrieval
+            yield dict(row, captions=[" ".join(caps)], caption_idx=0)
         else:
             yield dict(row, caption_idx=None)
 
@@ -278,7 +282,8 @@ class _SyntheticStream:
 
     def _render(self, index: int) -> tuple[np.ndarray, list[str]]:
         if self.media == "image":
-            frame, caption = synthetic.render_image(derive_seed("image", self.seed, index), self.img_size)
+            frame, caption = synthetic.render_image(derive_seed("image", self.seed, index),
+                                                    self.img_size)
             return frame, [caption]
         clip_seed = derive_seed("clip", self.seed, index)
         frames, label, _ = synthetic.render_clip(clip_seed, self.num_frames, self.img_size)
@@ -294,11 +299,15 @@ class _SyntheticStream:
             row = int(perm[(first + k) % self.rows])
             if self.cfg.caption_sampling == "all":
                 index, c = divmod(row, self.per_media)
+            elif self.cfg.caption_sampling == "paragraph":
+                index, c = row, 0
             else:  # one random caption per visit
                 index = row
                 c = int(np.random.default_rng(derive_seed("synthetic-caption", self.seed, epoch, row)
                                               ).integers(self.per_media))
             frames, caps = self._render(index)
+            if self.cfg.caption_sampling == "paragraph":
+                caps = [" ".join(caps)]
             videos.append(_normalize(_to_float(frames)))  # [3, T, S, S]; no augmentation
             captions.append(clean_caption(caps[c]))
             key = f"synthetic-{self.media}-{index:06d}"
