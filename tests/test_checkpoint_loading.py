@@ -148,3 +148,37 @@ def test_not_found_and_not_tensors(tmp_path):
         create_model("umt_vit_tiny_patch16_224", pretrained=str(tmp_path / "nope.pth"), **DIMS)
     with pytest.raises(CheckpointError, match="not a tensor"):
         create_model("umt_vit_tiny_patch16_224", pretrained=save(tmp_path / "x.pth", {"a": 1}), **DIMS)
+
+
+def test_official_multimodality_checkpoint_with_an_easydict_config_loads(tmp_path, monkeypatch):
+    """Official Stage-2 / retrieval / QA training checkpoints pickle their config as
+    ``utils.easydict.EasyDict``: it is read as data (an OrderedDict), the weights load."""
+    import sys
+    import types
+
+    utils, easydict = types.ModuleType("utils"), types.ModuleType("utils.easydict")
+
+    class EasyDict(dict):  # the official class's behaviour: items are also attributes
+        def __init__(self, d=None):
+            super().__init__(d or {})
+            for k, v in self.items():
+                setattr(self, k, v)
+
+        def __setattr__(self, k, v):
+            super().__setattr__(k, v)
+            self[k] = v
+
+    EasyDict.__module__, EasyDict.__qualname__ = "utils.easydict", "EasyDict"
+    easydict.EasyDict, utils.easydict = EasyDict, easydict
+    monkeypatch.setitem(sys.modules, "utils", utils)
+    monkeypatch.setitem(sys.modules, "utils.easydict", easydict)
+    path = tmp_path / "ckpt_best.pth"
+    torch.save({"model": finetuned_sd(), "config": EasyDict({"model": EasyDict({"embed_dim": 48}), "lr": 1e-4}),
+                "epoch": 9, "global_step": 1000}, path)
+    monkeypatch.delitem(sys.modules, "utils")
+    monkeypatch.delitem(sys.modules, "utils.easydict")
+    from umt.models.checkpoint import read_checkpoint
+
+    obj = read_checkpoint(str(path))
+    assert obj["config"]["model"]["embed_dim"] == 48 and obj["epoch"] == 9
+    create_model("umt_vit_tiny_patch16_224", pretrained=str(path), num_classes=5, **DIMS)

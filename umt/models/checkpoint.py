@@ -31,6 +31,7 @@ its own grid.
 from __future__ import annotations
 
 import argparse
+from collections import OrderedDict
 import io
 import logging
 from dataclasses import dataclass, field
@@ -57,11 +58,20 @@ class LoadReport:
     fresh: list[str] = field(default_factory=list)    # allow-listed model keys left at init
 
 
+# Classes a checkpoint may name besides tensors and containers: plain attribute bags only.
+# Official multi-modality training checkpoints pickle their ``config`` as
+# ``utils.easydict.EasyDict`` (a dict subclass whose items are also attributes): it is read as
+# an ``OrderedDict``, the one dict type torch's safe unpickler fills and gives attributes to.
+_SAFE_GLOBALS = [argparse.Namespace, (OrderedDict, "utils.easydict.EasyDict"),
+                 (OrderedDict, "easydict.EasyDict")]
+
+
 def read_checkpoint(uri: str) -> dict:
     """Load a checkpoint file without executing anything from it (``weights_only=True``).
 
-    ``argparse.Namespace`` is allowed because official training checkpoints store their
-    ``args`` with it; it is a plain attribute bag.
+    Besides tensors and containers, the official checkpoints' plain attribute bags are
+    allowed: ``argparse.Namespace`` (the video-only code's ``args``) and the multi-modality
+    code's ``EasyDict`` ``config`` (read as an ``OrderedDict``).
     """
     if uri.startswith("s3://"):
         from umt import storage
@@ -70,7 +80,7 @@ def read_checkpoint(uri: str) -> dict:
     else:
         f = uri
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
             return torch.load(f, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {uri}") from None
