@@ -126,7 +126,7 @@ class DataConfig:
 
 
 DECODERS = ("decord", "pyav")
-CAPTION_SAMPLING = ("all", "random")
+CAPTION_SAMPLING = ("all", "random", "paragraph")
 
 
 @dataclass
@@ -149,7 +149,9 @@ class VLDataConfig:
     video_batch_size: Optional[int] = None
     image_batch_size: Optional[int] = None
     # all: every (media, caption) pair is one sample of an epoch (official: each caption row
-    # is its own sample and VTC id); random: one random caption per media per visit.
+    # is its own sample and VTC id); random: one random caption per media per visit;
+    # paragraph: one row per media, its captions joined with " " (official paragraph
+    # retrieval fine-tuning: DiDeMo, ActivityNet).
     caption_sampling: str = "all"
     # Official Stage-2 augmentation: RandomResizedCrop(img_size, scale) bicubic + flip.
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])

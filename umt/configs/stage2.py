@@ -102,6 +102,9 @@ class VLLossConfig:
         choice("loss.vtc_gather_grad", self.vtc_gather_grad, ("official", "full"))
 
 
+MATCH_BY = ("video", "caption")
+
+
 @dataclass
 class RetrievalEvalConfig:
     """Zero-shot text-video retrieval (the official protocol; ``umt eval retrieval`` too)."""
@@ -116,10 +119,18 @@ class RetrievalEvalConfig:
     num_workers: int = 2
     decoder: str = "decord"
     max_videos: Optional[int] = None  # evaluate on the first N videos only (quick checks)
+    # Ground truth of a text: "video" (the video it describes; each caption its own query, as
+    # MSRVTT) or "caption" (every video with the same cleaned caption; each distinct caption
+    # one query: the official has_multi_vision_gt of SSv2-label / class-level captions).
+    match_by: str = "video"
+    # All captions of a video joined with " " into one query (official paragraph retrieval:
+    # DiDeMo, ActivityNet).
+    paragraph: bool = False
 
     def __post_init__(self):
         for key in ("num_frames", "img_size", "max_txt_len", "batch_size", "itm_batch_size"):
             at_least(f"eval.{key}", getattr(self, key), 1)
+        choice("eval.match_by", self.match_by, MATCH_BY)
         at_least("eval.k", self.k, 0)
         at_least("eval.num_workers", self.num_workers, 0)
         at_least("eval.max_videos", self.max_videos, 1, optional=True)

@@ -18,9 +18,10 @@ evaluation jobs load it with :func:`load` and never list buckets themselves. Exa
       "failures": [{"index": 17, "source": "s3://raw/k400/x.mp4", "reason": "truncated: ..."}]
     }
 
-``media`` (samples per media type) and ``num_captions`` (captions over all samples: the
-(media, caption) pairs of a Stage-2 epoch) are summaries written since umt 0.1 by ``umt
-shard``, also per shard; files without them stay valid (the Stage-2 loader then looks at the
+``media`` (samples per media type), ``num_captions`` (captions over all samples: the
+(media, caption) pairs of a Stage-2 epoch) and ``num_questions`` (video QA questions over all
+samples: the rows of a QA epoch) are summaries written by ``umt shard``, also per shard; files
+without them stay valid (the Stage-2 loader then looks at the
 first sample and assumes one caption per sample).
 
 Shard ``uri`` values are relative to the folder holding dataset.json (so a dataset can be copied
@@ -52,6 +53,7 @@ class ShardInfo:
     sha256: str = ""
     num_captions: Optional[int] = None  # None: not recorded (older files)
     media: dict[str, int] = field(default_factory=dict)  # {"video": n, "image": m}
+    num_questions: Optional[int] = None  # video QA questions (None: not recorded)
 
 
 @dataclass
@@ -71,6 +73,7 @@ class DatasetInfo:
     failures: list[Failure] = field(default_factory=list)
     media: dict[str, int] = field(default_factory=dict)
     num_captions: Optional[int] = None
+    num_questions: Optional[int] = None
     source: dict[str, Any] = field(default_factory=dict)
     transcode: dict[str, Any] = field(default_factory=dict)
     created_by: str = ""
@@ -160,7 +163,8 @@ def from_dict(d: Any, location: str = "") -> DatasetInfo:
             raise DatasetJsonError(f"{w}: num_samples and num_bytes must be >= 0")
         shards.append(ShardInfo(uri=uri, num_samples=n, num_bytes=b, sha256=str(s.get("sha256", "")),
                                 num_captions=_count(s, "num_captions", w),
-                                media=_media_counts(s, w)))
+                                media=_media_counts(s, w),
+                                num_questions=_count(s, "num_questions", w)))
     classes = d.get("classes", [])
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise DatasetJsonError(f"{where}: 'classes' must be a list of strings")
@@ -173,6 +177,7 @@ def from_dict(d: Any, location: str = "") -> DatasetInfo:
     info = DatasetInfo(
         shards=shards, classes=classes, media=_media_counts(d, where),
         num_captions=_count(d, "num_captions", where),
+        num_questions=_count(d, "num_questions", where),
         num_samples=int(d.get("num_samples", sum(s.num_samples for s in shards))),
         num_bytes=int(d.get("num_bytes", sum(s.num_bytes for s in shards))),
         num_failed=int(d.get("num_failed", len(failures))), failures=failures,

@@ -8,6 +8,7 @@ captions, in the official protocol of the multi-modality code.
         # {"media": "video" | "image", "video": float [B, 3, T, H, W] (T = 1 for images),
         #  "key": list[str], "captions": list[list[str]] (clean_caption'ed, every caption of
         #  each video, [] when it has none), "index": long [B] (position in the dataset),
+        #  "meta": list[dict] (each sample's parsed .json: MC candidates, QA questions...),
         #  "step": int}
     loader.num_skipped, loader.skip_reasons  # unreadable videos (not in any batch)
 
@@ -80,14 +81,14 @@ def _retrieval_sample(sample: dict, *, media: str, decoder, num_frames: int, img
         return _skip(skips, sample, e)
     skips.ok()
     return {"video": video, "key": sample.get("__key__", "?"), "captions": captions,
-            "index": sample["__index__"]}
+            "index": sample["__index__"], "meta": meta}
 
 
 def _collate(samples: list[dict], *, media: str, skips: _Skips) -> dict:
     return {"media": media, "video": torch.stack([s["video"] for s in samples]),
             "key": [s["key"] for s in samples], "captions": [s["captions"] for s in samples],
             "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
-            "skipped": dict(skips.take())}
+            "meta": [s["meta"] for s in samples], "skipped": dict(skips.take())}
 
 
 def build_retrieval_loader(source: str, *, batch_size: int, num_frames: int, img_size: int,

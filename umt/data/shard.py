@@ -144,6 +144,7 @@ def process_item(item: Item, settings: TranscodeSettings, classes: list[str]) ->
             meta["label_name"] = classes[item.label]
     if item.captions:
         meta["captions"] = item.captions
+    meta.update(item.extra)  # multiple-choice candidates / QA questions (umt.data.downstream)
     return {"ok": True, "key": key, "ext": ext, "media": media, "meta": meta}
 
 
@@ -271,6 +272,7 @@ class _OpenShard:
     failures: list[dict] = field(default_factory=list)
     media: dict[str, int] = field(default_factory=dict)  # samples per media type
     num_captions: int = 0
+    num_questions: int = 0  # video QA questions (umt.data.downstream)
 
 
 def _fingerprint(manifest: Manifest, settings: TranscodeSettings, samples_per_shard, shard_bytes) -> str:
@@ -347,6 +349,7 @@ class _ShardSink:
                  "sha256": _sha256_file(shard.tmp_path), "first_index": shard.first_index,
                  "next_index": next_index, "keys": shard.keys, "failures": shard.failures,
                  "media": shard.media, "num_captions": shard.num_captions,
+                 "num_questions": shard.num_questions,
                  "fingerprint": self.fingerprint, "created_by": f"umt {umt.__version__}"}
         if self.remote:
             # At most MAX_PENDING_UPLOADS shards waiting (bounds local disk use when the network
@@ -531,6 +534,7 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
                 kind = result["meta"].get("media", "video")
                 shard.media[kind] = shard.media.get(kind, 0) + 1
                 shard.num_captions += len(result["meta"].get("captions") or [])
+                shard.num_questions += len(result["meta"].get("questions") or [])
                 shard.num_bytes += sum(len(v) for k, v in sample.items() if k != "__key__")
                 if ((samples_per_shard and len(shard.keys) >= samples_per_shard)
                         or (shard_bytes and shard.num_bytes >= shard_bytes)):
@@ -562,7 +566,8 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
     info = dataset_json.DatasetInfo(
         shards=[dataset_json.ShardInfo(uri=s["shard"], num_samples=s["num_samples"],
                                        num_bytes=s["num_bytes"], sha256=s["sha256"],
-                                       num_captions=s.get("num_captions"), media=s.get("media", {}))
+                                       num_captions=s.get("num_captions"), media=s.get("media", {}),
+                                       num_questions=s.get("num_questions"))
                 for s in all_stats],
         classes=manifest.classes, failures=[dataset_json.Failure(**f) for f in failures],
         num_failed=len(failures),
@@ -572,6 +577,8 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
     info.num_samples = sum(s.num_samples for s in info.shards)
     info.num_bytes = sum(s.num_bytes for s in info.shards)
     # Summaries for the Stage-2 loader; unknown when a resumed shard's stats predate them.
+    if all(s.num_questions is not None for s in info.shards):
+        info.num_questions = sum(s.num_questions for s in info.shards)
     if all(s.num_captions is not None for s in info.shards):
         info.num_captions = sum(s.num_captions for s in info.shards)
         for s in info.shards:

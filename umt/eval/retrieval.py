@@ -42,11 +42,41 @@ class RetrievalSet:
     text_feat: torch.Tensor         # [X, E]
     text_hidden: torch.Tensor       # [X, L, W] output of the text-only layers
     text_mask: torch.Tensor         # [X, L]
-    text_to_video: list[int]        # [X] the video of each caption
+    text_to_video: list             # [X] the video of each caption (or its videos: a list)
 
 
 def _gather_parts(parts: dict[str, Any], info: distributed.DistInfo) -> list[dict[str, Any]]:
     return distributed.gather_objects(parts, info) if info.world_size > 1 else [parts]
+
+
+def query_texts(captions: list[list[str]], keys: list[str], match_by: str = "video",
+                paragraph: bool = False) -> tuple[list[str], list]:
+    """The text queries of a set and the ground truth of each: ``(texts, text_to_video)``.
+
+    ``captions[v]``: the cleaned captions of video ``v``. ``paragraph``: one query per video,
+    its captions joined with " " (official paragraph retrieval). ``match_by="video"``: every
+    caption is its own query, its ground truth the video (an int); ``"caption"``: each distinct
+    text once, its ground truth every video that has it (a list; official
+    ``has_multi_vision_gt``).
+    """
+    from umt.data.captions import clean_caption
+
+    texts, text_to_video = [], []
+    for v, caps in enumerate(captions):
+        if not caps:
+            raise ValueError(f"video {keys[v]} has no caption: every evaluation video needs one")
+        for text in ([clean_caption(" ".join(caps))] if paragraph else caps):
+            texts.append(text)
+            text_to_video.append(v)
+    if match_by == "video":
+        return texts, text_to_video
+    if match_by != "caption":
+        raise ValueError(f"match_by={match_by!r}: choose 'video' or 'caption'")
+    videos: dict[str, list[int]] = {}
+    for text, v in zip(texts, text_to_video):
+        if v not in videos.setdefault(text, []):
+            videos[text].append(v)
+    return list(videos), list(videos.values())
 
 
 @torch.no_grad()
@@ -83,12 +113,8 @@ def encode_set(model, batches, tokenizer, cfg, *, device: torch.device, precisio
     video_feat = torch.cat([p["vfeat"] for p in gathered])[order]
     video_tokens = torch.cat([p["vtok"] for p in gathered])[order]
     keys = [all_keys[i] for i in order]
-    texts, text_to_video = [], []
-    for v, i in enumerate(order):
-        if not all_caps[i]:
-            raise ValueError(f"video {all_keys[i]} has no caption: every evaluation video needs one")
-        texts += all_caps[i]
-        text_to_video += [v] * len(all_caps[i])
+    texts, text_to_video = query_texts([all_caps[i] for i in order], keys,
+                                       getattr(cfg, "match_by", "video"), getattr(cfg, "paragraph", False))
     # Every rank encodes all captions (cheap next to the videos) in the same order.
     tfeat, thid, tmask = [], [], []
     for s in range(0, len(texts), cfg.batch_size * 4):
@@ -186,6 +212,8 @@ def run_retrieval(model, source: str, tokenizer, cfg, *, dist: distributed.DistI
             "protocol": {"frames": cfg.num_frames, "sampling": "middle of T equal segments",
                          "resolution": cfg.img_size, "resize": "square, bicubic, no crop",
                          "max_txt_len": cfg.max_txt_len, "k": cfg.k,
+                         "match_by": getattr(cfg, "match_by", "video"),
+                         "paragraph": getattr(cfg, "paragraph", False),
                          "similarity": "mean over frames of per-frame cosine, no temperature",
                          "rerank": "ITM positive logit replaces the similarity on the top k of "
                                    "each row, each direction separately; -100 below",

@@ -2,7 +2,7 @@
 
 ``umt_vit_{tiny,small,base,large}_patch16_224`` build the backbone/classifier,
 ``umt_pretrain_vit_{...}_patch16_224`` the Stage-1 student, ``umt_vl_{...}_patch16_224`` the
-Stage-2 vision-language model. Every name is also registered in timm's registry, so
+Stage-2 vision-language model, ``umt_qa_{...}_patch16_224`` the video QA model. Every name is also registered in timm's registry, so
 ``timm.create_model('umt_vit_base_patch16_224', num_classes=400)`` works.
 """
 
@@ -83,15 +83,41 @@ def _build_vl(size: str, pretrained, **kwargs) -> nn.Module:
     return model
 
 
+def _build_qa(size: str, pretrained, **kwargs) -> nn.Module:
+    """The video QA model (``umt.models.qa``): from a Stage-2 checkpoint (the official decoder
+    initialisation), a QA checkpoint (ours or official), or BERT's weights without one."""
+    from umt.models.qa import VideoQAModel, load_qa_state_dict, read_qa_state_dict
+
+    for k in _TIMM_KWARGS + ("teacher_dim", "align_layers", "proj_dim", "temp"):
+        kwargs.pop(k, None)  # Stage-2 arguments the QA model has no use for
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    text, fusion = VL_TEXT[size]
+    kwargs.setdefault("text_encoder", text)
+    kwargs.setdefault("fusion_layer", fusion)
+    if pretrained is True:
+        raise ValueError("pretrained=True needs a checkpoint: pass its path or s3:// URI instead")
+    sd = kind = None
+    if isinstance(pretrained, str) and pretrained:
+        sd, kind = read_qa_state_dict(pretrained)
+        kwargs.setdefault("load_text_weights", False)
+    model = VideoQAModel(**{**{k: SIZES[size][k] for k in ("embed_dim", "depth", "num_heads")}, **kwargs})
+    if sd is not None:
+        load_qa_state_dict(model, sd, kind, pretrained)
+    return model
+
+
 def _register(name: str, cls, size: str) -> None:
-    """``cls``: a model class, or ``"vl"`` for the Stage-2 model (imported lazily)."""
+    """``cls``: a model class, or ``"vl"`` / ``"qa"`` for the Stage-2 / video QA model
+    (imported lazily)."""
     def entrypoint(pretrained=False, **kwargs):
         if cls == "vl":
             return _build_vl(size, pretrained, **kwargs)
+        if cls == "qa":
+            return _build_qa(size, pretrained, **kwargs)
         return _build(cls, size, pretrained, **kwargs)
 
     entrypoint.__name__ = name
-    label = "VisionLanguageModel" if cls == "vl" else cls.__name__
+    label = {"vl": "VisionLanguageModel", "qa": "VideoQAModel"}.get(cls) or cls.__name__
     entrypoint.__doc__ = f"{label}, {size} size ({SIZES[size]})."
     entrypoint.__module__ = __name__
     _ENTRYPOINTS[name] = register_model(entrypoint)
@@ -101,6 +127,7 @@ for _size in SIZES:
     _register(f"umt_vit_{_size}_patch16_224", VisionTransformer, _size)
     _register(f"umt_pretrain_vit_{_size}_patch16_224", PretrainVisionTransformer, _size)
     _register(f"umt_vl_{_size}_patch16_224", "vl", _size)
+    _register(f"umt_qa_{_size}_patch16_224", "qa", _size)
 
 
 def list_models() -> list[str]:

@@ -124,16 +124,21 @@ def _new_attention(config, cross_width: Optional[int]) -> BertAttention:
 
 
 def _attend(attn: BertAttention, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
-            context: Optional[torch.Tensor] = None) -> torch.Tensor:
+            context: Optional[torch.Tensor] = None,
+            context_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Run a ``BertAttention`` (residual + LayerNorm included): ``x [B, L, W]`` -> ``[B, L, W]``.
 
-    ``mask``: additive ``[B, 1, 1, L]`` for self-attention. ``context [B, N, C]``: cross-attend to
-    it, every context token visible (the official encoder attention mask is all ones). Every
-    transformers version returns a tuple whose first element is the output.
+    ``mask``: additive ``[B, 1, 1, L]`` (or ``[B, 1, L, L]``, e.g. causal) for self-attention.
+    ``context [B, N, C]``: cross-attend to it, every context token visible (the official
+    encoder attention mask of video tokens is all ones) unless ``context_mask`` (additive
+    ``[B, 1, 1, N]``: the QA answer decoder attends the question under its padding mask).
+    Every transformers version returns a tuple whose first element is the output.
     """
     if context is None:
         return attn(x, attention_mask=mask)[0]
-    return attn(x, encoder_hidden_states=context)[0]
+    if context_mask is None:
+        return attn(x, encoder_hidden_states=context)[0]
+    return attn(x, encoder_hidden_states=context, encoder_attention_mask=context_mask)[0]
 
 
 class BertFusionLayer(nn.Module):
@@ -151,14 +156,15 @@ class BertFusionLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor,
-                context: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``x [B, L, W]``, additive ``mask [B,1,1,L]``, ``context [B, N, C]`` -> ``[B, L, W]``."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, context: Optional[torch.Tensor] = None,
+                context_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x [B, L, W]``, additive ``mask [B,1,1,L]``, ``context [B, N, C]`` (additive
+        ``context_mask [B,1,1,N]``, default all visible) -> ``[B, L, W]``."""
         x = _attend(self.attention, x, mask)
         if hasattr(self, "crossattention"):
             if context is None:
                 raise ValueError("a fusion layer needs the video tokens (context)")
-            x = _attend(self.crossattention, x, context=context)
+            x = _attend(self.crossattention, x, context=context, context_mask=context_mask)
         return self.output(self.intermediate(x), x)
 
 

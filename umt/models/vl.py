@@ -43,7 +43,7 @@ class VLOutput:
     """What ``VisionLanguageModel.forward`` returns (``M``: VTM rows kept, ``P``: MLM positions)."""
 
     video_tokens: torch.Tensor            # [B, N_vis, D]  visible tokens after the final norm
-    video_feat: torch.Tensor              # [B, E]         L2-normalised pooled video feature
+    video_feat: torch.Tensor              # [B, E] (or [B, T', E] per frame) L2-normalised pooled video feature
     text_hidden: torch.Tensor             # [B, L, W]      output of the text-only layers
     text_feat: torch.Tensor               # [B, E]         L2-normalised [CLS] feature
     temp: torch.Tensor                    # []             the clamped temperature (fp32)
@@ -118,17 +118,24 @@ class VisionLanguageModel(nn.Module):
         return max(1, video.shape[2] // self.vision_encoder.encoder.patch_embed.proj.kernel_size[0])
 
     def forward_vision(self, video: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                       visible_idx: Optional[torch.Tensor] = None, align: bool = True):
+                       visible_idx: Optional[torch.Tensor] = None, align: bool = True,
+                       per_frame: bool = False):
         """The training vision pass: one encoder run on the visible tokens.
 
         ``video [B,3,T,H,W]`` (T=1: images), ``mask`` bool ``[B, N]`` (True = masked) or its
         ``visible_idx [B, N_vis]``. Returns ``(tokens [B, N_vis, D], feat [B, E] L2-normalised,
         uta [K, B, N_vis, C_teacher] unit vectors or None without align)``. The feature is
         ``vision_proj(pool_norm(mean of the visible tokens))``: one vector per clip, as the
-        official training (which pools per frame only for tube masks or no mask).
+        official Stage-2 training (which pools per frame only for tube masks or no mask).
+        ``per_frame`` (official ``keep_temporal``, retrieval fine-tuning: no mask): one
+        feature per frame, ``feat [B, T', E]``.
         """
         tokens, uta = self.vision_encoder.forward_visible(video, mask, visible_idx, align=align)
-        return tokens, self._video_feat(self.vision_encoder.pool(tokens)), uta
+        if per_frame and (mask is not None or visible_idx is not None):
+            raise ValueError("per_frame features need every token (no mask), as the official "
+                             "keep_temporal, which a mask switches off")
+        frames = self.frames_of(video) if per_frame else None
+        return tokens, self._video_feat(self.vision_encoder.pool(tokens, frames)), uta
 
     def encode_video(self, video: torch.Tensor, mask: Optional[torch.Tensor] = None,
                      per_frame: bool = False):
@@ -202,7 +209,7 @@ class VisionLanguageModel(nn.Module):
                 visible_idx: Optional[torch.Tensor] = None, *, uta: bool = True, vtm: bool = True,
                 mlm_input_ids: Optional[torch.Tensor] = None,
                 mlm_labels: Optional[torch.Tensor] = None, negatives=None,
-                generator: Optional[torch.Generator] = None) -> VLOutput:
+                generator: Optional[torch.Generator] = None, per_frame: bool = False) -> VLOutput:
         """Everything the four Stage-2 losses need, from one masked vision pass.
 
         ``video [B,3,T,H,W]``, ``input_ids``/``attention_mask [B, L]``, ``idx [B]`` (sample ids:
@@ -211,11 +218,15 @@ class VisionLanguageModel(nn.Module):
         ``mlm_input_ids``/``mlm_labels`` (``umt.losses.mlm_mask``) are given. VTM negatives are
         drawn from the local batch by ``umt.losses.sample_hard_negatives`` (``generator``), or
         given as ``negatives`` (``HardNegatives``). ``temp`` is clamped first, as officially.
+        ``per_frame`` (retrieval fine-tuning, no mask): ``video_feat`` is ``[B, T', E]`` and the
+        VTC similarity / hard-negative weights are means of per-frame cosines (official
+        ``keep_temporal``).
         """
         from umt import losses  # here, not at import: umt.losses imports umt.models
 
         temp = self.clamp_temp_()
-        tokens, video_feat, uta_out = self.forward_vision(video, mask, visible_idx, align=uta)
+        tokens, video_feat, uta_out = self.forward_vision(video, mask, visible_idx, align=uta,
+                                                          per_frame=per_frame)
         text_hidden, text_feat = self.encode_text(input_ids, attention_mask)
         out = VLOutput(tokens, video_feat, text_hidden, text_feat, temp, uta=uta_out)
         if vtm:

@@ -11,6 +11,10 @@ STAGES: dict[str, str] = {
     "stage1": "umt.train.stage1",
     "stage2": "umt.train.stage2",
     "eval-retrieval": "umt.eval.retrieval_job",
+    "finetune-retrieval": "umt.train.finetune_retrieval",
+    "eval-mc": "umt.eval.mc_job",
+    "finetune-qa": "umt.train.finetune_qa",
+    "eval-qa": "umt.eval.qa_job",
 }
 
 

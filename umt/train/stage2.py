@@ -52,11 +52,12 @@ def needs_teacher(cfg: Stage2Config) -> bool:
     return cfg.loss.uta > 0 or "attention" in (cfg.mask.video_type, cfg.mask.image_type)
 
 
-def _freeze_unused(model: nn.Module, cfg: Stage2Config) -> int:
+def freeze_unused(model: nn.Module, w) -> int:
     """A loss whose weight is 0 runs nothing; the parameters only it uses are frozen, so DDP
     (which wants a gradient for every trained parameter) and the optimizer leave them out.
-    They stay in the checkpoint, in the official layout. Returns the number frozen."""
-    w, text = cfg.loss, model.text_encoder
+    They stay in the checkpoint, in the official layout. ``w``: the loss weights (``vtc``,
+    ``vtm``, ``mlm``, ``uta`` attributes). Returns the number frozen."""
+    text = model.text_encoder
     unused: list[nn.Module | nn.Parameter] = []
     if w.uta == 0:
         unused.append(model.vision_encoder.clip_decoder)
@@ -90,7 +91,7 @@ def build_models(cfg: Stage2Config, device: torch.device) -> Models:
         check_token_grid(model.vision_encoder.encoder.patch_embed.grid, m.tubelet_size, teacher,
                          cfg.teacher.input_resolution)
     model.set_grad_checkpointing(m.grad_checkpointing)
-    _freeze_unused(model, cfg)
+    freeze_unused(model, cfg.loss)
     frozen = {"teacher": teacher.to(device)} if teacher is not None else {}
     return Models(model=model, frozen=frozen, extras={"tokenizer": load_tokenizer(m.text_encoder)})
 
@@ -144,6 +145,15 @@ def _mlm_inputs(ctx: Context, ids: torch.Tensor, step: int) -> tuple[torch.Tenso
     return masked[rows].to(ctx.device), labels[rows].to(ctx.device)
 
 
+def gathered_vtc(out, idx: torch.Tensor, gather_grad: str) -> torch.Tensor:
+    """VTC over the batch of all ranks (features and ids all-gathered; ``gather_grad``:
+    ``loss.vtc_gather_grad``, 'official' or 'full')."""
+    full = gather_grad == "full"
+    return vtc_loss(all_gather_with_grad(out.video_feat, sum_grads=full),
+                    all_gather_with_grad(out.text_feat, sum_grads=full),
+                    all_gather_with_grad(idx), out.temp)
+
+
 def forward_loss(ctx: Context, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
     cfg, w = ctx.cfg, ctx.cfg.loss
     media = batch["media"]
@@ -169,10 +179,7 @@ def forward_loss(ctx: Context, batch: dict, step: int) -> tuple[torch.Tensor, di
                         vtm=w.vtm > 0, mlm_input_ids=mlm_ids, mlm_labels=mlm_labels, generator=gen)
         terms: dict[str, torch.Tensor] = {}
         if w.vtc > 0:
-            full = cfg.loss.vtc_gather_grad == "full"
-            terms["vtc"] = vtc_loss(all_gather_with_grad(out.video_feat, sum_grads=full),
-                                    all_gather_with_grad(out.text_feat, sum_grads=full),
-                                    all_gather_with_grad(idx), out.temp)
+            terms["vtc"] = gathered_vtc(out, idx, cfg.loss.vtc_gather_grad)
         if w.vtm > 0:
             terms["vtm"] = vtm_loss(out.vtm_logits)
         if w.mlm > 0:

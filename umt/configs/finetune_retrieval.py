@@ -1,0 +1,85 @@
+"""Retrieval fine-tuning config schema (``umt train finetune-retrieval``).
+
+Defaults are the official UMT-B/16 MSRVTT recipe (``multi_modality/exp/finetuning/ret_msrvtt/
+b16_25m.py``): from a Stage-2 checkpoint, 12 frames ('rand' in training, 'middle' at test),
+VTC + VTM (no MLM, no UTA, no teacher, no masking: per-frame features), drop path 0.2, AdamW
+lr 1e-5 as given (no batch scaling, no layer decay) betas (0.9, 0.999) wd 0.02, cosine to
+0.01 x lr after a warmup from 0.01 x lr; evaluation with ITM re-ranking of the top 128.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from umt.configs.checks import at_least, choice
+from umt.configs.schema import OptimConfig, VLDataConfig
+from umt.configs.stage2 import MATCH_BY, RetrievalEvalConfig, Stage2Train, VLModelConfig
+
+
+@dataclass
+class RetrievalDataConfig(VLDataConfig):
+    """Training pairs (``umt.data.vl_loader``) and what makes two rows positives of VTC/VTM."""
+
+    # video: the captions of one video are positives of each other (official retrieval
+    # fine-tuning: idx = the video); caption: every row with the same cleaned caption, whatever
+    # its video (official has_multi_vision_gt: SSv2-label / template, class-level captions).
+    match_by: str = "video"
+
+    def __post_init__(self):
+        super().__post_init__()
+        choice("data.match_by", self.match_by, MATCH_BY)
+
+
+@dataclass
+class RetrievalLossConfig:
+    vtc: float = 1.0
+    vtm: float = 1.0
+    # As loss.vtc_gather_grad of Stage 2: official (each rank's own rows) or full (exact).
+    vtc_gather_grad: str = "official"
+
+    def __post_init__(self):
+        at_least("loss.vtc", self.vtc, 0.0)
+        at_least("loss.vtm", self.vtm, 0.0)
+        if not (self.vtc > 0 or self.vtm > 0):
+            raise ValueError("loss.vtc and loss.vtm are both 0: set at least one > 0")
+        choice("loss.vtc_gather_grad", self.vtc_gather_grad, ("official", "full"))
+
+
+def _model() -> VLModelConfig:
+    return VLModelConfig(num_frames=12, drop_path_rate=0.2, grad_checkpointing=True)
+
+
+def _optim() -> OptimConfig:
+    # Official: lr * max(0.01, warmup | cosine): warmup from and cosine down to 0.01 x lr.
+    return OptimConfig(base_lr=1e-5, min_lr=1e-7, warmup_lr=1e-7, weight_decay=0.02,
+                       betas=[0.9, 0.999], lr_scaling="none")
+
+
+def _eval() -> RetrievalEvalConfig:
+    return RetrievalEvalConfig(num_frames=12)
+
+
+@dataclass
+class FinetuneRetrievalTrain(Stage2Train):
+    output_dir: str = "runs/finetune-retrieval"
+
+
+@dataclass
+class FinetuneRetrievalConfig:
+    model: VLModelConfig = field(default_factory=_model)
+    data: RetrievalDataConfig = field(default_factory=RetrievalDataConfig)
+    optim: OptimConfig = field(default_factory=_optim)
+    train: FinetuneRetrievalTrain = field(default_factory=FinetuneRetrievalTrain)
+    loss: RetrievalLossConfig = field(default_factory=RetrievalLossConfig)
+    # The evaluation during training (eval.source; also the best checkpoint by
+    # train.best_metric). It runs the trained model, so its frames and resolution are the
+    # model's: eval.num_frames / eval.img_size follow model.num_frames / model.img_size.
+    eval: RetrievalEvalConfig = field(default_factory=_eval)
+
+    def __post_init__(self):
+        self.eval.num_frames, self.eval.img_size = self.model.num_frames, self.model.img_size
+        if self.eval.source and self.train.eval_every is None:
+            self.train.eval_every = 0  # a held-out set is evaluated at least at the end
+        if self.train.best_metric and self.eval.source is None:
+            raise ValueError(f"train.best_metric={self.train.best_metric!r} needs an evaluation "
+                             f"set: set eval.source to a held-out dataset.json")

@@ -1,0 +1,202 @@
+"""``umt eval mc``: multiple-choice video-to-text (MSRVTT-MC) with a retrieval model.
+
+    umt eval mc --config b16 --model s3://b/runs/ret-msrvtt-b16/checkpoints/step_00007000.pt \\
+        --data s3://b/msrvtt-mc/dataset.json --output s3://b/evals/msrvtt-mc
+    torchrun --nproc-per-node 8 -m umt.eval.mc_job --config b16 model.pretrained=... \\
+        data.source=... train.output_dir=...
+
+As the official ``multi_modality/tasks/retrieval_mc.py``: every video once (frames at the
+middle of T segments, square bicubic resize), every token and per-frame features; each of its
+candidate captions (the sample's ``candidates``, docs/downstream.md) scored
+``0.7 * softmax(ITM logits)[match] + 0.3 * softmax over the candidates of (mean over frames of
+the cosine / temp)`` with the model's learned ``temp`` (``umt.eval.multiple_choice_scores``);
+the prediction is the best-scored candidate, the metric the accuracy against ``answer``. A
+sample without candidates or answer fails the evaluation with its key. Writes ``metrics.json``,
+``predictions.jsonl`` (one line per video), ``summary.json`` and ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from umt.configs.checks import at_least, choice, in_range
+from umt.configs.loader import load_config
+from umt.configs.schema import DECODERS
+from umt.configs.stage2 import VLModelConfig
+from umt.eval.job import EvalRunConfig, run_evaluation
+from umt.eval.retrieval_job import EvalData, build_model
+
+
+@dataclass
+class MCEvalConfig:
+    num_frames: Optional[int] = None  # None: the model's (official: 12, 'middle' sampling)
+    img_size: Optional[int] = None  # None: the model's
+    max_txt_len: int = 32
+    itm_weight: float = 0.7  # official 0.7 ITM + 0.3 contrastive
+    batch_size: int = 16
+    num_workers: int = 2
+    decoder: str = "decord"
+    max_videos: Optional[int] = None
+
+    def __post_init__(self):
+        for key in ("num_frames", "img_size"):
+            at_least(f"eval.{key}", getattr(self, key), 1, optional=True)
+        for key in ("max_txt_len", "batch_size"):
+            at_least(f"eval.{key}", getattr(self, key), 1)
+        in_range("eval.itm_weight", self.itm_weight, 0.0, 1.0)
+        at_least("eval.num_workers", self.num_workers, 0)
+        at_least("eval.max_videos", self.max_videos, 1, optional=True)
+        choice("eval.decoder", self.decoder, DECODERS)
+
+
+@dataclass
+class EvalMCConfig:
+    # --config tiny|b16|l16 takes the model section of the finetune-retrieval preset.
+    PRESETS = ("finetune-retrieval", ("model",))
+
+    model: VLModelConfig = field(default_factory=VLModelConfig)
+    data: EvalData = field(default_factory=EvalData)
+    eval: MCEvalConfig = field(default_factory=MCEvalConfig)
+    train: EvalRunConfig = field(default_factory=lambda: EvalRunConfig(output_dir="runs/eval-mc"))
+
+    def __post_init__(self):
+        if not self.model.pretrained:
+            raise ValueError("model.pretrained (umt eval mc --model) is required: the retrieval "
+                             "fine-tuned (or Stage-2) checkpoint to evaluate")
+        self.eval.num_frames = self.eval.num_frames or self.model.num_frames
+        self.eval.img_size = self.eval.img_size or self.model.img_size
+
+
+CONFIG_SCHEMA = EvalMCConfig
+
+
+@torch.no_grad()
+def score_videos(model, batch: dict, tokenizer, cfg, device, precision: str) -> tuple[list[dict], list[str]]:
+    """Score the candidates of every video of one retrieval-loader batch; returns
+    ``(rows, problems)``: one row per usable video, one message per unusable one."""
+    from umt.data.captions import clean_caption
+    from umt.data.downstream import AnnotationError, parse_answer_index, parse_candidates
+    from umt.eval.metrics import multiple_choice_scores
+    from umt.models.text import tokenize
+    from umt.train.common import autocast
+
+    usable, problems = [], []
+    for b, meta in enumerate(batch["meta"]):
+        try:
+            if meta.get("candidates") is None:
+                raise AnnotationError("no 'candidates' (a multiple-choice sample needs them)")
+            cands = parse_candidates(meta["candidates"])
+            answer = parse_answer_index(meta.get("answer"), len(cands))
+            usable.append((b, cands, answer))
+        except AnnotationError as e:
+            problems.append(f"{batch['key'][b]}: {e}")
+    if not usable:
+        return [], problems
+    video = batch["video"][[b for b, *_ in usable]].to(device)
+    texts = [clean_caption(c) for _, cands, _ in usable for c in cands]
+    owner = torch.tensor([i for i, (_, cands, _) in enumerate(usable) for _ in cands], device=device)
+    ids, att = tokenize(tokenizer, texts, cfg.max_txt_len, device)
+    with autocast(device, precision):
+        tokens, vfeat = model.encode_video(video, per_frame=True)        # [V, N, D], [V, T, E]
+        hidden, tfeat = model.encode_text(ids, att)                      # [X, L, W], [X, E]
+        itm = model.itm_logits(tokens[owner], hidden, att).float()       # [X, 2]
+    # Mean over frames of the per-frame cosine of each (video, own candidate) pair (the
+    # diagonal of umt.losses.similarity; both sides are unit vectors per frame).
+    cos = torch.einsum("xtd,xd->xt", vfeat[owner].float(), tfeat.float()).mean(1)  # [X]
+    temp = float(model.temp.detach().clamp(0.001, 0.5))
+    rows, start = [], 0
+    for i, (b, cands, answer) in enumerate(usable):
+        k = len(cands)
+        s = multiple_choice_scores(itm[start:start + k][None].cpu(), cos[start:start + k][None].cpu(),
+                                   temp, itm_weight=cfg.itm_weight)[0]
+        start += k
+        pred = int(np.argmax(s))
+        rows.append({"index": int(batch["index"][b]), "key": batch["key"][b],
+                     "id": batch["meta"][b].get("id"), "candidates": cands, "answer": answer,
+                     "prediction": pred, "scores": [round(float(x), 6) for x in s],
+                     # a tie with the right candidate counts as wrong (pessimistic)
+                     "correct": bool(s[answer] > max(np.delete(s, answer)))})
+    return rows, problems
+
+
+def run_mc(model, source: str, tokenizer, cfg, *, dist, precision: str = "fp32") -> tuple[dict, list[dict]]:
+    """The whole protocol on ``source``; ``(metrics.json content, predictions)`` on every rank."""
+    from umt.data.retrieval_loader import build_retrieval_loader
+    from umt.train import distributed
+
+    model.eval()
+    loader = build_retrieval_loader(source, batch_size=cfg.batch_size, num_frames=cfg.num_frames,
+                                    img_size=cfg.img_size, rank=dist.rank,
+                                    world_size=dist.world_size, decoder=cfg.decoder,
+                                    num_workers=cfg.num_workers)
+    rows, problems = [], []
+    for batch in loader:
+        r, p = score_videos(model, batch, tokenizer, cfg, dist.device, precision)
+        rows += r
+        problems += p
+
+    def gather(x):
+        return [y for part in (distributed.gather_objects(x, dist) if dist.world_size > 1 else [x])
+                for y in part]
+
+    problems = gather(problems)
+    if problems:
+        raise ValueError(f"{len(problems)} multiple-choice samples cannot be scored (each needs "
+                         f"'candidates' and 'answer', docs/downstream.md), e.g. {problems[:3]}")
+    rows = sorted(gather(rows), key=lambda r: r["index"])
+    if len({r["index"] for r in rows}) != len(rows):
+        raise RuntimeError("a video was read twice by the evaluation loader")
+    if cfg.max_videos:
+        rows = rows[:cfg.max_videos]
+    if not rows:
+        raise ValueError(f"{source}: no readable multiple-choice video")
+    sizes = sorted({len(r["candidates"]) for r in rows})
+    correct = sum(r["correct"] for r in rows)
+    skipped = int(distributed.sum_over_ranks(getattr(loader, "num_skipped", 0), dist))
+    result = {"task": "mc", "source": source, "accuracy": 100.0 * correct / len(rows),
+              "num_questions": len(rows), "num_correct": correct,
+              "num_candidates": sizes[0] if len(sizes) == 1 else sizes,
+              "chance": 100.0 * float(np.mean([1 / len(r["candidates"]) for r in rows])),
+              "samples_skipped": skipped, "temp": float(model.temp.detach().clamp(0.001, 0.5)),
+              "protocol": {"frames": cfg.num_frames, "sampling": "middle of T equal segments",
+                           "resolution": cfg.img_size, "resize": "square, bicubic, no crop",
+                           "max_txt_len": cfg.max_txt_len, "itm_weight": cfg.itm_weight,
+                           "score": f"{cfg.itm_weight} x softmax(ITM)[match] + "
+                                    f"{1 - cfg.itm_weight:g} x softmax over candidates of "
+                                    f"(mean over frames of cosine / temp)",
+                           "ties": "a tie with the right candidate counts as wrong",
+                           "max_videos": cfg.max_videos}}
+    return result, [{k: v for k, v in r.items() if k != "index"} for r in rows]
+
+
+def _body(cfg: EvalMCConfig, dist) -> dict:
+    from umt import storage
+
+    model, tokenizer = build_model(cfg, dist.device)
+    result, predictions = run_mc(model, cfg.data.source, tokenizer, cfg.eval, dist=dist,
+                                 precision=cfg.train.precision)
+    result["predictions_uri"] = storage.join(cfg.train.output_dir, "predictions.jsonl")
+    if dist.is_main:
+        storage.write_bytes(result["predictions_uri"], "".join(
+            json.dumps(p, ensure_ascii=False) + "\n" for p in predictions).encode())
+    return result
+
+
+def headline(result: dict) -> dict:
+    return {"accuracy": result["accuracy"], "num_questions": result["num_questions"]}
+
+
+def main(config: Optional[str] = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    cfg = load_config(EvalMCConfig, "eval-mc", config, overrides)
+    return run_evaluation("mc", cfg, _body, headline)
+
+
+if __name__ == "__main__":
+    from umt.train.entry import run_stage_module
+
+    run_stage_module("eval-mc")
