@@ -72,6 +72,23 @@ def test_images_run_as_non_root_uid_1000_like_the_pods(dockerfile):
     assert re.findall(r"^USER (.+)$", text, flags=re.M)[-1] == "${UMT_UID}:${UMT_UID}"
 
 
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_base_images_are_pinned_to_an_exact_tag_or_digest(dockerfile):
+    """Issue 12 §5: a rebuild never silently moves to another base (no latest, no bare name,
+    no floating major-only tag such as python:3)."""
+    from umt.launch.values import IMAGE
+
+    args = dockerfile_args(dockerfile)
+    bases = re.findall(r"^FROM\s+(?:--platform=\S+\s+)?(\S+)", dockerfile.read_text(), flags=re.M)
+    assert bases
+    for base in bases:
+        image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
+        m = IMAGE.match(image)
+        assert m, image
+        tag = m.group("tag") or ""
+        assert m.group("digest") or (tag != "latest" and re.search(r"\d+\.\d+", tag)), image
+
+
 def test_every_runtime_dependency_is_pinned_within_pyproject_ranges():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     locked = pins()
