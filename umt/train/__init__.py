@@ -15,6 +15,8 @@ STAGES: dict[str, str] = {
     "eval-mc": "umt.eval.mc_job",
     "finetune-qa": "umt.train.finetune_qa",
     "eval-qa": "umt.eval.qa_job",
+    "finetune-action": "umt.train.finetune_action",
+    "eval-action": "umt.eval.action_job",
 }
 
 

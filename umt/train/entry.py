@@ -8,8 +8,9 @@ It lives here, not in ``umt.cli``, so that a training process imports only the t
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
@@ -18,6 +19,20 @@ from umt.train import STAGES
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Preset name (e.g. tiny, b16, l16) or a YAML file.")
 OverridesArg = typer.Argument(None, help="Overrides as key=value, e.g. train.steps=100 optim.base_lr=1e-4.")
+
+# Options of an evaluation beyond --config/--model/--data/--output. Each only sets a config key,
+# so torchrun and a PyTorchJob pass the same thing as key=value.
+# stage -> [(parameter, flag, config key, default, help)]
+EVAL_FLAGS: dict[str, list[tuple[str, str, str, Any, str]]] = {
+    "eval-action": [
+        ("zero_shot", "--zero-shot", "eval.zero_shot", False,
+         "Zero-shot classification with a Stage-2 checkpoint (class names through prompt "
+         "templates; no classifier head)."),
+        ("classes", "--classes", "eval.classes", None,
+         "With --zero-shot: classes.txt of the names to prompt with, one per line in label "
+         "order (default: dataset.json's classes)."),
+    ],
+}
 
 
 def stage_command(stage: str) -> Callable[..., None]:
@@ -51,10 +66,21 @@ def eval_command(stage: str) -> Callable[..., None]:
                 model: str = typer.Option(..., "--model", "-m", help="Checkpoint to evaluate (path or s3:// URI)."),
                 data: str = typer.Option(..., "--data", "-d", help="dataset.json of the evaluation set."),
                 output: str = typer.Option(..., "--output", "-o", help="Folder or s3:// prefix for metrics.json."),
-                overrides: Optional[List[str]] = OverridesArg):
+                overrides: Optional[List[str]] = OverridesArg, **flags):
+        chosen = [f"{key}={'true' if flags[name] is True else flags[name]}"
+                  for name, _, key, _, _ in extra if flags.get(name) not in (None, False)]
         train_like(config, [f"model.pretrained={model}", f"data.source={data}",
-                            f"train.output_dir={output}", *(overrides or [])])
+                            f"train.output_dir={output}", *chosen, *(overrides or [])])
 
+    extra = EVAL_FLAGS.get(stage, [])
+    if extra:  # typer reads the options from the signature
+        sig = inspect.signature(command)
+        fixed = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+        command.__signature__ = sig.replace(parameters=fixed + [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                              default=typer.Option(default, flag, help=text),
+                              annotation=bool if isinstance(default, bool) else Optional[str])
+            for name, flag, _, default, text in extra])
     command.__doc__ = (f"Evaluate a checkpoint ({STAGES[stage]}): writes metrics.json, "
                        f"summary.json and config.yaml to --output.")
     return command
