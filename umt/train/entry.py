@@ -73,14 +73,15 @@ def eval_command(stage: str) -> Callable[..., None]:
                             f"train.output_dir={output}", *chosen, *(overrides or [])])
 
     extra = EVAL_FLAGS.get(stage, [])
-    if extra:  # typer reads the options from the signature
-        sig = inspect.signature(command)
-        fixed = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
-        command.__signature__ = sig.replace(parameters=fixed + [
-            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
-                              default=typer.Option(default, flag, help=text),
-                              annotation=bool if isinstance(default, bool) else Optional[str])
-            for name, flag, _, default, text in extra])
+    # typer reads the options from the signature; **flags itself must never reach it (typer
+    # would take it for a required argument), also for evaluations without extra flags
+    sig = inspect.signature(command)
+    fixed = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+    command.__signature__ = sig.replace(parameters=fixed + [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                          default=typer.Option(default, flag, help=text),
+                          annotation=bool if isinstance(default, bool) else Optional[str])
+        for name, flag, _, default, text in extra])
     command.__doc__ = (f"Evaluate a checkpoint ({STAGES[stage]}): writes metrics.json, "
                        f"summary.json and config.yaml to --output.")
     return command
