@@ -29,7 +29,6 @@ Stage hooks (``ctx`` is the :class:`Context` below):
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -119,6 +118,28 @@ def _check_shapes(model: nn.Module, state: dict[str, torch.Tensor], uri: str) ->
         if unexpected:
             lines.append(f"  not in the model: {unexpected[:10]}")
         raise ValueError("\n".join(lines))
+
+
+def apply_gradients(model: nn.Module, optimizer: torch.optim.Optimizer,
+                    clip_grad: Optional[float]) -> tuple[torch.Tensor, bool]:
+    """The update after the backward pass(es): global gradient norm (clipped to ``clip_grad``
+    when set), the optimizer step when the norm is finite, gradients cleared.
+
+    Returns ``(grad_norm, finite)``. DDP has averaged the gradients, so every rank sees the same
+    norm and takes the same decision; a NaN/inf loss on any rank makes it non-finite. One host
+    sync per step (the finite check). Without clipping only the norm is computed: clipping to
+    infinity would multiply every gradient by 1, a wasted pass over all of them.
+    """
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if clip_grad:
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    else:
+        grad_norm = torch.nn.utils.get_total_norm(grads)
+    finite = bool(torch.isfinite(grad_norm))
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, finite
 
 
 def _restore(state: dict, ctx: Context, optimizer, start: int) -> None:
@@ -252,14 +273,8 @@ def _train(stage: Stage, cfg: Any, dist: distributed.DistInfo, device: torch.dev
                 loss, metrics = stage.forward_loss(ctx, batch, step)
                 (loss / tc.accum_steps).backward()
             meter.add({"loss": loss, **metrics})
-        # DDP has averaged the gradients, so every rank sees the same norm and takes the same
-        # decision; a NaN/inf loss on any rank makes it non-finite. One host sync per step.
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.optim.clip_grad or math.inf)
-        finite = bool(torch.isfinite(grad_norm))
+        grad_norm, finite = apply_gradients(raw, optimizer, cfg.optim.clip_grad)
         guard.update(finite, step + 1)
-        if finite:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
         scheduler.step_update(step + 1)
         steps_since += 1
         bar.update(1)
