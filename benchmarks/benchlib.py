@@ -101,15 +101,20 @@ def _git_commit() -> Optional[str]:
         return None
 
 
-def time_steps(step: Callable[[], Any], n: int, device: torch.device) -> list[float]:
-    """Wall seconds of ``n`` consecutive calls (the device is synchronised around each)."""
+def time_steps(step: Callable[[], Any], n: int, device: torch.device,
+               cpu: Optional[list[float]] = None) -> list[float]:
+    """Wall seconds of ``n`` consecutive calls (the device is synchronised around each); with
+    ``cpu``, this process's CPU seconds of each call are appended to it (on a shared CPU
+    machine they vary less with the other jobs' load than wall time does)."""
     out = []
     for _ in range(n):
         sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         sync(device)
         out.append(time.perf_counter() - t0)
+        if cpu is not None:
+            cpu.append(time.process_time() - c0)
     return out
 
 

@@ -23,7 +23,10 @@ Stage hooks (``ctx`` is the :class:`Context` below):
   ``ctx.micro`` is the micro-batch index within the step.
 * optional ``param_groups(cfg, model) -> groups`` (default: weight decay on matrices only),
   ``evaluate(ctx, step) -> metrics`` (every ``train.eval_every`` steps and at the end; with
-  ``train.best_metric`` the best checkpoint is kept too), ``summary(ctx) -> dict``.
+  ``train.best_metric`` the best checkpoint is kept too), ``summary(ctx) -> dict``,
+  ``flops(ctx, batch) -> float``: model FLOPs of one micro-batch on this rank
+  (``umt.train.flops``); with it ``metrics.jsonl`` gets ``tflops`` (achieved per device) and
+  ``mfu`` (of the GPU's dense bf16 peak; null on CPUs and unknown devices).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from umt.configs import to_yaml
 from umt.seeds import derive_seed
 from umt.train import checkpoint, distributed
 from umt.train.common import NonFiniteGuard, RunFiles, finite_or_none, log, setup_logging
+from umt.train.flops import peak_tflops, throughput
 from umt.train.lease import RunLease
 from umt.train.optim import build_optimizer, build_scheduler, param_groups, scaled_lrs
 
@@ -64,6 +68,7 @@ class Stage:
     param_groups: Optional[Callable[[Any, nn.Module], list[dict]]] = None
     evaluate: Optional[Callable[["Context", int], dict[str, float]]] = None
     summary: Optional[Callable[["Context"], dict[str, Any]]] = None
+    flops: Optional[Callable[["Context", dict], float]] = None
 
 
 @dataclass
@@ -255,7 +260,9 @@ def _train(stage: Stage, cfg: Any, dist: distributed.DistInfo, device: torch.dev
     last_logged: dict[str, Any] = {}
     eval_metrics: dict[str, Any] = {}
     best: Optional[dict[str, Any]] = writer.best_info() if start else None
-    t_last, steps_since, wait_s = time.perf_counter(), 0, 0.0
+    t_last, steps_since, wait_s, flops_since = time.perf_counter(), 0, 0.0, 0.0
+    if stage.flops is not None:
+        log.info("MFU against a dense bf16 peak of %s TFLOP/s (%s)", peak_tflops(device), device)
     ctx.model.train()
     bar = tqdm(total=tc.steps, initial=start, disable=not dist.is_main, desc=stage.name, unit="step")
     for step in range(start, end):
@@ -266,6 +273,8 @@ def _train(stage: Stage, cfg: Any, dist: distributed.DistInfo, device: torch.dev
             t0 = time.perf_counter()
             batch = next(loader)
             wait_s += time.perf_counter() - t0
+            if stage.flops is not None:
+                flops_since += stage.flops(ctx, batch)
             last = micro == tc.accum_steps - 1
             # DDP averages gradients at the last micro-batch only.
             sync = ctx.model.no_sync() if (dist.world_size > 1 and not last) else contextlib.nullcontext()
@@ -293,14 +302,17 @@ def _train(stage: Stage, cfg: Any, dist: distributed.DistInfo, device: torch.dev
                       # corrupt samples the loaders of all ranks skipped so far
                       "samples_skipped": int(distributed.sum_over_ranks(
                           getattr(loader, "num_skipped", 0), dist))}
+            if stage.flops is not None:
+                record.update(throughput(flops_since, elapsed, device))
             files.log_metrics(record)
             last_logged = record
             if record["loss"] is not None:
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-            log.info("step %d/%d loss %s lr %.3e %.1f clips/s %.3f s/step", done, tc.steps,
+            log.info("step %d/%d loss %s lr %.3e %.1f clips/s %.3f s/step%s", done, tc.steps,
                      "nan" if record["loss"] is None else f"{record['loss']:.4f}", record["lr"],
-                     record["clips_per_s"], record["step_time_s"])
-            t_last, steps_since, wait_s = time.perf_counter(), 0, 0.0
+                     record["clips_per_s"], record["step_time_s"],
+                     f" mfu {record['mfu']:.1%}" if record.get("mfu") is not None else "")
+            t_last, steps_since, wait_s, flops_since = time.perf_counter(), 0, 0.0, 0.0
 
         evaluate_now = stage.evaluate is not None and tc.eval_every is not None and (
             done == end or (tc.eval_every > 0 and done % tc.eval_every == 0))

@@ -25,6 +25,7 @@ from umt.masking import make_mask, visible_count
 from umt.models import CLIPTeacher, create_model
 from umt.models.pretrain import gather_tokens, visible_indices
 from umt.train.common import autocast
+from umt.train.flops import stage1_flops_per_clip
 from umt.train.loop import Context, Models, Stage, train
 
 CONFIG_SCHEMA = Stage1Config
@@ -93,8 +94,20 @@ def forward_loss(ctx: Context, batch: dict, step: int) -> tuple[torch.Tensor, di
     return loss, {}
 
 
+def flops(ctx: Context, batch: dict) -> float:
+    """Model FLOPs of one micro-batch (teacher forward, student forward + backward on the
+    visible tokens; ``umt.train.flops``), for the loop's ``tflops`` / ``mfu``."""
+    b, _, t, h, _ = batch["video"].shape
+    key = ("flops_per_clip", t, h)
+    if key not in ctx.state:
+        grid = ctx.raw.encoder.patch_embed.grid
+        n_vis = visible_count(ctx.cfg.mask.type, ctx.cfg.mask.ratio, grid[0], grid[1] * grid[2])
+        ctx.state[key] = stage1_flops_per_clip(ctx.raw, ctx.frozen["teacher"], t, n_vis)
+    return ctx.state[key] * b
+
+
 STAGE = Stage(name="stage1", build_models=build_models, build_loader=build_loader,
-              forward_loss=forward_loss)
+              forward_loss=forward_loss, flops=flops)
 
 
 def main(config: Optional[str] = None, overrides: Sequence[str] = ()) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from umt.models.text import load_tokenizer, tokenize
 from umt.seeds import derive_seed
 from umt.train.common import autocast
 from umt.train.distributed import all_gather_with_grad
+from umt.train.flops import stage2_flops_per_sample
 from umt.train.loop import Context, Models, Stage, train
 from umt.train.optim import param_groups as default_param_groups
 from umt.train.stage1 import build_teacher, check_token_grid
@@ -203,10 +204,29 @@ def evaluate(ctx: Context, step: int) -> dict[str, float]:
                               dist=ctx.dist, precision=ctx.cfg.train.precision)
 
 
+def flops(ctx: Context, batch: dict) -> float:
+    """Model FLOPs of one micro-batch (``umt.train.flops``; MLM positions counted as
+    ``loss.mlm_prob`` x the padded caption length), for the loop's ``tflops`` / ``mfu``."""
+    video, media = batch["video"], batch["media"]
+    key = ("flops_per_sample", media, video.shape[2])
+    if key not in ctx.state:
+        cfg, w = ctx.cfg, ctx.cfg.loss
+        grid = ctx.raw.vision_encoder.encoder.patch_embed.grid
+        kind, ratio = ((cfg.mask.video_type, cfg.mask.video_ratio) if media == "video"
+                       else (cfg.mask.image_type, cfg.mask.image_ratio))
+        t = ctx.raw.frames_of(video)
+        n_vis = visible_count(kind, ratio, t, grid[1] * grid[2])
+        teacher = ctx.frozen.get("teacher")
+        ctx.state[key] = stage2_flops_per_sample(
+            ctx.raw, teacher, video.shape[2], n_vis, cfg.data.max_txt_len, vtm=w.vtm > 0,
+            mlm=w.mlm > 0, mlm_prob=w.mlm_prob, uta=w.uta > 0)
+    return ctx.state[key] * video.shape[0]
+
+
 def _stage(cfg: Stage2Config) -> Stage:
     return Stage(name="stage2", build_models=build_models, build_loader=build_loader,
                  forward_loss=forward_loss, param_groups=param_groups,
-                 evaluate=evaluate if cfg.eval.source else None)
+                 evaluate=evaluate if cfg.eval.source else None, flops=flops)
 
 
 def main(config: Optional[str] = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
