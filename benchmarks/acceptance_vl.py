@@ -9,7 +9,7 @@ is one of 16, and only the frame order tells the four orders apart. The check:
 
 1. writes disjoint training and held-out sets (different seeds; ``umt.data.synthetic_tasks``)
    and shards them with ``umt shard``'s ``shard_dataset``: captions for retrieval, a colour and
-   a direction question (single-token answers) per video for QA, plus ``answer_list.json``;
+   a direction question (single-token answers) per video for QA (``answer_list.json`` beside);
 2. trains a tiny Stage-2 model (``umt.train.stage2.main("tiny")``, synthetic captioned clips
    and images, random tiny CLIP teacher) -- or none with ``--stage2-steps 0`` (from scratch);
 3. retrieval: ``finetune-retrieval`` (tiny preset, ``data.match_by=caption``) from it, then
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,7 +43,7 @@ def _timed(fn):
 
 def make_data(workdir: Path, task: str, train_videos: int, test_videos: int) -> tuple[str, str]:
     """Training and held-out sets of ``task`` (seeds 0 and 1), sharded; dataset.json paths.
-    QA: the answer list is copied next to each dataset.json (where the QA jobs look for it)."""
+    QA: ``umt shard`` puts the answer list next to each dataset.json (where the QA jobs look)."""
     from umt.data.shard import shard_dataset
     from umt.data.synthetic_tasks import write_task_dataset
 
@@ -54,9 +53,8 @@ def make_data(workdir: Path, task: str, train_videos: int, test_videos: int) -> 
         if not (shards / "dataset.json").exists():
             manifest = write_task_dataset(str(workdir / f"{task}-{name}"), n, task, num_frames=16,
                                           size=64, seed=seed)
+            # QA: umt shard copies the manifest's answer_list.json beside dataset.json
             shard_dataset(manifest, str(shards), samples_per_shard=32, workers=2, progress=False)
-            if task == "qa":
-                shutil.copy(workdir / f"{task}-{name}" / "answer_list.json", shards / "answer_list.json")
         out.append(str(shards / "dataset.json"))
     return out[0], out[1]
 
@@ -69,6 +67,8 @@ def main(argv=None) -> int:
     p.add_argument("--train-videos", type=int, default=256)
     p.add_argument("--test-videos", type=int, default=64)
     p.add_argument("--stage2-steps", type=int, default=60, help="tiny Stage-2 steps (0: from scratch)")
+    p.add_argument("--stage2-checkpoint", default=None,
+                   help="start from this Stage-2 checkpoint instead of training one")
     p.add_argument("--retrieval-steps", type=int, default=None, help="default: the tiny preset's")
     p.add_argument("--qa-steps", type=int, default=None, help="default: the tiny preset's")
     p.add_argument("--min-r1", type=float, default=60.0)
@@ -77,6 +77,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="result file (default: <workdir>/result.json)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--stage2-override", nargs="*", default=["model.text_pool=mean"],
+                   help="tiny Stage-2 key=value (default: mean-pooled MiniLM text feature, as the "
+                        "fine-tune presets)")
     p.add_argument("--retrieval-override", nargs="*", default=[], help="extra finetune-retrieval key=value")
     p.add_argument("--qa-override", nargs="*", default=[], help="extra finetune-qa key=value")
     args = p.parse_args(argv)
@@ -96,17 +99,19 @@ def main(argv=None) -> int:
         data[task], wall, cpu = _timed(lambda t=task: make_data(work, t, args.train_videos, args.test_videos))
         timings[f"data_{task}"] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
 
-    pretrained = None
-    if args.stage2_steps > 0:
+    pretrained = args.stage2_checkpoint
+    if pretrained is None and args.stage2_steps > 0:
         from umt.train.stage2 import main as stage2
 
         out = work / f"stage2-{args.stage2_steps}-s{args.seed}"
         s2, wall, cpu = _timed(lambda: stage2("tiny", [
             f"train.output_dir={out}", f"train.steps={args.stage2_steps}",
-            f"train.ckpt_every={args.stage2_steps}", f"train.seed={args.seed}", "train.log_every=10"]))
+            f"train.ckpt_every={args.stage2_steps}", f"train.seed={args.seed}", "train.log_every=10",
+            *args.stage2_override]))
         pretrained = s2["checkpoint"]
         timings["stage2"] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "steps": args.stage2_steps}
-    result["start"] = f"tiny Stage-2, {args.stage2_steps} steps" if pretrained else "from scratch"
+    result["start"] = (f"Stage-2 checkpoint {pretrained}" if args.stage2_checkpoint else
+                       f"tiny Stage-2, {args.stage2_steps} steps" if pretrained else "from scratch")
     start = [f"model.pretrained={pretrained}"] if pretrained else []
     ok = True
 

@@ -82,6 +82,9 @@ def test_shard_carries_questions_and_candidates_and_counts_questions(qa_mc_video
     _, qa, mc = qa_mc_videos
     info = shard_dataset(qa, str(tmp_path / "qa"), samples_per_shard=3, workers=1, progress=False)
     assert info.num_questions == 8 and [s.num_questions for s in info.shards] == [6, 2]
+    # the manifest's answer_list.json travels with the shards (where the QA jobs look for it)
+    assert downstream.load_answer_list(str(tmp_path / "qa" / "answer_list.json")) == \
+        synthetic_tasks.answer_list()
     again = dataset_json.load(info.location)
     assert again.num_questions == 8
     import tarfile
@@ -95,7 +98,7 @@ def test_shard_carries_questions_and_candidates_and_counts_questions(qa_mc_video
         meta = json.loads(tf.extractfile([m for m in tf.getmembers() if m.name.endswith(".json")][0]).read())
     assert len(meta["candidates"]) == 5 and meta["answer"] in range(5)
     assert meta["candidates"][meta["answer"]].endswith(" square moving left to right")  # video 0
-    assert info.num_questions == 0
+    assert info.num_questions == 0 and not (tmp_path / "mc" / "answer_list.json").exists()
 
 
 # ----------------------------------------------------------------------------- retrieval queries

@@ -65,6 +65,30 @@ def test_per_frame_features_and_match_ids(stage2_ckpt):
     assert by_caption[0] == by_caption[2] != by_caption[1]
 
 
+def test_mean_text_pooling_tells_minilm_captions_apart():
+    """MiniLM's [CLS] output is the same vector for every caption (it is a mean-pooling
+    sentence encoder), so the tiny presets pool the text feature over the tokens."""
+    import torch.nn.functional as F
+
+    from umt.models.text import load_tokenizer, tokenize
+
+    caps = ["a blue square moving left to right", "a yellow square moving right to left in jumps"]
+    ids, att = tokenize(load_tokenizer(MINILM), caps, 16)
+    torch.manual_seed(0)
+    cls = create_model("umt_vl_tiny_patch16_224", num_frames=4, **TINY).eval()
+    mean = create_model("umt_vl_tiny_patch16_224", num_frames=4, text_pool="mean", **TINY).eval()
+    mean.load_state_dict(cls.state_dict())
+    with torch.no_grad():
+        hidden, f_cls = cls.encode_text(ids, att)
+        _, f_mean = mean.encode_text(ids, att)
+    assert F.cosine_similarity(hidden[0, 0], hidden[1, 0], dim=0) > 0.9999
+    assert float(f_mean[0] @ f_mean[1]) < float(f_cls[0] @ f_cls[1]) - 0.01
+    pooled = (hidden * att[..., None]).sum(1) / att.sum(1, keepdim=True)
+    torch.testing.assert_close(f_mean, F.normalize(mean.text_proj(pooled), dim=-1))
+    with pytest.raises(ValueError, match="text_pool"):
+        create_model("umt_vl_tiny_patch16_224", num_frames=4, text_pool="max", **TINY)
+
+
 def test_official_optimizer_settings_and_groups(stage2_ckpt):
     from umt.configs.finetune_retrieval import FinetuneRetrievalConfig
     from umt.configs.loader import load_config

@@ -41,6 +41,11 @@ class VLModelConfig:
     proj_dim: Optional[int] = None  # shared embedding; None = the size's default (512 B, 768 L)
     temp: float = 0.07
     text_dropout: Optional[float] = None  # BERT's dropout; None: the text encoder's config (0.1)
+    # The text feature of VTC / retrieval: cls (official: the [CLS] output of the text-only
+    # layers) or mean (their masked mean; for mean-pooling sentence encoders such as the tiny
+    # preset's MiniLM, whose [CLS] output is the same for every sentence). Not stored in
+    # checkpoints: evaluate with the setting the model was trained with.
+    text_pool: str = "cls"
     grad_checkpointing: bool = True  # non-reentrant, ViT blocks and BERT layers (official: on)
     # A Stage-1 checkpoint (ours or official: initialises the video encoder; the text side
     # comes from text_encoder) or a Stage-2 one (everything). None: random video encoder.
@@ -54,6 +59,7 @@ class VLModelConfig:
         in_range("model.drop_path_rate", self.drop_path_rate, 0.0, 1.0, high_open=True)
         in_range("model.temp", self.temp, 0.001, 0.5)
         in_range("model.text_dropout", self.text_dropout, 0.0, 1.0, high_open=True, optional=True)
+        choice("model.text_pool", self.text_pool, ("cls", "mean"))
         if not self.text_encoder:
             raise ValueError("model.text_encoder must name a BERT model (hub id or directory)")
 

@@ -22,7 +22,9 @@ One sample per video carries all its questions, so a video is stored once howeve
 questions it has.
 
 The answer list (``answer_list.json``: a JSON list of distinct answer strings) is the global
-candidate set of QA inference (official ``answer_list``).
+candidate set of QA inference (official ``answer_list``). ``umt shard`` copies an
+``answer_list.json`` found next to the manifest beside the ``dataset.json`` it writes (after
+checking it), where the QA jobs look for it by default.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ MAX_CANDIDATES = 1024
 MAX_QUESTIONS = 100_000  # per video
 MAX_TEXT = 4096  # characters of one question / answer / candidate
 MAX_ANSWER_LIST_BYTES = 64 << 20
+ANSWER_LIST = "answer_list.json"
 
 
 class AnnotationError(ValueError):
@@ -178,4 +181,17 @@ def default_answer_list(dataset: Optional[str]) -> Optional[str]:
 
     folder = dataset.rsplit("/", 1)[0] if dataset.endswith(".json") and "/" in dataset else (
         "." if dataset.endswith(".json") else dataset)
-    return storage.join(folder, "answer_list.json")
+    return storage.join(folder, ANSWER_LIST)
+
+
+def sidecar_answer_list(manifest: str) -> Optional[list[str]]:
+    """The checked ``answer_list.json`` next to a manifest file, or None (none there, or the
+    input is a folder listing)."""
+    from umt import storage
+
+    if not manifest.lower().endswith((".csv", ".jsonl", ".json", ".ndjson")):
+        return None
+    uri = storage.join(manifest.rsplit("/", 1)[0] if "/" in manifest else ".", ANSWER_LIST)
+    if not storage.exists(uri):
+        return None
+    return load_answer_list(uri)

@@ -45,6 +45,7 @@ from typing import Any, Iterator, Optional
 import umt
 from umt import storage
 from umt.data import dataset_json
+from umt.data.downstream import ANSWER_LIST, sidecar_answer_list
 from umt.data.manifest import Item, Manifest, load_manifest
 from umt.data.transcode import (InputError, TranscodeSettings, check_video, process_image,
                                 transcode_video)
@@ -482,6 +483,8 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
         raise ValueError(f"max_failure_rate must be in [0, 1], got {max_failure_rate}")
     workers = max(1, workers or available_cpus())
     manifest = load_manifest(input, classes=classes, max_bytes=settings.max_bytes)
+    # A QA manifest's answer list (answer_list.json beside it) travels with the shards.
+    answer_list = sidecar_answer_list(manifest.input)
     items = manifest.items
     fingerprint = _fingerprint(manifest, settings, samples_per_shard, shard_bytes)
     # A dataset.json from an earlier run may describe shards this run is about to replace.
@@ -595,6 +598,8 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
             f"{len(failures)} of {len(items)} inputs failed ({rate:.1%} > --max-failure-rate "
             f"{max_failure_rate:.1%}); reasons: {top}. Full list: {report}. The {num_shards} "
             f"finished shards are kept; a re-run resumes after them.")
+    if answer_list is not None:
+        storage.write_bytes(storage.join(output, ANSWER_LIST), json.dumps(answer_list).encode())
     dataset_json.save(info, info.location)
     log.info("wrote %d samples in %d shards (%d failed) to %s", info.num_samples, len(info.shards),
              len(failures), output)

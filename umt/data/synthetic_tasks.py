@@ -22,6 +22,8 @@ orders apart, so a model that ignores time is right on the colour only.
   ==============================  =========================================================
 
   plus ``answer_list.json`` (the 8 answers) next to the manifest.
+- **all**: one manifest with every column above (label, caption, candidates + answer,
+  questions) and the answer list: one data set for every downstream task (the local pipeline).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ COLOURS = ("red", "green", "blue", "yellow")
 DIRECTION_ANSWERS = ("right", "left", "jumping", "skipping")  # by synthetic.CLASSES index
 COLOUR_QUESTION = "what colour is the square"
 DIRECTION_QUESTION = "which way does the square move"
-TASKS = ("retrieval", "mc", "qa")
+TASKS = ("retrieval", "mc", "qa", "all")
 
 
 def colour_of(caption: str) -> str:
@@ -76,8 +78,8 @@ def write_task_dataset(output_dir: str, num_videos: int, task: str, *, num_frame
     """Videos + a manifest for ``umt shard``; returns the manifest's path.
 
     ``task="retrieval"``: ``manifest.csv`` (video, label, caption, id); ``"mc"`` /
-    ``"qa"``: ``manifest.jsonl`` with the columns above (and ``answer_list.json`` for qa).
-    The same arguments give the same files.
+    ``"qa"`` / ``"all"``: ``manifest.jsonl`` with the columns above (and ``answer_list.json``
+    for qa and all). The same arguments give the same files.
     """
     from umt import storage
 
@@ -96,14 +98,16 @@ def write_task_dataset(output_dir: str, num_videos: int, task: str, *, num_frame
     for row in rows:
         label, colour = synthetic.CLASSES.index(row["label"]), colour_of(row["caption"])
         out = {"video": row["video"], "id": row["id"], "label": row["label"]}
-        if task == "mc":
+        if task == "all":
+            out["caption"] = row["caption"]
+        if task in ("mc", "all"):
             out["candidates"], out["answer"] = mc_candidates(label, colour, rng)
-        else:
+        if task in ("qa", "all"):
             out["questions"] = questions_for(label, colour, row["id"])
         lines.append(json.dumps(out))
     manifest = storage.join(output_dir, "manifest.jsonl")
     storage.write_bytes(manifest, ("\n".join(lines) + "\n").encode())
-    if task == "qa":
+    if task in ("qa", "all"):
         storage.write_bytes(storage.join(output_dir, "answer_list.json"),
                             json.dumps(answer_list()).encode())
     return manifest

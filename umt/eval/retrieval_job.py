@@ -58,7 +58,8 @@ def build_model(cfg: Any, device):
                          img_size=cfg.eval.img_size, tubelet_size=m.tubelet_size,
                          embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
                          align_layers=m.align_layers, text_encoder=m.text_encoder,
-                         fusion_layer=m.fusion_layer, proj_dim=m.proj_dim, teacher_dim=m.teacher_dim)
+                         fusion_layer=m.fusion_layer, proj_dim=m.proj_dim, teacher_dim=m.teacher_dim,
+                         text_pool=m.text_pool)
     return model.to(device).eval(), load_tokenizer(m.text_encoder)
 
 

@@ -36,6 +36,11 @@ from umt.models.pretrain import PretrainVisionTransformer
 from umt.models.text import BertTextEncoder
 
 TEMP_MIN, TEMP_MAX = 0.001, 0.5
+# The text feature: "cls" (official: the [CLS] output of the text-only layers) or "mean" (the
+# masked mean of that output): for sentence encoders trained with mean pooling, such as the
+# MiniLM of the tiny preset, whose [CLS] output is the same vector for every sentence (cosine
+# 1.0000 between any two captions), so a [CLS] feature cannot be trained to tell texts apart.
+TEXT_POOLS = ("cls", "mean")
 
 
 @dataclass
@@ -63,6 +68,8 @@ class VisionLanguageModel(nn.Module):
     ``load_text_weights=False`` builds from its config only (a Stage-2 checkpoint follows).
     ``proj_dim``: the shared embedding size (512 for B, 768 for L). ``text_dropout``
     overrides BERT's dropout probabilities (None: the text encoder's config, 0.1 for BERT).
+    ``text_pool``: the text feature's pooling, ``"cls"`` (official) or ``"mean"`` (see
+    ``TEXT_POOLS``).
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, num_frames: int = 4,
@@ -70,8 +77,12 @@ class VisionLanguageModel(nn.Module):
                  mlp_ratio: float = 4.0, drop_path_rate: float = 0.0, teacher_dim: int = 512,
                  align_layers: int = 6, text_encoder: str = "bert-base-uncased",
                  fusion_layer: int = 9, proj_dim: int = 512, temp: float = 0.07,
-                 load_text_weights: bool = True, text_dropout: Optional[float] = None):
+                 load_text_weights: bool = True, text_dropout: Optional[float] = None,
+                 text_pool: str = "cls"):
         super().__init__()
+        if text_pool not in TEXT_POOLS:
+            raise ValueError(f"text_pool={text_pool!r}: choose one of {', '.join(TEXT_POOLS)}")
+        self.text_pool = text_pool
         self.vision_encoder = PretrainVisionTransformer(
             img_size=img_size, patch_size=patch_size, num_frames=num_frames,
             tubelet_size=tubelet_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
@@ -159,10 +170,16 @@ class VisionLanguageModel(nn.Module):
         """``input_ids``, ``attention_mask [B, L]`` -> ``(hidden [B, L, W], feat [B, E])``.
 
         ``hidden``: the text-only layers' output (the fusion layers' input); ``feat``:
-        L2-normalised ``text_proj`` of its ``[CLS]`` token.
+        L2-normalised ``text_proj`` of its ``[CLS]`` token (``text_pool="mean"``: of the mean
+        over the non-padding tokens).
         """
         hidden = self.text_encoder.encode(input_ids, attention_mask)
-        return hidden, F.normalize(self.text_proj(hidden[:, 0]).float(), dim=-1)
+        if self.text_pool == "mean":
+            m = attention_mask[..., None].to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        else:
+            pooled = hidden[:, 0]
+        return hidden, F.normalize(self.text_proj(pooled).float(), dim=-1)
 
     def itm_logits(self, video_tokens: torch.Tensor, text_hidden: torch.Tensor,
                    attention_mask: torch.Tensor) -> torch.Tensor:

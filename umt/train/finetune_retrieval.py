@@ -70,7 +70,7 @@ def build_models(cfg: FinetuneRetrievalConfig, device: torch.device) -> Models:
                          num_heads=m.num_heads, align_layers=m.align_layers,
                          text_encoder=m.text_encoder, fusion_layer=m.fusion_layer,
                          proj_dim=m.proj_dim, temp=m.temp, text_dropout=m.text_dropout,
-                         teacher_dim=m.teacher_dim)
+                         text_pool=m.text_pool, teacher_dim=m.teacher_dim)
     model.set_grad_checkpointing(m.grad_checkpointing)
     w = cfg.loss
     stage2.freeze_unused(model, SimpleNamespace(vtc=w.vtc, vtm=w.vtm, mlm=0.0, uta=0.0))

@@ -85,6 +85,7 @@ def build_models(cfg: Stage2Config, device: torch.device) -> Models:
                          num_heads=m.num_heads, align_layers=m.align_layers,
                          text_encoder=m.text_encoder, fusion_layer=m.fusion_layer,
                          proj_dim=m.proj_dim, temp=m.temp, text_dropout=m.text_dropout,
+                         text_pool=m.text_pool,
                          teacher_dim=m.teacher_dim or (teacher.dim if teacher is not None else None))
     if teacher is not None and model.vision_encoder.teacher_dim != teacher.dim:
         raise ValueError(f"model.teacher_dim={m.teacher_dim} but the teacher's output is {teacher.dim} wide")
