@@ -56,7 +56,9 @@ def attention_context(variant: str):
     return sdpa_kernel([backends[variant]]) if variant in backends else contextlib.nullcontext()
 
 
-def finetune_row(args, device: torch.device, size: str, frames: int, variant: str) -> dict[str, Any]:
+def finetune_rows(args, device: torch.device, size: str, frames: int,
+                  variants: list[str]) -> list[dict[str, Any]]:
+    """One model per (size, frames); each attention variant timed on it in turn."""
     from umt.configs import OptimConfig
     from umt.models import create_model
     from umt.models.vit import Attention
@@ -72,33 +74,38 @@ def finetune_row(args, device: torch.device, size: str, frames: int, variant: st
     y = torch.randint(0, 400, (args.batch,), device=device)
     precision = "bf16" if device.type == "cuda" else "fp32"
     original = Attention.forward
-    if variant == "explicit":
-        Attention.forward = explicit_attention
+    rows = []
+    for variant in variants:
+        def step():
+            with attention_context(variant), autocast(device, precision):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            apply_gradients(model, opt, None)
 
-    def step():
-        with attention_context(variant), autocast(device, precision):
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        apply_gradients(model, opt, None)
-
-    row = {"size": size, "frames": frames, "tokens": frames * 196, "batch": args.batch,
-           "attention": variant}
-    try:
-        for _ in range(args.warmup):
-            step()
-        with benchlib.PeakMemory(device) as pm:
-            times = benchlib.time_steps(step, args.steps, device)
-        st = benchlib.summary(times)
-        row.update(step_s=st, ms=st["median"] * 1e3, clips_per_s=args.batch / st["median"])
-        if device.type == "cuda":
-            row["peak_mib"] = benchlib.mib(pm.start + pm.bytes)
-    except RuntimeError as e:  # a kernel this device / dtype / shape cannot run
-        row["unsupported"] = str(e).splitlines()[0][:160]
-    finally:
-        Attention.forward = original
-        del model, opt
-        benchlib.free(device)
-    return row
+        row = {"size": size, "frames": frames, "tokens": frames * 196, "batch": args.batch,
+               "attention": variant}
+        if variant == "explicit":
+            Attention.forward = explicit_attention
+        try:
+            for _ in range(args.warmup):
+                step()
+            with benchlib.PeakMemory(device) as pm:
+                times = benchlib.time_steps(step, args.steps, device)
+            st = benchlib.summary(times)
+            row.update(step_s=st, ms=st["median"] * 1e3, clips_per_s=args.batch / st["median"])
+            if device.type == "cuda":
+                row["peak_mib"] = benchlib.mib(pm.start + pm.bytes)
+        except RuntimeError as e:  # a kernel this device / dtype / shape cannot run
+            row["unsupported"] = str(e).splitlines()[0][:160]
+            opt.zero_grad(set_to_none=True)
+        finally:
+            Attention.forward = original
+        rows.append(row)
+        print(f"{size} {frames}x224 {variant}: {row.get('ms', float('nan')):.0f} ms "
+              f"{row.get('unsupported', '')}", flush=True)
+    del model, opt
+    benchlib.free(device)
+    return rows
 
 
 def rerank_row(args, device: torch.device) -> dict[str, Any]:
@@ -178,11 +185,7 @@ def main(argv=None) -> dict[str, Any]:
     rows = []
     for size in args.sizes:
         for frames in args.frames:
-            for v in variants:
-                rows.append(finetune_row(args, device, size, frames, v))
-                r = rows[-1]
-                print(f"{size} {frames}x224 {v}: {r.get('ms', float('nan')):.0f} ms "
-                      f"{r.get('unsupported', '')}", flush=True)
+            rows += finetune_rows(args, device, size, frames, variants)
     rerank = rerank_row(args, device) if args.rerank_size != "none" else None
     env["load_average_end"] = benchlib.load_average()
     print(benchlib.table(rows, ["size", "frames", "tokens", "batch", "attention", "ms",

