@@ -42,15 +42,18 @@ STRATEGIES = ("eager", "auto", "static", "mark_dynamic")
 
 
 def counters_snapshot() -> dict[str, Any]:
-    from torch._dynamo.utils import counters
+    """Dynamo's counts since the last ``counters.clear()``: frames compiled (a recompile is one
+    more), the recompiles themselves (guard failures, with their first reasons), graphs, graph
+    breaks (with their reasons)."""
+    from torch._dynamo.utils import counters, guard_failures
 
-    stats = dict(counters["stats"])
-    breaks = dict(counters["graph_break"])
-    return {"frames_compiled": stats.get("unique_graphs", 0),
-            "calls_captured": stats.get("calls_captured", 0),
-            "recompiles": sum(counters["recompiles"].values()) if "recompiles" in counters else None,
+    stats, breaks = dict(counters["stats"]), dict(counters["graph_break"])
+    reasons = [str(r)[:160] for v in guard_failures.values() for r in v]
+    return {"frames_compiled": dict(counters["frames"]).get("total", 0),
+            "unique_graphs": stats.get("unique_graphs", 0),
+            "recompiles": len(reasons), "recompile_reasons": reasons[:6],
             "graph_breaks": sum(breaks.values()), "graph_break_reasons": Counter(
-                {k[:120]: v for k, v in breaks.items()}).most_common(5)}
+                {" ".join(k.split())[:160]: v for k, v in breaks.items()}).most_common(5)}
 
 
 def run_strategy(args, device: torch.device, strategy: str) -> dict[str, Any]:
@@ -111,25 +114,25 @@ def main(argv=None) -> dict[str, Any]:
     device = benchlib.setup(args)
     env = benchlib.machine(device)
     rows = []
-    for strat in args.strategies:
-        from torch._dynamo.utils import counters
+    import torch._dynamo.utils
+    from torch._dynamo.utils import counters
 
+    for strat in args.strategies:
         counters.clear()
+        torch._dynamo.utils.guard_failures.clear()
         try:
             rows.append(run_strategy(args, device, strat))
         except Exception as e:  # noqa: BLE001 - a strategy that cannot compile is a result too
             msg = " ".join(str(e).split())
             rows.append({"strategy": strat, "setting": args.setting, "error": f"{type(e).__name__}: {msg[:600]}",
                          **counters_snapshot()})
-            import torch._dynamo
-
             torch._dynamo.reset()
             benchlib.free(device)
         print(f"{strat}: {'failed: ' + rows[-1]['error'][:200] if 'error' in rows[-1] else 'done'}",
               flush=True)
     env["load_average_end"] = benchlib.load_average()
-    print(benchlib.table(rows, ["strategy", "batch", "frames_compiled", "recompiles", "graph_breaks",
-                                "warmup_s", "video_ms", "image_ms"],
+    print(benchlib.table(rows, ["strategy", "batch", "frames_compiled", "recompiles", "unique_graphs",
+                                "graph_breaks", "warmup_s", "video_ms", "image_ms"],
                          {"warmup_s": ".1f", "video_ms": ".0f", "image_ms": ".0f"}))
     for r in rows:
         if r.get("error"):

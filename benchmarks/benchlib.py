@@ -40,11 +40,8 @@ def setup(args: argparse.Namespace) -> torch.device:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    dev = torch.device(args.device)
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return dev
+    # torch's own defaults (TF32 etc.) are left alone: the official code does not change them
+    return torch.device(args.device)
 
 
 def sync(device: torch.device) -> None:

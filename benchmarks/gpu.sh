@@ -8,6 +8,8 @@
 #                                carry    [".whl", ".official", ".gpu"]
 #                                timeout_s 420
 #   on any GPU machine:        OUT=out/gpu bash benchmarks/gpu.sh
+#   the parts a first call had no time for (names below):
+#                              GPU_SH_PARTS="data_path compile" bash benchmarks/gpu.sh
 #   smoke test on a CPU:       GPU_SH_DEVICE=cpu GPU_SH_PROFILE=smoke OUT=/tmp/gpu_smoke bash benchmarks/gpu.sh
 #
 # Installs nothing slow: the carried wheels go to /tmp/site with pip --no-index --no-deps (only
@@ -23,6 +25,8 @@
 #   data_path the b16 preset trained from carried shards with 0 / 4 / 12 DataLoader workers:
 #             data_wait_frac, decode clips per core, cores needed at the measured rate
 #   compile   torch.compile of the Stage-2 step, alternating image / video batches (B/16)
+#   stage1_compile  ours with student + teacher compiled (train.compile=true) vs eager and the
+#             official step at B/16, compile time included in the JSON
 # Results under $OUT (at most 8 files come back from the device): gpu_results.json (every
 # part's JSON merged, with the machine), log.txt, env.txt, scaling_gpu.png.
 set -uo pipefail
@@ -57,9 +61,11 @@ OFFICIAL=${UMT_OFFICIAL:-.official}
 } >"$OUT/env.txt" 2>&1
 log "installed; $(tail -n +1 "$OUT/env.txt" | grep -m1 '^python')"
 
+PARTS_WANTED=${GPU_SH_PARTS:-stage1 stage2 finetune scaling data_path compile stage1_compile}
 part() { # part NAME LIMIT_S SCRIPT ARGS...: one benchmark, its JSON to $PARTS/NAME.json
   local name=$1 limit=$2
   shift 2
+  case " $PARTS_WANTED " in *" $name "*) ;; *) return ;; esac
   local left=$((BUDGET - ($(date +%s) - start)))
   if [ "$left" -lt 20 ]; then
     log "$name: skipped (${left}s of the budget left)"
@@ -84,15 +90,17 @@ if [ "$PROFILE" = smoke ]; then # the same parts at toy sizes, to check this scr
     --workers 0 --steps 2 --log-every 1
 else
   part stage1 120 benchmarks/bench_stage1_vs_official.py --official "$OFFICIAL" --device "$DEVICE" \
-    --settings b16 l16 --official-dtypes fp16 bf16 --steps 5 --rounds 2 --warmup 4
+    --settings b16 l16 --official-dtypes fp16 bf16 --steps 4 --rounds 2 --warmup 4
   part stage2 50 benchmarks/bench_stage2_step.py --device "$DEVICE" --settings b16 --steps 4 --warmup 2
   part finetune 45 benchmarks/bench_finetune.py --device "$DEVICE" --sizes base --frames 8 16 \
     --batch 8 --rerank-size b16 --videos 64 --texts 64 --k 128 --steps 3 --warmup 2
   part scaling 45 benchmarks/bench_scaling.py --device "$DEVICE" --width b16 --batch 16 --steps 3 --warmup 2
-  part data_path 45 benchmarks/bench_data_path.py --datasets bbb-224 --model b16 \
-    --source .gpu/bbb/dataset.json --workers 0 4 12 --steps 12 --log-every 4
+  part data_path 60 benchmarks/bench_data_path.py --datasets bbb-224 --model b16 \
+    --source .gpu/bbb/dataset.json --workers 4 12 --steps 12 --log-every 4
   part compile 120 benchmarks/bench_compile.py --device "$DEVICE" --setting b16 --batch 32 \
     --strategies eager static --steps 3 --warmup 2
+  part stage1_compile 150 benchmarks/bench_stage1_vs_official.py --official "$OFFICIAL" \
+    --device "$DEVICE" --settings b16 --ours-variants compile --steps 4 --rounds 2 --warmup 3
 fi
 
 "$PY" - "$PARTS" "$OUT/gpu_results.json" <<'EOF' 2>&1 | tee -a "$OUT/log.txt"
