@@ -2,8 +2,6 @@
 pods (also when built from the component.yaml files), secrets only from a Secret, no run id as a
 cached input, caching off on the exit handler, retries on launchers."""
 
-
-
 import json
 import os
 import re

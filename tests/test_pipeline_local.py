@@ -18,9 +18,10 @@ pytest.importorskip("kfp")
 
 ROOT = Path(__file__).resolve().parents[1]
 UMT = str(Path(sys.executable).parent / "umt")
-# Very few steps: this is about the plumbing, not the models.
+# Very few steps: this is about the plumbing, not the models. Pretraining jobs keep their 2
+# replicas (DDP); fine-tunes and evaluations run on 1 to keep the test lean.
 ARGS = ("stage1_steps=3", 'stage1_overrides=["train.log_every=1"]', "stage2_steps=2",
-        "finetune_steps=2")
+        "finetune_steps=2", "downstream_nodes=1")
 
 
 def umt_run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -105,6 +106,23 @@ def test_local_run_produces_every_artifact_with_its_metadata(first_run):
     logs = base / "jobs" / job["metadata"]["name"]
     assert (logs / "master-0.log").is_file() and (logs / "worker-0.log").is_file()
 
+    # Evaluations: the job's headline numbers as Metrics; action also a confusion matrix.
+    headline = {"evaluate": "top1", "evaluate-2": "t2v_r1", "evaluate-3": "accuracy",
+                "evaluate-4": "accuracy"}
+    stages = {"evaluate": "eval-action", "evaluate-2": "eval-retrieval", "evaluate-3": "eval-qa",
+              "evaluate-4": "eval-mc"}
+    for task, stage in stages.items():
+        outs = outputs(run_dir, task)
+        if stage not in plan["jobs"]:
+            assert outs["metrics"]["metadata"]["skipped"] is True, task
+            continue
+        scores = outs["metrics"]["metadata"]
+        assert 0 <= scores[headline[task]] <= 100 and "gpu_hours" in scores, (task, scores)
+        assert json.loads(Path(outs["metrics"]["uri"]).read_text())["stage"] == stage
+        if stage == "eval-action":
+            matrix = outs["confusion"]["metadata"]["confusionMatrix"]
+            assert len(matrix["rows"]) == len(matrix["annotationSpecs"]) == 4
+
     # Every other trainer either trained (its stage is registered) or says it was switched off.
     for task, stage in (("pretrain-stage2", "stage2"), ("finetune-action", "finetune-action"),
                         ("finetune-retrieval", "finetune-retrieval"),
@@ -137,35 +155,35 @@ def test_a_second_run_hits_the_cache(first_run):
 
 
 @pytest.mark.slow
-def test_the_evaluate_step_scores_a_model_of_the_run(first_run, tmp_path, monkeypatch):
-    """The evaluate component's body on the run's Stage-2 model (retrieval, zero-shot): its
-    Metrics carry the job's headline numbers. Until the retrieval fine-tune exists the full
-    pipeline keeps this step off, so it is run here directly."""
-    from umt.train import STAGES
+def test_terminating_a_local_run_stops_its_task_and_job(tmp_path):
+    """SIGTERM to `umt run` (what a closed terminal or a CI timeout sends): the running task
+    and the PyTorchJob replicas it launched stop too, nothing is left running."""
+    import signal
+    import time
 
-    if not {"stage2", "eval-retrieval"} <= set(STAGES):
-        pytest.skip("needs the stage2 and eval-retrieval stages")
-    from kfp import dsl
-
-    from umt.pipeline import steps
-
-    _, base, run_dir = first_run
-    monkeypatch.setenv("UMT_JOB_BACKEND", "local")
-    monkeypatch.setenv("UMT_LOCAL_JOBS_DIR", str(tmp_path / "jobs"))
-    found = {**outputs(run_dir, "shard-videos"), **outputs(run_dir, "pretrain-stage2")}
-    model = dsl.Model(name="model", uri=found["model"]["uri"], metadata=found["model"]["metadata"])
-    data = dsl.Dataset(name="dataset", uri=found["dataset"]["uri"],
-                       metadata=found["dataset"]["metadata"])
-    metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics"))
-    confusion = dsl.ClassificationMetrics(name="confusion", uri=str(tmp_path / "confusion"))
-    job = dsl.Artifact(name="job", uri=str(tmp_path / "job"))
-    steps.evaluate("retrieval", model=model, dataset=data, model_size="tiny",
-                   output_prefix=str(tmp_path / "out"), nodes=2, gpus_per_node=0,
-                   node_pool="cpu", metrics=metrics, confusion=confusion, job=job)
-    assert {"t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "r_mean", "gpu_hours"} <= set(metrics.metadata)
-    assert 0 <= metrics.metadata["t2v_r1"] <= 100
-    saved = json.loads(Path(metrics.path).read_text())
-    assert saved["metrics"] == metrics.metadata
-    assert saved["model"] == found["model"]["metadata"]["checkpoint"]
-    assert yaml.safe_load(Path(job.path).read_text())["metadata"]["labels"]["umt/stage"] == \
-        "eval-retrieval"
+    env = {k: v for k, v in os.environ.items() if k not in ("KFP_RUN_ID", "UMT_JOB_BACKEND")}
+    proc = subprocess.Popen([UMT, "run", "pipelines/full.py", "--local", "--workdir",
+                             str(tmp_path), "stage1_steps=500", "run_stage2=false",
+                             "run_action=false", "run_retrieval=false", "run_qa=false",
+                             "run_mc=false"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:  # until Stage 1's replicas are training
+            if list(tmp_path.glob("umt-full/jobs/*/master-0.log")) and any(
+                    "step" in p.read_text(errors="replace")
+                    for p in tmp_path.glob("umt-full/jobs/*/master-0.log")):
+                break
+            time.sleep(2)
+        else:
+            pytest.fail("Stage 1 never started")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+    assert "interrupted" in out
+    time.sleep(2)
+    ps = subprocess.run(["ps", "-A", "-o", "args="], capture_output=True, text=True).stdout
+    assert str(tmp_path) not in ps, "processes of the run are still alive"

@@ -3,7 +3,6 @@ with a best checkpoint and predictions), umt eval qa (metrics.json, predictions.
 clamped, per-type accuracy), bad input failing before training, 2 processes == 1."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -75,6 +75,7 @@ class ActionTestConfig:
     classes: Optional[str] = None  # classes.txt of prompt names; None: dataset.json's classes
     templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
     text_encoder: Optional[str] = None  # BERT of an official checkpoint (ours record theirs)
+    text_pool: Optional[str] = None  # cls | mean text feature; None: the checkpoint's (else cls)
     max_txt_len: int = 32
 
     def __post_init__(self):
@@ -83,6 +84,7 @@ class ActionTestConfig:
             at_least(f"eval.{key}", getattr(self, key), 1)
         if not self.split or not self.split.strip():
             raise ValueError("eval.split must name the evaluated split (e.g. test)")
+        choice("eval.text_pool", self.text_pool, ("cls", "mean", None))
         if not self.templates:
             raise ValueError("eval.templates=[] must list at least one prompt template")
         for t in self.templates:
@@ -137,13 +139,14 @@ def _zero_shot(cfg: EvalActionConfig, class_names: list[str], device):
                              f"{cfg.data.source} has {len(class_names)} (labels index into it)")
     model, tokenizer, arch = load_vl_model(
         m.pretrained, size_name=m.name, num_frames=m.num_frames, img_size=m.img_size,
-        text_encoder=e.text_encoder,
+        text_encoder=e.text_encoder, text_pool=e.text_pool,
         overrides={"embed_dim": m.embed_dim, "depth": m.depth, "num_heads": m.num_heads})
     model = model.to(device).eval()
     text = class_text_features(model, tokenizer, names, e.templates, max_txt_len=e.max_txt_len,
                                device=device, precision=cfg.train.precision)
     info = {"mode": "zero_shot", "prompt_names": names, "templates": list(e.templates),
-            "text_encoder": arch["text_encoder"], "temperature": float(model.temp.detach().clamp(0.001, 0.5)),
+            "text_encoder": arch["text_encoder"], "text_pool": arch["text_pool"],
+            "temperature": float(model.temp.detach().clamp(0.001, 0.5)),
             "score": "mean over frames of cos(frame feature, class feature) / temperature; class "
                      "feature = normalised mean of the templates' normalised text features"}
     return ZeroShotClassifier(model, text).to(device).eval(), info

@@ -108,12 +108,15 @@ def _stored_model_config(obj: Any) -> dict:
 
 
 def load_vl_model(uri: str, *, size_name: str, num_frames: int, img_size: int,
-                  text_encoder: Optional[str] = None, overrides: Optional[dict] = None):
+                  text_encoder: Optional[str] = None, text_pool: Optional[str] = None,
+                  overrides: Optional[dict] = None):
     """The Stage-2 model of checkpoint ``uri`` for ``num_frames x img_size`` clips, read once.
 
     ``size_name`` is a model name of the size (``umt_vit_base_patch16_224`` or
     ``umt_vl_base_patch16_224``); ``overrides`` (embed_dim, depth, num_heads) of the preset
-    apply when the checkpoint carries no config. Returns ``(model, tokenizer, architecture)``.
+    apply when the checkpoint carries no config. ``text_encoder`` / ``text_pool`` (the text
+    feature: ``cls`` officially, ``mean`` for mean-pooling sentence encoders) replace the
+    checkpoint's. Returns ``(model, tokenizer, architecture)``.
     """
     from umt.models.checkpoint import CheckpointError, extract_state_dict, read_checkpoint
     from umt.models.registry import SIZES, TEACHER_DIM, VL_PROJ_DIM, VL_TEXT
@@ -135,13 +138,15 @@ def load_vl_model(uri: str, *, size_name: str, num_frames: int, img_size: int,
     text, fusion = VL_TEXT[size]
     arch: dict[str, Any] = dict(SIZES[size], text_encoder=text, fusion_layer=fusion,
                                 proj_dim=VL_PROJ_DIM[size], teacher_dim=TEACHER_DIM[size],
-                                align_layers=6, tubelet_size=1)
+                                align_layers=6, tubelet_size=1, text_pool="cls")
     arch.update({k: v for k, v in (overrides or {}).items() if v is not None})
     arch.update({k: stored[k] for k in ("embed_dim", "depth", "num_heads", "text_encoder",
                                          "fusion_layer", "proj_dim", "teacher_dim", "align_layers",
-                                         "tubelet_size") if stored.get(k) is not None})
+                                         "tubelet_size", "text_pool") if stored.get(k) is not None})
     if text_encoder:
         arch["text_encoder"] = text_encoder
+    if text_pool:
+        arch["text_pool"] = text_pool
     model = VisionLanguageModel(num_frames=num_frames, img_size=img_size, load_text_weights=False,
                                 **arch)
     load_vl_state_dict(model, sd, kind, uri)

@@ -51,6 +51,9 @@ def run(
                            cache=cache, verbose=verbose)
     except PipelineError as e:
         _fail(str(e), 2)
+    except KeyboardInterrupt:
+        _fail("interrupted (the running task and its job were stopped; run again to resume: "
+              "finished tasks come from the cache)", 130)
     print_results(result)
     if not result.ok:
         raise typer.Exit(1)

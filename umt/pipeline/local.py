@@ -28,7 +28,10 @@ import json
 import logging
 import os
 import re
+import signal
+import subprocess
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -48,6 +51,10 @@ LOCAL_SETTINGS = {
     "gpus_per_node": (0, "no GPU: CPU jobs"),
     "node_pool": ("cpu", "the local executor's pool"),
     "samples_per_shard": (8, "several shards from a few videos"),
+    # Demo-sized: the tiny presets (Stage 2: 30 steps, action fine-tune: 200) would take the
+    # whole DAG past 15 minutes on 2 CPU cores. Stage 1 keeps its preset's 40 steps.
+    "stage2_steps": (20, "demo-sized; 0 = the tiny preset's"),
+    "finetune_steps": (20, "demo-sized, every fine-tune; 0 = the tiny presets'"),
 }
 RUN_FLAGS = {"run_stage2": ["stage2"],
              **{f"run_{task}": [planning.FINETUNE_STAGES[task], planning.EVAL_STAGES[task]]
@@ -85,7 +92,63 @@ def local_arguments(params: dict[str, dict[str, Any]], given: dict[str, Any], wo
             why = (f"{', '.join(missing)} not registered in umt.train.STAGES yet" if missing
                    else "needs Stage 2, which is off")
             choose(flag, False, f"off: {why}")
+    # QA and multiple choice need annotations the clips' manifest does not have: synthetic QA /
+    # MC sets on the same clips, sharded here (the pipeline takes per-task dataset.json URIs).
+    for task, keys in TASK_DATA.items():
+        flag = f"run_{task}"
+        wanted = [k for k in keys if k in params and not given.get(k)]
+        if not wanted or not args.get(flag, params.get(flag, {}).get("default", False)):
+            continue
+        uri = _synthetic_task_data(workdir / f"synthetic-{task}", task)
+        if uri is None:
+            choose(flag, False, f"off: no synthetic {task} data (umt.data.synthetic_tasks)")
+            continue
+        for key in wanted:
+            choose(key, uri, f"{SYNTHETIC_VIDEOS} synthetic clips with {TASK_WHAT[task]}, "
+                             "sharded with umt shard")
     return args, chosen
+
+
+TASK_DATA = {"qa": ("qa_train_data", "qa_eval_data"), "mc": ("mc_eval_data",)}
+TASK_WHAT = {"qa": "2 questions each", "mc": "5 caption candidates each"}
+
+
+def _synthetic_task_data(folder: Path, task: str) -> str | None:
+    """dataset.json of a synthetic QA / MC set (written and sharded once; deterministic)."""
+    try:
+        from umt.data.synthetic_tasks import write_task_dataset
+    except ImportError:
+        return None
+    from umt.data.manifest import read_classes
+    from umt.data.shard import shard_dataset
+    from umt.data.transcode import TranscodeSettings
+
+    shards = folder / "shards"
+    dataset = shards / "dataset.json"
+    if not dataset.exists():
+        manifest = write_task_dataset(str(folder), SYNTHETIC_VIDEOS, task)
+        shard_dataset(manifest, str(shards), TranscodeSettings(), samples_per_shard=8,
+                      workers=1, classes=read_classes(str(folder / "classes.txt")),
+                      progress=False)
+        answers = folder / "answer_list.json"
+        if answers.exists():  # QA reads its answer list next to the dataset.json
+            (shards / "answer_list.json").write_bytes(answers.read_bytes())
+    return str(dataset)
+
+
+def local_retries(package: Path, backoff: str = "1s") -> Path:
+    """A copy of the compiled package whose retries wait ``backoff`` (the compiled 60 s suit a
+    rescheduled pod, not a local process); everything else is the compiled spec."""
+    import yaml
+
+    docs = list(yaml.safe_load_all(package.read_text()))
+    for comp in [docs[0]["root"], *docs[0].get("components", {}).values()]:
+        for task in (comp.get("dag", {}).get("tasks") or {}).values():
+            if "retryPolicy" in task:
+                task["retryPolicy"]["backoffDuration"] = backoff
+    out = package.with_name(package.stem + "-local.yaml")
+    out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return out
 
 
 def _shown(value: Any) -> str:
@@ -259,6 +322,62 @@ def result_of(rec: TaskRecord) -> str:
     return ""
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, children first (``ps``: Linux and macOS)."""
+    out = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True,
+                         text=True, check=False).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.split("\n"):
+        parts = line.split()
+        if len(parts) == 2:
+            children.setdefault(int(parts[1]), []).append(int(parts[0]))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(0), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stop_children(grace: float = 10.0) -> int:
+    """SIGTERM every process below us (task processes and the jobs they launched), then
+    SIGKILL what is left after ``grace`` seconds; returns how many there were."""
+    victims = _descendants(os.getpid())
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in victims):
+        time.sleep(0.2)
+    for pid in victims:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return len(victims)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)  # our own children: reap them
+        if done:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 @dataclass
 class LocalRun:
     ok: bool
@@ -288,6 +407,8 @@ def run_local(pipeline_file: str, items: Sequence[str] = (), *, workdir: str = "
         raise loader.PipelineError(f"pipeline {name} needs {', '.join(missing)}: pass them as "
                                    "name=value")
     out.write(f"pipeline {name}: compiled to {package}\nlocal settings:\n")
+    package = local_retries(package)
+    out.write(f"  retries wait 1 s here, not the compiled 60 s ({package.name})\n")
     for key, value, why in chosen:
         out.write(f"  {key}={_shown(value)}    ({why})\n")
     for key, value in given.items():
@@ -334,13 +455,23 @@ def _run(pipeline: Any, package: Path, spec: dict[str, Any], arguments: dict[str
         root_logger.addHandler(events)
         root_logger.setLevel(logging.INFO)
         sys.stdout = console
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
         try:
             with warnings.catch_warnings():
                 # kfp.local says once per task that display names and resources do nothing
                 # locally (they are for the cluster); the log file keeps them.
                 warnings.simplefilter("ignore")
                 components.load_component_from_file(str(package))(**arguments)
+        except KeyboardInterrupt:
+            # kfp.local leaves the running task's process alone; stop it (its launcher deletes
+            # its job, i.e. stops the replicas), as Terminate does on a cluster.
+            stopped = stop_children()
+            console.say(f"  interrupted: stopped {stopped} task processes")
+            raise
         finally:
+            if in_main:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
             sys.stdout = real_stdout
             root_logger.removeHandler(events)
             root_logger.setLevel(old_level)

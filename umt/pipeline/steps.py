@@ -164,9 +164,9 @@ def _check_failure_marker(output_dir: str, rid: str) -> None:
     except (FileNotFoundError, ValueError):
         return
     if record.get("run_id") == rid:
-        raise RuntimeError(f"{record.get('message', 'the job failed')} (in an earlier attempt of "
-                           f"this task in run {rid}: not training again; rerun the pipeline "
-                           "to try again)")
+        raise RuntimeError(f"not running job {record.get('job', '')} again: it failed in an "
+                           f"earlier attempt of this task in run {rid} (rerun the pipeline to "
+                           f"try again): {record.get('message', '')}")
 
 
 def _write_failure_marker(output_dir: str, rid: str, job: str, message: str) -> None:
