@@ -107,6 +107,24 @@ def test_api_shapes_and_unit_features(model, batch):
         torch.testing.assert_close(model.mlm_logits(batch["ids"], batch["att"], tokens, pos), logits[pos])
 
 
+def test_one_video_against_many_captions_projects_its_tokens_once(model, batch):
+    """ITM re-ranking scores one video's tokens (expanded, not copied) against k captions: the
+    cross-attention key/value projections run once on it and give the copied input's numbers."""
+    from umt.models.text import _ContextLinear
+
+    with torch.no_grad():
+        tokens, _ = model.encode_video(batch["video"][:1], per_frame=True)  # [1, N, C]
+        hidden, _ = model.encode_text(batch["ids"], batch["att"])
+        layers = [m for m in model.modules() if isinstance(m, _ContextLinear)]
+        assert layers  # the key and value projections of every fusion layer
+        expanded = model.itm_logits(tokens.expand(4, -1, -1), hidden, batch["att"])
+        copied = model.itm_logits(tokens.repeat(4, 1, 1), hidden, batch["att"])
+        torch.testing.assert_close(expanded, copied)
+        # computed for one row and broadcast (a plain nn.Linear returns 4 computed rows)
+        assert all(layer(tokens.expand(4, -1, -1)).stride(0) == 0 for layer in layers)
+        assert layers[0](tokens.repeat(4, 1, 1)).stride(0) != 0
+
+
 def test_per_frame_pooling_of_an_unbalanced_mask_is_refused(model, batch):
     m = batch["mask"].clone().view(4, 4, 49)
     m[0, 0] = True

@@ -104,6 +104,21 @@ def tokenize(tokenizer, texts: list[str], max_len: int = 32, device=None):
     return (ids, mask) if device is None else (ids.to(device), mask.to(device))
 
 
+class _ContextLinear(nn.Linear):
+    """The cross-attention key / value projection of the video tokens ``[B, N, C]``.
+
+    A context broadcast over the batch (``tokens.expand(n, -1, -1)``: one video against many
+    captions, as in ITM re-ranking, where these two projections of 784-3136 video tokens are
+    most of the fusion layers' work) is projected once and broadcast back, instead of once per
+    caption: the same numbers for 1/n of the work. Any other input is a plain ``nn.Linear``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3 and x.shape[0] > 1 and x.stride(0) == 0:
+            return super().forward(x[:1]).expand(x.shape[0], -1, -1)
+        return super().forward(x)
+
+
 def _new_attention(config, cross_width: Optional[int]) -> BertAttention:
     """transformers' ``BertAttention``; with ``cross_width``, a cross-attention whose key/value
     read ``cross_width``-wide tokens.
@@ -118,8 +133,8 @@ def _new_attention(config, cross_width: Optional[int]) -> BertAttention:
     else:
         attn = BertAttention(config)
     inner = config.hidden_size // config.num_attention_heads * config.num_attention_heads
-    attn.self.key = nn.Linear(cross_width, inner)
-    attn.self.value = nn.Linear(cross_width, inner)
+    attn.self.key = _ContextLinear(cross_width, inner)
+    attn.self.value = _ContextLinear(cross_width, inner)
     return attn
 
 
