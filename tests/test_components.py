@@ -79,6 +79,41 @@ def test_component_is_documented_and_uses_the_launcher_image(name):
     assert "resources" not in container  # resources are set by the pipeline, per task
 
 
+def test_shared_parameter_descriptions_are_filled_in_and_none_is_missing():
+    from components.base import SHARED_DOCS, with_shared_docs
+
+    # evaluate's docstring leaves out e.g. nodes and job: the compiled spec has the shared text
+    doc = yaml.safe_load((ROOT / "components" / "evaluate" / "component.yaml").read_text())
+    (comp,) = doc["components"].values()
+    assert "        nodes: " not in inspect.getsource(COMPONENTS["evaluate"].python_func)
+    assert comp["inputDefinitions"]["parameters"]["nodes"]["description"] == SHARED_DOCS["nodes"]
+    assert comp["outputDefinitions"]["artifacts"]["job"]["description"] == SHARED_DOCS["job"]
+    # its own wording wins over the shared one
+    assert comp["inputDefinitions"]["parameters"]["node_pool"]["description"] != \
+        SHARED_DOCS["node_pool"]
+
+    def step(job: "Output[Artifact]", task: str, nodes: int = 1):
+        """Does a thing.
+
+        Args:
+            task: What to do.
+        """
+
+    filled = with_shared_docs(step)
+    assert f"Args:\n    task: What to do.\n    nodes: {SHARED_DOCS['nodes']}\n" in filled
+    assert filled.endswith(f"Returns:\n    job: {SHARED_DOCS['job']}\n")
+
+    def bad(task: str, colour: str = ""):
+        """Does a thing.
+
+        Args:
+            task: What to do.
+        """
+
+    with pytest.raises(TypeError, match="parameter 'colour' has no description"):
+        with_shared_docs(bad)
+
+
 @pytest.mark.parametrize("name", STEPS)
 def test_component_bodies_are_thin_and_never_set_a_uri(name):
     """No training or data logic in components/: a component imports umt and calls one

@@ -34,22 +34,13 @@ def evaluate(
         task: action, retrieval, qa or mc.
         model: The model to evaluate.
         dataset: The pipeline's dataset (used unless eval_data is set).
-        output_prefix: Folder or s3:// prefix the job writes under.
         enabled: False: skip (the outputs say so).
         eval_data: Evaluation data, a dataset.json ("" = the pipeline's dataset).
-        model_size: tiny, small, base or large (the stage's preset).
-        num_frames: Frames per clip (0 = the preset's).
-        overrides: Extra config overrides, key=value.
-        nodes: Nodes (pods) of the job.
-        gpus_per_node: GPUs per node (0 = a CPU job).
         node_pool: Node pool of the evaluation pods, e.g. gke-a100.
-        image: Training image ("" = umt-train of this package's version).
-        s3_secret: Kubernetes Secret with the S3 credentials ("" = none).
 
     Returns:
         metrics: The task's metrics (top-1/top-5, R@1/5/10, accuracy...) plus gpu_hours.
         confusion: Action recognition: the confusion matrix of the most frequent classes.
-        job: The rendered PyTorchJob YAML.
     """
     from umt.pipeline import steps as s
 

@@ -34,24 +34,10 @@ def finetune_retrieval(
     Args:
         dataset: The pipeline's dataset (used unless train_data is set).
         pretrained: The model it starts from.
-        output_prefix: Folder or s3:// prefix the job writes under.
         enabled: False: skip (the outputs say so) and let the evaluation skip too.
         train_data: Captioned videos: a dataset.json ("" = the pipeline's dataset).
-        model_size: tiny, small, base or large (the stage's preset).
-        steps: Optimizer steps (0 = the preset's).
-        batch_size: Batch size per GPU (0 = the preset's).
-        num_frames: Frames per clip (0 = the preset's).
-        overrides: Extra config overrides, key=value.
-        nodes: Nodes (pods) of the job.
-        gpus_per_node: GPUs per node (0 = a CPU job).
-        node_pool: Node pool of the training pods, e.g. gke-a100.
-        image: Training image ("" = umt-train of this package's version).
-        s3_secret: Kubernetes Secret with the S3 credentials ("" = none).
 
     Returns:
-        model: model.json: checkpoint URI, architecture, frames, resolution, step, config hash.
-        metrics: final_loss, steps, clips_per_s, wall_hours, gpu_hours.
-        job: The rendered PyTorchJob YAML.
     """
     from umt.pipeline import steps as s
 

@@ -87,7 +87,6 @@ def validate(
         gpus_per_node: GPUs per node (0 = CPU jobs).
         downstream_nodes: Nodes per fine-tune and evaluation job.
         node_pool: Node pool of the training pods (umt.launch.NODE_POOLS), e.g. gke-a100.
-        image: Training image ("" = umt-train of this package's version).
         s3_secret: Kubernetes Secret with the S3 credentials ("" = IRSA / workload identity).
 
     Returns:
