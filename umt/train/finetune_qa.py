@@ -101,14 +101,6 @@ def evaluate(ctx: Context, step: int) -> dict[str, float]:
     return flat
 
 
-def summary(ctx: Context) -> dict[str, Any]:
-    cfg = ctx.cfg
-    return {"eval_source": cfg.eval.source,
-            "selection_note": ("'eval' holds the last checkpoint's numbers; 'best' the best "
-                               f"checkpoint by {cfg.train.best_metric} on {cfg.eval.source}, "
-                               "selected on that set (optimistic when it is the test split, as "
-                               "in the official recipe)") if cfg.train.best_metric else None}
-
 
 def check_inputs(cfg: FinetuneQAConfig) -> None:
     """Fail before training: the answer list (empty, malformed, answers too long for the
@@ -129,8 +121,7 @@ def check_inputs(cfg: FinetuneQAConfig) -> None:
 
 def _stage(cfg: FinetuneQAConfig) -> Stage:
     return Stage(name="finetune-qa", build_models=build_models, build_loader=build_loader,
-                 forward_loss=forward_loss, evaluate=evaluate if cfg.eval.source else None,
-                 summary=summary)
+                 forward_loss=forward_loss, evaluate=evaluate if cfg.eval.source else None)
 
 
 def main(config: Optional[str] = None, overrides: Sequence[str] = ()) -> dict[str, Any]:

@@ -109,14 +109,6 @@ def forward_loss(ctx: Context, batch: dict, step: int) -> tuple[torch.Tensor, di
     return loss, metrics
 
 
-def summary(ctx: Context) -> dict[str, Any]:
-    cfg = ctx.cfg
-    return {"eval_source": cfg.eval.source,
-            "selection_note": ("'eval' holds the last checkpoint's numbers; 'best' the best "
-                               f"checkpoint by {cfg.train.best_metric} on {cfg.eval.source}, "
-                               "selected on that set (optimistic when it is the test split, as "
-                               "in the official recipe)") if cfg.train.best_metric else None}
-
 
 def check_inputs(cfg: FinetuneRetrievalConfig) -> None:
     """Fail before training on data that cannot train retrieval: a dataset.json whose samples
@@ -138,7 +130,7 @@ def check_inputs(cfg: FinetuneRetrievalConfig) -> None:
 def _stage(cfg: FinetuneRetrievalConfig) -> Stage:
     return Stage(name="finetune-retrieval", build_models=build_models, build_loader=build_loader,
                  forward_loss=forward_loss, param_groups=stage2.param_groups,
-                 evaluate=stage2.evaluate if cfg.eval.source else None, summary=summary)
+                 evaluate=stage2.evaluate if cfg.eval.source else None)
 
 
 def main(config: Optional[str] = None, overrides: Sequence[str] = ()) -> dict[str, Any]:

@@ -337,7 +337,14 @@ def _train(stage: Stage, cfg: Any, dist: distributed.DistInfo, device: torch.dev
     if eval_metrics:
         summary["eval"] = eval_metrics
     if best is not None:
+        source = getattr(getattr(ctx.cfg, "eval", None), "source", None)
         summary["best"] = best
+        summary["eval_source"] = source
+        # The official recipes select on the test split for several tasks: say so beside it.
+        summary["selection_note"] = (
+            f"'eval' holds the last checkpoint's numbers; 'best' the best checkpoint by "
+            f"{tc.best_metric} on {source}, selected on that set (optimistic when it is the "
+            "test split, as in the official recipe)")
     if stage.summary is not None:
         summary.update(stage.summary(ctx))
     files.write_summary(summary)
