@@ -9,8 +9,10 @@ ones botocore really sees from S3: an error status with an S3 XML body (403 Acce
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
 
 ``rule(method, path)`` returns None (forward), an int status, ``"reset"`` (close the socket
-without answering) or ``("slow", seconds)`` (forward after a delay). ``proxy.log`` records
-every request as ``(method, path, action)``.
+without answering), ``("slow", seconds)`` (forward after a delay) or ``("cut", nbytes)``
+(forward, then answer with the full headers but only the first ``nbytes`` of the body and
+drop the connection: a transfer broken mid-object). ``proxy.log`` records every request as
+``(method, path, action)``, ``proxy.headers`` the request headers of each, in the same order.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class FaultProxy:
         self.upstream = (parts.hostname, parts.port)
         self.rule: Callable[[str, str], Any] = lambda method, path: None
         self.log: list[tuple[str, str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self._log_lock = threading.Lock()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -44,7 +48,9 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 action = proxy.rule(self.command, self.path)
-                proxy.log.append((self.command, self.path, action))
+                with proxy._log_lock:  # log[i] and headers[i] are the same request
+                    proxy.log.append((self.command, self.path, action))
+                    proxy.headers.append(dict(self.headers.items()))
                 if action == "reset":
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -71,9 +77,16 @@ class FaultProxy:
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                # A HEAD answer has no body but the object's length (what size() reads).
+                length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
-                if self.command != "HEAD":
+                if isinstance(action, tuple) and action[0] == "cut":
+                    self.wfile.write(data[:action[1]])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                elif self.command != "HEAD":
                     self.wfile.write(data)
                 conn.close()
 
@@ -85,7 +98,9 @@ class FaultProxy:
         self._thread: Optional[threading.Thread] = None
 
     def __enter__(self) -> "FaultProxy":
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for it (the default 0.5 s, in every test).
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                        daemon=True)
         self._thread.start()
         return self
 

@@ -27,16 +27,20 @@ code and what to check. Local failures stay ``OSError``; local paths that are no
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import shutil
 import stat
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from typing import BinaryIO, Iterator, Optional
 
 from umt.errors import UserError
+
+log = logging.getLogger(__name__)
 
 def _read_umask() -> int:
     mask = os.umask(0)
@@ -59,6 +63,10 @@ MULTIPART_CHUNKSIZE = 64 * 1024 * 1024
 # MinIO or S3 throttling; after that the operation fails with a StorageError. botocore reads
 # the legacy key max_attempts as retries: 10 means up to 11 attempts.
 S3_MAX_ATTEMPTS = 10
+# Seconds to connect, and to wait for any bytes of an answer; a request that times out is
+# retried like a failed one (a read broken mid-body resumes, see _S3Stream).
+S3_CONNECT_TIMEOUT = 10
+S3_READ_TIMEOUT = 120
 
 
 class StorageError(UserError):
@@ -238,12 +246,12 @@ def s3_client():
     env = tuple(os.environ.get(k) for k in (
         "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
         "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION"))
-    key = (os.getpid(), S3_MAX_ATTEMPTS) + env
+    key = (os.getpid(), S3_MAX_ATTEMPTS, S3_CONNECT_TIMEOUT, S3_READ_TIMEOUT) + env
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
             config = Config(retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
-                            connect_timeout=10, read_timeout=120,
+                            connect_timeout=S3_CONNECT_TIMEOUT, read_timeout=S3_READ_TIMEOUT,
                             max_pool_connections=32)
             # botocore reads AWS_ENDPOINT_URL(_S3) itself (>= 1.31); passing it explicitly
             # keeps older botocore versions working with MinIO too.
@@ -301,13 +309,13 @@ def read_bytes(uri: str, max_bytes: Optional[int] = None) -> bytes:
     bucket, key = split_s3(uri)
     with _s3_errors("read", uri):
         resp = s3_client().get_object(Bucket=bucket, Key=key)
-        body = resp["Body"]
-        try:
-            if max_bytes is not None and int(resp.get("ContentLength", 0)) > max_bytes:
-                raise _too_large(uri, int(resp["ContentLength"]), max_bytes)
-            return body.read()
-        finally:
-            body.close()
+    stream = _S3Stream(bucket, key, uri, resp)  # a connection broken mid-body is resumed
+    try:
+        if max_bytes is not None and stream._size > max_bytes:
+            raise _too_large(uri, stream._size, max_bytes)
+        return stream.readall()
+    finally:
+        stream.close()
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -520,25 +528,113 @@ def abort_multipart_uploads(prefix_uri: str, keep=None) -> list[str]:
     return aborted
 
 
-class _S3Stream(io.RawIOBase):
-    """A read-only, forward-streaming view of an S3 object's body (what tarfile ``r|`` needs)."""
+def _is_transfer_error(err: BaseException) -> bool:
+    """A connection that broke while an object's body was being read (reset, cut short, read
+    timeout): botocore raises ResponseStreamingError / IncompleteReadError / ReadTimeoutError,
+    and urllib3 or the socket layer may leak their own errors."""
+    from botocore.exceptions import (ConnectionError as BotoConnectionError,
+                                     IncompleteReadError, ReadTimeoutError,
+                                     ResponseStreamingError)
 
-    def __init__(self, body, uri: str):
-        self._body = body
-        self._uri = uri
+    return (isinstance(err, (ResponseStreamingError, IncompleteReadError, ReadTimeoutError,
+                             BotoConnectionError, ConnectionError, TimeoutError))
+            or "urllib3" in type(err).__module__)
+
+
+class _S3Stream(io.RawIOBase):
+    """A read-only, forward-streaming view of an S3 object's body (what tarfile ``r|`` needs).
+
+    A connection that breaks mid-object is resumed where it broke: a ranged GET
+    (``Range: bytes=<position>-``) pinned to the first answer's ETag (``If-Match``), so the
+    bytes that follow are from the same version of the object. botocore retries requests, not
+    a body that is already streaming; without this a dropped connection cost the rest of a
+    shard (skipped as corrupt) or a checkpoint load. ``S3_MAX_ATTEMPTS`` resumes in a row
+    without progress, then :class:`StorageError`.
+    """
+
+    def __init__(self, bucket: str, key: str, uri: str, resp: dict):
+        self._bucket, self._key, self._uri = bucket, key, uri
+        self._body = resp["Body"]
+        size = resp.get("ContentLength")
+        self._size = int(size) if size is not None else None  # None: read until the end
+        self._etag = resp.get("ETag")
+        self._pos = 0
+        self._failures = 0  # resumes in a row without a byte of progress
+        self.resumes = 0  # resumes in total (tests and logs)
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buf) -> int:
+    def _read(self, n: int) -> bytes:
+        while True:
+            if self._size is not None and self._pos >= self._size:
+                return b""
+            try:
+                data = self._body.read(n)
+            except Exception as e:
+                if not _is_transfer_error(e):
+                    if _is_boto_error(e):
+                        raise s3_error("read", self._uri, e) from e
+                    raise
+                self._resume(e)
+                continue
+            if data or self._size is None or n == 0:
+                self._pos += len(data)
+                self._failures = 0 if data else self._failures
+                return data
+            # An empty read before the end: the server closed the body early.
+            self._resume(ConnectionError(f"body ended at byte {self._pos} of {self._size}"))
+
+    def _resume(self, err: BaseException) -> None:
+        self._failures += 1
+        if self._failures > S3_MAX_ATTEMPTS:
+            raise StorageError(
+                f"S3 read of {self._uri} failed: the connection broke {self._failures} times in "
+                f"a row at byte {self._pos} of {self._size} ({type(err).__name__}: "
+                f"{str(err)[:160]}); check the network and the health of the S3 service "
+                f"({_endpoint()})".replace("\n", " ")) from err
+        self.resumes += 1
         try:
-            data = self._body.read(len(buf))
-        except Exception as e:  # a connection dropped mid-object: say so, with the URI
-            if _is_boto_error(e) or "urllib3" in type(e).__module__:
-                raise s3_error("read", self._uri, e) from e
+            self._body.close()
+        except Exception:
+            pass
+        # Back off like botocore's standard mode (capped), so a restarting endpoint can return.
+        time.sleep(min(0.1 * 2 ** (self._failures - 1), 5.0))
+        log.warning("S3 read of %s broke at byte %d of %d (%s); resuming with a ranged GET "
+                    "(%d/%d)", self._uri, self._pos, self._size, str(err)[:120],
+                    self._failures, S3_MAX_ATTEMPTS)
+        kwargs = {"Range": f"bytes={self._pos}-"}
+        if self._etag:
+            kwargs["IfMatch"] = self._etag
+        try:
+            with _s3_errors("read", self._uri):
+                resp = s3_client().get_object(Bucket=self._bucket, Key=self._key, **kwargs)
+        except StorageError as e:
+            if "PreconditionFailed" in str(e):
+                raise StorageError(f"S3 read of {self._uri} failed: the object was replaced "
+                                   f"while it was being read (ETag {self._etag} is gone); read "
+                                   f"it again") from None
             raise
+        if not str(resp.get("ContentRange") or "").startswith(f"bytes {self._pos}-"):
+            resp["Body"].close()  # a server that ignored the Range: its bytes start elsewhere
+            raise StorageError(f"S3 read of {self._uri} failed: the endpoint ignored a ranged GET "
+                               f"(Content-Range {resp.get('ContentRange')!r}), so the read cannot "
+                               f"resume at byte {self._pos}; check that AWS_ENDPOINT_URL "
+                               f"({_endpoint()}) is an S3-compatible service")
+        self._body = resp["Body"]
+
+    def readinto(self, buf) -> int:
+        data = self._read(len(buf))
         buf[:len(data)] = data
         return len(data)
+
+    def readall(self) -> bytes:
+        chunks = []
+        while True:
+            data = self._read(8 << 20)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
 
     def close(self) -> None:
         if not self.closed:
@@ -556,5 +652,5 @@ def open_read(uri: str) -> BinaryIO:
         return _open_regular(_local(uri))
     bucket, key = split_s3(uri)
     with _s3_errors("read", uri):
-        body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
-    return io.BufferedReader(_S3Stream(body, uri), buffer_size=1 << 20)
+        resp = s3_client().get_object(Bucket=bucket, Key=key)
+    return io.BufferedReader(_S3Stream(bucket, key, uri, resp), buffer_size=1 << 20)
