@@ -180,6 +180,8 @@ def transcode_video(data: bytes, settings: TranscodeSettings, start: Optional[fl
         src_fps = src["fps"] if src["fps"] > 0 else 25.0
         fps = min(src_fps, settings.max_fps) if settings.max_fps else src_fps
         rate = Fraction(fps).limit_denominator(1001)
+        if rate <= 0:  # a patched / broken time base (1 frame per hour): 1 / rate would fail
+            raise InputError(f"unusable frame rate: {src_fps:g} fps declared by the container")
         start = start or 0.0
         stop = end if end is not None else math.inf
         if settings.max_seconds:
@@ -291,6 +293,8 @@ def process_image(data: bytes, settings: TranscodeSettings) -> tuple[bytes, str,
             rgb = im.convert("RGB")
     except InputError:
         raise
+    except Image.DecompressionBombError as e:  # PIL's own size check, on the header
+        raise InputError(f"resolution exceeds the limit: {short_error(e)}") from None
     except Exception as e:
         raise InputError(f"not a readable image: {short_error(e)}") from None
     meta = {"num_frames": 1, "fps": 0.0, "source_width": rgb.width, "source_height": rgb.height}

@@ -28,7 +28,9 @@ the video, a ``.cls`` that is not a small class index or is out of range for dat
 classes), or media that would decode more than ``cfg.max_pixels`` pixels (checked on the header,
 before decoding; see :mod:`umt.data.samples`) -- are skipped, never replaced by another sample,
 never a crash: logged with their shard and key, and counted (``loader.num_skipped``,
-``loader.skip_reasons``) in the training process.
+``loader.skip_reasons``) in the training process. A decoder that kills its DataLoader worker
+(decord aborts on some damaged files) costs that sample too: the training loaders restart their
+workers at the current step and skip it from then on (:mod:`umt.data.worker_crash`).
 
 Evaluation (``build_eval_loader``) reads every sample exactly once, split over ranks and workers,
 with ``num_clips`` x ``num_crops`` views per video.
@@ -47,7 +49,7 @@ import torch
 
 from umt import storage
 from umt.seeds import derive_seed
-from umt.data import dataset_json
+from umt.data import dataset_json, worker_crash
 from umt.data.decoders import DecodeError, get_decoder
 from umt.data.samples import (SampleError, captions_of, label_of, media_of, parse_meta,
                               read_image, read_video)
@@ -62,6 +64,7 @@ MAX_CONSECUTIVE_SKIPS = 500
 # Decoded pixels per sample (width x height x frames) above which a sample is refused before it
 # is decoded; the number is sharding's per-frame limit (TranscodeSettings.max_pixels).
 DEFAULT_MAX_PIXELS = 8192 * 8192
+CRASHED = "decoder crashed the worker process"  # skip reason (as in umt shard's failures)
 
 
 def _worker() -> tuple[int, int]:
@@ -220,12 +223,33 @@ def _collate(samples: list[dict], skips: _Skips) -> dict:
             "skipped": dict(skips.take())}
 
 
-def _decode_stage(src: Iterator[dict], fn, rng_parts: tuple, per_worker: bool = True) -> Iterator[dict]:
+def _decode_stage(src: Iterator[dict], fn, rng_parts: tuple, per_worker: bool = True,
+                  skips: Optional[_Skips] = None) -> Iterator[dict]:
+    """``fn(sample, rng=...)`` for every sample; empty results (skipped samples) are dropped.
+
+    In a DataLoader worker the sample being decoded is noted, so that a decoder crash that
+    kills the worker costs that sample only (:mod:`umt.data.worker_crash`); samples that
+    crashed a worker before are skipped, counted by ``skips`` (default: ``fn``'s own).
+    """
     if per_worker:
         rng_parts = rng_parts + (_worker()[0],)
     rng = np.random.default_rng([derive_seed("decode", *rng_parts)])
+    watch = worker_crash.current()
+    skips = skips if skips is not None else getattr(fn, "keywords", {}).get("skips")
     for sample in src:
-        out = fn(sample, rng=rng)
+        if watch is None:
+            out = fn(sample, rng=rng)
+        else:
+            name = f"{sample.get('__url__', '')}:{sample.get('__key__', '?')}"
+            if name in watch.poisoned:
+                if skips is not None:
+                    skips.skip(CRASHED + ": on an earlier attempt", name)
+                continue
+            watch.note(name)
+            try:
+                out = fn(sample, rng=rng)
+            finally:
+                watch.done()
         if out:
             yield out
 
@@ -242,18 +266,25 @@ class ClipLoader:
         self.info = info
         self.num_skipped = 0
         self.skip_reasons: Counter = Counter()
+        self.crashes = 0  # DataLoader workers lost to decoder crashes
 
     def __iter__(self) -> "ClipLoader":
         return self
 
     def __next__(self) -> dict:
-        if self._it is None:
-            self._it = iter(self._loader)
         while True:
+            if self._it is None:
+                self._it = iter(self._loader)
             try:
                 batch = next(self._it)  # training: endless, resampled shards never run out
             except storage.StorageError as e:
                 raise storage.StorageError(_worker_message(str(e))) from None
+            except Exception as e:
+                dead = worker_crash.dead_workers(self._it) if self._loader.num_workers else []
+                if not dead:
+                    raise
+                self._after_worker_crash(e, dead)
+                continue
             skipped = batch.pop("skipped", {})
             self.skip_reasons.update(skipped)
             self.num_skipped += sum(skipped.values())
@@ -267,6 +298,37 @@ class ClipLoader:
             batch["epoch"] = self.step // self.epoch_steps
         self.step += 1
         return batch
+
+    def _after_worker_crash(self, error: Exception, pids: list[int]) -> None:
+        """DataLoader workers ``pids`` died (a decoder crash, see :mod:`umt.data.worker_crash`):
+        skip the samples they were decoding and restart the workers at this step (training), or
+        stop with the samples' names (evaluation)."""
+        watch = getattr(self._loader, "umt_watch", None)
+        culprits = watch.culprits(pids) if watch is not None else []
+        if hasattr(self._it, "_shutdown_workers"):
+            self._it._shutdown_workers()
+        self._it = None
+        stream = self._loader.dataset
+        if not culprits:
+            raise RuntimeError(f"DataLoader worker(s) {pids} died while not decoding a sample "
+                               f"({type(error).__name__}: {error})") from error
+        if not isinstance(stream, _TrainStream):
+            raise RuntimeError(f"a DataLoader worker died while decoding {', '.join(culprits)} "
+                               f"(the decoder crashed on it); remove the sample from its shard, "
+                               f"or read it with data.decoder=pyav") from None
+        self.crashes += 1
+        if self.crashes > worker_crash.MAX_WORKER_CRASHES:
+            raise RuntimeError(f"DataLoader workers died {self.crashes} times (last while decoding "
+                               f"{', '.join(culprits)}): the decoder is broken as a whole; try "
+                               f"data.decoder=pyav") from None
+        for name in culprits:
+            log.warning("skipping corrupt sample %s: %s; restarting the loader's workers at "
+                        "step %d", name, CRASHED, self.step)
+        self.skip_reasons[CRASHED] += len(culprits)
+        self.num_skipped += len(culprits)
+        watch.poisoned.update(culprits)
+        stream.start_step = self.step  # the new workers make this step first
+        self._loader = _data_loader(stream, self._loader.num_workers, watch)
 
 
 def _worker_message(text: str) -> str:
@@ -288,12 +350,17 @@ def with_trailer(src: Iterator[dict], skips: "_Skips") -> Iterator[dict]:
     yield {"skipped": dict(skips.take()), TRAILER: True}
 
 
-def _data_loader(pipeline, num_workers: int):
-    return torch.utils.data.DataLoader(
+def _data_loader(pipeline, num_workers: int, watch: Optional[worker_crash.DecodeWatch] = None):
+    if num_workers > 0 and watch is None:
+        watch = worker_crash.DecodeWatch()
+    loader = torch.utils.data.DataLoader(
         pipeline, batch_size=None, num_workers=num_workers,
         # Workers hold decoders, S3 connections and shuffle buffers: keep them across iterators.
         persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
-        prefetch_factor=2 if num_workers > 0 else None)
+        prefetch_factor=2 if num_workers > 0 else None,
+        worker_init_fn=watch.install if watch is not None else None)
+    loader.umt_watch = watch  # what ClipLoader reads after a worker died
+    return loader
 
 
 def default_epoch_steps(num_samples: int, batch_size: int, world_size: int) -> int:

@@ -1,0 +1,111 @@
+"""A decoder that kills its DataLoader worker costs one sample, not the run.
+
+decord aborts or segfaults on some damaged files (a corrupt sample table, a chunk offset past
+the end: see tests/faults/test_bad_data_fuzz.py). Such a crash is no Python exception: it
+kills the DataLoader worker process, and DataLoader then fails the whole iterator
+(``RuntimeError: DataLoader worker (pid(s) N) exited unexpectedly``, or an ``EOFError`` when
+the worker died handing over a batch). Sharding isolates these
+inputs in a process of their own (``umt.data.shard``), but a shard written by another tool, or
+damaged later, reaches the training loader as it is.
+
+So each DataLoader worker notes which sample it is decoding (:class:`DecodeWatch`, one small
+file per worker process, rewritten per sample: three system calls next to a decode of
+milliseconds). When a worker dies, the training process reads the dead worker's note, counts
+the sample as skipped (reason ``decoder crashed the worker process``), adds it to the
+*poisoned* set that new workers skip on sight, and restarts its workers at the step they were
+making (``umt.data.webdataset_loader.ClipLoader``). A restarted stream draws its shards as a
+run resumed at that step does. Evaluation loaders (one pass, no step to restart at) stop with
+an error naming the sample instead. With ``data.num_workers=0`` decoding runs in the training
+process itself, and a crash ends it (the job's restart policy and the checkpoints take over).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+# A loader whose workers keep dying (a decoder broken as a whole, not one bad file) stops.
+MAX_WORKER_CRASHES = 20
+
+_current: Optional["DecodeWatch"] = None  # the watch of this DataLoader worker process
+
+
+def _remove(folder: str, owner: int) -> None:
+    if os.getpid() == owner:  # forked workers inherit the finaliser; only the owner cleans up
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class DecodeWatch:
+    """Which sample each DataLoader worker of one loader is decoding, and the samples that
+    crashed one before (``poisoned``: skipped by every worker started afterwards)."""
+
+    def __init__(self):
+        self.folder = tempfile.mkdtemp(prefix="umt-decoding-")
+        self.poisoned: set[str] = set()
+        self._fd: Optional[int] = None
+        self._fd_pid = 0
+        weakref.finalize(self, _remove, self.folder, os.getpid())
+
+    def install(self, worker_id: int) -> None:
+        """``worker_init_fn`` of the loader's DataLoader: this worker notes into this watch."""
+        global _current
+        _current = self
+
+    def note(self, name: str) -> None:
+        """This worker starts decoding sample ``name`` (``<shard>:<key>``)."""
+        if self._fd is None or self._fd_pid != os.getpid():
+            self._fd = os.open(os.path.join(self.folder, str(os.getpid())),
+                               os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            self._fd_pid = os.getpid()
+        data = name.encode("utf-8", "replace")
+        os.pwrite(self._fd, data, 0)
+        os.ftruncate(self._fd, len(data))
+
+    def done(self) -> None:
+        """The decode returned (with a sample or an exception): nothing is in flight."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+
+    def culprits(self, pids: list[int]) -> list[str]:
+        """The samples the dead workers ``pids`` were decoding when they died."""
+        out = []
+        for pid in pids:
+            try:
+                with open(os.path.join(self.folder, str(pid)), encoding="utf-8") as f:
+                    name = f.read()
+            except FileNotFoundError:
+                continue
+            if name:
+                out.append(name)
+        return out
+
+
+def current() -> Optional[DecodeWatch]:
+    """The watch of this DataLoader worker (None in the training process itself)."""
+    return _current
+
+
+def dead_workers(iterator, wait_s: float = 2.0) -> list[int]:
+    """Pids of the DataLoader ``iterator``'s workers that died (exit code != 0).
+
+    A worker that dies while handing over a batch makes the training process fail with
+    whatever the broken pipe raised (EOFError, ConnectionResetError), sometimes before the
+    worker is gone: give it ``wait_s`` seconds to be reaped.
+    """
+    workers = list(getattr(iterator, "_workers", None) or [])
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            dead = [w.pid for w in workers if not w.is_alive() and w.exitcode not in (0, None)]
+            if dead or not workers or time.monotonic() > deadline:
+                return dead
+            time.sleep(0.05)
+        except RuntimeError:  # DataLoader's SIGCHLD handler announcing the death: look again
+            continue
