@@ -7,6 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
@@ -47,6 +48,31 @@ def _refuse_resolvers(node: Any, where: str, path: str = "") -> None:
         _refuse_resolvers(child, where, sub_path)
 
 
+def read_config_file(path: str | Path) -> DictConfig:
+    """A config file as a raw DictConfig, refused with one clear ``ValueError`` naming the file
+    when it is too large, not YAML, not a mapping, uses tags (``!!python/object/apply:...``:
+    OmegaConf's loader is a safe one, nothing is ever constructed or run), expands aliases into
+    more than OmegaConf's limit of nodes (a "billion laughs" bomb) or calls resolvers.
+
+    ``umt job render`` / ``submit`` read config files through this too, before they flatten them.
+    """
+    path = Path(path)
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        problem = " ".join(str(getattr(e, "problem", None) or e).split()).split(". See ")[0]
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ValueError(f"config file {path} is not a umt config: {problem[:200]}{where}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ValueError(f"config file {path} must hold a mapping of sections (train:, model:, "
+                         f"...), not a {type(loaded).__name__}")
+    _refuse_resolvers(loaded, str(path))
+    return loaded
+
+
 def preset_source(schema: type, stage: str) -> tuple[str, Sequence[str] | None]:
     """Whose presets a stage uses: its own, or -- when the schema says ``PRESETS = (stage,
     sections)`` -- the listed sections of another stage's (an evaluation takes the ``model``
@@ -67,10 +93,7 @@ def _merged(schema: type, stage: str, config: str | None, overrides: Sequence[st
                 raise ValueError(
                     f"config {config!r} is neither a YAML file nor a {owner} preset "
                     f"(presets: {', '.join(list_presets(owner))})")
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ValueError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
-        loaded = OmegaConf.load(path)  # a safe YAML loader: no !!python tags
-        _refuse_resolvers(loaded, str(path))
+        loaded = read_config_file(path)
         if sections is not None:
             loaded = OmegaConf.create({k: loaded[k] for k in sections if k in loaded})
         base = OmegaConf.merge(base, loaded)

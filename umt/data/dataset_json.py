@@ -38,6 +38,9 @@ from umt import storage
 
 FORMAT = "umt-webdataset"
 FORMAT_VERSION = 1
+# Shards and failures take ~200 bytes each: a million failed inputs is 200 MB. Anything larger
+# is not a dataset.json, and is refused before it is read.
+MAX_BYTES = 1 << 30
 FILENAME = "dataset.json"
 
 
@@ -200,13 +203,17 @@ def load(uri: str) -> DatasetInfo:
     if not uri.endswith(".json"):
         uri = storage.join(uri, FILENAME)
     try:
-        raw = storage.read_bytes(uri)
+        raw = storage.read_bytes(uri, max_bytes=MAX_BYTES)
     except FileNotFoundError:
         raise DatasetJsonError(f"{uri}: not found (run `umt shard` first?)") from None
+    except storage.TooLargeError as e:
+        raise DatasetJsonError(f"{e}: not a dataset.json") from None
     try:
         d = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DatasetJsonError(f"{uri}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise DatasetJsonError(f"{uri}: not a dataset.json (JSON nested too deeply)") from None
     info = from_dict(d, location=uri)
     if not info.shards:
         raise DatasetJsonError(f"{uri}: the dataset has no shards")

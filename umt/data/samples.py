@@ -26,6 +26,7 @@ import numpy as np
 
 from umt.data.decoders import DecodeError, decode_image
 from umt.data.manifest import IMAGE_EXTS as MANIFEST_IMAGE_EXTS
+from umt.data.manifest import MAX_CAPTION_CHARS
 from umt.data.manifest import VIDEO_EXTS as MANIFEST_VIDEO_EXTS
 
 # Sample keys in a tar are the file extensions without the dot (one list: umt.data.manifest).
@@ -34,6 +35,9 @@ IMAGE_EXTS = tuple(e.lstrip(".") for e in MANIFEST_IMAGE_EXTS)
 # Class indices are small; anything longer is not one (and would overflow a long tensor).
 MAX_LABEL = 2**31 - 1
 _CLS = re.compile(rb"\s*([0-9]{1,10})\s*")
+# A sample's .json (captions, questions, candidates) is a few KB; parsing a huge one costs
+# memory and time for nothing a model could use.
+MAX_META_BYTES = 4 << 20
 
 
 class SampleError(Exception):
@@ -67,6 +71,9 @@ def parse_meta(sample: dict) -> dict:
     """The sample's ``.json`` as a dict whose known fields are checked (``{}`` without one)."""
     if "json" not in sample:
         return {}
+    if len(sample["json"]) > MAX_META_BYTES:
+        raise SampleError(f"bad json: {len(sample['json'])} bytes, more than the limit of "
+                          f"{MAX_META_BYTES}")
     try:
         meta = json.loads(sample["json"])  # JSON only: nothing in a shard is ever executed
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
@@ -76,6 +83,9 @@ def parse_meta(sample: dict) -> dict:
     caps = meta.get("captions")
     if caps is not None and not (isinstance(caps, list) and all(isinstance(c, str) for c in caps)):
         raise SampleError(f"bad captions: must be a list of strings, got {caps!r:.60}")
+    if caps and max(map(len, caps)) > MAX_CAPTION_CHARS:
+        raise SampleError(f"bad captions: a caption of {max(map(len, caps))} characters, longer "
+                          f"than the limit of {MAX_CAPTION_CHARS}")
     start, end = _number(meta, "start"), _number(meta, "end")
     if end is not None and end <= (start or 0.0):
         raise SampleError(f"bad clip range: end {end} <= start {start or 0.0}")
@@ -93,7 +103,10 @@ def captions_of(sample: dict, meta: dict) -> list[str]:
     """The sample's non-blank captions: ``.json`` ``captions``, else its ``.txt``; may be empty."""
     caps = meta.get("captions")
     if not caps and "txt" in sample:
-        caps = [sample["txt"].decode("utf-8", "replace")]
+        if len(sample["txt"]) > 4 * MAX_CAPTION_CHARS:  # utf-8: at most 4 bytes a character
+            raise SampleError(f"bad captions: a .txt of {len(sample['txt'])} bytes, longer than "
+                              f"the limit of {MAX_CAPTION_CHARS} characters")
+        caps = [sample["txt"].decode("utf-8", "replace")[:MAX_CAPTION_CHARS]]
     return [c for c in caps or [] if c.strip()]
 
 

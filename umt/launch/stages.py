@@ -63,6 +63,9 @@ def flatten_config(data: dict[str, Any], prefix: str = "") -> list[str]:
 def job_config_args(config: str | None, overrides: Sequence[str]) -> tuple[str | None, list[str]]:
     """(``--config`` value for the container, overrides) with local files inlined."""
     if is_local_config_file(config):
+        from umt.configs.loader import read_config_file
+
+        read_config_file(config)  # refuses tags, alias bombs, resolvers with a clear error
         data = yaml.safe_load(Path(config).read_text()) or {}  # type: ignore[arg-type]
         if not isinstance(data, dict):
             raise ValueError(f"config file {config} must hold a mapping")

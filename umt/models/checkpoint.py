@@ -73,17 +73,21 @@ def read_checkpoint(uri: str) -> dict:
     allowed: ``argparse.Namespace`` (the video-only code's ``args``) and the multi-modality
     code's ``EasyDict`` ``config`` (read as an ``OrderedDict``).
     """
-    if uri.startswith("s3://"):
-        from umt import storage
+    from umt import storage
 
-        f: object = io.BytesIO(storage.read_bytes(uri))
-    else:
-        f = uri
+    # Through umt.storage either way: it refuses other schemes (``pipe:...``) and local paths
+    # that are not regular files (a FIFO or /dev/zero would block or never end); a local file
+    # is read through its handle, not copied into memory first.
     try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            return torch.load(f, map_location="cpu", weights_only=True)
+        f = (io.BytesIO(storage.read_bytes(uri)) if storage.is_s3(uri)
+             else storage.open_read(uri))
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {uri}") from None
+    except (storage.NotRegularFileError, IsADirectoryError) as e:
+        raise CheckpointError(f"cannot read checkpoint {uri}: {e}") from None
+    try:
+        with f, torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused or a corrupt file
         raise CheckpointError(f"cannot read checkpoint {uri}: {e}") from e
 

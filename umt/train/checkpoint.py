@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 FORMAT = "umt-train-ckpt-v1"
 # Anchored at a path separator so a crashed writer's ".tmp-XXXX-step_...pt" never counts.
 _NAME = re.compile(r"(?:^|/)step_(\d{8})\.pt$")
+_BARE_NAME = re.compile(r"step_\d{8}\.pt")
 
 
 class CheckpointsUnreadableError(UserError):
@@ -106,13 +107,17 @@ def load_latest(output_dir: str) -> Optional[dict[str, Any]]:
     candidates = []
     pointer = storage.join(folder, "latest")
     try:
-        name = storage.read_bytes(pointer).decode("utf-8", "replace").strip()
-        if _NAME.search("/" + name):
+        name = storage.read_bytes(pointer, max_bytes=4096).decode("utf-8", "replace").strip()
+        # A bare checkpoint name only: "../../elsewhere/step_00000009.pt" or an absolute path
+        # would read a file outside the run's folder.
+        if _BARE_NAME.fullmatch(name):
             candidates.append(storage.join(folder, name))
         else:
             log.warning("ignoring %s: %r is not a checkpoint name", pointer, name[:80])
     except FileNotFoundError:
         pass
+    except storage.TooLargeError:
+        log.warning("ignoring %s: too large to name a checkpoint", pointer)
     candidates += [step_uri(output_dir, s) for s in reversed(list_steps(output_dir))]
     problems: list[str] = []
     for uri in dict.fromkeys(candidates):
