@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -138,18 +139,26 @@ def test_the_eval_loader_reads_every_valid_sample_and_skips_the_rest(corpus, dec
 
 
 def test_a_decoder_crash_in_a_training_dataloader_worker_skips_the_sample(raw_shard):
-    """decord aborts / segfaults in the DataLoader worker on four samples: each costs that
-    sample (skipped on every later pass too), the workers restart at the step they were
-    making, and training batches keep coming."""
+    """decord aborts / segfaults in the DataLoader worker on four samples, while the training
+    process waits for a batch or is busy with its step: each costs that sample (skipped on
+    every later pass too), the workers restart at the step they were making, and training
+    batches keep coming in order."""
     source, cases = raw_shard
     cfg = DataConfig(source=source, num_workers=1, shuffle_buffer=0, crop_scales=[1.0],
                      decoder="decord")
     loader = build_pretrain_loader(cfg, batch_size=8, num_frames=4, img_size=16)
-    seen = set()
-    for step in range(32):  # a restart re-reads the one shard: 4 crashes, then a clean pass
+    seen, step, last_crash = set(), 0, None
+    # A restart re-reads the one shard from its start: one crash per pass, then clean passes
+    # (a pass is ~7 batches: go on for two after the last crash).
+    while last_crash is None or step < last_crash + 14:
+        assert step < 150, f"only {loader.crashes} crashes in {step} steps"
+        if last_crash is None and loader.crashes == len(DECORD_CRASHERS):
+            last_crash = step
         batch = next(loader)
         assert batch["step"] == step and len(batch["key"]) == 8
         seen.update(batch["key"])
+        step += 1
+        time.sleep(0.02)  # the training step: the worker decodes ahead (and dies) meanwhile
     assert loader.crashes == len(DECORD_CRASHERS)
     # one skip per crash, and more for the crashers met again (skipped without decoding)
     assert loader.skip_reasons["decoder crashed the worker process"] > len(DECORD_CRASHERS)

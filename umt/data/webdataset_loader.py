@@ -275,15 +275,31 @@ class ClipLoader:
         while True:
             if self._it is None:
                 self._it = iter(self._loader)
-            try:
-                batch = next(self._it)  # training: endless, resampled shards never run out
-            except storage.StorageError as e:
-                raise storage.StorageError(_worker_message(str(e))) from None
-            except Exception as e:
-                dead = worker_crash.dead_workers(self._it) if self._loader.num_workers else []
-                if not dead:
+                worker_crash.guard_sigchld()  # a worker death is handled here, not mid-step
+            error = worker_crash.take_pending()  # announced while the training step ran
+            announced = error is not None
+            if error is None:
+                try:
+                    with worker_crash.waiting():
+                        batch = next(self._it)  # training: endless, resampled shards never run out
+                except StopIteration:  # the end of an evaluation pass
                     raise
-                self._after_worker_crash(e, dead)
+                except storage.StorageError as e:
+                    raise storage.StorageError(_worker_message(str(e))) from None
+                except Exception as e:
+                    error = e
+            if error is not None:
+                # A worker that died handing over a batch breaks the pipe before it is reaped.
+                wait = 2.0 if isinstance(error, (EOFError, OSError)) else 0.0
+                dead = (worker_crash.dead_workers(self._it, wait) if self._loader.num_workers
+                        else [])
+                if dead:
+                    self._after_worker_crash(error, dead)
+                    worker_crash.take_pending()  # the same death, announced again
+                elif not announced and not worker_crash.is_death_notice(error):
+                    raise error
+                # else: the death of another loader's worker (an evaluation during training):
+                # that loader finds its dead worker itself (DataLoader checks every 5 s).
                 continue
             skipped = batch.pop("skipped", {})
             self.skip_reasons.update(skipped)

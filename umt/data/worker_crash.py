@@ -4,16 +4,18 @@ decord aborts or segfaults on some damaged files (a corrupt sample table, a chun
 the end: see tests/faults/test_bad_data_fuzz.py). Such a crash is no Python exception: it
 kills the DataLoader worker process, and DataLoader then fails the whole iterator
 (``RuntimeError: DataLoader worker (pid(s) N) exited unexpectedly``, or an ``EOFError`` when
-the worker died handing over a batch). Sharding isolates these
-inputs in a process of their own (``umt.data.shard``), but a shard written by another tool, or
-damaged later, reaches the training loader as it is.
+the worker died handing over a batch) -- or, worse, its SIGCHLD handler raises "DataLoader
+worker (pid N) is killed by signal" in the middle of the training step, wherever the main
+thread is. Sharding isolates these inputs in a process of their own (``umt.data.shard``), but a
+shard written by another tool, or damaged later, reaches the training loader as it is.
 
 So each DataLoader worker notes which sample it is decoding (:class:`DecodeWatch`, one small
 file per worker process, rewritten per sample: three system calls next to a decode of
 milliseconds). When a worker dies, the training process reads the dead worker's note, counts
 the sample as skipped (reason ``decoder crashed the worker process``), adds it to the
 *poisoned* set that new workers skip on sight, and restarts its workers at the step they were
-making (``umt.data.webdataset_loader.ClipLoader``). A restarted stream draws its shards as a
+making (``umt.data.webdataset_loader.ClipLoader``); a death announced while the training
+step runs is kept for the loader's next call (:func:`guard_sigchld`). A restarted stream draws its shards as a
 run resumed at that step does. Evaluation loaders (one pass, no step to restart at) stop with
 an error naming the sample instead. With ``data.num_workers=0`` decoding runs in the training
 process itself, and a crash ends it (the job's restart policy and the checkpoints take over).
@@ -24,9 +26,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import weakref
+from contextlib import contextmanager
 from typing import Optional
 
 log = logging.getLogger(__name__)
@@ -87,6 +92,64 @@ class DecodeWatch:
         return out
 
 
+# -- when the training process hears of the death -------------------------------------------
+# DataLoader's SIGCHLD handler raises "DataLoader worker (pid N) is killed by signal" in the
+# training process's main thread at whatever it is doing -- usually the model's forward pass,
+# since workers decode ahead. ``guard_sigchld`` wraps that handler: while a loader waits for a
+# batch (``waiting``) the error is raised there, where the loader handles it; at any other
+# moment it is kept (``take_pending``) for the loader's next call instead of ending the run.
+_waiting = 0
+_pending: Optional[BaseException] = None
+
+
+def _wrap(previous):
+    def handler(signum, frame):
+        global _pending
+        try:
+            if callable(previous):
+                previous(signum, frame)
+        except RuntimeError as e:
+            if _waiting:
+                raise
+            _pending = e
+
+    handler.umt_guard = True  # type: ignore[attr-defined]
+    return handler
+
+
+def guard_sigchld() -> None:
+    """Wrap the SIGCHLD handler DataLoader installed (once; main thread only: Python sets
+    signal handlers there). Call after creating a DataLoader iterator."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGCHLD"):
+        return
+    current = signal.getsignal(signal.SIGCHLD)
+    if not getattr(current, "umt_guard", False):
+        signal.signal(signal.SIGCHLD, _wrap(current))
+
+
+@contextmanager
+def waiting():
+    """A loader waits for a batch: a worker death is raised right here."""
+    global _waiting
+    _waiting += 1
+    try:
+        yield
+    finally:
+        _waiting -= 1
+
+
+def is_death_notice(error: BaseException) -> bool:
+    """DataLoader's "DataLoader worker (pid N) is killed by signal / exited unexpectedly"."""
+    return isinstance(error, RuntimeError) and "DataLoader worker (pid" in str(error)
+
+
+def take_pending() -> Optional[BaseException]:
+    """A worker death announced while no loader was waiting (then forgotten)."""
+    global _pending
+    error, _pending = _pending, None
+    return error
+
+
 def current() -> Optional[DecodeWatch]:
     """The watch of this DataLoader worker (None in the training process itself)."""
     return _current
@@ -102,10 +165,7 @@ def dead_workers(iterator, wait_s: float = 2.0) -> list[int]:
     workers = list(getattr(iterator, "_workers", None) or [])
     deadline = time.monotonic() + wait_s
     while True:
-        try:
-            dead = [w.pid for w in workers if not w.is_alive() and w.exitcode not in (0, None)]
-            if dead or not workers or time.monotonic() > deadline:
-                return dead
-            time.sleep(0.05)
-        except RuntimeError:  # DataLoader's SIGCHLD handler announcing the death: look again
-            continue
+        dead = [w.pid for w in workers if not w.is_alive() and w.exitcode not in (0, None)]
+        if dead or not workers or time.monotonic() > deadline:
+            return dead
+        time.sleep(0.05)
