@@ -37,7 +37,8 @@ PARTS=$(mktemp -d /tmp/umt_gpu_parts.XXXXXX)
 DEVICE=${GPU_SH_DEVICE:-cuda}
 PROFILE=${GPU_SH_PROFILE:-gpu}
 BUDGET=${GPU_SH_BUDGET:-285}
-PY=${PYTHON:-python3}
+# the project venv where there is one (here), else the machine's python3 (the GPU image)
+if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=${PYTHON:-python3}; fi
 start=$(date +%s)
 : >"$OUT/log.txt"
 log() { echo "[gpu.sh +$(($(date +%s) - start))s] $*" | tee -a "$OUT/log.txt"; }
