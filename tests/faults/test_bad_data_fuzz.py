@@ -175,3 +175,63 @@ def test_an_eval_loader_worker_crash_names_the_sample(raw_shard):
                                            rf"data.decoder=pyav"):
         for _ in loader:
             pass
+
+
+@pytest.fixture
+def stuck_on_one_sample(synthetic_shards, monkeypatch):
+    """A decoder that hangs on one sample of the synthetic shards (it sleeps for 2 minutes in
+    ``read_frames``, inside the DataLoader worker, which forks with the patch in place); the
+    watchdog's limit set to 2 s. Returns (dataset.json, the stuck sample's key, all keys)."""
+    from umt.data import webdataset_loader
+
+    keys = [k for batch in build_eval_loader(synthetic_shards, batch_size=8, num_frames=4,
+                                             img_size=16) for k in batch["key"]]
+    stuck = keys[5]
+    real = webdataset_loader.read_frames
+
+    def read_frames(sample, *args, **kwargs):
+        if sample.get("__key__") == stuck:
+            time.sleep(120)  # a watchdog that fails lets the test fail, not hang
+        return real(sample, *args, **kwargs)
+
+    monkeypatch.setattr(webdataset_loader, "read_frames", read_frames)
+    monkeypatch.setenv("UMT_DECODE_TIMEOUT_S", "2")
+    return synthetic_shards, stuck, keys
+
+
+def test_a_decode_that_hangs_stops_its_worker_and_costs_only_that_sample(stuck_on_one_sample):
+    """The watchdog kills the worker stuck for 2 s; the sample is skipped as 'decode timed
+    out' (and on sight on later passes), the workers restart at the step they were making, and
+    training batches keep coming in order."""
+    source, stuck, keys = stuck_on_one_sample
+    cfg = DataConfig(source=source, num_workers=1, shuffle_buffer=0, crop_scales=[1.0])
+    loader = build_pretrain_loader(cfg, batch_size=4, num_frames=4, img_size=16)
+    t0, seen = time.monotonic(), set()
+    for step in range(18):  # three passes over the 24 clips
+        batch = next(loader)
+        assert batch["step"] == step and len(batch["key"]) == 4
+        assert time.monotonic() - t0 < 60, "the stuck decode was not stopped"
+        seen.update(batch["key"])
+    assert stuck not in seen and seen == set(keys) - {stuck}
+    assert loader.crashes == 1
+    assert loader.skip_reasons["decode timed out (worker stopped)"] >= 2, dict(loader.skip_reasons)
+
+
+def test_a_decode_that_hangs_in_an_eval_loader_names_the_sample(stuck_on_one_sample):
+    source, stuck, _ = stuck_on_one_sample
+    loader = build_eval_loader(source, batch_size=8, num_frames=4, img_size=16, num_workers=1)
+    with pytest.raises(RuntimeError, match=rf"decoding .*:{stuck} \(its decode took longer than "
+                                           rf"the limit, 2 s"):
+        for _ in loader:
+            pass
+
+
+def test_the_decode_time_limit_is_checked(monkeypatch):
+    from umt.data import worker_crash
+
+    for bad in ("-1", "soon", "inf", "nan"):
+        monkeypatch.setenv("UMT_DECODE_TIMEOUT_S", bad)
+        with pytest.raises(ValueError, match="UMT_DECODE_TIMEOUT_S"):
+            worker_crash.decode_timeout()
+    monkeypatch.setenv("UMT_DECODE_TIMEOUT_S", "0")
+    assert worker_crash.decode_timeout() == 0

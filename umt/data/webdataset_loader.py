@@ -64,7 +64,7 @@ MAX_CONSECUTIVE_SKIPS = 500
 # Decoded pixels per sample (width x height x frames) above which a sample is refused before it
 # is decoded; the number is sharding's per-frame limit (TranscodeSettings.max_pixels).
 DEFAULT_MAX_PIXELS = 8192 * 8192
-CRASHED = "decoder crashed the worker process"  # skip reason (as in umt shard's failures)
+CRASHED = worker_crash.CRASHED  # skip reason (as in umt shard's failures)
 
 
 def _worker() -> tuple[int, int]:
@@ -243,7 +243,7 @@ def _decode_stage(src: Iterator[dict], fn, rng_parts: tuple, per_worker: bool = 
             name = f"{sample.get('__url__', '')}:{sample.get('__key__', '?')}"
             if name in watch.poisoned:
                 if skips is not None:
-                    skips.skip(CRASHED + ": on an earlier attempt", name)
+                    skips.skip(watch.poisoned[name] + ": on an earlier attempt", name)
                 continue
             watch.note(name)
             try:
@@ -328,19 +328,24 @@ class ClipLoader:
         if not culprits:
             raise RuntimeError(f"DataLoader worker(s) {pids} died while not decoding a sample "
                                f"({type(error).__name__}: {error})") from error
+        names = ", ".join(name for name, _ in culprits)
         if not isinstance(stream, _TrainStream):
-            raise RuntimeError(f"a DataLoader worker died while decoding {', '.join(culprits)} "
-                               f"(the decoder crashed on it); remove the sample from its shard, "
-                               f"or read it with data.decoder=pyav") from None
+            what = ("its decode took longer than the limit, "
+                    f"{watch.timeout_s:.0f} s (UMT_DECODE_TIMEOUT_S)"
+                    if any(reason == worker_crash.HUNG for _, reason in culprits)
+                    else "the decoder crashed on it")
+            raise RuntimeError(f"a DataLoader worker died while decoding {names} ({what}); "
+                               f"remove the sample from its shard, or read it with "
+                               f"data.decoder=pyav") from None
         self.crashes += 1
         if self.crashes > worker_crash.MAX_WORKER_CRASHES:
             raise RuntimeError(f"DataLoader workers died {self.crashes} times (last while decoding "
-                               f"{', '.join(culprits)}): the decoder is broken as a whole; try "
+                               f"{names}): the decoder is broken as a whole; try "
                                f"data.decoder=pyav") from None
-        for name in culprits:
+        for name, reason in culprits:
             log.warning("skipping corrupt sample %s: %s; restarting the loader's workers at "
-                        "step %d", name, CRASHED, self.step)
-        self.skip_reasons[CRASHED] += len(culprits)
+                        "step %d", name, reason, self.step)
+            self.skip_reasons[reason] += 1
         self.num_skipped += len(culprits)
         watch.poisoned.update(culprits)
         stream.start_step = self.step  # the new workers make this step first
@@ -376,6 +381,8 @@ def _data_loader(pipeline, num_workers: int, watch: Optional[worker_crash.Decode
         prefetch_factor=2 if num_workers > 0 else None,
         worker_init_fn=watch.install if watch is not None else None)
     loader.umt_watch = watch  # what ClipLoader reads after a worker died
+    if watch is not None:
+        watch.start_watchdog()  # a hung decode: its worker is stopped, then handled as a crash
     return loader
 
 
