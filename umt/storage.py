@@ -311,7 +311,7 @@ def read_bytes(uri: str, max_bytes: Optional[int] = None) -> bytes:
         resp = s3_client().get_object(Bucket=bucket, Key=key)
     stream = _S3Stream(bucket, key, uri, resp)  # a connection broken mid-body is resumed
     try:
-        if max_bytes is not None and stream._size > max_bytes:
+        if max_bytes is not None and stream._size is not None and stream._size > max_bytes:
             raise _too_large(uri, stream._size, max_bytes)
         return stream.readall()
     finally:

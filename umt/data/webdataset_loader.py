@@ -64,7 +64,6 @@ MAX_CONSECUTIVE_SKIPS = 500
 # Decoded pixels per sample (width x height x frames) above which a sample is refused before it
 # is decoded; the number is sharding's per-frame limit (TranscodeSettings.max_pixels).
 DEFAULT_MAX_PIXELS = 8192 * 8192
-CRASHED = worker_crash.CRASHED  # skip reason (as in umt shard's failures)
 
 
 def _worker() -> tuple[int, int]:

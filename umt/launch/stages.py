@@ -65,10 +65,9 @@ def job_config_args(config: str | None, overrides: Sequence[str]) -> tuple[str |
     if is_local_config_file(config):
         from umt.configs.loader import read_config_file
 
-        read_config_file(config)  # refuses tags, alias bombs, resolvers with a clear error
+        read_config_file(config)  # refuses tags, alias bombs, resolvers, non-mappings clearly
+        # Flattened from PyYAML's reading (what the container's override parser expects).
         data = yaml.safe_load(Path(config).read_text()) or {}  # type: ignore[arg-type]
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {config} must hold a mapping")
         return None, flatten_config(data) + list(overrides)
     return config, list(overrides)
 

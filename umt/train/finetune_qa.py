@@ -101,7 +101,6 @@ def evaluate(ctx: Context, step: int) -> dict[str, float]:
     return flat
 
 
-
 def check_inputs(cfg: FinetuneQAConfig) -> None:
     """Fail before training: the answer list (empty, malformed, answers too long for the
     decoder) and data without questions."""

@@ -109,7 +109,6 @@ def forward_loss(ctx: Context, batch: dict, step: int) -> tuple[torch.Tensor, di
     return loss, metrics
 
 
-
 def check_inputs(cfg: FinetuneRetrievalConfig) -> None:
     """Fail before training on data that cannot train retrieval: a dataset.json whose samples
     carry no captions."""

@@ -66,6 +66,11 @@ def scaled_lrs(cfg: OptimConfig, global_batch: int) -> tuple[float, float, float
     return cfg.base_lr * scale, cfg.min_lr * scale, cfg.warmup_lr * scale
 
 
+# devices with a fused AdamW kernel: CUDA always, CPUs from torch 2.4 (pyproject allows 2.3)
+_FUSED_ADAMW_DEVICES = ("cuda", "cpu") if tuple(
+    int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 4) else ("cuda",)
+
+
 def build_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig, lr: float,
                     device: torch.device) -> torch.optim.AdamW:
     """AdamW over ``groups``; with ``cfg.fused`` the fused kernel on GPUs *and* CPUs (torch
@@ -76,11 +81,6 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig, lr: float,
     groups = [g for g in groups if g["params"]]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps,
                              fused=cfg.fused and device.type in _FUSED_ADAMW_DEVICES)
-
-
-# devices with a fused AdamW kernel: CUDA always, CPUs from torch 2.4 (pyproject allows 2.3)
-_FUSED_ADAMW_DEVICES = ("cuda", "cpu") if tuple(
-    int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 4) else ("cuda",)
 
 
 def build_scheduler(optimizer, total_steps: int, warmup_steps: int, min_lr: float,
