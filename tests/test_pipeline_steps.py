@@ -128,11 +128,10 @@ def test_validate_plans_exactly_what_the_steps_will_run(videos, tmp_path, monkey
 
 
 def test_validate_reports_every_problem_at_once(videos, tmp_path, monkeypatch):
-    import umt.train
+    import umt.catalogue
 
-    # An enabled step whose stage is not registered (as each downstream stage was until its
-    # issue landed) must fail here, by name.
-    monkeypatch.delitem(umt.train.STAGES, "finetune-action", raising=False)
+    # An enabled step whose stage is not in the catalogue must fail here, by name.
+    monkeypatch.delitem(umt.catalogue.STAGES, "finetune-action", raising=False)
     s = tiny(output_prefix=str(tmp_path), input_videos=str(tmp_path / "missing.csv"),
              node_pool="cpux", run_action=True, run_qa=True, nodes=0,
              stage1_overrides=["train.stepz=3"])
@@ -145,7 +144,7 @@ def test_validate_reports_every_problem_at_once(videos, tmp_path, monkeypatch):
     assert f"input_videos {tmp_path / 'missing.csv'} does not exist" in text
     assert "run_qa=true needs the Stage-2 model" in text
     assert ("finetune-action is enabled (run_action) but stage 'finetune-action' is not "
-            "registered in umt.train.STAGES") in text
+            "in the stage catalogue") in text
     assert "stepz" in text  # the config typo, named
 
 

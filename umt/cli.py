@@ -12,12 +12,11 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import List, Optional
 
 import typer
 
-from umt.train import STAGES, is_evaluation
+from umt import catalogue
 from umt.train.entry import ConfigOpt, OverridesArg, eval_command, stage_command
 
 # Plain tracebacks: they end up in pod logs, where rich panels with locals are noise.
@@ -30,11 +29,12 @@ eval_app = typer.Typer(help="Evaluate a checkpoint (one process, or under torchr
 app.add_typer(config_app, name="config")
 app.add_typer(eval_app, name="eval")
 
-for _stage in STAGES:
-    if is_evaluation(_stage):
-        eval_app.command(_stage[len("eval-"):])(eval_command(_stage))
+for _stage in catalogue.STAGES.values():
+    if _stage.trains:
+        train_app.command(_stage.command)(stage_command(_stage.name))
     else:
-        train_app.command(_stage)(stage_command(_stage))
+        eval_app.command(_stage.command)(eval_command(_stage.name))
+STAGES = list(catalogue.STAGES)
 
 
 @config_app.command("show")
@@ -44,9 +44,10 @@ def config_show(stage: str = typer.Argument(..., help=f"One of: {', '.join(STAGE
     still missing are shown as ``???`` and listed."""
     from umt.configs.loader import show_config
 
-    if stage not in STAGES:
-        raise typer.BadParameter(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
-    schema = importlib.import_module(STAGES[stage]).CONFIG_SCHEMA
+    try:
+        schema = catalogue.get(stage).config_schema()
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     try:
         text, missing = show_config(schema, stage, config, overrides or [])
         typer.echo(text.rstrip("\n"))
@@ -63,9 +64,10 @@ def config_presets(stage: str = typer.Argument("stage1")):
     from umt.configs import list_presets
     from umt.configs.loader import preset_source
 
-    if stage not in STAGES:
-        raise typer.BadParameter(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
-    schema = importlib.import_module(STAGES[stage]).CONFIG_SCHEMA
+    try:
+        schema = catalogue.get(stage).config_schema()
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     typer.echo("\n".join(list_presets(preset_source(schema, stage)[0])))
 
 

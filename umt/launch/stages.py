@@ -9,7 +9,6 @@ does; the rendered job then says every value it runs with.
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 from pathlib import Path
@@ -17,18 +16,15 @@ from typing import Any, Sequence
 
 import yaml
 
+from umt import catalogue
+
 
 def stage_modules() -> dict[str, str]:
-    from umt.train import STAGES  # the lead's registry; imported late so tests can patch it
-
-    return dict(STAGES)
+    return {name: s.module for name, s in catalogue.STAGES.items()}
 
 
 def stage_module(stage: str) -> str:
-    stages = stage_modules()
-    if stage not in stages:
-        raise ValueError(f"unknown stage {stage!r}; known stages: {', '.join(sorted(stages))}")
-    return stages[stage]
+    return catalogue.get(stage).module
 
 
 def is_local_config_file(config: str | None) -> bool:
@@ -74,10 +70,6 @@ def job_config_args(config: str | None, overrides: Sequence[str]) -> tuple[str |
 
 def validate_stage_config(stage: str, config: str | None, overrides: Sequence[str]) -> Any:
     """Load the config exactly as the stage will, so a typo fails now, not on a GPU node."""
-    module = importlib.import_module(stage_module(stage))
-    schema = getattr(module, "CONFIG_SCHEMA", None)
-    if schema is None:
-        raise ValueError(f"stage module {module.__name__} defines no CONFIG_SCHEMA")
     from umt.configs import load_config
 
-    return load_config(schema, stage, config, list(overrides))
+    return load_config(catalogue.get(stage).config_schema(), stage, config, list(overrides))

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from umt import storage
+from umt import catalogue, storage
 
 # The pipeline's `model_size` -> the preset name every stage ships (umt/configs/<stage>_<x>.yaml).
 MODEL_SIZES = {"tiny": "tiny", "small": "s16", "base": "b16", "large": "l16"}
@@ -74,19 +73,11 @@ def short_hash(payload: Any, n: int = 10) -> str:
 
 
 def known_stages() -> dict[str, str]:
-    from umt.launch.stages import stage_modules
-
-    return stage_modules()
+    return {name: s.module for name, s in catalogue.STAGES.items()}
 
 
 def stage_schema(stage: str) -> type:
-    from umt.launch.stages import stage_module
-
-    module = importlib.import_module(stage_module(stage))  # ValueError naming known stages
-    schema = getattr(module, "CONFIG_SCHEMA", None)
-    if schema is None:
-        raise ValueError(f"stage module {module.__name__} defines no CONFIG_SCHEMA")
-    return schema
+    return catalogue.get(stage).config_schema()  # ValueError naming the known stages
 
 
 def preset(stage: str, model_size: str) -> str:

@@ -207,8 +207,9 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
             return
         if stage not in known:
             flag = _flag_of(stage)
-            p.add(f"{stage} is enabled ({flag}) but stage {stage!r} is not registered in "
-                  f"umt.train.STAGES (known: {', '.join(sorted(known))}); set {flag}=false")
+            p.add(f"{stage} is enabled ({flag}) but stage {stage!r} is not in the stage "
+                  f"catalogue (umt.catalogue; known: {', '.join(sorted(known))}); "
+                  f"set {flag}=false")
             return
         step = p.check(stage, planning.plan_step, stage, s.model_size, s.output_prefix,
                        data=data_uri, parent=parent, steps=steps_, batch_size=s.batch_size,

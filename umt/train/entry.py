@@ -15,7 +15,7 @@ from typing import Any, Callable, List, Optional
 import typer
 
 from umt.errors import UserError
-from umt.train import STAGES
+from umt import catalogue
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Preset name (e.g. tiny, b16, l16) or a YAML file.")
 OverridesArg = typer.Argument(None, help="Overrides as key=value, e.g. train.steps=100 optim.base_lr=1e-4.")
@@ -39,7 +39,7 @@ def stage_command(stage: str) -> Callable[..., None]:
     """A typer command that loads the stage's config and runs its ``main``."""
 
     def command(config: Optional[str] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
-        module = importlib.import_module(STAGES[stage])
+        module = importlib.import_module(catalogue.get(stage).module)
         try:
             summary = module.main(config, overrides or [])
         except (ValueError, FloatingPointError, UserError) as e:
@@ -52,7 +52,7 @@ def stage_command(stage: str) -> Callable[..., None]:
         if os.environ.get("RANK", "0") == "0":  # one summary line per job, not per process
             typer.echo(f"{stage} finished: {summary}")
 
-    command.__doc__ = (f"Run {stage} ({STAGES[stage]}). Writes config.yaml, metrics.jsonl, "
+    command.__doc__ = (f"Run {stage} ({catalogue.get(stage).module}). Writes config.yaml, metrics.jsonl, "
                        f"summary.json and checkpoints to train.output_dir; resumes from them.")
     return command
 
@@ -82,7 +82,7 @@ def eval_command(stage: str) -> Callable[..., None]:
                           default=typer.Option(default, flag, help=text),
                           annotation=bool if isinstance(default, bool) else Optional[str])
         for name, flag, _, default, text in extra])
-    command.__doc__ = (f"Evaluate a checkpoint ({STAGES[stage]}): writes metrics.json, "
+    command.__doc__ = (f"Evaluate a checkpoint ({catalogue.get(stage).module}): writes metrics.json, "
                        f"summary.json and config.yaml to --output.")
     return command
 
@@ -91,4 +91,4 @@ def run_stage_module(stage: str) -> None:
     """``python -m umt.train.<stage> --config ... key=value``: the same command as ``umt train``."""
     single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     single.command()(stage_command(stage))
-    single(prog_name=f"python -m {STAGES[stage]}")
+    single(prog_name=f"python -m {catalogue.get(stage).module}")
