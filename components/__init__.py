@@ -5,9 +5,7 @@ README.md). Regenerate the YAML files with ``python -m components``.
 
 from components.cleanup.component import cleanup
 from components.evaluate.component import evaluate
-from components.finetune_action.component import finetune_action
-from components.finetune_qa.component import finetune_qa
-from components.finetune_retrieval.component import finetune_retrieval
+from components.finetune.component import finetune
 from components.pretrain_stage1.component import pretrain_stage1
 from components.pretrain_stage2.component import pretrain_stage2
 from components.report.component import report
@@ -20,9 +18,7 @@ COMPONENTS = {
     "shard_videos": shard_videos,
     "pretrain_stage1": pretrain_stage1,
     "pretrain_stage2": pretrain_stage2,
-    "finetune_action": finetune_action,
-    "finetune_retrieval": finetune_retrieval,
-    "finetune_qa": finetune_qa,
+    "finetune": finetune,
     "evaluate": evaluate,
     "report": report,
     "cleanup": cleanup,

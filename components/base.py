@@ -28,7 +28,7 @@ BASE_IMAGE = default_image(LAUNCHER_IMAGE)
 # Inputs (Args) and outputs (Returns) of the launcher steps, described once.
 SHARED_DOCS = {
     "output_prefix": "Folder or s3:// prefix the job writes under.",
-    "model_size": "tiny, small, base or large (the stage's preset).",
+    "model_size": "tiny, base or large (the stage's preset).",
     "steps": "Optimizer steps (0 = the preset's).",
     "batch_size": "Batch size per GPU (0 = the preset's).",
     "num_frames": "Frames per clip (0 = the preset's).",
@@ -38,6 +38,9 @@ SHARED_DOCS = {
     "node_pool": "Node pool of the training pods, e.g. gke-a100.",
     "image": 'Training image ("" = umt-train of this package\'s version).',
     "s3_secret": 'Kubernetes Secret with the S3 credentials ("" = none).',
+    "tasks": 'The run\'s downstream tasks: this step runs when its task is listed ("*" = any).',
+    "task_data": 'dataset.json per task and split, {"<task>_train"|"<task>_eval": URI} '
+                 '(absent = the pipeline\'s dataset).',
     "model": "model.json: checkpoint URI, architecture, frames, resolution, step, config hash.",
     "metrics": "final_loss, steps, clips_per_s, wall_hours, gpu_hours.",
     "job": "The rendered PyTorchJob YAML.",

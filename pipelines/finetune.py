@@ -4,7 +4,8 @@ validate -> describe data -> register the checkpoint -> fine-tune -> evaluate ->
 
     umt submit pipelines/finetune.py output_prefix=s3://bucket/runs \\
         checkpoint=s3://bucket/ckpt/b16_ptk710_f8_res224.pth \\
-        train_data=s3://bucket/k400/train/dataset.json eval_data=s3://bucket/k400/val/dataset.json
+        train_data=s3://bucket/k400/train/dataset.json \\
+        task_data='{"action_eval": "s3://bucket/k400/val/dataset.json"}'
 """
 
 import sys
@@ -16,7 +17,7 @@ if _ROOT not in sys.path:
 
 from kfp import dsl  # noqa: E402
 
-from components import (cleanup, evaluate, finetune_action, pretrain_stage1,  # noqa: E402
+from components import (cleanup, evaluate, finetune, pretrain_stage1,  # noqa: E402
                         report, shard_videos, validate)
 from components.tasks import cpu_task, exit_task, launcher_task  # noqa: E402
 
@@ -28,7 +29,7 @@ from components.tasks import cpu_task, exit_task, launcher_task  # noqa: E402
 def finetune(
     checkpoint: str,
     train_data: str,
-    eval_data: str = "",
+    task_data: dict = {},
     output_prefix: str = "s3://umt/runs",
     model_size: str = "base",
     num_frames: int = 0,
@@ -47,9 +48,9 @@ def finetune(
     Args:
         checkpoint: The Stage-1 checkpoint to start from (local path or s3:// URI).
         train_data: dataset.json of the labelled training videos (from `umt shard`).
-        eval_data: dataset.json of the evaluation videos ("" = train_data).
+        task_data: {"action_eval": dataset.json of the evaluation videos} (absent = train_data).
         output_prefix: s3:// prefix (a folder locally) for checkpoints and job outputs.
-        model_size: tiny, small, base or large (the presets of both stages).
+        model_size: tiny, base or large (the presets of both stages).
         num_frames: Frames per clip (0 = the presets').
         batch_size: Batch size per GPU (0 = the preset's).
         finetune_steps: Fine-tuning optimizer steps (0 = the preset's).
@@ -70,24 +71,22 @@ def finetune(
             existing_dataset=train_data, existing_stage1_checkpoint=checkpoint,
             batch_size=batch_size, finetune_steps=finetune_steps,
             finetune_overrides=finetune_overrides, eval_overrides=eval_overrides,
-            action_eval_data=eval_data, run_stage2=False, run_action=True,
-            run_retrieval=False, run_qa=False, run_mc=False, downstream_nodes=nodes, **jobs),
+            task_data=task_data, run_stage2=False, tasks=["action"],
+            downstream_nodes=nodes, **jobs),
             "Validate settings and plan jobs", s3_secret=s3_secret)
         data = cpu_task(shard_videos(output_prefix=output_prefix, existing_dataset=train_data),
                         "Describe the training data", s3_secret=s3_secret).after(checked)
         base = launcher_task(pretrain_stage1(
             dataset=data.outputs["dataset"], existing_checkpoint=checkpoint, **jobs),
             "Stage-1 checkpoint (given)", s3_secret=s3_secret)
-        tuned = launcher_task(finetune_action(
-            dataset=data.outputs["dataset"], pretrained=base.outputs["model"],
+        tuned = launcher_task(finetune(
+            task="action", dataset=data.outputs["dataset"], pretrained=base.outputs["model"],
             steps=finetune_steps, batch_size=batch_size, overrides=finetune_overrides,
             **jobs), "Fine-tune: action recognition", s3_secret=s3_secret)
         scored = launcher_task(evaluate(
             task="action", model=tuned.outputs["model"], dataset=data.outputs["dataset"],
-            eval_data=eval_data, overrides=eval_overrides, **jobs),
+            task_data=task_data, overrides=eval_overrides, **jobs),
             "Evaluate: action recognition", s3_secret=s3_secret)
-        cpu_task(report(
-            dataset=data.outputs["dataset"], stage1_model=base.outputs["model"],
-            action_model=tuned.outputs["model"], action_metrics=tuned.outputs["metrics"],
-            action_eval=scored.outputs["metrics"], title="UMT action fine-tuning run"),
-            "Report", s3_secret=s3_secret)
+        cpu_task(report(plan=checked.outputs["plan"], dataset=data.outputs["dataset"],
+                        title="UMT action fine-tuning run"),
+                 "Report", s3_secret=s3_secret).after(base, tuned, scored)

@@ -1,15 +1,17 @@
 """The full UMT pipeline: validate -> shard -> Stage 1 -> Stage 2 -> fine-tunes -> evaluations
--> report, with an exit handler that deletes the run's unfinished PyTorchJobs.
+-> report, with an exit handler that deletes the run's unfinished jobs.
 
     umt run pipelines/full.py --local                      # the whole DAG on this machine
     kfp dsl compile --py pipelines/full.py --output full.yaml
     kfp run create -e umt -f full.yaml output_prefix=s3://bucket/runs input_videos=s3://bucket/k710.csv
     umt submit pipelines/full.py --endpoint $KFP_ENDPOINT output_prefix=s3://bucket/runs ...
 
-A stage is skipped by a parameter of its own (``existing_dataset``, ``existing_stage1_checkpoint``,
-``existing_stage2_checkpoint``, ``run_stage2``, ``run_<task>``): every task always runs and a
-disabled one says so in its outputs, so the report (outside any condition) can take them all.
-No ``dsl.If``/``dsl.OneOf`` over artifacts (kfp.local 2.17 cannot run OneOf over artifacts).
+The downstream tasks are the stage catalogue's (``umt.catalogue``): one fine-tune task per
+fine-tune stage and one evaluation task per evaluation, each starting from its catalogue parent.
+A stage is skipped by a parameter (``existing_dataset``, ``existing_stage1_checkpoint``,
+``existing_stage2_checkpoint``, ``run_stage2``, ``tasks``): every task always runs and a
+disabled one says so in its outputs. No ``dsl.If``/``dsl.OneOf`` over artifacts (kfp.local 2.17
+cannot run OneOf over artifacts).
 """
 
 import sys
@@ -23,10 +25,10 @@ if _ROOT not in sys.path:
 
 from kfp import dsl  # noqa: E402
 
-from components import (cleanup, evaluate, finetune_action, finetune_qa,  # noqa: E402
-                        finetune_retrieval, pretrain_stage1, pretrain_stage2, report,
-                        shard_videos, validate)
+from components import (cleanup, evaluate, finetune, pretrain_stage1,  # noqa: E402
+                        pretrain_stage2, report, shard_videos, validate)
 from components.tasks import cpu_task, exit_task, launcher_task  # noqa: E402
+from umt import catalogue  # noqa: E402
 
 
 @dsl.pipeline(
@@ -56,17 +58,8 @@ def full(
     existing_stage1_checkpoint: str = "",
     existing_stage2_checkpoint: str = "",
     run_stage2: bool = True,
-    run_action: bool = True,
-    run_retrieval: bool = True,
-    run_qa: bool = True,
-    run_mc: bool = True,
-    action_train_data: str = "",
-    action_eval_data: str = "",
-    retrieval_train_data: str = "",
-    retrieval_eval_data: str = "",
-    qa_train_data: str = "",
-    qa_eval_data: str = "",
-    mc_eval_data: str = "",
+    tasks: list = catalogue.tasks(),
+    task_data: dict = {},
     nodes: int = 4,
     gpus_per_node: int = 8,
     downstream_nodes: int = 1,
@@ -85,7 +78,7 @@ def full(
         classes: Class-names file fixing label indices ("" = sorted label names).
         samples_per_shard: Samples per WebDataset shard.
         short_side: Short side (pixels) videos are transcoded to.
-        model_size: tiny, small, base or large (the presets of every stage).
+        model_size: tiny, base or large (the presets of every stage).
         num_frames: Frames per clip in every stage (0 = the presets').
         batch_size: Batch size per GPU in every training stage (0 = the presets').
         stage1_steps: Stage-1 optimizer steps (0 = the preset's).
@@ -98,17 +91,10 @@ def full(
         existing_stage1_checkpoint: Start from this Stage-1 checkpoint; skips Stage 1.
         existing_stage2_checkpoint: Start from this Stage-2 checkpoint; skips Stage 2.
         run_stage2: Run Stage 2 (vision-language pretraining).
-        run_action: Fine-tune and evaluate action recognition (from Stage 1).
-        run_retrieval: Fine-tune and evaluate video-text retrieval (from Stage 2).
-        run_qa: Fine-tune and evaluate video question answering (from Stage 2).
-        run_mc: Evaluate multiple-choice video-text with the retrieval model.
-        action_train_data: dataset.json for the action fine-tune ("" = the pipeline's data).
-        action_eval_data: dataset.json for the action evaluation ("" = the pipeline's data).
-        retrieval_train_data: dataset.json for the retrieval fine-tune ("" = pipeline's data).
-        retrieval_eval_data: dataset.json for the retrieval evaluation ("" = pipeline's data).
-        qa_train_data: dataset.json for the QA fine-tune ("" = the pipeline's data).
-        qa_eval_data: dataset.json for the QA evaluation ("" = the pipeline's data).
-        mc_eval_data: dataset.json for the multiple-choice evaluation ("" = pipeline's data).
+        tasks: Downstream tasks to fine-tune and evaluate: action (from Stage 1), retrieval
+            and qa (from Stage 2), mc (multiple choice, with the retrieval model).
+        task_data: dataset.json per task and split, e.g. {"action_train": URI,
+            "action_eval": URI, "mc_eval": URI} (absent = the pipeline's dataset).
         nodes: Nodes (pods) per pretraining job.
         gpus_per_node: GPUs per node (0 = CPU jobs).
         downstream_nodes: Nodes per fine-tune and evaluation job.
@@ -133,12 +119,9 @@ def full(
             finetune_overrides=finetune_overrides, eval_overrides=eval_overrides,
             existing_stage1_checkpoint=existing_stage1_checkpoint,
             existing_stage2_checkpoint=existing_stage2_checkpoint, run_stage2=run_stage2,
-            run_action=run_action, run_retrieval=run_retrieval, run_qa=run_qa, run_mc=run_mc,
-            action_train_data=action_train_data, action_eval_data=action_eval_data,
-            retrieval_train_data=retrieval_train_data, retrieval_eval_data=retrieval_eval_data,
-            qa_train_data=qa_train_data, qa_eval_data=qa_eval_data, mc_eval_data=mc_eval_data,
-            nodes=nodes, gpus_per_node=gpus_per_node, downstream_nodes=downstream_nodes,
-            node_pool=node_pool, image=image, s3_secret=s3_secret),
+            tasks=tasks, task_data=task_data, nodes=nodes, gpus_per_node=gpus_per_node,
+            downstream_nodes=downstream_nodes, node_pool=node_pool, image=image,
+            s3_secret=s3_secret),
             "Validate settings and plan jobs", s3_secret=s3_secret, memory_limit="4Gi")
 
         data = cpu_task(shard_videos(
@@ -152,49 +135,29 @@ def full(
         stage1 = launcher_task(pretrain_stage1(
             dataset=dataset, steps=stage1_steps, batch_size=batch_size,
             overrides=stage1_overrides, existing_checkpoint=existing_stage1_checkpoint,
-            nodes=nodes, **jobs), "Stage 1: video pretraining", s3_secret=s3_secret)
+            nodes=nodes, **jobs), catalogue.get("stage1").title, s3_secret=s3_secret)
         stage2 = launcher_task(pretrain_stage2(
             dataset=dataset, stage1_model=stage1.outputs["model"], enabled=run_stage2,
             steps=stage2_steps, batch_size=batch_size, overrides=stage2_overrides,
             existing_checkpoint=existing_stage2_checkpoint, nodes=nodes, **jobs),
-            "Stage 2: vision-language pretraining", s3_secret=s3_secret)
+            catalogue.get("stage2").title, s3_secret=s3_secret)
 
-        tune = dict(steps=finetune_steps, batch_size=batch_size, overrides=finetune_overrides,
-                    nodes=downstream_nodes, dataset=dataset, **jobs)
-        action = launcher_task(finetune_action(
-            pretrained=stage1.outputs["model"], enabled=run_action,
-            train_data=action_train_data, **tune),
-            "Fine-tune: action recognition", s3_secret=s3_secret)
-        retrieval = launcher_task(finetune_retrieval(
-            pretrained=stage2.outputs["model"], enabled=run_retrieval,
-            train_data=retrieval_train_data, **tune),
-            "Fine-tune: video-text retrieval", s3_secret=s3_secret)
-        qa = launcher_task(finetune_qa(
-            pretrained=stage2.outputs["model"], enabled=run_qa, train_data=qa_train_data,
-            **tune), "Fine-tune: video QA", s3_secret=s3_secret)
-
-        check = dict(overrides=eval_overrides, nodes=downstream_nodes, dataset=dataset, **jobs)
-        evals = {}
-        for task, model, enabled, eval_data, title in (
-                ("action", action, run_action, action_eval_data, "action recognition"),
-                ("retrieval", retrieval, run_retrieval, retrieval_eval_data, "retrieval"),
-                ("qa", qa, run_qa, qa_eval_data, "video QA"),
-                ("mc", retrieval, run_mc, mc_eval_data, "multiple choice")):
-            evals[task] = launcher_task(evaluate(
-                task=task, model=model.outputs["model"], enabled=enabled, eval_data=eval_data,
-                **check), f"Evaluate: {title}", s3_secret=s3_secret)
+        # One task per downstream stage of the catalogue, fed by its parent's model.
+        trained = {"stage1": stage1, "stage2": stage2}
+        per_task = dict(tasks=tasks, task_data=task_data, nodes=downstream_nodes,
+                        dataset=dataset, **jobs)
+        for stage in catalogue.finetunes():
+            trained[stage.name] = launcher_task(finetune(
+                task=stage.task, pretrained=trained[stage.parent].outputs["model"],
+                steps=finetune_steps, batch_size=batch_size, overrides=finetune_overrides,
+                **per_task), stage.title, s3_secret=s3_secret)
+        evaluations = [launcher_task(evaluate(
+            task=stage.task, model=trained[stage.parent].outputs["model"],
+            overrides=eval_overrides, **per_task), stage.title, s3_secret=s3_secret)
+            for stage in catalogue.evaluations()]
 
         cpu_task(report(
-            dataset=dataset,
-            stage1_model=stage1.outputs["model"], stage1_metrics=stage1.outputs["metrics"],
-            stage2_model=stage2.outputs["model"], stage2_metrics=stage2.outputs["metrics"],
-            action_model=action.outputs["model"], action_metrics=action.outputs["metrics"],
-            retrieval_model=retrieval.outputs["model"],
-            retrieval_metrics=retrieval.outputs["metrics"],
-            qa_model=qa.outputs["model"], qa_metrics=qa.outputs["metrics"],
-            action_eval=evals["action"].outputs["metrics"],
-            retrieval_eval=evals["retrieval"].outputs["metrics"],
-            qa_eval=evals["qa"].outputs["metrics"], mc_eval=evals["mc"].outputs["metrics"],
-            title="UMT pipeline run", gpu_power_watts=gpu_power_watts,
-            grid_g_per_kwh=grid_g_per_kwh),
-            "Report", s3_secret=s3_secret, memory="1Gi", memory_limit="4Gi")
+            plan=checked.outputs["plan"], dataset=dataset, title="UMT pipeline run",
+            gpu_power_watts=gpu_power_watts, grid_g_per_kwh=grid_g_per_kwh),
+            "Report", s3_secret=s3_secret, memory="1Gi", memory_limit="4Gi"
+        ).after(*trained.values(), *evaluations)

@@ -50,7 +50,7 @@ def pretrain(
         existing_dataset: dataset.json of already sharded data; skips sharding.
         classes: Class-names file fixing label indices ("" = sorted label names).
         samples_per_shard: Samples per WebDataset shard.
-        model_size: tiny, small, base or large (the presets of both stages).
+        model_size: tiny, base or large (the presets of both stages).
         num_frames: Frames per clip (0 = the presets').
         batch_size: Batch size per GPU (0 = the presets').
         stage1_steps: Stage-1 optimizer steps (0 = the preset's).
@@ -76,7 +76,7 @@ def pretrain(
             stage2_steps=stage2_steps, stage1_overrides=stage1_overrides,
             stage2_overrides=stage2_overrides,
             existing_stage1_checkpoint=existing_stage1_checkpoint, run_stage2=run_stage2,
-            run_action=False, run_retrieval=False, run_qa=False, run_mc=False, **jobs),
+            tasks=[], **jobs),
             "Validate settings and plan jobs", s3_secret=s3_secret)
         data = cpu_task(shard_videos(
             output_prefix=output_prefix, input_videos=input_videos,
@@ -92,8 +92,6 @@ def pretrain(
             dataset=data.outputs["dataset"], stage1_model=stage1.outputs["model"],
             enabled=run_stage2, steps=stage2_steps, overrides=stage2_overrides, **jobs),
             "Stage 2: vision-language pretraining", s3_secret=s3_secret)
-        cpu_task(report(
-            dataset=data.outputs["dataset"], stage1_model=stage1.outputs["model"],
-            stage1_metrics=stage1.outputs["metrics"], stage2_model=stage2.outputs["model"],
-            stage2_metrics=stage2.outputs["metrics"], title="UMT pretraining run"),
-            "Report", s3_secret=s3_secret)
+        cpu_task(report(plan=checked.outputs["plan"], dataset=data.outputs["dataset"],
+                        title="UMT pretraining run"),
+                 "Report", s3_secret=s3_secret).after(stage1, stage2)

@@ -21,8 +21,8 @@ from umt.pipeline.loader import load_pipeline, parameters, task_names  # noqa: E
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = ("full", "pretrain", "finetune")
-LAUNCHERS = {"pretrain-stage1", "pretrain-stage2", "finetune-action", "finetune-retrieval",
-             "finetune-qa", "evaluate", "evaluate-2", "evaluate-3", "evaluate-4"}
+LAUNCHERS = {"pretrain-stage1", "pretrain-stage2", "finetune", "finetune-2", "finetune-3",
+             "evaluate", "evaluate-2", "evaluate-3", "evaluate-4"}
 RUN_ID_PLACEHOLDERS = ("{{$.pipeline_job_uuid}}", "{{$.pipeline_job_name}}",
                        "{{$.pipeline_job_resource_name}}", "{{$.pipeline_task_uuid}}")
 
@@ -85,16 +85,24 @@ def test_full_dag_edges(full):
     assert deps["shard-videos"] == {"validate"}
     assert deps["pretrain-stage1"] == {"shard-videos"}
     assert deps["pretrain-stage2"] == {"shard-videos", "pretrain-stage1"}
-    assert deps["finetune-action"] == {"shard-videos", "pretrain-stage1"}
-    assert deps["finetune-retrieval"] == {"shard-videos", "pretrain-stage2"}
-    assert deps["finetune-qa"] == {"shard-videos", "pretrain-stage2"}
-    evaluated = {tasks[k]["inputs"]["parameters"]["task"]["runtimeValue"]["constant"]:
+    def task_of(key: str) -> str:
+        return tasks[key]["inputs"]["parameters"]["task"]["runtimeValue"]["constant"]
+
+    tuned = {task_of(k): k for k in tasks if k.startswith("finetune")}
+    assert set(tuned) == {"action", "retrieval", "qa"}
+    assert deps[tuned["action"]] == {"shard-videos", "pretrain-stage1"}
+    assert deps[tuned["retrieval"]] == {"shard-videos", "pretrain-stage2"}
+    assert deps[tuned["qa"]] == {"shard-videos", "pretrain-stage2"}
+    evaluated = {task_of(k):
                  tasks[k]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"]
                  for k in tasks if k.startswith("evaluate")}
-    assert evaluated == {"action": "finetune-action", "retrieval": "finetune-retrieval",
-                         "qa": "finetune-qa", "mc": "finetune-retrieval"}
-    assert {"pretrain-stage1", "pretrain-stage2", "finetune-action", "evaluate"} <= deps["report"]
-    assert len(deps["report"]) == 1 + 5 + 4  # shard + five trainers + four evaluations
+    assert evaluated == {"action": tuned["action"], "retrieval": tuned["retrieval"],
+                         "qa": tuned["qa"], "mc": tuned["retrieval"]}
+    # The report reads the plan (validate's) and runs after every step it reports on.
+    assert tasks["report"]["inputs"]["artifacts"]["plan"]["taskOutputArtifact"] == {
+        "producerTask": "validate", "outputArtifactKey": "plan"}
+    assert deps["report"] == {"validate", "shard-videos", "pretrain-stage1", "pretrain-stage2",
+                              *tuned.values(), *(k for k in tasks if k.startswith("evaluate"))}
     # The exit handler runs after the whole body, whatever happened.
     root = spec["root"]["dag"]["tasks"]
     assert root["cleanup"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
@@ -111,14 +119,13 @@ def test_full_artifact_types(full):
                 for k, v in comps[comp]["outputDefinitions"]["artifacts"].items()}
 
     assert outputs("comp-shard-videos") == {"dataset": "system.Dataset"}
-    for comp in ("comp-pretrain-stage1", "comp-pretrain-stage2", "comp-finetune-action",
-                 "comp-finetune-retrieval", "comp-finetune-qa"):
+    for comp in ("comp-pretrain-stage1", "comp-pretrain-stage2", "comp-finetune"):
         assert outputs(comp) == {"model": "system.Model", "metrics": "system.Metrics",
                                  "job": "system.Artifact"}
     assert outputs("comp-evaluate") == {"metrics": "system.Metrics", "job": "system.Artifact",
                                         "confusion": "system.ClassificationMetrics"}
     assert outputs("comp-report") == {"markdown": "system.Markdown", "html": "system.HTML"}
-    inputs = comps["comp-finetune-action"]["inputDefinitions"]["artifacts"]
+    inputs = comps["comp-finetune"]["inputDefinitions"]["artifacts"]
     assert inputs["pretrained"]["artifactType"]["schemaTitle"] == "system.Model"
     assert inputs["dataset"]["artifactType"]["schemaTitle"] == "system.Dataset"
 
@@ -141,8 +148,12 @@ def test_parameters_have_descriptions_and_empty_strings_not_none(tmp_path):
     assert params["node_pool"]["default"] == "gke-a100"
     assert params["nodes"]["default"] == 4 and params["gpus_per_node"]["default"] == 8
     assert params["stage1_overrides"]["type"] == "LIST"
-    assert params["run_qa"] == {"type": "BOOLEAN", "default": True,
-                                "description": params["run_qa"]["description"]}
+    # The downstream tasks are the catalogue's: one list and one dict parameter for all.
+    from umt import catalogue
+
+    assert params["tasks"]["type"] == "LIST" and params["tasks"]["default"] == catalogue.tasks()
+    assert params["task_data"]["type"] == "STRUCT" and params["task_data"]["default"] == {}
+    assert not any(k.startswith("run_") and k != "run_stage2" for k in params)
 
 
 def test_every_task_has_a_display_name(full):

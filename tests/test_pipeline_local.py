@@ -55,11 +55,6 @@ def test_local_run_prints_settings_steps_results_and_the_report(first_run):
     assert "model_size=tiny" in out and "nodes=2" in out and "gpus_per_node=0" in out
     assert f"output_prefix={base / 'outputs'}" in out
     assert "32 synthetic clips" in out
-    from umt.train import STAGES
-
-    # A step is switched off only while its stage is not registered.
-    off = "run_stage2=false    (off: stage2 not registered in umt.train.STAGES yet)"
-    assert (off in out) == ("stage2" not in STAGES)
     assert re.search(r"ok\s+Stage 1: video pretraining \(\d+ s\)", out)
     assert "results" in out and "32 clips in 4 shards" in out
     assert f"report: {base / 'report.html'}" in out
@@ -123,10 +118,9 @@ def test_local_run_produces_every_artifact_with_its_metadata(first_run):
             matrix = outs["confusion"]["metadata"]["confusionMatrix"]
             assert len(matrix["rows"]) == len(matrix["annotationSpecs"]) == 4
 
-    # Every other trainer either trained (its stage is registered) or says it was switched off.
-    for task, stage in (("pretrain-stage2", "stage2"), ("finetune-action", "finetune-action"),
-                        ("finetune-retrieval", "finetune-retrieval"),
-                        ("finetune-qa", "finetune-qa")):
+    # Every other trainer trained, starting from its parent (or says it was switched off).
+    for task, stage in (("pretrain-stage2", "stage2"), ("finetune", "finetune-action"),
+                        ("finetune-2", "finetune-retrieval"), ("finetune-3", "finetune-qa")):
         outs = outputs(run_dir, task)
         if stage in plan["jobs"]:
             assert Path(outs["model"]["metadata"]["checkpoint"]).is_file(), task
@@ -138,7 +132,10 @@ def test_local_run_produces_every_artifact_with_its_metadata(first_run):
     page = Path(report["html"]["uri"]).read_text()
     assert "<img" in page and "data:image/png;base64," in page and "Stage 1" in page
     assert re.findall(r'(?:src|href)="(?!data:)', page) == []
-    assert "| Stage 1 | done | step 3" in Path(report["markdown"]["uri"]).read_text()
+    markdown = Path(report["markdown"]["uri"]).read_text()
+    assert "| Stage 1: video pretraining | done | step 3" in markdown
+    for stage in ("Fine-tune: video QA", "Evaluate: multiple choice"):
+        assert f"| {stage} | done |" in markdown
 
 
 @pytest.mark.slow
@@ -164,8 +161,7 @@ def test_terminating_a_local_run_stops_its_task_and_job(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("KFP_RUN_ID", "UMT_JOB_BACKEND")}
     proc = subprocess.Popen([UMT, "run", "pipelines/full.py", "--local", "--workdir",
                              str(tmp_path), "stage1_steps=500", "run_stage2=false",
-                             "run_action=false", "run_retrieval=false", "run_qa=false",
-                             "run_mc=false"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             "tasks=[]"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 600

@@ -46,8 +46,7 @@ def sharded(videos, tmp_path_factory):
 
 def tiny(**kw) -> Settings:
     base = dict(output_prefix="", model_size="tiny", nodes=2, gpus_per_node=0,
-                downstream_nodes=2, node_pool="cpu", run_stage2=False, run_action=False,
-                run_retrieval=False, run_qa=False, run_mc=False)
+                downstream_nodes=2, node_pool="cpu", run_stage2=False, tasks=[])
     return Settings(**{**base, **kw})
 
 
@@ -72,10 +71,22 @@ def test_output_folders_are_stable_and_follow_the_config(tmp_path):
 def test_plan_refuses_pipeline_managed_keys_and_unknown_sizes(tmp_path):
     with pytest.raises(ValueError, match="train.output_dir is set by the pipeline"):
         planning.plan_step("stage1", "tiny", str(tmp_path), data="x", extra=["train.output_dir=y"])
-    with pytest.raises(ValueError, match="model_size='huge' is not one of tiny, small, base"):
+    with pytest.raises(ValueError, match="model_size='huge' is not one of tiny, base, large"):
         planning.plan_step("stage1", "huge", str(tmp_path), data="x")
-    with pytest.raises(ValueError, match="needs the preset stage1_s16.yaml"):
-        planning.plan_step("stage1", "small", str(tmp_path), data="x")
+
+
+@pytest.mark.parametrize("size", list(planning.MODEL_SIZES))
+def test_every_offered_model_size_plans_every_stage(size, videos, tmp_path):
+    """What the pipeline offers as model_size has a preset in every stage of the catalogue:
+    validation plans (loads and renders) every job of the full DAG."""
+    from umt import catalogue
+
+    s = tiny(output_prefix=str(tmp_path), input_videos=str(videos), model_size=size,
+             run_stage2=True, tasks=catalogue.tasks())
+    result = validate(s)
+    assert set(result["steps"]) == set(catalogue.STAGES)
+    assert all(step["config"] == planning.MODEL_SIZES[size]
+               for step in result["steps"].values())
 
 
 def test_stages_reading_several_corpora_get_a_list():
@@ -128,12 +139,8 @@ def test_validate_plans_exactly_what_the_steps_will_run(videos, tmp_path, monkey
 
 
 def test_validate_reports_every_problem_at_once(videos, tmp_path, monkeypatch):
-    import umt.catalogue
-
-    # An enabled step whose stage is not in the catalogue must fail here, by name.
-    monkeypatch.delitem(umt.catalogue.STAGES, "finetune-action", raising=False)
     s = tiny(output_prefix=str(tmp_path), input_videos=str(tmp_path / "missing.csv"),
-             node_pool="cpux", run_action=True, run_qa=True, nodes=0,
+             node_pool="cpux", tasks=["action", "qa", "ava"], nodes=0,
              stage1_overrides=["train.stepz=3"])
     with pytest.raises(InvalidPipelineSettings) as err:
         validate(s)
@@ -142,9 +149,8 @@ def test_validate_reports_every_problem_at_once(videos, tmp_path, monkeypatch):
     assert "unknown node pool 'cpux'" in text
     assert "nodes=0 must be >= 1" in text
     assert f"input_videos {tmp_path / 'missing.csv'} does not exist" in text
-    assert "run_qa=true needs the Stage-2 model" in text
-    assert ("finetune-action is enabled (run_action) but stage 'finetune-action' is not "
-            "in the stage catalogue") in text
+    assert "task qa needs the Stage 2: vision-language pretraining model" in text
+    assert "tasks: 'ava' not among the downstream tasks (action, retrieval, qa, mc)" in text
     assert "stepz" in text  # the config typo, named
 
 
@@ -203,12 +209,27 @@ def test_an_existing_checkpoint_is_registered_not_trained(sharded, tmp_path):
     assert not list(tmp_path.glob("stage1-*"))  # no job, no output folder
 
 
-def test_evaluate_checks_its_task(sharded, tmp_path):
+def test_finetune_and_evaluate_check_their_task(sharded, tmp_path):
     ds, _, _ = sharded
-    with pytest.raises(ValueError, match="task='speech' is not one of action, retrieval"):
-        steps.evaluate("speech", model=None, dataset=ds, model_size="tiny", output_prefix="x",
-                       nodes=1, gpus_per_node=0, node_pool="cpu", metrics=None,
-                       confusion=None, job=None)
+    job = dict(model_size="tiny", output_prefix="x", nodes=1, gpus_per_node=0, node_pool="cpu")
+    with pytest.raises(ValueError, match="task='speech' has no evaluation stage; tasks with "
+                                         "one: action, retrieval, qa, mc"):
+        steps.evaluate("speech", model=None, dataset=ds, metrics=None, confusion=None,
+                       job=None, **job)
+    with pytest.raises(ValueError, match="task='mc' has no fine-tune stage; tasks with one: "
+                                         "action, retrieval, qa"):
+        steps.finetune("mc", dataset=ds, model=None, metrics=None, job=None, **job)
+
+
+def test_a_task_not_in_tasks_is_skipped(sharded, tmp_path):
+    ds, _, _ = sharded
+    outs = [artifact(k, tmp_path, n) for k, n in (("Model", "model"), ("Metrics", "metrics"),
+                                                   ("Artifact", "job"))]
+    assert steps.finetune("qa", tasks=["action"], dataset=ds, model_size="tiny",
+                          output_prefix=str(tmp_path), nodes=2, gpus_per_node=0,
+                          node_pool="cpu", model=outs[0], metrics=outs[1],
+                          job=outs[2]) == {"skipped": True}
+    assert outs[0].metadata["skipped"] is True
 
 
 def test_metrics_go_to_metadata_and_to_the_file(tmp_path):

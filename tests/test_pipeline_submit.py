@@ -113,7 +113,7 @@ def kfp_server():
 
 def test_submit_compiles_types_the_arguments_and_creates_a_run(kfp_server, tmp_path):
     server, url = kfp_server
-    done = submit(FULL, ["output_prefix=s3://bucket/runs", "nodes=8", "run_qa=false",
+    done = submit(FULL, ["output_prefix=s3://bucket/runs", "nodes=8", "tasks=[\"action\"]",
                          'stage1_overrides=["train.log_every=1"]', "gpu_power_watts=350"],
                   endpoint=url, experiment="video", service_account="pipeline-runner",
                   pipeline_root="s3://bucket/pipelines", package_dir=str(tmp_path))
@@ -126,7 +126,7 @@ def test_submit_compiles_types_the_arguments_and_creates_a_run(kfp_server, tmp_p
     config = run["runtime_config"]
     assert config["pipeline_root"] == "s3://bucket/pipelines"
     assert config["parameters"] == {"output_prefix": "s3://bucket/runs", "nodes": 8,
-                                    "run_qa": False, "stage1_overrides": ["train.log_every=1"],
+                                    "tasks": ["action"], "stage1_overrides": ["train.log_every=1"],
                                     "gpu_power_watts": 350.0}
     # the compiled package itself (pipeline + Kubernetes platform spec), as kfp run create
     # sends it

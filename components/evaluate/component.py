@@ -1,4 +1,4 @@
-"""``evaluate``: one downstream evaluation (action | retrieval | qa | mc) as a PyTorchJob."""
+"""``evaluate``: one downstream evaluation (the stage catalogue's, by task) as a job."""
 
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
@@ -14,8 +14,8 @@ def evaluate(
     model: Input[Model],
     dataset: Input[Dataset],
     output_prefix: str,
-    enabled: bool = True,
-    eval_data: str = "",
+    tasks: list = ["*"],
+    task_data: dict = {},
     model_size: str = "base",
     num_frames: int = 0,
     overrides: list = [],
@@ -25,17 +25,15 @@ def evaluate(
     image: str = "",
     s3_secret: str = "umt-s3",
 ):
-    """Evaluates a fine-tuned model (stage eval-<task>) as a PyTorchJob.
+    """Evaluates a fine-tuned model (stage eval-<task> of umt.catalogue) as a job.
 
     Writes to <output_prefix>/eval-<task>-<config hash>/; the job's metrics.json becomes the
     Metrics artifact (same names in every run, so KFP's run comparison lines up).
 
     Args:
-        task: action, retrieval, qa or mc.
+        task: The downstream task, e.g. action, retrieval, qa or mc (umt.catalogue).
         model: The model to evaluate.
-        dataset: The pipeline's dataset (used unless eval_data is set).
-        enabled: False: skip (the outputs say so).
-        eval_data: Evaluation data, a dataset.json ("" = the pipeline's dataset).
+        dataset: The pipeline's dataset (used unless task_data names this task's).
         node_pool: Node pool of the evaluation pods, e.g. gke-a100.
 
     Returns:
@@ -44,7 +42,7 @@ def evaluate(
     """
     from umt.pipeline import steps as s
 
-    s.evaluate(task, model=model, dataset=dataset, enabled=enabled, eval_data=eval_data,
+    s.evaluate(task, model=model, dataset=dataset, tasks=tasks, task_data=task_data,
                model_size=model_size, num_frames=num_frames, overrides=overrides,
                output_prefix=output_prefix, nodes=nodes, gpus_per_node=gpus_per_node,
                node_pool=node_pool, image=image, s3_secret=s3_secret, metrics=metrics,

@@ -27,17 +27,8 @@ def validate(
     existing_stage1_checkpoint: str = "",
     existing_stage2_checkpoint: str = "",
     run_stage2: bool = True,
-    run_action: bool = True,
-    run_retrieval: bool = True,
-    run_qa: bool = True,
-    run_mc: bool = True,
-    action_train_data: str = "",
-    action_eval_data: str = "",
-    retrieval_train_data: str = "",
-    retrieval_eval_data: str = "",
-    qa_train_data: str = "",
-    qa_eval_data: str = "",
-    mc_eval_data: str = "",
+    tasks: list = ["*"],
+    task_data: dict = {},
     nodes: int = 1,
     gpus_per_node: int = 8,
     downstream_nodes: int = 1,
@@ -47,10 +38,10 @@ def validate(
 ):
     """Checks the pipeline's settings and plans every job; fails listing all problems.
 
-    Loads each enabled stage's config with its overrides and renders its PyTorchJob (the
+    Loads each enabled stage's config with its overrides and renders its job (the
     launcher's own validation), checks the values KFP cannot constrain (model size, node pool,
     task switches), that the data and checkpoints exist, that the output prefix is writable
-    with the S3 Secret's credentials and, on a cluster, the PyTorchJob CRD, RBAC and Secret.
+    with the S3 Secret's credentials and, on a cluster, the job CRD, RBAC and Secret.
 
     Args:
         output_prefix: Folder or s3:// prefix for shards, checkpoints and job outputs.
@@ -59,7 +50,7 @@ def validate(
         classes: Class-names file fixing label indices ("" = sorted label names).
         samples_per_shard: Samples per WebDataset shard.
         short_side: Short side (pixels) videos are transcoded to.
-        model_size: tiny, small, base or large (the presets of every stage).
+        model_size: tiny, base or large (the presets of every stage).
         num_frames: Frames per clip in every stage (0 = the preset's).
         batch_size: Batch size per GPU in every training stage (0 = the preset's).
         stage1_steps: Stage-1 optimizer steps (0 = the preset's).
@@ -72,17 +63,7 @@ def validate(
         existing_stage1_checkpoint: Start from this Stage-1 checkpoint; skips Stage 1.
         existing_stage2_checkpoint: Start from this Stage-2 checkpoint; skips Stage 2.
         run_stage2: Run Stage 2 (vision-language pretraining).
-        run_action: Fine-tune and evaluate action recognition.
-        run_retrieval: Fine-tune and evaluate video-text retrieval.
-        run_qa: Fine-tune and evaluate video question answering.
-        run_mc: Evaluate multiple-choice (with the retrieval model).
-        action_train_data: dataset.json for the action fine-tune ("" = the pipeline's data).
-        action_eval_data: dataset.json for the action evaluation ("" = the pipeline's data).
-        retrieval_train_data: dataset.json for the retrieval fine-tune ("" = pipeline's data).
-        retrieval_eval_data: dataset.json for the retrieval evaluation ("" = pipeline's data).
-        qa_train_data: dataset.json for the QA fine-tune ("" = the pipeline's data).
-        qa_eval_data: dataset.json for the QA evaluation ("" = the pipeline's data).
-        mc_eval_data: dataset.json for the multiple-choice evaluation ("" = pipeline's data).
+        tasks: Downstream tasks to fine-tune and evaluate (umt.catalogue; "*" = all).
         nodes: Nodes (pods) per pretraining job.
         gpus_per_node: GPUs per node (0 = CPU jobs).
         downstream_nodes: Nodes per fine-tune and evaluation job.

@@ -39,7 +39,8 @@ COLOURS = ("red", "green", "blue", "yellow")
 DIRECTION_ANSWERS = ("right", "left", "jumping", "skipping")  # by synthetic.CLASSES index
 COLOUR_QUESTION = "what colour is the square"
 DIRECTION_QUESTION = "which way does the square move"
-TASKS = ("retrieval", "mc", "qa", "all")
+ALL = "all"  # one manifest with every column: one data set for every downstream task
+TASKS = ("retrieval", "mc", "qa", ALL)
 
 
 def colour_of(caption: str) -> str:

@@ -1,6 +1,6 @@
 """Write the kubectl-facing job manifests: ``manifests/jobs/<stage>/`` for every stage.
 
-    python -m umt.launch.manifests            # after adding a stage to umt.train.STAGES
+    python -m umt.launch.manifests            # after adding a stage to umt.catalogue
 
 Each stage gets the PyTorchJob ``umt job render`` would print for it (2 nodes x 8 GPUs, the
 paper-scale B/16 preset, data under ``s3://umt/datasets/``, outputs under the placeholder
@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from umt import catalogue
 from umt.launch.pytorchjob import TrainingJob, build_pytorchjob
 from umt.launch.serialize import to_yaml
-from umt.launch.stages import stage_modules
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 # Not a valid S3 bucket name on purpose: EDIT IT (docs/cluster.md, 'Train with kubectl').
@@ -31,25 +31,6 @@ OUTPUT_PLACEHOLDER = "s3://EDIT_ME_BUCKET/umt/runs"
 # Every stage ships with the B/16 preset (evaluations take the model of the stage they
 # evaluate from it too).
 PRESET = "b16"
-# The data each stage reads (the presets do not say; these are the paper's data sets).
-DATA = {
-    "stage1": ["data.source=s3://umt/datasets/k710/dataset.json"],
-    "stage2": ["data.sources=[s3://umt/datasets/webvid-2m/dataset.json,"
-               "s3://umt/datasets/cc3m/dataset.json]"],
-    "finetune-action": ["data.source=s3://umt/datasets/k400/train/dataset.json"],
-    "eval-action": ["data.source=s3://umt/datasets/k400/val/dataset.json"],
-    "finetune-retrieval": ["data.sources=[s3://umt/datasets/msrvtt-9k/dataset.json]"],
-    "eval-retrieval": ["data.source=s3://umt/datasets/msrvtt-1k/dataset.json"],
-    "eval-mc": ["data.source=s3://umt/datasets/msrvtt-mc/dataset.json"],
-    "finetune-qa": ["data.sources=[s3://umt/datasets/msrvtt-qa/train/dataset.json]"],
-    "eval-qa": ["data.source=s3://umt/datasets/msrvtt-qa/test/dataset.json"],
-}
-# The stage whose last checkpoint each stage starts from (model.pretrained): the paper's chain.
-PARENT = {
-    "stage2": "stage1", "finetune-action": "stage1", "eval-action": "finetune-action",
-    "finetune-retrieval": "stage2", "eval-retrieval": "finetune-retrieval",
-    "eval-mc": "finetune-retrieval", "finetune-qa": "stage2", "eval-qa": "finetune-qa",
-}
 
 
 def output_of(stage: str) -> str:
@@ -57,14 +38,17 @@ def output_of(stage: str) -> str:
 
 
 def overrides_of(stage: str) -> list[str]:
-    """The data and start checkpoint of ``stage``; raises naming what to add for a stage that
-    has no entry yet."""
-    if stage not in DATA:
-        raise ValueError(f"no shipped data for stage {stage!r}: add it to DATA (and PARENT) in "
-                         "umt/launch/manifests.py, then run python -m umt.launch.manifests")
-    out = list(DATA[stage])
-    if stage in PARENT:
-        out.append(f"model.pretrained={last_checkpoint(PARENT[stage])}")
+    """The data (the catalogue's ``data`` of the stage: the paper's data sets; the presets do
+    not say) and the start checkpoint (its catalogue parent's last one) of ``stage``."""
+    from umt.pipeline.plan import data_overrides
+
+    entry = catalogue.get(stage)
+    if not entry.data:
+        raise ValueError(f"stage {stage!r} names no data set in umt/catalogue.py (its `data`), "
+                         "which the shipped manifest needs")
+    out = data_overrides(stage, list(entry.data))
+    if entry.parent:
+        out.append(f"model.pretrained={last_checkpoint(entry.parent)}")
     return out
 
 
@@ -95,8 +79,8 @@ resources:
 
 
 def stage_job(stage: str) -> TrainingJob:
-    # Evaluations (eval-<task>) are one pass over a test set: one node is plenty.
-    nodes = 1 if stage.startswith("eval-") else 2
+    # Evaluations are one pass over a test set: one node is plenty.
+    nodes = 2 if catalogue.get(stage).trains else 1
     return TrainingJob(stage=stage, config=PRESET, overrides=overrides_of(stage), nodes=nodes,
                        gpus_per_node=8, node_pool="nvidia",
                        name=f"umt-{stage.replace('_', '-')}", output_uri=output_of(stage),
@@ -109,7 +93,7 @@ def render_stage(stage: str) -> str:
 
 def write_all(root: Path = MANIFESTS) -> list[Path]:
     written = []
-    for stage in stage_modules():
+    for stage in catalogue.STAGES:
         folder = root / "jobs" / stage.replace("_", "-")
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "pytorchjob.yaml").write_text(render_stage(stage))

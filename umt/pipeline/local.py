@@ -10,8 +10,7 @@ What happens:
 2. local settings replace the cluster defaults, and are printed: a local output folder instead
    of S3, ``tiny`` models, 2 CPU replicas per job (so DDP over gloo is exercised), and, when no
    input is given, synthetic videos (mp4 + manifest with labels and captions) that the real
-   ``shard_videos`` step shards. Steps whose stage is not registered in ``umt.train.STAGES`` yet
-   are switched off, with the reason;
+   ``shard_videos`` step shards (one data set with every downstream task's columns);
 3. each training task's PyTorchJob runs in the local PyTorchJob executor (processes + gloo):
    chosen because no KFP pod is around (``UMT_JOB_BACKEND=local``), not by a parameter;
 4. caching is on (``--no-cache`` to rerun everything): a second run hits the cache for every
@@ -56,10 +55,6 @@ LOCAL_SETTINGS = {
     "stage2_steps": (20, "demo-sized; 0 = the tiny preset's"),
     "finetune_steps": (20, "demo-sized, every fine-tune; 0 = the tiny presets'"),
 }
-RUN_FLAGS = {"run_stage2": ["stage2"],
-             **{f"run_{task}": [planning.FINETUNE_STAGES[task], planning.EVAL_STAGES[task]]
-                for task in planning.FINETUNE_STAGES},
-             "run_mc": [planning.FINETUNE_STAGES["retrieval"], planning.EVAL_STAGES["mc"]]}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -81,59 +76,34 @@ def local_arguments(params: dict[str, dict[str, Any]], given: dict[str, Any], wo
             "existing_dataset"):
         manifest = _synthetic(workdir / "synthetic")
         choose("input_videos", str(manifest), f"{SYNTHETIC_VIDEOS} synthetic clips (4 motion "
-                                              "classes, captions), sharded by the real step")
+                                              "classes; labels, captions, questions and "
+                                              "caption candidates: every task's columns), "
+                                              "sharded by the real step")
         choose("classes", str(manifest.parent / "classes.txt"), "the synthetic class order")
-    known = planning.known_stages()
-    stage2 = given.get("run_stage2", "stage2" in known)
-    for flag, stages in RUN_FLAGS.items():
-        missing = [s for s in stages if s not in known]
-        needs_stage2 = flag in ("run_retrieval", "run_qa", "run_mc") and not stage2
-        if missing or needs_stage2:
-            why = (f"{', '.join(missing)} not registered in umt.train.STAGES yet" if missing
-                   else "needs Stage 2, which is off")
-            choose(flag, False, f"off: {why}")
-    # QA and multiple choice need annotations the clips' manifest does not have: synthetic QA /
-    # MC sets on the same clips, sharded here (the pipeline takes per-task dataset.json URIs).
-    for task, keys in TASK_DATA.items():
-        flag = f"run_{task}"
-        wanted = [k for k in keys if k in params and not given.get(k)]
-        if not wanted or not args.get(flag, params.get(flag, {}).get("default", False)):
-            continue
-        uri = _synthetic_task_data(workdir / f"synthetic-{task}", task)
-        if uri is None:
-            choose(flag, False, f"off: no synthetic {task} data (umt.data.synthetic_tasks)")
-            continue
-        for key in wanted:
-            choose(key, uri, f"{SYNTHETIC_VIDEOS} synthetic clips with {TASK_WHAT[task]}, "
-                             "sharded with umt shard")
+    # Without Stage 2, the tasks that start from it (or from their fine-tunes) cannot run.
+    if "tasks" in params and args.get("run_stage2") is False and not args.get(
+            "existing_stage2_checkpoint"):
+        tasks = args.get("tasks", params["tasks"].get("default") or [])
+        kept = [t for t in tasks if "stage2" not in _ancestors(t)]
+        if kept != list(tasks):
+            args["tasks"] = kept
+            chosen.append(("tasks", kept, "run_stage2=false: only the tasks that do not start "
+                                          "from Stage 2"))
     return args, chosen
 
 
-TASK_DATA = {"qa": ("qa_train_data", "qa_eval_data"), "mc": ("mc_eval_data",)}
-TASK_WHAT = {"qa": "2 questions each", "mc": "5 caption candidates each"}
+def _ancestors(task: str) -> set[str]:
+    """The stages a task's stages start from, transitively (from the stage catalogue)."""
+    from umt import catalogue
 
-
-def _synthetic_task_data(folder: Path, task: str) -> str | None:
-    """dataset.json of a synthetic QA / MC set (written and sharded once; deterministic)."""
-    try:
-        from umt.data.synthetic_tasks import write_task_dataset
-    except ImportError:
-        return None
-    from umt.data.manifest import read_classes
-    from umt.data.shard import shard_dataset
-    from umt.data.transcode import TranscodeSettings
-
-    shards = folder / "shards"
-    dataset = shards / "dataset.json"
-    if not dataset.exists():
-        manifest = write_task_dataset(str(folder), SYNTHETIC_VIDEOS, task)
-        shard_dataset(manifest, str(shards), TranscodeSettings(), samples_per_shard=8,
-                      workers=1, classes=read_classes(str(folder / "classes.txt")),
-                      progress=False)
-        answers = folder / "answer_list.json"
-        if answers.exists():  # QA reads its answer list next to the dataset.json
-            (shards / "answer_list.json").write_bytes(answers.read_bytes())
-    return str(dataset)
+    out: set[str] = set()
+    todo = [s.parent for s in catalogue.STAGES.values() if s.task == task]
+    while todo:
+        name = todo.pop()
+        if name and name not in out:
+            out.add(name)
+            todo.append(catalogue.STAGES[name].parent)
+    return out
 
 
 def local_retries(package: Path, backoff: str = "1s") -> Path:
@@ -156,12 +126,13 @@ def _shown(value: Any) -> str:
 
 
 def _synthetic(folder: Path) -> Path:
-    """Synthetic clips + manifest (deterministic, so a rerun hits the cache); written once."""
-    from umt.data.synthetic import write_dataset
+    """Synthetic clips + a manifest with every downstream task's columns and the QA answer
+    list (deterministic, so a rerun hits the cache); written once."""
+    from umt.data.synthetic_tasks import ALL, write_task_dataset
 
-    manifest = folder / "manifest.csv"
+    manifest = folder / "manifest.jsonl"
     if not manifest.exists():
-        write_dataset(str(folder), SYNTHETIC_VIDEOS, num_frames=16, size=64)
+        write_task_dataset(str(folder), SYNTHETIC_VIDEOS, ALL, num_frames=16, size=64)
     return manifest
 
 

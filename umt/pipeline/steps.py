@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-from umt import storage
+from umt import catalogue, storage
 from umt.pipeline import plan as planning
 
 log = logging.getLogger(__name__)
@@ -318,8 +318,44 @@ def train(stage: str, *, dataset: Any, parent: Any = None, enabled: bool = True,
     values = {"final_loss": summary.get("final_loss"), "steps": summary.get("steps"),
               "clips_per_s": sorted(speeds)[len(speeds) // 2] if speeds else None,
               "wall_hours": hours, "gpu_hours": hours * nodes * gpus_per_node}
-    log_metrics(metrics, {k: values[k] for k in TRAIN_METRICS}, stage=stage)
+    numbers = log_metrics(metrics, {k: values[k] for k in TRAIN_METRICS}, stage=stage)
+    write_step_record(step.output_dir, {"model": meta, "metrics": numbers})
     return meta
+
+
+def finetune(task: str, *, tasks: Sequence[str] = (planning.ALL_TASKS,),
+             task_data: dict[str, str] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """The fine-tune of ``task`` (the catalogue's): skipped unless ``task`` is in ``tasks``;
+    its data is ``task_data["<task>_train"]`` or the pipeline's dataset."""
+    stage = _task_stage(task, catalogue.finetune_of, "fine-tune")
+    return train(stage.name, enabled=planning.task_enabled(stage, tasks),
+                 train_data=(task_data or {}).get(planning.task_data_key(stage), ""), **kwargs)
+
+
+def _task_stage(task: str, lookup: Any, what: str) -> catalogue.Stage:
+    stage = lookup(task)
+    if stage is None:
+        have = [t for t in catalogue.tasks() if lookup(t) is not None]
+        raise ValueError(f"task={task!r} has no {what} stage; tasks with one: {', '.join(have)}")
+    return stage
+
+
+# -- step records: what the report reads ------------------------------------------------------
+STEP_RECORD = "pipeline-step.json"
+
+
+def write_step_record(output_dir: str, record: dict[str, Any]) -> None:
+    """What a step's artifacts say, also beside its job's outputs: the report reads the run's
+    steps from the plan's output folders, so it needs no input per step."""
+    storage.write_bytes(storage.join(output_dir, STEP_RECORD),
+                        json.dumps(record, sort_keys=True, default=str).encode())
+
+
+def read_step_record(output_dir: str) -> dict[str, Any]:
+    try:
+        return json.loads(storage.read_bytes(storage.join(output_dir, STEP_RECORD)))
+    except FileNotFoundError:
+        return {}
 
 
 def _flat_numbers(data: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -353,20 +389,21 @@ def confusion_subset(matrix: list[list[float]], names: list[str],
     return [names[i] for i in keep], [[matrix[i][j] for j in keep] for i in keep]
 
 
-def evaluate(task: str, *, model: Any, dataset: Any, enabled: bool = True, eval_data: str = "",
-             model_size: str, num_frames: int = 0, overrides: Sequence[str] = (),
-             output_prefix: str, nodes: int, gpus_per_node: int, node_pool: str,
-             image: str = "", s3_secret: str = "umt-s3", metrics: Any, confusion: Any,
-             job: Any) -> dict[str, Any]:
-    """Evaluate ``model`` on ``task`` (action | retrieval | qa | mc) as a job."""
-    if task not in planning.EVAL_STAGES:
-        raise ValueError(f"task={task!r} is not one of {', '.join(planning.EVAL_STAGES)}")
-    stage = planning.EVAL_STAGES[task]
-    if not enabled:
+def evaluate(task: str, *, model: Any, dataset: Any, tasks: Sequence[str] = (planning.ALL_TASKS,),
+             task_data: dict[str, str] | None = None, model_size: str, num_frames: int = 0,
+             overrides: Sequence[str] = (), output_prefix: str, nodes: int, gpus_per_node: int,
+             node_pool: str, image: str = "", s3_secret: str = "umt-s3", metrics: Any,
+             confusion: Any, job: Any) -> dict[str, Any]:
+    """Evaluate ``model`` on ``task`` (the catalogue's evaluation of it) as a job; skipped
+    unless ``task`` is in ``tasks``; data: ``task_data["<task>_eval"]`` or the dataset."""
+    entry = _task_stage(task, catalogue.evaluation_of, "evaluation")
+    stage = entry.name
+    if not planning.task_enabled(entry, tasks):
         skip(f"{stage} is disabled by a pipeline parameter", metrics, confusion, job)
         return {"skipped": True}
     parent = parent_model(model, stage)
-    data = eval_data or read_metadata(dataset)["dataset_json"]
+    data = ((task_data or {}).get(planning.task_data_key(entry))
+            or read_metadata(dataset)["dataset_json"])
     step = planning.plan_step(stage, model_size, output_prefix, data=data,
                               parent=parent["identity"], num_frames=num_frames, extra=overrides,
                               trains=False)
@@ -394,6 +431,7 @@ def evaluate(task: str, *, model: Any, dataset: Any, enabled: bool = True, eval_
         write_json(confusion, {"classes": shown, "matrix": sub, "of_classes": len(names)})
     else:
         write_json(confusion, {"classes": [], "matrix": []})
+    write_step_record(step.output_dir, read_json_file(metrics))
     return numbers
 
 
@@ -416,50 +454,46 @@ def cleanup(state: str = "", error: str = "") -> str:
 
 
 # -- the report --------------------------------------------------------------------------------
-STEP_NAMES = {"stage1": "Stage 1", "stage2": "Stage 2",
-              **{stage: f"Fine-tune: {task}" for task, stage in planning.FINETUNE_STAGES.items()},
-              **{stage: f"Evaluate: {task}" for task, stage in planning.EVAL_STAGES.items()}}
+def report(*, plan: Any, dataset: Any, title: str, gpu_power_watts: float,
+           grid_g_per_kwh: float, markdown: Any, html: Any) -> dict[str, Any]:
+    """Collect what the run's steps wrote and write the Markdown and HTML reports.
 
-
-def report(*, dataset: Any, models: dict[str, tuple[Any, Any]], evals: dict[str, Any],
-           title: str, gpu_power_watts: float, grid_g_per_kwh: float, markdown: Any,
-           html: Any) -> dict[str, Any]:
-    """Collect what the run's artifacts say and write the Markdown and HTML reports.
-
-    ``models``: stage -> (Model, Metrics) artifacts; ``evals``: stage -> Metrics. Absent
-    (``None``) artifacts are steps this pipeline does not have.
+    The run's steps are the plan's (the ``validate`` artifact): every stage of the catalogue
+    is planned (its record is read from its output folder), provided (an existing
+    checkpoint), skipped (with the reason) or not part of the plan at all.
     """
     from umt.report import Report, Step, render_html, render_markdown
 
+    body = read_json_file(plan)
+    planned, provided = body.get("steps", {}), body.get("provided", {})
+    skipped = body.get("skipped", {})
     data_meta = read_metadata(dataset)
     steps = [Step("Data", "", "data", metadata=data_meta)]
-    for stage, (model, metrics) in models.items():
-        if model is None:
-            continue
-        meta = read_metadata(model)
-        name = STEP_NAMES.get(stage, stage)
-        if meta.get("skipped"):
-            steps.append(Step(name, stage, "train", "skipped", meta, reason=meta.get("reason", "")))
-            continue
-        numbers = read_json_file(metrics).get("metrics", {})
-        history = read_history(meta["output_dir"]) if meta.get("output_dir") else []
-        steps.append(Step(name, stage, "train", "provided" if meta.get("provided") else "done",
-                          meta, numbers, history))
     confusion: dict[str, Any] = {}
-    for stage, metrics in evals.items():
-        if metrics is None:
-            continue
-        body = read_json_file(metrics)
-        name = STEP_NAMES.get(stage, stage)
-        if body.get("skipped"):
-            steps.append(Step(name, stage, "eval", "skipped", reason=body.get("reason", "")))
-            continue
-        if body.get("confusion_matrix"):
-            confusion = {"matrix": body["confusion_matrix"],
-                         "class_names": body.get("class_names") or []}
-        steps.append(Step(name, stage, "eval", "done", {k: v for k, v in body.items()
-                                                          if k != "metrics"},
-                          body.get("metrics", {})))
+    for stage in catalogue.STAGES.values():
+        kind = "train" if stage.trains else "eval"
+        if stage.name in provided:
+            steps.append(Step(stage.title, stage.name, kind, "provided",
+                              {"stage": stage.name, "checkpoint": provided[stage.name]}))
+        elif stage.name in skipped:
+            steps.append(Step(stage.title, stage.name, kind, "skipped",
+                              reason=skipped[stage.name]))
+        elif stage.name in planned:
+            output_dir = planned[stage.name]["output_dir"]
+            record = read_step_record(output_dir)
+            if not record:
+                steps.append(Step(stage.title, stage.name, kind, "skipped",
+                                  reason=f"no {STEP_RECORD} in {output_dir}"))
+            elif stage.trains:
+                steps.append(Step(stage.title, stage.name, kind, "done", record["model"],
+                                  record.get("metrics", {}), read_history(output_dir)))
+            else:
+                if record.get("confusion_matrix"):
+                    confusion = {"matrix": record["confusion_matrix"],
+                                 "class_names": record.get("class_names") or []}
+                steps.append(Step(stage.title, stage.name, kind, "done",
+                                  {k: v for k, v in record.items() if k != "metrics"},
+                                  record.get("metrics", {})))
     name = data_meta.get("dataset_json", "").rstrip("/").rsplit("/", 2)[-2:-1]
     rep = Report(title=title, steps=steps, confusion=confusion, gpu_power_watts=gpu_power_watts,
                  grid_g_per_kwh=grid_g_per_kwh,

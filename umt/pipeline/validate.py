@@ -4,10 +4,10 @@ KFP parameters are plain strings and numbers (no enums), so a typo in a Stage-2 
 model size would otherwise surface only when Stage 2 starts, days into the run. ``validate``
 
 * checks what the UI cannot constrain: model size, node pool and GPUs per node, step counts,
-  which downstream tasks run and whether what they start from exists;
+  which downstream tasks run (``tasks``, from the stage catalogue ``umt.catalogue``) and
+  whether the model each enabled stage starts from is trained in this run or given;
 * plans every enabled job exactly as its task will (``umt.pipeline.plan``): loads its config
-  with all overrides, renders and validates its PyTorchJob (CRD schema, webhook rules) --
-  an enabled stage that is not registered in ``umt.train.STAGES`` fails here, by name;
+  with all overrides, renders and validates its job (CRD schema, webhook rules);
 * checks the data (a dataset.json loads, an input exists) and the output prefix (write, read
   back, delete a marker: that exercises the S3 credentials from the Secret too); on a cluster
   also the PyTorchJob CRD, RBAC and the S3 Secret (``umt doctor``'s checks).
@@ -22,13 +22,18 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from umt import storage
+from umt import catalogue, storage
 from umt.pipeline import plan as planning
 
 
 @dataclass
 class Settings:
-    """The pipeline parameters ``validate`` needs (the names are the pipeline's)."""
+    """The pipeline parameters ``validate`` needs (the names are the pipeline's).
+
+    Per-task settings are two parameters whatever the number of tasks: ``tasks`` (which
+    downstream tasks of the stage catalogue run) and ``task_data`` (``<task>_train`` /
+    ``<task>_eval`` -> a dataset.json; absent = the pipeline's dataset).
+    """
 
     output_prefix: str
     input_videos: str = ""
@@ -49,12 +54,8 @@ class Settings:
     existing_stage1_checkpoint: str = ""
     existing_stage2_checkpoint: str = ""
     run_stage2: bool = True
-    run_action: bool = True
-    run_retrieval: bool = True
-    run_qa: bool = True
-    run_mc: bool = True
-    # Downstream data ("" = the pipeline's dataset): <task>_train_data, <task>_eval_data.
-    downstream_data: dict[str, str] = field(default_factory=dict)
+    tasks: Sequence[str] = field(default_factory=catalogue.tasks)
+    task_data: dict[str, str] = field(default_factory=dict)
     nodes: int = 1
     gpus_per_node: int = 8
     downstream_nodes: int = 1
@@ -62,25 +63,59 @@ class Settings:
     image: str = ""
     s3_secret: str = "umt-s3"
 
+    def steps_of(self, stage: catalogue.Stage) -> int:
+        """The pipeline's step count for a training stage (``<stage>_steps`` or
+        ``finetune_steps``); evaluations take none."""
+        if stage.kind == catalogue.PRETRAIN:
+            return getattr(self, f"{stage.name}_steps", 0)
+        return self.finetune_steps if stage.kind == catalogue.FINETUNE else 0
+
+    def overrides_of(self, stage: catalogue.Stage) -> Sequence[str]:
+        name = stage.name if stage.kind == catalogue.PRETRAIN else stage.kind
+        return getattr(self, f"{name}_overrides", ())
+
+    def nodes_of(self, stage: catalogue.Stage) -> int:
+        return self.nodes if stage.kind == catalogue.PRETRAIN else self.downstream_nodes
+
+    def existing_checkpoint(self, stage: catalogue.Stage) -> str:
+        return getattr(self, f"existing_{stage.name}_checkpoint", "")
+
+    def data_of(self, stage: catalogue.Stage, default: str) -> str:
+        """The stage's data: ``task_data[<task>_train|<task>_eval]``, else ``default``."""
+        if not stage.task:
+            return default
+        return self.task_data.get(planning.task_data_key(stage)) or default
+
+
+def not_run(s: Settings) -> dict[str, str]:
+    """The stages the settings do not run, by name, with the reason."""
+    out = {}
+    for stage in catalogue.STAGES.values():
+        if stage.task and not planning.task_enabled(stage, s.tasks):
+            out[stage.name] = f"task {stage.task} is not in tasks"
+        elif s.existing_checkpoint(stage):
+            out[stage.name] = f"starts from existing_{stage.name}_checkpoint"
+        elif not getattr(s, f"run_{stage.name}", True):  # run_stage2
+            out[stage.name] = f"run_{stage.name}=false"
+    return out
+
+
+def enabled_steps(s: Settings) -> dict[str, bool]:
+    """Which jobs the settings run, by step name (= stage name)."""
+    off = not_run(s)
+    return {name: name not in off for name in catalogue.STAGES}
+
+
+def available(s: Settings, stage: catalogue.Stage) -> bool:
+    """Whether the model of a training ``stage`` exists in this run: trained here or given."""
+    return enabled_steps(s)[stage.name] or bool(s.existing_checkpoint(stage))
+
 
 class InvalidPipelineSettings(ValueError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("the pipeline's settings have problems (nothing was started):\n  - "
                          + "\n  - ".join(problems))
-
-
-def enabled_steps(s: Settings) -> dict[str, bool]:
-    """Which jobs the settings run, by step name (= stage name)."""
-    tasks = {"action": s.run_action, "retrieval": s.run_retrieval, "qa": s.run_qa,
-             "mc": s.run_mc}
-    steps = {"stage1": not s.existing_stage1_checkpoint,
-             "stage2": s.run_stage2 and not s.existing_stage2_checkpoint}
-    for task, stage in planning.FINETUNE_STAGES.items():
-        steps[stage] = tasks[task]
-    for task, stage in planning.EVAL_STAGES.items():
-        steps[stage] = tasks[task]
-    return steps
 
 
 def _exists_prefix(uri: str) -> bool:
@@ -152,22 +187,33 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
                  "finetune_steps", "samples_per_shard", "short_side"):
         if getattr(s, name) < 0:
             p.add(f"{name}={getattr(s, name)} must be >= 0 (0 = the preset's value)")
-    unknown = set(s.downstream_data) - {f"{t}_{k}_data" for t in planning.EVAL_STAGES
-                                        for k in ("train", "eval")}
+    unknown_tasks = [t for t in s.tasks if t not in (*catalogue.tasks(), planning.ALL_TASKS)]
+    if unknown_tasks:
+        p.add(f"tasks: {', '.join(map(repr, unknown_tasks))} not among the downstream tasks "
+              f"({', '.join(catalogue.tasks())})")
+    data_keys = {planning.task_data_key(st) for st in catalogue.STAGES.values() if st.task}
+    unknown = set(s.task_data) - data_keys
     if unknown:
-        p.add(f"unknown downstream data settings: {sorted(unknown)}")
+        p.add(f"task_data: unknown keys {sorted(unknown)} (known: {', '.join(sorted(data_keys))})")
     if backend == "cluster" and not storage.is_s3(s.output_prefix):
         p.add(f"output_prefix={s.output_prefix!r} must be an s3:// prefix on a cluster: each "
               "training pod has its own filesystem")
 
-    # Downstream tasks need their parents.
-    has_stage2 = s.run_stage2 or bool(s.existing_stage2_checkpoint)
-    for flag, task in (("run_retrieval", "retrieval"), ("run_qa", "qa"), ("run_mc", "mc")):
-        if getattr(s, flag) and not has_stage2:
-            p.add(f"{flag}=true needs the Stage-2 model: set run_stage2=true or "
-                  f"existing_stage2_checkpoint (or {flag}=false)")
-    if s.run_mc and not s.run_retrieval:
-        p.add("run_mc=true evaluates the retrieval model: set run_retrieval=true too")
+    # Every enabled stage needs the model it starts from (trained in this run, or given).
+    enabled = enabled_steps(s)
+    for stage in catalogue.STAGES.values():
+        parent = catalogue.STAGES.get(stage.parent)
+        if not enabled[stage.name] or parent is None or available(s, parent):
+            continue
+        if parent.task:
+            p.add(f"task {stage.task} evaluates the {parent.name} model: add "
+                  f"{parent.task} to tasks (or remove {stage.task})")
+        elif stage.task:
+            p.add(f"task {stage.task} needs the {parent.title} model: set run_{parent.name}=true "
+                  f"or existing_{parent.name}_checkpoint (or remove {stage.task} from tasks)")
+        else:
+            p.add(f"{stage.name} needs the {parent.title} model: set "
+                  f"existing_{parent.name}_checkpoint")
 
     # Data.
     if s.existing_dataset and s.input_videos:
@@ -186,55 +232,34 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
         p.add("no data: set input_videos (a manifest, folder or s3:// prefix of videos) or "
               "existing_dataset (a dataset.json written by `umt shard`)")
         data = storage.join(s.output_prefix, "datasets", "none", dataset_json.FILENAME)
-    for key, uri in sorted(s.downstream_data.items()):
+    for key, uri in sorted(s.task_data.items()):
         if uri:
-            p.check(f"{key} {uri}", dataset_json.load, uri)
-    for key in ("existing_stage1_checkpoint", "existing_stage2_checkpoint"):
-        uri = getattr(s, key)
+            p.check(f"task_data {key} {uri}", dataset_json.load, uri)
+    for stage in catalogue.pretraining():
+        uri = s.existing_checkpoint(stage)
         if uri:
-            p.exists(f"{key} {uri}", storage.exists, uri)
+            p.exists(f"existing_{stage.name}_checkpoint {uri}", storage.exists, uri)
 
-    # Every enabled job, planned and rendered as its task will.
-    enabled = enabled_steps(s)
-    known = planning.known_stages()
+    # Every enabled job, planned and rendered as its task will, parents before children.
     steps: dict[str, dict[str, Any]] = {}
-    identity: dict[str, str] = {"stage1": s.existing_stage1_checkpoint,
-                                "stage2": s.existing_stage2_checkpoint}
-
-    def plan_one(stage: str, parent: str, *, steps_: int, extra: Sequence[str],
-                 trains: bool, nodes: int, data_uri: str) -> None:
-        if not enabled.get(stage) or s.model_size not in planning.MODEL_SIZES:
-            return
-        if stage not in known:
-            flag = _flag_of(stage)
-            p.add(f"{stage} is enabled ({flag}) but stage {stage!r} is not in the stage "
-                  f"catalogue (umt.catalogue; known: {', '.join(sorted(known))}); "
-                  f"set {flag}=false")
-            return
-        step = p.check(stage, planning.plan_step, stage, s.model_size, s.output_prefix,
-                       data=data_uri, parent=parent, steps=steps_, batch_size=s.batch_size,
-                       num_frames=s.num_frames, extra=extra, trains=trains)
+    provided = {st.name: s.existing_checkpoint(st) for st in catalogue.pretraining()
+                if s.existing_checkpoint(st)}
+    identity: dict[str, str] = dict(provided)
+    for stage in catalogue.STAGES.values():
+        if not enabled[stage.name] or s.model_size not in planning.MODEL_SIZES:
+            continue
+        nodes = s.nodes_of(stage)
+        step = p.check(stage.name, planning.plan_step, stage.name, s.model_size,
+                       s.output_prefix, data=s.data_of(stage, data),
+                       parent=identity.get(stage.parent, ""), steps=s.steps_of(stage),
+                       batch_size=s.batch_size, num_frames=s.num_frames,
+                       extra=s.overrides_of(stage), trains=stage.trains)
         if step is None:
-            return
-        identity[stage] = step.output_dir
-        job = p.check(f"{stage} job", _render, step, s, nodes, backend)
-        steps[stage] = {**step.describe(), "nodes": nodes, "gpus_per_node": s.gpus_per_node,
-                        "job": job or ""}
-
-    plan_one("stage1", "", steps_=s.stage1_steps, extra=s.stage1_overrides, trains=True,
-             nodes=s.nodes, data_uri=data)
-    plan_one("stage2", identity["stage1"], steps_=s.stage2_steps, extra=s.stage2_overrides,
-             trains=True, nodes=s.nodes, data_uri=data)
-    for task, stage in planning.FINETUNE_STAGES.items():
-        plan_one(stage, identity.get(planning.FINETUNE_PARENT[task], ""),
-                 steps_=s.finetune_steps, extra=s.finetune_overrides, trains=True,
-                 nodes=s.downstream_nodes,
-                 data_uri=s.downstream_data.get(f"{task}_train_data") or data)
-        identity[task] = identity.get(stage, "")
-    for task, stage in planning.EVAL_STAGES.items():
-        plan_one(stage, identity.get(planning.EVAL_MODEL[task], ""), steps_=0,
-                 extra=s.eval_overrides, trains=False, nodes=s.downstream_nodes,
-                 data_uri=s.downstream_data.get(f"{task}_eval_data") or data)
+            continue
+        identity[stage.name] = step.output_dir
+        job = p.check(f"{stage.name} job", _render, step, s, nodes, backend)
+        steps[stage.name] = {**step.describe(), "nodes": nodes,
+                             "gpus_per_node": s.gpus_per_node, "job": job or ""}
 
     # Storage and, on a cluster, the cluster itself.
     warnings: list[str] = []
@@ -253,32 +278,22 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
 
     if p.items:
         raise InvalidPipelineSettings(p.items)
-    return {"backend": backend, "dataset": data, "steps": steps,
-            "skipped": sorted(k for k, v in enabled.items() if not v), "warnings": warnings}
-
-
-def _flag_of(stage: str) -> str:
-    if stage == "stage2":
-        return "run_stage2"
-    for stages in (planning.FINETUNE_STAGES, planning.EVAL_STAGES):
-        for task, name in stages.items():
-            if name == stage:
-                return f"run_{task}"
-    return stage
+    skipped = {k: why for k, why in not_run(s).items() if k not in provided}
+    return {"backend": backend, "dataset": data, "steps": steps, "provided": provided,
+            "skipped": skipped, "warnings": warnings}
 
 
 def validate_step(params: dict[str, Any], plan: Any) -> dict[str, Any]:
     """The ``validate`` component's body: its parameters (by name) in, the plan artifact out."""
     from umt.pipeline.steps import write_json
 
-    params = dict(params)
-    downstream = {k: params.pop(k) for k in list(params) if k.endswith(("_train_data", "_eval_data"))}
-    settings = Settings(**params, downstream_data=downstream)
-    result = validate(settings)
+    result = validate(Settings(**params))
     for stage, step in result["steps"].items():
         print(f"{stage}: {step['config']} -> {step['output_dir']}")
-    for stage in result["skipped"]:
-        print(f"{stage}: not run (disabled, or starts from an existing checkpoint)")
+    for stage, uri in result["provided"].items():
+        print(f"{stage}: not run, starts from the existing checkpoint {uri}")
+    for stage, why in result["skipped"].items():
+        print(f"{stage}: not run ({why})")
     for warning in result["warnings"]:
         print(f"warning: {warning}")
     write_json(plan, result, {"backend": result["backend"], "dataset": result["dataset"],

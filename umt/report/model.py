@@ -10,8 +10,8 @@ from typing import Any
 class Step:
     """One task of the run as the report shows it."""
 
-    name: str  # what a person calls it: "Stage 1", "Fine-tune: action", "Evaluate: action"
-    stage: str  # stage1, finetune-action, eval-action, ... ("" for data)
+    name: str  # what a person calls it: the stage catalogue's title ("Stage 1: video pretraining")
+    stage: str  # the catalogue's stage name ("" for data)
     kind: str  # data | train | eval
     status: str = "done"  # done | skipped | provided (an existing checkpoint / dataset)
     metadata: dict[str, Any] = field(default_factory=dict)  # the artifact's metadata
