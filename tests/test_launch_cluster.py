@@ -20,12 +20,11 @@ from umt.launch import (
     JobCancelledError,
     JobFailedError,
     TrainingJob,
-    build_pytorchjob,
     run_training_job,
     to_dict,
 )
 from umt.launch.backend import JobStartError
-from umt.launch.cluster import PyTorchJobBackend
+from umt.launch.backends.pytorchjob import PyTorchJobBackend, build_pytorchjob
 from umt.launch.status import FAILED, RUNNING, SUCCEEDED
 
 NS = "umt"

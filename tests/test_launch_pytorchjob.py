@@ -14,7 +14,6 @@ from umt.launch import (
     NODE_POOLS,
     S3Credentials,
     TrainingJob,
-    build_pytorchjob,
     from_dict,
     from_yaml,
     job_name,
@@ -24,10 +23,10 @@ from umt.launch import (
 )
 from kubernetes.utils.quantity import parse_quantity
 
+from umt.launch.backends.pytorchjob import build_pytorchjob, pytorchjob_errors
 from umt.launch.node_pools import GFD_A100_PRODUCTS
-from umt.launch.pytorchjob import default_requests
+from umt.launch.request import default_requests
 from umt.launch.stages import flatten_config, stage_modules
-from umt.launch.validate import pytorchjob_errors
 
 
 class Recorder:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from umt.launch.pytorchjob import TrainingJob, build_pytorchjob
+from umt.launch.backends.pytorchjob import build_pytorchjob
+from umt.launch.request import TrainingJob
 from umt.launch.serialize import to_yaml
 from umt.launch.stages import stage_modules
 
