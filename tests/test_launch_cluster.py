@@ -6,11 +6,10 @@ the Training Operator v1.9 CRD and webhook rules and moves jobs like the operato
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
-
-import logging
 
 import pytest
 from kube_api_server import Attempt, Stuck, kube_api, kubeconfig  # noqa: F401 - fixtures

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import yaml
+from kubernetes.utils.quantity import parse_quantity
 from omegaconf import OmegaConf
 
 from umt import storage
-
 from umt.launch import (
     NODE_POOLS,
     S3Credentials,
@@ -21,8 +21,6 @@ from umt.launch import (
     to_dict,
     to_yaml,
 )
-from kubernetes.utils.quantity import parse_quantity
-
 from umt.launch.backends.pytorchjob import build_pytorchjob, pytorchjob_errors
 from umt.launch.node_pools import GFD_A100_PRODUCTS
 from umt.launch.request import default_requests

@@ -34,8 +34,8 @@ from umt.launch import (
     run_training_job,
     to_dict,
 )
-from umt.launch.cli import job_app
 from umt.launch.backends.pytorchjob import PyTorchJobBackend, build_pytorchjob
+from umt.launch.cli import job_app
 from umt.launch.status import RUNNING
 
 runner = CliRunner()

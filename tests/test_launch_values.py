@@ -20,9 +20,9 @@ from umt.launch import (
     run_training_job,
     to_dict,
 )
-from umt.launch.cli import job_app
 from umt.launch.backends.local import LocalExecutor
 from umt.launch.backends.pytorchjob import build_pytorchjob, pytorchjob_errors
+from umt.launch.cli import job_app
 from umt.launch.values import label_value
 
 runner = CliRunner()

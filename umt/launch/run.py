@@ -8,8 +8,9 @@
 
 It renders and validates the job with the chosen backend (``backend="cluster"``: the cluster's
 default backend; ``"local"``: processes here; any registered name, see :mod:`umt.launch.backend`)
-so a bad config fails here, not on a GPU node, writes the YAML artifact, submits it or adopts the job a previous attempt created, streams the
-master's log to stdout, waits as long as the job runs, and
+so a bad config fails here, not on a GPU node, writes the YAML artifact, submits it or adopts the
+job a previous attempt created, streams the master's log to stdout, waits as long as the job
+runs, and
 
 * returns a :class:`JobResult` when the job succeeded, with the stage's ``summary.json`` read
   from ``train.output_dir`` (local or s3://): ``result.summary["checkpoint"]``, its final
@@ -141,8 +142,9 @@ def run_training_job(stage: str, config: str | None = None, overrides: Sequence[
     ``backend``: a registered backend's name (``cluster``: the cluster's default) or a backend.
     ``job_options`` are the other fields of :class:`TrainingJob` (image, namespace, name,
     run_id, output_uri, restart_policy, backoff_limit, gang_scheduling, allow_local_output,
-    ``resolved``: the stage config the caller already loaded, ...). ``wait_timeout=None`` waits as long as the job runs: bound jobs with
-    ``active_deadline_seconds`` instead, which the operator enforces even if we are gone.
+    ``resolved``: the stage config the caller already loaded, ...). ``wait_timeout=None``
+    waits as long as the job runs: bound jobs with ``active_deadline_seconds`` instead, which
+    the controller enforces even if we are gone.
     ``start_grace`` / ``unschedulable_timeout``: see
     :class:`umt.launch.cluster.KubeJobBackend`.
     ``replace_failed``: a Failed job of the same name (an earlier attempt of this call) is

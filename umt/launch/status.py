@@ -20,7 +20,6 @@ from typing import Any
 CREATED, RUNNING, RESTARTING = "Created", "Running", "Restarting"
 SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
 PENDING = "Pending"  # no condition yet: the controller has not seen the job
-PHASES = (PENDING, CREATED, RUNNING, RESTARTING, SUSPENDED, SUCCEEDED, FAILED)
 FINISHED = (SUCCEEDED, FAILED)
 
 
