@@ -291,9 +291,10 @@ def test_every_registered_stage_renders_with_its_config_checked():
 
 def test_typed_model_round_trips_through_dict_and_yaml():
     job = build_pytorchjob(TrainingJob(stage="stage1", nodes=2, validate_config=False))
-    assert to_dict(from_dict(to_dict(job))) == to_dict(job)
-    assert to_dict(from_yaml(to_yaml(job))) == to_dict(job)
-    assert from_yaml(to_yaml(job)).spec.pytorch_replica_specs["Worker"].replicas == 1
+    typed = "KubeflowOrgV1PyTorchJob"
+    assert to_dict(from_dict(to_dict(job), typed)) == to_dict(job)
+    assert to_dict(from_yaml(to_yaml(job), typed)) == to_dict(job)
+    assert from_yaml(to_yaml(job), typed).spec.pytorch_replica_specs["Worker"].replicas == 1
 
 
 def test_config_files_flatten_to_overrides_that_load_back():
