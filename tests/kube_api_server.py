@@ -54,11 +54,11 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import yaml
 
-from umt.launch import validate
+from umt.launch.backends import pytorchjob
 
 SHARED_CRD = Path(__file__).resolve().parents[2] / "shared" / "schemas" / \
     "kubeflow.org_pytorchjobs.v1.9.yaml"
-CRD_FILE = SHARED_CRD if SHARED_CRD.exists() else validate.CRD_PATH
+CRD_FILE = SHARED_CRD if SHARED_CRD.exists() else pytorchjob.CRD_PATH
 ALL_VERBS = {(v, r) for v in ("create", "get", "list", "watch", "delete", "patch", "update")
              for r in ("pytorchjobs", "pods", "pods/log", "secrets")}
 UNSCHEDULABLE = "Unschedulable"
@@ -228,13 +228,13 @@ class FakeKubeAPI:
     def admit(self, job: dict[str, Any], strict: bool) -> tuple[int, str] | None:
         """(status, message) of the rejection the real API server would send, or None."""
         name = (job.get("metadata") or {}).get("name", "")
-        schema = validate.schema_errors(job)
+        schema = pytorchjob.schema_errors(job)
         unknown = [e for e in schema if "Additional properties" in e]
         other = [e for e in schema if e not in unknown]
         if other or (strict and unknown):
             return 422, (f'PyTorchJob.kubeflow.org "{name}" is invalid: '
                          + "; ".join(e.removeprefix("schema: ") for e in other + unknown))
-        denied = validate.webhook_errors(job)
+        denied = pytorchjob.webhook_errors(job)
         if denied:
             return 403, ('admission webhook "validator.pytorchjob.training-operator.kubeflow.org"'
                          " denied the request: " + "; ".join(denied))

@@ -65,7 +65,7 @@ def test_dockerfile_passes_hadolint(dockerfile):
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_images_run_as_non_root_uid_1000_like_the_pods(dockerfile):
-    from umt.launch.pytorchjob import UID
+    from umt.launch.request import UID
 
     text = dockerfile.read_text()
     assert dockerfile_args(dockerfile)["UMT_UID"] == str(UID)

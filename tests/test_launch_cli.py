@@ -8,9 +8,9 @@ import yaml
 from kube_api_server import Attempt, Stuck, kube_api, kubeconfig  # noqa: F401 - fixtures
 from typer.testing import CliRunner
 
+from umt.launch.backends.pytorchjob import pytorchjob_errors
 from umt.launch.cli import doctor, job_app
 from umt.launch.doctor import run_checks
-from umt.launch.validate import pytorchjob_errors
 
 runner = CliRunner()
 RENDER = ["render", "stage1", "--config", "tiny", "--nodes", "2", "--gpus-per-node", "8",

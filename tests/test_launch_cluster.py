@@ -6,11 +6,10 @@ the Training Operator v1.9 CRD and webhook rules and moves jobs like the operato
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
-
-import logging
 
 import pytest
 from kube_api_server import Attempt, Stuck, kube_api, kubeconfig  # noqa: F401 - fixtures
@@ -20,12 +19,11 @@ from umt.launch import (
     JobCancelledError,
     JobFailedError,
     TrainingJob,
-    build_pytorchjob,
     run_training_job,
     to_dict,
 )
 from umt.launch.backend import JobStartError
-from umt.launch.cluster import PyTorchJobBackend
+from umt.launch.backends.pytorchjob import PyTorchJobBackend, build_pytorchjob
 from umt.launch.status import FAILED, RUNNING, SUCCEEDED
 
 NS = "umt"

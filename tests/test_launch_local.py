@@ -22,12 +22,12 @@ from umt.launch import (
     InvalidJobError,
     JobFailedError,
     TrainingJob,
-    build_pytorchjob,
     run_training_job,
     to_dict,
 )
 from umt.launch import replica as replica_wrapper
-from umt.launch.local import WRAPPER, LocalBackend, LocalExecutor
+from umt.launch.backends.local import WRAPPER, LocalBackend, LocalExecutor
+from umt.launch.backends.pytorchjob import build_pytorchjob
 from umt.launch.status import CREATED, FAILED, RESTARTING, RUNNING, SUCCEEDED
 
 FAKE_REPLICA = '''
@@ -245,7 +245,7 @@ time.sleep(600)
 
 EXECUTOR = '''
 import json, sys
-from umt.launch.local import LocalExecutor
+from umt.launch.backends.local import LocalExecutor
 executor = LocalExecutor(json.load(open(sys.argv[1])), sys.argv[2]).start()
 print("started", flush=True)
 executor.wait()

@@ -6,15 +6,14 @@ import json
 
 import pytest
 import yaml
+from kubernetes.utils.quantity import parse_quantity
 from omegaconf import OmegaConf
 
 from umt import storage
-
 from umt.launch import (
     NODE_POOLS,
     S3Credentials,
     TrainingJob,
-    build_pytorchjob,
     from_dict,
     from_yaml,
     job_name,
@@ -22,12 +21,10 @@ from umt.launch import (
     to_dict,
     to_yaml,
 )
-from kubernetes.utils.quantity import parse_quantity
-
+from umt.launch.backends.pytorchjob import build_pytorchjob, pytorchjob_errors
 from umt.launch.node_pools import GFD_A100_PRODUCTS
-from umt.launch.pytorchjob import default_requests
+from umt.launch.request import default_requests
 from umt.launch.stages import flatten_config, stage_modules
-from umt.launch.validate import pytorchjob_errors
 
 
 class Recorder:
@@ -294,9 +291,10 @@ def test_every_registered_stage_renders_with_its_config_checked():
 
 def test_typed_model_round_trips_through_dict_and_yaml():
     job = build_pytorchjob(TrainingJob(stage="stage1", nodes=2, validate_config=False))
-    assert to_dict(from_dict(to_dict(job))) == to_dict(job)
-    assert to_dict(from_yaml(to_yaml(job))) == to_dict(job)
-    assert from_yaml(to_yaml(job)).spec.pytorch_replica_specs["Worker"].replicas == 1
+    typed = "KubeflowOrgV1PyTorchJob"
+    assert to_dict(from_dict(to_dict(job), typed)) == to_dict(job)
+    assert to_dict(from_yaml(to_yaml(job), typed)) == to_dict(job)
+    assert from_yaml(to_yaml(job), typed).spec.pytorch_replica_specs["Worker"].replicas == 1
 
 
 def test_config_files_flatten_to_overrides_that_load_back():

@@ -30,13 +30,12 @@ from umt.launch import (
     Submission,
     SummaryError,
     TrainingJob,
-    build_pytorchjob,
     delete_run_jobs,
     run_training_job,
     to_dict,
 )
+from umt.launch.backends.pytorchjob import PyTorchJobBackend, build_pytorchjob
 from umt.launch.cli import job_app
-from umt.launch.cluster import PyTorchJobBackend
 from umt.launch.status import RUNNING
 
 runner = CliRunner()

@@ -8,8 +8,12 @@ import copy
 
 import pytest
 
-from umt.launch import TrainingJob, build_pytorchjob, to_dict
-from umt.launch.validate import InvalidJobError, pytorchjob_errors, validate_pytorchjob
+from umt.launch import InvalidJobError, TrainingJob, to_dict
+from umt.launch.backends.pytorchjob import (
+    build_pytorchjob,
+    pytorchjob_errors,
+    validate_pytorchjob,
+)
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,14 @@ from typer.testing import CliRunner
 
 from umt.launch import (
     InvalidOptionError,
-    LocalExecutor,
     TrainingJob,
-    build_pytorchjob,
     job_name,
     run_training_job,
     to_dict,
 )
+from umt.launch.backends.local import LocalExecutor
+from umt.launch.backends.pytorchjob import build_pytorchjob, pytorchjob_errors
 from umt.launch.cli import job_app
-from umt.launch.validate import pytorchjob_errors
 from umt.launch.values import label_value
 
 runner = CliRunner()
@@ -180,7 +179,7 @@ def test_no_secret_value_in_rendered_jobs_artifacts_or_logs(tmp_path, monkeypatc
                       "pathlib.Path(sys.argv[2]).write_text(str(ok))\n")
     (tmp_path / "expected").write_text(SECRET)
 
-    from umt.launch.local import LocalBackend
+    from umt.launch.backends.local import LocalBackend
 
     class ScriptBackend(LocalBackend):
         def submit(self, job, *, replace_failed=True):

@@ -18,11 +18,11 @@ import pytest
 import yaml
 
 from umt.launch import NODE_POOLS, to_dict
-from umt.launch.doctor import NEEDED
+from umt.launch.backends.pytorchjob import CRD_PATH, pytorchjob_errors
+from umt.launch.doctor import needed_permissions
 from umt.launch.images import default_image
 from umt.launch.manifests import render_stage
 from umt.launch.stages import stage_modules, validate_stage_config
-from umt.launch.validate import CRD_PATH, pytorchjob_errors
 from umt.launch.values import IMAGE, SECRET_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,7 +185,8 @@ def test_rbac_is_exactly_what_the_launcher_uses(folder):
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
         assert not rule.get("resourceNames") or "*" not in rule["resourceNames"]
         granted |= {(v, r) for v in rule["verbs"] for r in rule["resources"]}
-    needed = {(verb, res + (f"/{sub}" if sub else "")) for verb, res, sub in NEEDED}
+    needed = {(p.verb, p.resource + (f"/{p.subresource}" if p.subresource else ""))
+              for p in needed_permissions()}
     assert granted == needed
     assert ("get", "secrets") not in granted and not any(r == "secrets" for _, r in granted)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",

@@ -259,23 +259,22 @@ def test_job_time_comes_from_the_jobs_conditions():
     """From Created to Succeeded, so a retry that adopted a running job counts all of it."""
     from datetime import datetime, timedelta, timezone
 
-    from umt.launch.status import JobStatus, set_condition
+    from umt.launch.backends.pytorchjob import job_status, set_condition
 
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    status = JobStatus.from_conditions("j", [])
     conditions = set_condition([], "Created", "Created", "")
     conditions = set_condition(conditions, "Succeeded", "Succeeded", "")
     conditions[0].last_transition_time = t0
     conditions[-1].last_transition_time = t0 + timedelta(hours=2)
-    status.conditions = conditions
 
     class Result:
         pass
 
     result = Result()
-    result.status = status
+    result.status = job_status("j", conditions)
     assert steps._job_seconds(result, measured=5.0) == 7200.0
     conditions[-1].last_transition_time = "2026-01-01T03:00:00Z"  # raw API strings too
+    result.status = job_status("j", conditions)
     assert steps._job_seconds(result, measured=5.0) == 10800.0
-    result.status = JobStatus.from_conditions("j", [])
+    result.status = job_status("j", [])
     assert steps._job_seconds(result, measured=5.0) == 5.0

@@ -26,8 +26,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from umt.launch import TrainingJob, build_pytorchjob, to_dict
-from umt.launch.local import LocalExecutor
+from umt.launch import TrainingJob, to_dict
+from umt.launch.backends.local import LocalExecutor
+from umt.launch.backends.pytorchjob import build_pytorchjob
 from umt.train import checkpoint
 
 # Stage 1's entry point, with two places where a replica stops and waits to be SIGKILLed.

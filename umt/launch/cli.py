@@ -1,4 +1,4 @@
-"""``umt job ...`` and ``umt doctor``: PyTorchJobs for kubectl-minded users.
+"""``umt job ...`` and ``umt doctor``: training jobs for kubectl-minded users.
 
     umt doctor --output s3://bucket/runs                      # before spending a GPU
     umt job render stage1 --config b16 --nodes 4 --gpus-per-node 8 --node-pool gke-a100 \\
@@ -11,6 +11,9 @@
     umt job delete NAME
     umt job gc --run-id RUN    # delete the unfinished jobs of a (terminated) pipeline run
     umt job run stage1 --config tiny --nodes 2 train.steps=20  # the same job, run locally
+
+``--backend NAME`` picks the kind of job (``umt job render --help`` lists the registered ones);
+the default, ``cluster``, is the cluster's default backend (``umt.launch.backend``).
 
 Every value is checked before anything is rendered (umt.launch.values): a bad namespace,
 quantity, count or name fails here with the option, the value and what is allowed (exit 2).
@@ -26,21 +29,29 @@ from typing import List, Optional
 
 import typer
 
-from umt.launch.backend import JobCancelledError, JobFailedError, JobStartError, SummaryError
+from umt.launch.backend import (
+    CLUSTER,
+    CLUSTER_DEFAULT,
+    JobCancelledError,
+    JobFailedError,
+    JobStartError,
+    SummaryError,
+    backend_names,
+)
+from umt.launch.crd import InvalidJobError
 from umt.launch.node_pools import NODE_POOLS
-from umt.launch.pytorchjob import (
+from umt.launch.request import (
     DEFAULT_ACTIVE_DEADLINE,
     RESTART_POLICIES,
     S3Credentials,
     TrainingJob,
 )
-from umt.launch.validate import InvalidJobError
 
-job_app = typer.Typer(help="Render, submit and follow training PyTorchJobs.",
+job_app = typer.Typer(help="Render, submit and follow training jobs.",
                       no_args_is_help=True, add_completion=False,
                       pretty_exceptions_enable=False)
 
-StageArg = typer.Argument(..., help="Training stage (umt.train.STAGES), e.g. stage1.")
+StageArg = typer.Argument(..., help="Stage (umt.catalogue), e.g. stage1.")
 OverridesArg = typer.Argument(None, help="Config overrides key=value, e.g. train.steps=1000.")
 ConfigOpt = typer.Option(None, "--config", "-c",
                          help="Preset (tiny, b16, l16) or a YAML file (inlined into the job).")
@@ -84,6 +95,10 @@ UnschedulableOpt = typer.Option(
     None, "--unschedulable-timeout",
     help="Fail when a pod stays unschedulable this long (default: wait, warning every 5 min).")
 KubeconfigOpt = typer.Option(None, "--kubeconfig", help="Default: $KUBECONFIG, in-cluster.")
+BackendOpt = typer.Option(
+    CLUSTER, "--backend",
+    help=f"Job backend: {', '.join(backend_names())}, or {CLUSTER} (the cluster's default: "
+         f"{CLUSTER_DEFAULT}).")
 ContextOpt = typer.Option(None, "--context", help="kubeconfig context.")
 
 
@@ -124,11 +139,11 @@ def _request(stage: str, overrides: Optional[List[str]], config: Optional[str], 
         raise _fail(str(e), 2) from None
 
 
-def _build(req: TrainingJob):
-    from umt.launch.pytorchjob import build_pytorchjob
+def _render(req: TrainingJob, backend: str):
+    from umt.launch.backend import render_job
 
     try:
-        return build_pytorchjob(req)
+        return render_job(req, backend)
     except (ValueError, InvalidJobError) as e:  # a bad config or job: say why, no traceback
         raise _fail(str(e), 2) from None
 
@@ -146,15 +161,13 @@ def render(stage: str = StageArg, overrides: Optional[List[str]] = OverridesArg,
            cpu: Optional[str] = CpuOpt, memory: Optional[str] = MemoryOpt,
            shm_size: Optional[str] = ShmOpt, allow_local_output: bool = AllowLocalOutputOpt,
            service_account: str = ServiceAccountOpt,
-           writable_root_filesystem: bool = WritableRootOpt):
-    """Print the PyTorchJob YAML (validated) for `kubectl apply -f -`."""
-    from umt.launch.serialize import to_yaml
-
+           writable_root_filesystem: bool = WritableRootOpt, backend: str = BackendOpt):
+    """Print the job's YAML (validated) for `kubectl apply -f -`."""
     req = _request(stage, overrides, config, nodes, gpus_per_node, node_pool, image, name,
                    namespace, run_id, output, s3_secret, restart_policy, backoff_limit,
                    active_deadline, gang, queue, priority_class, elastic, cpu, memory, shm_size,
                    allow_local_output, service_account, writable_root_filesystem)
-    typer.echo(to_yaml(_build(req)), nl=False)
+    typer.echo(_render(req, backend).to_yaml(), nl=False)
 
 
 @job_app.command("submit")
@@ -174,30 +187,32 @@ def submit(stage: str = StageArg, overrides: Optional[List[str]] = OverridesArg,
            wait: bool = typer.Option(False, "--wait", help="Stream logs and wait for the end."),
            start_grace: float = StartGraceOpt,
            unschedulable_timeout: Optional[float] = UnschedulableOpt,
-           kubeconfig: Optional[str] = KubeconfigOpt, context: Optional[str] = ContextOpt):
+           kubeconfig: Optional[str] = KubeconfigOpt, context: Optional[str] = ContextOpt,
+           backend: str = BackendOpt):
     """Create the job (adopt a running or succeeded one of the same name, replace a failed
     one) and print its name."""
     req = _request(stage, overrides, config, nodes, gpus_per_node, node_pool, image, name,
                    namespace, run_id, output, s3_secret, restart_policy, backoff_limit,
                    active_deadline, gang, queue, priority_class, elastic, cpu, memory, shm_size,
                    allow_local_output, service_account, writable_root_filesystem)
-    job = _build(req)
-    backend = _backend(kubeconfig, context, namespace, start_grace=start_grace,
-                       unschedulable_timeout=unschedulable_timeout)
+    rendered = _render(req, backend)
+    impl = _backend(backend, kubeconfig, context, namespace, start_grace=start_grace,
+                    unschedulable_timeout=unschedulable_timeout)
     try:
-        sub = backend.submit(job)
+        sub = impl.submit(rendered.job)
     except (RuntimeError, PermissionError, InvalidJobError) as e:
         raise _fail(str(e)) from None
-    typer.echo(f"pytorchjob/{sub.name} {sub.action} in namespace {sub.namespace}", err=True)
+    typer.echo(f"{impl.kind.lower()}/{sub.name} {sub.action} in namespace {sub.namespace}",
+               err=True)
     typer.echo(sub.name)
     if wait:
-        _wait(backend, sub.name, logs=True, timeout=None)
+        _wait(impl, sub.name, logs=True, timeout=None)
 
 
-def _backend(kubeconfig: Optional[str], context: Optional[str], namespace: Optional[str],
-             poll_interval: float = 10.0, start_grace: float = 600.0,
+def _backend(backend: str, kubeconfig: Optional[str], context: Optional[str],
+             namespace: Optional[str], poll_interval: float = 10.0, start_grace: float = 600.0,
              unschedulable_timeout: Optional[float] = None):
-    from umt.launch.cluster import PyTorchJobBackend
+    from umt.launch.backend import make_backend
     from umt.launch.values import Problems
 
     problems = Problems()
@@ -205,9 +220,11 @@ def _backend(kubeconfig: Optional[str], context: Optional[str], namespace: Optio
     if problems.items:
         raise _fail("; ".join(problems.items), 2)
     try:
-        return PyTorchJobBackend(kubeconfig=kubeconfig, context=context, namespace=namespace,
-                                 poll_interval=poll_interval, start_grace=start_grace,
-                                 unschedulable_timeout=unschedulable_timeout)
+        return make_backend(backend, kubeconfig=kubeconfig, context=context,
+                            namespace=namespace, poll_interval=poll_interval,
+                            start_grace=start_grace, unschedulable_timeout=unschedulable_timeout)
+    except ValueError as e:  # no backend of that name
+        raise _fail(str(e), 2) from None
     except RuntimeError as e:
         raise _fail(str(e)) from None
 
@@ -221,7 +238,7 @@ def _wait(backend, name: str, logs: bool, timeout: Optional[float]) -> None:
         pump.start()
     try:
         status = backend.wait(name, timeout=timeout, on_status=lambda s: typer.echo(
-            f"pytorchjob/{name}: {s.phase} {s.message}", err=True))
+            f"{backend.kind.lower()}/{name}: {s.phase} {s.message}", err=True))
     except JobStartError as e:
         raise _fail(f"{e}\n(the job is left in place: `umt job delete {name}` frees its nodes)"
                     ) from None
@@ -244,10 +261,10 @@ def wait_cmd(name: str = typer.Argument(..., help="Job name."),
              start_grace: float = StartGraceOpt,
              unschedulable_timeout: Optional[float] = UnschedulableOpt,
              namespace: Optional[str] = NamespaceOpt, kubeconfig: Optional[str] = KubeconfigOpt,
-             context: Optional[str] = ContextOpt):
+             context: Optional[str] = ContextOpt, backend: str = BackendOpt):
     """Wait until the job succeeds (exit 0) or fails (exit 1), streaming the master's log;
     exit 1 too when its pods cannot start (see --start-grace)."""
-    _wait(_backend(kubeconfig, context, namespace, poll_interval, start_grace,
+    _wait(_backend(backend, kubeconfig, context, namespace, poll_interval, start_grace,
                    unschedulable_timeout), name, logs, timeout)
 
 
@@ -258,13 +275,13 @@ def logs_cmd(name: str = typer.Argument(..., help="Job name."),
                                                                "master role)."),
              index: int = typer.Option(0, help="Replica index."),
              namespace: Optional[str] = NamespaceOpt, kubeconfig: Optional[str] = KubeconfigOpt,
-             context: Optional[str] = ContextOpt):
-    """Print a replica's log (the `pytorch` container)."""
+             context: Optional[str] = ContextOpt, backend: str = BackendOpt):
+    """Print a replica's log (its training container)."""
     from kubernetes.client.exceptions import ApiException
 
-    backend = _backend(kubeconfig, context, namespace, poll_interval=2.0)
+    impl = _backend(backend, kubeconfig, context, namespace, poll_interval=2.0)
     try:
-        for line in backend.logs(name, follow=follow, replica=replica, index=index):
+        for line in impl.logs(name, follow=follow, replica=replica, index=index):
             typer.echo(line)
     except ApiException as e:
         raise _fail(f"{e.status} {e.reason}: no log for {name} ({replica or 'master'}-{index})"
@@ -274,14 +291,15 @@ def logs_cmd(name: str = typer.Argument(..., help="Job name."),
 @job_app.command("status")
 def status_cmd(name: str = typer.Argument(..., help="Job name."),
                namespace: Optional[str] = NamespaceOpt, kubeconfig: Optional[str] = KubeconfigOpt,
-               context: Optional[str] = ContextOpt):
+               context: Optional[str] = ContextOpt, backend: str = BackendOpt):
     """Print the job's phase and conditions."""
     from kubernetes.client.exceptions import ApiException
 
+    impl = _backend(backend, kubeconfig, context, namespace)
     try:
-        st = _backend(kubeconfig, context, namespace).status(name)
+        st = impl.status(name)
     except ApiException as e:
-        raise _fail(f"{e.status} {e.reason}: pytorchjob/{name}") from None
+        raise _fail(f"{e.status} {e.reason}: {impl.kind.lower()}/{name}") from None
     typer.echo(f"{name}: {st.phase} {st.message}")
     for c in st.conditions:
         typer.echo(f"  {c.type:<11} {c.status:<5} {c.last_transition_time}  {c.message}")
@@ -290,10 +308,11 @@ def status_cmd(name: str = typer.Argument(..., help="Job name."),
 @job_app.command("delete")
 def delete_cmd(name: str = typer.Argument(..., help="Job name."),
                namespace: Optional[str] = NamespaceOpt, kubeconfig: Optional[str] = KubeconfigOpt,
-               context: Optional[str] = ContextOpt):
+               context: Optional[str] = ContextOpt, backend: str = BackendOpt):
     """Delete the job and its pods (no error if it is already gone)."""
-    _backend(kubeconfig, context, namespace).delete(name)
-    typer.echo(f"pytorchjob/{name} deleted")
+    impl = _backend(backend, kubeconfig, context, namespace)
+    impl.delete(name)
+    typer.echo(f"{impl.kind.lower()}/{name} deleted")
 
 
 @job_app.command("gc")
@@ -301,26 +320,27 @@ def gc_cmd(run_id: str = typer.Option(..., "--run-id", help="The run whose jobs 
            include_finished: bool = typer.Option(
                False, "--all", help="Also delete finished jobs (their pods and logs go too)."),
            namespace: Optional[str] = NamespaceOpt, kubeconfig: Optional[str] = KubeconfigOpt,
-           context: Optional[str] = ContextOpt):
-    """Delete the unfinished PyTorchJobs labelled umt/run-id=RUN (a terminated pipeline run
-    leaves its jobs running: they have no owner reference to it)."""
+           context: Optional[str] = ContextOpt, backend: str = BackendOpt):
+    """Delete the unfinished jobs labelled umt/run-id=RUN (a terminated pipeline run leaves
+    its jobs running: they have no owner reference to it)."""
     from kubernetes.client.exceptions import ApiException
 
     from umt.launch.gc import delete_run_jobs, run_selector
 
-    backend = _backend(kubeconfig, context, namespace)
+    impl = _backend(backend, kubeconfig, context, namespace)
+    kind = impl.kind.lower()
     try:
-        names = delete_run_jobs(run_id, include_finished=include_finished, backend=backend)
+        names = delete_run_jobs(run_id, include_finished=include_finished, backend=impl)
     except ValueError as e:
         raise _fail(str(e), 2) from None
     except ApiException as e:
-        raise _fail(f"{e.status} {e.reason}: deleting pytorchjobs -l {run_selector(run_id)} "
-                    f"in {backend.namespace}") from None
+        raise _fail(f"{e.status} {e.reason}: deleting {impl.plural} -l {run_selector(run_id)} "
+                    f"in {impl.namespace}") from None
     for name in names:
-        typer.echo(f"pytorchjob/{name} deleted")
+        typer.echo(f"{kind}/{name} deleted")
     if not names:
-        typer.echo(f"no unfinished pytorchjobs with {run_selector(run_id)} in "
-                   f"{backend.namespace}", err=True)
+        typer.echo(f"no unfinished {impl.plural} with {run_selector(run_id)} in "
+                   f"{impl.namespace}", err=True)
 
 
 @job_app.command("run")
@@ -355,13 +375,17 @@ def doctor(namespace: Optional[str] = NamespaceOpt,
                "umt-s3", "--s3-secret",
                help="Secret the jobs read S3 credentials from; '' when they use IRSA/workload "
                     "identity."),
-           kubeconfig: Optional[str] = KubeconfigOpt, context: Optional[str] = ContextOpt):
-    """Check, before any GPU is spent: cluster, PyTorchJob CRD, RBAC, the jobs' S3 Secret,
-    writable output."""
+           kubeconfig: Optional[str] = KubeconfigOpt, context: Optional[str] = ContextOpt,
+           backend: str = BackendOpt):
+    """Check, before any GPU is spent: cluster, the backend's CRD and RBAC, the jobs' S3
+    Secret, writable output."""
     from umt.launch.doctor import run_checks
 
-    checks = run_checks(namespace=namespace, kubeconfig=kubeconfig, context=context,
-                        output_uri=output, s3_secret=s3_secret or None)
+    try:
+        checks = run_checks(namespace=namespace, kubeconfig=kubeconfig, context=context,
+                            output_uri=output, s3_secret=s3_secret or None, backend=backend)
+    except ValueError as e:  # no backend of that name
+        raise _fail(str(e), 2) from None
     for c in checks:
         if not c.ok:
             mark = typer.style("FAIL", fg="red")

@@ -1,4 +1,6 @@
-"""PyTorchJobs on a cluster through the Kubernetes API (Training Operator v1.9).
+"""Jobs as custom resources on a cluster, through the Kubernetes API: what every cluster backend
+shares (:class:`KubeJobBackend`; a backend module adds its object, its conditions and where its
+pods are).
 
 What earlier launchers got wrong, and what this one does instead:
 
@@ -23,29 +25,34 @@ import json
 import logging
 import re
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from umt.launch.backend import JobFailedError, JobStartError, Submission
+from umt.launch import doctor
+from umt.launch.backend import (
+    Backend,
+    JobFailedError,
+    JobInfo,
+    JobStartError,
+    Permission,
+    Submission,
+)
+from umt.launch.crd import InvalidJobError
 from umt.launch.kube import Cluster, connect
-from umt.launch.pytorchjob import ANNOTATION_SPEC_HASH, API_VERSION, CONTAINER, PLURAL, spec_hash
-from umt.launch.serialize import from_dict, to_dict
+from umt.launch.request import ANNOTATION_SPEC_HASH, spec_hash
+from umt.launch.serialize import to_dict
 from umt.launch.status import FAILED, SUCCEEDED, JobStatus
-from umt.launch.validate import InvalidJobError
 
 log = logging.getLogger(__name__)
 
-GROUP, VERSION = API_VERSION.split("/")
 TRANSIENT_HTTP = {429, 500, 502, 503, 504}
 LOG_READ_TIMEOUT = 300.0  # seconds without a log line before we reconnect (no lines lost)
 _RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 TRANSIENT_ERRORS = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
-# The operator labels every pod of a job with it (Training Operator v1.7+).
-JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 # Container waiting reasons that never fix themselves without a person (a CrashLoopBackOff is
-# the operator's business: restarts, backoffLimit).
+# the controller's business: restarts, backoffLimit).
 IMAGE_REASONS = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
                  "RegistryUnavailable"}
 CONFIG_REASONS = {"CreateContainerConfigError", "CreateContainerError"}
@@ -57,6 +64,9 @@ HINTS = {
     "config": "a Secret or ConfigMap the pod references is missing or lacks a key, e.g. the S3 "
               "Secret (docs/cluster.md, section 2; `umt doctor` checks it)",
 }
+# What every cluster backend reads of its pods: why they cannot start, the training log.
+POD_PERMISSIONS = [Permission("get", "pods"), Permission("list", "pods"),
+                   Permission("get", "pods", subresource="log")]
 
 
 def _is_transient(err: BaseException) -> bool:
@@ -81,8 +91,19 @@ def _ts_key(ts: str) -> str:
     return ts.rstrip("Z") + ".000000000"
 
 
-class PyTorchJobBackend:
-    """:class:`umt.launch.backend.JobBackend` for PyTorchJobs in one namespace."""
+class KubeJobBackend(Backend):
+    """A :class:`umt.launch.backend.Backend` whose jobs are custom resources in one namespace.
+
+    A subclass (one per kind of job) sets ``name``, ``kind``, ``api_version``, ``plural``,
+    ``container`` (the training container, whose log is the job's), ``install_hint`` and
+    ``install_command``, and implements ``render``, ``validate``, ``status_of``,
+    ``pod_selector`` (the label selector of a job's pods) and ``log_pod`` (the pod of a
+    replica).
+    """
+
+    container: ClassVar[str] = ""
+    install_hint: ClassVar[str] = ""  # "install X (docs/cluster.md, section 1)"
+    install_command: ClassVar[str] = ""  # the kubectl command doctor prints
 
     def __init__(self, cluster: Cluster | None = None, *, kubeconfig: str | None = None,
                  context: str | None = None, namespace: str | None = None,
@@ -102,14 +123,51 @@ class PyTorchJobBackend:
         self.unschedulable_warn_every = unschedulable_warn_every
         self.delete_timeout = delete_timeout
 
+    @classmethod
+    def from_options(cls, *, namespace: str | None = None, kubeconfig: str | None = None,
+                     context: str | None = None, poll_interval: float = 15.0,
+                     start_grace: float = 600.0, unschedulable_timeout: float | None = None,
+                     **_: Any) -> "KubeJobBackend":
+        return cls(kubeconfig=kubeconfig, context=context, namespace=namespace,
+                   poll_interval=poll_interval, start_grace=start_grace,
+                   unschedulable_timeout=unschedulable_timeout)
+
+    @classmethod
+    def group_version(cls) -> tuple[str, str]:
+        group, _, version = cls.api_version.rpartition("/")
+        return group, version
+
+    # -- what the subclass says ------------------------------------------------------------
+    def pod_selector(self, name: str) -> str:
+        """The label selector of the pods of job ``name``."""
+        raise NotImplementedError
+
+    def log_pod(self, name: str, replica: str | None = None, index: int = 0) -> str:
+        """The pod of one replica of job ``name`` (``replica=None``: the master role)."""
+        raise NotImplementedError
+
+    @classmethod
+    def permissions(cls) -> list[Permission]:
+        group = cls.group_version()[0]
+        return [Permission(verb, cls.plural, group)
+                for verb in ("create", "get", "list", "delete")] + POD_PERMISSIONS
+
+    @classmethod
+    def doctor_checks(cls, cluster: Cluster, namespace: str) -> list[doctor.Check]:
+        return [doctor.check_crd(cluster, f"{cls.kind} CRD", cls.api_version, cls.plural,
+                                 cls.install_command),
+                doctor.check_rbac(cluster, namespace, cls.permissions(),
+                                  f"may create/list/delete {cls.plural} and read pod logs")]
+
     # -- objects ---------------------------------------------------------------------------
     def get(self, name: str) -> dict[str, Any]:
         return self.cluster.custom.get_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, name, _request_timeout=self.request_timeout)
+            *self.group_version(), self.namespace, self.plural, name,
+            _request_timeout=self.request_timeout)
 
     def list(self, label_selector: str | None = None) -> list[dict[str, Any]]:
         resp = self.cluster.custom.list_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, label_selector=label_selector,
+            *self.group_version(), self.namespace, self.plural, label_selector=label_selector,
             _request_timeout=self.request_timeout)
         return resp.get("items", [])
 
@@ -121,8 +179,8 @@ class PyTorchJobBackend:
         for _ in range(5):  # a name taken again while we replaced it: decide again
             try:
                 self.cluster.custom.create_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL, body, field_validation="Strict",
-                    _request_timeout=self.request_timeout)
+                    *self.group_version(), self.namespace, self.plural, body,
+                    field_validation="Strict", _request_timeout=self.request_timeout)
                 return Submission(name, self.namespace, created=True, replaced=replaced)
             except ApiException as e:
                 if e.status == 409:
@@ -132,21 +190,20 @@ class PyTorchJobBackend:
                     continue
                 if e.status == 404:
                     raise RuntimeError(
-                        "the API server has no kubeflow.org/v1 pytorchjobs: install the Training "
-                        "Operator v1.9 (docs/cluster.md, section 1) and run `umt doctor`"
-                    ) from None
+                        f"the API server has no {self.api_version} {self.plural}: "
+                        f"{self.install_hint} and run `umt doctor`") from None
                 if e.status in (400, 403, 422) and "admission webhook" in _reason(e):
-                    # The Training Operator's webhook said no (a validation error, not RBAC).
-                    raise InvalidJobError(name, [_reason(e)]) from None
+                    # The controller's webhook said no (a validation error, not RBAC).
+                    raise InvalidJobError(name, [_reason(e)], self.kind) from None
                 if e.status == 403:
                     raise PermissionError(
-                        f"not allowed to create pytorchjobs in namespace {self.namespace}: "
+                        f"not allowed to create {self.plural} in namespace {self.namespace}: "
                         f"{_reason(e)} (apply manifests/base for the umt Role, run `umt doctor`)"
                     ) from None
                 if e.status in (400, 422):
-                    raise InvalidJobError(name, [f"apiserver: {_reason(e)}"]) from None
+                    raise InvalidJobError(name, [f"apiserver: {_reason(e)}"], self.kind) from None
                 raise
-        raise RuntimeError(f"PyTorchJob {self.namespace}/{name} keeps being re-created by "
+        raise RuntimeError(f"{self.kind} {self.namespace}/{name} keeps being re-created by "
                            "someone else while we replace it; giving up")
 
     def _adopt_or_clear(self, body: dict[str, Any], replace_failed: bool = True) -> bool:
@@ -162,8 +219,8 @@ class PyTorchJobBackend:
             raise
         meta = existing.get("metadata") or {}
         if meta.get("deletionTimestamp"):
-            log.warning("PyTorchJob %s/%s is being deleted: waiting until it is gone to create "
-                        "the new one", self.namespace, name)
+            log.warning("%s %s/%s is being deleted: waiting until it is gone to create "
+                        "the new one", self.kind, self.namespace, name)
             self._wait_gone(name, meta.get("uid"))
             return False
         self._check_adoptable(body, existing)
@@ -171,18 +228,18 @@ class PyTorchJobBackend:
         if current.failed and not replace_failed:
             raise JobFailedError(current, already_failed=True)
         if current.failed:
-            log.warning("PyTorchJob %s/%s already exists and failed (%s): deleting it and "
-                        "creating a new one", self.namespace, name, current.message)
+            log.warning("%s %s/%s already exists and failed (%s): deleting it and "
+                        "creating a new one", self.kind, self.namespace, name, current.message)
             # Foreground: the job goes only after its pods, whose names the new job reuses.
             self.delete(name, propagation="Foreground")
             self._wait_gone(name, meta.get("uid"))
             return False
         if current.phase == SUCCEEDED:
-            log.warning("PyTorchJob %s/%s already succeeded: adopting it, not running it again "
+            log.warning("%s %s/%s already succeeded: adopting it, not running it again "
                         "(delete it, or use another --run-id, to train again)",
-                        self.namespace, name)
+                        self.kind, self.namespace, name)
         else:
-            log.info("adopting existing PyTorchJob %s/%s (%s)", self.namespace, name,
+            log.info("adopting existing %s %s/%s (%s)", self.kind, self.namespace, name,
                      current.phase)
         return True
 
@@ -202,9 +259,9 @@ class PyTorchJobBackend:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"PyTorchJob {self.namespace}/{name} was still being deleted after "
+                    f"{self.kind} {self.namespace}/{name} was still being deleted after "
                     f"{self.delete_timeout:.0f}s (a finalizer or a stuck pod?): `kubectl -n "
-                    f"{self.namespace} describe pytorchjob {name}`")
+                    f"{self.namespace} describe {self.kind.lower()} {name}`")
             time.sleep(min(self.poll_interval, 2.0))
 
     def _check_adoptable(self, body: dict[str, Any], existing: dict[str, Any]) -> None:
@@ -214,24 +271,24 @@ class PyTorchJobBackend:
         if theirs != ours:
             phase = self.status_of(body["metadata"]["name"], existing).phase
             raise RuntimeError(
-                f"a different PyTorchJob named {body['metadata']['name']} already exists in "
+                f"a different {self.kind} named {body['metadata']['name']} already exists in "
                 f"{self.namespace} ({phase}; spec hash {theirs} != {ours}); delete it "
                 "(`umt job delete NAME`) or choose another --name / --run-id")
 
-    @staticmethod
-    def status_of(name: str, obj: dict[str, Any]) -> JobStatus:
-        conditions = from_dict(obj.get("status") or {}, "KubeflowOrgV1JobStatus").conditions
-        return JobStatus.from_conditions(name, conditions)
-
     def status(self, name: str) -> JobStatus:
         return self.status_of(name, self.get(name))
+
+    def list_jobs(self, label_selector: str) -> list[JobInfo]:
+        return [JobInfo(obj["metadata"]["name"], self.status_of(obj["metadata"]["name"], obj),
+                        bool(obj["metadata"].get("deletionTimestamp")))
+                for obj in self.list(label_selector)]
 
     def delete(self, name: str, propagation: str = "Background") -> None:
         """Background: the job goes now, its pods and services after it; Foreground: the job
         stays (with a deletionTimestamp) until its pods are gone."""
         try:
             self.cluster.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, name,
+                *self.group_version(), self.namespace, self.plural, name,
                 propagation_policy=propagation, _request_timeout=self.request_timeout)
         except ApiException as e:
             if e.status != 404:
@@ -273,20 +330,13 @@ class PyTorchJobBackend:
             time.sleep(self.poll_interval * min(1 + errors, 10))
 
     # -- logs ------------------------------------------------------------------------------
-    def pod_name(self, name: str, replica: str | None = None, index: int = 0) -> str:
-        """``<job>-<replica>-<index>``; ``replica=None`` is the master role (worker-0 in a
-        Worker-only job, as in the operator)."""
-        if replica is None:
-            specs = (self.get(name).get("spec") or {}).get("pytorchReplicaSpecs") or {}
-            replica = "master" if "Master" in specs else "worker"
-        return f"{name}-{replica.lower()}-{index}"
-
     def logs(self, name: str, *, follow: bool = False, replica: str | None = None,
              index: int = 0) -> Iterator[str]:
-        pod = self.pod_name(name, replica, index)
+        pod = self.log_pod(name, replica, index)
         if not follow:
             text = self.cluster.core.read_namespaced_pod_log(
-                pod, self.namespace, container=CONTAINER, _request_timeout=self.request_timeout)
+                pod, self.namespace, container=self.container,
+                _request_timeout=self.request_timeout)
             yield from text.splitlines()
             return
         yield from self._follow(name, pod)
@@ -294,7 +344,7 @@ class PyTorchJobBackend:
     def _previous_lines(self, pod: str) -> list[tuple[str, str]]:
         try:
             text = self.cluster.core.read_namespaced_pod_log(
-                pod, self.namespace, container=CONTAINER, previous=True, timestamps=True,
+                pod, self.namespace, container=self.container, previous=True, timestamps=True,
                 _request_timeout=self.request_timeout)
         except ApiException:
             return []  # 400: no previous container (the usual case)
@@ -319,7 +369,7 @@ class PyTorchJobBackend:
                 # The read timeout turns a silently dropped connection (idle NAT / load
                 # balancer) into a reconnect instead of a log that stops forever.
                 resp = self.cluster.core.read_namespaced_pod_log(
-                    pod, self.namespace, container=CONTAINER, follow=True, timestamps=True,
+                    pod, self.namespace, container=self.container, follow=True, timestamps=True,
                     _preload_content=False,
                     _request_timeout=(self.request_timeout, LOG_READ_TIMEOUT))
                 try:
@@ -353,7 +403,7 @@ class PyTorchJobBackend:
 class _PodWatch:
     """What keeps a job's pods from starting, seen across polls of one wait."""
 
-    def __init__(self, backend: PyTorchJobBackend, job: str):
+    def __init__(self, backend: KubeJobBackend, job: str):
         self.backend, self.job = backend, job
         self.since: dict[tuple[str, str, str], float] = {}  # (pod, container, kind) -> first seen
         self.warned: dict[tuple[str, str, str], float] = {}
@@ -363,7 +413,7 @@ class _PodWatch:
         b = self.backend
         try:
             return b.cluster.core.list_namespaced_pod(
-                b.namespace, label_selector=f"{JOB_NAME_LABEL}={self.job}",
+                b.namespace, label_selector=b.pod_selector(self.job),
                 _request_timeout=b.request_timeout).items
         except ApiException as e:
             if e.status == 403:

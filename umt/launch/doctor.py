@@ -1,16 +1,20 @@
-"""Pre-flight checks, run before any GPU is spent: ``umt doctor``.
+"""Pre-flight checks, run before any GPU is spent: ``umt doctor [--backend NAME]``.
 
 1. the cluster answers (kubeconfig or in-cluster service account);
-2. the PyTorchJob CRD is installed and serves ``kubeflow.org/v1`` (read from the CRD itself, or
-   from API discovery when, as in Kubeflow profile namespaces, users may not read CRDs);
-3. we may create, list and delete pytorchjobs and read pod logs in the namespace
+2. the backend's own checks (:meth:`umt.launch.backend.Backend.doctor_checks`): for a cluster
+   backend, its CRD is installed and serves its version (read from the CRD itself, or from API
+   discovery when, as in Kubeflow profile namespaces, users may not read CRDs), and we may use
+   every verb it needs in the namespace -- create, list and delete its jobs, read pods and logs
    (SelfSubjectAccessReview: asks the API server, so RBAC, webhooks and aggregation agree);
-4. the S3 Secret the jobs' pods read their credentials from (default ``umt-s3``) exists in the
+3. the S3 Secret the jobs' pods read their credentials from (default ``umt-s3``) exists in the
    namespace with non-empty required keys (a pod referencing a missing Secret or key never
    starts: CreateContainerConfigError). Reading Secrets is not in the launcher's Role, so when we
    may not, that is a warning, not a failure;
-5. the S3 output prefix is writable *with the caller's credentials*: write, read back and delete
+4. the S3 output prefix is writable *with the caller's credentials*: write, read back and delete
    a marker object.
+
+:func:`needed_permissions` is every verb any backend uses: exactly what Role ``umt-launcher``
+(``manifests/base/role.yaml``) grants (a test checks), so a backend's Role rule is all it adds.
 """
 
 from __future__ import annotations
@@ -18,22 +22,14 @@ from __future__ import annotations
 import base64
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from umt.launch.backend import CLUSTER, Permission, backend_class, discover
 from umt.launch.kube import Cluster, connect
-from umt.launch.pytorchjob import API_VERSION, PLURAL, S3Credentials
-
-CRD_NAME = f"{PLURAL}.kubeflow.org"
-INSTALL_HINT = ('kubectl apply --server-side -k "github.com/kubeflow/training-operator.git/'
-                'manifests/overlays/standalone?ref=v1.9.1"')
-# (verb, resource, subresource) the launcher uses -- all of them, and all that Role umt-launcher
-# (manifests/base/role.yaml) grants: create/get/delete a job, list a run's jobs (gc), get/list
-# its pods (why they cannot start), read the master's log. Waiting polls; nothing watches.
-NEEDED = [("create", PLURAL, ""), ("get", PLURAL, ""), ("list", PLURAL, ""),
-          ("delete", PLURAL, ""), ("get", "pods", ""), ("list", "pods", ""),
-          ("get", "pods", "log")]
+from umt.launch.request import S3Credentials
 
 
 @dataclass
@@ -44,49 +40,61 @@ class Check:
     warning: bool = False  # ok, but could not be verified (or is worth a look)
 
 
-def check_crd(cluster: Cluster) -> Check:
-    group, version = API_VERSION.split("/")
+def needed_permissions() -> list[Permission]:
+    """Every RBAC verb of every registered backend, once each."""
+    out: list[Permission] = []
+    for cls in discover().values():
+        out += [p for p in cls.permissions() if p not in out]
+    return out
+
+
+def check_crd(cluster: Cluster, title: str, api_version: str, plural: str,
+              install_command: str) -> Check:
+    """The CRD of ``plural`` is installed and serves ``api_version``."""
+    group, version = api_version.split("/")
+    crd_name = f"{plural}.{group}"
     try:
         crd = client.ApiextensionsV1Api(cluster.api_client).read_custom_resource_definition(
-            CRD_NAME)
+            crd_name)
         served = [v.name for v in crd.spec.versions if v.served]
         if version not in served:
-            return Check("PyTorchJob CRD", False, f"{CRD_NAME} serves {served}, not {version}")
-        return Check("PyTorchJob CRD", True, f"{CRD_NAME} serves {version}")
+            return Check(title, False, f"{crd_name} serves {served}, not {version}")
+        return Check(title, True, f"{crd_name} serves {version}")
     except ApiException as e:
         if e.status == 404:
-            return Check("PyTorchJob CRD", False, f"{CRD_NAME} is not installed: {INSTALL_HINT}")
+            return Check(title, False, f"{crd_name} is not installed: {install_command}")
         if e.status != 403:
-            return Check("PyTorchJob CRD", False, f"cannot read {CRD_NAME}: {e.status} {e.reason}")
+            return Check(title, False, f"cannot read {crd_name}: {e.status} {e.reason}")
     try:  # no permission to read CRDs: ask API discovery, which every user may read
         resources = client.CustomObjectsApi(cluster.api_client).get_api_resources(group, version)
-        if any(r.name == PLURAL for r in resources.resources):
-            return Check("PyTorchJob CRD", True, f"{API_VERSION} {PLURAL} (API discovery)")
+        if any(r.name == plural for r in resources.resources):
+            return Check(title, True, f"{api_version} {plural} (API discovery)")
     except ApiException:
         pass
-    return Check("PyTorchJob CRD", False, f"{API_VERSION} {PLURAL} not served: {INSTALL_HINT}")
+    return Check(title, False, f"{api_version} {plural} not served: {install_command}")
 
 
-def check_rbac(cluster: Cluster, namespace: str) -> Check:
-    group = API_VERSION.split("/")[0]
+def check_rbac(cluster: Cluster, namespace: str, needed: list[Permission],
+               allowed_text: str) -> Check:
+    """We may use every verb of ``needed`` in ``namespace`` (``allowed_text``: what it says
+    when we may)."""
     auth = client.AuthorizationV1Api(cluster.api_client)
     missing = []
-    for verb, resource, sub in NEEDED:
+    for perm in needed:
         review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(
             resource_attributes=client.V1ResourceAttributes(
-                namespace=namespace, verb=verb, resource=resource, subresource=sub or None,
-                group=group if resource == PLURAL else "")))
+                namespace=namespace, verb=perm.verb, resource=perm.resource,
+                subresource=perm.subresource or None, group=perm.group)))
         try:
             allowed = auth.create_self_subject_access_review(review).status.allowed
         except ApiException as e:
             return Check("RBAC", False, f"SelfSubjectAccessReview failed: {e.status} {e.reason}")
         if not allowed:
-            missing.append(f"{verb} {resource}{'/' + sub if sub else ''}")
+            missing.append(str(perm))
     if missing:
         return Check("RBAC", False, f"not allowed in namespace {namespace}: {', '.join(missing)} "
                                     "(apply manifests/base: Role umt-launcher)")
-    return Check("RBAC", True, f"may create/list/delete pytorchjobs and read pod logs in "
-                               f"{namespace}")
+    return Check("RBAC", True, f"{allowed_text} in {namespace}")
 
 
 def check_s3_secret(cluster: Cluster, namespace: str, secret: str = "umt-s3") -> Check:
@@ -141,8 +149,10 @@ def check_output(output_uri: str) -> Check:
 
 def run_checks(*, namespace: str | None = None, kubeconfig: str | None = None,
                context: str | None = None, output_uri: str | None = None,
-               cluster: Cluster | None = None, s3_secret: str | None = "umt-s3") -> list[Check]:
-    """``s3_secret=None``: the jobs get S3 access another way (IRSA, workload identity)."""
+               cluster: Cluster | None = None, s3_secret: str | None = "umt-s3",
+               backend: str | Any = CLUSTER) -> list[Check]:
+    """``s3_secret=None``: the jobs get S3 access another way (IRSA, workload identity);
+    ``backend``: whose checks run (a name, or a backend)."""
     checks = []
     try:
         cluster = cluster or connect(kubeconfig, context, namespace)
@@ -156,8 +166,7 @@ def run_checks(*, namespace: str | None = None, kubeconfig: str | None = None,
         checks.append(Check("cluster", False, str(e)))
         cluster = None
     if cluster is not None:
-        checks.append(check_crd(cluster))
-        checks.append(check_rbac(cluster, namespace or cluster.namespace))
+        checks += backend_class(backend).doctor_checks(cluster, namespace or cluster.namespace)
         if s3_secret:
             checks.append(check_s3_secret(cluster, namespace or cluster.namespace, s3_secret))
     if output_uri:

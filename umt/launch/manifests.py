@@ -22,7 +22,8 @@ import argparse
 from pathlib import Path
 
 from umt import catalogue
-from umt.launch.pytorchjob import TrainingJob, build_pytorchjob
+from umt.launch.backends.pytorchjob import build_pytorchjob
+from umt.launch.request import TrainingJob
 from umt.launch.serialize import to_yaml
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"

@@ -2,10 +2,11 @@
 
     python umt/launch/replica.py --parent <executor pid> [--grace 5] -- torchrun -m ...
 
-The local PyTorchJob executor (``umt.launch.local``) starts every replica through this wrapper,
-in a process session of its own (so the executor can signal one replica's whole tree). A session
-of its own also means nothing ties the replica to the executor: a ``kill -9`` of ``umt job run``
-used to leave the replicas training, and a relaunch then had two writers on one output folder.
+The local PyTorchJob executor (``umt.launch.backends.local``) starts every replica through this
+wrapper, in a process session of its own (so the executor can signal one replica's whole tree).
+A session of its own also means nothing ties the replica to the executor: a ``kill -9`` of ``umt
+job run`` used to leave the replicas training, and a relaunch then had two writers on one output
+folder.
 The wrapper closes that gap twice:
 
 * on Linux it asks the kernel for a parent-death signal (``PR_SET_PDEATHSIG``: SIGTERM the

@@ -6,14 +6,16 @@
                               output_uri="s3://b/runs/b16", run_id=kfp_run_id,
                               rendered_yaml_path=job_yaml.path)
 
-It renders and validates the PyTorchJob (a bad config fails here, not on a GPU node), writes
-the YAML artifact, submits it or adopts the job a previous attempt created, streams the
-master's log to stdout, waits as long as the job runs, and
+It renders and validates the job with the chosen backend (``backend="cluster"``: the cluster's
+default backend; ``"local"``: processes here; any registered name, see :mod:`umt.launch.backend`)
+so a bad config fails here, not on a GPU node, writes the YAML artifact, submits it or adopts the
+job a previous attempt created, streams the master's log to stdout, waits as long as the job
+runs, and
 
 * returns a :class:`JobResult` when the job succeeded, with the stage's ``summary.json`` read
   from ``train.output_dir`` (local or s3://): ``result.summary["checkpoint"]``, its final
   metrics; a summary that is missing or unreadable raises :class:`SummaryError` naming the URI,
-* raises :class:`JobFailedError` (with the operator's reason and the log tail) when it failed
+* raises :class:`JobFailedError` (with the controller's reason and the log tail) when it failed
   or was deleted; ``permanent`` says a retry would not help, and a retried call
   (``replace_failed=False``, the default) that finds the job of its name Failed raises it again
   at once instead of training a second time (KFP's ``set_retry`` covers a lost launcher pod,
@@ -28,26 +30,27 @@ master's log to stdout, waits as long as the job runs, and
 from __future__ import annotations
 
 import collections
+import json
 import logging
+import os
 import signal
 import threading
-import json
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from umt import storage
 from umt.launch.backend import (
-    JobBackend,
+    CLUSTER,
     JobCancelledError,
     JobFailedError,
     JobStartError,
     SummaryError,
+    backend_class,
+    make_backend,
+    shares_filesystem,
 )
-from umt.launch.gc import delete_run_jobs  # noqa: F401 - the exit task's half of this module
-from umt.launch.pytorchjob import TrainingJob, render_job
-from umt.launch.serialize import to_yaml
+from umt.launch.request import TrainingJob
 from umt.launch.status import JobStatus
 
 log = logging.getLogger(__name__)
@@ -100,33 +103,6 @@ def read_summary(output_dir: str, cwd: str | None = None) -> dict[str, Any]:
     return summary
 
 
-def make_backend(backend: str | JobBackend, *, namespace: str | None = None,
-                 kubeconfig: str | None = None, context: str | None = None,
-                 poll_interval: float = 15.0, local_workdir: str = "runs/local-jobs",
-                 start_grace: float = 600.0, unschedulable_timeout: float | None = None) -> Any:
-    if not isinstance(backend, str):
-        return backend
-    if backend == "cluster":
-        from umt.launch.cluster import PyTorchJobBackend
-
-        return PyTorchJobBackend(kubeconfig=kubeconfig, context=context, namespace=namespace,
-                                 poll_interval=poll_interval, start_grace=start_grace,
-                                 unschedulable_timeout=unschedulable_timeout)
-    if backend == "local":
-        from umt.launch.local import LocalBackend
-
-        return LocalBackend(local_workdir)
-    raise ValueError(f"backend must be 'cluster', 'local' or a JobBackend, got {backend!r}")
-
-
-def shares_filesystem(backend: str | JobBackend) -> bool:
-    """Whether every replica of the backend's jobs sees one filesystem (the local executor),
-    so a local ``train.output_dir`` is fine."""
-    if isinstance(backend, str):
-        return backend == "local"
-    return bool(getattr(backend, "shares_filesystem", False))
-
-
 class LogPump(threading.Thread):
     """Streams the master's log to ``sink`` and keeps the last lines for error messages."""
 
@@ -151,7 +127,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 def run_training_job(stage: str, config: str | None = None, overrides: Sequence[str] = (), *,
                      nodes: int = 1, gpus_per_node: int = 8, node_pool: str = "gke-a100",
-                     backend: str | JobBackend = "cluster",
+                     backend: str | Any = CLUSTER,
                      rendered_yaml_path: str | None = None,
                      log_sink: Callable[[str], None] | None = None,
                      wait_timeout: float | None = None, poll_interval: float = 15.0,
@@ -163,11 +139,14 @@ def run_training_job(stage: str, config: str | None = None, overrides: Sequence[
     """Render, submit-or-adopt, stream, wait, read the summary; raise on failure; delete on
     cancellation.
 
+    ``backend``: a registered backend's name (``cluster``: the cluster's default) or a backend.
     ``job_options`` are the other fields of :class:`TrainingJob` (image, namespace, name,
     run_id, output_uri, restart_policy, backoff_limit, gang_scheduling, allow_local_output,
-    ...). ``wait_timeout=None`` waits as long as the job runs: bound jobs with
-    ``active_deadline_seconds`` instead, which the operator enforces even if we are gone.
-    ``start_grace`` / ``unschedulable_timeout``: see :class:`PyTorchJobBackend`.
+    ``resolved``: the stage config the caller already loaded, ...). ``wait_timeout=None``
+    waits as long as the job runs: bound jobs with ``active_deadline_seconds`` instead, which
+    the controller enforces even if we are gone.
+    ``start_grace`` / ``unschedulable_timeout``: see
+    :class:`umt.launch.cluster.KubeJobBackend`.
     ``replace_failed``: a Failed job of the same name (an earlier attempt of this call) is
     deleted and run again instead of its failure being raised again.
     """
@@ -179,12 +158,12 @@ def run_training_job(stage: str, config: str | None = None, overrides: Sequence[
         job_options.setdefault("allow_local_output", True)
     req = TrainingJob(stage=stage, config=config, overrides=list(overrides), nodes=nodes,
                       gpus_per_node=gpus_per_node, node_pool=node_pool, **job_options)
-    rendered = render_job(req)
-    job = rendered.job
-    name = job.metadata.name
+    kind = backend_class(backend)
+    rendered = kind.render(req)
+    name = rendered.name
     if rendered_yaml_path:
         Path(rendered_yaml_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(rendered_yaml_path).write_text(to_yaml(job))
+        Path(rendered_yaml_path).write_text(rendered.to_yaml())
     impl = make_backend(backend, namespace=req.namespace, kubeconfig=kubeconfig,
                         context=context, poll_interval=poll_interval,
                         local_workdir=local_workdir, start_grace=start_grace,
@@ -196,8 +175,8 @@ def run_training_job(stage: str, config: str | None = None, overrides: Sequence[
     submitted = False
     try:
         submitted = True  # from here on the job may exist, even if submit() is interrupted
-        submission = impl.submit(job, replace_failed=replace_failed)
-        log.info("PyTorchJob %s/%s %s", submission.namespace, name, submission.action)
+        submission = impl.submit(rendered.job, replace_failed=replace_failed)
+        log.info("%s %s/%s %s", kind.kind, submission.namespace, name, submission.action)
         pump = LogPump(impl, name, sink)
         pump.start()
         try:

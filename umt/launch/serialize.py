@@ -32,10 +32,10 @@ class _Response:
         self.data = json.dumps(data)
 
 
-def from_dict(data: dict[str, Any], type_name: str = "KubeflowOrgV1PyTorchJob") -> Any:
-    """The typed model (``KubeflowOrgV1PyTorchJob`` by default) of a plain dict."""
+def from_dict(data: dict[str, Any], type_name: str) -> Any:
+    """The typed model ``type_name`` (``KubeflowOrgV1PyTorchJob``, ``V1Pod``, ...) of a dict."""
     return _API.deserialize(_Response(data), type_name)
 
 
-def from_yaml(text: str, type_name: str = "KubeflowOrgV1PyTorchJob") -> Any:
+def from_yaml(text: str, type_name: str) -> Any:
     return from_dict(yaml.safe_load(text), type_name)

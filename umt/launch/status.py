@@ -1,64 +1,50 @@
-"""Job conditions as the Training Operator reports them, and a small summary of them.
+"""Where a job stands, in the same words for every backend.
 
-The operator keeps one condition per type (Created, Running, Restarting, Succeeded, Suspended,
-Failed) and moves them with a few rules we mirror in the local executor
-(``pkg/util/status.go::setCondition`` on release-1.9):
+A backend maps its own conditions onto one phase (:mod:`umt.launch.backends.pytorchjob` has the
+Training Operator's rules) and records when the job started and finished, so the job's duration
+comes from the backend, right even when a launcher adopted a job an earlier attempt started:
 
-* once Failed is true, nothing changes any more;
-* Running and Restarting replace each other;
-* Succeeded or Failed turn Running to False.
-
-The job's phase is the type of the last condition that is True, which is also what
-``kubectl get pytorchjobs`` prints in its STATE column.
+* ``Pending``: the controller has not seen the job yet;
+* ``Created``: accepted, no replica running yet (pods being scheduled, images pulled);
+* ``Running``, ``Restarting`` (a replica failed and is being restarted);
+* ``Suspended``: held (a queue such as Kueue has not admitted it);
+* ``Succeeded``, ``Failed``: finished; nothing changes any more.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-
-from kubeflow.training.models import KubeflowOrgV1JobCondition
+from datetime import datetime
+from typing import Any
 
 CREATED, RUNNING, RESTARTING = "Created", "Running", "Restarting"
 SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
-PENDING = "Pending"  # no condition yet: the operator has not seen the job
+PENDING = "Pending"  # no condition yet: the controller has not seen the job
 FINISHED = (SUCCEEDED, FAILED)
 
 
-def set_condition(conditions: list[KubeflowOrgV1JobCondition], type_: str, reason: str,
-                  message: str, status: str = "True") -> list[KubeflowOrgV1JobCondition]:
-    """Return ``conditions`` with ``type_`` set, following the operator's rules."""
-    if any(c.type == FAILED and c.status == "True" for c in conditions):
-        return conditions
-    now = datetime.now(timezone.utc)
-    current = next((c for c in conditions if c.type == type_), None)
-    if current is not None and current.status == status and current.reason == reason:
-        return conditions
-    transition = current.last_transition_time if (
-        current is not None and current.status == status) else now
-    kept = []
-    for c in conditions:
-        if c.type == type_ or {c.type, type_} == {RUNNING, RESTARTING}:
-            continue
-        if type_ in FINISHED and c.type == RUNNING:
-            c = KubeflowOrgV1JobCondition(type=c.type, status="False", reason=c.reason,
-                                          message=c.message, last_update_time=now,
-                                          last_transition_time=now)
-        kept.append(c)
-    kept.append(KubeflowOrgV1JobCondition(type=type_, status=status, reason=reason,
-                                          message=message, last_update_time=now,
-                                          last_transition_time=transition))
-    return kept
+def parse_time(value: Any) -> datetime | None:
+    """A condition's timestamp: a datetime, or RFC 3339 text from a raw API object."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return value if isinstance(value, datetime) else None
 
 
 @dataclass
 class JobStatus:
-    """Where a job stands: its phase, the message that explains it, all conditions."""
+    """A job's phase, the message that explains it, when it started and finished, and the
+    backend's own conditions (each with ``type``, ``status``, ``message`` and
+    ``last_transition_time``: what ``umt job status`` prints)."""
 
     name: str
     phase: str = PENDING
     message: str = ""
-    conditions: list[KubeflowOrgV1JobCondition] = field(default_factory=list)
+    conditions: list[Any] = field(default_factory=list)
+    started_at: datetime | None = None  # the controller accepted the job
+    finished_at: datetime | None = None  # it succeeded or failed
 
     @property
     def finished(self) -> bool:
@@ -72,17 +58,13 @@ class JobStatus:
     def failed(self) -> bool:
         return self.phase == FAILED
 
-    @classmethod
-    def from_conditions(cls, name: str,
-                        conditions: list[KubeflowOrgV1JobCondition] | None) -> "JobStatus":
-        conditions = list(conditions or [])
-        true = [c for c in conditions if c.status == "True"]
-        # A finished job is finished whatever order its conditions were listed in.
-        for final in (FAILED, SUCCEEDED):
-            done = next((c for c in true if c.type == final), None)
-            if done is not None:
-                return cls(name, final, done.message or "", conditions)
-        if not true:
-            return cls(name, PENDING, "", conditions)
-        last = true[-1]
-        return cls(name, last.type, last.message or "", conditions)
+    def duration_seconds(self) -> float | None:
+        """Seconds from start to finish as the backend recorded them; None when it did not
+        record both (or they make no sense)."""
+        start, end = parse_time(self.started_at), parse_time(self.finished_at)
+        try:
+            if start and end and end > start:
+                return (end - start).total_seconds()
+        except TypeError:  # naive vs aware timestamps: no answer
+            pass
+        return None

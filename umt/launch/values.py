@@ -2,7 +2,7 @@
 
 ``umt job render --namespace 'Bad NS'`` or ``--memory -5Gi`` used to render happily; the API
 server (or worse, the kubelet on a GPU node after the image pull) then refused it. Every value a
-user gives a :class:`umt.launch.pytorchjob.TrainingJob` is checked here, all at once, and each
+user gives a :class:`umt.launch.request.TrainingJob` is checked here, all at once, and each
 problem names the option (as ``umt job`` spells it), the value and what is allowed.
 
 Values we *derive* from user strings are sanitised instead: :func:`label_value` turns any run id

@@ -177,26 +177,10 @@ def _write_failure_marker(output_dir: str, rid: str, job: str, message: str) -> 
 
 
 def _job_seconds(result: Any, measured: float) -> float:
-    """Job wall time from its conditions (Created -> Succeeded): right even when this launcher
-    adopted a job an earlier attempt started. Falls back to what we measured."""
-    conditions = getattr(getattr(result, "status", None), "conditions", None) or []
-    times = {}
-    for c in conditions:
-        when = c.last_transition_time
-        if isinstance(when, str):  # RFC 3339 from a raw API object
-            try:
-                when = datetime.fromisoformat(when.replace("Z", "+00:00"))
-            except ValueError:
-                continue
-        if isinstance(when, datetime):
-            times[c.type] = when
-    start, end = times.get("Created"), times.get("Succeeded")
-    try:
-        if start and end and end > start:
-            return (end - start).total_seconds()
-    except TypeError:  # naive vs aware timestamps: trust our own clock
-        pass
-    return measured
+    """Job wall time as its backend recorded it (start -> finish): right even when this
+    launcher adopted a job an earlier attempt started. Falls back to what we measured."""
+    recorded = result.status.duration_seconds()
+    return measured if recorded is None else recorded
 
 
 def read_summary(result: Any, output_dir: str) -> dict[str, Any]:
@@ -227,12 +211,14 @@ def launch(step: planning.StepPlan, checkpoint: str, *, nodes: int, gpus_per_nod
     _check_failure_marker(step.output_dir, rid)
     started = time.monotonic()
     try:
+        # The plan loaded the config already (with the parent's identity where the job gets
+        # its checkpoint URI, and output_uri where the job gets its folder): not again.
         result = run_training_job(
             step.stage, step.config, step.job_overrides(checkpoint), nodes=nodes,
             gpus_per_node=gpus_per_node, node_pool=node_pool, backend=planning.job_backend(),
             output_uri=step.output_dir, run_id=rid or None, rendered_yaml_path=job_yaml,
             image=image or None, s3=S3Credentials(secret=s3_secret) if s3_secret else None,
-            local_workdir=planning.local_jobs_dir())
+            local_workdir=planning.local_jobs_dir(), resolved=step.resolved)
     except JobFailedError as e:
         if getattr(e, "permanent", True):
             _write_failure_marker(step.output_dir, rid, e.status.name, str(e))
@@ -437,9 +423,9 @@ def evaluate(task: str, *, model: Any, dataset: Any, tasks: Sequence[str] = (pla
 
 # -- the end -----------------------------------------------------------------------------------
 def cleanup(state: str = "", error: str = "") -> str:
-    """Exit handler: delete the run's PyTorchJobs that are still running (a failed or
-    terminated run would otherwise leave them holding GPUs). Local jobs are processes of their
-    launcher tasks and end with them, so there is nothing to do locally."""
+    """Exit handler: delete the run's jobs that are still running (a failed or terminated run
+    would otherwise leave them holding GPUs). Local jobs are processes of their launcher tasks
+    and end with them, so there is nothing to do locally."""
     rid = run_id()
     print(f"pipeline finished: {state or 'unknown'}{' (' + error + ')' if error else ''}")
     if planning.job_backend() == "local":
@@ -448,7 +434,7 @@ def cleanup(state: str = "", error: str = "") -> str:
         return "no KFP_RUN_ID in the environment: nothing to clean up"
     from umt.launch.gc import delete_run_jobs
 
-    deleted = delete_run_jobs(rid)
+    deleted = delete_run_jobs(rid, backend=planning.job_backend())
     return (f"deleted {len(deleted)} unfinished jobs of run {rid}"
             + (f": {', '.join(deleted)}" if deleted else ""))
 

@@ -152,7 +152,7 @@ class _Problems:
 
 
 def _render(step: planning.StepPlan, s: Settings, nodes: int, backend: str) -> str:
-    from umt.launch import S3Credentials, TrainingJob, build_pytorchjob, to_yaml
+    from umt.launch import S3Credentials, TrainingJob, render_job_yaml
 
     placeholder = step.parent if step.parent else ""
     req = TrainingJob(stage=step.stage, config=step.config,
@@ -161,8 +161,8 @@ def _render(step: planning.StepPlan, s: Settings, nodes: int, backend: str) -> s
                       image=s.image or None, run_id=os.environ.get("KFP_RUN_ID") or None,
                       output_uri=step.output_dir,
                       s3=S3Credentials(secret=s.s3_secret) if s.s3_secret else None,
-                      allow_local_output=backend == "local")
-    return to_yaml(build_pytorchjob(req))
+                      allow_local_output=backend == "local", resolved=step.resolved)
+    return render_job_yaml(req, backend)
 
 
 def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, Any]:

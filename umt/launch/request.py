@@ -1,34 +1,31 @@
-"""Build the PyTorchJob for one training stage: typed, validated, deterministically named.
+"""The backend-neutral job request: what decides one training job, whatever runs it.
 
-    from umt.launch import TrainingJob, build_pytorchjob, to_yaml
-    job = build_pytorchjob(TrainingJob(stage="stage1", config="b16", nodes=4,
-                                       gpus_per_node=8, node_pool="gke-a100"))
-    print(to_yaml(job))          # kubectl apply -f -
+    from umt.launch import TrainingJob, render_job_yaml
+    req = TrainingJob(stage="stage1", config="b16", nodes=4, gpus_per_node=8,
+                      node_pool="gke-a100", output_uri="s3://b/runs/b16")
+    print(render_job_yaml(req))          # the cluster's default backend's object
 
-Shape of the job (Training Operator v1, ``kubeflow.org/v1``):
+A :class:`TrainingJob` is checked when it is made (every value Kubernetes or the stage's command
+line would refuse, all at once: :mod:`umt.launch.values`) and names its job deterministically
+(:func:`job_name`). Every backend builds its object from the pieces here, so every job runs the
+same way:
 
-* Master (exactly 1 replica) + ``nodes - 1`` Workers (elastic jobs: Workers only), each a
-  pod with one container named ``pytorch`` running
-  ``torchrun -m <stage module> --config ... key=value ...``. No torchrun flags: the operator
-  injects ``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK``, ``PET_MASTER_ADDR`` and
-  ``PET_MASTER_PORT`` and torchrun reads them, so the same command runs on 1 or 64 nodes, on a
-  cluster or in the local executor.
-* ``nprocPerNode`` = GPUs per node, as a string (the CRD's type; ``8`` would be rejected).
-* ``restartPolicy: OnFailure``: a crashed container restarts in place, keeps its node and GPUs,
-  and the stage resumes from its last checkpoint. (``ExitCode`` looks tempting but fails the job
-  when torchrun on a *surviving* node exits 1 after losing its peer.)
-* ``backoffLimit`` defaults to 3 x nodes: with static rendezvous one lost node makes every node
-  restart, and the operator counts each container restart.
-* ``cleanPodPolicy: Running``: when the job ends, pods still running (a worker hung in NCCL after
-  the master failed) are deleted and free their GPUs; finished pods keep their logs.
-* ``activeDeadlineSeconds`` defaults to 14 days (twice the paper's longest run): a job stuck for
-  good (a hang no NCCL timeout catches, a rendezvous that never completes) is failed by the
-  operator and frees its GPUs even when no launcher is watching.
-* Pods run as UID 1000 (non-root), no privilege escalation, all capabilities dropped, seccomp
-  ``RuntimeDefault`` and a read-only root filesystem with writable ``emptyDir`` volumes for
-  ``/tmp`` and the image's ``$HOME`` (``/home/umt``: caches of torch, Hugging Face, matplotlib).
-* Every user value is checked first (:mod:`umt.launch.values`); user strings reach the
-  container only as items of its ``command`` list (no shell anywhere).
+* the command ``torchrun -m <catalogue module> --config ... key=value ...`` with no torchrun
+  flags: the backend's runtime sets the ``PET_*`` variables torchrun reads (node count, rank,
+  processes per node, rendezvous), so one command runs on 1 or 64 nodes or in the local
+  executor. User strings reach the container only as items of this list (no shell anywhere);
+* labels ``app.kubernetes.io/part-of=umt``, ``umt/stage``, ``umt/run-id`` (selectable: a run's
+  jobs are found by them) on the job and every pod;
+* requests of 8 CPUs and 60Gi per GPU (2 and 8Gi on CPU) capped to the node pool's machines,
+  memory limit == request, GPUs as limits;
+* the hardened pod: UID 1000 (non-root), no privilege escalation, all capabilities dropped,
+  seccomp ``RuntimeDefault``, a read-only root filesystem with writable ``emptyDir`` volumes for
+  ``/tmp`` and the image's ``$HOME`` (``/home/umt``: caches of torch, Hugging Face,
+  matplotlib), ``/dev/shm`` in memory, the node pool's selector, tolerations and affinity, no
+  Istio sidecar;
+* S3 credentials only by ``secretKeyRef`` to a Secret, never as values;
+* the stage config, loaded once (:func:`resolved_config`) so a typo fails here and not on a GPU
+  node, and where the job writes its outputs (:func:`output_dir`).
 """
 
 from __future__ import annotations
@@ -36,17 +33,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from kubeflow.training.models import (
-    KubeflowOrgV1ElasticPolicy,
-    KubeflowOrgV1PyTorchJob,
-    KubeflowOrgV1PyTorchJobSpec,
-    KubeflowOrgV1ReplicaSpec,
-    KubeflowOrgV1RunPolicy,
-    KubeflowOrgV1SchedulingPolicy,
-)
 from kubernetes.client import (
     V1Capabilities,
     V1Container,
@@ -76,15 +65,8 @@ from umt.launch.stages import (
     stage_module,
     validate_stage_config,
 )
-from umt.launch.validate import CLEAN_POD_POLICIES, RESTART_POLICIES, validate_pytorchjob
 
-API_VERSION = "kubeflow.org/v1"
-KIND = "PyTorchJob"
-PLURAL = "pytorchjobs"
-CONTAINER = "pytorch"
-PORT_NAME, PORT = "pytorchjob-port", 23456  # the operator's defaults, spelt out
-
-# Labels: selectable (``kubectl get pytorchjobs -l umt/run-id=...``), also on every pod.
+# Labels: selectable (``kubectl get <jobs> -l umt/run-id=...``), also on every pod.
 LABEL_STAGE = "umt/stage"
 LABEL_RUN_ID = "umt/run-id"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
@@ -97,6 +79,13 @@ UID = 1000  # the non-root user of images/train.Dockerfile
 HOME = "/home/umt"  # its $HOME: caches go there, so it is a writable volume
 DEFAULT_ACTIVE_DEADLINE = 14 * 24 * 3600
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+# What happens when a replica's container fails (the Training Operator's set; a backend maps
+# them to its own failure policy) and which pods go when the job ends.
+RESTART_POLICIES = ("OnFailure", "Always", "ExitCode", "Never")
+CLEAN_POD_POLICIES = ("None", "Running", "All")
+CPU_PER_GPU, MEMORY_GIB_PER_GPU = 8, 60  # defaults, capped to what the pool's nodes hold
+# Fields that change nothing in the job, so they do not change its name either.
+NOT_IDENTITY = ("name", "validate_config", "allow_local_output", "resolved")
 
 
 @dataclass
@@ -151,13 +140,18 @@ class TrainingJob:
     elastic_max_nodes: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
-    validate_config: bool = True  # load the stage config now (imports the stage module)
+    validate_config: bool = True  # load the stage config now (imports its config schema)
     # A local (not s3://) train.output_dir is refused: each pod has its own filesystem, so the
     # checkpoints would be lost. True when it is a shared volume mounted in every pod (a PVC),
     # and for the local executor (one machine, one filesystem).
     allow_local_output: bool = False
     # False only for an image that must write outside /tmp and $HOME=/home/umt.
     read_only_root_filesystem: bool = True
+    # The stage config the caller already loaded for this stage, config and overrides (the
+    # pipeline's plan has it): rendering checks nothing again and loads nothing. Its
+    # model.pretrained and train.output_dir may be placeholders: rendering reads neither
+    # when output_uri is set.
+    resolved: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_values(self)
@@ -248,11 +242,12 @@ def check_values(req: TrainingJob) -> None:
     p.raise_if_any()
 
 
+# -- naming and labels -------------------------------------------------------------------------
 def _dns_label(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
 
 
-def _short_hash(payload: Any) -> str:
+def short_hash(payload: Any) -> str:
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:10]
 
@@ -263,30 +258,56 @@ def job_name(req: TrainingJob) -> str:
     if req.name:
         name = req.name
     else:
-        identity = ({"run_id": req.run_id, "stage": req.stage} if req.run_id else
-                    {k: v for k, v in asdict(req).items()
-                     if k not in ("name", "validate_config", "allow_local_output")})
+        if req.run_id:
+            identity: dict[str, Any] = {"run_id": req.run_id, "stage": req.stage}
+        else:
+            identity = {f.name: getattr(req, f.name) for f in fields(req)
+                        if f.name not in NOT_IDENTITY}
+            identity["s3"] = asdict(req.s3) if req.s3 is not None else None
         stage = _dns_label(req.stage)[: MAX_NAME_LENGTH - 15].strip("-") or "stage"
-        name = f"umt-{stage}-{_short_hash(identity)}"
+        name = f"umt-{stage}-{short_hash(identity)}"
     if len(name) > MAX_NAME_LENGTH or not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name):
         raise ValueError(f"job name {name!r} must be a DNS-1035 label of at most "
                          f"{MAX_NAME_LENGTH} characters (pods are named '<job>-worker-<i>')")
     return name
 
 
-def _env(req: TrainingJob) -> list[V1EnvVar]:
-    env = [V1EnvVar(name=k, value=v) for k, v in sorted(req.env.items())]
+def job_labels(req: TrainingJob) -> dict[str, str]:
+    """The labels of the job and of each of its pods."""
+    labels = {LABEL_PART_OF: "umt", LABEL_STAGE: values.label_value(req.stage), **req.labels}
+    if req.run_id:
+        labels[LABEL_RUN_ID] = values.label_value(req.run_id)
+    return labels
+
+
+def spec_hash(job: Any) -> str:
+    """The hash of what runs (the object's ``spec``): the ``umt/spec-hash`` annotation lets an
+    adopting launcher tell "my job" from a same-named stranger."""
+    data = job if isinstance(job, dict) else to_dict(job)
+    return short_hash(data.get("spec"))
+
+
+# -- the container -----------------------------------------------------------------------------
+def command(req: TrainingJob) -> list[str]:
+    config, overrides = job_config_args(req.config, req.overrides)
+    if req.output_uri:
+        overrides.append(f"train.output_dir={req.output_uri}")
+    args = ["torchrun", "-m", stage_module(req.stage)]
+    if config:
+        args += ["--config", config]
+    return args + overrides
+
+
+def env(req: TrainingJob) -> list[V1EnvVar]:
+    out = [V1EnvVar(name=k, value=v) for k, v in sorted(req.env.items())]
     if req.s3 is not None:
         for var, (key, optional) in req.s3.keys.items():
             if var in req.env:
                 continue
-            env.append(V1EnvVar(name=var, value_from=V1EnvVarSource(
+            out.append(V1EnvVar(name=var, value_from=V1EnvVarSource(
                 secret_key_ref=V1SecretKeySelector(name=req.s3.secret, key=key,
                                                    optional=optional or None))))
-    return env
-
-
-CPU_PER_GPU, MEMORY_GIB_PER_GPU = 8, 60  # defaults, capped to what the pool's nodes hold
+    return out
 
 
 def default_requests(gpus: int, node_pool: str) -> tuple[str, str]:
@@ -300,7 +321,7 @@ def default_requests(gpus: int, node_pool: str) -> tuple[str, str]:
     return str(cpu), f"{memory_gib}Gi"
 
 
-def _resources(req: TrainingJob) -> V1ResourceRequirements:
+def resources(req: TrainingJob) -> V1ResourceRequirements:
     gpus = req.gpus_per_node
     default_cpu, default_memory = default_requests(gpus, req.node_pool)
     cpu = str(req.cpu) if req.cpu is not None else default_cpu
@@ -315,88 +336,100 @@ def _resources(req: TrainingJob) -> V1ResourceRequirements:
     return V1ResourceRequirements(requests=requests, limits=limits)
 
 
-def command(req: TrainingJob) -> list[str]:
-    config, overrides = job_config_args(req.config, req.overrides)
-    if req.output_uri:
-        overrides.append(f"train.output_dir={req.output_uri}")
-    args = ["torchrun", "-m", stage_module(req.stage)]
-    if config:
-        args += ["--config", config]
-    return args + overrides
+def volume_mounts(req: TrainingJob) -> list[V1VolumeMount]:
+    return [V1VolumeMount(name="dshm", mount_path="/dev/shm"), *(
+        [V1VolumeMount(name="tmp", mount_path="/tmp"),
+         V1VolumeMount(name="home", mount_path=HOME)]
+        if req.read_only_root_filesystem else [])]
 
 
-def _pod_template(req: TrainingJob, labels: dict[str, str]) -> V1PodTemplateSpec:
-    pool = get_node_pool(req.node_pool)
-    shm = req.shm_size or f"{pool.shm_gib}Gi"
-    container = V1Container(
-        name=CONTAINER,
-        image=req.image or default_image(),
-        image_pull_policy=req.image_pull_policy,
-        command=command(req),
-        env=_env(req) or None,
-        ports=[V1ContainerPort(name=PORT_NAME, container_port=PORT)],
-        resources=_resources(req),
-        volume_mounts=[V1VolumeMount(name="dshm", mount_path="/dev/shm"), *(
-            [V1VolumeMount(name="tmp", mount_path="/tmp"),
-             V1VolumeMount(name="home", mount_path=HOME)]
-            if req.read_only_root_filesystem else [])],
-        security_context=V1SecurityContext(
-            allow_privilege_escalation=False,
-            capabilities=V1Capabilities(drop=["ALL"]),
-            read_only_root_filesystem=req.read_only_root_filesystem or None),
-    )
-    volumes = [V1Volume(name="dshm",
-                        empty_dir=V1EmptyDirVolumeSource(medium="Memory", size_limit=shm))]
+def volumes(req: TrainingJob) -> list[V1Volume]:
+    shm = req.shm_size or f"{get_node_pool(req.node_pool).shm_gib}Gi"
+    out = [V1Volume(name="dshm", empty_dir=V1EmptyDirVolumeSource(medium="Memory",
+                                                                  size_limit=shm))]
     if req.read_only_root_filesystem:
         # On the node's disk, without a size limit: what the writable root layer was (a
         # limit would evict a pod whose checkpoint staging in /tmp crosses it).
-        volumes += [V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource()),
-                    V1Volume(name="home", empty_dir=V1EmptyDirVolumeSource())]
+        out += [V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource()),
+                V1Volume(name="home", empty_dir=V1EmptyDirVolumeSource())]
+    return out
+
+
+def container_security_context(req: TrainingJob) -> V1SecurityContext:
+    return V1SecurityContext(allow_privilege_escalation=False,
+                             capabilities=V1Capabilities(drop=["ALL"]),
+                             read_only_root_filesystem=req.read_only_root_filesystem or None)
+
+
+def pod_security_context() -> V1PodSecurityContext:
+    # Pod-level, so it also covers an operator's init containers.
+    return V1PodSecurityContext(run_as_non_root=True, run_as_user=UID, run_as_group=UID,
+                                fs_group=UID,
+                                seccomp_profile=V1SeccompProfile(type="RuntimeDefault"))
+
+
+# Istio sidecars (Kubeflow profile namespaces) keep pods from ever completing and get in the way
+# of NCCL; training pods talk to nothing that needs the mesh.
+POD_ANNOTATIONS = {"sidecar.istio.io/inject": "false"}
+
+
+def container(req: TrainingJob, name: str,
+              ports: list[V1ContainerPort] | None = None) -> V1Container:
+    """The training container (a backend names it and gives it its ports)."""
+    return V1Container(
+        name=name,
+        image=req.image or default_image(),
+        image_pull_policy=req.image_pull_policy,
+        command=command(req),
+        env=env(req) or None,
+        ports=ports,
+        resources=resources(req),
+        volume_mounts=volume_mounts(req),
+        security_context=container_security_context(req),
+    )
+
+
+def pod_template(req: TrainingJob, labels: dict[str, str],
+                 main: V1Container) -> V1PodTemplateSpec:
+    """A replica's pod: ``main`` on the node pool, hardened, with the scratch volumes."""
+    pool = get_node_pool(req.node_pool)
     spec = V1PodSpec(
-        containers=[container],
+        containers=[main],
         service_account_name=req.service_account,
         node_selector=dict(pool.node_selector) or None,
         tolerations=list(pool.tolerations) or None,
         affinity=pool.affinity,
-        volumes=volumes,
-        # Pod-level, so it also covers the operator's init container on workers.
-        security_context=V1PodSecurityContext(
-            run_as_non_root=True, run_as_user=UID, run_as_group=UID, fs_group=UID,
-            seccomp_profile=V1SeccompProfile(type="RuntimeDefault")),
+        volumes=volumes(req),
+        security_context=pod_security_context(),
         priority_class_name=req.priority_class,
     )
-    # Istio sidecars (Kubeflow profile namespaces) keep pods from ever completing and get in
-    # the way of NCCL; training pods talk to nothing that needs the mesh.
-    annotations = {"sidecar.istio.io/inject": "false"}
-    return V1PodTemplateSpec(metadata=V1ObjectMeta(labels=labels, annotations=annotations),
+    return V1PodTemplateSpec(metadata=V1ObjectMeta(labels=labels,
+                                                   annotations=dict(POD_ANNOTATIONS)),
                              spec=spec)
 
 
-def _run_policy(req: TrainingJob) -> KubeflowOrgV1RunPolicy:
-    scheduling = None
-    if req.gang_scheduling or req.queue or req.priority_class:
-        scheduling = KubeflowOrgV1SchedulingPolicy(
-            # All pods or none: a half-scheduled job holds GPUs while it waits forever.
-            min_available=(req.elastic_min_nodes or req.nodes) if req.gang_scheduling else None,
-            queue=req.queue, priority_class=req.priority_class,
-            schedule_timeout_seconds=req.schedule_timeout_seconds)
-    return KubeflowOrgV1RunPolicy(
-        clean_pod_policy=req.clean_pod_policy,
-        backoff_limit=req.backoff_limit if req.backoff_limit is not None else 3 * req.nodes,
-        ttl_seconds_after_finished=req.ttl_seconds_after_finished,
-        active_deadline_seconds=req.active_deadline_seconds,
-        scheduling_policy=scheduling,
-    )
+# -- the config and the outputs ----------------------------------------------------------------
+def resolved_config(req: TrainingJob) -> Any:
+    """The stage config of ``req``, loaded exactly as the stage will load it (so a typo fails
+    now, not on a GPU node): the caller's ``req.resolved`` when it has one, None when
+    ``validate_config`` is off."""
+    if req.resolved is not None:
+        return req.resolved
+    if not req.validate_config:
+        return None
+    overrides = list(req.overrides) + (
+        [f"train.output_dir={req.output_uri}"] if req.output_uri else [])
+    return validate_stage_config(req.stage, req.config, overrides)
 
 
-def _output_dir(req: TrainingJob, cfg: Any) -> str | None:
-    """``train.output_dir`` the job will use: the loaded config's when it was loaded, else
-    --output, else the last override (None when the config was not loaded and nothing says)."""
+def output_dir(req: TrainingJob, cfg: Any = None) -> str | None:
+    """``train.output_dir`` the job will use: --output (the command's last override), else the
+    loaded config's, else the last override (None when nothing says)."""
+    if req.output_uri:
+        return req.output_uri
     train = getattr(cfg, "train", None)
     if getattr(train, "output_dir", None):
         return str(train.output_dir)
-    if req.output_uri:
-        return req.output_uri
     _, overrides = job_config_args(req.config, req.overrides)
     for item in reversed(overrides):
         key, _, value = item.partition("=")
@@ -409,7 +442,7 @@ def check_shared_output(req: TrainingJob, cfg: Any = None) -> None:
     """Refuse a local ``train.output_dir`` for a cluster job (see ``allow_local_output``)."""
     if req.allow_local_output:
         return
-    output = _output_dir(req, cfg)
+    output = output_dir(req, cfg)
     if output is None or str(output).startswith("s3://"):
         return
     where = f"{req.nodes} nodes" if req.nodes > 1 else "a pod"
@@ -419,69 +452,3 @@ def check_shared_output(req: TrainingJob, cfg: Any = None) -> None:
         "visible to the other nodes and are lost when a pod restarts. Write to shared storage "
         "(--output s3://bucket/prefix), or pass --allow-local-output (allow_local_output=True) "
         "if that path is a shared volume (a PVC) mounted in every pod")
-
-
-@dataclass
-class RenderedJob:
-    job: KubeflowOrgV1PyTorchJob
-    # train.output_dir the stage writes config.yaml, checkpoints and summary.json to (None:
-    # unknown, when the config was not loaded and neither --output nor an override says).
-    output_dir: str | None
-
-
-def build_pytorchjob(req: TrainingJob, *, validate: bool = True) -> KubeflowOrgV1PyTorchJob:
-    """The job object for ``req``; raises ``ValueError`` (or ``InvalidJobError``) on bad input."""
-    return render_job(req, validate=validate).job
-
-
-def render_job(req: TrainingJob, *, validate: bool = True) -> RenderedJob:
-    """:func:`build_pytorchjob`, and where the job will write its outputs."""
-    cfg = None
-    if req.validate_config:
-        overrides = list(req.overrides) + (
-            [f"train.output_dir={req.output_uri}"] if req.output_uri else [])
-        cfg = validate_stage_config(req.stage, req.config, overrides)
-    check_shared_output(req, cfg)
-    name = job_name(req)
-    labels = {LABEL_PART_OF: "umt", LABEL_STAGE: values.label_value(req.stage), **req.labels}
-    if req.run_id:
-        labels[LABEL_RUN_ID] = values.label_value(req.run_id)
-    template = _pod_template(req, labels)
-    elastic = None
-    if req.elastic_min_nodes is None:
-        replicas = {"Master": KubeflowOrgV1ReplicaSpec(
-            replicas=1, restart_policy=req.restart_policy, template=template)}
-        if req.nodes > 1:
-            replicas["Worker"] = KubeflowOrgV1ReplicaSpec(
-                replicas=req.nodes - 1, restart_policy=req.restart_policy, template=template)
-    else:
-        # Elastic jobs are Workers only: the operator counts min/max in Worker replicas and
-        # points the c10d rendezvous at worker-0 (a Master would sit outside min..max).
-        replicas = {"Worker": KubeflowOrgV1ReplicaSpec(
-            replicas=req.nodes, restart_policy=req.restart_policy, template=template)}
-        elastic = KubeflowOrgV1ElasticPolicy(
-            min_replicas=req.elastic_min_nodes, max_replicas=req.elastic_max_nodes,
-            rdzv_backend="c10d", max_restarts=3 * req.nodes)
-    job = KubeflowOrgV1PyTorchJob(
-        api_version=API_VERSION,
-        kind=KIND,
-        metadata=V1ObjectMeta(name=name, namespace=req.namespace, labels=labels,
-                              annotations=dict(req.annotations) or None),
-        spec=KubeflowOrgV1PyTorchJobSpec(
-            nproc_per_node=str(req.nproc),
-            pytorch_replica_specs=replicas,
-            run_policy=_run_policy(req),
-            elastic_policy=elastic,
-        ),
-    )
-    # The hash of what runs lets an adopting launcher tell "my job" from a same-named stranger.
-    job.metadata.annotations = {**(job.metadata.annotations or {}),
-                                ANNOTATION_SPEC_HASH: spec_hash(job)}
-    if validate:
-        validate_pytorchjob(to_dict(job))
-    return RenderedJob(job, _output_dir(req, cfg))
-
-
-def spec_hash(job: KubeflowOrgV1PyTorchJob | dict[str, Any]) -> str:
-    data = job if isinstance(job, dict) else to_dict(job)
-    return _short_hash(data.get("spec"))

@@ -1,4 +1,5 @@
-"""Run a PyTorchJob on this machine, the way the Training Operator would run it on a cluster.
+"""The local backend: a PyTorchJob run on this machine, the way the Training Operator would run
+it on a cluster.
 
     umt job run stage1 --config tiny --nodes 2 --gpus-per-node 0 --node-pool cpu \\
         train.output_dir=runs/local train.steps=20
@@ -47,22 +48,19 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from umt.launch import replica as replica_wrapper
-from umt.launch.backend import JobFailedError, Submission
-from umt.launch.pytorchjob import CONTAINER
-from umt.launch.serialize import to_dict
-from umt.launch.status import (
-    CREATED,
-    FAILED,
-    RESTARTING,
-    RUNNING,
-    SUCCEEDED,
-    JobStatus,
+from umt.launch.backend import Backend, JobFailedError, JobInfo, Submission
+from umt.launch.backends.pytorchjob import (
+    CONTAINER,
+    KIND,
+    PyTorchJobs,
+    job_status,
     set_condition,
+    validate_pytorchjob,
 )
-from umt.launch.validate import validate_pytorchjob
+from umt.launch.serialize import to_dict
+from umt.launch.status import CREATED, FAILED, RESTARTING, RUNNING, SUCCEEDED, JobStatus
 
 log = logging.getLogger(__name__)
-KIND = "PyTorchJob"
 WRAPPER = Path(replica_wrapper.__file__)
 STOP_GRACE_S = 5.0  # SIGTERM -> SIGKILL, for us and for a replica whose executor died
 
@@ -212,7 +210,7 @@ class LocalExecutor:
 
     def status(self) -> JobStatus:
         with self._lock:
-            return JobStatus.from_conditions(self.name, list(self.conditions))
+            return job_status(self.name, list(self.conditions))
 
     # -- running ---------------------------------------------------------------------------
     def start(self) -> "LocalExecutor":
@@ -398,13 +396,14 @@ def _kill_group(proc: subprocess.Popen, sig: int) -> None:
     replica_wrapper.kill_all(tree, sig)
 
 
-class LocalBackend:
-    """:class:`umt.launch.backend.JobBackend` running jobs as processes on this machine.
+class LocalBackend(PyTorchJobs, Backend):
+    """:class:`umt.launch.backend.Backend` running PyTorchJobs as processes on this machine.
 
     Jobs live as long as this object. Submitting a name it already has adopts that job when it
     is running or succeeded, and replaces it (a new run) when it failed, as on a cluster.
     """
 
+    name = "local"
     shares_filesystem = True  # every replica sees this machine's files: local outputs are fine
 
     def __init__(self, workdir: str | os.PathLike = "runs/local-jobs", *, cwd: str | None = None,
@@ -417,6 +416,10 @@ class LocalBackend:
         self.poll_interval = poll_interval
         self.namespace = "local"
         self.executors: dict[str, LocalExecutor] = {}
+
+    @classmethod
+    def from_options(cls, *, local_workdir: str = "runs/local-jobs", **_: Any) -> "LocalBackend":
+        return cls(local_workdir)
 
     def submit(self, job: Any, *, replace_failed: bool = True) -> Submission:
         body = job if isinstance(job, dict) else to_dict(job)
@@ -500,3 +503,9 @@ class LocalBackend:
         executor = self.executors.pop(name, None)
         if executor is not None:
             executor.cancel()
+
+    def list_jobs(self, label_selector: str) -> list[JobInfo]:
+        """This object's jobs with every ``key=value`` of ``label_selector``."""
+        wanted = dict(item.split("=", 1) for item in label_selector.split(",") if item)
+        return [JobInfo(name, executor.status()) for name, executor in self.executors.items()
+                if wanted.items() <= (executor.job["metadata"].get("labels") or {}).items()]
