@@ -56,6 +56,18 @@ from umt.seeds import derive_seed
 log = logging.getLogger(__name__)
 
 
+def dataset_classes(source: str, key: str = "data.source") -> list[str]:
+    """Class names of a training / evaluation source; an error when it has none."""
+    if source == "synthetic":
+        return list(synthetic.CLASSES)
+    classes = dataset_json.load(source).classes
+    if not classes:
+        raise ValueError(f"{key}={source} lists no classes (its dataset.json has no 'classes'): "
+                         f"action recognition needs labelled videos; shard a manifest with a "
+                         f"label column (umt shard ... --classes classes.txt)")
+    return classes
+
+
 def read_clip(sample: dict, meta: dict, decoder, pick, num_frames: int,
               max_pixels: Optional[int]) -> np.ndarray:
     """uint8 ``[T, H, W, 3]`` of one clip (an image sample is repeated T times)."""

@@ -115,11 +115,11 @@ CONFIG_SCHEMA = EvalActionConfig
 
 def _classifier(cfg: EvalActionConfig, class_names: list[str], device):
     """The fine-tuned classifier (its head must come from the checkpoint) and mode info."""
-    from umt.train.finetune_action import build_classifier
-    from umt.train.head_map import load_classifier_init
+    from umt.models import build_from_config
+    from umt.runtime.weights import load_classifier_init
 
     m = cfg.model
-    model = build_classifier(m, m.num_classes or len(class_names))
+    model = build_from_config(m, num_classes=m.num_classes or len(class_names))
     load_classifier_init(model, m.pretrained, head_map=m.head_map, target_classes=class_names,
                          require_head=True)
     return model.to(device).eval(), {"mode": "classifier"}
@@ -190,8 +190,8 @@ def confusion_png(cm: np.ndarray, names: list[str], limit: int) -> bytes:
 
 def _body(cfg: EvalActionConfig, dist) -> dict:
     from umt import storage
+    from umt.data.action_loader import dataset_classes
     from umt.eval.action import evaluate_views
-    from umt.train.finetune_action import dataset_classes
 
     class_names = dataset_classes(cfg.data.source)
     build = _zero_shot if cfg.eval.zero_shot else _classifier
@@ -230,6 +230,6 @@ def main(config: Optional[str] = None, overrides: Sequence[str] = ()) -> dict[st
 
 
 if __name__ == "__main__":
-    from umt.train.entry import run_stage_module
+    from umt.runtime.entry import run_stage_module
 
     run_stage_module("eval-action")

@@ -1,6 +1,7 @@
 """What every evaluation job shares: its run settings, the run folder, metrics.json and
-summary.json. An evaluation is a stage in ``umt.train.STAGES`` like a training stage (so it
-runs as one process, under torchrun, or as a PyTorchJob), but it has no training loop.
+summary.json. An evaluation is a stage of the catalogue (``umt.catalogue``) like a training
+stage (so it runs as one process, under torchrun, or as a PyTorchJob), but it has no training
+loop.
 
 Files in ``train.output_dir`` (local or s3://): ``config.yaml`` (the resolved config: every
 evaluation setting, so each number can be reproduced from its folder), ``metrics.json`` (the
@@ -18,9 +19,9 @@ from typing import Any, Callable
 from umt import storage
 from umt.configs import to_yaml
 from umt.configs.checks import at_least, choice, device, in_range
-from umt.train import distributed
-from umt.train.common import setup_logging
-from umt.train.lease import RunLease
+from umt.runtime import distributed
+from umt.runtime.common import setup_logging
+from umt.runtime.lease import RunLease
 
 log = logging.getLogger("umt.eval")
 

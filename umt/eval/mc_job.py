@@ -83,7 +83,7 @@ def score_videos(model, batch: dict, tokenizer, cfg, device, precision: str) -> 
     from umt.data.downstream import AnnotationError, parse_answer_index, parse_candidates
     from umt.eval.metrics import multiple_choice_scores
     from umt.models.text import tokenize
-    from umt.train.common import autocast
+    from umt.runtime.common import autocast
 
     usable, problems = [], []
     for b, meta in enumerate(batch["meta"]):
@@ -127,7 +127,7 @@ def score_videos(model, batch: dict, tokenizer, cfg, device, precision: str) -> 
 def run_mc(model, source: str, tokenizer, cfg, *, dist, precision: str = "fp32") -> tuple[dict, list[dict]]:
     """The whole protocol on ``source``; ``(metrics.json content, predictions)`` on every rank."""
     from umt.data.retrieval_loader import build_retrieval_loader
-    from umt.train import distributed
+    from umt.runtime import distributed
 
     model.eval()
     loader = build_retrieval_loader(source, batch_size=cfg.batch_size, num_frames=cfg.num_frames,
@@ -197,6 +197,6 @@ def main(config: Optional[str] = None, overrides: Sequence[str] = ()) -> dict[st
 
 
 if __name__ == "__main__":
-    from umt.train.entry import run_stage_module
+    from umt.runtime.entry import run_stage_module
 
     run_stage_module("eval-mc")

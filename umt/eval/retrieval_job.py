@@ -50,16 +50,13 @@ CONFIG_SCHEMA = EvalRetrievalConfig
 
 def build_model(cfg: Any, device):
     """The model of ``cfg.model`` with its checkpoint, in eval mode, and its tokenizer."""
-    from umt.models import create_model
+    from umt.models import build_from_config
     from umt.models.text import load_tokenizer
+    from umt.runtime.weights import read_checkpoint
 
     m = cfg.model
-    model = create_model(m.name, pretrained=m.pretrained, num_frames=cfg.eval.num_frames,
-                         img_size=cfg.eval.img_size, tubelet_size=m.tubelet_size,
-                         embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
-                         align_layers=m.align_layers, text_encoder=m.text_encoder,
-                         fusion_layer=m.fusion_layer, proj_dim=m.proj_dim, teacher_dim=m.teacher_dim,
-                         text_pool=m.text_pool)
+    model = build_from_config(m, read_checkpoint(m.pretrained), num_frames=cfg.eval.num_frames,
+                              img_size=cfg.eval.img_size)
     return model.to(device).eval(), load_tokenizer(m.text_encoder)
 
 
@@ -82,6 +79,6 @@ def main(config: Optional[str] = None, overrides: Sequence[str] = ()) -> dict[st
 
 
 if __name__ == "__main__":
-    from umt.train.entry import run_stage_module
+    from umt.runtime.entry import run_stage_module
 
     run_stage_module("eval-retrieval")

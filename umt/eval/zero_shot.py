@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from umt.train.common import autocast
+from umt.runtime.common import autocast
 
 log = logging.getLogger("umt.eval")
 
@@ -118,11 +118,12 @@ def load_vl_model(uri: str, *, size_name: str, num_frames: int, img_size: int,
     feature: ``cls`` officially, ``mean`` for mean-pooling sentence encoders) replace the
     checkpoint's. Returns ``(model, tokenizer, architecture)``.
     """
-    from umt.models.checkpoint import CheckpointError, extract_state_dict, read_checkpoint
+    from umt.models.checkpoint import CheckpointError, extract_state_dict
     from umt.models.registry import SIZES, TEACHER_DIM, VL_PROJ_DIM, VL_TEXT
     from umt.models.text import load_tokenizer
     from umt.models.vl import VisionLanguageModel
     from umt.models.vl_checkpoint import detect_vl, load_vl_state_dict
+    from umt.runtime.weights import read_checkpoint
 
     size = next((s for s in SIZES if f"_{s}_" in size_name), None)
     if size is None:
