@@ -16,32 +16,11 @@ Writes ``metrics.json`` (accuracy overall and per question type, counts, protoco
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from umt.configs.finetune_qa import QAEvalConfig, QAModelConfig, QASettings
+from umt.configs.eval_qa import EvalQAConfig
 from umt.configs.loader import load_config
-from umt.eval.job import EvalRunConfig, run_evaluation
-from umt.eval.retrieval_job import EvalData
-
-
-@dataclass
-class EvalQAConfig:
-    # --config tiny|b16|l16 takes the model and qa sections of the finetune-qa preset.
-    PRESETS = ("finetune-qa", ("model", "qa"))
-
-    model: QAModelConfig = field(default_factory=QAModelConfig)
-    data: EvalData = field(default_factory=EvalData)
-    qa: QASettings = field(default_factory=QASettings)
-    eval: QAEvalConfig = field(default_factory=QAEvalConfig)
-    train: EvalRunConfig = field(default_factory=lambda: EvalRunConfig(output_dir="runs/eval-qa"))
-
-    def __post_init__(self):
-        if not self.model.pretrained:
-            raise ValueError("model.pretrained (umt eval qa --model) is required: the QA "
-                             "fine-tuned checkpoint to evaluate")
-        self.eval.num_frames = self.eval.num_frames or self.model.num_frames
-        self.eval.img_size = self.eval.img_size or self.model.img_size
+from umt.eval.job import run_evaluation
 
 
 CONFIG_SCHEMA = EvalQAConfig

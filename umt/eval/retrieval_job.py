@@ -14,35 +14,11 @@ official ``txt_r*`` = video-to-text / ``img_r*`` = text-to-video, with the proto
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from omegaconf import MISSING
-
+from umt.configs.eval_retrieval import EvalRetrievalConfig
 from umt.configs.loader import load_config
-from umt.configs.stage2 import RetrievalEvalConfig, VLModelConfig
-from umt.eval.job import EvalRunConfig, run_evaluation
-
-
-@dataclass
-class EvalData:
-    source: str = MISSING  # dataset.json of the evaluation set (videos with captions)
-
-
-@dataclass
-class EvalRetrievalConfig:
-    # --config tiny|b16|l16 takes the model and eval sections of the Stage-2 preset.
-    PRESETS = ("stage2", ("model", "eval"))
-
-    model: VLModelConfig = field(default_factory=VLModelConfig)
-    data: EvalData = field(default_factory=EvalData)
-    eval: RetrievalEvalConfig = field(default_factory=RetrievalEvalConfig)
-    train: EvalRunConfig = field(default_factory=lambda: EvalRunConfig(output_dir="runs/eval-retrieval"))
-
-    def __post_init__(self):
-        if not self.model.pretrained:
-            raise ValueError("model.pretrained (umt eval retrieval --model) is required: the "
-                             "Stage-2 or retrieval fine-tuned checkpoint to evaluate")
+from umt.eval.job import run_evaluation
 
 
 CONFIG_SCHEMA = EvalRetrievalConfig

@@ -30,7 +30,6 @@ from umt.runtime.common import autocast
 
 log = logging.getLogger("umt.eval")
 
-DEFAULT_TEMPLATES = ("a video of {}.", "a video of a person {}.", "a photo of {}.", "{}")
 MAX_CLASSES_BYTES = 16 << 20
 
 
