@@ -58,12 +58,12 @@ def _build(cls, size: str, pretrained, **kwargs) -> nn.Module:
 
 
 def _given(pretrained) -> bool:
-    """Whether ``pretrained`` names weights to load (False/None/"" do not)."""
+    """Whether ``pretrained`` holds weights to load: a path or a checkpoint read (timm's
+    ``False``, ``None`` and ``""`` hold none)."""
     if pretrained is True:
         raise ValueError("pretrained=True needs a checkpoint: pass its local path or the "
                          "checkpoint read (umt.runtime.weights.read_checkpoint) instead")
-    return pretrained is not None and pretrained is not False and not (
-        isinstance(pretrained, str) and not pretrained)
+    return pretrained not in (None, False, "")
 
 
 def _build_vl(size: str, pretrained, **kwargs) -> nn.Module:

@@ -36,8 +36,9 @@ CONFIG_SCHEMA = Stage1Config
 def build_teacher(cfg: Any) -> CLIPTeacher:
     """The frozen CLIP teacher of ``cfg.teacher`` (also used by Stage 2)."""
     t = cfg.teacher
-    # A weights file (local or s3://) is read here; an open_clip tag ('openai') is open_clip's.
-    pretrained = weights.read_checkpoint(t.pretrained) if names_weights_file(t.pretrained) else t.pretrained
+    pretrained = t.pretrained  # an open_clip tag ('openai') is open_clip's to fetch
+    if names_weights_file(pretrained):  # a file, local or s3://: read here, never by the model
+        pretrained = weights.read_checkpoint(pretrained)
     return CLIPTeacher(t.model_name, pretrained, t.return_layers, t.input_resolution,
                        vision_cfg=dict(t.vision_cfg), embed_dim=t.embed_dim,
                        autocast_dtype=torch.bfloat16 if cfg.train.precision == "bf16" else None)
