@@ -5,7 +5,7 @@ L/16, to a local folder and to an S3-protocol server (moto on 127.0.0.1, started
     python benchmarks/bench_checkpoint.py --sizes base --targets local        # quicker
 
 A checkpoint is what the training loop writes (``umt.train.loop._payload`` layout through
-``umt.train.checkpoint.CheckpointWriter``): the student's state dict, the AdamW state (both
+``umt.runtime.checkpoint.CheckpointWriter``): the student's state dict, the AdamW state (both
 moments, so ~3x the weights), scheduler, RNG, data position and config. Random weights (the
 content does not change the cost). Timed separately: ``serialise`` (``torch.save`` into
 memory), ``save`` (the writer: serialise + write + ``latest`` + prune; local writes are
@@ -41,7 +41,7 @@ def payload(size: str) -> dict[str, Any]:
     """A Stage-1 checkpoint payload with a real AdamW state (one step on zero gradients)."""
     from umt.configs import OptimConfig
     from umt.models import create_model
-    from umt.train import checkpoint
+    from umt.runtime import checkpoint
     from umt.train.optim import build_optimizer, build_scheduler, param_groups
 
     model = create_model(SIZES[size])
@@ -109,7 +109,7 @@ class MotoS3:
 
 def measure(size: str, target: str, out_dir: str, repeats: int) -> dict[str, Any]:
     from umt import storage
-    from umt.train import checkpoint
+    from umt.runtime import checkpoint
 
     pl = payload(size)
     params = pl.pop("_params")

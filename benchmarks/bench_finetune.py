@@ -64,7 +64,7 @@ def finetune_rows(args, device: torch.device, size: str, frames: int,
     from umt.configs import OptimConfig
     from umt.models import create_model
     from umt.models.vit import Attention
-    from umt.train.common import autocast
+    from umt.runtime.common import autocast
     from umt.train.loop import apply_gradients
     from umt.train.optim import build_optimizer, param_groups
 
@@ -115,7 +115,7 @@ def finetune_rows(args, device: torch.device, size: str, frames: int,
 def rerank_row(args, device: torch.device) -> dict[str, Any]:
     from umt.eval.retrieval import RetrievalSet, itm_rerank
     from umt.models import create_model
-    from umt.train import distributed
+    from umt.runtime import distributed
     from umt.train.flops import count_params
 
     torch.manual_seed(args.seed)

@@ -93,7 +93,7 @@ def build_ours(s: dict[str, Any], device: torch.device, precision: str, grad_ckp
     ``train.compile=true``. ``fused_adamw=False``: ``optim.fused=false``, the multi-tensor AdamW
     the official code uses (ours takes the fused kernel on GPUs and CPUs by default)."""
     from umt.configs import Stage1Config, load_config
-    from umt.train import distributed
+    from umt.runtime import distributed
     from umt.train.loop import Context, apply_gradients
     from umt.train.optim import build_optimizer, build_scheduler, param_groups, scaled_lrs
     from umt.train.stage1 import build_models, masked_uta

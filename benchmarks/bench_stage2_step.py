@@ -85,7 +85,7 @@ def bert_base_folder() -> str:
 def build_ours(s: dict[str, Any], device: torch.device, batch: int, extra: list[str]):
     from umt.configs.loader import load_config
     from umt.configs.stage2 import Stage2Config
-    from umt.train import distributed
+    from umt.runtime import distributed
     from umt.train.loop import Context, apply_gradients
     from umt.train.optim import build_optimizer, build_scheduler, scaled_lrs
     from umt.train.stage2 import build_models, forward_loss, param_groups

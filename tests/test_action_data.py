@@ -16,7 +16,7 @@ from umt.configs.finetune_action import ActionDataConfig
 from umt.data import dataset_json
 from umt.data.action_loader import SyntheticActionStream, build_action_eval_loader, build_action_loader
 from umt.data.action_sampling import frame_indices, segment_train, tsn_test, tsn_train
-from umt.data.clip_augment import ActionAugmentConfig
+from umt.configs.finetune_action import ActionAugmentConfig
 from umt.data.decoders import get_decoder
 from umt.data import transforms
 

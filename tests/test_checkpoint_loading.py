@@ -68,7 +68,11 @@ def test_s3_uri(tmp_path, s3_bucket):
     buf = io.BytesIO()
     torch.save({"model": sd}, buf)
     storage.write_bytes(f"{s3_bucket}/ckpt/ft.pth", buf.getvalue())
-    m = create_model("umt_vit_tiny_patch16_224", pretrained=f"{s3_bucket}/ckpt/ft.pth", num_classes=5, **DIMS)
+    # umt.models never reads storage: the runtime reads the object, the model loads what it read
+    from umt.runtime.weights import read_checkpoint
+
+    m = create_model("umt_vit_tiny_patch16_224", pretrained=read_checkpoint(f"{s3_bucket}/ckpt/ft.pth"),
+                     num_classes=5, **DIMS)
     assert torch.equal(m.fc_norm.weight, sd["fc_norm.weight"])
 
 

@@ -24,9 +24,9 @@ from timm.data import auto_augment as timm_aa
 from timm.data.mixup import Mixup, cutmix_bbox_and_lam
 from timm.data.random_erasing import RandomErasing
 
+from umt.configs.finetune_action import ActionAugmentConfig
 from umt.data.clip_augment import (
     ActionAugment,
-    ActionAugmentConfig,
     ClipMixup,
     MixDraw,
     ViewDraw,

@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 
 from umt.configs.finetune_action import FinetuneActionConfig
 from umt.configs.loader import load_config
-from umt.models import create_model
-from umt.train import checkpoint, finetune_action
-from umt.train.head_map import load_classifier_init, read_head_map
+from umt.models import build_from_config, create_model
+from umt.runtime import checkpoint
+from umt.train import finetune_action
+from umt.runtime.weights import load_classifier_init, read_head_map
 
 TINY = dict(num_frames=4, img_size=64, embed_dim=96, depth=4, num_heads=3)
 SYNTHETIC_CLASSES = ["left to right", "right to left", "left to right in jumps", "right to left in jumps"]
@@ -154,7 +155,7 @@ def test_head_map_by_names_needs_a_match(tmp_path):
 def test_layer_decay_is_wired_into_the_optimizer_groups():
     cfg = cfg_of()
     assert cfg.optim.layer_decay == 0.75 and finetune_action._stage(cfg).param_groups is finetune_action.param_groups
-    model = finetune_action.build_classifier(cfg.model, 4)
+    model = build_from_config(cfg.model, num_classes=4)
     groups = finetune_action.param_groups(cfg, model)
     scale = {id(p): (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
     named = dict(model.named_parameters())

@@ -187,7 +187,7 @@ def _data():
 def _gather_worker(rank: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
-    from umt.train.distributed import all_gather_with_grad
+    from umt.runtime.distributed import all_gather_with_grad
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -232,7 +232,7 @@ def test_all_gather_with_grad_two_processes(tmp_path):
 
 
 def test_all_gather_with_grad_single_process_is_identity():
-    from umt.train.distributed import all_gather_with_grad
+    from umt.runtime.distributed import all_gather_with_grad
 
     x = torch.randn(3, 4)
     assert all_gather_with_grad(x) is x

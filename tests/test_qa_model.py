@@ -110,7 +110,7 @@ def test_loss_is_the_official_weighted_sum_over_answer_tokens(qa_model, tok):
 
 
 def test_rank_answers_is_the_official_rank_answer_with_k_clamped(qa_model, tok):
-    from umt.eval.qa import tokenize_answers
+    from umt.models.qa_answers import tokenize_answers
 
     answers = ["red", "green", "blue", "light blue", "left"]
     a_ids, a_att = tokenize_answers(tok, answers, 6)
@@ -131,7 +131,7 @@ def test_rank_answers_is_the_official_rank_answer_with_k_clamped(qa_model, tok):
 
 
 def test_answers_longer_than_the_decoder_holds_are_an_error(tok):
-    from umt.eval.qa import AnswerFits, tokenize_answers
+    from umt.models.qa_answers import AnswerFits, tokenize_answers
 
     with pytest.raises(ValueError, match=r"qa.max_answer_len=5 .*'a very long answer' \(7\).*=7"):
         tokenize_answers(tok, ["red", "a very long answer"], 5)

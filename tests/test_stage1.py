@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from umt.train import checkpoint
-from umt.train.common import NonFiniteGuard
+from umt.runtime import checkpoint
+from umt.runtime.common import NonFiniteGuard
 from umt.train.stage1 import main
 
 

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from umt.cli import app
-from umt.train import checkpoint
+from umt.runtime import checkpoint
 from umt.train.stage2 import main
 
 

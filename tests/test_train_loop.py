@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from umt.configs import OptimConfig, TrainConfig
-from umt.train import checkpoint
+from umt.runtime import checkpoint
 from umt.train.loop import Models, Stage, train
 from umt.train.optim import param_groups
 

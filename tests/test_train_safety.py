@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from umt import storage
 from umt.cli import app
-from umt.train import checkpoint
-from umt.train.checkpoint import CheckpointsUnreadableError
-from umt.train.lease import RunLease, RunLockedError
+from umt.runtime import checkpoint
+from umt.runtime.checkpoint import CheckpointsUnreadableError
+from umt.runtime.lease import RunLease, RunLockedError
 from umt.train.stage1 import main
 
 from s3_fault_proxy import FaultProxy
@@ -131,7 +131,7 @@ def test_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
 
 
 def test_distinct_s3_outputs_never_share_a_metrics_cache(tmp_path, monkeypatch):
-    from umt.train.common import RunFiles
+    from umt.runtime.common import RunFiles
 
     monkeypatch.setenv("UMT_CACHE", str(tmp_path))
     a = RunFiles("s3://b/x_y/z", enabled=False).local

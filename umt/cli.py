@@ -17,7 +17,7 @@ from typing import List, Optional
 import typer
 
 from umt import catalogue
-from umt.train.entry import ConfigOpt, OverridesArg, eval_command, stage_command
+from umt.runtime.entry import ConfigOpt, OverridesArg, eval_command, stage_command
 
 # Plain tracebacks: they end up in pod logs, where rich panels with locals are noise.
 app = typer.Typer(help="Unmasked Teacher (UMT) video foundation models: train, shard, launch.",

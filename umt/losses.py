@@ -72,7 +72,7 @@ def vtc_loss(video_feat: torch.Tensor, text_feat: torch.Tensor, idx: torch.Tenso
     """Video-text contrastive loss, ``(v2t + t2v) / 2`` (official ``vtc_loss``).
 
     ``video_feat [B, E]`` or ``[B, T, E]``, ``text_feat [B, E]``, ``idx [B]``: the batch of all
-    ranks (``umt.train.distributed.all_gather_with_grad``). Every pair with equal ids is a
+    ranks (``umt.runtime.distributed.all_gather_with_grad``). Every pair with equal ids is a
     positive; each row's targets are its positives, normalised to sum 1 (the same target matrix
     in both directions, as officially).
     """

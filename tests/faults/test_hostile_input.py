@@ -36,7 +36,7 @@ from umt.data.manifest import MAX_CAPTION_CHARS, ManifestError
 from umt.data.shard import shard_dataset
 from umt.data.stream import build_pretrain_loader
 from umt.data.webdataset_loader import build_eval_loader
-from umt.train import checkpoint
+from umt.runtime import checkpoint
 
 COMMAND = "touch canary"  # what every injected shell fragment would run
 
@@ -183,7 +183,7 @@ def test_a_latest_pointer_outside_the_run_is_ignored(tmp_path, caplog):
     for pointer in ["../../elsewhere/checkpoints/step_00000009.pt",
                     str(elsewhere / "checkpoints" / "step_00000009.pt"), "/step_00000009.pt"]:
         (run / "checkpoints" / "latest").write_text(pointer)
-        with caplog.at_level(logging.WARNING, logger="umt.train.checkpoint"):
+        with caplog.at_level(logging.WARNING, logger="umt.runtime.checkpoint"):
             state = checkpoint.load_latest(str(run))
         assert state["step"] == 2 and state["uri"] == str(run / "checkpoints" / "step_00000002.pt")
         assert "is not a checkpoint name" in caplog.text

@@ -284,7 +284,7 @@ def test_training_checkpoints_and_metrics_survive_faults_or_stop_clearly(proxy, 
     """Saving (step_*.pt, latest, metrics.jsonl, summary.json) and resuming (the checkpoint
     read cut mid-object, the metrics download failing) through faults; then a save that
     fails for good is a clear error, and latest still names a loadable checkpoint."""
-    from umt.train import checkpoint
+    from umt.runtime import checkpoint
     from umt.train.stage1 import main
 
     monkeypatch.setenv("UMT_CACHE", str(tmp_path / "cache"))
@@ -328,7 +328,7 @@ def test_training_checkpoints_and_metrics_survive_faults_or_stop_clearly(proxy, 
 
 
 def test_a_metrics_upload_that_fails_for_good_is_a_clear_error(proxy, tmp_path, monkeypatch):
-    from umt.train.common import RunFiles
+    from umt.runtime.common import RunFiles
 
     monkeypatch.setenv("UMT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(storage, "S3_MAX_ATTEMPTS", 1)

@@ -29,7 +29,7 @@ import torch
 from umt.launch import TrainingJob, to_dict
 from umt.launch.backends.local import LocalExecutor
 from umt.launch.backends.pytorchjob import build_pytorchjob
-from umt.train import checkpoint
+from umt.runtime import checkpoint
 
 # Stage 1's entry point, with two places where a replica stops and waits to be SIGKILLed.
 FAULTY_STAGE1 = r'''
@@ -193,7 +193,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning_naming_it(tmp_pat
     data = newest.read_bytes()
     newest.write_bytes({"truncated": data[: len(data) // 2], "garbage": os.urandom(len(data)),
                         "empty": b""}[damage])
-    with caplog.at_level(logging.WARNING, logger="umt.train.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="umt.runtime.checkpoint"):
         state = checkpoint.load_latest(str(tmp_path))
     assert state["step"] == 2 and torch.equal(state["model"]["w"], torch.full((64,), 2.0))
     assert state["unreadable"] == [str(newest)]

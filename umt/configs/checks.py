@@ -43,6 +43,30 @@ def length(key: str, value: list, n: int) -> None:
         raise ValueError(f"{key}={value!r} must have exactly {n} values, got {len(value)}")
 
 
+def source_list(key: str, value: list) -> None:
+    """A list of dataset.json URIs, or ``['synthetic']`` alone (a required list may still be
+    ``???``: the loader names it then)."""
+    from omegaconf import MISSING
+
+    if value == MISSING:
+        return
+    if not value:
+        raise ValueError(f"{key}=[] must list at least one dataset.json URI (or be [synthetic])")
+    for i, src in enumerate(value):
+        if not isinstance(src, str) or not src.strip():
+            raise ValueError(f"{key}[{i}]={src!r} must be a dataset.json path or s3:// URI")
+    if "synthetic" in value and len(value) > 1:
+        raise ValueError(f"{key}={list(value)}: 'synthetic' cannot be mixed with dataset.json "
+                         f"sources")
+
+
+def crop_range(key: str, value: list) -> None:
+    """``[low, high]`` with ``0 < low <= high <= 1`` (RandomResizedCrop's area range)."""
+    length(key, value, 2)
+    in_range(f"{key}[0]", value[0], 0.0, 1.0, low_open=True)
+    in_range(f"{key}[1]", value[1], value[0], 1.0)
+
+
 def device(key: str, value: str) -> None:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
     if not (value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())):

@@ -21,9 +21,9 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from umt.configs.checks import at_least, choice, in_range
-from umt.configs.schema import DECODERS, OptimConfig, TrainConfig
-from umt.data.clip_augment import ActionAugmentConfig
+from umt.configs.checks import at_least, choice, in_range, length
+from umt.configs.schema import (DECODERS, BestCheckpointTrain, OptimConfig, VideoModelConfig,
+                                held_out_evaluation)
 
 # Frame samplers (official): segment = Kinetics / MiT ``kinetics_sparse._get_seq_frames``;
 # tsn = Something-Something ``ssv2.py`` (TSN segments).
@@ -32,17 +32,10 @@ ACTION_METRICS = ("top1", "top5", "mean_class_accuracy", "loss")
 
 
 @dataclass
-class ActionModelConfig:
+class ActionModelConfig(VideoModelConfig):
     """``umt.models.create_model("umt_vit_*")`` arguments of the classifier."""
 
     name: str = "umt_vit_base_patch16_224"
-    num_frames: int = 8
-    img_size: int = 224
-    tubelet_size: int = 1
-    drop_path_rate: float = 0.1
-    embed_dim: Optional[int] = None  # overrides of the named size (tests, tiny)
-    depth: Optional[int] = None
-    num_heads: Optional[int] = None
     # Classes of the head; None: the training set's (dataset.json ``classes``).
     num_classes: Optional[int] = None
     init_scale: float = 0.001  # head weights x this at init (official --init_scale)
@@ -60,14 +53,72 @@ class ActionModelConfig:
         if not self.name.startswith("umt_vit_"):
             raise ValueError(f"model.name={self.name!r} must be a classifier model "
                              f"umt_vit_{{tiny,small,base,large}}_patch16_224")
-        for key in ("num_frames", "img_size", "tubelet_size"):
-            at_least(f"model.{key}", getattr(self, key), 1)
-        for key in ("embed_dim", "depth", "num_heads", "num_classes"):
-            at_least(f"model.{key}", getattr(self, key), 1, optional=True)
-        in_range("model.drop_path_rate", self.drop_path_rate, 0.0, 1.0, high_open=True)
+        super().__post_init__()
+        at_least("model.num_classes", self.num_classes, 1, optional=True)
         in_range("model.init_scale", self.init_scale, 0.0, 1.0)
         if self.head_map is not None and not self.head_map.strip():
             raise ValueError("model.head_map='' must be a file path (or null)")
+
+
+@dataclass
+class ActionAugmentConfig:
+    """Augmentation settings of action-recognition fine-tuning (official argument in brackets).
+
+    Defaults are the official recipe (``run_class_finetuning.py``) for Kinetics; set
+    ``flip=False`` for temporal datasets (official: off when ``data_set == 'SSV2'``).
+    """
+
+    rand_augment: Optional[str] = "rand-m7-n4-mstd0.5-inc1"  # [--aa]; None = off
+    rand_augment_interpolation: str = "bicubic"  # [--train_interpolation]
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
+    flip: bool = True
+    reprob: float = 0.25  # [--reprob] random erasing probability; 0 = off
+    remode: str = "pixel"  # [--remode] pixel | rand | const
+    mixup: float = 0.8  # [--mixup] alpha; 0 = off
+    cutmix: float = 1.0  # [--cutmix] alpha; 0 = off
+    mixup_prob: float = 1.0  # [--mixup_prob]
+    mixup_switch_prob: float = 0.5  # [--mixup_switch_prob] P(cutmix) when both are on
+    smoothing: float = 0.1  # [--smoothing] label smoothing, folded into the soft targets
+    num_sample: int = 2  # [--num_sample] augmented views per decoded clip
+
+    def __post_init__(self):
+        length("augment.crop_scale", self.crop_scale, 2)
+        length("augment.crop_ratio", self.crop_ratio, 2)
+        in_range("augment.crop_scale[0]", self.crop_scale[0], 0.0, 1.0, low_open=True)
+        in_range("augment.crop_scale[1]", self.crop_scale[1], self.crop_scale[0], 1.0)
+        in_range("augment.crop_ratio[0]", self.crop_ratio[0], 0.0, float("inf"), low_open=True, high_open=True)
+        at_least("augment.crop_ratio[1]", self.crop_ratio[1], self.crop_ratio[0])
+        choice("augment.rand_augment_interpolation", self.rand_augment_interpolation, ("bicubic", "bilinear"))
+        in_range("augment.reprob", self.reprob, 0.0, 1.0)
+        choice("augment.remode", self.remode, ("pixel", "rand", "const"))
+        at_least("augment.mixup", self.mixup, 0.0)
+        at_least("augment.cutmix", self.cutmix, 0.0)
+        in_range("augment.mixup_prob", self.mixup_prob, 0.0, 1.0)
+        in_range("augment.mixup_switch_prob", self.mixup_switch_prob, 0.0, 1.0)
+        in_range("augment.smoothing", self.smoothing, 0.0, 1.0, high_open=True)
+        at_least("augment.num_sample", self.num_sample, 1)
+        if self.rand_augment is not None:
+            _check_rand_augment(self.rand_augment, self.rand_augment_interpolation)
+
+
+def _check_rand_augment(config: str, interpolation: str) -> None:
+    """``augment.rand_augment`` as timm parses it (the ops it names must allow one draw per
+    clip). Without timm (the launcher image has no torch) only the form is checked here; the
+    job checks the rest when it loads the same config."""
+    if not config.startswith("rand"):
+        raise ValueError(f"augment.rand_augment={config!r} is not allowed: RandAugment config "
+                         f"{config!r} must start with 'rand', e.g. 'rand-m7-n4-mstd0.5-inc1'")
+    try:
+        from umt.data.clip_augment import rand_augment
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] in ("torch", "timm", "numpy", "PIL"):
+            return
+        raise
+    try:
+        rand_augment(config, 224, interpolation)
+    except ValueError as e:
+        raise ValueError(f"augment.rand_augment={config!r} is not allowed: {e}") from None
 
 
 @dataclass
@@ -129,18 +180,16 @@ def _action_optim() -> OptimConfig:
 
 
 @dataclass
-class ActionTrain(TrainConfig):
+class ActionTrain(BestCheckpointTrain):
     output_dir: str = "runs/finetune-action"
     batch_size: int = 32  # views per process (official 16 videos x num_sample 2)
-    # The best checkpoint (checkpoints/best.pt) by this metric of the evaluation on eval.source
-    # (used only when eval.source is set): top1 | top5 | mean_class_accuracy | loss.
+    # The best checkpoint by this metric of the evaluation on eval.source (used only when
+    # eval.source is set): top1 | top5 | mean_class_accuracy | loss.
     best_metric: Optional[str] = "top1"
-    best_mode: str = "max"
 
     def __post_init__(self):
         super().__post_init__()
         choice("train.best_metric", self.best_metric, ACTION_METRICS + (None,))
-        choice("train.best_mode", self.best_mode, ("max", "min"))
 
 
 @dataclass
@@ -164,7 +213,6 @@ class FinetuneActionConfig:
                              f"set augment.mixup=0 augment.cutmix=0 to switch them off")
         if self.train.best_metric == "loss" and self.train.best_mode == "max":
             self.train.best_mode = "min"
-        if self.eval.source and self.train.eval_every is None:
-            self.train.eval_every = 0  # a held-out set is evaluated at least at the end
         if not self.eval.source:
             self.train.best_metric = None  # nothing to select on
+        held_out_evaluation(self)

@@ -14,23 +14,18 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from umt.configs.checks import at_least, choice, in_range, length
-from umt.configs.schema import DECODERS, OptimConfig
+from umt.configs.checks import at_least, choice, crop_range, in_range, source_list
+from umt.configs.schema import DECODERS, OptimConfig, VideoModelConfig, held_out_evaluation
 from umt.configs.stage2 import Stage2Train
 
 
 @dataclass
-class QAModelConfig:
+class QAModelConfig(VideoModelConfig):
     """``umt.models.create_model("umt_qa_*")`` arguments (``umt.models.qa``)."""
 
     name: str = "umt_qa_base_patch16_224"
     num_frames: int = 12
-    img_size: int = 224
-    tubelet_size: int = 1
     drop_path_rate: float = 0.2
-    embed_dim: Optional[int] = None  # overrides of the named size (tests, tiny)
-    depth: Optional[int] = None
-    num_heads: Optional[int] = None
     text_encoder: str = "bert-base-uncased"
     fusion_layer: int = 9
     text_dropout: Optional[float] = None
@@ -41,11 +36,8 @@ class QAModelConfig:
     pretrained: Optional[str] = None
 
     def __post_init__(self):
-        for key in ("num_frames", "img_size", "tubelet_size", "fusion_layer"):
-            at_least(f"model.{key}", getattr(self, key), 1)
-        for key in ("embed_dim", "depth", "num_heads"):
-            at_least(f"model.{key}", getattr(self, key), 1, optional=True)
-        in_range("model.drop_path_rate", self.drop_path_rate, 0.0, 1.0, high_open=True)
+        super().__post_init__()
+        at_least("model.fusion_layer", self.fusion_layer, 1)
         in_range("model.text_dropout", self.text_dropout, 0.0, 1.0, high_open=True, optional=True)
         if not self.name.startswith("umt_qa_"):
             raise ValueError(f"model.name={self.name!r} must be a video QA model "
@@ -117,19 +109,11 @@ class QADataConfig:
     max_pixels: int = 8192 * 8192
 
     def __post_init__(self):
-        if self.sources != MISSING:
-            if not self.sources:
-                raise ValueError("data.sources=[] must list at least one dataset.json URI (or "
-                                 "be [synthetic])")
-            if "synthetic" in self.sources and len(self.sources) > 1:
-                raise ValueError(f"data.sources={list(self.sources)}: 'synthetic' cannot be "
-                                 f"mixed with dataset.json sources")
+        source_list("data.sources", self.sources)
         at_least("data.num_workers", self.num_workers, 0)
         at_least("data.shuffle_buffer", self.shuffle_buffer, 0)
         choice("data.decoder", self.decoder, DECODERS)
-        length("data.crop_scale", self.crop_scale, 2)
-        in_range("data.crop_scale[0]", self.crop_scale[0], 0.0, 1.0, low_open=True)
-        in_range("data.crop_scale[1]", self.crop_scale[1], self.crop_scale[0], 1.0)
+        crop_range("data.crop_scale", self.crop_scale)
         at_least("data.epoch_steps", self.epoch_steps, 1, optional=True)
         at_least("data.synthetic_size", self.synthetic_size, 1)
         at_least("data.max_pixels", self.max_pixels, 1)
@@ -158,8 +142,4 @@ class FinetuneQAConfig:
 
     def __post_init__(self):
         self.eval.num_frames, self.eval.img_size = self.model.num_frames, self.model.img_size
-        if self.eval.source and self.train.eval_every is None:
-            self.train.eval_every = 0
-        if self.train.best_metric and self.eval.source is None:
-            raise ValueError(f"train.best_metric={self.train.best_metric!r} needs an evaluation "
-                             f"set: set eval.source to a held-out dataset.json")
+        held_out_evaluation(self)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from umt.configs.checks import at_least, choice
-from umt.configs.schema import OptimConfig, VLDataConfig
+from umt.configs.schema import OptimConfig, VLDataConfig, held_out_evaluation
 from umt.configs.stage2 import MATCH_BY, RetrievalEvalConfig, Stage2Train, VLModelConfig
 
 
@@ -78,8 +78,4 @@ class FinetuneRetrievalConfig:
 
     def __post_init__(self):
         self.eval.num_frames, self.eval.img_size = self.model.num_frames, self.model.img_size
-        if self.eval.source and self.train.eval_every is None:
-            self.train.eval_every = 0  # a held-out set is evaluated at least at the end
-        if self.train.best_metric and self.eval.source is None:
-            raise ValueError(f"train.best_metric={self.train.best_metric!r} needs an evaluation "
-                             f"set: set eval.source to a held-out dataset.json")
+        held_out_evaluation(self)

@@ -11,12 +11,15 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from umt.configs.checks import at_least, choice, device, in_range, length
+from umt.configs.checks import (at_least, choice, crop_range, device, in_range, length,
+                                source_list)
 
 
 @dataclass
-class ModelConfig:
-    """The student video ViT (``umt.models.create_model`` arguments)."""
+class VideoModelConfig:
+    """What every ``model`` section starts with: the registered model name, the clips it takes
+    and the video ViT's size (``umt.models.create_model`` arguments; each stage's section adds
+    its own and may change these defaults)."""
 
     name: str = "umt_pretrain_vit_base_patch16_224"
     num_frames: int = 8
@@ -27,18 +30,27 @@ class ModelConfig:
     embed_dim: Optional[int] = None
     depth: Optional[int] = None
     num_heads: Optional[int] = None
-    align_layers: int = 6
-    grad_checkpointing: bool = False
-    # Local path or s3:// URI of weights to start from (official or ours); None = random init.
-    pretrained: Optional[str] = None
 
     def __post_init__(self):
         for key in ("num_frames", "img_size", "tubelet_size"):
             at_least(f"model.{key}", getattr(self, key), 1)
         for key in ("embed_dim", "depth", "num_heads"):
             at_least(f"model.{key}", getattr(self, key), 1, optional=True)
-        at_least("model.align_layers", self.align_layers, 1)
         in_range("model.drop_path_rate", self.drop_path_rate, 0.0, 1.0, high_open=True)
+
+
+@dataclass
+class ModelConfig(VideoModelConfig):
+    """The Stage-1 student video ViT."""
+
+    align_layers: int = 6
+    grad_checkpointing: bool = False
+    # Local path or s3:// URI of weights to start from (official or ours); None = random init.
+    pretrained: Optional[str] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        at_least("model.align_layers", self.align_layers, 1)
 
 
 @dataclass
@@ -167,26 +179,14 @@ class VLDataConfig:
     max_pixels: int = 8192 * 8192
 
     def __post_init__(self):
-        if self.sources != MISSING:
-            if not self.sources:
-                raise ValueError("data.sources=[] must list at least one dataset.json URI (or "
-                                 "be [synthetic])")
-            for i, src in enumerate(self.sources):
-                if not isinstance(src, str) or not src.strip():
-                    raise ValueError(f"data.sources[{i}]={src!r} must be a dataset.json path "
-                                     f"or s3:// URI")
-            if "synthetic" in self.sources and len(self.sources) > 1:
-                raise ValueError(f"data.sources={list(self.sources)}: 'synthetic' cannot be "
-                                 f"mixed with dataset.json sources")
+        source_list("data.sources", self.sources)
         at_least("data.num_workers", self.num_workers, 0)
         at_least("data.shuffle_buffer", self.shuffle_buffer, 0)
         choice("data.decoder", self.decoder, DECODERS)
         at_least("data.video_batch_size", self.video_batch_size, 1, optional=True)
         at_least("data.image_batch_size", self.image_batch_size, 1, optional=True)
         choice("data.caption_sampling", self.caption_sampling, CAPTION_SAMPLING)
-        length("data.crop_scale", self.crop_scale, 2)
-        in_range("data.crop_scale[0]", self.crop_scale[0], 0.0, 1.0, low_open=True)
-        in_range("data.crop_scale[1]", self.crop_scale[1], self.crop_scale[0], 1.0)
+        crop_range("data.crop_scale", self.crop_scale)
         at_least("data.max_txt_len", self.max_txt_len, 1)
         at_least("data.epoch_steps", self.epoch_steps, 1, optional=True)
         at_least("data.synthetic_size", self.synthetic_size, 1)
@@ -267,6 +267,29 @@ class TrainConfig:
         in_range("train.lease_ttl_s", self.lease_ttl_s, 1.0, 86400.0)
         choice("train.precision", self.precision, ("bf16", "fp32"))
         device("train.device", self.device)
+
+
+@dataclass
+class BestCheckpointTrain(TrainConfig):
+    """The ``train`` section of a stage that evaluates while training and keeps its best
+    checkpoint (``checkpoints/best.pt``) by ``best_metric`` of that evaluation."""
+
+    best_metric: Optional[str] = None  # None: the last checkpoint only
+    best_mode: str = "max"
+
+    def __post_init__(self):
+        super().__post_init__()
+        choice("train.best_mode", self.best_mode, ("max", "min"))
+
+
+def held_out_evaluation(cfg: Any) -> None:
+    """``__post_init__`` of a stage with an ``eval.source`` held-out set: it is evaluated at
+    least at the end, and ``train.best_metric`` needs it."""
+    if cfg.eval.source and cfg.train.eval_every is None:
+        cfg.train.eval_every = 0
+    if cfg.train.best_metric and cfg.eval.source is None:
+        raise ValueError(f"train.best_metric={cfg.train.best_metric!r} needs an evaluation "
+                         f"set: set eval.source to a held-out dataset.json")
 
 
 @dataclass

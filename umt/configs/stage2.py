@@ -13,22 +13,16 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from umt.configs.checks import at_least, choice, in_range
-from umt.configs.schema import (MASK_TYPES, UTA_LOSSES, OptimConfig, TeacherConfig, TrainConfig,
-                                VLDataConfig)
+from umt.configs.schema import (MASK_TYPES, UTA_LOSSES, BestCheckpointTrain, OptimConfig,
+                                TeacherConfig, VideoModelConfig, VLDataConfig, held_out_evaluation)
 
 
 @dataclass
-class VLModelConfig:
+class VLModelConfig(VideoModelConfig):
     """``umt.models.create_model("umt_vl_*")`` arguments."""
 
     name: str = "umt_vl_base_patch16_224"
     num_frames: int = 4
-    img_size: int = 224
-    tubelet_size: int = 1
-    drop_path_rate: float = 0.1
-    embed_dim: Optional[int] = None  # overrides of the named size (tests, tiny)
-    depth: Optional[int] = None
-    num_heads: Optional[int] = None
     align_layers: int = 6
     # Width of the UTA heads' output = the teacher's (512 CLIP-B, 768 CLIP-L); None: the
     # teacher's in training, the size's default elsewhere (evaluation, fine-tunes).
@@ -52,11 +46,11 @@ class VLModelConfig:
     pretrained: Optional[str] = None
 
     def __post_init__(self):
-        for key in ("num_frames", "img_size", "tubelet_size", "align_layers", "fusion_layer"):
-            at_least(f"model.{key}", getattr(self, key), 1 if key != "fusion_layer" else 0)
-        for key in ("embed_dim", "depth", "num_heads", "proj_dim", "teacher_dim"):
+        super().__post_init__()
+        at_least("model.align_layers", self.align_layers, 1)
+        at_least("model.fusion_layer", self.fusion_layer, 0)
+        for key in ("proj_dim", "teacher_dim"):
             at_least(f"model.{key}", getattr(self, key), 1, optional=True)
-        in_range("model.drop_path_rate", self.drop_path_rate, 0.0, 1.0, high_open=True)
         in_range("model.temp", self.temp, 0.001, 0.5)
         in_range("model.text_dropout", self.text_dropout, 0.0, 1.0, high_open=True, optional=True)
         choice("model.text_pool", self.text_pool, ("cls", "mean"))
@@ -151,15 +145,10 @@ def _stage2_optim() -> OptimConfig:
 
 
 @dataclass
-class Stage2Train(TrainConfig):
+class Stage2Train(BestCheckpointTrain):
+    # best_metric: of the zero-shot retrieval during training, e.g. "r_mean" (re-ranked) or
+    # "sim/r_mean"; None: the last checkpoint only.
     output_dir: str = "runs/stage2"
-    # Checkpoint selection on the zero-shot retrieval during training (None: last only).
-    best_metric: Optional[str] = None  # e.g. "r_mean" (re-ranked) or "sim/r_mean"
-    best_mode: str = "max"
-
-    def __post_init__(self):
-        super().__post_init__()
-        choice("train.best_mode", self.best_mode, ("max", "min"))
 
 
 @dataclass
@@ -181,8 +170,4 @@ class Stage2Config:
         if self.loss.uta > 0 and self.teacher.return_layers != self.model.align_layers:
             raise ValueError(f"teacher.return_layers={self.teacher.return_layers} must equal "
                              f"model.align_layers={self.model.align_layers}")
-        if self.eval.source and self.train.eval_every is None:
-            self.train.eval_every = 0  # a held-out set is evaluated at least at the end
-        if self.train.best_metric and self.eval.source is None:
-            raise ValueError(f"train.best_metric={self.train.best_metric!r} needs an evaluation "
-                             f"set: set eval.source to a held-out dataset.json")
+        held_out_evaluation(self)

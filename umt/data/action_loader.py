@@ -42,18 +42,31 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
+from umt.configs.finetune_action import ActionAugmentConfig
 from umt.data import dataset_json, synthetic
 from umt.data.action_sampling import frame_indices, picker
-from umt.data.clip_augment import ActionAugment, ActionAugmentConfig
+from umt.data.clip_augment import ActionAugment
 from umt.data.decoders import get_decoder
 from umt.data.samples import SampleError, label_of, media_of, parse_meta, read_image, read_video
 from umt.data.transforms import test_transforms
-from umt.data.webdataset_loader import (DEFAULT_MAX_PIXELS, ClipLoader, _decode_stage, _data_loader,
+from umt.data.webdataset_loader import (DEFAULT_MAX_PIXELS, ClipLoader, _data_loader, _decode_stage,
                                         _eval_select, _EvalSplit, _open_streams, _samples, _shuffle,
                                         _skip, _Skips, _TrainStream, rank_shards, with_trailer)
 from umt.seeds import derive_seed
 
 log = logging.getLogger(__name__)
+
+
+def dataset_classes(source: str, key: str = "data.source") -> list[str]:
+    """Class names of a training / evaluation source; an error when it has none."""
+    if source == "synthetic":
+        return list(synthetic.CLASSES)
+    classes = dataset_json.load(source).classes
+    if not classes:
+        raise ValueError(f"{key}={source} lists no classes (its dataset.json has no 'classes'): "
+                         f"action recognition needs labelled videos; shard a manifest with a "
+                         f"label column (umt shard ... --classes classes.txt)")
+    return classes
 
 
 def read_clip(sample: dict, meta: dict, decoder, pick, num_frames: int,

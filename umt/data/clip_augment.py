@@ -29,7 +29,6 @@ draws the official code was given.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -37,65 +36,14 @@ import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.mixup import mixup_target
 
-from umt.configs.checks import at_least, choice, in_range, length
-from umt.data.video_transforms import (
-    Box,
-    ClipRandAugment,
-    OpDraw,
-    erase_,
-    resized_crop,
-    sample_erase_box,
-    sample_resized_crop_box,
-)
-
-
-@dataclass
-class ActionAugmentConfig:
-    """Augmentation settings of action-recognition fine-tuning (official argument in brackets).
-
-    Defaults are the official recipe (``run_class_finetuning.py``) for Kinetics; set
-    ``flip=False`` for temporal datasets (official: off when ``data_set == 'SSV2'``).
-    """
-
-    rand_augment: Optional[str] = "rand-m7-n4-mstd0.5-inc1"  # [--aa]; None = off
-    rand_augment_interpolation: str = "bicubic"  # [--train_interpolation]
-    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
-    flip: bool = True
-    reprob: float = 0.25  # [--reprob] random erasing probability; 0 = off
-    remode: str = "pixel"  # [--remode] pixel | rand | const
-    mixup: float = 0.8  # [--mixup] alpha; 0 = off
-    cutmix: float = 1.0  # [--cutmix] alpha; 0 = off
-    mixup_prob: float = 1.0  # [--mixup_prob]
-    mixup_switch_prob: float = 0.5  # [--mixup_switch_prob] P(cutmix) when both are on
-    smoothing: float = 0.1  # [--smoothing] label smoothing, folded into the soft targets
-    num_sample: int = 2  # [--num_sample] augmented views per decoded clip
-
-    def __post_init__(self):
-        length("augment.crop_scale", self.crop_scale, 2)
-        length("augment.crop_ratio", self.crop_ratio, 2)
-        in_range("augment.crop_scale[0]", self.crop_scale[0], 0.0, 1.0, low_open=True)
-        in_range("augment.crop_scale[1]", self.crop_scale[1], self.crop_scale[0], 1.0)
-        in_range("augment.crop_ratio[0]", self.crop_ratio[0], 0.0, float("inf"), low_open=True, high_open=True)
-        at_least("augment.crop_ratio[1]", self.crop_ratio[1], self.crop_ratio[0])
-        choice("augment.rand_augment_interpolation", self.rand_augment_interpolation, ("bicubic", "bilinear"))
-        in_range("augment.reprob", self.reprob, 0.0, 1.0)
-        choice("augment.remode", self.remode, ("pixel", "rand", "const"))
-        at_least("augment.mixup", self.mixup, 0.0)
-        at_least("augment.cutmix", self.cutmix, 0.0)
-        in_range("augment.mixup_prob", self.mixup_prob, 0.0, 1.0)
-        in_range("augment.mixup_switch_prob", self.mixup_switch_prob, 0.0, 1.0)
-        in_range("augment.smoothing", self.smoothing, 0.0, 1.0, high_open=True)
-        at_least("augment.num_sample", self.num_sample, 1)
-        if self.rand_augment is not None:
-            try:
-                _rand_augment(self.rand_augment, 224, self.rand_augment_interpolation)
-            except ValueError as e:
-                raise ValueError(f"augment.rand_augment={self.rand_augment!r} is not allowed: {e}") from None
+from umt.configs.checks import at_least, in_range
+from umt.configs.finetune_action import ActionAugmentConfig
+from umt.data.video_transforms import (Box, ClipRandAugment, OpDraw, erase_, resized_crop,
+                                       sample_erase_box, sample_resized_crop_box)
 
 
 @functools.lru_cache(maxsize=16)
-def _rand_augment(config: str, img_size: int, interpolation: str) -> ClipRandAugment:
+def rand_augment(config: str, img_size: int, interpolation: str) -> ClipRandAugment:
     return ClipRandAugment(config, img_size, interpolation)
 
 
@@ -125,7 +73,7 @@ class ActionAugment:
         at_least("img_size", img_size, 1)
         self.img_size = int(img_size)
         c = self.cfg
-        self.rand_augment = (_rand_augment(c.rand_augment, self.img_size, c.rand_augment_interpolation)
+        self.rand_augment = (rand_augment(c.rand_augment, self.img_size, c.rand_augment_interpolation)
                              if c.rand_augment else None)
 
     def sample(self, height: int, width: int, rng: np.random.Generator) -> ViewDraw:

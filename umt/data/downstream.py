@@ -184,6 +184,16 @@ def default_answer_list(dataset: Optional[str]) -> Optional[str]:
     return storage.join(folder, ANSWER_LIST)
 
 
+def answer_list_of(answer_list: Optional[str], dataset: Optional[str]) -> list[str]:
+    """The configured answer list (``qa.answer_list``), or ``answer_list.json`` next to the
+    evaluation ``dataset``; checked."""
+    uri = answer_list or default_answer_list(dataset)
+    if not uri:
+        raise ValueError("qa.answer_list is not set and there is no evaluation dataset next to "
+                         "which to look for answer_list.json")
+    return load_answer_list(uri)
+
+
 def sidecar_answer_list(manifest: str) -> Optional[list[str]]:
     """The checked ``answer_list.json`` next to a manifest file, or None (none there, or the
     input is a folder listing)."""

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from umt.eval.metrics import confusion_matrix, mean_class_accuracy, merge_views, topk_accuracy
-from umt.train import distributed
-from umt.train.common import autocast
+from umt.runtime import distributed
+from umt.runtime.common import autocast
 
 log = logging.getLogger("umt.eval")
 

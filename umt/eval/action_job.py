@@ -29,85 +29,15 @@ from __future__ import annotations
 import io
 import json
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
-from omegaconf import MISSING
 
-from umt.configs.checks import at_least, choice
-from umt.configs.finetune_action import SAMPLERS, ActionModelConfig
+from umt.configs.eval_action import EvalActionConfig
 from umt.configs.loader import load_config
-from umt.configs.schema import DECODERS
-from umt.eval.job import EvalRunConfig, run_evaluation
-from umt.eval.zero_shot import DEFAULT_TEMPLATES
+from umt.eval.job import run_evaluation
 
 log = logging.getLogger("umt.eval")
-
-
-@dataclass
-class EvalActionData:
-    source: str = MISSING  # dataset.json of the labelled evaluation videos
-    sampler: str = "segment"  # segment (Kinetics / MiT) | tsn (SSv2)
-    decoder: str = "decord"
-    num_workers: int = 2
-    max_pixels: int = 8192 * 8192
-
-    def __post_init__(self):
-        choice("data.sampler", self.sampler, SAMPLERS)
-        choice("data.decoder", self.decoder, DECODERS)
-        at_least("data.num_workers", self.num_workers, 0)
-        at_least("data.max_pixels", self.max_pixels, 1)
-
-
-@dataclass
-class ActionTestConfig:
-    """The test protocol (official Kinetics: 4 clips x 3 crops; SSv2: 2 x 3 with sampler tsn)."""
-
-    num_clips: int = 4
-    num_crops: int = 3
-    batch_size: int = 4  # videos per batch (x num_clips x num_crops views)
-    split: str = "test"  # the name the numbers are reported under
-    top_k: int = 5  # classes per video in predictions.jsonl
-    confusion_max_classes: int = 30  # classes drawn in confusion_matrix.png (most frequent)
-    # Zero-shot classification with a Stage-2 checkpoint (no classifier head).
-    zero_shot: bool = False
-    classes: Optional[str] = None  # classes.txt of prompt names; None: dataset.json's classes
-    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
-    text_encoder: Optional[str] = None  # BERT of an official checkpoint (ours record theirs)
-    text_pool: Optional[str] = None  # cls | mean text feature; None: the checkpoint's (else cls)
-    max_txt_len: int = 32
-
-    def __post_init__(self):
-        for key in ("num_clips", "num_crops", "batch_size", "top_k", "confusion_max_classes",
-                    "max_txt_len"):
-            at_least(f"eval.{key}", getattr(self, key), 1)
-        if not self.split or not self.split.strip():
-            raise ValueError("eval.split must name the evaluated split (e.g. test)")
-        choice("eval.text_pool", self.text_pool, ("cls", "mean", None))
-        if not self.templates:
-            raise ValueError("eval.templates=[] must list at least one prompt template")
-        for t in self.templates:
-            if not isinstance(t, str) or t.count("{}") != 1:
-                raise ValueError(f"eval.templates: {t!r} must contain exactly one '{{}}'")
-
-
-@dataclass
-class EvalActionConfig:
-    # --config tiny|b16|l16 takes the model section of the finetune-action preset.
-    PRESETS = ("finetune-action", ("model",))
-
-    model: ActionModelConfig = field(default_factory=ActionModelConfig)
-    data: EvalActionData = field(default_factory=EvalActionData)
-    eval: ActionTestConfig = field(default_factory=ActionTestConfig)
-    train: EvalRunConfig = field(default_factory=lambda: EvalRunConfig(output_dir="runs/eval-action"))
-
-    def __post_init__(self):
-        if not self.model.pretrained:
-            raise ValueError("model.pretrained (umt eval action --model) is required: the "
-                             "fine-tuned (or, with --zero-shot, Stage-2) checkpoint to evaluate")
-        if self.eval.zero_shot and self.model.head_map:
-            raise ValueError("model.head_map does not apply to zero-shot classification (no head)")
 
 
 CONFIG_SCHEMA = EvalActionConfig
@@ -115,11 +45,11 @@ CONFIG_SCHEMA = EvalActionConfig
 
 def _classifier(cfg: EvalActionConfig, class_names: list[str], device):
     """The fine-tuned classifier (its head must come from the checkpoint) and mode info."""
-    from umt.train.finetune_action import build_classifier
-    from umt.train.head_map import load_classifier_init
+    from umt.models import build_from_config
+    from umt.runtime.weights import load_classifier_init
 
     m = cfg.model
-    model = build_classifier(m, m.num_classes or len(class_names))
+    model = build_from_config(m, num_classes=m.num_classes or len(class_names))
     load_classifier_init(model, m.pretrained, head_map=m.head_map, target_classes=class_names,
                          require_head=True)
     return model.to(device).eval(), {"mode": "classifier"}
@@ -190,8 +120,8 @@ def confusion_png(cm: np.ndarray, names: list[str], limit: int) -> bytes:
 
 def _body(cfg: EvalActionConfig, dist) -> dict:
     from umt import storage
+    from umt.data.action_loader import dataset_classes
     from umt.eval.action import evaluate_views
-    from umt.train.finetune_action import dataset_classes
 
     class_names = dataset_classes(cfg.data.source)
     build = _zero_shot if cfg.eval.zero_shot else _classifier
@@ -230,6 +160,6 @@ def main(config: Optional[str] = None, overrides: Sequence[str] = ()) -> dict[st
 
 
 if __name__ == "__main__":
-    from umt.train.entry import run_stage_module
+    from umt.runtime.entry import run_stage_module
 
     run_stage_module("eval-action")

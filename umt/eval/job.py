@@ -1,6 +1,7 @@
 """What every evaluation job shares: its run settings, the run folder, metrics.json and
-summary.json. An evaluation is a stage in ``umt.train.STAGES`` like a training stage (so it
-runs as one process, under torchrun, or as a PyTorchJob), but it has no training loop.
+summary.json. An evaluation is a stage of the catalogue (``umt.catalogue``) like a training
+stage (so it runs as one process, under torchrun, or as a PyTorchJob), but it has no training
+loop.
 
 Files in ``train.output_dir`` (local or s3://): ``config.yaml`` (the resolved config: every
 evaluation setting, so each number can be reproduced from its folder), ``metrics.json`` (the
@@ -12,37 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from umt import storage
 from umt.configs import to_yaml
-from umt.configs.checks import at_least, choice, device, in_range
-from umt.train import distributed
-from umt.train.common import setup_logging
-from umt.train.lease import RunLease
+from umt.runtime import distributed
+from umt.runtime.common import setup_logging
+from umt.runtime.lease import RunLease
 
 log = logging.getLogger("umt.eval")
-
-
-@dataclass
-class EvalRunConfig:
-    """The ``train`` section of an evaluation config (named so for the launcher: every job's
-    ``train.output_dir`` is where its files go)."""
-
-    output_dir: str = "runs/eval"
-    device: str = "auto"
-    precision: str = "bf16"  # bf16 autocast on GPUs; fp32 on CPUs
-    seed: int = 0
-    lease_ttl_s: float = 90.0
-
-    def __post_init__(self):
-        if not self.output_dir:
-            raise ValueError("train.output_dir must not be empty")
-        choice("train.precision", self.precision, ("bf16", "fp32"))
-        at_least("train.seed", self.seed, 0)
-        in_range("train.lease_ttl_s", self.lease_ttl_s, 1.0, 86400.0)
-        device("train.device", self.device)
 
 
 def run_evaluation(task: str, cfg: Any, body: Callable[[Any, distributed.DistInfo], dict],

@@ -18,58 +18,15 @@ sample without candidates or answer fails the evaluation with its key. Writes ``
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
-from umt.configs.checks import at_least, choice, in_range
+from umt.configs.eval_mc import EvalMCConfig
 from umt.configs.loader import load_config
-from umt.configs.schema import DECODERS
-from umt.configs.stage2 import VLModelConfig
-from umt.eval.job import EvalRunConfig, run_evaluation
-from umt.eval.retrieval_job import EvalData, build_model
-
-
-@dataclass
-class MCEvalConfig:
-    num_frames: Optional[int] = None  # None: the model's (official: 12, 'middle' sampling)
-    img_size: Optional[int] = None  # None: the model's
-    max_txt_len: int = 32
-    itm_weight: float = 0.7  # official 0.7 ITM + 0.3 contrastive
-    batch_size: int = 16
-    num_workers: int = 2
-    decoder: str = "decord"
-    max_videos: Optional[int] = None
-
-    def __post_init__(self):
-        for key in ("num_frames", "img_size"):
-            at_least(f"eval.{key}", getattr(self, key), 1, optional=True)
-        for key in ("max_txt_len", "batch_size"):
-            at_least(f"eval.{key}", getattr(self, key), 1)
-        in_range("eval.itm_weight", self.itm_weight, 0.0, 1.0)
-        at_least("eval.num_workers", self.num_workers, 0)
-        at_least("eval.max_videos", self.max_videos, 1, optional=True)
-        choice("eval.decoder", self.decoder, DECODERS)
-
-
-@dataclass
-class EvalMCConfig:
-    # --config tiny|b16|l16 takes the model section of the finetune-retrieval preset.
-    PRESETS = ("finetune-retrieval", ("model",))
-
-    model: VLModelConfig = field(default_factory=VLModelConfig)
-    data: EvalData = field(default_factory=EvalData)
-    eval: MCEvalConfig = field(default_factory=MCEvalConfig)
-    train: EvalRunConfig = field(default_factory=lambda: EvalRunConfig(output_dir="runs/eval-mc"))
-
-    def __post_init__(self):
-        if not self.model.pretrained:
-            raise ValueError("model.pretrained (umt eval mc --model) is required: the retrieval "
-                             "fine-tuned (or Stage-2) checkpoint to evaluate")
-        self.eval.num_frames = self.eval.num_frames or self.model.num_frames
-        self.eval.img_size = self.eval.img_size or self.model.img_size
+from umt.eval.job import run_evaluation
+from umt.eval.retrieval_job import build_model
 
 
 CONFIG_SCHEMA = EvalMCConfig
@@ -83,7 +40,7 @@ def score_videos(model, batch: dict, tokenizer, cfg, device, precision: str) -> 
     from umt.data.downstream import AnnotationError, parse_answer_index, parse_candidates
     from umt.eval.metrics import multiple_choice_scores
     from umt.models.text import tokenize
-    from umt.train.common import autocast
+    from umt.runtime.common import autocast
 
     usable, problems = [], []
     for b, meta in enumerate(batch["meta"]):
@@ -127,7 +84,7 @@ def score_videos(model, batch: dict, tokenizer, cfg, device, precision: str) -> 
 def run_mc(model, source: str, tokenizer, cfg, *, dist, precision: str = "fp32") -> tuple[dict, list[dict]]:
     """The whole protocol on ``source``; ``(metrics.json content, predictions)`` on every rank."""
     from umt.data.retrieval_loader import build_retrieval_loader
-    from umt.train import distributed
+    from umt.runtime import distributed
 
     model.eval()
     loader = build_retrieval_loader(source, batch_size=cfg.batch_size, num_frames=cfg.num_frames,
@@ -197,6 +154,6 @@ def main(config: Optional[str] = None, overrides: Sequence[str] = ()) -> dict[st
 
 
 if __name__ == "__main__":
-    from umt.train.entry import run_stage_module
+    from umt.runtime.entry import run_stage_module
 
     run_stage_module("eval-mc")

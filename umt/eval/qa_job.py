@@ -16,67 +16,29 @@ Writes ``metrics.json`` (accuracy overall and per question type, counts, protoco
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from umt.configs.finetune_qa import QAEvalConfig, QAModelConfig, QASettings
+from umt.configs.eval_qa import EvalQAConfig
 from umt.configs.loader import load_config
-from umt.eval.job import EvalRunConfig, run_evaluation
-from umt.eval.retrieval_job import EvalData
-
-
-@dataclass
-class EvalQAConfig:
-    # --config tiny|b16|l16 takes the model and qa sections of the finetune-qa preset.
-    PRESETS = ("finetune-qa", ("model", "qa"))
-
-    model: QAModelConfig = field(default_factory=QAModelConfig)
-    data: EvalData = field(default_factory=EvalData)
-    qa: QASettings = field(default_factory=QASettings)
-    eval: QAEvalConfig = field(default_factory=QAEvalConfig)
-    train: EvalRunConfig = field(default_factory=lambda: EvalRunConfig(output_dir="runs/eval-qa"))
-
-    def __post_init__(self):
-        if not self.model.pretrained:
-            raise ValueError("model.pretrained (umt eval qa --model) is required: the QA "
-                             "fine-tuned checkpoint to evaluate")
-        self.eval.num_frames = self.eval.num_frames or self.model.num_frames
-        self.eval.img_size = self.eval.img_size or self.model.img_size
+from umt.eval.job import run_evaluation
 
 
 CONFIG_SCHEMA = EvalQAConfig
 
 
-def build_qa_model(m: QAModelConfig, num_frames: int, img_size: int, device, pretrained=None):
-    """The QA model of ``m`` (``pretrained`` overrides ``m.pretrained``) and its tokenizer."""
-    from umt.models import create_model
-    from umt.models.text import load_tokenizer
-
-    model = create_model(m.name, pretrained=pretrained or m.pretrained, num_frames=num_frames,
-                         img_size=img_size, tubelet_size=m.tubelet_size,
-                         drop_path_rate=m.drop_path_rate, embed_dim=m.embed_dim, depth=m.depth,
-                         num_heads=m.num_heads, text_encoder=m.text_encoder,
-                         fusion_layer=m.fusion_layer, text_dropout=m.text_dropout)
-    return model.to(device), load_tokenizer(m.text_encoder)
-
-
-def answer_list_of(qa: QASettings, dataset: Optional[str]) -> list[str]:
-    """The configured answer list, or ``answer_list.json`` next to ``dataset``; checked."""
-    from umt.data.downstream import default_answer_list, load_answer_list
-
-    uri = qa.answer_list or default_answer_list(dataset)
-    if not uri:
-        raise ValueError("qa.answer_list is not set and there is no evaluation dataset next to "
-                         "which to look for answer_list.json")
-    return load_answer_list(uri)
-
-
 def _body(cfg: EvalQAConfig, dist) -> dict:
     from umt import storage
+    from umt.data.downstream import answer_list_of
     from umt.eval.qa import run_qa, write_predictions
+    from umt.models import build_from_config
+    from umt.models.text import load_tokenizer
+    from umt.runtime.weights import read_checkpoint
 
-    answers = answer_list_of(cfg.qa, cfg.data.source)
-    model, tokenizer = build_qa_model(cfg.model, cfg.eval.num_frames, cfg.eval.img_size, dist.device)
+    m = cfg.model
+    answers = answer_list_of(cfg.qa.answer_list, cfg.data.source)
+    model = build_from_config(m, read_checkpoint(m.pretrained), num_frames=cfg.eval.num_frames,
+                              img_size=cfg.eval.img_size).to(dist.device)
+    tokenizer = load_tokenizer(m.text_encoder)
     result, predictions = run_qa(model.eval(), cfg.data.source, tokenizer, answers, cfg.eval, cfg.qa,
                                  dist=dist, precision=cfg.train.precision)
     result["predictions_uri"] = storage.join(cfg.train.output_dir, "predictions.jsonl")
@@ -98,6 +60,6 @@ def main(config: Optional[str] = None, overrides: Sequence[str] = ()) -> dict[st
 
 
 if __name__ == "__main__":
-    from umt.train.entry import run_stage_module
+    from umt.runtime.entry import run_stage_module
 
     run_stage_module("eval-qa")

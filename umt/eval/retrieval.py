@@ -25,8 +25,8 @@ import torch
 
 from umt.eval.metrics import retrieval_metrics
 from umt.losses import similarity
-from umt.train import distributed
-from umt.train.common import autocast
+from umt.runtime import distributed
+from umt.runtime.common import autocast
 
 log = logging.getLogger(__name__)
 BELOW_TOP_K = -100.0  # official fill value outside the re-ranked top k

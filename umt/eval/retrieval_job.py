@@ -14,35 +14,11 @@ official ``txt_r*`` = video-to-text / ``img_r*`` = text-to-video, with the proto
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from omegaconf import MISSING
-
+from umt.configs.eval_retrieval import EvalRetrievalConfig
 from umt.configs.loader import load_config
-from umt.configs.stage2 import RetrievalEvalConfig, VLModelConfig
-from umt.eval.job import EvalRunConfig, run_evaluation
-
-
-@dataclass
-class EvalData:
-    source: str = MISSING  # dataset.json of the evaluation set (videos with captions)
-
-
-@dataclass
-class EvalRetrievalConfig:
-    # --config tiny|b16|l16 takes the model and eval sections of the Stage-2 preset.
-    PRESETS = ("stage2", ("model", "eval"))
-
-    model: VLModelConfig = field(default_factory=VLModelConfig)
-    data: EvalData = field(default_factory=EvalData)
-    eval: RetrievalEvalConfig = field(default_factory=RetrievalEvalConfig)
-    train: EvalRunConfig = field(default_factory=lambda: EvalRunConfig(output_dir="runs/eval-retrieval"))
-
-    def __post_init__(self):
-        if not self.model.pretrained:
-            raise ValueError("model.pretrained (umt eval retrieval --model) is required: the "
-                             "Stage-2 or retrieval fine-tuned checkpoint to evaluate")
+from umt.eval.job import run_evaluation
 
 
 CONFIG_SCHEMA = EvalRetrievalConfig
@@ -50,16 +26,13 @@ CONFIG_SCHEMA = EvalRetrievalConfig
 
 def build_model(cfg: Any, device):
     """The model of ``cfg.model`` with its checkpoint, in eval mode, and its tokenizer."""
-    from umt.models import create_model
+    from umt.models import build_from_config
     from umt.models.text import load_tokenizer
+    from umt.runtime.weights import read_checkpoint
 
     m = cfg.model
-    model = create_model(m.name, pretrained=m.pretrained, num_frames=cfg.eval.num_frames,
-                         img_size=cfg.eval.img_size, tubelet_size=m.tubelet_size,
-                         embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
-                         align_layers=m.align_layers, text_encoder=m.text_encoder,
-                         fusion_layer=m.fusion_layer, proj_dim=m.proj_dim, teacher_dim=m.teacher_dim,
-                         text_pool=m.text_pool)
+    model = build_from_config(m, read_checkpoint(m.pretrained), num_frames=cfg.eval.num_frames,
+                              img_size=cfg.eval.img_size)
     return model.to(device).eval(), load_tokenizer(m.text_encoder)
 
 
@@ -82,6 +55,6 @@ def main(config: Optional[str] = None, overrides: Sequence[str] = ()) -> dict[st
 
 
 if __name__ == "__main__":
-    from umt.train.entry import run_stage_module
+    from umt.runtime.entry import run_stage_module
 
     run_stage_module("eval-retrieval")

@@ -26,11 +26,10 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from umt.train.common import autocast
+from umt.runtime.common import autocast
 
 log = logging.getLogger("umt.eval")
 
-DEFAULT_TEMPLATES = ("a video of {}.", "a video of a person {}.", "a photo of {}.", "{}")
 MAX_CLASSES_BYTES = 16 << 20
 
 
@@ -118,11 +117,12 @@ def load_vl_model(uri: str, *, size_name: str, num_frames: int, img_size: int,
     feature: ``cls`` officially, ``mean`` for mean-pooling sentence encoders) replace the
     checkpoint's. Returns ``(model, tokenizer, architecture)``.
     """
-    from umt.models.checkpoint import CheckpointError, extract_state_dict, read_checkpoint
+    from umt.models.checkpoint import CheckpointError, extract_state_dict
     from umt.models.registry import SIZES, TEACHER_DIM, VL_PROJ_DIM, VL_TEXT
     from umt.models.text import load_tokenizer
     from umt.models.vl import VisionLanguageModel
     from umt.models.vl_checkpoint import detect_vl, load_vl_state_dict
+    from umt.runtime.weights import read_checkpoint
 
     size = next((s for s in SIZES if f"_{s}_" in size_name), None)
     if size is None:

@@ -55,7 +55,7 @@ def overrides_of(stage: str) -> list[str]:
 
 def last_checkpoint(stage: str) -> str:
     """The checkpoint a shipped ``stage`` job ends with: its preset's ``train.steps``, named
-    as umt.train.checkpoint names it (so a preset change moves the chain along)."""
+    as umt.runtime.checkpoint names it (so a preset change moves the chain along)."""
     from umt.launch.stages import validate_stage_config
 
     cfg = validate_stage_config(stage, PRESET, overrides_of(stage)

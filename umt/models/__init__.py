@@ -1,9 +1,10 @@
 """UMT models: the video ViT student, the Stage-1 student, the CLIP teacher, the Stage-2
-vision-language model (+ BERT text side), checkpoint loading."""
+vision-language model (+ BERT text side), checkpoint loading. Built from a config section and
+a checkpoint already read (``build_from_config``); nothing here reads storage."""
 
-from umt.models.checkpoint import CheckpointError, load_pretrained
+from umt.models.checkpoint import Checkpoint, CheckpointError, load_pretrained
 from umt.models.pretrain import PretrainVisionTransformer
-from umt.models.registry import create_model, list_models
+from umt.models.registry import build_from_config, create_model, list_models, model_kwargs
 from umt.models.teacher import CLIPTeacher
 from umt.models.vit import VisionTransformer
 
@@ -25,16 +26,19 @@ def __getattr__(name: str):
 __all__ = [
     "BertTextEncoder",
     "CLIPTeacher",
+    "Checkpoint",
     "CheckpointError",
     "PretrainVisionTransformer",
     "VLOutput",
     "VisionLanguageModel",
     "VisionTransformer",
+    "build_from_config",
     "create_model",
     "export_official",
     "list_models",
     "load_pretrained",
     "load_tokenizer",
     "load_vl_pretrained",
+    "model_kwargs",
     "tokenize",
 ]

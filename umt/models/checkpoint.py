@@ -1,7 +1,11 @@
 """Load official UMT checkpoints and ours into our models, strictly.
 
-Accepted files (local path or ``s3://`` URI), wrapped in ``{'model': ...}``, ``{'module': ...}``,
-``{'state_dict': ...}`` or bare, in fp16/bf16/fp32 (cast to fp32):
+A checkpoint reaches a model as an object already read (what ``torch.load`` returns; jobs read
+local files and ``s3://`` objects through ``umt.runtime.weights.read_checkpoint``) or as a
+local path, read here with the same safe unpickler. Nothing here knows about object storage.
+
+Accepted contents, wrapped in ``{'model': ...}``, ``{'module': ...}``, ``{'state_dict': ...}``
+or bare, in fp16/bf16/fp32 (cast to fp32):
 
 - official Stage-1 (``encoder.*``, ``clip_decoder.*``): into the Stage-1 student as is, or into
   a backbone (``encoder.`` stripped);
@@ -31,10 +35,13 @@ its own grid.
 from __future__ import annotations
 
 import argparse
-from collections import OrderedDict
-import io
 import logging
+import os
+import re
+import stat
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Union
 
 import torch
 import torch.nn as nn
@@ -66,30 +73,65 @@ _SAFE_GLOBALS = [argparse.Namespace, (OrderedDict, "utils.easydict.EasyDict"),
                  (OrderedDict, "easydict.EasyDict")]
 
 
-def read_checkpoint(uri: str) -> dict:
-    """Load a checkpoint file without executing anything from it (``weights_only=True``).
+class Checkpoint(dict):
+    """A checkpoint already read, with ``source``: the file or URI it came from, which load
+    errors name (``umt.runtime.weights.read_checkpoint`` returns these)."""
+
+    def __init__(self, obj: dict, source: str):
+        super().__init__(obj)
+        self.source = source
+
+
+# What ``create_model(pretrained=...)`` and the loaders take: a local path, or a checkpoint /
+# state dict already read.
+Pretrained = Union[str, os.PathLike, dict]
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
+
+
+def load_checkpoint(f: BinaryIO, source: str) -> Any:
+    """Unpickle a checkpoint from the open binary file ``f`` without executing anything from
+    it (``weights_only=True``).
 
     Besides tensors and containers, the official checkpoints' plain attribute bags are
     allowed: ``argparse.Namespace`` (the video-only code's ``args``) and the multi-modality
     code's ``EasyDict`` ``config`` (read as an ``OrderedDict``).
     """
-    from umt import storage
-
-    # Through umt.storage either way: it refuses other schemes (``pipe:...``) and local paths
-    # that are not regular files (a FIFO or /dev/zero would block or never end); a local file
-    # is read through its handle, not copied into memory first.
     try:
-        f = (io.BytesIO(storage.read_bytes(uri)) if storage.is_s3(uri)
-             else storage.open_read(uri))
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {uri}") from None
-    except (storage.NotRegularFileError, IsADirectoryError) as e:
-        raise CheckpointError(f"cannot read checkpoint {uri}: {e}") from None
-    try:
-        with f, torch.serialization.safe_globals(_SAFE_GLOBALS):
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
             return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused or a corrupt file
-        raise CheckpointError(f"cannot read checkpoint {uri}: {e}") from e
+        raise CheckpointError(f"cannot read checkpoint {source}: {e}") from e
+
+
+def read_checkpoint(path: str) -> Any:
+    """Load a local checkpoint file (see ``load_checkpoint``); only a regular file is opened (a
+    FIFO or /dev/zero would block or never end). Other locations (``s3://``) are refused: read
+    them with ``umt.runtime.weights.read_checkpoint`` and pass what it returns."""
+    path = os.fspath(path)
+    m = _SCHEME.match(path)
+    if m and m.group(1) != "file":
+        raise CheckpointError(f"cannot read checkpoint {path}: scheme {m.group(1)!r} rejected "
+                              f"(umt.models reads local files; read other locations with "
+                              f"umt.runtime.weights.read_checkpoint and pass the result)")
+    path = path.removeprefix("file://")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"cannot read checkpoint {path}: not a regular file (a directory, "
+                              f"FIFO, device or socket)")
+    with open(path, "rb") as f:
+        return load_checkpoint(f, path)
+
+
+def state_dict_of(pretrained: Pretrained) -> tuple[dict[str, torch.Tensor], str]:
+    """``(state dict, source name)`` of a local path or a checkpoint already read."""
+    if isinstance(pretrained, (str, os.PathLike)):
+        source = os.fspath(pretrained)
+        return extract_state_dict(read_checkpoint(source), source), source
+    source = getattr(pretrained, "source", "<checkpoint>")
+    return extract_state_dict(pretrained, source), source
 
 
 def extract_state_dict(obj: dict, source: str = "<checkpoint>") -> dict[str, torch.Tensor]:
@@ -195,15 +237,17 @@ def check_strict(sd: dict, own: dict, fresh, source: str, kind: str, model_name:
         raise CheckpointError("\n".join(lines))
 
 
-def load_pretrained(model: nn.Module, uri: str) -> LoadReport:
-    """Load ``uri`` into ``model`` strictly (see the module docstring for the allow-list)."""
-    sd, report = adapt_state_dict(extract_state_dict(read_checkpoint(uri), uri), model, uri)
+def load_pretrained(model: nn.Module, pretrained: Pretrained) -> LoadReport:
+    """Load ``pretrained`` (a local path or a checkpoint already read) into ``model`` strictly
+    (see the module docstring for the allow-list)."""
+    sd, source = state_dict_of(pretrained)
+    sd, report = adapt_state_dict(sd, model, source)
     own = model.state_dict()
     own.pop("pos_embed", None)
     own.pop("encoder.pos_embed", None)
-    check_strict(sd, own, report.fresh, uri, report.kind, type(model).__name__)
+    check_strict(sd, own, report.fresh, source, report.kind, type(model).__name__)
     model.load_state_dict(sd, strict=False)  # strictness enforced above, with the allow-list
     if report.dropped or report.fresh:
-        log.info("loaded %s (%s): ignored %s; left at init %s", uri, report.kind,
+        log.info("loaded %s (%s): ignored %s; left at init %s", source, report.kind,
                  report.dropped, report.fresh)
     return report

@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 
-from umt.models.checkpoint import (CheckpointError, LoadReport, check_strict, extract_state_dict,
-                                   read_checkpoint)
+from umt.models.checkpoint import (CheckpointError, LoadReport, Pretrained, check_strict,
+                                   state_dict_of)
 from umt.models.text import (_Bert, bert_config, normalise_bert_keys, read_bert_state_dict,
                              resolve_tied_decoder)
 from umt.models.vit import VisionTransformer
@@ -353,6 +353,7 @@ def load_qa_state_dict(model: VideoQAModel, sd: dict, kind: str, source: str,
     return report
 
 
-def read_qa_state_dict(uri: str) -> tuple[dict, str]:
-    sd = extract_state_dict(read_checkpoint(uri), uri)
-    return sd, detect_qa(sd)
+def read_qa_state_dict(pretrained: Pretrained) -> tuple[dict, str, str]:
+    """``(state dict, kind, source name)`` of a local path or a checkpoint already read."""
+    sd, source = state_dict_of(pretrained)
+    return sd, detect_qa(sd), source

@@ -8,12 +8,13 @@ Stage-2 vision-language model, ``umt_qa_{...}_patch16_224`` the video QA model. 
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import dataclasses
+from typing import Any, Callable, Optional
 
 import torch.nn as nn
 from timm.models import register_model
 
-from umt.models.checkpoint import load_pretrained
+from umt.models.checkpoint import Pretrained, load_pretrained
 from umt.models.pretrain import PretrainVisionTransformer
 from umt.models.vit import VisionTransformer
 
@@ -50,12 +51,19 @@ def _build(cls, size: str, pretrained, **kwargs) -> nn.Module:
     if cls is PretrainVisionTransformer:
         kwargs.setdefault("teacher_dim", TEACHER_DIM[size])
     model = cls(**{**SIZES[size], **kwargs})
-    # timm passes pretrained=True/False; a path or s3:// URI loads that checkpoint.
-    if isinstance(pretrained, str) and pretrained:
+    # timm passes pretrained=True/False; a path or a checkpoint already read loads that.
+    if _given(pretrained):
         load_pretrained(model, pretrained)
-    elif pretrained is True:
-        raise ValueError("pretrained=True needs a checkpoint: pass its path or s3:// URI instead")
     return model
+
+
+def _given(pretrained) -> bool:
+    """Whether ``pretrained`` holds weights to load: a path or a checkpoint read (timm's
+    ``False``, ``None`` and ``""`` hold none)."""
+    if pretrained is True:
+        raise ValueError("pretrained=True needs a checkpoint: pass its local path or the "
+                         "checkpoint read (umt.runtime.weights.read_checkpoint) instead")
+    return pretrained not in (None, False, "")
 
 
 def _build_vl(size: str, pretrained, **kwargs) -> nn.Module:
@@ -70,16 +78,14 @@ def _build_vl(size: str, pretrained, **kwargs) -> nn.Module:
     kwargs.setdefault("fusion_layer", fusion)
     kwargs.setdefault("proj_dim", VL_PROJ_DIM[size])
     kwargs.setdefault("teacher_dim", TEACHER_DIM[size])
-    if pretrained is True:
-        raise ValueError("pretrained=True needs a checkpoint: pass its path or s3:// URI instead")
     sd = None
-    if isinstance(pretrained, str) and pretrained:
+    if _given(pretrained):
         # A Stage-2 file overwrites every weight: read only the text encoder's config then.
-        sd, kind = read_vl_state_dict(pretrained)
+        sd, kind, source = read_vl_state_dict(pretrained)
         kwargs.setdefault("load_text_weights", kind != "stage2")
     model = VisionLanguageModel(**{**SIZES[size], **kwargs})
     if sd is not None:
-        load_vl_state_dict(model, sd, kind, pretrained)
+        load_vl_state_dict(model, sd, kind, source)
     return model
 
 
@@ -94,15 +100,13 @@ def _build_qa(size: str, pretrained, **kwargs) -> nn.Module:
     text, fusion = VL_TEXT[size]
     kwargs.setdefault("text_encoder", text)
     kwargs.setdefault("fusion_layer", fusion)
-    if pretrained is True:
-        raise ValueError("pretrained=True needs a checkpoint: pass its path or s3:// URI instead")
     sd = kind = None
-    if isinstance(pretrained, str) and pretrained:
-        sd, kind = read_qa_state_dict(pretrained)
+    if _given(pretrained):
+        sd, kind, source = read_qa_state_dict(pretrained)
         kwargs.setdefault("load_text_weights", False)
     model = VideoQAModel(**{**{k: SIZES[size][k] for k in ("embed_dim", "depth", "num_heads")}, **kwargs})
     if sd is not None:
-        load_qa_state_dict(model, sd, kind, pretrained)
+        load_qa_state_dict(model, sd, kind, source)
     return model
 
 
@@ -134,8 +138,10 @@ def list_models() -> list[str]:
     return sorted(_ENTRYPOINTS)
 
 
-def create_model(name: str, pretrained: Optional[str] = None, **kwargs) -> nn.Module:
-    """Build a registered UMT model; ``pretrained`` is a checkpoint path / s3:// URI or None.
+def create_model(name: str, pretrained: Optional[Pretrained] = None, **kwargs) -> nn.Module:
+    """Build a registered UMT model; ``pretrained`` is a local checkpoint path, a checkpoint
+    already read (``umt.runtime.weights.read_checkpoint`` reads ``s3://`` ones) or a state
+    dict, or None.
 
     kwargs: ``num_frames``, ``img_size``, ``tubelet_size``, ``drop_path_rate``, ``num_classes``
     (backbone), ``teacher_dim``/``align_layers`` (Stage-1 student and Stage 2), and
@@ -146,4 +152,26 @@ def create_model(name: str, pretrained: Optional[str] = None, **kwargs) -> nn.Mo
     """
     if name not in _ENTRYPOINTS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
-    return _ENTRYPOINTS[name](pretrained=pretrained or False, **kwargs)
+    return _ENTRYPOINTS[name](pretrained=False if pretrained is None else pretrained, **kwargs)
+
+
+# Fields of a config's model section that are not builder arguments: what to build, what to
+# load, a head map (``umt.models.head_map``) and a training switch.
+NOT_BUILDER_ARGS = ("name", "pretrained", "head_map", "grad_checkpointing")
+
+
+def model_kwargs(section: Any, **overrides) -> dict[str, Any]:
+    """``create_model`` keyword arguments of a config's ``model`` section (a dataclass:
+    ``ModelConfig``, ``VLModelConfig``, ``ActionModelConfig``, ``QAModelConfig``): every field
+    but ``NOT_BUILDER_ARGS``, then ``overrides`` (e.g. the evaluation's frames)."""
+    kwargs = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)
+              if f.name not in NOT_BUILDER_ARGS}
+    return {**kwargs, **overrides}
+
+
+def build_from_config(section: Any, pretrained: Optional[Pretrained] = None,
+                      **overrides) -> nn.Module:
+    """The model of a config's ``model`` section: ``create_model(section.name, pretrained,
+    **model_kwargs(section, **overrides))``. ``pretrained`` is the checkpoint the caller read
+    (``section.pretrained`` is a location; models never read storage)."""
+    return create_model(section.name, pretrained=pretrained, **model_kwargs(section, **overrides))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import open_clip
 import torch
@@ -38,13 +38,20 @@ def _resample_pos(pos: torch.Tensor, grid: int) -> torch.Tensor:
     return torch.cat([cls_pos, patch_pos.permute(0, 2, 3, 1).reshape(grid * grid, -1).to(pos.dtype)])
 
 
-def _read_visual_state_dict(uri: str) -> dict[str, torch.Tensor]:
-    """An OpenAI-format visual state dict from a file (what the official repo extracts into
-    ``vit_b16.pth``), a full CLIP state dict (``visual.*``) or an official Stage-2 checkpoint
-    (``clip_teacher.*``)."""
-    from umt.models.checkpoint import extract_state_dict, read_checkpoint
+def names_weights_file(pretrained: Optional[str]) -> bool:
+    """Whether a teacher's ``pretrained`` string is a file location (a path or URI), not an
+    open_clip tag such as ``'openai'``."""
+    return pretrained is not None and (pretrained.startswith("s3://") or "/" in pretrained
+                                       or pretrained.endswith((".pth", ".pt", ".bin")))
 
-    sd = extract_state_dict(read_checkpoint(uri), uri)
+
+def _read_visual_state_dict(pretrained) -> tuple[dict[str, torch.Tensor], str]:
+    """An OpenAI-format visual state dict (what the official repo extracts into
+    ``vit_b16.pth``), a full CLIP state dict (``visual.*``) or an official Stage-2 checkpoint
+    (``clip_teacher.*``), with its source name: a local path or a checkpoint already read."""
+    from umt.models.checkpoint import state_dict_of
+
+    sd, uri = state_dict_of(pretrained)
     for prefix in ("visual.", "clip_teacher."):
         if any(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
@@ -54,26 +61,26 @@ def _read_visual_state_dict(uri: str) -> dict[str, torch.Tensor]:
         if w.shape[2] != 1:
             raise CheckpointError(f"{uri}: conv1 has temporal kernel {w.shape[2]}; only 1 is supported")
         sd["conv1.weight"] = w[:, :, 0]
-    return sd
+    return sd, uri
 
 
 class CLIPTeacher(nn.Module):
     """``teacher(x [B,3,T,H,W]) -> (targets [K, B, T*HW, C], attn [B, T, HW])``; frozen.
 
-    ``pretrained``: ``'openai'`` (or another open_clip tag; downloads), a local path / s3:// URI
-    of visual weights, or ``None`` for random weights (tests, the CPU demo). ``vision_cfg`` and
+    ``pretrained``: ``'openai'`` (or another open_clip tag; downloads), a local path of visual
+    weights or those weights already read (a dict: ``umt.runtime.weights.read_checkpoint``
+    reads ``s3://`` ones), or ``None`` for random weights (tests, the CPU demo). ``vision_cfg`` and
     ``embed_dim`` override open_clip's config for ``model_name`` (``heads`` is accepted and
     mapped to open_clip's ``head_width``). OpenAI CLIP uses QuickGELU, hence the default.
     ``autocast_dtype``: the teacher's precision on GPUs (bf16 by default; None = fp32).
     """
 
-    def __init__(self, model_name: str = "ViT-B-16", pretrained: Optional[str] = "openai",
+    def __init__(self, model_name: str = "ViT-B-16", pretrained: Union[str, dict, None] = "openai",
                  return_layers: int = 6, input_resolution: int = 224,
                  vision_cfg: Optional[dict[str, Any]] = None, embed_dim: Optional[int] = None,
                  quick_gelu: bool = True, autocast_dtype: Optional[torch.dtype] = torch.bfloat16):
         super().__init__()
-        is_file = pretrained is not None and (pretrained.startswith("s3://") or "/" in pretrained
-                                              or pretrained.endswith((".pth", ".pt", ".bin")))
+        is_file = isinstance(pretrained, dict) or names_weights_file(pretrained)
         if pretrained is not None and not is_file:
             if vision_cfg or embed_dim:
                 raise ValueError("vision_cfg/embed_dim overrides cannot be combined with an "
@@ -89,13 +96,13 @@ class CLIPTeacher(nn.Module):
                 vcfg["head_width"] = vcfg["width"] // vcfg.pop("heads")
             visual = _build_vision_tower(embed_dim or cfg["embed_dim"], vcfg, quick_gelu=quick_gelu)
             if is_file:
-                sd = _read_visual_state_dict(pretrained)
+                sd, source = _read_visual_state_dict(pretrained)
                 if "positional_embedding" in sd:  # a file saved at another grid than the config's
                     built_grid = int(round((visual.positional_embedding.shape[0] - 1) ** 0.5))
                     sd["positional_embedding"] = _resample_pos(sd["positional_embedding"], built_grid)
                 missing, unexpected = visual.load_state_dict(sd, strict=False)
                 if missing or unexpected:
-                    raise CheckpointError(f"teacher weights {pretrained} do not fit {model_name}: "
+                    raise CheckpointError(f"teacher weights {source} do not fit {model_name}: "
                                           f"missing {missing[:20]}, unexpected {unexpected[:20]}")
         self.visual = visual
         self.patch_size = visual.conv1.kernel_size[0]

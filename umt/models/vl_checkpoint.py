@@ -1,7 +1,8 @@
 """Load checkpoints into the Stage-2 model (``VisionLanguageModel``) strictly; export ours in
 the official layout.
 
-Accepted (local path or ``s3://``; wrapped as ``umt.models.checkpoint`` accepts):
+Accepted (a local path or a checkpoint already read; wrapped as ``umt.models.checkpoint``
+accepts):
 
 - **Stage 2**, official or ours (``vision_encoder.*``, ``text_encoder.bert.*`` with
   ``crossattention`` in the fusion layers, ``text_encoder.cls.*``, ``vision_proj.*``,
@@ -28,9 +29,9 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from umt.models.checkpoint import (CheckpointError, LoadReport, adapt_state_dict, check_strict,
-                                   extract_state_dict, read_checkpoint)
-from umt.models.text import resolve_tied_decoder, normalise_bert_keys
+from umt.models.checkpoint import (CheckpointError, LoadReport, Pretrained, adapt_state_dict,
+                                   check_strict, state_dict_of)
+from umt.models.text import normalise_bert_keys, resolve_tied_decoder
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,10 @@ def detect_vl(sd: dict) -> str:
     return "backbone"
 
 
-def read_vl_state_dict(uri: str) -> tuple[dict[str, torch.Tensor], str]:
-    sd = extract_state_dict(read_checkpoint(uri), uri)
-    return sd, detect_vl(sd)
+def read_vl_state_dict(pretrained: Pretrained) -> tuple[dict[str, torch.Tensor], str, str]:
+    """``(state dict, kind, source name)`` of a local path or a checkpoint already read."""
+    sd, source = state_dict_of(pretrained)
+    return sd, detect_vl(sd), source
 
 
 def adapt_stage2(sd: dict[str, torch.Tensor], model: nn.Module,
@@ -83,10 +85,10 @@ def adapt_stage2(sd: dict[str, torch.Tensor], model: nn.Module,
     return out, report
 
 
-def load_vl_pretrained(model: nn.Module, uri: str) -> LoadReport:
+def load_vl_pretrained(model: nn.Module, pretrained: Pretrained) -> LoadReport:
     """Load a Stage-2 (everything) or Stage-1 (video encoder) checkpoint into ``model``."""
-    sd, kind = read_vl_state_dict(uri)
-    return load_vl_state_dict(model, sd, kind, uri)
+    sd, kind, source = read_vl_state_dict(pretrained)
+    return load_vl_state_dict(model, sd, kind, source)
 
 
 def load_vl_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], kind: str, uri: str) -> LoadReport:

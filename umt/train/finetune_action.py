@@ -35,8 +35,8 @@ import torch.nn as nn
 
 from umt.configs.finetune_action import FinetuneActionConfig
 from umt.configs.loader import load_config
+from umt.runtime.common import autocast
 from umt.seeds import derive_seed
-from umt.train.common import autocast
 from umt.train.loop import Context, Models, Stage, train
 from umt.train.optim import param_groups as optim_param_groups
 
@@ -44,22 +44,10 @@ CONFIG_SCHEMA = FinetuneActionConfig
 log = logging.getLogger("umt.train")
 
 
-def dataset_classes(source: str, key: str = "data.source") -> list[str]:
-    """Class names of a training / evaluation source; an error when it has none."""
-    from umt.data import dataset_json, synthetic
-
-    if source == "synthetic":
-        return list(synthetic.CLASSES)
-    classes = dataset_json.load(source).classes
-    if not classes:
-        raise ValueError(f"{key}={source} lists no classes (its dataset.json has no 'classes'): "
-                         f"action recognition needs labelled videos; shard a manifest with a "
-                         f"label column (umt shard ... --classes classes.txt)")
-    return classes
-
-
 def check_inputs(cfg: FinetuneActionConfig) -> tuple[list[str], int]:
     """Everything that would fail later, now: ``(class names, head size)``."""
+    from umt.data.action_loader import dataset_classes
+
     classes = dataset_classes(cfg.data.source)
     num_classes = cfg.model.num_classes or len(classes)
     if num_classes < len(classes):
@@ -79,24 +67,14 @@ def check_inputs(cfg: FinetuneActionConfig) -> tuple[list[str], int]:
     return classes, num_classes
 
 
-def build_classifier(m, num_classes: int, *, num_frames: Optional[int] = None,
-                     img_size: Optional[int] = None) -> nn.Module:
-    """The classifier of ``m`` (``ActionModelConfig``), randomly initialised."""
-    from umt.models import create_model
-
-    return create_model(m.name, num_classes=num_classes, num_frames=num_frames or m.num_frames,
-                        img_size=img_size or m.img_size, tubelet_size=m.tubelet_size,
-                        drop_path_rate=m.drop_path_rate, embed_dim=m.embed_dim, depth=m.depth,
-                        num_heads=m.num_heads, init_scale=m.init_scale)
-
-
 def build_models(cfg: FinetuneActionConfig, device: torch.device) -> Models:
     from umt.data.clip_augment import ClipMixup
-    from umt.train.head_map import load_classifier_init
+    from umt.models import build_from_config
+    from umt.runtime.weights import load_classifier_init
 
     classes, num_classes = check_inputs(cfg)
     m = cfg.model
-    model = build_classifier(m, num_classes)
+    model = build_from_config(m, num_classes=num_classes)  # random init; the checkpoint next
     if m.pretrained:
         load_classifier_init(model, m.pretrained, head_map=m.head_map, target_classes=classes)
     elif m.head_map:
@@ -166,6 +144,6 @@ def main(config: Optional[str] = None, overrides: Sequence[str] = ()) -> dict[st
 
 
 if __name__ == "__main__":
-    from umt.train.entry import run_stage_module
+    from umt.runtime.entry import run_stage_module
 
     run_stage_module("finetune-action")

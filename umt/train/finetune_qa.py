@@ -36,10 +36,12 @@ import torch
 
 from umt.configs.finetune_qa import FinetuneQAConfig
 from umt.configs.loader import load_config
-from umt.eval.qa import AnswerFits, answer_texts
-from umt.eval.qa_job import answer_list_of, build_qa_model
-from umt.models.text import tokenize
-from umt.train.common import autocast
+from umt.data.downstream import answer_list_of
+from umt.models.qa_answers import AnswerFits, answer_texts
+from umt.models import build_from_config
+from umt.models.text import load_tokenizer, tokenize
+from umt.runtime import weights
+from umt.runtime.common import autocast
 from umt.train.loop import Context, Models, Stage, train
 
 CONFIG_SCHEMA = FinetuneQAConfig
@@ -51,11 +53,11 @@ def build_models(cfg: FinetuneQAConfig, device: torch.device) -> Models:
     if not m.pretrained:
         log.warning("model.pretrained is not set: the QA model starts from a random video "
                     "encoder and %s's BERT weights", m.text_encoder)
-    model, tokenizer = build_qa_model(m, m.num_frames, m.img_size, torch.device("cpu"))
+    model = build_from_config(m, weights.read_optional(m.pretrained))
     model.set_grad_checkpointing(m.grad_checkpointing)
-    extras = {"tokenizer": tokenizer}
+    extras = {"tokenizer": load_tokenizer(m.text_encoder)}
     if cfg.eval.source:
-        extras["answers"] = answer_list_of(cfg.qa, cfg.eval.source)
+        extras["answers"] = answer_list_of(cfg.qa.answer_list, cfg.eval.source)
     return Models(model=model, extras=extras)
 
 
@@ -106,13 +108,12 @@ def check_inputs(cfg: FinetuneQAConfig) -> None:
     decoder) and data without questions."""
     from umt.data import dataset_json
     from umt.data.qa_loader import describe_qa_sources
-    from umt.eval.qa import tokenize_answers
-    from umt.models.text import load_tokenizer
+    from umt.models.qa_answers import tokenize_answers
 
     if list(cfg.data.sources) != ["synthetic"]:
         describe_qa_sources(list(cfg.data.sources))
     if cfg.eval.source or cfg.qa.answer_list:
-        answers = answer_list_of(cfg.qa, cfg.eval.source)
+        answers = answer_list_of(cfg.qa.answer_list, cfg.eval.source)
         tokenize_answers(load_tokenizer(cfg.model.text_encoder), answers, cfg.qa.max_answer_len)
     if cfg.eval.source and dataset_json.load(cfg.eval.source).num_questions == 0:
         raise ValueError(f"eval.source={cfg.eval.source} holds no QA questions")
@@ -130,6 +131,6 @@ def main(config: Optional[str] = None, overrides: Sequence[str] = ()) -> dict[st
 
 
 if __name__ == "__main__":
-    from umt.train.entry import run_stage_module
+    from umt.runtime.entry import run_stage_module
 
     run_stage_module("finetune-qa")

@@ -40,11 +40,12 @@ import torch
 from umt.configs.finetune_retrieval import FinetuneRetrievalConfig
 from umt.configs.loader import load_config
 from umt.losses import vtm_loss
-from umt.models import create_model
+from umt.models import build_from_config
 from umt.models.text import load_tokenizer, tokenize
+from umt.runtime import weights
+from umt.runtime.common import autocast
 from umt.seeds import derive_seed
 from umt.train import stage2
-from umt.train.common import autocast
 from umt.train.loop import Context, Models, Stage, train
 
 CONFIG_SCHEMA = FinetuneRetrievalConfig
@@ -64,13 +65,7 @@ def build_models(cfg: FinetuneRetrievalConfig, device: torch.device) -> Models:
     if not m.pretrained:
         log.warning("model.pretrained is not set: fine-tuning a randomly initialised video "
                     "encoder (the text side starts from %s)", m.text_encoder)
-    model = create_model(m.name, pretrained=m.pretrained, num_frames=m.num_frames,
-                         img_size=m.img_size, tubelet_size=m.tubelet_size,
-                         drop_path_rate=m.drop_path_rate, embed_dim=m.embed_dim, depth=m.depth,
-                         num_heads=m.num_heads, align_layers=m.align_layers,
-                         text_encoder=m.text_encoder, fusion_layer=m.fusion_layer,
-                         proj_dim=m.proj_dim, temp=m.temp, text_dropout=m.text_dropout,
-                         text_pool=m.text_pool, teacher_dim=m.teacher_dim)
+    model = build_from_config(m, weights.read_optional(m.pretrained))
     model.set_grad_checkpointing(m.grad_checkpointing)
     w = cfg.loss
     stage2.freeze_unused(model, SimpleNamespace(vtc=w.vtc, vtm=w.vtm, mlm=0.0, uta=0.0))
@@ -139,6 +134,6 @@ def main(config: Optional[str] = None, overrides: Sequence[str] = ()) -> dict[st
 
 
 if __name__ == "__main__":
-    from umt.train.entry import run_stage_module
+    from umt.runtime.entry import run_stage_module
 
     run_stage_module("finetune-retrieval")

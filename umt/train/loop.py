@@ -32,6 +32,7 @@ Stage hooks (``ctx`` is the :class:`Context` below):
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -43,12 +44,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from umt.configs import to_yaml
+from umt.runtime import checkpoint, distributed
+from umt.runtime.common import NonFiniteGuard, RunFiles, finite_or_none, setup_logging
+from umt.runtime.lease import RunLease
 from umt.seeds import derive_seed
-from umt.train import checkpoint, distributed
-from umt.train.common import NonFiniteGuard, RunFiles, finite_or_none, log, setup_logging
 from umt.train.flops import peak_tflops, throughput
-from umt.train.lease import RunLease
 from umt.train.optim import build_optimizer, build_scheduler, param_groups, scaled_lrs
+
+log = logging.getLogger("umt.train")
 
 
 @dataclass

@@ -22,9 +22,11 @@ from umt.configs import Stage1Config, load_config
 from umt.data import build_pretrain_loader
 from umt.losses import uta_loss
 from umt.masking import make_mask, visible_count
-from umt.models import CLIPTeacher, create_model
+from umt.models import CLIPTeacher, build_from_config
 from umt.models.pretrain import gather_tokens, visible_indices
-from umt.train.common import autocast
+from umt.models.teacher import names_weights_file
+from umt.runtime import weights
+from umt.runtime.common import autocast
 from umt.train.flops import stage1_flops_per_clip
 from umt.train.loop import Context, Models, Stage, train
 
@@ -34,7 +36,10 @@ CONFIG_SCHEMA = Stage1Config
 def build_teacher(cfg: Any) -> CLIPTeacher:
     """The frozen CLIP teacher of ``cfg.teacher`` (also used by Stage 2)."""
     t = cfg.teacher
-    return CLIPTeacher(t.model_name, t.pretrained, t.return_layers, t.input_resolution,
+    pretrained = t.pretrained  # an open_clip tag ('openai') is open_clip's to fetch
+    if names_weights_file(pretrained):  # a file, local or s3://: read here, never by the model
+        pretrained = weights.read_checkpoint(pretrained)
+    return CLIPTeacher(t.model_name, pretrained, t.return_layers, t.input_resolution,
                        vision_cfg=dict(t.vision_cfg), embed_dim=t.embed_dim,
                        autocast_dtype=torch.bfloat16 if cfg.train.precision == "bf16" else None)
 
@@ -51,11 +56,7 @@ def build_models(cfg: Stage1Config, device: torch.device) -> Models:
     """The frozen teacher and the student, checked to share one token grid."""
     m = cfg.model
     teacher = build_teacher(cfg)
-    student = create_model(m.name, pretrained=m.pretrained, num_frames=m.num_frames,
-                           img_size=m.img_size, tubelet_size=m.tubelet_size,
-                           drop_path_rate=m.drop_path_rate, embed_dim=m.embed_dim, depth=m.depth,
-                           num_heads=m.num_heads, teacher_dim=teacher.dim,
-                           align_layers=m.align_layers)
+    student = build_from_config(m, weights.read_optional(m.pretrained), teacher_dim=teacher.dim)
     check_token_grid(student.encoder.patch_embed.grid, m.tubelet_size, teacher, cfg.teacher.input_resolution)
     student.set_grad_checkpointing(m.grad_checkpointing)
     return Models(model=student, frozen={"teacher": teacher.to(device)})
@@ -115,6 +116,6 @@ def main(config: Optional[str] = None, overrides: Sequence[str] = ()) -> dict[st
 
 
 if __name__ == "__main__":
-    from umt.train.entry import run_stage_module
+    from umt.runtime.entry import run_stage_module
 
     run_stage_module("stage1")

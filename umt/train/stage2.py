@@ -33,12 +33,13 @@ from umt.configs.loader import load_config
 from umt.configs.stage2 import Stage2Config
 from umt.losses import mlm_loss, mlm_mask, uta_loss, vtc_loss, vtm_loss
 from umt.masking import make_mask, visible_count
-from umt.models import create_model
+from umt.models import build_from_config
 from umt.models.pretrain import gather_tokens, visible_indices
 from umt.models.text import load_tokenizer, tokenize
+from umt.runtime import weights
+from umt.runtime.common import autocast
+from umt.runtime.distributed import all_gather_with_grad
 from umt.seeds import derive_seed
-from umt.train.common import autocast
-from umt.train.distributed import all_gather_with_grad
 from umt.train.flops import stage2_flops_per_sample
 from umt.train.loop import Context, Models, Stage, train
 from umt.train.optim import param_groups as default_param_groups
@@ -79,14 +80,9 @@ def freeze_unused(model: nn.Module, w) -> int:
 def build_models(cfg: Stage2Config, device: torch.device) -> Models:
     m = cfg.model
     teacher = build_teacher(cfg) if needs_teacher(cfg) else None
-    model = create_model(m.name, pretrained=m.pretrained, num_frames=m.num_frames,
-                         img_size=m.img_size, tubelet_size=m.tubelet_size,
-                         drop_path_rate=m.drop_path_rate, embed_dim=m.embed_dim, depth=m.depth,
-                         num_heads=m.num_heads, align_layers=m.align_layers,
-                         text_encoder=m.text_encoder, fusion_layer=m.fusion_layer,
-                         proj_dim=m.proj_dim, temp=m.temp, text_dropout=m.text_dropout,
-                         text_pool=m.text_pool,
-                         teacher_dim=m.teacher_dim or (teacher.dim if teacher is not None else None))
+    model = build_from_config(
+        m, weights.read_optional(m.pretrained),
+        teacher_dim=m.teacher_dim or (teacher.dim if teacher is not None else None))
     if teacher is not None and model.vision_encoder.teacher_dim != teacher.dim:
         raise ValueError(f"model.teacher_dim={m.teacher_dim} but the teacher's output is {teacher.dim} wide")
     if teacher is not None:
@@ -236,6 +232,6 @@ def main(config: Optional[str] = None, overrides: Sequence[str] = ()) -> dict[st
 
 
 if __name__ == "__main__":
-    from umt.train.entry import run_stage_module
+    from umt.runtime.entry import run_stage_module
 
     run_stage_module("stage2")

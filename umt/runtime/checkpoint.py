@@ -180,7 +180,7 @@ class CheckpointWriter:
             self.owned.remove(old)
         if not storage.is_s3(self.folder):
             # Leftovers of writers killed mid-write (S3 has none). Safe: the run lease
-            # (umt.train.lease) guarantees no other live writer uses this folder.
+            # (umt.runtime.lease) guarantees no other live writer uses this folder.
             for path in storage.list_uris(self.folder):
                 if os.path.basename(path).startswith(".tmp-"):
                     storage.delete(path)

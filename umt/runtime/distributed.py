@@ -71,11 +71,6 @@ def agree_on_step(step: int, info: DistInfo) -> int:
     return step
 
 
-def mean_over_ranks(x: torch.Tensor, info: DistInfo) -> float:
-    """The global mean of a per-rank scalar (for logging the loss of the whole batch)."""
-    return sum_over_ranks(x, info) / info.world_size
-
-
 def sum_over_ranks(x, info: DistInfo) -> float:
     """The sum of a per-rank scalar (a collective: all ranks must call it)."""
     x = torch.as_tensor(x, dtype=torch.float64, device=info.device).detach().clone()
@@ -100,7 +95,6 @@ def mean_dict_over_ranks(values: dict[str, torch.Tensor], info: DistInfo) -> dic
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
 
 
 def _gather(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:

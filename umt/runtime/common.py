@@ -1,5 +1,5 @@
-"""Small pieces of the training loop (umt.train.loop): logging, precision, the non-finite
-guard and the run's small files. Optimizer and schedule: umt.train.optim."""
+"""Small pieces every job process uses: console logging, precision (autocast), the non-finite
+guard of a training loop and a run's small files (config.yaml, metrics.jsonl, summary.json)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from typing import Any, Optional
 
 import torch
 
-from umt.configs import to_yaml
 from umt import storage
+from umt.configs import to_yaml
 
-log = logging.getLogger("umt.train")
+log = logging.getLogger("umt.runtime")
 
 
 def setup_logging(rank: int = 0) -> None:

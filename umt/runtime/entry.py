@@ -1,7 +1,7 @@
-"""The command of one training stage, shared by ``umt train <stage>`` and ``python -m
-umt.train.<stage>`` (what torchrun runs inside a PyTorchJob pod).
+"""The command of one stage (training or evaluation), shared by ``umt train <stage>`` / ``umt
+eval <task>`` and ``python -m <the stage's module>`` (what torchrun runs inside a PyTorchJob pod).
 
-It lives here, not in ``umt.cli``, so that a training process imports only the training code:
+It lives here, not in ``umt.cli``, so that a job process imports only its stage's code:
 ``umt.cli`` pulls in the launcher and the Kubernetes client, which a pod has no use for.
 """
 
@@ -14,8 +14,8 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
-from umt.errors import UserError
 from umt import catalogue
+from umt.errors import UserError
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Preset name (e.g. tiny, b16, l16) or a YAML file.")
 OverridesArg = typer.Argument(None, help="Overrides as key=value, e.g. train.steps=100 optim.base_lr=1e-4.")
@@ -88,7 +88,8 @@ def eval_command(stage: str) -> Callable[..., None]:
 
 
 def run_stage_module(stage: str) -> None:
-    """``python -m umt.train.<stage> --config ... key=value``: the same command as ``umt train``."""
+    """``python -m <module> --config ... key=value`` (``umt.train.stage1``, ``umt.eval.qa_job``,
+    ...): the same command as ``umt train`` / ``umt eval``."""
     single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     single.command()(stage_command(stage))
     single(prog_name=f"python -m {catalogue.get(stage).module}")

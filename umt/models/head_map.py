@@ -1,12 +1,14 @@
-"""Initialise an action classifier from a checkpoint, optionally mapping its head onto another
-label set (the official K400/600/700-from-K710 starts: ``head[:400]`` or the rows
-``label_mixto600.json`` lists).
+"""Initialise an action classifier from a checkpoint's state dict, optionally mapping its
+head onto another label set (the official K400/600/700-from-K710 starts: ``head[:400]`` or the
+rows ``label_mixto600.json`` lists).
 
-    model = create_model("umt_vit_base_patch16_224", num_classes=400, ...)
-    load_classifier_init(model, "k710_finetuned.pth", head_map="k710_to_k400.json",
-                         target_classes=classes)
+    sd, source = state_dict_of(checkpoint)        # umt.models.checkpoint
+    rows = parse_head_map("k710_to_k400.json", text, target_classes, head_size(sd, source))
+    load_classifier_state_dict(model, sd, source, head_rows=rows)
 
-A head map is a file (local path or s3:// URI), never code:
+(A job reads the checkpoint and the head map file through ``umt.runtime.weights``, whose
+``load_classifier_init(model, uri, head_map=...)`` does all three.) A head map is a file, never
+code:
 
 - ``*.json``: a list with one entry per target class, the index of its source class (the
   checkpoint's head row) or ``null`` for a class that has none (its row keeps the fresh init);
@@ -28,23 +30,24 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from umt.models.checkpoint import (CheckpointError, LoadReport, adapt_state_dict, check_strict,
-                                   extract_state_dict, read_checkpoint)
+from umt.models.checkpoint import CheckpointError, LoadReport, adapt_state_dict, check_strict
 
-log = logging.getLogger("umt.train")
-MAX_MAP_BYTES = 16 << 20  # a map of 100k classes is well below this
+log = logging.getLogger(__name__)
 
 
-def read_head_map(uri: str, target_classes: Sequence[str], num_source: int) -> list[Optional[int]]:
-    """Per target class, the source row it starts from (None: fresh). ``num_source`` is the
-    checkpoint head's size; the map must have one entry per target class."""
-    from umt import storage
+def head_size(sd: dict[str, torch.Tensor], source: str) -> int:
+    """Rows of the checkpoint's classifier head (what a head map maps from)."""
+    if "head.weight" not in sd or "head.bias" not in sd:
+        raise ValueError(f"model.head_map is set but {source} has no classifier head "
+                         f"(head.weight): it is a pretraining checkpoint; unset model.head_map")
+    return sd["head.weight"].shape[0]
 
-    try:
-        raw = storage.read_bytes(uri, max_bytes=MAX_MAP_BYTES)
-    except FileNotFoundError:
-        raise ValueError(f"model.head_map={uri!r}: file not found") from None
-    text = raw.decode("utf-8", "replace")
+
+def parse_head_map(uri: str, text: str, target_classes: Sequence[str],
+                   num_source: int) -> list[Optional[int]]:
+    """Per target class, the source row it starts from (None: fresh), from the text of the head
+    map file ``uri``. ``num_source`` is the checkpoint head's size; the map must have one entry
+    per target class."""
     n_target = len(target_classes)
     if uri.endswith(".json"):
         try:
@@ -108,31 +111,30 @@ def _map_head(sd: dict[str, torch.Tensor], model: nn.Module, rows: list[Optional
     sd["head.weight"], sd["head.bias"] = w, b
 
 
-def load_classifier_init(model: nn.Module, uri: str, *, head_map: Optional[str] = None,
-                         target_classes: Sequence[str] = (), require_head: bool = False) -> LoadReport:
-    """Load ``uri`` (Stage 1, Stage 2 or fine-tuned, ours or official) into the classifier
-    ``model`` strictly, mapping the head through ``head_map`` when given.
+def load_classifier_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], source: str, *,
+                               head_rows: Optional[list[Optional[int]]] = None,
+                               require_head: bool = False) -> LoadReport:
+    """Load ``sd`` (Stage 1, Stage 2 or fine-tuned, ours or official; from ``source``) into the
+    classifier ``model`` strictly, its head mapped through ``head_rows`` when given
+    (``parse_head_map``).
 
     ``require_head``: the head must come from the file (evaluation of a fine-tuned model: a
     head left at its init would score chance without saying so).
     """
-    sd = extract_state_dict(read_checkpoint(uri), uri)
-    if head_map:
-        if "head.weight" not in sd or "head.bias" not in sd:
-            raise ValueError(f"model.head_map is set but {uri} has no classifier head "
-                             f"(head.weight): it is a pretraining checkpoint; unset model.head_map")
-        rows = read_head_map(head_map, target_classes, sd["head.weight"].shape[0])
-        _map_head(sd, model, rows, uri)
-    sd, report = adapt_state_dict(sd, model, uri)
+    sd = dict(sd)
+    if head_rows is not None:
+        head_size(sd, source)
+        _map_head(sd, model, head_rows, source)
+    sd, report = adapt_state_dict(sd, model, source)
     own = model.state_dict()
     own.pop("pos_embed", None)
-    check_strict(sd, own, report.fresh, uri, report.kind, type(model).__name__)
+    check_strict(sd, own, report.fresh, source, report.kind, type(model).__name__)
     model.load_state_dict(sd, strict=False)  # strictness enforced above, with the allow-list
     if require_head and any(k.startswith("head.") for k in report.fresh):
-        raise ValueError(f"{uri} has no classifier head for {model.head.weight.shape[0]} classes "
-                         f"(a pretraining checkpoint, or a head of another size): set "
+        raise ValueError(f"{source} has no classifier head for {model.head.weight.shape[0]} "
+                         f"classes (a pretraining checkpoint, or a head of another size): set "
                          f"model.num_classes to the checkpoint's, or model.head_map")
     if report.dropped or report.fresh:
-        log.info("loaded %s (%s): ignored %s; left at init %s", uri, report.kind,
+        log.info("loaded %s (%s): ignored %s; left at init %s", source, report.kind,
                  report.dropped, report.fresh)
     return report
