@@ -27,12 +27,31 @@ RUN_ID_PLACEHOLDERS = ("{{$.pipeline_job_uuid}}", "{{$.pipeline_job_name}}",
                        "{{$.pipeline_job_resource_name}}", "{{$.pipeline_task_uuid}}")
 
 
-def compiled(name: str, tmp: Path, env_secret: str | None = None) -> tuple[dict, dict, str]:
-    out = tmp / f"{name}.yaml"
-    compiler.Compiler().compile(load_pipeline(str(ROOT / "pipelines" / f"{name}.py")), str(out))
-    text = out.read_text()
-    docs = list(yaml.safe_load_all(text))
-    return docs[0], (docs[1] if len(docs) > 1 else {}), text
+# Credentials present at compile time must never land in the YAML: every pipeline is compiled
+# once, with these in the environment, and every test reads that compiled spec.
+SENTINELS = {"AWS_ACCESS_KEY_ID": "AKIASENTINEL0000",
+             "AWS_SECRET_ACCESS_KEY": "sentinel-secret-value-123"}
+_COMPILED: dict[str, tuple[dict, dict, str]] = {}
+
+
+def compiled(name: str, tmp: Path) -> tuple[dict, dict, str]:
+    if name not in _COMPILED:
+        out = tmp / f"{name}.yaml"
+        saved = {k: os.environ.get(k) for k in SENTINELS}
+        os.environ.update(SENTINELS)
+        try:
+            compiler.Compiler().compile(load_pipeline(str(ROOT / "pipelines" / f"{name}.py")),
+                                        str(out))
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        text = out.read_text()
+        docs = list(yaml.safe_load_all(text))
+        _COMPILED[name] = (docs[0], (docs[1] if len(docs) > 1 else {}), text)
+    return _COMPILED[name]
 
 
 @pytest.fixture(scope="module")
@@ -207,11 +226,9 @@ def test_a_pipeline_built_from_the_component_yaml_files_keeps_launchers_cpu_only
     assert args["gpus_per_node"]["runtimeValue"]["constant"] == 8  # a parameter, not a pod GPU
 
 
-def test_credentials_only_from_the_secret(tmp_path, monkeypatch):
+def test_credentials_only_from_the_secret(tmp_path):
     """No parameter carries a credential; every S3-touching task reads them from the Secret as
-    environment; a credential present at compile time never lands in the YAML."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIASENTINEL0000")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sentinel-secret-value-123")
+    environment; a credential present at compile time (SENTINELS) never lands in the YAML."""
     for name in PIPELINES:
         spec, platform, text = compiled(name, tmp_path)
         assert "AKIASENTINEL0000" not in text and "sentinel-secret-value-123" not in text
