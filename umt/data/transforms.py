@@ -59,12 +59,12 @@ def _u8_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2)
 
 
-def _to_float(frames: np.ndarray) -> torch.Tensor:
+def to_float(frames: np.ndarray) -> torch.Tensor:
     """uint8 ``[T, H, W, 3]`` -> float ``[T, 3, H, W]`` in [0, 1]."""
     return _u8_tensor(frames).float().div_(255.0)
 
 
-def _normalize(clip: torch.Tensor) -> torch.Tensor:
+def normalize(clip: torch.Tensor) -> torch.Tensor:
     """float ``[T, 3, H, W]`` in [0, 1] -> ImageNet-normalised ``[3, T, H, W]``."""
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -91,11 +91,11 @@ def train_transform(frames: np.ndarray, img_size: int, scales: list[float], flip
     _, h, w, _ = frames.shape
     x, y, cw, ch = multi_scale_crop_box(h, w, img_size, list(scales) or [1.0], rng)
     # Crop before converting to float: 4x less memory traffic on the biggest array.
-    clip = _to_float(frames[:, y:y + ch, x:x + cw])
+    clip = to_float(frames[:, y:y + ch, x:x + cw])
     clip = _resize(clip, (img_size, img_size))
     if flip and rng.random() < 0.5:
         clip = clip.flip(-1)
-    return _normalize(clip)
+    return normalize(clip)
 
 
 def test_transforms(frames: np.ndarray, img_size: int, num_crops: int = 1) -> list[torch.Tensor]:
@@ -109,14 +109,14 @@ def test_transforms(frames: np.ndarray, img_size: int, num_crops: int = 1) -> li
     _, h, w, _ = frames.shape
     scale = img_size / min(h, w)
     nh, nw = max(img_size, round(h * scale)), max(img_size, round(w * scale))
-    clip = _resize(_to_float(frames), (nh, nw))
+    clip = _resize(to_float(frames), (nh, nw))
     views = []
     for k in range(num_crops):
         # Evenly spaced along the long side; one crop = the centre (VideoMAE's spatial_step).
         frac = 0.5 if num_crops == 1 else k / (num_crops - 1)
         y = int(round((nh - img_size) * (frac if nh > nw else 0.5)))
         x = int(round((nw - img_size) * (frac if nw >= nh else 0.5)))
-        views.append(_normalize(clip[:, :, y:y + img_size, x:x + img_size]))
+        views.append(normalize(clip[:, :, y:y + img_size, x:x + img_size]))
     return views
 
 
@@ -169,7 +169,7 @@ def vl_train_transform(frames: np.ndarray, img_size: int, scale: tuple[float, fl
                      antialias=True)
     if flip and rng.random() < 0.5:
         clip = clip.flip(-1)
-    return _normalize(clip.float().div_(255.0))
+    return normalize(clip.float().div_(255.0))
 
 
 def vl_test_transform(frames: np.ndarray, img_size: int) -> torch.Tensor:
@@ -185,4 +185,4 @@ def vl_test_transform(frames: np.ndarray, img_size: int) -> torch.Tensor:
 
     clip = TF.resize(_u8_tensor(frames), [img_size, img_size],
                      interpolation=InterpolationMode.BICUBIC, antialias=True)
-    return _normalize(clip.float().div_(255.0))
+    return normalize(clip.float().div_(255.0))
