@@ -19,6 +19,9 @@ default today; the official environment's older torchvision did not antialias te
 
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -123,18 +126,26 @@ def test_transforms(frames: np.ndarray, img_size: int, num_crops: int = 1) -> li
 # ------------------------------------------------------------------- Stage 2 / retrieval
 
 
-def random_resized_crop_box(h: int, w: int, scale: tuple[float, float], rng: np.random.Generator,
-                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """``(top, left, crop_h, crop_w)`` of one RandomResizedCrop draw (torchvision's
-    ``RandomResizedCrop.get_params``: 10 tries of area x log-uniform aspect, then a centre crop
-    with the aspect clamped into ``ratio``)."""
+def random_resized_crop_box(h: int, w: int, scale: Sequence[float], rng: np.random.Generator,
+                            ratio: Sequence[float] = (3 / 4, 4 / 3),
+                            attempts: int = 10) -> tuple[int, int, int, int]:
+    """``(top, left, crop_h, crop_w)`` of one Inception-style crop box for an ``h x w`` frame:
+    torchvision's ``RandomResizedCrop.get_params`` and the official action fine-tuning's
+    ``_get_param_spatial_crop`` (the same algorithm; the action augmentation's
+    :func:`umt.data.video_transforms.sample_resized_crop_box` is this draw).
+
+    Area fraction ~ U(scale), aspect w/h log-uniform in ``ratio``: up to ``attempts`` tries for
+    a box that fits (``0 < crop_w <= w``, ``0 < crop_h <= h``), else the centre fallback (the
+    whole frame, cut to the nearest allowed aspect). Each try draws two ``rng.random()``, a fit
+    two ``rng.integers`` (top, then left).
+    """
     area = h * w
-    log_lo, log_hi = np.log(ratio[0]), np.log(ratio[1])
-    for _ in range(10):
-        target = area * rng.uniform(scale[0], scale[1])
-        aspect = float(np.exp(rng.uniform(log_lo, log_hi)))
-        cw = int(round(np.sqrt(target * aspect)))
-        ch = int(round(np.sqrt(target / aspect)))
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(attempts):
+        target_area = (scale[0] + (scale[1] - scale[0]) * rng.random()) * area
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * rng.random())
+        cw = int(round(math.sqrt(target_area * aspect)))
+        ch = int(round(math.sqrt(target_area / aspect)))
         if 0 < cw <= w and 0 < ch <= h:
             top = int(rng.integers(0, h - ch + 1))
             left = int(rng.integers(0, w - cw + 1))
@@ -143,7 +154,7 @@ def random_resized_crop_box(h: int, w: int, scale: tuple[float, float], rng: np.
     if in_ratio < min(ratio):
         cw, ch = w, int(round(w / min(ratio)))
     elif in_ratio > max(ratio):
-        ch, cw = h, int(round(h * max(ratio)))
+        cw, ch = int(round(h * max(ratio))), h
     else:
         cw, ch = w, h
     return (h - ch) // 2, (w - cw) // 2, ch, cw
