@@ -14,8 +14,8 @@ Sources (``cfg.sources``) are dataset.json URIs from ``umt shard`` whose samples
 ``["synthetic"]``: the synthetic clips with a colour and a direction question each
 (:mod:`umt.data.synthetic_tasks`), a pure function of (seed, step, rank).
 
-As the Stage-2 loader (``umt.data.vl_loader``, whose stream machinery this reuses): shards
-resampled per rank and worker with weights by question counts, the official 'rand' frame
+A training stream of :mod:`umt.data.loader_kit`, as the Stage-2 loader's (``umt.data.vl_loader``):
+shards resampled per rank and worker with weights by question counts, the official 'rand' frame
 sampler, ``RandomResizedCrop(img_size, crop_scale)`` bicubic + optional flip with one box per
 clip; a question is a row before the shuffle buffer, so one video's questions spread over
 batches. An epoch is ``num_questions // (batch x world size)`` batches (dataset.json's

@@ -14,7 +14,7 @@ bicubic)`` with no crop (:func:`vl_test_transform`). As officially, both resize 
 (torchvision's resize, rounded back to uint8) before converting to float; the crop box and the
 flip are drawn once per clip from a passed Generator (torchvision draws from torch's global RNG,
 which a deterministic, resumable loader cannot use). Resizing is antialiased (torchvision's
-default today; the official environment's older torchvision did not antialias tensors).
+default; the torchvision of the official environment did not antialias tensors).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Stream clips from WebDataset shards (local or s3://) described by a ``dataset.json``.
 
 Training (``build_webdataset_loader``, behind ``umt.data.stream.build_pretrain_loader``), the
-open_clip recipe adapted to video::
+open_clip recipe adapted to video, built from the stages of :mod:`umt.data.loader_kit`::
 
     shard sampler (with replacement from this rank's shard slice; every DataLoader worker draws
                    from the whole slice with its own seed (seed, rank, worker, epoch))
