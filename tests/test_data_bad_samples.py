@@ -82,7 +82,7 @@ def test_training_loader_skips_every_malformed_field_and_goes_on(mixed_dataset, 
     source, good_keys = mixed_dataset
     cfg = DataConfig(source=source, num_workers=0, shuffle_buffer=0, crop_scales=[1.0])
     loader = build_pretrain_loader(cfg, batch_size=3, num_frames=4, img_size=16, seed=0)
-    with caplog.at_level(logging.WARNING, logger="umt.data.webdataset_loader"):
+    with caplog.at_level(logging.WARNING, logger="umt.data.loader_kit"):
         for _ in range(3):
             batch = next(loader)
             assert set(batch["key"]) == good_keys  # only the good ones, never a stand-in

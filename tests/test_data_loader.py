@@ -12,7 +12,7 @@ import torch
 import webdataset as wds
 
 from umt.configs.schema import DataConfig
-from umt.data import dataset_json, webdataset_loader
+from umt.data import dataset_json, loader_kit
 from umt.data.dataset_json import DatasetJsonError
 from umt.data.stream import build_pretrain_loader
 from umt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -191,7 +191,7 @@ def test_corrupt_samples_are_skipped_counted_never_replaced(tmp_path, synthetic_
 
 
 def test_broken_dataset_as_a_whole_stops_with_a_clear_error(tmp_path, bad_videos, monkeypatch):
-    monkeypatch.setattr(webdataset_loader, "MAX_CONSECUTIVE_SKIPS", 20)
+    monkeypatch.setattr(loader_kit, "MAX_CONSECUTIVE_SKIPS", 20)
     text = open(bad_videos["text"], "rb").read()
     _tar(tmp_path / "bad.tar", [{"__key__": f"k{i}", "mp4": text} for i in range(5)])
     d = {"format": "umt-webdataset", "format_version": 1, "num_samples": 5,
@@ -244,13 +244,13 @@ def test_read_frames_respects_clip_range_and_images():
 def test_every_worker_draws_from_the_whole_rank_slice(monkeypatch):
     """3 shards over 2 workers: no shard gets 2x exposure and no worker reads one shard forever."""
     urls = [f"/data/shard-{i:06d}.tar" for i in range(6)]
-    mine = webdataset_loader.rank_shards(urls, rank=1, world_size=2)
+    mine = loader_kit.rank_shards(urls, rank=1, world_size=2)
     assert mine == urls[1::2]
     counts = {}
     for worker in range(2):
-        monkeypatch.setattr(webdataset_loader, "_worker", lambda w=worker: (w, 2))
-        stream = webdataset_loader._TrainStream(mine, lambda parts: [], seed=0, rank=1,
-                                                start_step=0, epoch_steps=1000)
+        monkeypatch.setattr(loader_kit, "worker_slot", lambda w=worker: (w, 2))
+        stream = loader_kit.TrainStream(mine, lambda parts: [], seed=0, rank=1, start_step=0,
+                                        epoch_steps=1000)
         it = iter(stream)
         drawn = [next(it)["url"] for _ in range(1500)]
         assert set(drawn) == set(mine), worker  # each worker visits every shard of the slice

@@ -19,8 +19,8 @@ from umt.data.sampling import vl_frame_indices
 from umt.data.shard import shard_dataset
 from umt.data.transcode import TranscodeSettings
 from umt.data.transforms import vl_test_transform
-from umt.data.vl_loader import (batch_order, build_retrieval_loader, build_vl_loader, epoch_counts,
-                                 sample_id)
+from umt.data.retrieval_loader import build_retrieval_loader
+from umt.data.vl_loader import batch_order, build_vl_loader, epoch_counts, sample_id
 
 NUM_VIDEOS, NUM_IMAGES = 10, 7
 

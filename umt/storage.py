@@ -330,13 +330,20 @@ def write_bytes(uri: str, data: bytes) -> None:
         with _s3_errors("write", uri):
             s3_client().upload_fileobj(io.BytesIO(data), bucket, key, Config=_transfer_config())
         return
-    path = _local(uri)
+    with _replacing(_local(uri)) as f:
+        f.write(data)
+
+
+@contextmanager
+def _replacing(path: str) -> Iterator[BinaryIO]:
+    """A temp file beside local ``path`` that replaces it, synced to disk and with the usual
+    mode, when the block ends; removed (``path`` untouched) when the block raises."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
@@ -364,20 +371,8 @@ def upload_file(local_path: str, uri: str) -> None:
     if os.path.abspath(dst) == os.path.abspath(local_path):
         return
     src = _open_regular(os.fspath(local_path))  # a FIFO or /dev/zero would never end
-    folder = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(dst), dir=folder)
-    try:
-        with src, os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with src, _replacing(dst) as out:
+        shutil.copyfileobj(src, out, 1 << 20)
 
 
 def download_file(uri: str, local_path: str) -> None:

@@ -1,12 +1,13 @@
 """Video data: synthetic clips, sharding to WebDataset, streaming loaders.
 
-Modules: ``manifest`` (what to shard), ``transcode`` (validate and
-re-encode one input), ``shard`` (``umt shard``), ``dataset_json`` (the dataset description),
-``samples`` (the tar sample format, read defensively), ``decoders`` / ``sampling`` /
-``transforms`` (clip reading), ``webdataset_loader`` and ``stream`` (Stage-1 training /
-evaluation loaders), ``vl_loader`` (Stage-2 captioned videos + images), ``retrieval_loader``
-(retrieval evaluation), ``captions`` (official caption cleaning), ``synthetic`` (generated
-clips), ``cli`` (command functions). See docs/data.md.
+Modules: ``manifest`` (what to shard), ``transcode`` (validate and re-encode one input),
+``shard`` (``umt shard``), ``dataset_json`` (the dataset description), ``samples`` (the tar
+sample format, read defensively), ``decoders`` / ``sampling`` / ``transforms`` (clip reading),
+``loader_kit`` (the pipeline stages and batch iterator every loader is built from),
+``webdataset_loader`` and ``stream`` (Stage-1 training / evaluation loaders), ``vl_loader``
+(Stage-2 captioned videos + images), ``action_loader`` (action recognition), ``qa_loader``
+(video QA), ``retrieval_loader`` (retrieval evaluation), ``captions`` (official caption
+cleaning), ``synthetic`` (generated clips), ``cli`` (command functions). See docs/data.md.
 """
 
 from __future__ import annotations

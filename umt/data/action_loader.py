@@ -1,7 +1,7 @@
 """Action-recognition data: augmented training views and multi-view test clips.
 
-Training (:func:`build_action_loader`), the Stage-1 WebDataset stream of
-``umt.data.webdataset_loader`` (resampled shards per rank, shuffle buffer, per-(seed, rank,
+Training (:func:`build_action_loader`), a WebDataset training stream of
+:mod:`umt.data.loader_kit` (resampled shards per rank, shuffle buffer, per-(seed, rank,
 worker slot, epoch) seeds, resume at a step, bad samples skipped and counted) with the
 fine-tuning sample transform::
 
@@ -23,7 +23,7 @@ temporal-order demo clips (``umt.data.synthetic``, labels 0-3) instead: a pure f
 (seed, step, rank), so a resumed run replays exactly.
 
 Evaluation (:func:`build_action_eval_loader`): every video exactly once over ranks x DataLoader
-workers (``umt.data.webdataset_loader``'s split), ``num_clips`` temporal clips (the sampler's
+workers (:class:`umt.data.loader_kit.EvalSplit`), ``num_clips`` temporal clips (the sampler's
 test positions) x ``num_crops`` spatial crops (short side -> S, crops along the long side) per
 video, in the official view order (clip, then crop)::
 
@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from functools import partial
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -47,11 +47,10 @@ from umt.data import dataset_json, synthetic
 from umt.data.action_sampling import frame_indices, picker
 from umt.data.clip_augment import ActionAugment
 from umt.data.decoders import get_decoder
-from umt.data.samples import SampleError, label_of, media_of, parse_meta, read_image, read_video
+from umt.data.loader_kit import (DEFAULT_MAX_PIXELS, ClipLoader, EvalSplit, Skips, TrainStream,
+                                 data_loader, eval_pipeline, rank_shards, skip_sample, train_stages)
+from umt.data.samples import SampleError, label_of, parse_meta, read_clip
 from umt.data.transforms import test_transforms
-from umt.data.webdataset_loader import (DEFAULT_MAX_PIXELS, ClipLoader, _data_loader, _decode_stage,
-                                        _eval_select, _EvalSplit, _open_streams, _samples, _shuffle,
-                                        _skip, _Skips, _TrainStream, rank_shards, with_trailer)
 from umt.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -69,16 +68,6 @@ def dataset_classes(source: str, key: str = "data.source") -> list[str]:
     return classes
 
 
-def read_clip(sample: dict, meta: dict, decoder, pick, num_frames: int,
-              max_pixels: Optional[int]) -> np.ndarray:
-    """uint8 ``[T, H, W, 3]`` of one clip (an image sample is repeated T times)."""
-    _, data, kind = media_of(sample)
-    if kind == "image":
-        image = read_image(data, max_pixels)  # [1, H, W, 3]
-        return np.ascontiguousarray(np.broadcast_to(image, (num_frames,) + image.shape[1:]))
-    return read_video(data, meta, decoder, pick, num_frames, max_pixels)
-
-
 def _label(sample: dict, meta: dict, num_classes: int) -> int:
     label = label_of(sample, meta, num_classes)
     if label < 0:
@@ -89,21 +78,24 @@ def _label(sample: dict, meta: dict, num_classes: int) -> int:
 # ---------------------------------------------------------------------------------- training
 
 def _train_sample(sample: dict, *, decoder, augment: ActionAugment, sampler: str, num_frames: int,
-                  num_classes: int, max_pixels: Optional[int], skips: _Skips,
+                  num_classes: int, max_pixels: Optional[int], skips: Skips,
                   rng: np.random.Generator) -> dict:
     try:
         meta = parse_meta(sample)
         label = _label(sample, meta, num_classes)
         frames = read_clip(sample, meta, decoder, picker(sampler, num_frames, train=True, rng=rng),
                            num_frames, max_pixels)
+        # An image's frames as T real copies (read_clip gives a broadcast view): RandAugment
+        # and the crops read every frame.
+        frames = np.ascontiguousarray(frames)
         views = augment(frames, rng)  # num_sample x [3, T, S, S]
     except Exception as e:  # any malformed field or medium: skip this sample, never the run
-        return _skip(skips, sample, e)
+        return skip_sample(skips, sample, e)
     skips.ok()
     return {"views": views, "label": label, "key": sample.get("__key__", "?")}
 
 
-def collate_views(samples: list[dict], skips: Optional[_Skips] = None) -> dict:
+def collate_views(samples: list[dict], skips: Optional[Skips] = None) -> dict:
     """Flatten the views of each video into the batch, each with the video's label."""
     batch = {"video": torch.stack([v for s in samples for v in s["views"]]),
              "label": torch.tensor([s["label"] for s in samples for _ in s["views"]], dtype=torch.long),
@@ -165,8 +157,6 @@ def build_action_loader(cfg, augment: ActionAugmentConfig, *, batch_size: int, n
     ``cfg`` is an ``ActionDataConfig`` (``umt.configs.finetune_action``); ``augment`` the
     augmentation settings (``num_sample`` views per decoded video).
     """
-    import webdataset as wds
-
     videos = videos_per_batch(batch_size, augment.num_sample)
     aug = ActionAugment(augment, img_size)
     if cfg.source == "synthetic":
@@ -179,28 +169,25 @@ def build_action_loader(cfg, augment: ActionAugmentConfig, *, batch_size: int, n
         raise ValueError(f"{cfg.source} lists no classes: action recognition needs labelled "
                          f"videos (shard a manifest with a label column, or pass --classes)")
     epoch_steps = cfg.epoch_steps or max(1, info.num_samples // (videos * world_size))
-    skips = _Skips()
+    skips = Skips()
     sample_fn = partial(_train_sample, decoder=get_decoder(cfg.decoder), augment=aug,
                         sampler=cfg.sampler, num_frames=num_frames, num_classes=len(info.classes),
                         max_pixels=cfg.max_pixels, skips=skips)
 
-    def make_stages(parts: tuple) -> list:
-        return [partial(_open_streams, skips=skips), partial(_samples, skips=skips),
-                partial(_shuffle, bufsize=cfg.shuffle_buffer, seed_parts=parts),
-                partial(_decode_stage, rng_parts=parts, fn=sample_fn, per_worker=False),
-                wds.batched(videos, collation_fn=partial(collate_views, skips=skips), partial=False)]
-
-    stream = _TrainStream(rank_shards(info.shard_uris(), rank, world_size), make_stages,
-                          seed=("action", seed), rank=rank, start_step=start_step,
-                          epoch_steps=epoch_steps)
-    return ClipLoader(_data_loader(stream, cfg.num_workers), start_step, info, epoch_steps)
+    make_stages = partial(train_stages, skips=skips, sample_fn=sample_fn,
+                          shuffle_buffer=cfg.shuffle_buffer, batch_size=videos,
+                          collate=partial(collate_views, skips=skips))
+    stream = TrainStream(rank_shards(info.shard_uris(), rank, world_size), make_stages,
+                         seed=("action", seed), rank=rank, start_step=start_step,
+                         epoch_steps=epoch_steps)
+    return ClipLoader(data_loader(stream, cfg.num_workers), start_step, info, epoch_steps)
 
 
 # -------------------------------------------------------------------------------- evaluation
 
 def _eval_sample(sample: dict, *, decoder, sampler: str, num_frames: int, img_size: int,
                  num_clips: int, num_crops: int, num_classes: int, max_pixels: Optional[int],
-                 skips: _Skips, rng=None) -> dict:
+                 skips: Skips, rng=None) -> dict:
     try:
         meta = parse_meta(sample)
         label = _label(sample, meta, num_classes)
@@ -211,7 +198,7 @@ def _eval_sample(sample: dict, *, decoder, sampler: str, num_frames: int, img_si
                                num_frames, max_pixels)
             views.extend(test_transforms(frames, img_size, num_crops))
     except Exception as e:  # as in training: skip and count, never stop the evaluation
-        return _skip(skips, sample, e)
+        return skip_sample(skips, sample, e)
     skips.ok()
     key = sample.get("__key__", "?")
     index = meta.get("index")
@@ -220,7 +207,7 @@ def _eval_sample(sample: dict, *, decoder, sampler: str, num_frames: int, img_si
             "index": index if isinstance(index, int) and not isinstance(index, bool) else -1}
 
 
-def _eval_collate(samples: list[dict], skips: _Skips) -> dict:
+def _eval_collate(samples: list[dict], skips: Skips) -> dict:
     return {"video": torch.stack([s["video"] for s in samples]),
             "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
             "uid": [s["uid"] for s in samples], "id": [s["id"] for s in samples],
@@ -234,24 +221,19 @@ def build_action_eval_loader(source: str, *, batch_size: int, num_frames: int, i
                              max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> ClipLoader:
     """One pass over this rank's share of the labelled videos of ``source`` (dataset.json),
     ``num_clips * num_crops`` views each; the last batch may be smaller."""
-    import webdataset as wds
-
     info = dataset_json.load(source)
     if not info.classes:
         raise ValueError(f"{source} lists no classes: an action evaluation needs labelled videos")
-    split = _EvalSplit(info.shard_uris(), rank, world_size)
-    skips = _Skips()
+    split = EvalSplit(info.shard_uris(), rank, world_size)
+    skips = Skips()
     fn = partial(_eval_sample, decoder=get_decoder(decoder), sampler=sampler,
                  num_frames=num_frames, img_size=img_size, num_clips=num_clips,
                  num_crops=num_crops, num_classes=len(info.classes), max_pixels=max_pixels,
                  skips=skips)
-    pipeline = wds.DataPipeline(
-        split, partial(_open_streams, skips=skips), partial(_samples, skips=skips),
-        partial(_eval_select, split=split), partial(_decode_stage, rng_parts=(0,), fn=fn),
-        wds.batched(batch_size, collation_fn=partial(_eval_collate, skips=skips), partial=True),
-        partial(with_trailer, skips=skips))
-    return ClipLoader(_data_loader(pipeline, num_workers), 0, info)
+    pipeline = eval_pipeline(split, skips=skips, sample_fn=fn, batch_size=batch_size,
+                             collate=partial(_eval_collate, skips=skips))
+    return ClipLoader(data_loader(pipeline, num_workers), 0, info)
 
 
-__all__ = ["build_action_loader", "build_action_eval_loader", "collate_views", "read_clip",
+__all__ = ["build_action_loader", "build_action_eval_loader", "collate_views",
            "SyntheticActionStream", "videos_per_batch"]

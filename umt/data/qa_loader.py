@@ -14,8 +14,8 @@ Sources (``cfg.sources``) are dataset.json URIs from ``umt shard`` whose samples
 ``["synthetic"]``: the synthetic clips with a colour and a direction question each
 (:mod:`umt.data.synthetic_tasks`), a pure function of (seed, step, rank).
 
-As the Stage-2 loader (``umt.data.vl_loader``, whose stream machinery this reuses): shards
-resampled per rank and worker with weights by question counts, the official 'rand' frame
+A training stream of :mod:`umt.data.loader_kit`, as the Stage-2 loader's (``umt.data.vl_loader``):
+shards resampled per rank and worker with weights by question counts, the official 'rand' frame
 sampler, ``RandomResizedCrop(img_size, crop_scale)`` bicubic + optional flip with one box per
 clip; a question is a row before the shuffle buffer, so one video's questions spread over
 batches. An epoch is ``num_questions // (batch x world size)`` batches (dataset.json's
@@ -41,15 +41,15 @@ from umt.data.decoders import get_decoder
 from umt.data.downstream import AnnotationError, answers_with_weights, parse_questions
 from umt.data.samples import SampleError, media_of, parse_meta, read_image, read_video
 from umt.data.sampling import vl_frame_indices
-from umt.data.transforms import _normalize, _to_float, vl_train_transform
-from umt.data.webdataset_loader import (ClipLoader, _data_loader, _decode_stage, _open_streams,
-                                        _samples, _shuffle, _skip, _Skips, _TrainStream, rank_shards)
+from umt.data.loader_kit import (ClipLoader, Skips, TrainStream, data_loader, rank_shards,
+                                 skip_sample, train_stages)
+from umt.data.transforms import normalize, to_float, vl_train_transform
 from umt.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
 
-def _question_rows(src: Iterator[dict], *, skips: _Skips, answer_fits) -> Iterator[dict]:
+def _question_rows(src: Iterator[dict], *, skips: Skips, answer_fits) -> Iterator[dict]:
     """Tar samples -> one row per usable question."""
     for sample in src:
         try:
@@ -59,22 +59,22 @@ def _question_rows(src: Iterator[dict], *, skips: _Skips, answer_fits) -> Iterat
                 raise SampleError("no questions")
             questions = parse_questions(meta["questions"], str(meta.get("id") or sample.get("__key__")))
         except AnnotationError as e:
-            _skip(skips, sample, SampleError(f"bad questions: {e}"))
+            skip_sample(skips, sample, SampleError(f"bad questions: {e}"))
             continue
         except Exception as e:
-            _skip(skips, sample, e)
+            skip_sample(skips, sample, e)
             continue
         for q in questions:
             too_long = [a for a in q["answers"] if answer_fits is not None and not answer_fits(a)]
             if too_long:
-                _skip(skips, sample, SampleError(f"answer too long: {too_long[0]!r:.60} does not "
+                skip_sample(skips, sample, SampleError(f"answer too long: {too_long[0]!r:.60} does not "
                                                  f"fit qa.max_answer_len (question {q['id']})"))
                 continue
             yield {"sample": sample, "meta": meta, "question": q}
 
 
 def _qa_sample(row: dict, *, decoder, num_frames: int, img_size: int, scale, flip: bool,
-               max_pixels: Optional[int], skips: _Skips, rng: np.random.Generator) -> dict:
+               max_pixels: Optional[int], skips: Skips, rng: np.random.Generator) -> dict:
     sample = row["sample"]
     try:
         question = clean_caption(row["question"]["question"])
@@ -89,14 +89,14 @@ def _qa_sample(row: dict, *, decoder, num_frames: int, img_size: int, scale, fli
                                 num_frames, max_pixels)
         video = vl_train_transform(frames, img_size, scale, flip, rng)  # [3, T, S, S]
     except Exception as e:
-        return _skip(skips, sample, e)
+        return skip_sample(skips, sample, e)
     skips.ok()
     answers, weights = answers_with_weights(row["question"]["answers"])
     return {"video": video, "question": question, "answers": answers, "weights": weights,
             "question_id": row["question"]["id"], "key": sample.get("__key__", "?")}
 
 
-def collate(rows: list[dict], skips: Optional[_Skips] = None) -> dict:
+def collate(rows: list[dict], skips: Optional[Skips] = None) -> dict:
     """Rows -> a batch; answers flattened with the index of their question (official
     ``vqa_collate_fn``'s answers, weights and counts ``n``)."""
     answers, weights, owner = [], [], []
@@ -162,7 +162,7 @@ class _SyntheticQA:
             frames, label, caption = synthetic.render_clip(clip_seed, self.num_frames, self.img_size)
             key = f"synthetic-{index:06d}"
             q = synthetic_tasks.questions_for(label, synthetic_tasks.colour_of(caption), key)[which]
-            rows.append({"video": _normalize(_to_float(frames)), "question": clean_caption(q["question"]),
+            rows.append({"video": normalize(to_float(frames)), "question": clean_caption(q["question"]),
                          "answers": [q["answer"]], "weights": [1.0], "question_id": q["id"],
                          "key": key})
         batch = collate(rows)
@@ -178,8 +178,6 @@ def build_qa_loader(cfg, *, batch_size: int, num_frames: int, img_size: int, see
     """QA training batches for this rank from global step ``start_step`` on (see the module
     docstring). ``cfg``: :class:`umt.configs.finetune_qa.QADataConfig`; ``answer_fits(answer)``:
     False for answers the decoder cannot hold (picklable: it runs in DataLoader workers)."""
-    import webdataset as wds
-
     if list(cfg.sources) == ["synthetic"]:
         steps = cfg.epoch_steps or max(1, 2 * cfg.synthetic_size // (batch_size * world_size))
         return _SyntheticQA(batch_size=batch_size, num_frames=num_frames, img_size=img_size,
@@ -196,20 +194,17 @@ def build_qa_loader(cfg, *, batch_size: int, num_frames: int, img_size: int, see
     mine = rank_shards(list(range(len(urls))), rank, world_size)
     if not sum(weights[i] for i in mine) > 0:
         raise ValueError(f"rank {rank}'s QA shards hold no questions")
-    skips = _Skips()
+    skips = Skips()
     sample_fn = partial(_qa_sample, decoder=get_decoder(cfg.decoder), num_frames=num_frames,
                         img_size=img_size, scale=tuple(cfg.crop_scale), flip=cfg.flip,
                         max_pixels=cfg.max_pixels, skips=skips)
 
-    def make_stages(parts: tuple) -> list:
-        return [partial(_open_streams, skips=skips), partial(_samples, skips=skips),
-                partial(_question_rows, skips=skips, answer_fits=answer_fits),
-                partial(_shuffle, bufsize=cfg.shuffle_buffer, seed_parts=parts),
-                partial(_decode_stage, rng_parts=parts, fn=sample_fn, per_worker=False),
-                wds.batched(batch_size, collation_fn=partial(collate, skips=skips), partial=False)]
-
+    make_stages = partial(train_stages, skips=skips, sample_fn=sample_fn,
+                          rows=partial(_question_rows, skips=skips, answer_fits=answer_fits),
+                          shuffle_buffer=cfg.shuffle_buffer, batch_size=batch_size,
+                          collate=partial(collate, skips=skips))
     log.info("QA epoch: %d batches per rank (%d questions, %s)", epoch_steps, rows, media)
-    stream = _TrainStream([urls[i] for i in mine], make_stages, seed=("qa", seed), rank=rank,
-                          start_step=start_step, epoch_steps=epoch_steps,
-                          weights=[weights[i] for i in mine])
-    return ClipLoader(_data_loader(stream, cfg.num_workers), start_step, infos[0], epoch_steps)
+    stream = TrainStream([urls[i] for i in mine], make_stages, seed=("qa", seed), rank=rank,
+                         start_step=start_step, epoch_steps=epoch_steps,
+                         weights=[weights[i] for i in mine])
+    return ClipLoader(data_loader(stream, cfg.num_workers), start_step, infos[0], epoch_steps)

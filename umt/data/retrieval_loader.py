@@ -37,16 +37,13 @@ from umt.data.decoders import get_decoder
 from umt.data.samples import SampleError, captions_of, media_of, parse_meta, read_image, read_video
 from umt.data.sampling import vl_frame_indices
 from umt.data.transforms import vl_test_transform
-from umt.data.webdataset_loader import (DEFAULT_MAX_PIXELS, ClipLoader, _decode_stage, _EvalSplit,
-                                        _open_streams, _samples, _skip, _Skips, _data_loader,
-                                        with_trailer)
+from umt.data.loader_kit import (DEFAULT_MAX_PIXELS, ClipLoader, EvalSplit, Skips, data_loader,
+                                 eval_pipeline, first_media, skip_sample, worker_slot)
 
 
-def _select(src: Iterator[dict], split: _EvalSplit, offsets: dict[str, int]) -> Iterator[dict]:
+def _select(src: Iterator[dict], split: EvalSplit, offsets: dict[str, int]) -> Iterator[dict]:
     """This reader's samples (see the module docstring), each with its dataset position."""
-    from umt.data.webdataset_loader import _worker
-
-    worker, num_workers = _worker()
+    worker, num_workers = worker_slot()
     readers = split.world_size * num_workers
     me = split.rank * num_workers + worker
     whole_shards = len(split.urls) >= readers
@@ -63,7 +60,7 @@ def _select(src: Iterator[dict], split: _EvalSplit, offsets: dict[str, int]) -> 
 
 
 def _retrieval_sample(sample: dict, *, media: str, decoder, num_frames: int, img_size: int,
-                      max_pixels: Optional[int], skips: _Skips, rng=None) -> dict:
+                      max_pixels: Optional[int], skips: Skips, rng=None) -> dict:
     try:
         meta = parse_meta(sample)
         _, data, kind = media_of(sample)
@@ -78,13 +75,13 @@ def _retrieval_sample(sample: dict, *, media: str, decoder, num_frames: int, img
         video = vl_test_transform(frames, img_size)  # [3, T, S, S]
         captions = [clean_caption(c) for c in captions_of(sample, meta)]
     except Exception as e:  # unreadable: counted; it is in no batch
-        return _skip(skips, sample, e)
+        return skip_sample(skips, sample, e)
     skips.ok()
     return {"video": video, "key": sample.get("__key__", "?"), "captions": captions,
             "index": sample["__index__"], "meta": meta}
 
 
-def _collate(samples: list[dict], *, media: str, skips: _Skips) -> dict:
+def _collate(samples: list[dict], *, media: str, skips: Skips) -> dict:
     return {"media": media, "video": torch.stack([s["video"] for s in samples]),
             "key": [s["key"] for s in samples], "captions": [s["captions"] for s in samples],
             "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
@@ -100,33 +97,24 @@ def build_retrieval_loader(source: str, *, batch_size: int, num_frames: int, img
     The media type is the dataset's (its ``media`` summary, or its first sample); samples of
     another type are skipped and counted.
     """
-    import webdataset as wds
-
-    from umt.data.vl_loader import _first_media
-
     info = dataset_json.load(source)
     kinds = [k for k, n in info.media.items() if n > 0]
     if len(kinds) > 1:
         raise ValueError(f"{source}: a retrieval set holds one media type, this one has {info.media}")
-    media = kinds[0] if kinds else _first_media(info)
+    media = kinds[0] if kinds else first_media(info)
     urls = info.shard_uris()
     offsets, total = {}, 0
     for url, shard in zip(urls, info.shards):
         offsets[url] = total
         total += shard.num_samples
-    split = _EvalSplit(urls, rank, world_size)
-    skips = _Skips()
-    pipeline = wds.DataPipeline(
-        split, partial(_open_streams, skips=skips), partial(_samples, skips=skips),
-        partial(_select, split=split, offsets=offsets),
-        partial(_decode_stage, rng_parts=(0,),
-                fn=partial(_retrieval_sample, media=media, decoder=get_decoder(decoder),
-                           num_frames=num_frames, img_size=img_size, max_pixels=max_pixels,
-                           skips=skips)),
-        wds.batched(batch_size, collation_fn=partial(_collate, media=media, skips=skips),
-                    partial=True),
-        partial(with_trailer, skips=skips),
-    )
-    loader = ClipLoader(_data_loader(pipeline, num_workers), 0, info)
+    split = EvalSplit(urls, rank, world_size)
+    skips = Skips()
+    sample_fn = partial(_retrieval_sample, media=media, decoder=get_decoder(decoder),
+                        num_frames=num_frames, img_size=img_size, max_pixels=max_pixels,
+                        skips=skips)
+    pipeline = eval_pipeline(split, skips=skips, sample_fn=sample_fn, batch_size=batch_size,
+                             collate=partial(_collate, media=media, skips=skips),
+                             select=partial(_select, split=split, offsets=offsets))
+    loader = ClipLoader(data_loader(pipeline, num_workers), 0, info)
     loader.media = media
     return loader

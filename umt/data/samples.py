@@ -190,3 +190,15 @@ def read_video(data: bytes, meta: dict, decoder, pick: RangePicker,
         return [first + int(i) for i in pick(last - first)]
 
     return decoder.read(data, in_range)
+
+
+def read_clip(sample: dict, meta: dict, decoder, pick: RangePicker, num_frames: int,
+              max_pixels: Optional[int] = None) -> np.ndarray:
+    """uint8 ``[T, H, W, 3]`` of one clip: the video's frames ``pick`` chooses (see
+    :func:`read_video`), or an image repeated ``T = num_frames`` times as a read-only broadcast
+    view (a crop taken from it materialises only the crop)."""
+    _, data, kind = media_of(sample)
+    if kind == "image":
+        image = read_image(data, max_pixels)  # [1, H, W, 3]
+        return np.broadcast_to(image, (num_frames,) + image.shape[1:])
+    return read_video(data, meta, decoder, pick, num_frames, max_pixels)

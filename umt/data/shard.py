@@ -391,8 +391,8 @@ class _ShardSink:
     def cleanup(self) -> None:
         """Always, success or not: stop the uploads and remove the local staging folder.
 
-        Without this a failed S3 run left its staging folder (``umt-shard-*``, up to two
-        shards) in the system temp folder.
+        Why always: a failed S3 run would otherwise leave its staging folder (``umt-shard-*``,
+        up to two shards) in the system temp folder.
         """
         if self.uploader:
             # Queued uploads are cancelled; one in flight ends (fails fast when the endpoint is

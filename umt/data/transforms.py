@@ -14,10 +14,13 @@ bicubic)`` with no crop (:func:`vl_test_transform`). As officially, both resize 
 (torchvision's resize, rounded back to uint8) before converting to float; the crop box and the
 flip are drawn once per clip from a passed Generator (torchvision draws from torch's global RNG,
 which a deterministic, resumable loader cannot use). Resizing is antialiased (torchvision's
-default today; the official environment's older torchvision did not antialias tensors).
+default; the torchvision of the official environment did not antialias tensors).
 """
 
 from __future__ import annotations
+
+import math
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -59,12 +62,12 @@ def _u8_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2)
 
 
-def _to_float(frames: np.ndarray) -> torch.Tensor:
+def to_float(frames: np.ndarray) -> torch.Tensor:
     """uint8 ``[T, H, W, 3]`` -> float ``[T, 3, H, W]`` in [0, 1]."""
     return _u8_tensor(frames).float().div_(255.0)
 
 
-def _normalize(clip: torch.Tensor) -> torch.Tensor:
+def normalize(clip: torch.Tensor) -> torch.Tensor:
     """float ``[T, 3, H, W]`` in [0, 1] -> ImageNet-normalised ``[3, T, H, W]``."""
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -91,11 +94,11 @@ def train_transform(frames: np.ndarray, img_size: int, scales: list[float], flip
     _, h, w, _ = frames.shape
     x, y, cw, ch = multi_scale_crop_box(h, w, img_size, list(scales) or [1.0], rng)
     # Crop before converting to float: 4x less memory traffic on the biggest array.
-    clip = _to_float(frames[:, y:y + ch, x:x + cw])
+    clip = to_float(frames[:, y:y + ch, x:x + cw])
     clip = _resize(clip, (img_size, img_size))
     if flip and rng.random() < 0.5:
         clip = clip.flip(-1)
-    return _normalize(clip)
+    return normalize(clip)
 
 
 def test_transforms(frames: np.ndarray, img_size: int, num_crops: int = 1) -> list[torch.Tensor]:
@@ -109,32 +112,40 @@ def test_transforms(frames: np.ndarray, img_size: int, num_crops: int = 1) -> li
     _, h, w, _ = frames.shape
     scale = img_size / min(h, w)
     nh, nw = max(img_size, round(h * scale)), max(img_size, round(w * scale))
-    clip = _resize(_to_float(frames), (nh, nw))
+    clip = _resize(to_float(frames), (nh, nw))
     views = []
     for k in range(num_crops):
         # Evenly spaced along the long side; one crop = the centre (VideoMAE's spatial_step).
         frac = 0.5 if num_crops == 1 else k / (num_crops - 1)
         y = int(round((nh - img_size) * (frac if nh > nw else 0.5)))
         x = int(round((nw - img_size) * (frac if nw >= nh else 0.5)))
-        views.append(_normalize(clip[:, :, y:y + img_size, x:x + img_size]))
+        views.append(normalize(clip[:, :, y:y + img_size, x:x + img_size]))
     return views
 
 
 # ------------------------------------------------------------------- Stage 2 / retrieval
 
 
-def random_resized_crop_box(h: int, w: int, scale: tuple[float, float], rng: np.random.Generator,
-                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """``(top, left, crop_h, crop_w)`` of one RandomResizedCrop draw (torchvision's
-    ``RandomResizedCrop.get_params``: 10 tries of area x log-uniform aspect, then a centre crop
-    with the aspect clamped into ``ratio``)."""
+def random_resized_crop_box(h: int, w: int, scale: Sequence[float], rng: np.random.Generator,
+                            ratio: Sequence[float] = (3 / 4, 4 / 3),
+                            attempts: int = 10) -> tuple[int, int, int, int]:
+    """``(top, left, crop_h, crop_w)`` of one Inception-style crop box for an ``h x w`` frame:
+    torchvision's ``RandomResizedCrop.get_params`` and the official action fine-tuning's
+    ``_get_param_spatial_crop`` (the same algorithm; the action augmentation's
+    :func:`umt.data.video_transforms.sample_resized_crop_box` is this draw).
+
+    Area fraction ~ U(scale), aspect w/h log-uniform in ``ratio``: up to ``attempts`` tries for
+    a box that fits (``0 < crop_w <= w``, ``0 < crop_h <= h``), else the centre fallback (the
+    whole frame, cut to the nearest allowed aspect). Each try draws two ``rng.random()``, a fit
+    two ``rng.integers`` (top, then left).
+    """
     area = h * w
-    log_lo, log_hi = np.log(ratio[0]), np.log(ratio[1])
-    for _ in range(10):
-        target = area * rng.uniform(scale[0], scale[1])
-        aspect = float(np.exp(rng.uniform(log_lo, log_hi)))
-        cw = int(round(np.sqrt(target * aspect)))
-        ch = int(round(np.sqrt(target / aspect)))
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(attempts):
+        target_area = (scale[0] + (scale[1] - scale[0]) * rng.random()) * area
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * rng.random())
+        cw = int(round(math.sqrt(target_area * aspect)))
+        ch = int(round(math.sqrt(target_area / aspect)))
         if 0 < cw <= w and 0 < ch <= h:
             top = int(rng.integers(0, h - ch + 1))
             left = int(rng.integers(0, w - cw + 1))
@@ -143,7 +154,7 @@ def random_resized_crop_box(h: int, w: int, scale: tuple[float, float], rng: np.
     if in_ratio < min(ratio):
         cw, ch = w, int(round(w / min(ratio)))
     elif in_ratio > max(ratio):
-        ch, cw = h, int(round(h * max(ratio)))
+        cw, ch = int(round(h * max(ratio))), h
     else:
         cw, ch = w, h
     return (h - ch) // 2, (w - cw) // 2, ch, cw
@@ -169,7 +180,7 @@ def vl_train_transform(frames: np.ndarray, img_size: int, scale: tuple[float, fl
                      antialias=True)
     if flip and rng.random() < 0.5:
         clip = clip.flip(-1)
-    return _normalize(clip.float().div_(255.0))
+    return normalize(clip.float().div_(255.0))
 
 
 def vl_test_transform(frames: np.ndarray, img_size: int) -> torch.Tensor:
@@ -185,4 +196,4 @@ def vl_test_transform(frames: np.ndarray, img_size: int) -> torch.Tensor:
 
     clip = TF.resize(_u8_tensor(frames), [img_size, img_size],
                      interpolation=InterpolationMode.BICUBIC, antialias=True)
-    return _normalize(clip.float().div_(255.0))
+    return normalize(clip.float().div_(255.0))

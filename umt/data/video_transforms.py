@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from PIL import Image
 from timm.data.auto_augment import rand_augment_transform
 
+from umt.data.transforms import random_resized_crop_box
+
 Box = tuple[int, int, int, int]
 
 # --------------------------------------------------------------------------- RandAugment
@@ -156,31 +158,9 @@ class ClipRandAugment:
 # --------------------------------------------------------------------------- RandomResizedCrop
 def sample_resized_crop_box(height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
                             rng: np.random.Generator, attempts: int = 10) -> Box:
-    """One Inception-style crop box for a whole clip (official ``_get_param_spatial_crop``).
-
-    Area fraction ~ U(scale), aspect w/h log-uniform in ``ratio``; up to 10 tries for a box that
-    fits (``0 < w <= width``, ``0 < h <= height``), else the official centre fallback (the whole
-    frame, cut to the nearest allowed aspect).
-    """
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(attempts):
-        target_area = (scale[0] + (scale[1] - scale[0]) * rng.random()) * area
-        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * rng.random())
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(rng.integers(0, height - h + 1))
-            left = int(rng.integers(0, width - w + 1))
-            return top, left, h, w
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        w, h = int(round(height * max(ratio))), height
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
+    """One Inception-style crop box for a whole clip (official ``_get_param_spatial_crop``):
+    :func:`umt.data.transforms.random_resized_crop_box`, the one sampler of the loaders."""
+    return random_resized_crop_box(height, width, scale, rng, ratio, attempts)
 
 
 def resized_crop(clip: torch.Tensor, box: Box, size: int) -> torch.Tensor:

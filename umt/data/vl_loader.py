@@ -30,7 +30,7 @@ As in the official multi-modality code:
 - **Bad samples** (no caption, a caption empty after cleaning, malformed metadata, undecodable
   or oversized media, a video in an image source) are skipped and counted
   (``loader.num_skipped``, ``loader.skip_reasons``), never replaced or fatal.
-- **Resume.** Each media type is a Stage-1 style stream (``umt.data.webdataset_loader``) over
+- **Resume.** Each media type is a Stage-1 style stream (:mod:`umt.data.loader_kit`) over
   its own batch count: resuming at ``start_step`` puts every stream at the right position of
   the epoch, the rest of that epoch is freshly drawn, and from the next epoch on the batches
   equal an uninterrupted run's. ``sources: [synthetic]`` (captioned synthetic clips and
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import logging
 import random
-import tarfile
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -52,18 +51,15 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
-from umt import storage
 from umt.data import dataset_json, synthetic
 from umt.data.captions import clean_caption
 from umt.data.decoders import get_decoder
-from umt.data.retrieval_loader import build_retrieval_loader  # noqa: F401  (one import place)
-from umt.data.samples import (IMAGE_EXTS, VIDEO_EXTS, SampleError, captions_of, media_of,
-                              parse_meta, read_image, read_video)
+from umt.data.loader_kit import (ClipLoader, Skips, TrainStream, data_loader, first_media,
+                                 rank_shards, skip_sample, train_stages)
+from umt.data.samples import (SampleError, captions_of, media_of, parse_meta, read_image,
+                              read_video)
 from umt.data.sampling import vl_frame_indices
-from umt.data.transforms import _normalize, _to_float, vl_train_transform
-from umt.data.webdataset_loader import (DEFAULT_MAX_PIXELS, ClipLoader, _decode_stage, _open_streams,
-                                        _samples, _shuffle, _skip, _Skips, _TrainStream, _data_loader,
-                                        rank_shards)
+from umt.data.transforms import normalize, to_float, vl_train_transform
 from umt.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -89,22 +85,6 @@ class VLSource:
     rows: int  # rows of one epoch (pairs for "all", media for "random")
 
 
-def _first_media(info: dataset_json.DatasetInfo) -> str:
-    """The media type of a dataset.json without the ``media`` summary: its first sample's."""
-    for uri in info.shard_uris():
-        try:
-            with storage.open_read(uri) as f, tarfile.open(fileobj=f, mode="r|") as tf:
-                for member in tf:
-                    ext = member.name.rsplit(".", 1)[-1].lower()
-                    if ext in VIDEO_EXTS:
-                        return "video"
-                    if ext in IMAGE_EXTS:
-                        return "image"
-        except (FileNotFoundError, tarfile.TarError) as e:
-            log.warning("cannot look into %s (%s); trying the next shard", uri, e)
-    raise ValueError(f"{info.location}: no shard holds a video or image")
-
-
 def describe_sources(uris: list[str], caption_sampling: str) -> list[VLSource]:
     """Load every dataset.json of ``uris``; check each holds one media type."""
     out = []
@@ -114,7 +94,7 @@ def describe_sources(uris: list[str], caption_sampling: str) -> list[VLSource]:
         if len(kinds) > 1:
             raise ValueError(f"data.sources[{i}]={uri!r} mixes {info.media}; shard videos and "
                              f"images into separate datasets (one media type per source)")
-        media = kinds[0] if kinds else _first_media(info)
+        media = kinds[0] if kinds else first_media(info)
         if caption_sampling == "all" and info.num_captions is not None:
             rows = info.num_captions
         else:
@@ -161,7 +141,7 @@ def batch_order(counts: dict[str, int], seed: int, epoch: int) -> list[str]:
 # ---------------------------------------------------------------------- WebDataset streams
 
 def _rows(src: Iterator[dict], *, media: str, caption_sampling: str, source_of: dict[str, int],
-          skips: _Skips) -> Iterator[dict]:
+          skips: Skips) -> Iterator[dict]:
     """Tar samples -> epoch rows ``{"sample", "meta", "captions", "caption_idx", "source"}``.
 
     Before the shuffle buffer, so that the captions of one video are spread over batches.
@@ -176,7 +156,7 @@ def _rows(src: Iterator[dict], *, media: str, caption_sampling: str, source_of: 
             if not caps:
                 raise SampleError("no caption")
         except Exception as e:
-            _skip(skips, sample, e)
+            skip_sample(skips, sample, e)
             continue
         row = {"sample": sample, "meta": meta, "captions": caps,
                "source": source_of.get(sample.get("__url__", ""), -1)}
@@ -190,7 +170,7 @@ def _rows(src: Iterator[dict], *, media: str, caption_sampling: str, source_of: 
 
 
 def _vl_sample(row: dict, *, media: str, decoder, num_frames: int, img_size: int, scale, flip: bool,
-               max_pixels: Optional[int], skips: _Skips, rng: np.random.Generator) -> dict:
+               max_pixels: Optional[int], skips: Skips, rng: np.random.Generator) -> dict:
     sample = row["sample"]
     try:
         i = row["caption_idx"]
@@ -208,14 +188,14 @@ def _vl_sample(row: dict, *, media: str, decoder, num_frames: int, img_size: int
                                 num_frames, max_pixels)
         video = vl_train_transform(frames, img_size, scale, flip, rng)  # [3, T, S, S]
     except Exception as e:  # any malformed field or medium: skip this row, never the run
-        return _skip(skips, sample, e)
+        return skip_sample(skips, sample, e)
     skips.ok()
     key = sample.get("__key__", "?")
     return {"video": video, "caption": caption, "key": key,
             "sample_id": sample_id(row["source"], key, i)}
 
 
-def _collate(rows: list[dict], *, media: str, skips: _Skips) -> dict:
+def _collate(rows: list[dict], *, media: str, skips: Skips) -> dict:
     return {"media": media, "video": torch.stack([r["video"] for r in rows]),
             "caption": [r["caption"] for r in rows],
             "sample_id": torch.tensor([r["sample_id"] for r in rows], dtype=torch.long),
@@ -226,8 +206,6 @@ def _webdataset_stream(media: str, sources: list[VLSource], cfg, *, batch_size: 
                        num_frames: int, img_size: int, seed: int, rank: int, world_size: int,
                        start: int, epoch_batches: int) -> ClipLoader:
     """One media type's batches, local step ``start`` on (a Stage-1 style resampled stream)."""
-    import webdataset as wds
-
     urls, weights, source_of = [], [], {}
     for src in sources:
         for shard, uri in zip(src.info.shards, src.info.shard_uris()):
@@ -238,24 +216,20 @@ def _webdataset_stream(media: str, sources: list[VLSource], cfg, *, batch_size: 
     mine = rank_shards(list(range(len(urls))), rank, world_size)
     if not sum(weights[i] for i in mine) > 0:
         raise ValueError(f"rank {rank}'s {media} shards hold no samples")
-    skips = _Skips()
+    skips = Skips()
     sample_fn = partial(_vl_sample, media=media, decoder=get_decoder(cfg.decoder),
                         num_frames=num_frames, img_size=img_size, scale=tuple(cfg.crop_scale),
                         flip=cfg.flip, max_pixels=cfg.max_pixels, skips=skips)
 
-    def make_stages(parts: tuple) -> list:
-        return [partial(_open_streams, skips=skips), partial(_samples, skips=skips),
-                partial(_rows, media=media, caption_sampling=cfg.caption_sampling,
-                        source_of=source_of, skips=skips),
-                partial(_shuffle, bufsize=cfg.shuffle_buffer, seed_parts=parts),
-                partial(_decode_stage, rng_parts=parts, fn=sample_fn, per_worker=False),
-                wds.batched(batch_size, collation_fn=partial(_collate, media=media, skips=skips),
-                            partial=False)]
-
-    stream = _TrainStream([urls[i] for i in mine], make_stages, seed=("vl", seed, media),
-                          rank=rank, start_step=start, epoch_steps=epoch_batches,
-                          weights=[weights[i] for i in mine])
-    return ClipLoader(_data_loader(stream, cfg.num_workers), start, sources[0].info, epoch_batches)
+    rows = partial(_rows, media=media, caption_sampling=cfg.caption_sampling,
+                   source_of=source_of, skips=skips)
+    make_stages = partial(train_stages, skips=skips, sample_fn=sample_fn, rows=rows,
+                          shuffle_buffer=cfg.shuffle_buffer, batch_size=batch_size,
+                          collate=partial(_collate, media=media, skips=skips))
+    stream = TrainStream([urls[i] for i in mine], make_stages, seed=("vl", seed, media),
+                         rank=rank, start_step=start, epoch_steps=epoch_batches,
+                         weights=[weights[i] for i in mine])
+    return ClipLoader(data_loader(stream, cfg.num_workers), start, sources[0].info, epoch_batches)
 
 
 # ------------------------------------------------------------------------------- synthetic
@@ -308,7 +282,7 @@ class _SyntheticStream:
             frames, caps = self._render(index)
             if self.cfg.caption_sampling == "paragraph":
                 caps = [" ".join(caps)]
-            videos.append(_normalize(_to_float(frames)))  # [3, T, S, S]; no augmentation
+            videos.append(normalize(to_float(frames)))  # [3, T, S, S]; no augmentation
             captions.append(clean_caption(caps[c]))
             key = f"synthetic-{self.media}-{index:06d}"
             keys.append(key)
@@ -410,5 +384,4 @@ def build_vl_loader(cfg, *, batch_size: int, num_frames: int, img_size: int, see
     return VLLoader(make_stream, counts, seed=seed, start_step=start_step, sources=sources)
 
 
-__all__ = ["build_vl_loader", "build_retrieval_loader", "VLLoader", "VLSource", "batch_order",
-           "epoch_counts", "sample_id", "DEFAULT_MAX_PIXELS"]
+__all__ = ["build_vl_loader", "VLLoader", "VLSource", "batch_order", "epoch_counts", "sample_id"]

@@ -14,7 +14,7 @@ file per worker process, rewritten per sample: three system calls next to a deco
 milliseconds). When a worker dies, the training process reads the dead worker's note, counts
 the sample as skipped (reason ``decoder crashed the worker process``), adds it to the
 *poisoned* samples that new workers skip on sight, and restarts its workers at the step they were
-making (``umt.data.webdataset_loader.ClipLoader``); a death announced while the training
+making (``umt.data.loader_kit.ClipLoader``); a death announced while the training
 step runs is kept for the loader's next call (:func:`guard_sigchld`). A restarted stream draws its shards as a
 run resumed at that step does. Evaluation loaders (one pass, no step to restart at) stop with
 an error naming the sample instead. With ``data.num_workers=0`` decoding runs in the training

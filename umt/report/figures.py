@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 LOSS_COLOUR = "#1f77b4"  # matplotlib's C0; tests look for it in a browser screenshot
 DPI = 110
@@ -25,43 +25,48 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _panels(items: list[tuple[str, Any]], draw: Callable[[Any, str, Any], None]) -> bytes | None:
+    """One panel per ``(name, data)`` of ``items``, side by side, each drawn by
+    ``draw(axes, name, data)``; None when there is nothing to draw."""
+    if not items:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(items), figsize=(4.2 * len(items), 3.0), squeeze=False)
+    for ax, (name, data) in zip(axes[0], items):
+        draw(ax, name, data)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def loss_curves(curves: Sequence[tuple[str, list[dict[str, Any]]]]) -> bytes | None:
     """One panel per training job: ``loss`` against ``step`` from its metrics.jsonl."""
     curves = [(name, [r for r in rows if isinstance(r.get("loss"), (int, float))])
               for name, rows in curves]
-    curves = [(name, rows) for name, rows in curves if rows]
-    if not curves:
-        return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.0), squeeze=False)
-    for ax, (name, rows) in zip(axes[0], curves):
+
+    def draw(ax, name: str, rows: list[dict[str, Any]]) -> None:
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], color=LOSS_COLOUR,
                 marker="o" if len(rows) < 20 else None, linewidth=2)
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _png(fig)
+
+    return _panels([(name, rows) for name, rows in curves if rows], draw)
 
 
 def metric_bars(groups: Sequence[tuple[str, dict[str, float]]]) -> bytes | None:
     """One panel per evaluation: its accuracy / recall numbers (percent) as bars."""
     groups = [(name, {k: v for k, v in values.items() if k not in ("wall_hours", "gpu_hours")})
               for name, values in groups]
-    groups = [(name, values) for name, values in groups if values]
-    if not groups:
-        return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.0), squeeze=False)
-    for ax, (name, values) in zip(axes[0], groups):
+
+    def draw(ax, name: str, values: dict[str, float]) -> None:
         keys = list(values)[:12]
         ax.bar(range(len(keys)), [values[k] for k in keys], color="#2ca02c")
         ax.set_xticks(range(len(keys)), keys, rotation=45, ha="right", fontsize=8)
         ax.set_title(name)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return _png(fig)
+
+    return _panels([(name, values) for name, values in groups if values], draw)
 
 
 def confusion(matrix: list[list[float]], names: list[str]) -> bytes | None:

@@ -199,159 +199,215 @@ def train(stage: Stage, cfg: Any) -> dict[str, Any]:
 def _train(stage: Stage, cfg: Any, dist: distributed.DistInfo, device: torch.device,
            lease: Optional[RunLease]) -> dict[str, Any]:
     tc = cfg.train
-    # The same seed on every rank while building, so random (test/demo) weights agree; then a
-    # per-rank stream for stochastic depth and dropout.
-    torch.manual_seed(tc.seed)
-    models = stage.build_models(cfg, device)
-    raw = models.model.to(device)
-    torch.manual_seed(derive_seed("rank", tc.seed, dist.rank))
-
-    micro_batch = tc.batch_size * dist.world_size
-    global_batch = micro_batch * tc.accum_steps
-    lr, min_lr, warmup_lr = scaled_lrs(cfg.optim, global_batch)
-    groups = (stage.param_groups(cfg, raw) if stage.param_groups
-              else param_groups(raw, cfg.optim.weight_decay))
-    optimizer = build_optimizer(groups, cfg.optim, lr, device)
-    # The schedule follows this run's config (steps, warmup, lr, world size); a resumed run
-    # restores its position in it, not the old shape.
-    scheduler = build_scheduler(optimizer, tc.steps, cfg.optim.warmup_steps, min_lr, warmup_lr)
-    ctx = Context(cfg, dist, device, raw, raw, models.frozen, global_batch, micro_batch,
-                  state=dict(models.extras))
-
-    # Resume before anything is written, so a config that does not fit the checkpoint fails
-    # with config.yaml and metrics.jsonl untouched.
-    writer = checkpoint.CheckpointWriter(tc.output_dir, tc.keep_last)
-    start, last_ckpt = 0, ""
-    if not tc.resume and dist.is_main and checkpoint.list_steps(tc.output_dir):
-        raise ValueError(f"train.resume=false but {tc.output_dir} already holds checkpoints: "
-                         f"use another train.output_dir (nothing is overwritten)")
-    # Every rank reads the checkpoint: each restores its own RNG state from it.
-    state = checkpoint.load_latest(tc.output_dir) if tc.resume else None
-    if state is not None:
-        _check_shapes(raw, state["model"], state["uri"])
-        start, last_ckpt = state["step"], state["uri"]
-        if start > tc.steps:
-            raise ValueError(f"{state['uri']} is at step {start} but train.steps={tc.steps}: "
-                             f"raise train.steps to continue this run, or use another output_dir")
-        _restore(state, ctx, optimizer, start)
-        writer.adopt(start)
-        if state.get("scheduler") and state["scheduler"].get("t_initial") != scheduler.t_initial:
-            log.warning("the LR schedule changed since the checkpoint; following this config")
-        log.info("resumed from step %d of %s", start, tc.output_dir)
-    del state
-    start = distributed.agree_on_step(start, dist)
-    files = RunFiles(tc.output_dir, enabled=dist.is_main)
-    files.write_config(cfg)
-    files.resume(start)
-    scheduler.step_update(start)
-
-    if dist.world_size > 1:  # fixed buffers (position tables) never change: no broadcast
-        ctx.model = DDP(raw, device_ids=[dist.local_rank] if device.type == "cuda" else None,
-                        broadcast_buffers=False, **models.ddp_kwargs)
-    if tc.compile:  # frozen helpers too: the teacher costs about as much as the student
-        ctx.model = torch.compile(ctx.model)
-        ctx.frozen = {k: torch.compile(v) for k, v in ctx.frozen.items()}
-    ctx.loader = loader = stage.build_loader(cfg, ctx, start * tc.accum_steps)
-
-    n_params = sum(p.numel() for p in raw.parameters())
-    log.info("%s: %s (%.1fM params), global batch %d (%d x %d ranks x %d accum), lr %.2e, steps %d -> %d",
-             stage.name, type(raw).__name__, n_params / 1e6, global_batch, tc.batch_size,
-             dist.world_size, tc.accum_steps, lr, start, tc.steps)
-
-    guard, meter = NonFiniteGuard(tc.max_nonfinite), _Meter()
+    run = _Run(stage, cfg, dist, device)  # models, optimizer, LR schedule
+    run.resume()  # before anything is written; then config.yaml, metrics.jsonl
+    run.start_model_and_loader()  # DDP / compile, the loader at the resume step
     end = min(tc.steps, tc.stop_at) if tc.stop_at else tc.steps
-    last_logged: dict[str, Any] = {}
-    eval_metrics: dict[str, Any] = {}
-    best: Optional[dict[str, Any]] = writer.best_info() if start else None
-    t_last, steps_since, wait_s, flops_since = time.perf_counter(), 0, 0.0, 0.0
-    if stage.flops is not None:
-        log.info("MFU against a dense bf16 peak of %s TFLOP/s (%s)", peak_tflops(device), device)
-    ctx.model.train()
-    bar = tqdm(total=tc.steps, initial=start, disable=not dist.is_main, desc=stage.name, unit="step")
-    for step in range(start, end):
+    bar = tqdm(total=tc.steps, initial=run.start, disable=not dist.is_main, desc=stage.name,
+               unit="step")
+    for step in range(run.start, end):
         if lease is not None:
             lease.check()
+        grad_norm = run.train_step(step)
+        bar.update(1)
+        done = step + 1
+        if done % tc.log_every == 0 or done == end:
+            run.log_step(done, grad_norm, bar)
+        if stage.evaluate is not None and tc.eval_every is not None and (
+                done == end or (tc.eval_every > 0 and done % tc.eval_every == 0)):
+            run.evaluate(done)
+        if done % tc.ckpt_every == 0 or done == end:
+            run.save(done)
+    bar.close()
+    return run.finish(end)
+
+
+class _Run:
+    """One training run's state and its pieces, in the order :func:`_train` calls them."""
+
+    def __init__(self, stage: Stage, cfg: Any, dist: distributed.DistInfo, device: torch.device):
+        """Models, optimizer and LR schedule, and the :class:`Context` the hooks see."""
+        tc = cfg.train
+        self.stage, self.cfg, self.dist, self.device = stage, cfg, dist, device
+        # The same seed on every rank while building, so random (test/demo) weights agree; then
+        # a per-rank stream for stochastic depth and dropout.
+        torch.manual_seed(tc.seed)
+        self.models = stage.build_models(cfg, device)
+        raw = self.models.model.to(device)
+        torch.manual_seed(derive_seed("rank", tc.seed, dist.rank))
+
+        micro_batch = tc.batch_size * dist.world_size
+        self.global_batch = micro_batch * tc.accum_steps
+        self.lr, min_lr, warmup_lr = scaled_lrs(cfg.optim, self.global_batch)
+        groups = (stage.param_groups(cfg, raw) if stage.param_groups
+                  else param_groups(raw, cfg.optim.weight_decay))
+        self.optimizer = build_optimizer(groups, cfg.optim, self.lr, device)
+        # The schedule follows this run's config (steps, warmup, lr, world size); a resumed run
+        # restores its position in it, not the old shape.
+        self.scheduler = build_scheduler(self.optimizer, tc.steps, cfg.optim.warmup_steps,
+                                         min_lr, warmup_lr)
+        self.ctx = Context(cfg, dist, device, raw, raw, self.models.frozen, self.global_batch,
+                           micro_batch, state=dict(self.models.extras))
+        self.writer = checkpoint.CheckpointWriter(tc.output_dir, tc.keep_last)
+        self.start, self.last_ckpt = 0, ""
+        self.guard, self.meter = NonFiniteGuard(tc.max_nonfinite), _Meter()
+        self.last_logged: dict[str, Any] = {}
+        self.eval_metrics: dict[str, Any] = {}
+        self.best: Optional[dict[str, Any]] = None
+        self.files: Optional[RunFiles] = None
+
+    def resume(self) -> None:
+        """Continue from the newest readable checkpoint (every rank reads it: each restores its
+        own RNG state), agree on the step over ranks, then open the run files.
+
+        Before anything is written, so a config that does not fit the checkpoint fails with
+        config.yaml and metrics.jsonl untouched.
+        """
+        tc, dist = self.cfg.train, self.dist
+        if not tc.resume and dist.is_main and checkpoint.list_steps(tc.output_dir):
+            raise ValueError(f"train.resume=false but {tc.output_dir} already holds checkpoints: "
+                             f"use another train.output_dir (nothing is overwritten)")
+        state = checkpoint.load_latest(tc.output_dir) if tc.resume else None
+        if state is not None:
+            _check_shapes(self.ctx.raw, state["model"], state["uri"])
+            self.start, self.last_ckpt = state["step"], state["uri"]
+            if self.start > tc.steps:
+                raise ValueError(f"{state['uri']} is at step {self.start} but train.steps="
+                                 f"{tc.steps}: raise train.steps to continue this run, or use "
+                                 f"another output_dir")
+            _restore(state, self.ctx, self.optimizer, self.start)
+            self.writer.adopt(self.start)
+            if state.get("scheduler") and state["scheduler"].get("t_initial") != self.scheduler.t_initial:
+                log.warning("the LR schedule changed since the checkpoint; following this config")
+            log.info("resumed from step %d of %s", self.start, tc.output_dir)
+        del state
+        self.start = distributed.agree_on_step(self.start, dist)
+        self.files = RunFiles(tc.output_dir, enabled=dist.is_main)
+        self.files.write_config(self.cfg)
+        self.files.resume(self.start)
+        self.scheduler.step_update(self.start)
+        self.best = self.writer.best_info() if self.start else None
+
+    def start_model_and_loader(self) -> None:
+        """Wrap the model (DDP across ranks, ``torch.compile``), build the loader at the
+        resume step's micro-batch, and start the first log interval."""
+        tc, dist, ctx, raw = self.cfg.train, self.dist, self.ctx, self.ctx.raw
+        if dist.world_size > 1:  # fixed buffers (position tables) never change: no broadcast
+            ctx.model = DDP(raw, device_ids=[dist.local_rank] if self.device.type == "cuda" else None,
+                            broadcast_buffers=False, **self.models.ddp_kwargs)
+        if tc.compile:  # frozen helpers too: the teacher costs about as much as the student
+            ctx.model = torch.compile(ctx.model)
+            ctx.frozen = {k: torch.compile(v) for k, v in ctx.frozen.items()}
+        ctx.loader = self.stage.build_loader(self.cfg, ctx, self.start * tc.accum_steps)
+        n_params = sum(p.numel() for p in raw.parameters())
+        log.info("%s: %s (%.1fM params), global batch %d (%d x %d ranks x %d accum), lr %.2e, "
+                 "steps %d -> %d", self.stage.name, type(raw).__name__, n_params / 1e6,
+                 self.global_batch, tc.batch_size, dist.world_size, tc.accum_steps, self.lr,
+                 self.start, tc.steps)
+        if self.stage.flops is not None:
+            log.info("MFU against a dense bf16 peak of %s TFLOP/s (%s)", peak_tflops(self.device),
+                     self.device)
+        self._new_interval()
+        ctx.model.train()
+
+    def _new_interval(self) -> None:
+        self.t_last, self.steps_since = time.perf_counter(), 0
+        self.wait_s, self.flops_since = 0.0, 0.0
+
+    def train_step(self, step: int) -> torch.Tensor:
+        """One optimizer step: ``train.accum_steps`` micro-batches (forward, loss, backward;
+        DDP averages gradients at the last one), then :func:`apply_gradients` (clipping, the
+        non-finite guard) and the LR schedule. Returns the gradient norm."""
+        tc, ctx = self.cfg.train, self.ctx
         for micro in range(tc.accum_steps):
             ctx.micro = micro
             t0 = time.perf_counter()
-            batch = next(loader)
-            wait_s += time.perf_counter() - t0
-            if stage.flops is not None:
-                flops_since += stage.flops(ctx, batch)
+            batch = next(ctx.loader)
+            self.wait_s += time.perf_counter() - t0
+            if self.stage.flops is not None:
+                self.flops_since += self.stage.flops(ctx, batch)
             last = micro == tc.accum_steps - 1
-            # DDP averages gradients at the last micro-batch only.
-            sync = ctx.model.no_sync() if (dist.world_size > 1 and not last) else contextlib.nullcontext()
+            sync = (ctx.model.no_sync() if (self.dist.world_size > 1 and not last)
+                    else contextlib.nullcontext())
             with sync:
-                loss, metrics = stage.forward_loss(ctx, batch, step)
+                loss, metrics = self.stage.forward_loss(ctx, batch, step)
                 (loss / tc.accum_steps).backward()
-            meter.add({"loss": loss, **metrics})
-        grad_norm, finite = apply_gradients(raw, optimizer, cfg.optim.clip_grad)
-        guard.update(finite, step + 1)
-        scheduler.step_update(step + 1)
-        steps_since += 1
-        bar.update(1)
+            self.meter.add({"loss": loss, **metrics})
+        grad_norm, finite = apply_gradients(ctx.raw, self.optimizer, self.cfg.optim.clip_grad)
+        self.guard.update(finite, step + 1)
+        self.scheduler.step_update(step + 1)
+        self.steps_since += 1
+        return grad_norm
 
-        done = step + 1
-        if done % tc.log_every == 0 or done == end:
-            means = distributed.mean_dict_over_ranks(meter.take(), dist)
-            elapsed = time.perf_counter() - t_last
-            record = {"step": done, **{k: finite_or_none(v) for k, v in means.items()},
-                      "grad_norm": finite_or_none(float(grad_norm)),
-                      "lr": optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1.0),
-                      "clips_per_s": global_batch * steps_since / elapsed,
-                      "step_time_s": elapsed / steps_since,
-                      "data_wait_frac": min(1.0, wait_s / elapsed),
-                      "nonfinite_skipped": guard.total,
-                      # corrupt samples the loaders of all ranks skipped so far
-                      "samples_skipped": int(distributed.sum_over_ranks(
-                          getattr(loader, "num_skipped", 0), dist))}
-            if stage.flops is not None:
-                record.update(throughput(flops_since, elapsed, device))
-            files.log_metrics(record)
-            last_logged = record
-            if record["loss"] is not None:
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-            log.info("step %d/%d loss %s lr %.3e %.1f clips/s %.3f s/step%s", done, tc.steps,
-                     "nan" if record["loss"] is None else f"{record['loss']:.4f}", record["lr"],
-                     record["clips_per_s"], record["step_time_s"],
-                     f" mfu {record['mfu']:.1%}" if record.get("mfu") is not None else "")
-            t_last, steps_since, wait_s, flops_since = time.perf_counter(), 0, 0.0, 0.0
+    def log_step(self, done: int, grad_norm: torch.Tensor, bar: tqdm) -> None:
+        """One ``metrics.jsonl`` record: the interval's means over steps and ranks, throughput,
+        skipped steps and samples; then a new interval."""
+        dist, optimizer = self.dist, self.optimizer
+        means = distributed.mean_dict_over_ranks(self.meter.take(), dist)
+        elapsed = time.perf_counter() - self.t_last
+        record = {"step": done, **{k: finite_or_none(v) for k, v in means.items()},
+                  "grad_norm": finite_or_none(float(grad_norm)),
+                  "lr": optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1.0),
+                  "clips_per_s": self.global_batch * self.steps_since / elapsed,
+                  "step_time_s": elapsed / self.steps_since,
+                  "data_wait_frac": min(1.0, self.wait_s / elapsed),
+                  "nonfinite_skipped": self.guard.total,
+                  # corrupt samples the loaders of all ranks skipped so far
+                  "samples_skipped": int(distributed.sum_over_ranks(
+                      getattr(self.ctx.loader, "num_skipped", 0), dist))}
+        if self.stage.flops is not None:
+            record.update(throughput(self.flops_since, elapsed, self.device))
+        self.files.log_metrics(record)
+        self.last_logged = record
+        if record["loss"] is not None:
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+        log.info("step %d/%d loss %s lr %.3e %.1f clips/s %.3f s/step%s", done,
+                 self.cfg.train.steps, "nan" if record["loss"] is None else f"{record['loss']:.4f}",
+                 record["lr"], record["clips_per_s"], record["step_time_s"],
+                 f" mfu {record['mfu']:.1%}" if record.get("mfu") is not None else "")
+        self._new_interval()
 
-        evaluate_now = stage.evaluate is not None and tc.eval_every is not None and (
-            done == end or (tc.eval_every > 0 and done % tc.eval_every == 0))
-        if evaluate_now:
-            ctx.model.eval()
-            eval_metrics = stage.evaluate(ctx, done)
-            ctx.model.train()
-            files.log_metrics({"step": done, **{f"eval/{k}": v for k, v in eval_metrics.items()}})
-            best = _maybe_best(ctx, writer, best, eval_metrics, done, optimizer, scheduler)
-        if done % tc.ckpt_every == 0 or done == end:
-            payload = _payload(ctx, optimizer, scheduler, done)
-            if dist.is_main:
-                last_ckpt = writer.save(done, payload)
-                files.flush()
-                log.info("saved %s", last_ckpt)
-    bar.close()
+    def evaluate(self, done: int) -> None:
+        """The stage's evaluation at step ``done``, logged as ``eval/*``; the best checkpoint
+        kept by ``train.best_metric``."""
+        ctx = self.ctx
+        ctx.model.eval()
+        self.eval_metrics = self.stage.evaluate(ctx, done)
+        ctx.model.train()
+        self.files.log_metrics({"step": done, **{f"eval/{k}": v for k, v in self.eval_metrics.items()}})
+        self.best = _maybe_best(ctx, self.writer, self.best, self.eval_metrics, done,
+                                self.optimizer, self.scheduler)
 
-    summary = {"stage": stage.name, "steps": max(end, start), "total_steps": tc.steps,
-               "final_loss": last_logged.get("loss"), "final_metrics": last_logged,
-               "nonfinite_skipped": guard.total, "global_batch": global_batch,
-               "checkpoint": last_ckpt, "output_dir": tc.output_dir}
-    if eval_metrics:
-        summary["eval"] = eval_metrics
-    if best is not None:
-        source = getattr(getattr(ctx.cfg, "eval", None), "source", None)
-        summary["best"] = best
-        summary["eval_source"] = source
-        # The official recipes select on the test split for several tasks: say so beside it.
-        summary["selection_note"] = (
-            f"'eval' holds the last checkpoint's numbers; 'best' the best checkpoint by "
-            f"{tc.best_metric} on {source}, selected on that set (optimistic when it is the "
-            "test split, as in the official recipe)")
-    if stage.summary is not None:
-        summary.update(stage.summary(ctx))
-    files.write_summary(summary)
-    return summary
+    def save(self, done: int) -> None:
+        """The checkpoint of step ``done`` (a collective), written by the main rank."""
+        payload = _payload(self.ctx, self.optimizer, self.scheduler, done)
+        if self.dist.is_main:
+            self.last_ckpt = self.writer.save(done, payload)
+            self.files.flush()
+            log.info("saved %s", self.last_ckpt)
+
+    def finish(self, end: int) -> dict[str, Any]:
+        """``summary.json``: the last logged metrics, evaluation, best checkpoint, stage extras."""
+        tc = self.cfg.train
+        summary = {"stage": self.stage.name, "steps": max(end, self.start), "total_steps": tc.steps,
+                   "final_loss": self.last_logged.get("loss"), "final_metrics": self.last_logged,
+                   "nonfinite_skipped": self.guard.total, "global_batch": self.global_batch,
+                   "checkpoint": self.last_ckpt, "output_dir": tc.output_dir}
+        if self.eval_metrics:
+            summary["eval"] = self.eval_metrics
+        if self.best is not None:
+            source = getattr(getattr(self.cfg, "eval", None), "source", None)
+            summary["best"] = self.best
+            summary["eval_source"] = source
+            # The official recipes select on the test split for several tasks: say so beside it.
+            summary["selection_note"] = (
+                f"'eval' holds the last checkpoint's numbers; 'best' the best checkpoint by "
+                f"{tc.best_metric} on {source}, selected on that set (optimistic when it is the "
+                "test split, as in the official recipe)")
+        if self.stage.summary is not None:
+            summary.update(self.stage.summary(self.ctx))
+        self.files.write_summary(summary)
+        return summary
 
 
 def _payload(ctx: Context, optimizer, scheduler, done: int) -> dict[str, Any]:
