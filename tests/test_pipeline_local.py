@@ -19,9 +19,12 @@ pytest.importorskip("kfp")
 ROOT = Path(__file__).resolve().parents[1]
 UMT = str(Path(sys.executable).parent / "umt")
 # Very few steps: this is about the plumbing, not the models. Pretraining jobs keep their 2
-# replicas (DDP); fine-tunes and evaluations run on 1 to keep the test lean.
+# replicas (DDP); fine-tunes and evaluations run on 1 to keep the test lean. Two tasks, one from
+# each pretraining stage (action from Stage 1, QA from Stage 2, with its answer list): how every
+# catalogue task is wired into the DAG is checked on the compiled spec (test_pipeline_compile,
+# test_catalogue); the other tasks show they are switched off.
 ARGS = ("stage1_steps=3", 'stage1_overrides=["train.log_every=1"]', "stage2_steps=2",
-        "finetune_steps=2", "downstream_nodes=1")
+        "finetune_steps=2", "downstream_nodes=1", 'tasks=["action", "qa"]')
 
 
 def umt_run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -134,8 +137,9 @@ def test_local_run_produces_every_artifact_with_its_metadata(first_run):
     assert re.findall(r'(?:src|href)="(?!data:)', page) == []
     markdown = Path(report["markdown"]["uri"]).read_text()
     assert "| Stage 1: video pretraining | done | step 3" in markdown
-    for stage in ("Fine-tune: video QA", "Evaluate: multiple choice"):
+    for stage in ("Fine-tune: video QA", "Evaluate: video QA"):
         assert f"| {stage} | done |" in markdown
+    assert "| Evaluate: multiple choice | skipped | task mc is not in tasks |" in markdown
 
 
 @pytest.mark.slow

@@ -38,6 +38,18 @@ class PaperResult:
 
 
 @dataclass(frozen=True)
+class Option:
+    """A command-line option of ``umt eval <task>`` beyond --config/--model/--data/--output.
+    It only sets a config key, so torchrun and a job pass the same thing as key=value."""
+
+    param: str  # the Python parameter name
+    flag: str  # --zero-shot
+    key: str  # the config key it sets
+    default: Any  # False: a boolean flag; None: a value
+    help: str
+
+
+@dataclass(frozen=True)
 class Stage:
     """One stage: a training stage or an evaluation, each one job (``torchrun -m module``)."""
 
@@ -56,7 +68,7 @@ class Stage:
     # (num_classes, num_videos, num_answers, num_candidates); "" = none.
     chance_per: str = ""
     paper: PaperResult | None = None
-    data_help: str = ""  # what its data is, for the pipeline parameter's description
+    options: tuple[Option, ...] = ()  # extra options of its ``umt eval`` command
 
     @property
     def trains(self) -> bool:
@@ -83,37 +95,41 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("finetune-action", FINETUNE, "umt.train.finetune_action",
           "umt.configs.finetune_action:FinetuneActionConfig", "Fine-tune: action recognition",
           parent="stage1", task="action",
-          data=("s3://umt/datasets/k400/train/dataset.json",), data_help="Labelled videos"),
+          data=("s3://umt/datasets/k400/train/dataset.json",)),
     Stage("finetune-retrieval", FINETUNE, "umt.train.finetune_retrieval",
           "umt.configs.finetune_retrieval:FinetuneRetrievalConfig",
           "Fine-tune: video-text retrieval", parent="stage2", task="retrieval",
-          data=("s3://umt/datasets/msrvtt-9k/dataset.json",), data_help="Captioned videos"),
+          data=("s3://umt/datasets/msrvtt-9k/dataset.json",)),
     Stage("finetune-qa", FINETUNE, "umt.train.finetune_qa",
           "umt.configs.finetune_qa:FinetuneQAConfig", "Fine-tune: video QA", parent="stage2",
-          task="qa", data=("s3://umt/datasets/msrvtt-qa/train/dataset.json",),
-          data_help="Videos with questions and answers"),
-    Stage("eval-action", EVAL, "umt.eval.action_job", "umt.configs.eval_action:EvalActionConfig",
+          task="qa", data=("s3://umt/datasets/msrvtt-qa/train/dataset.json",)),
+    Stage("eval-action", EVAL, "umt.eval.action_job", "umt.configs.finetune_action:EvalActionConfig",
           "Evaluate: action recognition", parent="finetune-action", task="action",
           data=("s3://umt/datasets/k400/val/dataset.json",),
           metrics=("top1", "top5", "mean_class_accuracy"), chance_per="num_classes",
-          paper=PaperResult("top1", 90.6, "K400 top-1, ViT-L/16"), data_help="Labelled videos"),
+          paper=PaperResult("top1", 90.6, "K400 top-1, ViT-L/16"),
+          options=(
+              Option("zero_shot", "--zero-shot", "eval.zero_shot", False,
+                     "Zero-shot classification with a Stage-2 checkpoint (class names through "
+                     "prompt templates; no classifier head)."),
+              Option("classes", "--classes", "eval.classes", None,
+                     "With --zero-shot: classes.txt of the names to prompt with, one per line "
+                     "in label order (default: dataset.json's classes)."))),
     Stage("eval-retrieval", EVAL, "umt.eval.retrieval_job",
-          "umt.configs.eval_retrieval:EvalRetrievalConfig", "Evaluate: video-text retrieval",
+          "umt.configs.finetune_retrieval:EvalRetrievalConfig", "Evaluate: video-text retrieval",
           parent="finetune-retrieval", task="retrieval",
           data=("s3://umt/datasets/msrvtt-1k/dataset.json",),
           metrics=("t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "r_mean"),
-          chance_per="num_videos", paper=PaperResult("t2v_r1", 58.8, "MSRVTT R@1, ViT-L/16"),
-          data_help="Captioned videos"),
-    Stage("eval-qa", EVAL, "umt.eval.qa_job", "umt.configs.eval_qa:EvalQAConfig",
+          chance_per="num_videos", paper=PaperResult("t2v_r1", 58.8, "MSRVTT R@1, ViT-L/16")),
+    Stage("eval-qa", EVAL, "umt.eval.qa_job", "umt.configs.finetune_qa:EvalQAConfig",
           "Evaluate: video QA", parent="finetune-qa", task="qa",
           data=("s3://umt/datasets/msrvtt-qa/test/dataset.json",), metrics=("accuracy",),
-          chance_per="num_answers", paper=PaperResult("accuracy", 47.1, "MSRVTT-QA, ViT-L/16"),
-          data_help="Videos with questions and answers"),
+          chance_per="num_answers", paper=PaperResult("accuracy", 47.1, "MSRVTT-QA, ViT-L/16")),
     # Multiple choice (MSRVTT-MC) ranks candidate captions with the retrieval model.
-    Stage("eval-mc", EVAL, "umt.eval.mc_job", "umt.configs.eval_mc:EvalMCConfig",
+    Stage("eval-mc", EVAL, "umt.eval.mc_job", "umt.configs.finetune_retrieval:EvalMCConfig",
           "Evaluate: multiple choice", parent="finetune-retrieval", task="mc",
           data=("s3://umt/datasets/msrvtt-mc/dataset.json",), metrics=("accuracy",),
-          chance_per="num_candidates", data_help="Videos with candidate captions"),
+          chance_per="num_candidates"),
 )}
 
 

@@ -1,6 +1,7 @@
 """The sections every evaluation config shares (``umt eval <task>``): the run settings, the
-evaluation set and the checks of its ``model`` section. The per-task configs are
-``umt.configs.eval_action`` / ``eval_retrieval`` / ``eval_qa`` / ``eval_mc``."""
+evaluation set and the checks of its ``model`` section. The per-task configs sit with
+their fine-tune's: ``umt.configs.finetune_action`` / ``finetune_retrieval`` (retrieval and
+multiple choice) / ``finetune_qa``."""
 
 from __future__ import annotations
 

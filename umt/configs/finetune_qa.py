@@ -15,6 +15,13 @@ from typing import Optional
 from omegaconf import MISSING
 
 from umt.configs.checks import at_least, choice, crop_range, in_range, source_list
+from umt.configs.evaluation import (
+    EvalData,
+    EvalRunConfig,
+    frames_of_model,
+    require_checkpoint,
+    run_section,
+)
 from umt.configs.schema import DECODERS, OptimConfig, VideoModelConfig, held_out_evaluation
 from umt.configs.stage2 import Stage2Train
 
@@ -143,3 +150,20 @@ class FinetuneQAConfig:
     def __post_init__(self):
         self.eval.num_frames, self.eval.img_size = self.model.num_frames, self.model.img_size
         held_out_evaluation(self)
+
+
+# -- umt eval qa ------------------------------------------------------------------------
+@dataclass
+class EvalQAConfig:
+    # --config tiny|b16|l16 takes the model and qa sections of the finetune-qa preset.
+    PRESETS = ("finetune-qa", ("model", "qa"))
+
+    model: QAModelConfig = field(default_factory=QAModelConfig)
+    data: EvalData = field(default_factory=EvalData)
+    qa: QASettings = field(default_factory=QASettings)
+    eval: QAEvalConfig = field(default_factory=QAEvalConfig)
+    train: EvalRunConfig = run_section("eval-qa")
+
+    def __post_init__(self):
+        require_checkpoint(self, "qa", "the QA fine-tuned checkpoint to evaluate")
+        frames_of_model(self)

@@ -1,4 +1,5 @@
-"""Retrieval fine-tuning config schema (``umt train finetune-retrieval``).
+"""Retrieval config schemas: fine-tuning (``umt train finetune-retrieval``) and the evaluations
+of a retrieval model (``umt eval retrieval``, ``umt eval mc``).
 
 Defaults are the official UMT-B/16 MSRVTT recipe (``multi_modality/exp/finetuning/ret_msrvtt/
 b16_25m.py``): from a Stage-2 checkpoint, 12 frames ('rand' in training, 'middle' at test),
@@ -10,9 +11,17 @@ lr 1e-5 as given (no batch scaling, no layer decay) betas (0.9, 0.999) wd 0.02, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
-from umt.configs.checks import at_least, choice
-from umt.configs.schema import OptimConfig, VLDataConfig, held_out_evaluation
+from umt.configs.checks import at_least, choice, in_range
+from umt.configs.evaluation import (
+    EvalData,
+    EvalRunConfig,
+    frames_of_model,
+    require_checkpoint,
+    run_section,
+)
+from umt.configs.schema import DECODERS, OptimConfig, VLDataConfig, held_out_evaluation
 from umt.configs.stage2 import MATCH_BY, RetrievalEvalConfig, Stage2Train, VLModelConfig
 
 
@@ -79,3 +88,58 @@ class FinetuneRetrievalConfig:
     def __post_init__(self):
         self.eval.num_frames, self.eval.img_size = self.model.num_frames, self.model.img_size
         held_out_evaluation(self)
+
+
+# -- umt eval retrieval ------------------------------------------------------------------------
+@dataclass
+class EvalRetrievalConfig:
+    # --config tiny|b16|l16 takes the model and eval sections of the Stage-2 preset.
+    PRESETS = ("stage2", ("model", "eval"))
+
+    model: VLModelConfig = field(default_factory=VLModelConfig)
+    data: EvalData = field(default_factory=EvalData)  # videos with captions
+    eval: RetrievalEvalConfig = field(default_factory=RetrievalEvalConfig)
+    train: EvalRunConfig = run_section("eval-retrieval")
+
+    def __post_init__(self):
+        require_checkpoint(self, "retrieval", "the Stage-2 or retrieval fine-tuned checkpoint to "
+                                              "evaluate")
+
+
+# -- umt eval mc ------------------------------------------------------------------------
+@dataclass
+class MCEvalConfig:
+    num_frames: Optional[int] = None  # None: the model's (official: 12, 'middle' sampling)
+    img_size: Optional[int] = None  # None: the model's
+    max_txt_len: int = 32
+    itm_weight: float = 0.7  # official 0.7 ITM + 0.3 contrastive
+    batch_size: int = 16
+    num_workers: int = 2
+    decoder: str = "decord"
+    max_videos: Optional[int] = None
+
+    def __post_init__(self):
+        for key in ("num_frames", "img_size"):
+            at_least(f"eval.{key}", getattr(self, key), 1, optional=True)
+        for key in ("max_txt_len", "batch_size"):
+            at_least(f"eval.{key}", getattr(self, key), 1)
+        in_range("eval.itm_weight", self.itm_weight, 0.0, 1.0)
+        at_least("eval.num_workers", self.num_workers, 0)
+        at_least("eval.max_videos", self.max_videos, 1, optional=True)
+        choice("eval.decoder", self.decoder, DECODERS)
+
+
+@dataclass
+class EvalMCConfig:
+    # --config tiny|b16|l16 takes the model section of the finetune-retrieval preset.
+    PRESETS = ("finetune-retrieval", ("model",))
+
+    model: VLModelConfig = field(default_factory=VLModelConfig)
+    data: EvalData = field(default_factory=EvalData)
+    eval: MCEvalConfig = field(default_factory=MCEvalConfig)
+    train: EvalRunConfig = run_section("eval-mc")
+
+    def __post_init__(self):
+        require_checkpoint(self, "mc", "the retrieval fine-tuned (or Stage-2) checkpoint to "
+                                       "evaluate")
+        frames_of_model(self)

@@ -11,8 +11,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from umt.configs.checks import (at_least, choice, crop_range, device, in_range, length,
-                                source_list)
+from umt.configs.checks import at_least, choice, crop_range, device, in_range, length, source_list
 
 
 @dataclass

@@ -13,8 +13,16 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from umt.configs.checks import at_least, choice, in_range
-from umt.configs.schema import (MASK_TYPES, UTA_LOSSES, BestCheckpointTrain, OptimConfig,
-                                TeacherConfig, VideoModelConfig, VLDataConfig, held_out_evaluation)
+from umt.configs.schema import (
+    MASK_TYPES,
+    UTA_LOSSES,
+    BestCheckpointTrain,
+    OptimConfig,
+    TeacherConfig,
+    VideoModelConfig,
+    VLDataConfig,
+    held_out_evaluation,
+)
 
 
 @dataclass

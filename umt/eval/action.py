@@ -113,7 +113,7 @@ def evaluate_views(classify: Classify, source: str, *, class_names: list[str], n
                    top_k: int = 5) -> tuple[dict, list[dict], np.ndarray]:
     """The whole protocol on ``source``; ``(metrics, predictions, confusion)`` on every rank."""
     from umt.data.action_loader import build_action_eval_loader
-    from umt.data.webdataset_loader import DEFAULT_MAX_PIXELS
+    from umt.data.loader_kit import DEFAULT_MAX_PIXELS
 
     loader = build_action_eval_loader(source, batch_size=batch_size, num_frames=num_frames,
                                       img_size=img_size, num_clips=num_clips, num_crops=num_crops,

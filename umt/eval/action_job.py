@@ -33,7 +33,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from umt.configs.eval_action import EvalActionConfig
+from umt.configs.finetune_action import EvalActionConfig
 from umt.configs.loader import load_config
 from umt.eval.job import run_evaluation
 

@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from umt.configs.eval_mc import EvalMCConfig
+from umt.configs.finetune_retrieval import EvalMCConfig
 from umt.configs.loader import load_config
 from umt.eval.job import run_evaluation
 from umt.eval.retrieval_job import build_model

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from umt.configs.eval_qa import EvalQAConfig
+from umt.configs.finetune_qa import EvalQAConfig
 from umt.configs.loader import load_config
 from umt.eval.job import run_evaluation
 

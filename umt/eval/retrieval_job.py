@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from umt.configs.eval_retrieval import EvalRetrievalConfig
+from umt.configs.finetune_retrieval import EvalRetrievalConfig
 from umt.configs.loader import load_config
 from umt.eval.job import run_evaluation
 

@@ -20,21 +20,6 @@ from umt.errors import UserError
 ConfigOpt = typer.Option(None, "--config", "-c", help="Preset name (e.g. tiny, b16, l16) or a YAML file.")
 OverridesArg = typer.Argument(None, help="Overrides as key=value, e.g. train.steps=100 optim.base_lr=1e-4.")
 
-# Options of an evaluation beyond --config/--model/--data/--output. Each only sets a config key,
-# so torchrun and a PyTorchJob pass the same thing as key=value.
-# stage -> [(parameter, flag, config key, default, help)]
-EVAL_FLAGS: dict[str, list[tuple[str, str, str, Any, str]]] = {
-    "eval-action": [
-        ("zero_shot", "--zero-shot", "eval.zero_shot", False,
-         "Zero-shot classification with a Stage-2 checkpoint (class names through prompt "
-         "templates; no classifier head)."),
-        ("classes", "--classes", "eval.classes", None,
-         "With --zero-shot: classes.txt of the names to prompt with, one per line in label "
-         "order (default: dataset.json's classes)."),
-    ],
-}
-
-
 def stage_command(stage: str) -> Callable[..., None]:
     """A typer command that loads the stage's config and runs its ``main``."""
 
@@ -67,21 +52,21 @@ def eval_command(stage: str) -> Callable[..., None]:
                 data: str = typer.Option(..., "--data", "-d", help="dataset.json of the evaluation set."),
                 output: str = typer.Option(..., "--output", "-o", help="Folder or s3:// prefix for metrics.json."),
                 overrides: Optional[List[str]] = OverridesArg, **flags):
-        chosen = [f"{key}={'true' if flags[name] is True else flags[name]}"
-                  for name, _, key, _, _ in extra if flags.get(name) not in (None, False)]
+        chosen = [f"{o.key}={'true' if flags[o.param] is True else flags[o.param]}"
+                  for o in extra if flags.get(o.param) not in (None, False)]
         train_like(config, [f"model.pretrained={model}", f"data.source={data}",
                             f"train.output_dir={output}", *chosen, *(overrides or [])])
 
-    extra = EVAL_FLAGS.get(stage, [])
+    extra = catalogue.get(stage).options  # each only sets a config key (same under torchrun)
     # typer reads the options from the signature; **flags itself must never reach it (typer
     # would take it for a required argument), also for evaluations without extra flags
     sig = inspect.signature(command)
     fixed = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
     command.__signature__ = sig.replace(parameters=fixed + [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
-                          default=typer.Option(default, flag, help=text),
-                          annotation=bool if isinstance(default, bool) else Optional[str])
-        for name, flag, _, default, text in extra])
+        inspect.Parameter(o.param, inspect.Parameter.KEYWORD_ONLY,
+                          default=typer.Option(o.default, o.flag, help=o.help),
+                          annotation=bool if isinstance(o.default, bool) else Optional[str])
+        for o in extra])
     command.__doc__ = (f"Evaluate a checkpoint ({catalogue.get(stage).module}): writes metrics.json, "
                        f"summary.json and config.yaml to --output.")
     return command
