@@ -24,7 +24,8 @@ from umt.launch import (
 from umt.launch.backends.pytorchjob import build_pytorchjob, pytorchjob_errors
 from umt.launch.node_pools import GFD_A100_PRODUCTS
 from umt.launch.request import default_requests
-from umt.launch.stages import flatten_config, stage_modules
+from umt import catalogue
+from umt.launch.stages import flatten_config
 
 
 class Recorder:
@@ -282,7 +283,7 @@ def test_bad_requests_fail_early(kw, match):
 def test_every_registered_stage_renders_with_its_config_checked():
     from umt.launch.manifests import stage_job
 
-    for stage in stage_modules():  # with the data / checkpoint its shipped manifest names
+    for stage in catalogue.STAGES:  # with the data / checkpoint its shipped manifest names
         job = to_dict(build_pytorchjob(stage_job(stage)))
         assert pytorchjob_errors(job) == []
     with pytest.raises(ValueError, match="stepz"):

@@ -22,7 +22,8 @@ from umt.launch.backends.pytorchjob import CRD_PATH, pytorchjob_errors
 from umt.launch.doctor import needed_permissions
 from umt.launch.images import default_image
 from umt.launch.manifests import render_stage
-from umt.launch.stages import stage_modules, validate_stage_config
+from umt import catalogue
+from umt.launch.stages import validate_stage_config
 from umt.launch.values import IMAGE, SECRET_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +98,7 @@ def test_every_shipped_pytorchjob_is_accepted_by_crd_and_webhook(folder):
         cmd = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
             "command"]
         module = cmd[cmd.index("-m") + 1]
-        stage = {m: s for s, m in stage_modules().items()}[module]
+        stage = {s.module: s.name for s in catalogue.STAGES.values()}[module]
         rest = cmd[cmd.index("-m") + 2:]
         config = rest[rest.index("--config") + 1] if "--config" in rest else None
         overrides = [a for a in rest if "=" in a]
@@ -159,7 +160,7 @@ def test_local_overlay_is_cpu_only_with_minio():
     assert "AWS_ENDPOINT_URL" in secret["data"]
 
 
-@pytest.mark.parametrize("stage", sorted(stage_modules()))
+@pytest.mark.parametrize("stage", sorted(catalogue.STAGES))
 def test_job_manifests_are_what_the_launcher_renders(stage):
     path = MANIFESTS / "jobs" / stage.replace("_", "-") / "pytorchjob.yaml"
     assert path.exists(), f"no manifest for {stage}: run python -m umt.launch.manifests"

@@ -40,7 +40,6 @@ from umt.eval.job import run_evaluation
 log = logging.getLogger("umt.eval")
 
 
-CONFIG_SCHEMA = EvalActionConfig
 
 
 def _classifier(cfg: EvalActionConfig, class_names: list[str], device):

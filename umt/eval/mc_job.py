@@ -29,7 +29,6 @@ from umt.eval.job import run_evaluation
 from umt.eval.retrieval_job import build_model
 
 
-CONFIG_SCHEMA = EvalMCConfig
 
 
 @torch.no_grad()

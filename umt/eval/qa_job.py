@@ -23,7 +23,6 @@ from umt.configs.loader import load_config
 from umt.eval.job import run_evaluation
 
 
-CONFIG_SCHEMA = EvalQAConfig
 
 
 def _body(cfg: EvalQAConfig, dist) -> dict:

@@ -21,7 +21,6 @@ from umt.configs.loader import load_config
 from umt.eval.job import run_evaluation
 
 
-CONFIG_SCHEMA = EvalRetrievalConfig
 
 
 def build_model(cfg: Any, device):

@@ -1,6 +1,6 @@
 """Stages the launcher can run, and checking their configs before a job is rendered.
 
-Every entry of ``umt.train.STAGES`` (stage name -> module with ``CONFIG_SCHEMA``) is a job; the
+Every entry of the stage catalogue (``umt.catalogue``: module, config schema) is a job; the
 launcher needs no code per stage. A config is a preset name (packaged inside the image) or a YAML
 file. A file on *this* machine does not exist inside the container, so its content is turned into
 ``key=value`` overrides on top of the schema defaults, which is exactly what loading the file
@@ -17,10 +17,6 @@ from typing import Any, Sequence
 import yaml
 
 from umt import catalogue
-
-
-def stage_modules() -> dict[str, str]:
-    return {name: s.module for name, s in catalogue.STAGES.items()}
 
 
 def stage_module(stage: str) -> str:

@@ -12,7 +12,6 @@ attention map needed is recomputed for the class-token query only (a [1 x L] pro
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Any, Optional, Union
 

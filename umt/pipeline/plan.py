@@ -75,10 +75,6 @@ def short_hash(payload: Any, n: int = 10) -> str:
     return hashlib.sha256(blob).hexdigest()[:n]
 
 
-def known_stages() -> dict[str, str]:
-    return {name: s.module for name, s in catalogue.STAGES.items()}
-
-
 def stage_schema(stage: str) -> type:
     return catalogue.get(stage).config_schema()  # ValueError naming the known stages
 

@@ -140,7 +140,7 @@ def load_latest(output_dir: str) -> Optional[dict[str, Any]]:
         raise CheckpointsUnreadableError(
             f"{folder} holds {len(problems)} checkpoint(s) and none can be read, so the run stops "
             f"instead of starting over and overwriting them:\n  " + "\n  ".join(problems) +
-            f"\nMove or delete them to start from step 0, or use another train.output_dir.")
+            "\nMove or delete them to start from step 0, or use another train.output_dir.")
     return None
 
 

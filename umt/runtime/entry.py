@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-from typing import Any, Callable, List, Optional
+from typing import Callable, List, Optional
 
 import typer
 

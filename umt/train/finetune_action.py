@@ -40,7 +40,6 @@ from umt.seeds import derive_seed
 from umt.train.loop import Context, Models, Stage, train
 from umt.train.optim import param_groups as optim_param_groups
 
-CONFIG_SCHEMA = FinetuneActionConfig
 log = logging.getLogger("umt.train")
 
 

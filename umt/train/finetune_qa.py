@@ -44,7 +44,6 @@ from umt.runtime import weights
 from umt.runtime.common import autocast
 from umt.train.loop import Context, Models, Stage, train
 
-CONFIG_SCHEMA = FinetuneQAConfig
 log = logging.getLogger("umt.train")
 
 

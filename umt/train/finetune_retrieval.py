@@ -48,7 +48,6 @@ from umt.seeds import derive_seed
 from umt.train import stage2
 from umt.train.loop import Context, Models, Stage, train
 
-CONFIG_SCHEMA = FinetuneRetrievalConfig
 log = logging.getLogger("umt.train")
 
 

@@ -30,7 +30,6 @@ from umt.runtime.common import autocast
 from umt.train.flops import stage1_flops_per_clip
 from umt.train.loop import Context, Models, Stage, train
 
-CONFIG_SCHEMA = Stage1Config
 
 
 def build_teacher(cfg: Any) -> CLIPTeacher:

@@ -45,7 +45,6 @@ from umt.train.loop import Context, Models, Stage, train
 from umt.train.optim import param_groups as default_param_groups
 from umt.train.stage1 import build_teacher, check_token_grid
 
-CONFIG_SCHEMA = Stage2Config
 log = logging.getLogger("umt.train")
 
 
