@@ -186,3 +186,25 @@ def synthetic_shards(tmp_path_factory, synthetic_manifest):
     info = shard_dataset(synthetic_manifest, out, samples_per_shard=4, workers=2, classes=classes,
                          progress=False)
     return info.location
+
+
+# ------------------------------------------------------------------ tiny trained checkpoints
+
+@pytest.fixture(scope="session")
+def tiny_stage1(tmp_path_factory):
+    """One step of Stage 1 (tiny preset), trained once per session; returns its summary
+    (``summary["checkpoint"]`` is the checkpoint's path). Read it, never write into it."""
+    from umt.train.stage1 import main
+
+    out = tmp_path_factory.mktemp("tiny_stage1")
+    return main("tiny", [f"train.output_dir={out}", "train.steps=1", "train.batch_size=4"])
+
+
+@pytest.fixture(scope="session")
+def tiny_stage2(tmp_path_factory):
+    """One step of Stage 2 (tiny preset: the tiny video encoder + MiniLM), trained once per
+    session; returns its summary. Read it, never write into it."""
+    from umt.train.stage2 import main
+
+    out = tmp_path_factory.mktemp("tiny_stage2")
+    return main("tiny", [f"train.output_dir={out}", "train.steps=1", "train.batch_size=4"])

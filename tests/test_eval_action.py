@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,11 +99,8 @@ def test_eval_refuses_a_checkpoint_without_a_fitting_head(tmp_path, synthetic_sh
 
 
 @pytest.fixture(scope="module")
-def stage2_ckpt(tmp_path_factory):
-    from umt.train.stage2 import main
-
-    out = tmp_path_factory.mktemp("stage2")
-    return main("tiny", [f"train.output_dir={out}", "train.steps=1", "train.batch_size=4"])["checkpoint"]
+def stage2_ckpt(tiny_stage2):
+    return tiny_stage2["checkpoint"]
 
 
 def test_zero_shot_from_a_stage2_checkpoint(tmp_path, synthetic_shards, stage2_ckpt):
@@ -160,10 +156,12 @@ def _torchrun(nproc, *args):
 
 @pytest.mark.slow
 def test_two_processes_give_the_metrics_of_one(tmp_path, synthetic_shards, classifier_ckpt):
-    args = ["--config", "tiny", f"model.pretrained={classifier_ckpt[0]}", f"data.source={synthetic_shards}",
+    from umt.eval.action_job import main
+
+    args = [f"model.pretrained={classifier_ckpt[0]}", f"data.source={synthetic_shards}",
             "model.num_frames=4", "eval.num_clips=2", "eval.num_crops=3", "data.num_workers=2"]
-    _torchrun(2, *args, f"train.output_dir={tmp_path / 'two'}")
-    _torchrun(1, *args, f"train.output_dir={tmp_path / 'one'}")
+    _torchrun(2, "--config", "tiny", *args, f"train.output_dir={tmp_path / 'two'}")
+    main("tiny", [*args, f"train.output_dir={tmp_path / 'one'}"])  # the reference, in this process
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert one["num_videos"] == two["num_videos"] == 24 and one["num_views"] == two["num_views"] == 144

@@ -217,10 +217,12 @@ def test_umt_eval_mc_names_samples_without_candidates(tmp_path, stage2_ckpt, syn
 def test_eval_mc_two_processes_agree_with_one(tmp_path, stage2_ckpt, mc_shards):
     from test_stage2 import _torchrun  # tests/ is on sys.path (rootdir conftest)
 
-    args = ["--config", "tiny", f"model.pretrained={stage2_ckpt}", f"data.source={mc_shards}",
+    from umt.eval.mc_job import main as evaluate
+
+    args = [f"model.pretrained={stage2_ckpt}", f"data.source={mc_shards}",
             "eval.num_workers=2", "eval.batch_size=2"]
-    _torchrun(2, "umt.eval.mc_job", *args, f"train.output_dir={tmp_path / 'two'}")
-    _torchrun(1, "umt.eval.mc_job", *args, f"train.output_dir={tmp_path / 'one'}")
+    _torchrun(2, "umt.eval.mc_job", "--config", "tiny", *args, f"train.output_dir={tmp_path / 'two'}")
+    evaluate("tiny", [*args, f"train.output_dir={tmp_path / 'one'}"])  # the reference, in this process
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert one["num_questions"] == two["num_questions"] == 8

@@ -2,8 +2,8 @@
 
 Fast tests swap the container command for a tiny fake replica to pin down the operator
 semantics (environment, restart policies, backoff limit, deadline, conditions); the slow test
-runs the real Stage-1 entry point as a 2-replica job through ``run_training_job`` and kills a
-replica mid-run.
+kills ``umt job run`` of the real Stage-1 job. A real 2-replica Stage-1 job run through
+``run_training_job`` that loses replicas and resumes: tests/faults/test_worker_loss.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from umt.launch import (
     InvalidJobError,
     JobFailedError,
     TrainingJob,
-    run_training_job,
     to_dict,
 )
 from umt.launch import replica as replica_wrapper
@@ -192,43 +191,6 @@ def test_local_logs_end_when_the_job_ends(tmp_path):
     lines = list(backend.logs(sub.name, follow=True))
     assert lines[1:] == [f"line {i}" for i in range(5)]
     assert backend.wait(sub.name, timeout=30).succeeded
-
-
-@pytest.mark.slow
-def test_stage1_two_replicas_survive_a_killed_replica_and_resume(tmp_path):
-    """The real Stage-1 job (tiny preset) as Master + Worker; the worker dies mid-run."""
-    out = tmp_path / "out"
-    backend = LocalBackend(tmp_path / "jobs", cwd=str(tmp_path), restart_delay=1.0,
-                           poll_interval=0.2)
-    lines: list[str] = []
-    killed = threading.Event()
-
-    def kill_worker_after_a_checkpoint() -> None:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not killed.is_set():
-            ckpts = list((out / "checkpoints").glob("step_*.pt"))
-            if ckpts and backend.executors:
-                next(iter(backend.executors.values())).kill_replica("Worker", 0)
-                killed.set()
-            time.sleep(0.05)
-
-    threading.Thread(target=kill_worker_after_a_checkpoint, daemon=True).start()
-    result = run_training_job(
-        "stage1", "tiny", ["train.steps=8", "train.ckpt_every=2", "train.log_every=1"],
-        nodes=2, gpus_per_node=0, node_pool="cpu", s3=None, output_uri=str(out),
-        backend=backend, rendered_yaml_path=str(tmp_path / "job.yaml"),
-        log_sink=lines.append)
-    text = "\n".join(lines)
-    assert killed.is_set()
-    assert result.status.succeeded, text
-    ex = backend.executors[result.name]
-    assert sum(r.restarts for r in ex.replicas) >= 1  # restarted, not failed
-    assert "resumed from step" in text, text
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["total_steps"] == 8
-    assert result.summary == summary and result.output_dir == str(out)  # no folder parsing
-    assert summary["checkpoint"].endswith("step_00000008.pt")
-    assert (tmp_path / "job.yaml").read_text().startswith("apiVersion: kubeflow.org/v1")
 
 
 # -- replicas never outlive the executor (issue 7 §3, issue 12 §6) ---------------------------

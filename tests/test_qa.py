@@ -103,10 +103,12 @@ def test_eval_qa_two_processes_agree_with_one(tmp_path, stage2_ckpt, qa_shards):
                       embed_dim=96, depth=4, num_heads=3, text_encoder=MINILM, fusion_layer=4)
     ckpt = tmp_path / "qa.pt"
     torch.save({"model": qa.state_dict()}, ckpt)
-    args = ["--config", "tiny", f"model.pretrained={ckpt}", f"data.source={qa_shards}",
+    from umt.eval.qa_job import main as evaluate
+
+    args = [f"model.pretrained={ckpt}", f"data.source={qa_shards}",
             "eval.num_workers=2", "eval.batch_size=2", "eval.k=3"]
-    torchrun(2, "umt.eval.qa_job", *args, f"train.output_dir={tmp_path / 'two'}")
-    torchrun(1, "umt.eval.qa_job", *args, f"train.output_dir={tmp_path / 'one'}")
+    torchrun(2, "umt.eval.qa_job", "--config", "tiny", *args, f"train.output_dir={tmp_path / 'two'}")
+    evaluate("tiny", [*args, f"train.output_dir={tmp_path / 'one'}"])  # the reference, in this process
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert one["num_questions"] == two["num_questions"] == 16

@@ -6,11 +6,12 @@ good checkpoint and ends with weights bitwise equal to those of a run without fa
 The kills are deterministic: the replicas run Stage 1 through a small entry script that stops
 at two points and waits there to be killed (the worker after its step-3 gradients are reduced,
 the master half way through writing step 4's checkpoint file); the test waits for each point,
-then kills the replica's whole process tree as a lost node would (``kill_replica``).
+then kills the replica's whole process tree as a lost node would (``kill_replica``). The
+faulted job is run as users run one, through ``run_training_job`` on the local backend, so the
+same processes also check what that call hands back (status, streamed logs, summary).
 
-Elsewhere: a killed worker resuming (without the weight comparison) in
-tests/test_launch_local.py::test_stage1_two_replicas_survive_a_killed_replica_and_resume;
-unreadable checkpoints in tests/test_train_safety.py and below.
+Elsewhere: the local executor's restart semantics with fake replicas in
+tests/test_launch_local.py; unreadable checkpoints in tests/test_train_safety.py and below.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from umt.launch import TrainingJob, to_dict
-from umt.launch.backends.local import LocalExecutor
+from umt.launch import TrainingJob, run_training_job, to_dict
+from umt.launch.backends.local import LocalBackend, LocalExecutor
 from umt.launch.backends.pytorchjob import build_pytorchjob
 from umt.runtime import checkpoint
 
@@ -95,19 +95,33 @@ runpy.run_module("umt.train.stage1", run_name="__main__", alter_sys=True)
 
 OVERRIDES = ["train.steps=6", "train.ckpt_every=2", "train.keep_last=2", "train.log_every=1",
              "train.batch_size=2"]
+ENV = {"OMP_NUM_THREADS": "1"}
+# 6 steps, not 4: while the master waits to be killed in step 4's save, the worker must still
+# have a step to wait in (a worker that finished would not be restarted to meet the master).
 
 
-def stage1_job(out: Path, script: Path | None = None) -> dict:
-    job = to_dict(build_pytorchjob(TrainingJob(
+def stage1_job(out: Path) -> dict:
+    return to_dict(build_pytorchjob(TrainingJob(
         stage="stage1", config="tiny", nodes=2, gpus_per_node=0, node_pool="cpu",
         overrides=OVERRIDES + [f"train.output_dir={out}"], allow_local_output=True,
-        backoff_limit=8, env={"OMP_NUM_THREADS": "1"})))
-    if script is not None:
+        backoff_limit=8, env=ENV)))
+
+
+class FaultyStage1Backend(LocalBackend):
+    """The local backend, whose replicas' torchrun runs the faulty entry script instead of
+    the ``umt.train.stage1`` module (everything else is the job as rendered)."""
+
+    def __init__(self, script: Path, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.script = script
+
+    def submit(self, job, **kwargs):
+        job = to_dict(job)
         for rspec in job["spec"]["pytorchReplicaSpecs"].values():
             command = rspec["template"]["spec"]["containers"][0]["command"]
             assert command[:3] == ["torchrun", "-m", "umt.train.stage1"], command
-            command[1:3] = [str(script)]  # torchrun runs the script instead of the module
-    return job
+            command[1:3] = [str(self.script)]
+        return super().submit(job, **kwargs)
 
 
 def final_state(out: Path) -> dict:
@@ -129,18 +143,38 @@ def wait_for(path: Path, executor: LocalExecutor, timeout: float = 240) -> None:
 
 @pytest.mark.slow
 def test_sigkilled_replicas_resume_from_the_last_good_checkpoint_to_identical_weights(tmp_path):
+    """The faulted job goes through ``run_training_job`` (render, submit, stream, wait, read
+    the summary) on the local backend; the reference runs beside it on a plain executor."""
     faults = tmp_path / "faults"
     faults.mkdir()
     script = tmp_path / "faulty_stage1.py"
     script.write_text(FAULTY_STAGE1)
-    os.environ["UMT_FAULT_DIR"] = str(faults)  # the replicas inherit our environment
     ref_out, out = tmp_path / "reference", tmp_path / "faulted"
+    # The reference (no faults) and the faulted job run side by side: less wall time.
+    reference = LocalExecutor(stage1_job(ref_out), tmp_path / "jobs", restart_delay=1.0).start()
+    backend = FaultyStage1Backend(script, tmp_path / "faulted-jobs", cwd=str(tmp_path),
+                                  restart_delay=1.0, poll_interval=0.2)
+    lines: list[str] = []
+    outcome: dict = {}
+
+    def run_job() -> None:
+        try:
+            outcome["result"] = run_training_job(
+                "stage1", "tiny", OVERRIDES, nodes=2, gpus_per_node=0, node_pool="cpu",
+                s3=None, output_uri=str(out), backoff_limit=8,
+                env={**ENV, "UMT_FAULT_DIR": str(faults)}, backend=backend,
+                rendered_yaml_path=str(tmp_path / "job.yaml"), log_sink=lines.append)
+        except BaseException as e:  # re-raised below, in the test's thread
+            outcome["error"] = e
+
+    runner = threading.Thread(target=run_job, daemon=True)
+    runner.start()
     try:
-        # The reference (no faults) and the faulted job run side by side: less wall time.
-        reference = LocalExecutor(stage1_job(ref_out), tmp_path / "jobs", restart_delay=1.0)
-        faulted = LocalExecutor(stage1_job(out, script), tmp_path / "jobs", restart_delay=1.0)
-        reference.start()
-        faulted.start()
+        deadline = time.monotonic() + 60
+        while not backend.executors:
+            assert time.monotonic() < deadline and runner.is_alive(), outcome
+            time.sleep(0.05)
+        faulted = next(iter(backend.executors.values()))
         seen: list[str] = []
 
         # Fault 1: the worker dies mid-run (step 3; the last checkpoint is step 2).
@@ -159,15 +193,21 @@ def test_sigkilled_replicas_resume_from_the_last_good_checkpoint_to_identical_we
         assert (out / "checkpoints" / "latest").read_text() == "step_00000002.pt"
         assert checkpoint.load_latest(str(out))["step"] == 2
 
-        status = faulted.wait(timeout=400)
+        runner.join(timeout=400)
         assert reference.wait(timeout=400).succeeded
     finally:
-        del os.environ["UMT_FAULT_DIR"]
+        for executor in [reference, *backend.executors.values()]:
+            executor.cancel()  # only if the test failed: both have ended otherwise
+    text = "\n".join(lines)
+    if "error" in outcome:
+        raise AssertionError(text[-3000:]) from outcome["error"]
+    result = outcome["result"]
     log = faulted.log_path("master").read_text()
-    assert status.succeeded, status.message + log[-3000:]
+    assert result.status.succeeded, result.status.message + log[-3000:]
     assert seen == ["worker killed", "master killed"]
     assert sum(r.restarts for r in faulted.replicas) >= 2  # both faults were restarts
     assert log.count("resumed from step 2 ") == 2, log[-3000:]  # step 4 never completed before
+    assert "resumed from step 2 " in text  # the replicas' logs reach the caller's sink
 
     want, got = final_state(ref_out), final_state(out)
     assert got["step"] == want["step"] == 6
@@ -179,6 +219,12 @@ def test_sigkilled_replicas_resume_from_the_last_good_checkpoint_to_identical_we
     assert names == ["latest", "step_00000004.pt", "step_00000006.pt"]  # torn file swept
     for name in names[1:]:
         checkpoint.load(str(out / "checkpoints" / name))
+
+    # What run_training_job hands back: the job's own summary, read from its output folder.
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["total_steps"] == 6 and summary["checkpoint"].endswith("step_00000006.pt")
+    assert result.summary == summary and result.output_dir == str(out)  # no folder parsing
+    assert (tmp_path / "job.yaml").read_text().startswith("apiVersion: kubeflow.org/v1")
 
 
 # ------------------------------------------------------- a truncated or garbage newest checkpoint
