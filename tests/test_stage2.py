@@ -53,22 +53,21 @@ def test_tiny_stage2_learns_and_logs_every_loss(tmp_path):
 
 
 def test_stage2_resume_equals_uninterrupted(tmp_path):
-    common = ["train.steps=4", "train.ckpt_every=2", "train.batch_size=4"]
+    common = ["train.steps=2", "train.ckpt_every=1", "train.batch_size=4"]
     run(tmp_path / "a", *common)
-    run(tmp_path / "b", *common, "train.stop_at=2")
+    run(tmp_path / "b", *common, "train.stop_at=1")
     run(tmp_path / "b", *common)
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
 
 
-def test_stage2_starts_from_a_stage1_checkpoint(tmp_path):
+def test_stage2_starts_from_a_stage1_checkpoint(tiny_stage1):
     from umt.configs.loader import load_config
     from umt.configs.stage2 import Stage2Config
-    from umt.train.stage1 import main as stage1
     from umt.train.stage2 import build_models
 
-    s1 = stage1("tiny", [f"train.output_dir={tmp_path / 's1'}", "train.steps=1"])
+    s1 = tiny_stage1
     cfg = load_config(Stage2Config, "stage2", "tiny", [f"model.pretrained={s1['checkpoint']}"])
     model = build_models(cfg, torch.device("cpu")).model
     s1w = checkpoint.load(s1["checkpoint"])["model"]
@@ -108,8 +107,8 @@ def test_stage2_evaluates_zero_shot_retrieval_during_training(tmp_path, syntheti
     assert (tmp_path / "checkpoints" / "best.pt").exists()
 
 
-def test_umt_eval_retrieval_writes_both_rankings(tmp_path, synthetic_shards):
-    s2 = run(tmp_path / "s2", "train.steps=1")
+def test_umt_eval_retrieval_writes_both_rankings(tmp_path, synthetic_shards, tiny_stage2):
+    s2 = tiny_stage2
     out = tmp_path / "eval"
     r = CliRunner().invoke(app, ["eval", "retrieval", "--config", "tiny", "--model", s2["checkpoint"],
                                  "--data", synthetic_shards, "--output", str(out), "eval.k=4"])
@@ -155,10 +154,11 @@ def test_stage2_two_processes_agree_with_one(tmp_path):
     global batch: 2 x 4 clips == 1 x 8 clips. VTM and MLM are off: as officially, VTM draws its
     negatives from each rank's local batch and MLM averages over each rank's masked tokens, so
     both depend on the split by design. Dropout is off so the RNG streams do not matter."""
-    common = ["--config", "tiny", "train.steps=3", "train.ckpt_every=3", "loss.vtm=0", "loss.mlm=0",
-              "loss.vtc_gather_grad=full", "model.text_dropout=0"]
-    _torchrun(2, "umt.train.stage2", *common, f"train.output_dir={tmp_path / 'ddp'}", "train.batch_size=4")
-    _torchrun(1, "umt.train.stage2", *common, f"train.output_dir={tmp_path / 'one'}", "train.batch_size=8")
+    common = ["train.steps=2", "train.ckpt_every=2", "loss.vtm=0", "loss.mlm=0",
+              "loss.vtc_gather_grad=full", "model.text_dropout=0", "train.log_every=1"]
+    _torchrun(2, "umt.train.stage2", "--config", "tiny", *common, f"train.output_dir={tmp_path / 'ddp'}",
+              "train.batch_size=4")
+    main("tiny", [*common, f"train.output_dir={tmp_path / 'one'}", "train.batch_size=8"])  # in this process
     one, ddp = weights(tmp_path / "one"), weights(tmp_path / "ddp")
     for k in one:
         torch.testing.assert_close(ddp[k], one[k], rtol=1e-4, atol=2e-5, msg=k)
@@ -167,12 +167,13 @@ def test_stage2_two_processes_agree_with_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_retrieval_eval_two_processes_agree_with_one(tmp_path, synthetic_shards):
-    s2 = run(tmp_path / "s2", "train.steps=1")
-    args = ["--config", "tiny", f"model.pretrained={s2['checkpoint']}", f"data.source={synthetic_shards}",
+def test_retrieval_eval_two_processes_agree_with_one(tmp_path, synthetic_shards, tiny_stage2):
+    from umt.eval.retrieval_job import main as evaluate
+
+    args = [f"model.pretrained={tiny_stage2['checkpoint']}", f"data.source={synthetic_shards}",
             "eval.k=4", "eval.num_workers=2"]
-    _torchrun(2, "umt.eval.retrieval_job", *args, f"train.output_dir={tmp_path / 'two'}")
-    _torchrun(1, "umt.eval.retrieval_job", *args, f"train.output_dir={tmp_path / 'one'}")
+    _torchrun(2, "umt.eval.retrieval_job", "--config", "tiny", *args, f"train.output_dir={tmp_path / 'two'}")
+    evaluate("tiny", [*args, f"train.output_dir={tmp_path / 'one'}"])  # the reference, in this process
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert one["num_videos"] == two["num_videos"] == 24
