@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import socket
@@ -189,8 +190,9 @@ def _gather_worker(rank: int, port: int, out_dir: str) -> None:
 
     from umt.runtime.distributed import all_gather_with_grad
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    # A bounded wait: rank 0 runs in the test's process, which must not hang if rank 1 died.
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=120))
     try:
         v, t, idx = _data()
         lo = sum(SIZES[:rank])
@@ -213,7 +215,15 @@ def test_all_gather_with_grad_two_processes(tmp_path):
     the whole batch in one process; the backward gives this rank's slice of that gradient
     (official, ``sum_grads=False``) or world_size times it (``sum_grads=True``, so that DDP's
     average equals one process's gradient)."""
-    mp.spawn(_gather_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    port = _free_port()
+    # Rank 1 in a fresh process, rank 0 in this one: one interpreter start instead of two.
+    other = mp.get_context("spawn").Process(target=_gather_worker, args=(1, port, str(tmp_path)))
+    other.start()
+    try:
+        _gather_worker(0, port, str(tmp_path))
+    finally:
+        other.join(timeout=120)
+    assert other.exitcode == 0
     v, t, idx = _data()
     v.requires_grad_(), t.requires_grad_()
     loss = vtc_loss(v, t, idx, 0.1)
