@@ -82,14 +82,11 @@ def score_videos(model, batch: dict, tokenizer, cfg, device, precision: str) -> 
 
 def run_mc(model, source: str, tokenizer, cfg, *, dist, precision: str = "fp32") -> tuple[dict, list[dict]]:
     """The whole protocol on ``source``; ``(metrics.json content, predictions)`` on every rank."""
-    from umt.data.retrieval_loader import build_retrieval_loader
+    from umt.eval.retrieval import eval_videos
     from umt.runtime import distributed
 
     model.eval()
-    loader = build_retrieval_loader(source, batch_size=cfg.batch_size, num_frames=cfg.num_frames,
-                                    img_size=cfg.img_size, rank=dist.rank,
-                                    world_size=dist.world_size, decoder=cfg.decoder,
-                                    num_workers=cfg.num_workers)
+    loader = eval_videos(source, cfg, dist)
     rows, problems = [], []
     for batch in loader:
         r, p = score_videos(model, batch, tokenizer, cfg, dist.device, precision)

@@ -45,7 +45,7 @@ def run_qa(model, source: str, tokenizer, answers: list[str], cfg, qa, *,
     ``answers``. ``cfg``: ``QAEvalConfig`` (num_frames / img_size set), ``qa``: ``QASettings``.
     Returns ``(metrics.json content, predictions in dataset order)`` on every rank."""
     from umt.data import dataset_json
-    from umt.data.retrieval_loader import build_retrieval_loader
+    from umt.eval.retrieval import eval_videos
     from umt.models.qa_answers import tokenize_answers
     from umt.models.text import tokenize
 
@@ -53,10 +53,7 @@ def run_qa(model, source: str, tokenizer, answers: list[str], cfg, qa, *,
     model.eval()
     device = dist.device
     a_ids, a_att = tokenize_answers(tokenizer, answers, qa.max_answer_len, device)
-    loader = build_retrieval_loader(source, batch_size=cfg.batch_size, num_frames=cfg.num_frames,
-                                    img_size=cfg.img_size, rank=dist.rank,
-                                    world_size=dist.world_size, decoder=cfg.decoder,
-                                    num_workers=cfg.num_workers)
+    loader = eval_videos(source, cfg, dist)
     preds, problems = [], []
     for batch in loader:
         owner, questions = [], []

@@ -192,17 +192,24 @@ def evaluate_retrieval(model, source: str, tokenizer, cfg, *, dist: distributed.
     return flat
 
 
+def eval_videos(source: str, cfg, dist: distributed.DistInfo, num_workers: Optional[int] = None):
+    """This rank's share of the videos of ``source`` (their test clips, with captions and
+    metadata) at the batch size, frames, resolution, decoder and workers of ``cfg``, an
+    evaluation section (retrieval, multiple choice, QA); ``num_workers`` overrides cfg's."""
+    from umt.data.retrieval_loader import build_retrieval_loader
+
+    return build_retrieval_loader(source, batch_size=cfg.batch_size, num_frames=cfg.num_frames,
+                                  img_size=cfg.img_size, rank=dist.rank,
+                                  world_size=dist.world_size, decoder=cfg.decoder,
+                                  num_workers=cfg.num_workers if num_workers is None else num_workers)
+
+
 def run_retrieval(model, source: str, tokenizer, cfg, *, dist: distributed.DistInfo,
                   precision: str = "fp32", num_workers: Optional[int] = None) -> dict[str, Any]:
     """The whole protocol on ``source``; returns the ``metrics.json`` content."""
-    from umt.data.retrieval_loader import build_retrieval_loader
-
     was_training = model.training
     model.eval()
-    loader = build_retrieval_loader(source, batch_size=cfg.batch_size, num_frames=cfg.num_frames,
-                                    img_size=cfg.img_size, rank=dist.rank,
-                                    world_size=dist.world_size, decoder=cfg.decoder,
-                                    num_workers=cfg.num_workers if num_workers is None else num_workers)
+    loader = eval_videos(source, cfg, dist, num_workers)
     data = encode_set(model, loader, tokenizer, cfg, device=dist.device, precision=precision, info=dist)
     result = retrieval_scores(model, data, cfg, device=dist.device, precision=precision, info=dist)
     model.train(was_training)

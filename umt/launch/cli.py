@@ -24,6 +24,8 @@ Mounted by ``umt/cli.py`` as ``app.add_typer(job_app, name="job")`` and
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from typing import List, Optional
 
@@ -107,15 +109,22 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _request(stage: str, overrides: Optional[List[str]], config: Optional[str], nodes: int,
-             gpus_per_node: int, node_pool: str, image: Optional[str], name: Optional[str],
-             namespace: Optional[str], run_id: Optional[str], output: Optional[str],
-             s3_secret: str, restart_policy: str, backoff_limit: Optional[int],
-             active_deadline: Optional[int], gang: bool, queue: Optional[str],
-             priority_class: Optional[str], elastic: Optional[str], cpu: Optional[str],
-             memory: Optional[str], shm_size: Optional[str],
-             allow_local_output: bool = False, service_account: str = "umt-training",
-             writable_root_filesystem: bool = False) -> TrainingJob:
+def _request(stage: str = StageArg, overrides: Optional[List[str]] = OverridesArg,
+             config: Optional[str] = ConfigOpt, nodes: int = NodesOpt,
+             gpus_per_node: int = GpusOpt, node_pool: str = PoolOpt,
+             image: Optional[str] = ImageOpt, name: Optional[str] = NameOpt,
+             namespace: Optional[str] = NamespaceOpt, run_id: Optional[str] = RunIdOpt,
+             output: Optional[str] = OutputOpt, s3_secret: str = S3SecretOpt,
+             restart_policy: str = RestartOpt, backoff_limit: Optional[int] = BackoffOpt,
+             active_deadline: Optional[int] = DeadlineOpt, gang: bool = GangOpt,
+             queue: Optional[str] = QueueOpt, priority_class: Optional[str] = PriorityOpt,
+             elastic: Optional[str] = ElasticOpt, cpu: Optional[str] = CpuOpt,
+             memory: Optional[str] = MemoryOpt, shm_size: Optional[str] = ShmOpt,
+             allow_local_output: bool = AllowLocalOutputOpt,
+             service_account: str = ServiceAccountOpt,
+             writable_root_filesystem: bool = WritableRootOpt) -> TrainingJob:
+    """The job the options describe (the command-line options of ``umt job render`` and
+    ``submit``: see ``_job_command``); a bad value exits 2 naming it."""
     elastic_min = elastic_max = None
     if elastic:
         try:
@@ -148,42 +157,32 @@ def _render(req: TrainingJob, backend: str):
         raise _fail(str(e), 2) from None
 
 
+def _job_command(command):
+    """A command ``command(req, <its own options>)`` as the typer command whose options are
+    ``_request``'s (the job: ``--nodes``, ``--node-pool``, ...), then its own; it gets the job
+    they describe as ``req``. ``render`` and ``submit`` describe a job with the same options."""
+    job_options = inspect.signature(_request, eval_str=True).parameters
+    own_options = list(inspect.signature(command, eval_str=True).parameters.values())[1:]
+
+    @functools.wraps(command)
+    def with_job(**options):
+        req = _request(**{key: options.pop(key) for key in job_options})
+        return command(req, **options)
+
+    with_job.__signature__ = inspect.Signature([*job_options.values(), *own_options])
+    return with_job
+
+
 @job_app.command("render")
-def render(stage: str = StageArg, overrides: Optional[List[str]] = OverridesArg,
-           config: Optional[str] = ConfigOpt, nodes: int = NodesOpt, gpus_per_node: int = GpusOpt,
-           node_pool: str = PoolOpt, image: Optional[str] = ImageOpt,
-           name: Optional[str] = NameOpt, namespace: Optional[str] = NamespaceOpt,
-           run_id: Optional[str] = RunIdOpt, output: Optional[str] = OutputOpt,
-           s3_secret: str = S3SecretOpt, restart_policy: str = RestartOpt,
-           backoff_limit: Optional[int] = BackoffOpt, active_deadline: Optional[int] = DeadlineOpt,
-           gang: bool = GangOpt, queue: Optional[str] = QueueOpt,
-           priority_class: Optional[str] = PriorityOpt, elastic: Optional[str] = ElasticOpt,
-           cpu: Optional[str] = CpuOpt, memory: Optional[str] = MemoryOpt,
-           shm_size: Optional[str] = ShmOpt, allow_local_output: bool = AllowLocalOutputOpt,
-           service_account: str = ServiceAccountOpt,
-           writable_root_filesystem: bool = WritableRootOpt, backend: str = BackendOpt):
+@_job_command
+def render(req: TrainingJob, backend: str = BackendOpt):
     """Print the job's YAML (validated) for `kubectl apply -f -`."""
-    req = _request(stage, overrides, config, nodes, gpus_per_node, node_pool, image, name,
-                   namespace, run_id, output, s3_secret, restart_policy, backoff_limit,
-                   active_deadline, gang, queue, priority_class, elastic, cpu, memory, shm_size,
-                   allow_local_output, service_account, writable_root_filesystem)
     typer.echo(_render(req, backend).to_yaml(), nl=False)
 
 
 @job_app.command("submit")
-def submit(stage: str = StageArg, overrides: Optional[List[str]] = OverridesArg,
-           config: Optional[str] = ConfigOpt, nodes: int = NodesOpt, gpus_per_node: int = GpusOpt,
-           node_pool: str = PoolOpt, image: Optional[str] = ImageOpt,
-           name: Optional[str] = NameOpt, namespace: Optional[str] = NamespaceOpt,
-           run_id: Optional[str] = RunIdOpt, output: Optional[str] = OutputOpt,
-           s3_secret: str = S3SecretOpt, restart_policy: str = RestartOpt,
-           backoff_limit: Optional[int] = BackoffOpt, active_deadline: Optional[int] = DeadlineOpt,
-           gang: bool = GangOpt, queue: Optional[str] = QueueOpt,
-           priority_class: Optional[str] = PriorityOpt, elastic: Optional[str] = ElasticOpt,
-           cpu: Optional[str] = CpuOpt, memory: Optional[str] = MemoryOpt,
-           shm_size: Optional[str] = ShmOpt, allow_local_output: bool = AllowLocalOutputOpt,
-           service_account: str = ServiceAccountOpt,
-           writable_root_filesystem: bool = WritableRootOpt,
+@_job_command
+def submit(req: TrainingJob,
            wait: bool = typer.Option(False, "--wait", help="Stream logs and wait for the end."),
            start_grace: float = StartGraceOpt,
            unschedulable_timeout: Optional[float] = UnschedulableOpt,
@@ -191,12 +190,8 @@ def submit(stage: str = StageArg, overrides: Optional[List[str]] = OverridesArg,
            backend: str = BackendOpt):
     """Create the job (adopt a running or succeeded one of the same name, replace a failed
     one) and print its name."""
-    req = _request(stage, overrides, config, nodes, gpus_per_node, node_pool, image, name,
-                   namespace, run_id, output, s3_secret, restart_policy, backoff_limit,
-                   active_deadline, gang, queue, priority_class, elastic, cpu, memory, shm_size,
-                   allow_local_output, service_account, writable_root_filesystem)
     rendered = _render(req, backend)
-    impl = _backend(backend, kubeconfig, context, namespace, start_grace=start_grace,
+    impl = _backend(backend, kubeconfig, context, req.namespace, start_grace=start_grace,
                     unschedulable_timeout=unschedulable_timeout)
     try:
         sub = impl.submit(rendered.job)

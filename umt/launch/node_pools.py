@@ -93,6 +93,17 @@ def _instance_types(*types: str) -> V1Affinity:
 # GPU Feature Discovery's product label of A100 SXM4 boards (PCIe cards: NVIDIA-A100-PCIE-40GB).
 GFD_A100_PRODUCTS = ("NVIDIA-A100-SXM4-40GB", "NVIDIA-A100-SXM4-80GB")
 
+# EKS's A100 machines: 8 GPUs of 40 GB (p4d) or 80 GB (p4de), 96 vCPUs, 1152 GiB.
+P4D = Machine("p4d.24xlarge", 8, 96, 1152)
+P4DE = Machine("p4de.24xlarge", 8, 96, 1152)
+
+
+def _eks_pool(name: str, machine: Machine, gpus: str) -> NodePool:
+    """An EKS pool of one instance type (EKS labels every node with its instance type)."""
+    return NodePool(name=name, description=f"EKS {machine.name} ({gpus})",
+                    node_selector={"node.kubernetes.io/instance-type": machine.name},
+                    tolerations=(GPU_TOLERATION,), machines=(machine,))
+
 
 NODE_POOLS: dict[str, NodePool] = {pool.name: pool for pool in [
     NodePool(
@@ -113,26 +124,14 @@ NODE_POOLS: dict[str, NodePool] = {pool.name: pool for pool in [
         machines=(Machine("a2-ultragpu-1g", 1, 12, 170), Machine("a2-ultragpu-2g", 2, 24, 340),
                   Machine("a2-ultragpu-4g", 4, 48, 680), Machine("a2-ultragpu-8g", 8, 96, 1360)),
     ),
-    NodePool(
-        name="eks-p4d",
-        description="EKS p4d.24xlarge (8x A100 40GB)",
-        node_selector={"node.kubernetes.io/instance-type": "p4d.24xlarge"},
-        tolerations=(GPU_TOLERATION,),
-        machines=(Machine("p4d.24xlarge", 8, 96, 1152),),
-    ),
-    NodePool(
-        name="eks-p4de",
-        description="EKS p4de.24xlarge (8x A100 80GB)",
-        node_selector={"node.kubernetes.io/instance-type": "p4de.24xlarge"},
-        tolerations=(GPU_TOLERATION,),
-        machines=(Machine("p4de.24xlarge", 8, 96, 1152),),
-    ),
+    _eks_pool("eks-p4d", P4D, "8x A100 40GB"),
+    _eks_pool("eks-p4de", P4DE, "8x A100 80GB"),
     NodePool(
         name="eks-a100",
         description="EKS p4d or p4de, whichever has capacity (node affinity)",
         tolerations=(GPU_TOLERATION,),
-        affinity=_instance_types("p4d.24xlarge", "p4de.24xlarge"),
-        machines=(Machine("p4d.24xlarge", 8, 96, 1152), Machine("p4de.24xlarge", 8, 96, 1152)),
+        affinity=_instance_types(P4D.name, P4DE.name),
+        machines=(P4D, P4DE),
     ),
     NodePool(
         name="aks-a100",

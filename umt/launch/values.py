@@ -106,18 +106,21 @@ class Problems:
 
     # -- kinds of values ---------------------------------------------------------------------
     def dns_label(self, field: str, value: str | None) -> None:
-        if value is not None:
-            self.check(isinstance(value, str) and len(value) <= 63
-                       and bool(DNS1123_LABEL.match(value)), field, value,
+        self._dns_name(field, value, DNS1123_LABEL, 63,
                        "must be an RFC 1123 label: at most 63 lowercase letters, digits and "
                        "'-', starting and ending with a letter or digit")
 
     def dns_subdomain(self, field: str, value: str | None) -> None:
-        if value is not None:
-            self.check(isinstance(value, str) and len(value) <= 253
-                       and bool(DNS1123_SUBDOMAIN.match(value)), field, value,
+        self._dns_name(field, value, DNS1123_SUBDOMAIN, 253,
                        "must be an RFC 1123 subdomain: lowercase letters, digits, '-' and '.', "
                        "starting and ending with a letter or digit, at most 253 characters")
+
+    def _dns_name(self, field: str, value: str | None, pattern: re.Pattern, max_length: int,
+                  allowed: str) -> None:
+        """A Kubernetes object name (None: not set, nothing to check)."""
+        if value is not None:
+            self.check(isinstance(value, str) and len(value) <= max_length
+                       and bool(pattern.match(value)), field, value, allowed)
 
     def integer(self, field: str, value: Any, minimum: int, maximum: int = INT32_MAX) -> None:
         if value is None:

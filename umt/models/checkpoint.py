@@ -222,19 +222,33 @@ def check_strict(sd: dict, own: dict, fresh, source: str, kind: str, model_name:
     ``sd``: the (adapted) file; ``own``: the model's state dict; ``fresh``: model keys allowed to
     be missing (left at init by the allow-list).
     """
-    shape_bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                 for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    shape_bad, missing, unexpected = state_dict_misfit(sd, own, fresh)
+    message = misfit_message(
+        f"checkpoint {source} ({kind} layout) does not fit {model_name}:",
+        [(f"missing keys ({len(missing)})", missing),
+         (f"unexpected keys ({len(unexpected)})", unexpected),
+         ("shape mismatches", shape_bad)], limit=20)
+    if message:
+        raise CheckpointError(message)
+
+
+def state_dict_misfit(sd: dict, own: dict, fresh=(), *, theirs: str = "file",
+                      ours: str = "model") -> tuple[list[str], list[str], list[str]]:
+    """What keeps state dict ``sd`` from loading strictly into a model whose state dict is
+    ``own``: ``(shape mismatches "key: <theirs> (shape) vs <ours> (shape)", missing keys,
+    unexpected keys)``, all empty when it fits. ``fresh``: model keys allowed to be missing."""
+    shapes = [f"{k}: {theirs} {tuple(v.shape)} vs {ours} {tuple(own[k].shape)}"
+              for k, v in sd.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
     missing = sorted(set(own) - set(sd) - set(fresh))
     unexpected = sorted(set(sd) - set(own))
-    if shape_bad or missing or unexpected:
-        lines = [f"checkpoint {source} ({kind} layout) does not fit {model_name}:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {missing[:20]}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {unexpected[:20]}")
-        if shape_bad:
-            lines.append(f"  shape mismatches: {shape_bad[:20]}")
-        raise CheckpointError("\n".join(lines))
+    return shapes, missing, unexpected
+
+
+def misfit_message(header: str, parts: list[tuple[str, list[str]]], limit: int) -> str | None:
+    """``header``, then ``  <label>: <its first limit keys>`` for each part that names keys;
+    None when none does (the state dict fits)."""
+    lines = [f"  {label}: {keys[:limit]}" for label, keys in parts if keys]
+    return "\n".join([header, *lines]) if lines else None
 
 
 def load_pretrained(model: nn.Module, pretrained: Pretrained) -> LoadReport:

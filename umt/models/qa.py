@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from functools import partial
 from typing import Optional
 
 import torch
@@ -45,10 +46,21 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 
-from umt.models.checkpoint import (CheckpointError, LoadReport, Pretrained, check_strict,
-                                   state_dict_of)
-from umt.models.text import (_Bert, bert_config, normalise_bert_keys, read_bert_state_dict,
-                             resolve_tied_decoder)
+from umt.models.checkpoint import (
+    CheckpointError,
+    LoadReport,
+    Pretrained,
+    check_strict,
+    state_dict_of,
+)
+from umt.models.text import (
+    _Bert,
+    bert_config,
+    init_bert_weights,
+    normalise_bert_keys,
+    read_bert_state_dict,
+    resolve_tied_decoder,
+)
 from umt.models.vit import VisionTransformer
 
 log = logging.getLogger(__name__)
@@ -154,26 +166,15 @@ class VideoQAModel(nn.Module):
         dec_config = copy.deepcopy(config)
         dec_config.num_hidden_layers = n - fusion_layer
         self.text_decoder = AnswerDecoder(dec_config, cross_width=config.hidden_size)
-        self.text_encoder.apply(self._init_bert)
-        self.text_decoder.apply(self._init_bert)
+        # BERT's init for what no checkpoint provides
+        self.text_encoder.apply(partial(init_bert_weights, std=config.initializer_range))
+        self.text_decoder.apply(partial(init_bert_weights, std=config.initializer_range))
         self.text_decoder.tie_weights()
         self.grad_checkpointing = False
         if load_text_weights:  # no checkpoint: BERT's weights, then the official decoder init
             sd = {f"text_encoder.{k}": v for k, v in read_bert_state_dict(text_encoder).items()}
             sd.update({f"vision_encoder.{k}": v for k, v in self.vision_encoder.state_dict().items()})
             load_qa_state_dict(self, sd, "stage2", f"text encoder {text_encoder}", partial_text=True)
-
-    def _init_bert(self, m: nn.Module) -> None:
-        std = self.config.initializer_range  # BERT's init for what no checkpoint provides
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=std)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
-        if isinstance(m, BertOnlyMLMHead):
-            nn.init.zeros_(m.predictions.bias)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.vision_encoder.encoder.set_grad_checkpointing(enable)

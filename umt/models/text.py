@@ -27,14 +27,20 @@ import inspect
 import json
 import logging
 import os
+from functools import partial
 from typing import Optional
 
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, AutoTokenizer
-from transformers.models.bert.modeling_bert import (BertAttention, BertEmbeddings, BertIntermediate,
-                                                    BertOnlyMLMHead, BertOutput)
+from transformers.models.bert.modeling_bert import (
+    BertAttention,
+    BertEmbeddings,
+    BertIntermediate,
+    BertOnlyMLMHead,
+    BertOutput,
+)
 
 from umt.models.checkpoint import CheckpointError, check_strict
 
@@ -183,6 +189,20 @@ class BertFusionLayer(nn.Module):
         return self.output(self.intermediate(x), x)
 
 
+def init_bert_weights(m: nn.Module, std: float) -> None:
+    """BERT's init of module ``m`` (official ``BertPreTrainedModel._init_weights``, with the MLM
+    head's output bias zeroed), for what a checkpoint does not provide: ``model.apply`` it."""
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, mean=0.0, std=std)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    if isinstance(m, nn.Linear) and m.bias is not None:
+        nn.init.zeros_(m.bias)
+    if isinstance(m, BertOnlyMLMHead):
+        nn.init.zeros_(m.predictions.bias)
+
+
 class _Layers(nn.Module):
     """Holds ``layer``, so parameters are named ``encoder.layer.{l}.*`` as in BERT."""
 
@@ -218,7 +238,7 @@ class BertTextEncoder(nn.Module):
         self.width = config.hidden_size
         self.bert = _Bert(config, fusion_layer, cross_width)
         self.cls = BertOnlyMLMHead(config)
-        self.apply(self._init_weights)
+        self.apply(partial(init_bert_weights, std=config.initializer_range))
         self.tie_weights()
         self.grad_checkpointing = False
 
@@ -241,19 +261,6 @@ class BertTextEncoder(nn.Module):
         pred = self.cls.predictions
         pred.decoder.weight = self.bert.embeddings.word_embeddings.weight
         pred.decoder.bias = pred.bias
-
-    def _init_weights(self, m: nn.Module) -> None:
-        # BERT's init (official BertPreTrainedModel._init_weights) for what a checkpoint lacks.
-        std = self.config.initializer_range
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=std)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
-        if m is getattr(self, "cls", None):
-            nn.init.zeros_(m.predictions.bias)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable

@@ -44,6 +44,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from umt.configs import to_yaml
+from umt.models.checkpoint import misfit_message, state_dict_misfit
 from umt.runtime import checkpoint, distributed
 from umt.runtime.common import NonFiniteGuard, RunFiles, finite_or_none, setup_logging
 from umt.runtime.lease import RunLease
@@ -111,21 +112,15 @@ class Context:
 
 def _check_shapes(model: nn.Module, state: dict[str, torch.Tensor], uri: str) -> None:
     """A resumed checkpoint must fit the configured model: say which shapes differ."""
-    own = model.state_dict()
-    bad = [f"{k}: checkpoint {tuple(v.shape)} vs config {tuple(own[k].shape)}"
-           for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if bad or missing or unexpected:
-        lines = [f"the checkpoint {uri} does not fit the configured model (did the model config "
-                 f"change since it was written? use another train.output_dir for a new model):"]
-        if bad:
-            lines.append(f"  shapes differ: {bad[:10]}")
-        if missing:
-            lines.append(f"  missing in the checkpoint: {missing[:10]}")
-        if unexpected:
-            lines.append(f"  not in the model: {unexpected[:10]}")
-        raise ValueError("\n".join(lines))
+    bad, missing, unexpected = state_dict_misfit(state, model.state_dict(), theirs="checkpoint",
+                                                 ours="config")
+    message = misfit_message(
+        f"the checkpoint {uri} does not fit the configured model (did the model config change "
+        f"since it was written? use another train.output_dir for a new model):",
+        [("shapes differ", bad), ("missing in the checkpoint", missing),
+         ("not in the model", unexpected)], limit=10)
+    if message:
+        raise ValueError(message)
 
 
 def apply_gradients(model: nn.Module, optimizer: torch.optim.Optimizer,
