@@ -5,12 +5,13 @@ multiple choice) / ``finetune_qa``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import MISSING
 
 from umt.configs.checks import at_least, choice, device, in_range
+from umt.configs.schema import train_section
 
 
 @dataclass
@@ -36,7 +37,7 @@ class EvalRunConfig:
 def run_section(stage: str) -> Any:
     """The ``train`` field of evaluation ``stage``'s config: its files go to ``runs/<stage>``
     unless ``train.output_dir`` (``umt eval --output``) says otherwise."""
-    return field(default_factory=lambda: EvalRunConfig(output_dir=f"runs/{stage}"))
+    return train_section(EvalRunConfig, stage)
 
 
 @dataclass

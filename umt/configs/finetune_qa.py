@@ -12,9 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from omegaconf import MISSING
-
-from umt.configs.checks import at_least, choice, crop_range, in_range, source_list
+from umt.configs.checks import at_least, choice, crop_range, in_range
 from umt.configs.evaluation import (
     EvalData,
     EvalRunConfig,
@@ -22,8 +20,15 @@ from umt.configs.evaluation import (
     require_checkpoint,
     run_section,
 )
-from umt.configs.schema import DECODERS, OptimConfig, VideoModelConfig, held_out_evaluation
-from umt.configs.stage2 import Stage2Train
+from umt.configs.schema import (
+    DECODERS,
+    BestCheckpointTrain,
+    OptimConfig,
+    ShardSources,
+    VideoModelConfig,
+    evaluation_of_trained_model,
+    train_section,
+)
 
 
 @dataclass
@@ -101,14 +106,10 @@ class FinetuneQAEval(QAEvalConfig):
 
 
 @dataclass
-class QADataConfig:
+class QADataConfig(ShardSources):
     """Training questions (``umt.data.qa_loader``): dataset.json URIs whose samples carry
     ``questions`` (docs/downstream.md), or ``[synthetic]``."""
 
-    sources: list[str] = MISSING
-    num_workers: int = 8
-    shuffle_buffer: int = 1000
-    decoder: str = "decord"
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # official (0.5, 1)
     flip: bool = True
     epoch_steps: Optional[int] = None  # None: num_questions // global batch
@@ -116,10 +117,7 @@ class QADataConfig:
     max_pixels: int = 8192 * 8192
 
     def __post_init__(self):
-        source_list("data.sources", self.sources)
-        at_least("data.num_workers", self.num_workers, 0)
-        at_least("data.shuffle_buffer", self.shuffle_buffer, 0)
-        choice("data.decoder", self.decoder, DECODERS)
+        super().__post_init__()
         crop_range("data.crop_scale", self.crop_scale)
         at_least("data.epoch_steps", self.epoch_steps, 1, optional=True)
         at_least("data.synthetic_size", self.synthetic_size, 1)
@@ -132,24 +130,18 @@ def _optim() -> OptimConfig:
 
 
 @dataclass
-class FinetuneQATrain(Stage2Train):
-    output_dir: str = "runs/finetune-qa"
-
-
-@dataclass
 class FinetuneQAConfig:
     model: QAModelConfig = field(default_factory=QAModelConfig)
     data: QADataConfig = field(default_factory=QADataConfig)
     qa: QASettings = field(default_factory=QASettings)
     optim: OptimConfig = field(default_factory=_optim)
-    train: FinetuneQATrain = field(default_factory=FinetuneQATrain)
+    train: BestCheckpointTrain = train_section(BestCheckpointTrain, "finetune-qa")
     # Evaluation during training on eval.source (best checkpoint by train.best_metric, e.g.
     # accuracy): at the model's frames and resolution.
     eval: FinetuneQAEval = field(default_factory=FinetuneQAEval)
 
     def __post_init__(self):
-        self.eval.num_frames, self.eval.img_size = self.model.num_frames, self.model.img_size
-        held_out_evaluation(self)
+        evaluation_of_trained_model(self)
 
 
 # -- umt eval qa ------------------------------------------------------------------------

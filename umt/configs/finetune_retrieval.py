@@ -21,8 +21,15 @@ from umt.configs.evaluation import (
     require_checkpoint,
     run_section,
 )
-from umt.configs.schema import DECODERS, OptimConfig, VLDataConfig, held_out_evaluation
-from umt.configs.stage2 import MATCH_BY, RetrievalEvalConfig, Stage2Train, VLModelConfig
+from umt.configs.schema import (
+    DECODERS,
+    BestCheckpointTrain,
+    OptimConfig,
+    VLDataConfig,
+    evaluation_of_trained_model,
+    train_section,
+)
+from umt.configs.stage2 import MATCH_BY, RetrievalEvalConfig, VLModelConfig
 
 
 @dataclass
@@ -69,16 +76,11 @@ def _eval() -> RetrievalEvalConfig:
 
 
 @dataclass
-class FinetuneRetrievalTrain(Stage2Train):
-    output_dir: str = "runs/finetune-retrieval"
-
-
-@dataclass
 class FinetuneRetrievalConfig:
     model: VLModelConfig = field(default_factory=_model)
     data: RetrievalDataConfig = field(default_factory=RetrievalDataConfig)
     optim: OptimConfig = field(default_factory=_optim)
-    train: FinetuneRetrievalTrain = field(default_factory=FinetuneRetrievalTrain)
+    train: BestCheckpointTrain = train_section(BestCheckpointTrain, "finetune-retrieval")
     loss: RetrievalLossConfig = field(default_factory=RetrievalLossConfig)
     # The evaluation during training (eval.source; also the best checkpoint by
     # train.best_metric). It runs the trained model, so its frames and resolution are the
@@ -86,8 +88,7 @@ class FinetuneRetrievalConfig:
     eval: RetrievalEvalConfig = field(default_factory=_eval)
 
     def __post_init__(self):
-        self.eval.num_frames, self.eval.img_size = self.model.num_frames, self.model.img_size
-        held_out_evaluation(self)
+        evaluation_of_trained_model(self)
 
 
 # -- umt eval retrieval ------------------------------------------------------------------------

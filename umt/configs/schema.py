@@ -141,7 +141,25 @@ CAPTION_SAMPLING = ("all", "random", "paragraph")
 
 
 @dataclass
-class VLDataConfig:
+class ShardSources:
+    """The first fields of a ``data`` section that reads ``umt shard`` output from several
+    sources: dataset.json paths / s3:// URIs, or ``['synthetic']`` (no default, like
+    ``DataConfig.source``), and how they are read."""
+
+    sources: list[str] = MISSING
+    num_workers: int = 8
+    shuffle_buffer: int = 1000
+    decoder: str = "decord"
+
+    def __post_init__(self):
+        source_list("data.sources", self.sources)
+        at_least("data.num_workers", self.num_workers, 0)
+        at_least("data.shuffle_buffer", self.shuffle_buffer, 0)
+        choice("data.decoder", self.decoder, DECODERS)
+
+
+@dataclass
+class VLDataConfig(ShardSources):
     """Stage-2 (vision-language) data: captioned videos and images from ``umt shard``.
 
     ``sources`` lists dataset.json paths / s3:// URIs (video-caption and image-caption corpora,
@@ -152,10 +170,6 @@ class VLDataConfig:
     ``umt.data.vl_loader.build_vl_loader`` (docs/data.md).
     """
 
-    sources: list[str] = MISSING
-    num_workers: int = 8
-    shuffle_buffer: int = 1000
-    decoder: str = "decord"
     # Batch size per media type (per process); None = train.batch_size.
     video_batch_size: Optional[int] = None
     image_batch_size: Optional[int] = None
@@ -178,10 +192,7 @@ class VLDataConfig:
     max_pixels: int = 8192 * 8192
 
     def __post_init__(self):
-        source_list("data.sources", self.sources)
-        at_least("data.num_workers", self.num_workers, 0)
-        at_least("data.shuffle_buffer", self.shuffle_buffer, 0)
-        choice("data.decoder", self.decoder, DECODERS)
+        super().__post_init__()
         at_least("data.video_batch_size", self.video_batch_size, 1, optional=True)
         at_least("data.image_batch_size", self.image_batch_size, 1, optional=True)
         choice("data.caption_sampling", self.caption_sampling, CAPTION_SAMPLING)
@@ -281,6 +292,12 @@ class BestCheckpointTrain(TrainConfig):
         choice("train.best_mode", self.best_mode, ("max", "min"))
 
 
+def train_section(cls: type, stage: str) -> Any:
+    """The ``train`` field of ``stage``'s config: a ``cls`` whose files go to ``runs/<stage>``
+    unless ``train.output_dir`` says otherwise."""
+    return field(default_factory=lambda: cls(output_dir=f"runs/{stage}"))
+
+
 def held_out_evaluation(cfg: Any) -> None:
     """``__post_init__`` of a stage with an ``eval.source`` held-out set: it is evaluated at
     least at the end, and ``train.best_metric`` needs it."""
@@ -289,6 +306,14 @@ def held_out_evaluation(cfg: Any) -> None:
     if cfg.train.best_metric and cfg.eval.source is None:
         raise ValueError(f"train.best_metric={cfg.train.best_metric!r} needs an evaluation "
                          f"set: set eval.source to a held-out dataset.json")
+
+
+def evaluation_of_trained_model(cfg: Any) -> None:
+    """``__post_init__`` of a fine-tune whose evaluation during training runs the model it
+    trains: at the model's frames and resolution (``eval.num_frames`` / ``eval.img_size``
+    follow ``model.num_frames`` / ``model.img_size``), on the held-out ``eval.source``."""
+    cfg.eval.num_frames, cfg.eval.img_size = cfg.model.num_frames, cfg.model.img_size
+    held_out_evaluation(cfg)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from umt.configs.schema import (
     VideoModelConfig,
     VLDataConfig,
     held_out_evaluation,
+    train_section,
 )
 
 
@@ -153,20 +154,15 @@ def _stage2_optim() -> OptimConfig:
 
 
 @dataclass
-class Stage2Train(BestCheckpointTrain):
-    # best_metric: of the zero-shot retrieval during training, e.g. "r_mean" (re-ranked) or
-    # "sim/r_mean"; None: the last checkpoint only.
-    output_dir: str = "runs/stage2"
-
-
-@dataclass
 class Stage2Config:
     model: VLModelConfig = field(default_factory=VLModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     mask: VLMaskConfig = field(default_factory=VLMaskConfig)
     data: VLDataConfig = field(default_factory=VLDataConfig)
     optim: OptimConfig = field(default_factory=_stage2_optim)
-    train: Stage2Train = field(default_factory=Stage2Train)
+    # train.best_metric: of the zero-shot retrieval during training, e.g. "r_mean" (re-ranked)
+    # or "sim/r_mean"; None: the last checkpoint only.
+    train: BestCheckpointTrain = train_section(BestCheckpointTrain, "stage2")
     loss: VLLossConfig = field(default_factory=VLLossConfig)
     eval: RetrievalEvalConfig = field(default_factory=RetrievalEvalConfig)
 
