@@ -37,7 +37,6 @@ import sys
 import time
 from pathlib import Path
 
-
 # The fine-tuning recipe of the check, on top of the tiny preset (flip off, crops >= 0.5 of the
 # frame, 8 frames at 64 px). Measured on these clips (BENCHMARKS.md, "Downstream acceptance"):
 # the tiny ViT sits at chance for several hundred steps before it finds the order of the frames,

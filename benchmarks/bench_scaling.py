@@ -45,8 +45,9 @@ def setting(width: str, frames: int, img: int, batch: int) -> dict[str, Any]:
 
 
 def run_point(args, device: torch.device, frames: int, img: int) -> dict[str, Any]:
-    import umt.train.loop, umt.train.optim, umt.train.stage1  # noqa: F401,E401 - not the step's memory
     from bench_stage1_vs_official import build_ours
+
+    import umt.train.loop  # noqa: F401,E401 - not the step's memory
     from umt.masking import visible_count
     from umt.train.flops import stage1_flops_per_clip
 

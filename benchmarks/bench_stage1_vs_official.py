@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import math
 import os
 import sys
 import time
@@ -356,7 +355,9 @@ def probe(args, device: torch.device, off) -> None:
     """Child process: build one implementation, run a few steps, print the RSS growth."""
     s = setting(args.settings[0], args.batch)
     video = benchlib.fake_clip(s["batch"], s["frames"], s["img"], device, args.seed)
-    import umt.train.stage1, umt.train.loop, umt.train.optim  # noqa: F401,E401 - imports are not the step's memory
+    import umt.train.loop
+    import umt.train.optim
+    import umt.train.stage1  # noqa: F401,E401 - imports are not the step's memory
     start = benchlib.peak_rss_bytes()
     if args.probe == "ours":
         ours, _, _ = build_ours(s, device, "fp32", args.grad_ckpt)

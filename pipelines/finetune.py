@@ -17,8 +17,8 @@ if _ROOT not in sys.path:
 
 from kfp import dsl  # noqa: E402
 
-from components import (cleanup, evaluate, finetune, pretrain_stage1,  # noqa: E402
-                        report, shard_videos, validate)
+from components import cleanup, evaluate, pretrain_stage1, report, shard_videos, validate  # noqa: E402
+from components import finetune as finetune_step  # noqa: E402  (the pipeline is `finetune`)
 from components.tasks import cpu_task, exit_task, launcher_task  # noqa: E402
 
 
@@ -79,7 +79,7 @@ def finetune(
         base = launcher_task(pretrain_stage1(
             dataset=data.outputs["dataset"], existing_checkpoint=checkpoint, **jobs),
             "Stage-1 checkpoint (given)", s3_secret=s3_secret)
-        tuned = launcher_task(finetune(
+        tuned = launcher_task(finetune_step(
             task="action", dataset=data.outputs["dataset"], pretrained=base.outputs["model"],
             steps=finetune_steps, batch_size=batch_size, overrides=finetune_overrides,
             **jobs), "Fine-tune: action recognition", s3_secret=s3_secret)

@@ -25,8 +25,16 @@ if _ROOT not in sys.path:
 
 from kfp import dsl  # noqa: E402
 
-from components import (cleanup, evaluate, finetune, pretrain_stage1,  # noqa: E402
-                        pretrain_stage2, report, shard_videos, validate)
+from components import (  # noqa: E402
+    cleanup,
+    evaluate,
+    finetune,
+    pretrain_stage1,
+    pretrain_stage2,
+    report,
+    shard_videos,
+    validate,
+)
 from components.tasks import cpu_task, exit_task, launcher_task  # noqa: E402
 from umt import catalogue  # noqa: E402
 

@@ -13,8 +13,7 @@ if _ROOT not in sys.path:
 
 from kfp import dsl  # noqa: E402
 
-from components import (cleanup, pretrain_stage1, pretrain_stage2, report,  # noqa: E402
-                        shard_videos, validate)
+from components import cleanup, pretrain_stage1, pretrain_stage2, report, shard_videos, validate  # noqa: E402
 from components.tasks import cpu_task, exit_task, launcher_task  # noqa: E402
 
 

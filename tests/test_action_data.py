@@ -12,14 +12,15 @@ import pytest
 import torch
 import webdataset as wds
 
-from umt.configs.finetune_action import ActionDataConfig
-from umt.data import dataset_json
-from umt.data.action_loader import SyntheticActionStream, build_action_eval_loader, build_action_loader
+from umt.configs.finetune_action import ActionAugmentConfig, ActionDataConfig
+from umt.data import dataset_json, transforms
+from umt.data.action_loader import (
+    SyntheticActionStream,
+    build_action_eval_loader,
+    build_action_loader,
+)
 from umt.data.action_sampling import frame_indices, segment_train, tsn_test, tsn_train
-from umt.configs.finetune_action import ActionAugmentConfig
 from umt.data.decoders import get_decoder
-from umt.data import transforms
-
 
 # ---------------------------------------------------------------------------- the samplers
 

@@ -92,7 +92,7 @@ def test_shared_parameter_descriptions_are_filled_in_and_none_is_missing():
     assert comp["inputDefinitions"]["parameters"]["node_pool"]["description"] != \
         SHARED_DOCS["node_pool"]
 
-    def step(job: "Output[Artifact]", task: str, nodes: int = 1):
+    def step(job: "Output[Artifact]", task: str, nodes: int = 1):  # noqa: F821 (only read as text)
         """Does a thing.
 
         Args:

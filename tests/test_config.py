@@ -7,7 +7,6 @@ from typer.testing import CliRunner
 from umt.cli import app
 from umt.configs import Stage1Config, list_presets, load_config
 
-
 SRC = ["data.source=s3://bucket/k710/dataset.json"]
 
 

@@ -8,13 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from umt.data import synthetic
-from umt.seeds import derive_seed
+from umt.data import synthetic, transforms
 from umt.data.decoders import DecodeError, decode_image, get_decoder
 from umt.data.sampling import segment_indices
-from umt.data import transforms
 from umt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, multi_scale_crop_box, train_transform
-
+from umt.seeds import derive_seed
 
 # ---------------------------------------------------------------------------------- sampling
 

@@ -9,8 +9,8 @@ import re
 import boto3
 import pytest
 
-from umt.configs.schema import DataConfig
 from umt import storage
+from umt.configs.schema import DataConfig
 from umt.data import dataset_json
 from umt.data.shard import shard_dataset
 from umt.data.stream import build_pretrain_loader

@@ -15,7 +15,7 @@ import pytest
 from umt.data import dataset_json
 from umt.data.decoders import get_decoder
 from umt.data.manifest import Item, ManifestError
-from umt.data.shard import (ShardingFailed, parse_size, process_in_order, shard_dataset)
+from umt.data.shard import ShardingFailed, parse_size, process_in_order, shard_dataset
 from umt.data.transcode import TranscodeSettings
 
 # bikes.mp4 (10 s) is used where its length matters; the others keep the suite fast.
@@ -554,7 +554,7 @@ def test_inputs_that_are_not_regular_files_or_too_big_fail_alone_and_fast(tmp_pa
     reasons = {os.path.basename(f.source): f.reason for f in info.failures}
     for name in ("zero", "fifo.mp4", "link.mp4"):
         assert reasons[name].startswith("not a regular file"), reasons
-    assert reasons["big.mp4"].startswith(f"too large: ") and "--max-bytes" in reasons["big.mp4"]
+    assert reasons["big.mp4"].startswith("too large: ") and "--max-bytes" in reasons["big.mp4"]
 
 
 def test_cli_max_bytes(tmp_path, synthetic_manifest):

@@ -7,7 +7,6 @@ import json
 import os
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,11 +14,11 @@ from umt.configs.schema import VLDataConfig
 from umt.data import dataset_json, synthetic
 from umt.data.captions import clean_caption
 from umt.data.decoders import get_decoder
+from umt.data.retrieval_loader import build_retrieval_loader
 from umt.data.sampling import vl_frame_indices
 from umt.data.shard import shard_dataset
 from umt.data.transcode import TranscodeSettings
 from umt.data.transforms import vl_test_transform
-from umt.data.retrieval_loader import build_retrieval_loader
 from umt.data.vl_loader import batch_order, build_vl_loader, epoch_counts, sample_id
 
 NUM_VIDEOS, NUM_IMAGES = 10, 7

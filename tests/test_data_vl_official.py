@@ -27,8 +27,13 @@ import torch
 
 from umt.data.captions import clean_caption
 from umt.data.sampling import vl_frame_indices
-from umt.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, random_resized_crop_box,
-                                 vl_test_transform, vl_train_transform)
+from umt.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    random_resized_crop_box,
+    vl_test_transform,
+    vl_train_transform,
+)
 
 # get_frame_indices(T, n, "middle"), keyed "T,n"
 MIDDLE = {'1,1': [0],

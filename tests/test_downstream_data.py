@@ -135,7 +135,7 @@ def test_qa_loader_rows_answers_and_skips(qa_mc_videos, tmp_path):
     loader = build_qa_loader(cfg, batch_size=4, num_frames=4, img_size=32, seed=1,
                              answer_fits=lambda a: a != "jumping")
     assert loader.epoch_steps == 2  # 8 questions // 4
-    seen, skipped = [], 0
+    seen = []
     for _ in range(6):
         b = next(loader)
         assert b["video"].shape == (4, 3, 4, 32, 32)

@@ -15,8 +15,8 @@ from umt.configs.finetune_action import FinetuneActionConfig
 from umt.configs.loader import load_config
 from umt.models import build_from_config, create_model
 from umt.runtime import checkpoint
-from umt.train import finetune_action
 from umt.runtime.weights import load_classifier_init, read_head_map
+from umt.train import finetune_action
 
 TINY = dict(num_frames=4, img_size=64, embed_dim=96, depth=4, num_heads=3)
 SYNTHETIC_CLASSES = ["left to right", "right to left", "left to right in jumps", "right to left in jumps"]

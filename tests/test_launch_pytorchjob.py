@@ -9,7 +9,7 @@ import yaml
 from kubernetes.utils.quantity import parse_quantity
 from omegaconf import OmegaConf
 
-from umt import storage
+from umt import catalogue, storage
 from umt.launch import (
     NODE_POOLS,
     S3Credentials,
@@ -24,7 +24,6 @@ from umt.launch import (
 from umt.launch.backends.pytorchjob import build_pytorchjob, pytorchjob_errors
 from umt.launch.node_pools import GFD_A100_PRODUCTS
 from umt.launch.request import default_requests
-from umt import catalogue
 from umt.launch.stages import flatten_config
 
 

@@ -11,8 +11,16 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from umt.losses import (HardNegatives, hard_negative_weights, mlm_loss, mlm_mask, sample_hard_negatives,
-                        similarity, vtc_loss, vtm_loss)
+from umt.losses import (
+    HardNegatives,
+    hard_negative_weights,
+    mlm_loss,
+    mlm_mask,
+    sample_hard_negatives,
+    similarity,
+    vtc_loss,
+    vtm_loss,
+)
 
 
 def ce(logits: list[float], target: list[float]) -> float:
@@ -72,7 +80,8 @@ def test_hard_negative_weights_hand_computed():
     sim = torch.tensor([[1.0, 0.0, 2.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]])
     idx = torch.tensor([0, 0, 1])  # samples 0 and 1 share an id
     w_v2t, w_t2v = hard_negative_weights(sim, idx)
-    row = lambda xs: [math.exp(x) / sum(math.exp(y) for y in xs) for x in xs]
+    def row(xs):
+        return [math.exp(x) / sum(math.exp(y) for y in xs) for x in xs]
     e = torch.tensor([row([1.0, 0.0, 2.0]), row([0.5, 1.0, 0.0]), row([0.0, 0.0, 1.0])])
     pos = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)
     torch.testing.assert_close(w_v2t, e.masked_fill(pos, 0))

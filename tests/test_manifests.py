@@ -17,12 +17,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from umt import catalogue
 from umt.launch import NODE_POOLS, to_dict
 from umt.launch.backends.pytorchjob import CRD_PATH, pytorchjob_errors
 from umt.launch.doctor import needed_permissions
 from umt.launch.images import default_image
 from umt.launch.manifests import render_stage
-from umt import catalogue
 from umt.launch.stages import validate_stage_config
 from umt.launch.values import IMAGE, SECRET_NAME
 

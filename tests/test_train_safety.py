@@ -14,6 +14,7 @@ import time
 
 import pytest
 import torch
+from s3_fault_proxy import FaultProxy
 from typer.testing import CliRunner
 
 from umt import storage
@@ -22,8 +23,6 @@ from umt.runtime import checkpoint
 from umt.runtime.checkpoint import CheckpointsUnreadableError
 from umt.runtime.lease import RunLease, RunLockedError
 from umt.train.stage1 import main
-
-from s3_fault_proxy import FaultProxy
 
 
 def run(out, *overrides):

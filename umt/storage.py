@@ -89,8 +89,13 @@ def s3_error(op: str, uri: str, err: BaseException) -> StorageError:
     Public so that code calling the boto3 client directly (conditional writes) reports
     failures the same way.
     """
-    from botocore.exceptions import (ClientError, ConnectionError, NoCredentialsError,
-                                     PartialCredentialsError, ProfileNotFound)
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+        ProfileNotFound,
+    )
 
     cause = err
     # boto3's transfer manager re-raises a ClientError as S3UploadFailedError (a string).
@@ -527,9 +532,8 @@ def _is_transfer_error(err: BaseException) -> bool:
     """A connection that broke while an object's body was being read (reset, cut short, read
     timeout): botocore raises ResponseStreamingError / IncompleteReadError / ReadTimeoutError,
     and urllib3 or the socket layer may leak their own errors."""
-    from botocore.exceptions import (ConnectionError as BotoConnectionError,
-                                     IncompleteReadError, ReadTimeoutError,
-                                     ResponseStreamingError)
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
 
     return (isinstance(err, (ResponseStreamingError, IncompleteReadError, ReadTimeoutError,
                              BotoConnectionError, ConnectionError, TimeoutError))

@@ -7,7 +7,6 @@ import os
 import threading
 
 import pytest
-
 from s3_fault_proxy import FaultProxy
 
 

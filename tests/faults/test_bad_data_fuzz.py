@@ -19,10 +19,10 @@ import os
 import time
 from pathlib import Path
 
+import fuzz_corpus
 import pytest
 import webdataset as wds
 
-import fuzz_corpus
 from umt.configs.schema import DataConfig
 from umt.data import dataset_json
 from umt.data.shard import shard_dataset

@@ -58,6 +58,7 @@ def _files(root: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def mp4(tmp_path_factory) -> bytes:
     from fuzz_corpus import FRAMES, SIZE, _encode
+
     from umt.data import synthetic
 
     return _encode(synthetic.render_clip(1, FRAMES, SIZE)[0])

@@ -10,10 +10,8 @@ with ranged GETs instead of starting over or dropping the shard.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import tarfile
 
 import pytest
 import torch

@@ -47,8 +47,18 @@ from umt.data import dataset_json, synthetic
 from umt.data.action_sampling import frame_indices, picker
 from umt.data.clip_augment import ActionAugment
 from umt.data.decoders import get_decoder
-from umt.data.loader_kit import (DEFAULT_MAX_PIXELS, ClipLoader, EvalSplit, Skips, TrainStream,
-                                 data_loader, eval_pipeline, rank_shards, skip_sample, train_stages)
+from umt.data.loader_kit import (
+    DEFAULT_MAX_PIXELS,
+    ClipLoader,
+    EvalSplit,
+    Skips,
+    TrainStream,
+    data_loader,
+    eval_pipeline,
+    rank_shards,
+    skip_sample,
+    train_stages,
+)
 from umt.data.samples import SampleError, label_of, parse_meta, read_clip
 from umt.data.transforms import test_transforms
 from umt.seeds import derive_seed

@@ -38,8 +38,15 @@ from timm.data.mixup import mixup_target
 
 from umt.configs.checks import at_least, in_range
 from umt.configs.finetune_action import ActionAugmentConfig
-from umt.data.video_transforms import (Box, ClipRandAugment, OpDraw, erase_, resized_crop,
-                                       sample_erase_box, sample_resized_crop_box)
+from umt.data.video_transforms import (
+    Box,
+    ClipRandAugment,
+    OpDraw,
+    erase_,
+    resized_crop,
+    sample_erase_box,
+    sample_resized_crop_box,
+)
 
 
 @functools.lru_cache(maxsize=16)

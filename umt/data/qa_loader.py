@@ -39,10 +39,17 @@ from umt.data import dataset_json, synthetic, synthetic_tasks
 from umt.data.captions import clean_caption
 from umt.data.decoders import get_decoder
 from umt.data.downstream import AnnotationError, answers_with_weights, parse_questions
+from umt.data.loader_kit import (
+    ClipLoader,
+    Skips,
+    TrainStream,
+    data_loader,
+    rank_shards,
+    skip_sample,
+    train_stages,
+)
 from umt.data.samples import SampleError, media_of, parse_meta, read_image, read_video
 from umt.data.sampling import vl_frame_indices
-from umt.data.loader_kit import (ClipLoader, Skips, TrainStream, data_loader, rank_shards,
-                                 skip_sample, train_stages)
 from umt.data.transforms import normalize, to_float, vl_train_transform
 from umt.seeds import derive_seed
 

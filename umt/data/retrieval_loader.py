@@ -34,11 +34,20 @@ import torch
 from umt.data import dataset_json
 from umt.data.captions import clean_caption
 from umt.data.decoders import get_decoder
+from umt.data.loader_kit import (
+    DEFAULT_MAX_PIXELS,
+    ClipLoader,
+    EvalSplit,
+    Skips,
+    data_loader,
+    eval_pipeline,
+    first_media,
+    skip_sample,
+    worker_slot,
+)
 from umt.data.samples import SampleError, captions_of, media_of, parse_meta, read_image, read_video
 from umt.data.sampling import vl_frame_indices
 from umt.data.transforms import vl_test_transform
-from umt.data.loader_kit import (DEFAULT_MAX_PIXELS, ClipLoader, EvalSplit, Skips, data_loader,
-                                 eval_pipeline, first_media, skip_sample, worker_slot)
 
 
 def _select(src: Iterator[dict], split: EvalSplit, offsets: dict[str, int]) -> Iterator[dict]:

@@ -47,8 +47,13 @@ from umt import storage
 from umt.data import dataset_json
 from umt.data.downstream import ANSWER_LIST, sidecar_answer_list
 from umt.data.manifest import Item, Manifest, load_manifest
-from umt.data.transcode import (InputError, TranscodeSettings, check_video, process_image,
-                                transcode_video)
+from umt.data.transcode import (
+    InputError,
+    TranscodeSettings,
+    check_video,
+    process_image,
+    transcode_video,
+)
 
 log = logging.getLogger(__name__)
 

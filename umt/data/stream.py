@@ -19,8 +19,8 @@ import torch
 
 from umt.configs.schema import DataConfig
 from umt.data import synthetic
-from umt.seeds import derive_seed
 from umt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from umt.seeds import derive_seed
 
 
 def _synthetic_batches(cfg: DataConfig, batch_size: int, num_frames: int, img_size: int,

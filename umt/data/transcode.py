@@ -22,8 +22,7 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any, Optional
 
-from umt.data.decoders import DecodeError, DecordDecoder, PyAVDecoder
-from umt.data.decoders import short_error
+from umt.data.decoders import DecodeError, DecordDecoder, PyAVDecoder, short_error
 
 
 class InputError(Exception):

@@ -54,10 +54,17 @@ import torch
 from umt.data import dataset_json, synthetic
 from umt.data.captions import clean_caption
 from umt.data.decoders import get_decoder
-from umt.data.loader_kit import (ClipLoader, Skips, TrainStream, data_loader, first_media,
-                                 rank_shards, skip_sample, train_stages)
-from umt.data.samples import (SampleError, captions_of, media_of, parse_meta, read_image,
-                              read_video)
+from umt.data.loader_kit import (
+    ClipLoader,
+    Skips,
+    TrainStream,
+    data_loader,
+    first_media,
+    rank_shards,
+    skip_sample,
+    train_stages,
+)
+from umt.data.samples import SampleError, captions_of, media_of, parse_meta, read_image, read_video
 from umt.data.sampling import vl_frame_indices
 from umt.data.transforms import normalize, to_float, vl_train_transform
 from umt.seeds import derive_seed

@@ -46,9 +46,19 @@ import torch
 
 from umt.data import dataset_json
 from umt.data.decoders import get_decoder
-from umt.data.loader_kit import (DEFAULT_MAX_PIXELS, ClipLoader, EvalSplit, Skips, TrainStream,
-                                 data_loader, default_epoch_steps, eval_pipeline, rank_shards,
-                                 skip_sample, train_stages)
+from umt.data.loader_kit import (
+    DEFAULT_MAX_PIXELS,
+    ClipLoader,
+    EvalSplit,
+    Skips,
+    TrainStream,
+    data_loader,
+    default_epoch_steps,
+    eval_pipeline,
+    rank_shards,
+    skip_sample,
+    train_stages,
+)
 from umt.data.samples import captions_of, label_of, parse_meta, read_clip
 from umt.data.sampling import segment_indices
 from umt.data.transforms import test_transforms, train_transform

@@ -56,8 +56,12 @@ def _classifier(cfg: EvalActionConfig, class_names: list[str], device):
 
 def _zero_shot(cfg: EvalActionConfig, class_names: list[str], device):
     """The Stage-2 model wrapped as a classifier over the prompts of ``class_names``."""
-    from umt.eval.zero_shot import (ZeroShotClassifier, class_text_features, load_vl_model,
-                                    read_class_names)
+    from umt.eval.zero_shot import (
+        ZeroShotClassifier,
+        class_text_features,
+        load_vl_model,
+        read_class_names,
+    )
 
     e, m = cfg.eval, cfg.model
     names = class_names

@@ -29,8 +29,6 @@ from umt.eval.job import run_evaluation
 from umt.eval.retrieval_job import build_model
 
 
-
-
 @torch.no_grad()
 def score_videos(model, batch: dict, tokenizer, cfg, device, precision: str) -> tuple[list[dict], list[str]]:
     """Score the candidates of every video of one retrieval-loader batch; returns

@@ -23,8 +23,6 @@ from umt.configs.loader import load_config
 from umt.eval.job import run_evaluation
 
 
-
-
 def _body(cfg: EvalQAConfig, dist) -> dict:
     from umt import storage
     from umt.data.downstream import answer_list_of

@@ -21,8 +21,6 @@ from umt.configs.loader import load_config
 from umt.eval.job import run_evaluation
 
 
-
-
 def build_model(cfg: Any, device):
     """The model of ``cfg.model`` with its checkpoint, in eval mode, and its tokenizer."""
     from umt.models import build_from_config

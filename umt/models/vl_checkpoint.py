@@ -29,8 +29,14 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from umt.models.checkpoint import (CheckpointError, LoadReport, Pretrained, adapt_state_dict,
-                                   check_strict, state_dict_of)
+from umt.models.checkpoint import (
+    CheckpointError,
+    LoadReport,
+    Pretrained,
+    adapt_state_dict,
+    check_strict,
+    state_dict_of,
+)
 from umt.models.text import normalise_bert_keys, resolve_tied_decoder
 
 log = logging.getLogger(__name__)

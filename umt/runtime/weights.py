@@ -17,8 +17,13 @@ import torch.nn as nn
 
 from umt import storage
 from umt.models import head_map as heads
-from umt.models.checkpoint import (Checkpoint, CheckpointError, LoadReport, load_checkpoint,
-                                   state_dict_of)
+from umt.models.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    LoadReport,
+    load_checkpoint,
+    state_dict_of,
+)
 
 MAX_MAP_BYTES = 16 << 20  # a head map of 100k classes is well below this
 

@@ -37,8 +37,8 @@ import torch
 from umt.configs.finetune_qa import FinetuneQAConfig
 from umt.configs.loader import load_config
 from umt.data.downstream import answer_list_of
-from umt.models.qa_answers import AnswerFits, answer_texts
 from umt.models import build_from_config
+from umt.models.qa_answers import AnswerFits, answer_texts
 from umt.models.text import load_tokenizer, tokenize
 from umt.runtime import weights
 from umt.runtime.common import autocast

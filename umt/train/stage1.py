@@ -31,7 +31,6 @@ from umt.train.flops import stage1_flops_per_clip
 from umt.train.loop import Context, Models, Stage, train
 
 
-
 def build_teacher(cfg: Any) -> CLIPTeacher:
     """The frozen CLIP teacher of ``cfg.teacher`` (also used by Stage 2)."""
     t = cfg.teacher
