@@ -3,6 +3,9 @@
     umt shard --input videos.csv --output s3://bucket/k400-train --short-side 320 --max-fps 30
     umt shard --input /data/kinetics/train --output ./shards --samples-per-shard 500 --workers 8
     umt shard --input s3://raw/clips/ --output s3://bucket/clips --shard-bytes 1GB --no-transcode
+    umt shard --input k400/train.csv --output s3://bucket/k400-train      # Kinetics CSV, detected
+    umt shard --input didemo_ret_train.json --format paragraph-json --video-root /data/didemo \
+        --output ./didemo-train --max-seconds 30
     umt synthetic --output-dir ./synthetic --num-videos 256
 
 Exit codes: 0 success; 1 too many inputs failed (``--max-failure-rate``) or storage failed (an
@@ -60,6 +63,13 @@ def shard(
         "--max-bytes", help="Refuse inputs (and a manifest) larger than this, e.g. 4GiB; "
                             "FIFOs and devices are always refused.")] = "4GiB",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    input_format: Annotated[str, typer.Option(
+        "--format", help="How to read --input: auto (by CSV header / JSON keys), manifest, "
+                         "kinetics-csv, video-list, ssv2-json, webvid-csv, umt-json, "
+                         "paragraph-json, mc-json, qa-json (docs/data.md).")] = "auto",
+    video_root: Annotated[Optional[str], typer.Option(
+        "--video-root", help="Folder or s3:// prefix that relative video paths (and Kinetics / "
+                             "SSv2 ids) resolve against; default: the input file's folder.")] = None,
 ) -> None:
     """Validate videos, transcode them and write WebDataset shards + dataset.json (local or S3)."""
     from umt.data.dataset_json import DatasetJsonError
@@ -83,7 +93,7 @@ def shard(
         info = shard_dataset(input, output, settings, samples_per_shard=samples_per_shard,
                              shard_bytes=parse_size(shard_bytes), workers=workers or available_cpus(),
                              max_failure_rate=max_failure_rate, classes=class_names,
-                             progress=not quiet)
+                             progress=not quiet, input_format=input_format, video_root=video_root)
     except (ManifestError, DatasetJsonError, ValueError, FileNotFoundError) as e:
         _fail(str(e), 2)
     except (ShardingFailed, UserError) as e:  # UserError: storage.StorageError (S3 failures)

@@ -24,12 +24,15 @@ questions it has.
 The answer list (``answer_list.json``: a JSON list of distinct answer strings) is the global
 candidate set of QA inference (official ``answer_list``). ``umt shard`` copies an
 ``answer_list.json`` found next to the manifest beside the ``dataset.json`` it writes (after
-checking it), where the QA jobs look for it by default.
+checking it), where the QA jobs look for it by default; failing that, the official name
+``<dataset>_answer_list.json`` beside a ``<dataset>_{train,val,test}*.json`` annotation file
+(``msrvtt_qa_answer_list.json`` beside ``msrvtt_qa_train.json``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Optional
 
 MAX_CANDIDATES = 1024
@@ -37,6 +40,8 @@ MAX_QUESTIONS = 100_000  # per video
 MAX_TEXT = 4096  # characters of one question / answer / candidate
 MAX_ANSWER_LIST_BYTES = 64 << 20
 ANSWER_LIST = "answer_list.json"
+# msrvtt_qa_train.json -> msrvtt_qa: the official answer list is msrvtt_qa_answer_list.json
+_OFFICIAL_SPLIT = re.compile(r"(.+?)_(?:train|val|test)")
 
 
 class AnnotationError(ValueError):
@@ -195,13 +200,19 @@ def answer_list_of(answer_list: Optional[str], dataset: Optional[str]) -> list[s
 
 
 def sidecar_answer_list(manifest: str) -> Optional[list[str]]:
-    """The checked ``answer_list.json`` next to a manifest file, or None (none there, or the
-    input is a folder listing)."""
+    """The checked ``answer_list.json`` next to a manifest file (or the official
+    ``<dataset>_answer_list.json``), or None (none there, or the input is a folder listing)."""
     from umt import storage
 
     if not manifest.lower().endswith((".csv", ".jsonl", ".json", ".ndjson")):
         return None
-    uri = storage.join(manifest.rsplit("/", 1)[0] if "/" in manifest else ".", ANSWER_LIST)
-    if not storage.exists(uri):
-        return None
-    return load_answer_list(uri)
+    folder, _, name = manifest.rpartition("/")
+    names = [ANSWER_LIST]
+    official = _OFFICIAL_SPLIT.match(name)
+    if official:
+        names.append(f"{official.group(1)}_answer_list.json")
+    for candidate in names:
+        uri = storage.join(folder or ".", candidate)
+        if storage.exists(uri):
+            return load_answer_list(uri)
+    return None

@@ -16,6 +16,12 @@ questions   no        video QA: a JSON list of ``{"question", "answer", "id", "t
                       :mod:`umt.data.downstream`
 ==========  ========  ==========================================================================
 
+The official annotation files of UMT's datasets (Kinetics CSV, the single-modality
+``path label`` lists, SSv2 JSON, WebVid CSV, the official video-text / retrieval / MC / QA
+JSON) are read as they are distributed: ``format="auto"`` detects them by header or keys,
+or name one (``umt shard --format``); :mod:`umt.data.annotation_formats` turns their entries into the
+rows above. Relative paths resolve against ``video_root`` (default: the manifest's folder).
+
 A folder (or ``s3://`` prefix) is listed recursively; each video's label is its parent folder's
 name (the Kinetics layout ``<root>/<class>/<video>.mp4``); files directly under the root have no
 label. Images (jpg/png/webp/bmp) are accepted everywhere and become 1-frame videos.
@@ -27,9 +33,7 @@ missing or broken is *not* a manifest error; sharding records it as a failure.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import re
@@ -37,6 +41,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from umt import storage
+from umt.data import annotation_formats as official
+from umt.data.annotation_formats import MANIFEST, FormatError
 from umt.data.downstream import AnnotationError, manifest_fields
 
 # Longest caption accepted (characters). Captions are tokenized to at most a few hundred
@@ -87,8 +93,12 @@ class Item:
 class Manifest:
     items: list[Item]
     classes: list[str]
-    sha256: str  # of the manifest bytes (or of the sorted listing for a folder)
+    # Of the manifest bytes (or of the sorted listing for a folder); for an official format
+    # or a --video-root, of the bytes together with the format and the resolved video paths,
+    # so that a resumed run never reuses shards made from other files.
+    sha256: str
     input: str
+    format: str = MANIFEST
 
 
 def is_media(uri: str) -> bool:
@@ -166,42 +176,27 @@ def _row_to_item(row: dict, index: int, line: int, base_dir: str, where: str) ->
 
 
 def _read_csv(text: str, name: str, base_dir: str) -> list[tuple[Item, Any]]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = reader.fieldnames or []
-    if "video" not in [h.strip() for h in header]:
+    header, records = official.csv_records(text, name)
+    if "video" not in header:
         raise ManifestError(f"{name}: line 1: no 'video' column in the CSV header {header!r}")
     out = []
     try:
-        for row in reader:
-            line = reader.line_num
-            where = f"{name}: line {line}"
-            if None in row:  # more cells than header columns
-                raise ManifestError(f"{where}: {len(header) + len(row[None])} fields, the header has "
-                                    f"{len(header)}")
-            if any(v is None for v in row.values()):
-                raise ManifestError(f"{where}: fewer fields than the header's {len(header)}")
-            row = {k.strip(): v for k, v in row.items()}
-            if not any(v.strip() for v in row.values()):
-                continue  # a blank line
-            out.append(_row_to_item(row, len(out), line, base_dir, where))
-    except csv.Error as e:
-        raise ManifestError(f"{name}: line {reader.line_num}: malformed CSV: {e}") from None
+        for line, row in records:
+            out.append(_row_to_item(row, len(out), line, base_dir, f"{name}: line {line}"))
+    except FormatError as e:
+        raise ManifestError(str(e)) from None
     return out
 
 
-def _read_jsonl(text: str, name: str, base_dir: str) -> list[tuple[Item, Any]]:
-    if text.lstrip().startswith("["):  # a .json file holding one list of objects
+def _read_jsonl(text: str, name: str, base_dir: str,
+                entries: Optional[list[dict]] = None) -> list[tuple[Item, Any]]:
+    if entries is not None or text.lstrip().startswith("["):  # a .json file: one list of objects
         try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ManifestError(f"{name}: line {e.lineno}: not valid JSON: {e.msg}") from None
-        out = []
-        for i, row in enumerate(rows):
-            where = f"{name}: entry {i}"
-            if not isinstance(row, dict):
-                raise ManifestError(f"{where}: must be a JSON object, got {type(row).__name__}")
-            out.append(_row_to_item(row, len(out), i + 1, base_dir, where))
-        return out
+            rows = official.json_entries(text, name) if entries is None else entries
+        except FormatError as e:
+            raise ManifestError(str(e)) from None
+        return [_row_to_item(row, i, i + 1, base_dir, f"{name}: entry {i}")
+                for i, row in enumerate(rows)]
     out = []
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -211,6 +206,8 @@ def _read_jsonl(text: str, name: str, base_dir: str) -> list[tuple[Item, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ManifestError(f"{where}: not valid JSON: {e}") from None
+        except RecursionError:
+            raise ManifestError(f"{where}: JSON nested too deeply") from None
         if not isinstance(row, dict):
             raise ManifestError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
         out.append(_row_to_item(row, len(out), line_no, base_dir, where))
@@ -298,18 +295,41 @@ def _read_text(uri: str, what: str, max_bytes: Optional[int]) -> tuple[bytes, st
         raise ManifestError(f"{uri}: {what} is not UTF-8 text: {e}") from None
 
 
+def _class_map(mapping: dict, uri: str) -> list[str]:
+    """Names ordered by index from ``{name: index}`` (SSv2's labels file: indices as strings)."""
+    by_index: dict[int, str] = {}
+    for name, index in mapping.items():
+        if isinstance(index, str) and _INDEX.fullmatch(index.strip()):
+            index = int(index)
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ManifestError(f"{uri}: class {name!r}: the index must be an integer, got {index!r:.40}")
+        if index in by_index:
+            raise ManifestError(f"{uri}: classes {by_index[index]!r} and {name!r} both have index {index}")
+        by_index[index] = name
+    missing = sorted(set(range(len(by_index))) - set(by_index))
+    if missing:
+        raise ManifestError(f"{uri}: class indices must be 0..{len(by_index) - 1}; "
+                            f"{missing[0]} is missing")
+    return [by_index[i] for i in range(len(by_index))]
+
+
 def read_classes(uri: str, max_bytes: Optional[int] = DEFAULT_MAX_BYTES) -> list[str]:
-    """A class-names file: one name per line (line order = index), or a JSON list."""
+    """A class-names file: one name per line (line order = index), a JSON list, or a JSON
+    object mapping each name to its index (SSv2's ``something-something-v2-labels.json``)."""
     try:
         uri = storage.check_uri(str(uri))
     except ValueError as e:
         raise ManifestError(str(e)) from None
     _, text = _read_text(uri, "file", max_bytes)
-    if text.lstrip().startswith("["):
+    if text.lstrip()[:1] in ("[", "{"):
         try:
             names = json.loads(text)
         except json.JSONDecodeError as e:
             raise ManifestError(f"{uri}: line {e.lineno}: not valid JSON: {e.msg}") from None
+        except RecursionError:
+            raise ManifestError(f"{uri}: JSON nested too deeply") from None
+        if isinstance(names, dict):
+            names = _class_map(names, uri)
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ManifestError(f"{uri}: a JSON class list must be a list of strings")
         lines = list(range(1, len(names) + 1))
@@ -328,32 +348,105 @@ def read_classes(uri: str, max_bytes: Optional[int] = DEFAULT_MAX_BYTES) -> list
     return names
 
 
-def load_manifest(uri: str, classes: Optional[list[str]] = None,
-                  max_bytes: Optional[int] = DEFAULT_MAX_BYTES) -> Manifest:
-    """Parse a manifest file (``.csv``, ``.jsonl``/``.json``) or list a folder / s3:// prefix.
+def _media_finder(root: str, name: str):
+    """``find(stem) -> [uri, ...]`` over the media files under ``root``, listed once, lazily
+    (only the formats that name videos by id, not by path, look files up)."""
+    index: Optional[dict[str, list[str]]] = None
 
-    The file must be a regular file of at most ``max_bytes`` bytes.
+    def find(stem: str) -> list[str]:
+        nonlocal index
+        if index is None:
+            index = {}
+            for uri in storage.list_uris(root or "."):
+                if is_media(uri):
+                    base = uri.replace("\\", "/").rsplit("/", 1)[-1]
+                    index.setdefault(base.rsplit(".", 1)[0], []).append(uri)
+            if not index:
+                raise FormatError(f"{name}: no videos under the video root {root or '.'!r} to "
+                                  f"match its entries against; pass --video-root")
+        return index.get(stem, [])
+
+    return find
+
+
+def _detect(text: str, uri: str) -> tuple[str, Optional[list[dict]]]:
+    """The format of a manifest file, and its JSON list when detection had to parse it."""
+    if uri.lower().endswith(".csv"):
+        return official.detect_csv(text, uri), None
+    if not text.lstrip().startswith("["):
+        return MANIFEST, None  # JSON Lines: only umt's own manifest has them
+    entries = official.json_entries(text, uri)
+    return official.detect_json(entries, uri), entries
+
+
+def _official_items(fmt: str, text: str, uri: str, base_dir: str,
+                    entries: Optional[list[dict]]) -> list[tuple[Item, Any]]:
+    out = []
+    for row in official.read(fmt, text, uri, _media_finder(base_dir, uri), entries):
+        item, label = _row_to_item(row.fields, len(out), row.line, base_dir, row.where)
+        if row.image and not item.is_image:
+            raise ManifestError(f"{row.where}: 'image' must name an image file "
+                                f"({', '.join(IMAGE_EXTS)}), got {row.fields['video']!r:.80}")
+        out.append((item, label))
+    return out
+
+
+def load_manifest(uri: str, classes: Optional[list[str]] = None,
+                  max_bytes: Optional[int] = DEFAULT_MAX_BYTES, format: str = "auto",
+                  video_root: Optional[str] = None) -> Manifest:
+    """Parse a manifest or official annotation file, or list a folder / s3:// prefix.
+
+    ``format`` is ``auto`` (a CSV by its header, a JSON list by its keys: see
+    :mod:`umt.data.annotation_formats`) or one of ``official.FORMATS``. Relative video paths
+    resolve against ``video_root`` (default: the file's folder). The file must be a regular
+    file of at most ``max_bytes`` bytes.
     """
     try:
         uri = storage.check_uri(str(uri))
+        if video_root is not None:
+            video_root = storage.check_uri(str(video_root))
     except ValueError as e:
         raise ManifestError(str(e)) from None
+    if format != "auto" and format not in official.FORMATS:
+        raise ManifestError(f"unknown format {format!r}; choose one of: auto, "
+                            f"{', '.join(official.FORMATS)}")
     lower = uri.lower()
     is_file = lower.endswith((".csv", ".jsonl", ".json", ".ndjson"))
+    if format not in ("auto", MANIFEST):  # a named annotation format: any file name
+        if os.path.isdir(uri):
+            raise ManifestError(f"{uri}: --format {format} reads an annotation file, not a folder")
+        is_file = True
     if not is_file:
         if not storage.is_s3(uri) and not os.path.isdir(uri):
             if os.path.isfile(uri):
-                raise ManifestError(f"{uri}: unknown manifest type; use .csv or .jsonl, or a folder")
+                raise ManifestError(f"{uri}: unknown manifest type; use .csv or .jsonl, or a "
+                                    f"folder, or name the format (--format)")
             raise ManifestError(f"{uri}: no such manifest or folder")
         return _list_folder(uri, classes)
     data, text = _read_text(uri, "manifest", max_bytes)
-    base_dir = uri.rsplit("/", 1)[0] if "/" in uri else ""
-    if lower.endswith(".csv"):
-        rows = _read_csv(text, uri, base_dir)
-    else:
-        rows = _read_jsonl(text, uri, base_dir)
+    folder = uri.rsplit("/", 1)[0] if "/" in uri else ""
+    base_dir = folder if video_root is None else video_root
+    try:
+        fmt, entries = _detect(text, uri) if format == "auto" else (format, None)
+        if fmt == MANIFEST:
+            rows = (_read_csv(text, uri, base_dir) if lower.endswith(".csv")
+                    else _read_jsonl(text, uri, base_dir, entries))
+        else:
+            rows = _official_items(fmt, text, uri, base_dir, entries)
+    except FormatError as e:
+        raise ManifestError(str(e)) from None
     if not rows:
         raise ManifestError(f"{uri}: the manifest lists no videos")
+    if classes is None and fmt == "ssv2-json":
+        # The official class indices; without the file, classes are the sorted templates.
+        labels = storage.join(folder or ".", official.SSV2_LABELS)
+        if storage.exists(labels):
+            classes = read_classes(labels, max_bytes=max_bytes)
     names = _assign_labels(rows, uri, classes)
-    return Manifest(items=[it for it, _ in rows], classes=names,
-                    sha256=hashlib.sha256(data).hexdigest(), input=uri)
+    digest = hashlib.sha256(data).hexdigest()
+    if fmt != MANIFEST or video_root is not None:
+        digest = hashlib.sha256(json.dumps(
+            {"format": fmt, "sha256": digest, "videos": [it.video for it, _ in rows]}).encode()
+        ).hexdigest()
+    return Manifest(items=[it for it, _ in rows], classes=names, sha256=digest, input=uri,
+                    format=fmt)

@@ -467,12 +467,15 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
                   samples_per_shard: Optional[int] = None, shard_bytes: Optional[int] = None,
                   workers: Optional[int] = None, max_failure_rate: float = 0.05,
                   classes: Optional[list[str]] = None, item_timeout: float = 600.0,
-                  progress: bool = True) -> dataset_json.DatasetInfo:
+                  progress: bool = True, input_format: str = "auto",
+                  video_root: Optional[str] = None) -> dataset_json.DatasetInfo:
     """Shard ``input`` (manifest, folder or s3:// prefix) into ``output``; return its dataset.json.
 
     A shard closes at ``samples_per_shard`` samples or once it holds ``shard_bytes`` bytes
     (default: 1000 samples). Raises :class:`ManifestError` for a bad manifest (before any work)
     and :class:`ShardingFailed` when more than ``max_failure_rate`` of the inputs fail.
+    ``input_format`` and ``video_root`` say how to read ``input`` (the official annotation
+    formats; :func:`umt.data.manifest.load_manifest`).
     """
     from tqdm import tqdm
 
@@ -487,7 +490,8 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
     if not 0.0 <= max_failure_rate <= 1.0:
         raise ValueError(f"max_failure_rate must be in [0, 1], got {max_failure_rate}")
     workers = max(1, workers or available_cpus())
-    manifest = load_manifest(input, classes=classes, max_bytes=settings.max_bytes)
+    manifest = load_manifest(input, classes=classes, max_bytes=settings.max_bytes,
+                             format=input_format, video_root=video_root)
     # A QA manifest's answer list (answer_list.json beside it) travels with the shards.
     answer_list = sidecar_answer_list(manifest.input)
     items = manifest.items
