@@ -326,6 +326,30 @@ def test_a_clip_found_twice_is_refused_unless_its_label_folder_decides(tmp_path)
         load_manifest(_write(tmp_path / "k.csv", KINETICS_HEADER + "zumba,abc,0,10,train\n"))
 
 
+def test_an_ssv2_template_missing_from_the_labels_file_is_named(tmp_path):
+    _write(tmp_path / "something-something-v2-labels.json", SSV2_LABELS)
+    _write(tmp_path / "v" / "7.mp4", "x")
+    path = _write(tmp_path / "train.json", [{"id": 7, "template": "Dropping [something]"}])
+    with pytest.raises(ManifestError, match=r"train.json: entry 0: label 'Dropping something' is "
+                                            r"not one of the 3 given classes"):
+        load_manifest(path)
+
+
+def test_official_layouts_in_s3(s3_bucket):
+    from umt import storage
+
+    for key in ("k400/videos/abseiling/aaaaaaaaaa1_000010_000020.mp4", "msrvtt/video7010.mp4"):
+        storage.write_bytes(f"{s3_bucket}/{key}", b"x")
+    storage.write_bytes(f"{s3_bucket}/k400/train.csv",
+                        (KINETICS_HEADER + "abseiling,aaaaaaaaaa1,10,20,train\n").encode())
+    storage.write_bytes(f"{s3_bucket}/anno/ret.json",
+                        json.dumps([{"video": "video7010.mp4", "caption": "c"}]).encode())
+    kinetics = load_manifest(f"{s3_bucket}/k400/train.csv")
+    assert kinetics.items[0].video == f"{s3_bucket}/k400/videos/abseiling/aaaaaaaaaa1_000010_000020.mp4"
+    ret = load_manifest(f"{s3_bucket}/anno/ret.json", video_root=f"{s3_bucket}/msrvtt")
+    assert ret.format == "umt-json" and ret.items[0].video == f"{s3_bucket}/msrvtt/video7010.mp4"
+
+
 def test_class_index_files_are_checked(tmp_path):
     for labels, message in (({"a": "0", "b": "0"}, r"classes 'a' and 'b' both have index 0"),
                             ({"a": "0", "b": "2"}, r"class indices must be 0..1; 1 is missing"),

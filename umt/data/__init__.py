@@ -1,6 +1,7 @@
 """Video data: synthetic clips, sharding to WebDataset, streaming loaders.
 
-Modules: ``manifest`` (what to shard), ``transcode`` (validate and re-encode one input),
+Modules: ``manifest`` (what to shard), ``annotation_formats`` (the official annotation files
+read as manifests), ``transcode`` (validate and re-encode one input),
 ``shard`` (``umt shard``), ``dataset_json`` (the dataset description), ``samples`` (the tar
 sample format, read defensively), ``decoders`` / ``sampling`` / ``transforms`` (clip reading),
 ``loader_kit`` (the pipeline stages and batch iterator every loader is built from),

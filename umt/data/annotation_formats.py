@@ -174,9 +174,9 @@ def detect_json(entries: list[dict[str, Any]], name: str) -> str:
     one paragraph per video (DiDeMo, ActivityNet) look the same, and the official code tells
     them apart only by a config flag (``is_paragraph_retrieval``).
     """
-    keys: set[str] = set().union(*entries) if entries else set()
     if not entries:
-        raise FormatError(f"{name}: the annotation list is empty")
+        return MANIFEST  # "lists no videos", whatever the format
+    keys: set[str] = set().union(*entries)
     media = keys & {"video", "image"}
     if not media and "id" in keys and keys <= SSV2_KEYS:
         return "ssv2-json"
