@@ -19,8 +19,9 @@ questions   no        video QA: a JSON list of ``{"question", "answer", "id", "t
 The official annotation files of UMT's datasets (Kinetics CSV, the single-modality
 ``path label`` lists, SSv2 JSON, WebVid CSV, the official video-text / retrieval / MC / QA
 JSON) are read as they are distributed: ``format="auto"`` detects them by header or keys,
-or name one (``umt shard --format``); :mod:`umt.data.annotation_formats` turns their entries into the
-rows above. Relative paths resolve against ``video_root`` (default: the manifest's folder).
+or name one (``umt shard --format``); :mod:`umt.data.annotation_formats` turns their
+entries into the rows above. Relative paths resolve against ``video_root`` (default: the
+manifest's folder).
 
 A folder (or ``s3://`` prefix) is listed recursively; each video's label is its parent folder's
 name (the Kinetics layout ``<root>/<class>/<video>.mp4``); files directly under the root have no
