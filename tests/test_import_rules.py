@@ -2,6 +2,8 @@
 
 - evaluation never imports training (``umt.eval`` -> ``umt.runtime``, never ``umt.train``);
 - models never touch storage (a job reads checkpoints through ``umt.runtime.weights``);
+- a job process (every catalogue stage's module) never imports the launcher, the CLI, the
+  pipeline code or the cluster clients, however deep the import (a pod has none of them);
 - config schemas load without torch, timm, open_clip or transformers (the launcher image and
   ``umt job render`` have none of them).
 """
@@ -57,6 +59,48 @@ def test_the_import_walk_sees_imports_inside_functions(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("def f():\n    from umt import storage\n    import umt.train.loop\n")
     assert [m for _, m in imported_modules(f)] == ["umt", "umt.storage", "umt.train.loop"]
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of the ``umt`` module ``name``, or None (not ours, or an attribute)."""
+    base = ROOT.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def import_closure(roots: list[str]) -> dict[str, str]:
+    """Every module name reachable from ``roots`` through the imports of our own files (also
+    those inside functions, and every package ``__init__`` on the way), mapped to the first
+    file that imports it: a static, complete version of "what could this process import"."""
+    seen: dict[str, str] = {}
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__
+            path = module_file(".".join(parts[:i]))
+            if path is None or str(path) in seen.values():
+                continue
+            seen.setdefault(".".join(parts[:i]), "(root)")
+            for _, imported in imported_modules(path):
+                if imported not in seen:
+                    seen[imported] = str(path.relative_to(ROOT))
+                    todo.append(imported)
+    return seen
+
+
+def test_job_processes_never_import_the_launcher():
+    from umt import catalogue
+
+    modules = sorted({stage.module for stage in catalogue.STAGES.values()})
+    reached = import_closure(modules)
+    assert "umt.train.loop" in reached and "umt.runtime.entry" in reached  # the walk follows
+    forbidden = ("umt.launch", "umt.cli", "umt.pipeline", "kubernetes", "kfp")
+    bad = {name: by for name, by in reached.items()
+           if name.split(".")[0] in forbidden or name.startswith(forbidden)}
+    assert bad == {}
 
 
 # Run in a fresh interpreter whose import system refuses the heavy libraries, as an image
