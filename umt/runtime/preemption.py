@@ -18,9 +18,9 @@ SIGTERM into one more checkpoint:
    the pod and the run resumes from exactly that step.
 
 The grace. ``UMT_SIGTERM_GRACE_S`` (default :data:`DEFAULT_GRACE_S`) says how long the pod has
-between SIGTERM and SIGKILL; the launcher sets it beside the pod's
-``terminationGracePeriodSeconds``. The process does not enforce it (the kubelet does); it uses it
-to warn when a step plus a checkpoint would not fit in it. A checkpoint that does not finish in
+between SIGTERM and SIGKILL: whoever sets the pod's ``terminationGracePeriodSeconds`` (the
+launcher) sets it to the same value. The process does not enforce it (the kubelet does); it
+uses it to warn when a step plus a checkpoint would not fit in it. A checkpoint that does not finish in
 time is cut off by the SIGKILL like any crash: its temporary file is ignored, ``latest`` still
 names the previous complete checkpoint, and the restart resumes from there.
 Under torchrun the budget is also torchrun's own: it SIGKILLs its workers

@@ -409,8 +409,9 @@ class _Run:
         :class:`~umt.runtime.preemption.Preempted` (the process exits for the restart).
 
         A collective on every step, so that every rank stops at the same one: one all-reduce
-        of a scalar (tens of microseconds with gloo on one machine; on GPUs it waits for the
-        step's kernels, which :func:`apply_gradients`' finite check has already waited for).
+        of a scalar (~0.5 ms with gloo on a loaded 2-core machine, benchmarks/
+        bench_sigterm_flag.py; on GPUs it waits for the step's kernels, which
+        :func:`apply_gradients`' finite check has already waited for).
         """
         t_signal = preemption.received_at()
         ranks = round(distributed.sum_over_ranks(t_signal is not None, self.dist))
