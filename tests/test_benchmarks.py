@@ -111,3 +111,14 @@ def test_compile_bench_plumbing(tmp_path):
                   "--warmup", "1", "--threads", "1", "--json", str(tmp_path / "c.json")])
     r = out["results"][0]
     assert r["video_ms"] > 0 and r["image_ms"] > 0
+
+
+def test_sigterm_flag_cost_is_timed_between_two_ranks(tmp_path):
+    out = tmp_path / "flag.json"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc-per-node", "2", os.path.join(ROOT, "benchmarks", "bench_sigterm_flag.py"),
+                    "--calls", "20", "--warmup", "2", "--json", str(out)],
+                   check=True, cwd=ROOT, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = json.loads(out.read_text())["result"]
+    assert (r["world_size"], r["calls"], r["device"]) == (2, 20, "cpu")
+    assert 0 < r["median_us"] <= r["p90_us"]

@@ -1,15 +1,20 @@
 """The shared training loop itself, on a toy stage: gradient accumulation, evaluation with a
-best checkpoint, resume of both."""
+best checkpoint, resume of both, a checkpoint on SIGTERM (the 2-replica job that is sent it:
+tests/faults/test_worker_loss.py)."""
 
+import dataclasses
 import json
+import os
+import signal
 from dataclasses import dataclass, field
 from typing import Optional
 
+import pytest
 import torch
 import torch.nn as nn
 
 from umt.configs import OptimConfig, TrainConfig
-from umt.runtime import checkpoint
+from umt.runtime import checkpoint, preemption
 from umt.train.loop import Models, Stage, train
 from umt.train.optim import param_groups
 
@@ -116,3 +121,82 @@ def test_layer_decay_follows_the_official_assignment():
             layer = depth + 1
         want_wd = 0.0 if p.ndim == 1 else 0.05
         assert scale[id(p)] == (0.75 ** (depth + 1 - layer), want_wd), name
+
+
+# ------------------------------------------------------------------------ SIGTERM (preemption)
+
+def _sigterm_at(done: int) -> Stage:
+    """The toy stage, whose process sends itself SIGTERM in the middle of step ``done``'s
+    forward pass (as a kubelet's signal arrives: whenever)."""
+    def forward(ctx, batch, step):
+        if step + 1 == done:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return _forward(ctx, batch, step)
+
+    return dataclasses.replace(STAGE, forward_loss=forward, evaluate=None)
+
+
+def _saved_steps(monkeypatch) -> list[int]:
+    saved: list[int] = []
+    real = checkpoint.CheckpointWriter.save
+    monkeypatch.setattr(checkpoint.CheckpointWriter, "save",
+                        lambda self, step, payload: saved.append(step) or real(self, step, payload))
+    return saved
+
+
+def test_sigterm_checkpoints_the_step_in_progress_and_the_resumed_run_equals_an_uninterrupted_one(
+        tmp_path, monkeypatch):
+    noeval = dataclasses.replace(STAGE, evaluate=None)
+    train(noeval, cfg_for(tmp_path / "ref"))
+    saved = _saved_steps(monkeypatch)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(preemption.Preempted) as stop:
+        train(_sigterm_at(3), cfg_for(tmp_path / "run"))
+    assert stop.value.code == preemption.EXIT_CODE == 143 and stop.value.step == 3
+    assert "SIGTERM reached 1 of 1 rank(s) (this one " in str(stop.value)
+    assert signal.getsignal(signal.SIGTERM) is before  # the loop's handler is gone again
+    assert saved == [2, 3]  # the periodic checkpoint, then the step SIGTERM came in
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step_00000003.pt"
+    assert not (tmp_path / "run" / "summary.json").exists()  # the run is not finished
+
+    summary = train(noeval, cfg_for(tmp_path / "run"))
+    assert summary["steps"] == 6 and saved == [2, 3, 4, 6]
+    want = checkpoint.load_latest(str(tmp_path / "ref"))
+    got = checkpoint.load_latest(str(tmp_path / "run"))
+    for k in want["model"]:
+        assert torch.equal(want["model"][k], got["model"][k]), k
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    # A restart prunes the older checkpoint of its first attempt too (lineage), not only its own.
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "latest", "step_00000004.pt", "step_00000006.pt"]
+
+
+def test_sigterm_in_a_checkpoint_step_saves_it_once_and_in_the_last_step_just_finishes(
+        tmp_path, monkeypatch):
+    saved = _saved_steps(monkeypatch)
+    with pytest.raises(preemption.Preempted) as stop:
+        train(_sigterm_at(4), cfg_for(tmp_path / "at-4"))
+    assert stop.value.step == 4 and saved == [2, 4]
+    saved.clear()
+    summary = train(_sigterm_at(6), cfg_for(tmp_path / "at-6"))  # done: nothing to resume
+    assert summary["steps"] == 6 and saved == [2, 4, 6]
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "abc", "nan", "1e9"])
+def test_a_bad_sigterm_grace_fails_before_the_run_starts(tmp_path, monkeypatch, value):
+    monkeypatch.setenv(preemption.ENV, value)
+    with pytest.raises(ValueError, match=rf"UMT_SIGTERM_GRACE_S='{value}' is out of range; it must "
+                                         r"be seconds in \[1, 86400\]"):
+        train(STAGE, cfg_for(tmp_path))
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_sigterm_budget_is_the_grace_or_torchruns_shorter_shutdown_timeout():
+    assert preemption.budget({}) == (120.0, "UMT_SIGTERM_GRACE_S unset, default 120")
+    assert preemption.budget({"UMT_SIGTERM_GRACE_S": "45"}) == (45.0, "UMT_SIGTERM_GRACE_S=45")
+    worker = {"TORCHELASTIC_RUN_ID": "none", "UMT_SIGTERM_GRACE_S": "120"}
+    seconds, why = preemption.budget(worker)  # torchrun's default shutdown timeout: 30 s
+    assert seconds == 30.0 and "TORCH_ELASTIC_SHUTDOWN_TIMEOUT" in why and "set it to the grace" in why
+    assert preemption.budget({**worker, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "120"})[0] == 120.0
+    assert preemption.budget({**worker, "PET_SHUTDOWN_TIMEOUT": "60"})[0] == 60.0  # --shutdown-timeout

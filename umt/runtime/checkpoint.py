@@ -14,13 +14,16 @@ What is never lost:
   run (``CheckpointsUnreadableError`` naming every file and error) instead of starting over at
   step 0 and overwriting them. Only a folder with no checkpoints starts fresh.
 * A :class:`CheckpointWriter` prunes only checkpoints of its own lineage: the ones it wrote
-  and the one it resumed from. A file it did not write is never deleted, and one it would
-  overwrite (an unreadable newer checkpoint, after falling back) is first kept aside as
+  and the one it resumed from, and the older ones that checkpoint names as written by earlier
+  attempts of the same run (``lineage``; so a restart, e.g. after each preemption, does not
+  leave one checkpoint behind for good). A file it did not write is never deleted, and one it
+  would overwrite (an unreadable newer checkpoint, after falling back) is first kept aside as
   ``step_XXXXXXXX.pt.unreadable-<time>``.
 
 Contents: ``model`` (the trained module's state dict), ``optimizer``, ``scheduler``, ``step``,
 ``rng`` (one entry per rank: torch CPU and current-CUDA-device states), ``data`` (the stream
-position), ``config`` (resolved YAML) and ``format``. Frozen modules (the CLIP teacher) are
+position), ``config`` (resolved YAML), ``lineage`` (the steps of the writer's checkpoints,
+this one included) and ``format``. Frozen modules (the CLIP teacher) are
 never saved. Reading uses ``weights_only=True``: nothing in a checkpoint is executed.
 """
 
@@ -73,9 +76,9 @@ def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _serialise(payload: dict[str, Any], step: int) -> bytes:
+def _serialise(payload: dict[str, Any], step: int, lineage: Optional[list[int]] = None) -> bytes:
     buf = io.BytesIO()
-    torch.save({**payload, "step": step, "format": FORMAT}, buf)
+    torch.save({**payload, "step": step, "format": FORMAT, "lineage": lineage or [step]}, buf)
     return buf.getvalue()
 
 
@@ -152,8 +155,14 @@ class CheckpointWriter:
         self.folder = ckpt_dir(output_dir)
         self.owned: list[int] = []  # steps of this lineage, oldest first
 
-    def adopt(self, step: int) -> None:
-        """The checkpoint this run resumed from joins its lineage (pruned like its own)."""
+    def adopt(self, step: int, lineage: Optional[list[int]] = None) -> None:
+        """The checkpoint this run resumed from joins its lineage (pruned like its own), and so
+        do the older checkpoints its ``lineage`` names that still exist: earlier attempts of
+        this run wrote them."""
+        existing = set(list_steps(self.output_dir)) if lineage else set()
+        for s in sorted({s for s in lineage or [] if isinstance(s, int)}):
+            if s < step and s in existing and s not in self.owned:  # never a newer one
+                self.owned.append(s)
         if step not in self.owned:
             self.owned.append(step)
 
@@ -164,7 +173,7 @@ class CheckpointWriter:
             storage.write_bytes(aside, storage.read_bytes(uri))
             log.warning("%s exists but is not this run's (it could not be read): kept as %s",
                         uri, aside)
-        storage.write_bytes(uri, _serialise(payload, step))
+        storage.write_bytes(uri, _serialise(payload, step, sorted({*self.owned, step})))
         storage.write_bytes(storage.join(self.folder, "latest"), os.path.basename(uri).encode())
         self.adopt(step)
         self._prune(step)

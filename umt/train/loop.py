@@ -10,7 +10,8 @@ output folder), resume from the newest readable checkpoint (weights, optimizer, 
 position, every rank's RNG, the data position) with a check that all ranks agree on the step,
 DDP, gradient accumulation, the non-finite guard, the optimizer step and LR schedule, metrics
 averaged over ranks in ``metrics.jsonl``, periodic evaluation with a best checkpoint, periodic
-checkpoints and ``summary.json``.
+checkpoints, a checkpoint on SIGTERM (``umt.runtime.preemption``: all ranks stop at the same
+step, then the process exits for the restart) and ``summary.json``.
 
 Stage hooks (``ctx`` is the :class:`Context` below):
 
@@ -45,7 +46,7 @@ from tqdm import tqdm
 
 from umt.configs import to_yaml
 from umt.models.checkpoint import misfit_message, state_dict_misfit
-from umt.runtime import checkpoint, distributed
+from umt.runtime import checkpoint, distributed, preemption
 from umt.runtime.common import NonFiniteGuard, RunFiles, finite_or_none, setup_logging
 from umt.runtime.lease import RunLease
 from umt.seeds import derive_seed
@@ -179,6 +180,7 @@ class _Meter:
 
 def train(stage: Stage, cfg: Any) -> dict[str, Any]:
     tc = cfg.train
+    preemption.grace_s()  # a bad UMT_SIGTERM_GRACE_S fails now, not when the node goes away
     dist = distributed.setup(tc.device)
     setup_logging(dist.rank)
     device = dist.device
@@ -200,19 +202,24 @@ def _train(stage: Stage, cfg: Any, dist: distributed.DistInfo, device: torch.dev
     end = min(tc.steps, tc.stop_at) if tc.stop_at else tc.steps
     bar = tqdm(total=tc.steps, initial=run.start, disable=not dist.is_main, desc=stage.name,
                unit="step")
-    for step in range(run.start, end):
-        if lease is not None:
-            lease.check()
-        grad_norm = run.train_step(step)
-        bar.update(1)
-        done = step + 1
-        if done % tc.log_every == 0 or done == end:
-            run.log_step(done, grad_norm, bar)
-        if stage.evaluate is not None and tc.eval_every is not None and (
-                done == end or (tc.eval_every > 0 and done % tc.eval_every == 0)):
-            run.evaluate(done)
-        if done % tc.ckpt_every == 0 or done == end:
-            run.save(done)
+    # From here on SIGTERM is a request to checkpoint and stop (before, there is nothing new
+    # to save, and the default action ends the process at once).
+    with preemption.on_sigterm():
+        for step in range(run.start, end):
+            if lease is not None:
+                lease.check()
+            grad_norm = run.train_step(step)
+            bar.update(1)
+            done = step + 1
+            if done % tc.log_every == 0 or done == end:
+                run.log_step(done, grad_norm, bar)
+            if stage.evaluate is not None and tc.eval_every is not None and (
+                    done == end or (tc.eval_every > 0 and done % tc.eval_every == 0)):
+                run.evaluate(done)
+            if done % tc.ckpt_every == 0 or done == end:
+                run.save(done)
+            if done < end:  # at the end the run just finishes: its checkpoint is written
+                run.stop_if_sigterm(done)
     bar.close()
     return run.finish(end)
 
@@ -245,6 +252,9 @@ class _Run:
                            micro_batch, state=dict(self.models.extras))
         self.writer = checkpoint.CheckpointWriter(tc.output_dir, tc.keep_last)
         self.start, self.last_ckpt = 0, ""
+        self.saved_step = -1  # the step of this run's newest checkpoint, on every rank
+        self.sigterm_budget_s, self.sigterm_budget_from = preemption.budget()
+        self.save_s, self.warned_budget = 0.0, False
         self.guard, self.meter = NonFiniteGuard(tc.max_nonfinite), _Meter()
         self.last_logged: dict[str, Any] = {}
         self.eval_metrics: dict[str, Any] = {}
@@ -271,7 +281,7 @@ class _Run:
                                  f"{tc.steps}: raise train.steps to continue this run, or use "
                                  f"another output_dir")
             _restore(state, self.ctx, self.optimizer, self.start)
-            self.writer.adopt(self.start)
+            self.writer.adopt(self.start, state.get("lineage"))
             if state.get("scheduler") and state["scheduler"].get("t_initial") != self.scheduler.t_initial:
                 log.warning("the LR schedule changed since the checkpoint; following this config")
             log.info("resumed from step %d of %s", self.start, tc.output_dir)
@@ -302,6 +312,9 @@ class _Run:
         if self.stage.flops is not None:
             log.info("MFU against a dense bf16 peak of %s TFLOP/s (%s)", peak_tflops(self.device),
                      self.device)
+        log.info("on SIGTERM: a checkpoint after the step in progress, then exit %d for the restart; "
+                 "%.0f s from SIGTERM to SIGKILL (%s)", preemption.EXIT_CODE, self.sigterm_budget_s,
+                 self.sigterm_budget_from)
         self._new_interval()
         ctx.model.train()
 
@@ -375,11 +388,45 @@ class _Run:
 
     def save(self, done: int) -> None:
         """The checkpoint of step ``done`` (a collective), written by the main rank."""
+        t0 = time.perf_counter()
         payload = _payload(self.ctx, self.optimizer, self.scheduler, done)
         if self.dist.is_main:
             self.last_ckpt = self.writer.save(done, payload)
             self.files.flush()
             log.info("saved %s", self.last_ckpt)
+        self.saved_step, self.save_s = done, time.perf_counter() - t0
+        step_s = self.last_logged.get("step_time_s") or 0.0
+        if self.dist.is_main and not self.warned_budget and step_s + self.save_s > self.sigterm_budget_s:
+            self.warned_budget = True  # once: the advice does not change
+            log.warning("a step (%.1f s) plus a checkpoint (%.1f s) take longer than the %.0f s a "
+                        "SIGTERM leaves (%s): a preempted run may be killed before its checkpoint "
+                        "is complete and then resumes from the previous one; give the pods a "
+                        "longer grace", step_s, self.save_s, self.sigterm_budget_s,
+                        self.sigterm_budget_from)
+
+    def stop_if_sigterm(self, done: int) -> None:
+        """After step ``done``: if SIGTERM reached any rank, checkpoint this step and raise
+        :class:`~umt.runtime.preemption.Preempted` (the process exits for the restart).
+
+        A collective on every step, so that every rank stops at the same one: one all-reduce
+        of a scalar (~0.5 ms with gloo on a loaded 2-core machine, benchmarks/
+        bench_sigterm_flag.py; on GPUs it waits for the step's kernels, which
+        :func:`apply_gradients`' finite check has already waited for).
+        """
+        t_signal = preemption.received_at()
+        ranks = round(distributed.sum_over_ranks(t_signal is not None, self.dist))
+        if not ranks:
+            return
+        here = (f"this one {time.monotonic() - t_signal:.1f} s ago" if t_signal is not None
+                else "not this one")
+        if self.saved_step != done:  # not when the periodic checkpoint of this step was just written
+            self.save(done)
+        message = (f"SIGTERM reached {ranks} of {self.dist.world_size} rank(s) ({here}): "
+                   f"checkpointed step {done} in {self.save_s:.1f} s of a {self.sigterm_budget_s:.0f} s "
+                   f"budget ({self.sigterm_budget_from}); exiting with {preemption.EXIT_CODE} so "
+                   f"that the job restarts and resumes from step {done}")
+        log.warning("%s", message)
+        raise preemption.Preempted(done, message)
 
     def finish(self, end: int) -> dict[str, Any]:
         """``summary.json``: the last logged metrics, evaluation, best checkpoint, stage extras."""

@@ -18,6 +18,9 @@ Differences that a laptop forces, and nothing else:
 * images, resources, node selectors and volumes are ignored; ``secretKeyRef`` values come from
   ``secrets=`` or, failing that, from the variable of the same name in our own environment;
 * when the job ends, replicas still running are stopped (there are no pods to keep around);
+* a replica sent SIGTERM (``kill_replica(..., SIGTERM)``, or its executor gone) gets the pod's
+  ``terminationGracePeriodSeconds`` before SIGKILL, as from a kubelet, but 5 s, not Kubernetes'
+  30, when the pod sets none; ``cancel()`` (a deleted job) still stops replicas within 5 s;
 * the replicas die with the executor: each runs under ``umt/launch/replica.py``, which stops
   its command when the executor goes away, even by ``kill -9`` (a pod dies with its node's
   kubelet's decision; a local replica has only us).
@@ -62,7 +65,9 @@ from umt.launch.status import CREATED, FAILED, RESTARTING, RUNNING, SUCCEEDED, J
 
 log = logging.getLogger(__name__)
 WRAPPER = Path(replica_wrapper.__file__)
-STOP_GRACE_S = 5.0  # SIGTERM -> SIGKILL, for us and for a replica whose executor died
+# SIGTERM -> SIGKILL, for us and for a replica whose executor died, when the pod sets no
+# terminationGracePeriodSeconds (Kubernetes would give 30 s; a laptop wants quick stops).
+STOP_GRACE_S = 5.0
 
 
 def free_port() -> int:
@@ -79,6 +84,7 @@ class Replica:
     restart_policy: str
     container: dict[str, Any]
     log_path: Path
+    grace_s: float = STOP_GRACE_S  # the pod's terminationGracePeriodSeconds
     proc: subprocess.Popen | None = None
     state: str = "Pending"  # Pending | Running | Succeeded | Failed | Restarting
     restarts: int = 0
@@ -136,8 +142,10 @@ class LocalExecutor:
             for i in range(rspec.get("replicas", 1)):
                 # Workers come after the master: node rank = index + 1 (operator's setPodEnv).
                 rank = i + 1 if rtype == "Worker" and "Master" in spec["pytorchReplicaSpecs"] else i
+                grace = rspec["template"]["spec"].get("terminationGracePeriodSeconds")
                 out.append(Replica(rtype, i, rank, rspec.get("restartPolicy", "OnFailure"),
-                                   container, self.dir / f"{rtype.lower()}-{i}.log"))
+                                   container, self.dir / f"{rtype.lower()}-{i}.log",
+                                   STOP_GRACE_S if grace is None else float(grace)))
         return out
 
     def _operator_env(self, replica: Replica) -> dict[str, str]:
@@ -195,7 +203,7 @@ class LocalExecutor:
         # The wrapper ties the replica's life to ours (see umt/launch/replica.py); run by
         # path so that it imports nothing of umt.
         wrapped = [sys.executable, str(WRAPPER), "--parent", str(os.getpid()),
-                   "--grace", str(STOP_GRACE_S), "--", exe, *argv[1:]]
+                   "--grace", str(replica.grace_s), "--", exe, *argv[1:]]
         with open(replica.log_path, "ab") as out:
             # A session per replica: killing it kills torchrun *and* its workers, like a pod.
             replica.proc = subprocess.Popen(wrapped, cwd=self.cwd, env=env,
