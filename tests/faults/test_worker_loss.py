@@ -134,8 +134,10 @@ def train_step(self, step):
 loop._Run.train_step = train_step
 ''' + RUN_STAGE1
 
+# Stochastic depth on: every rank's RNG state must be saved and restored for a resumed run to
+# replay the dropped paths exactly (bitwise equal weights below).
 OVERRIDES = ["train.steps=6", "train.ckpt_every=2", "train.keep_last=2", "train.log_every=1",
-             "train.batch_size=2"]
+             "train.batch_size=2", "model.drop_path_rate=0.3"]
 ENV = {"OMP_NUM_THREADS": "1"}
 # 6 steps, not 4: while the master waits to be killed in step 4's save, the worker must still
 # have a step to wait in (a worker that finished would not be restarted to meet the master).

@@ -299,6 +299,7 @@ class LocalExecutor:
         total = sum(r.restarts for r in self.replicas) + 1
         limit = self.run_policy.get("backoffLimit")
         if limit is not None and total >= limit:
+            replica.state = "Failed"  # not restarted: its exit is final
             # The operator sums container restarts and gives up once it reaches the limit.
             self._finish(FAILED, f"Job {self.name} has failed because it has reached the "
                                  "specified backoff limit")
@@ -335,19 +336,25 @@ class LocalExecutor:
         deadline = time.monotonic() + grace
         for replica in self.replicas:
             proc = replica.proc
-            if proc is None or proc.poll() is not None:
+            if proc is None or replica.state != "Running":
                 continue
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-                continue
-            except subprocess.TimeoutExpired:
-                pass
-            _kill_group(proc, signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc, signal.SIGKILL)
-                proc.wait()
+            if proc.poll() is None:
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    _kill_group(proc, signal.SIGTERM)
+                    try:
+                        proc.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        _kill_group(proc, signal.SIGKILL)
+                        proc.wait()
+            # A straggler's end is recorded as a pod's would be (the job's phase is already
+            # set): a worker that finished just after its master reads Succeeded, exit 0.
+            with self._lock:  # the monitor may be polling the same replica
+                if replica.state == "Running" and replica.proc is proc:
+                    code = proc.returncode
+                    replica.exit_codes.append(128 - code if code < 0 else code)
+                    replica.state = "Succeeded" if code == 0 else "Failed"
 
     def wait(self, timeout: float | None = None) -> JobStatus:
         """Until the job finished and its processes are gone (or ``timeout``)."""
