@@ -19,8 +19,7 @@ import pytest
 import yaml
 
 from umt import catalogue
-from umt.launch import NODE_POOLS, to_dict
-from umt.launch import trainer_runtime
+from umt.launch import NODE_POOLS, to_dict, trainer_runtime
 from umt.launch.backends.pytorchjob import CRD_PATH, pytorchjob_errors
 from umt.launch.backends.trainjob import trainjob_errors
 from umt.launch.doctor import needed_permissions
