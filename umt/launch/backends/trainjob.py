@@ -44,14 +44,6 @@ import copy
 import re
 from typing import Any
 
-from kubeflow_trainer_api.models import (
-    TrainerV1alpha1RuntimePatch,
-    TrainerV1alpha1RuntimeRef,
-    TrainerV1alpha1Trainer,
-    TrainerV1alpha1TrainJob,
-    TrainerV1alpha1TrainJobSpec,
-    TrainerV1alpha1TrainJobStatus,
-)
 from kubernetes.client.exceptions import ApiException
 
 from umt.launch import crd, request, trainer_runtime
@@ -145,6 +137,16 @@ def _pod_patch(req: TrainingJob, pod: dict[str, Any]) -> dict[str, Any]:
 def render_trainjob(req: TrainingJob, *, validate: bool = True) -> RenderedJob:
     """The TrainJob of ``req`` and where it writes its outputs; raises ``ValueError`` (or
     :class:`InvalidJobError`) on bad input."""
+    # Imported here, not with the module: the package imports its ~400 models at once
+    # (seconds), and every backend module is imported whenever any backend is used.
+    from kubeflow_trainer_api.models import (
+        TrainerV1alpha1RuntimePatch,
+        TrainerV1alpha1RuntimeRef,
+        TrainerV1alpha1Trainer,
+        TrainerV1alpha1TrainJob,
+        TrainerV1alpha1TrainJobSpec,
+    )
+
     unsupported(req)
     cfg = request.resolved_config(req)
     request.check_shared_output(req, cfg)
@@ -186,8 +188,8 @@ def render_trainjob(req: TrainingJob, *, validate: bool = True) -> RenderedJob:
     return RenderedJob(job, request.output_dir(req, cfg))
 
 
-def build_trainjob(req: TrainingJob, *, validate: bool = True) -> TrainerV1alpha1TrainJob:
-    """The typed job object of ``req``."""
+def build_trainjob(req: TrainingJob, *, validate: bool = True) -> Any:
+    """The typed job object of ``req`` (a ``kubeflow_trainer_api`` ``TrainerV1alpha1TrainJob``)."""
     return render_trainjob(req, validate=validate).job
 
 
@@ -276,6 +278,8 @@ def validate_trainjob(job: dict[str, Any]) -> None:
 # -- conditions --------------------------------------------------------------------------------
 def job_status(name: str, obj: dict[str, Any]) -> JobStatus:
     """The neutral status of a TrainJob as the API server returned it."""
+    from kubeflow_trainer_api.models import TrainerV1alpha1TrainJobStatus  # see render_trainjob
+
     status = TrainerV1alpha1TrainJobStatus.from_dict(obj.get("status") or {})
     conditions = list(status.conditions or []) if status is not None else []
     jobs = list(status.jobs_status or []) if status is not None else []
