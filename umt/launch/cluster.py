@@ -399,11 +399,28 @@ class KubeJobBackend(Backend):
                 pass
             try:
                 if self.status(name).finished:
+                    # A short job can end between two connections: its last lines (or all
+                    # of them) are still in the finished pod's log.
+                    yield from self._rest_of_log(find_pod, last)
                     return
             except ApiException as e:
                 if e.status == 404:
                     return
             time.sleep(min(self.poll_interval, 5.0))
+
+    def _rest_of_log(self, find_pod: Callable[[], str], after: str) -> Iterator[str]:
+        """The lines of the replica's (finished) log newer than ``after``; none when the pod is
+        gone or unreadable."""
+        try:
+            text = self.cluster.core.read_namespaced_pod_log(
+                find_pod(), self.namespace, container=self.container, timestamps=True,
+                _request_timeout=self.request_timeout)
+        except (ApiException, *TRANSIENT_ERRORS):
+            return
+        for line in text.splitlines():
+            ts, _, body = line.partition(" ")
+            if _RFC3339.match(ts) and _ts_key(ts) > after:
+                yield body
 
 
 class _QueueWatch:
