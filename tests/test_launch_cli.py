@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import typer
 import yaml
-from kube_api_server import Attempt, Stuck, job_kind, kube_api, kubeconfig  # noqa: F401
+from kube_api_server import Attempt, Stuck, kube_api, kubeconfig  # noqa: F401 - fixtures
+from kube_kinds import job_kind  # noqa: F401 - fixture
 from typer.testing import CliRunner
 
 from umt.launch.backends.pytorchjob import pytorchjob_errors

@@ -14,7 +14,8 @@ import threading
 import time
 
 import pytest
-from kube_api_server import Attempt, Stuck, job_kind, kube_api, kubeconfig  # noqa: F401
+from kube_api_server import Attempt, Stuck, kube_api, kubeconfig  # noqa: F401 - fixtures
+from kube_kinds import job_kind  # noqa: F401 - fixture
 
 from umt.launch import (
     InvalidJobError,
