@@ -38,6 +38,9 @@ SHARED_DOCS = {
     "node_pool": "Node pool of the training pods, e.g. gke-a100.",
     "image": 'Training image ("" = umt-train of this package\'s version).',
     "s3_secret": 'Kubernetes Secret with the S3 credentials ("" = none).',
+    "job_backend": "Kind of training job: cluster (the kind the cluster serves, TrainJob "
+                   "first), trainjob (Kubeflow Trainer v2) or pytorchjob (Training Operator "
+                   "v1); locally, the local executor of that kind.",
     "tasks": 'The run\'s downstream tasks: this step runs when its task is listed ("*" = any).',
     "task_data": 'dataset.json per task and split, {"<task>_train"|"<task>_eval": URI} '
                  '(absent = the pipeline\'s dataset).',

@@ -42,6 +42,7 @@ def finetune(
     node_pool: str = "gke-a100",
     image: str = "",
     s3_secret: str = "umt-s3",
+    job_backend: str = "cluster",
 ):
     """Fine-tunes a Stage-1 checkpoint for action recognition and evaluates it.
 
@@ -61,11 +62,13 @@ def finetune(
         node_pool: Node pool of the training pods, e.g. gke-a100.
         image: Training image ("" = umt-train of this package's version).
         s3_secret: Kubernetes Secret with the S3 credentials ("" = IRSA / workload identity).
+        job_backend: Kind of training job: cluster (the kind the cluster serves, TrainJob
+            first), trainjob (Kubeflow Trainer v2) or pytorchjob (Training Operator v1).
     """
-    done = exit_task(cleanup())
+    done = exit_task(cleanup(job_backend=job_backend))
     jobs = dict(output_prefix=output_prefix, model_size=model_size, num_frames=num_frames,
                 nodes=nodes, gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
-                s3_secret=s3_secret)
+                s3_secret=s3_secret, job_backend=job_backend)
     with dsl.ExitHandler(done, name="umt"):
         checked = cpu_task(validate(
             existing_dataset=train_data, existing_stage1_checkpoint=checkpoint,

@@ -74,6 +74,7 @@ def full(
     node_pool: str = "gke-a100",
     image: str = "",
     s3_secret: str = "umt-s3",
+    job_backend: str = "cluster",
     gpu_power_watts: float = 400.0,
     grid_g_per_kwh: float = 400.0,
 ):
@@ -109,13 +110,15 @@ def full(
         node_pool: Node pool of the training pods, e.g. gke-a100, eks-p4d, aks-a100, cpu.
         image: Training image ("" = umt-train of this package's version).
         s3_secret: Kubernetes Secret with the S3 credentials ("" = IRSA / workload identity).
+        job_backend: Kind of training job: cluster (the kind the cluster serves, TrainJob
+            first), trainjob (Kubeflow Trainer v2) or pytorchjob (Training Operator v1).
         gpu_power_watts: Power per GPU for the report's energy estimate (W).
         grid_g_per_kwh: Grid carbon intensity for the report's CO2 estimate (g CO2 / kWh).
     """
-    done = exit_task(cleanup())
+    done = exit_task(cleanup(job_backend=job_backend))
     jobs = dict(output_prefix=output_prefix, model_size=model_size, num_frames=num_frames,
                 gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
-                s3_secret=s3_secret)
+                s3_secret=s3_secret, job_backend=job_backend)
     with dsl.ExitHandler(done, name="umt"):
         checked = cpu_task(validate(
             output_prefix=output_prefix, input_videos=input_videos,
@@ -129,7 +132,7 @@ def full(
             existing_stage2_checkpoint=existing_stage2_checkpoint, run_stage2=run_stage2,
             tasks=tasks, task_data=task_data, nodes=nodes, gpus_per_node=gpus_per_node,
             downstream_nodes=downstream_nodes, node_pool=node_pool, image=image,
-            s3_secret=s3_secret),
+            s3_secret=s3_secret, job_backend=job_backend),
             "Validate settings and plan jobs", s3_secret=s3_secret, memory_limit="4Gi")
 
         data = cpu_task(shard_videos(

@@ -40,6 +40,7 @@ def pretrain(
     node_pool: str = "gke-a100",
     image: str = "",
     s3_secret: str = "umt-s3",
+    job_backend: str = "cluster",
 ):
     """Shards videos and pretrains UMT: Stage 1 (video-only), then Stage 2 (vision-language).
 
@@ -63,11 +64,14 @@ def pretrain(
         node_pool: Node pool of the training pods, e.g. gke-a100.
         image: Training image ("" = umt-train of this package's version).
         s3_secret: Kubernetes Secret with the S3 credentials ("" = IRSA / workload identity).
+        job_backend: Kind of training job: cluster (the kind the cluster serves, TrainJob
+            first), trainjob (Kubeflow Trainer v2) or pytorchjob (Training Operator v1).
     """
-    done = exit_task(cleanup())
+    done = exit_task(cleanup(job_backend=job_backend))
     jobs = dict(output_prefix=output_prefix, model_size=model_size, num_frames=num_frames,
                 batch_size=batch_size, nodes=nodes, gpus_per_node=gpus_per_node,
-                node_pool=node_pool, image=image, s3_secret=s3_secret)
+                node_pool=node_pool, image=image, s3_secret=s3_secret,
+                job_backend=job_backend)
     with dsl.ExitHandler(done, name="umt"):
         checked = cpu_task(validate(
             input_videos=input_videos, existing_dataset=existing_dataset, classes=classes,

@@ -17,7 +17,9 @@ It serves what the launcher and ``umt doctor`` use, with the API server's status
 * ``customresourcedefinitions/pytorchjobs.kubeflow.org`` (``crd_readable=False``: 403, as for
   Kubeflow profile users), API discovery of ``kubeflow.org/v1``, ``/version``,
   ``selfsubjectaccessreviews``;
-* RBAC: ``allowed`` lists (verb, resource) pairs; anything else is 403 Forbidden.
+* RBAC: ``allowed`` lists (verb, resource) pairs; anything else is 403 Forbidden;
+* ``trainer.kubeflow.org/v1alpha1`` TrainJobs with a fake Trainer, JobSet and Kueue
+  (tests/kube_trainer.py), when a test sets ``trainer.installed``.
 
 A fake operator + kubelet moves each job like the Training Operator v1.9 would: Created, pods
 ``<job>-<replica>-<i>`` that go Pending -> Running -> Succeeded/Failed following a per-pod
@@ -53,6 +55,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
+from kube_trainer import GROUP_PATH, FakeTrainer, trainjob_crd
 
 from umt.launch.backends import pytorchjob
 
@@ -60,7 +63,10 @@ SHARED_CRD = Path(__file__).resolve().parents[2] / "shared" / "schemas" / \
     "kubeflow.org_pytorchjobs.v1.9.yaml"
 CRD_FILE = SHARED_CRD if SHARED_CRD.exists() else pytorchjob.CRD_PATH
 ALL_VERBS = {(v, r) for v in ("create", "get", "list", "watch", "delete", "patch", "update")
-             for r in ("pytorchjobs", "pods", "pods/log", "secrets")}
+             for r in ("pytorchjobs", "trainjobs", "trainingruntimes", "pods", "pods/log",
+                       "secrets")}
+GROUPS = {"pytorchjobs": "kubeflow.org", "trainjobs": "trainer.kubeflow.org",
+          "trainingruntimes": "trainer.kubeflow.org"}
 UNSCHEDULABLE = "Unschedulable"
 
 
@@ -94,7 +100,7 @@ class Stuck:
 
     reason: str
     message: str = ""
-    container: str = "pytorch"
+    container: str | None = None  # None: the pod's training container
     until: float | None = None
 
 
@@ -114,6 +120,9 @@ class Pod:
     exit_code: int | None = None
     stuck: Stuck | None = None
     created: float = field(default_factory=time.monotonic)
+    container: str = "pytorch"  # the training container (a TrainJob's: node)
+    labels: dict[str, str] | None = None  # None: the Training Operator's labels
+    created_at: str = field(default_factory=now_rfc3339)
 
     def stuck_now(self) -> Stuck | None:
         s = self.stuck
@@ -128,11 +137,12 @@ class Pod:
                 return {"phase": "Pending", "conditions": [{
                     "type": "PodScheduled", "status": "False", "reason": UNSCHEDULABLE,
                     "message": stuck.message, "lastTransitionTime": now_rfc3339()}]}
-            waiting = {"name": stuck.container, "restartCount": 0, "ready": False,
+            container = stuck.container or self.container
+            waiting = {"name": container, "restartCount": 0, "ready": False,
                        "image": "x", "imageID": "",
                        "state": {"waiting": {"reason": stuck.reason,
                                              "message": stuck.message}}}
-            key = "initContainerStatuses" if stuck.container.startswith("init") else \
+            key = "initContainerStatuses" if container.startswith("init") else \
                 "containerStatuses"
             return {"phase": "Pending", "conditions": [{"type": "PodScheduled",
                                                         "status": "True"}], key: [waiting]}
@@ -142,22 +152,23 @@ class Pod:
         elif self.phase in ("Succeeded", "Failed"):
             state = {"terminated": {"exitCode": self.exit_code or 0}}
         return {"phase": self.phase, "containerStatuses": [{
-            "name": "pytorch", "restartCount": self.restart_count, "ready": True,
+            "name": self.container, "restartCount": self.restart_count, "ready": True,
             "image": "x", "imageID": "", "state": state}]}
 
     def to_dict(self) -> dict[str, Any]:
         init = [{"name": "init-pytorch", "image": "alpine"}] if self.rtype == "worker" else []
+        labels = self.labels if self.labels is not None else {
+            "training.kubeflow.org/job-name": self.job,
+            "training.kubeflow.org/operator-name": "pytorchjob-controller",
+            "training.kubeflow.org/replica-type": self.rtype,
+            "training.kubeflow.org/replica-index": str(self.index),
+            **({"training.kubeflow.org/job-role": "master"} if self.rtype == "master" else {})}
         return {
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": self.name, "namespace": self.namespace, "labels": {
-                "training.kubeflow.org/job-name": self.job,
-                "training.kubeflow.org/operator-name": "pytorchjob-controller",
-                "training.kubeflow.org/replica-type": self.rtype,
-                "training.kubeflow.org/replica-index": str(self.index),
-                **({"training.kubeflow.org/job-role": "master"} if self.rtype == "master"
-                   else {})}},
+            "metadata": {"name": self.name, "namespace": self.namespace, "labels": labels,
+                         "creationTimestamp": self.created_at},
             "spec": {"restartPolicy": self.restart_policy,
-                     "containers": [{"name": "pytorch", "image": "x"}],
+                     "containers": [{"name": self.container, "image": "x"}],
                      **({"initContainers": init} if init else {})},
             "status": self._status(),
         }
@@ -194,9 +205,14 @@ class FakeKubeAPI:
         self.stuck: Callable[[str, str], Stuck | None] = lambda job, pod: None
         self.secrets: dict[tuple[str, str], dict[str, str]] = {}  # (ns, name) -> plain data
         self.deletion_delay = 0.3  # seconds a Foreground-deleted job waits for its pods
+        # Kueue: a job with a queue label is suspended at creation and admitted this long
+        # after (None: only when a test calls kueue_admit()).
+        self.kueue_admit_after: float | None = 0.5
         self.lock = threading.RLock()
         self._stop = threading.Event()
         self._crd = _load_crd()
+        # Kubeflow Trainer v2 (off unless a test installs it: trainer.installed = True).
+        self.trainer = FakeTrainer(self)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -246,6 +262,7 @@ class FakeKubeAPI:
             with self.lock:
                 for key in list(self.jobs):
                     self._reconcile(key)
+                self.trainer.reconcile()
 
     def _set_condition(self, job: dict[str, Any], type_: str, message: str,
                        reason: str | None = None) -> None:
@@ -297,6 +314,8 @@ class FakeKubeAPI:
             return
         if self._finished(job):
             return
+        if self._held_by_kueue(job):
+            return
         specs = job["spec"]["pytorchReplicaSpecs"]
         pods = [p for p in self.pods.values() if p.namespace == ns and p.job == name]
         if not pods:
@@ -346,11 +365,36 @@ class FakeKubeAPI:
                     self._set_condition(job, "Running", f"PyTorchJob {name} is running.")
                 if succeeded == rspec.get("replicas", 1):
                     if self.write_summaries:
-                        _write_summary(job, rspec, self.s3_summaries)
+                        _write_summary(job, rspec["template"]["spec"]["containers"][0].get(
+                            "command") or [], self.s3_summaries)
                     self._set_condition(job, "Succeeded",
                                         f"PyTorchJob {name} is successfully completed.")
                     self._clean_pods(job, pods)
         job["status"]["replicaStatuses"] = statuses
+
+    def _held_by_kueue(self, job: dict[str, Any]) -> bool:
+        """Kueue's part and the operator's answer to it: a suspended job has a Suspended
+        condition and no pods; when Kueue unsuspends it, Suspended turns False (Resumed)."""
+        meta, name = job["metadata"], job["metadata"]["name"]
+        run_policy = job["spec"].setdefault("runPolicy", {})
+        if meta.get("_admitAt") is not None and time.monotonic() >= meta["_admitAt"]:
+            run_policy["suspend"], meta["_admitAt"] = False, None
+        if run_policy.get("suspend"):
+            self._set_condition(job, "Suspended", f"PyTorchJob {name} is suspended.")
+            for key in [k for k, p in self.pods.items() if p.job == name]:
+                del self.pods[key]
+            return True
+        for c in job.get("status", {}).get("conditions", []):
+            if c["type"] == "Suspended" and c["status"] == "True":
+                c.update(status="False", reason="PyTorchJobResumed",
+                         message=f"PyTorchJob {name} is resumed.",
+                         lastTransitionTime=now_rfc3339(), lastUpdateTime=now_rfc3339())
+        return False
+
+    def kueue_admit(self, name: str, namespace: str = "umt") -> None:
+        """Kueue admits a queued PyTorchJob: it is unsuspended."""
+        with self.lock:
+            self.jobs[(namespace, name)]["spec"]["runPolicy"]["suspend"] = False
 
     def _kubelet(self, pod: Pod) -> None:
         t = time.monotonic()
@@ -409,11 +453,11 @@ class FakeKubeAPI:
         raise AssertionError("timed out waiting on the fake API server")
 
 
-def _write_summary(job: dict[str, Any], rspec: dict[str, Any], to_s3: bool) -> None:
-    """What a stage writes when it finishes (see umt/train/*: summary.json)."""
+def _write_summary(job: dict[str, Any], command: list[str], to_s3: bool) -> None:
+    """What a stage writes when it finishes (see umt/train/*: summary.json); ``command``: the
+    training container's."""
     from umt import storage
 
-    command = rspec["template"]["spec"]["containers"][0].get("command") or []
     outs = [a.split("=", 1)[1] for a in command if a.startswith("train.output_dir=")]
     if not outs or (storage.is_s3(outs[-1]) and not to_s3):
         return
@@ -469,7 +513,7 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
         def _forbidden(self, verb: str, resource: str, ns: str) -> bool:
             if (verb, resource) in api.allowed:
                 return False
-            group = "kubeflow.org" if resource == "pytorchjobs" else ""
+            group = GROUPS.get(resource, "")
             self._error(403, f'{resource} is forbidden: User "{api.user}" cannot {verb} '
                              f'resource "{resource}" in API group "{group}" in the '
                              f'namespace "{ns}"')
@@ -492,6 +536,8 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
                 return self._discovery()
             if url.path.startswith(CRD) and method == "GET":
                 return self._crd(url.path[len(CRD):])
+            if url.path.startswith(GROUP_PATH):
+                return api.trainer.route(self, method, url.path, query)
             if url.path == SSAR and method == "POST":
                 return self._ssar(self._body())
             if m := JOBS.match(url.path):
@@ -532,6 +578,8 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
                                         f'"{name}" is forbidden: User "{api.user}" cannot get '
                                         'resource "customresourcedefinitions" in API group '
                                         '"apiextensions.k8s.io" at the cluster scope')
+            if name == trainjob_crd()["metadata"]["name"] and api.trainer.installed:
+                return self._send(200, trainjob_crd())
             if not api.crd_installed or name != api._crd["metadata"]["name"]:
                 return self._error(404, f'customresourcedefinitions.apiextensions.k8s.io '
                                         f'"{name}" not found')
@@ -587,6 +635,7 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
             out = copy.deepcopy(job)
             out["metadata"].pop("_deleteAt", None)  # our own bookkeeping
             out["metadata"].pop("_createdAt", None)
+            out["metadata"].pop("_admitAt", None)
             return out
 
         def _secret(self, ns: str, name: str) -> None:
@@ -615,6 +664,12 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
                                           _createdAt=time.monotonic())
                 stored["status"] = {}
                 api._set_condition(stored, "Created", f"PyTorchJob {name} is created.")
+                if "kueue.x-k8s.io/queue-name" in (stored["metadata"].get("labels") or {}):
+                    # Kueue's mutating webhook: held until the queue admits it.
+                    stored["spec"].setdefault("runPolicy", {})["suspend"] = True
+                    if api.kueue_admit_after is not None:
+                        stored["metadata"]["_admitAt"] = time.monotonic() + \
+                            api.kueue_admit_after
                 api.jobs[(ns, name)] = stored
                 return self._send(201, self._public(stored))
 
@@ -633,11 +688,11 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
                     return self._error(404, f'pods "{name}" not found')
                 if not log:
                     return self._send(200, pod.to_dict())
-                if query.get("container", "pytorch") != "pytorch":
+                if query.get("container", pod.container) != pod.container:
                     return self._error(400, f"container {query['container']} is not valid")
                 if pod.phase == "Pending":
-                    return self._error(400, f'container "pytorch" in pod "{name}" is waiting '
-                                            "to start: ContainerCreating")
+                    return self._error(400, f'container "{pod.container}" in pod "{name}" is '
+                                            "waiting to start: ContainerCreating")
             # Go's ParseBool, as the real server: the Python client sends 'True'.
             flag = {k: query.get(k, "").lower() == "true"
                     for k in ("follow", "timestamps", "previous")}
@@ -707,5 +762,6 @@ def kubeconfig(kube_api, tmp_path, monkeypatch):
     path = kube_api.write_kubeconfig(tmp_path / "kubeconfig")
     monkeypatch.setenv("KUBECONFIG", str(path))
     return path
+
 
 

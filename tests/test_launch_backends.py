@@ -30,7 +30,9 @@ from umt.launch import (
 )
 from umt.launch import backends as backends_package
 from umt.launch.backends.local import LocalBackend
+from umt.launch.backends.local_trainjob import LocalTrainJobBackend
 from umt.launch.backends.pytorchjob import PyTorchJobBackend, build_pytorchjob
+from umt.launch.backends.trainjob import TrainJobBackend
 from umt.launch.cli import job_app
 from umt.launch.doctor import needed_permissions
 from umt.launch.serialize import to_yaml
@@ -115,11 +117,15 @@ def fake_backend(tmp_path, monkeypatch):
 
 
 def test_the_shipped_backends_are_registered_and_cluster_is_the_default():
-    assert {"pytorchjob", "local"} <= set(backend_names())
+    assert {"pytorchjob", "trainjob", "local", "local-trainjob"} <= set(backend_names())
+    # Without a cluster to ask, "cluster" is the PyTorchJob backend (umt.launch.detect).
     assert backend_class("cluster") is PyTorchJobBackend is backend_class("pytorchjob")
+    assert backend_class("trainjob") is TrainJobBackend
     assert backend_class("local") is LocalBackend
+    assert backend_class("local-trainjob") is LocalTrainJobBackend
     assert isinstance(make_backend("local"), LocalBackend)
-    with pytest.raises(ValueError, match="backend must be 'cluster'.*local, pytorchjob"):
+    with pytest.raises(ValueError, match="backend must be 'cluster'.*local, local-trainjob, "
+                                         "pytorchjob, trainjob"):
         backend_class("nope")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 import yaml
 from kube_api_server import Attempt, Stuck, kube_api, kubeconfig  # noqa: F401 - fixtures
+from kube_kinds import job_kind  # noqa: F401 - fixture
 from typer.testing import CliRunner
 
 from umt.launch.backends.pytorchjob import pytorchjob_errors
@@ -146,24 +147,49 @@ def test_wait_exits_1_when_pods_cannot_start_and_leaves_the_job(kube_api, kubeco
     assert kube_api.job(name) is not None  # `umt job wait` does not own the job
 
 
-def test_doctor_passes_on_a_ready_cluster_and_bucket(kube_api, kubeconfig, s3_bucket):
+def test_doctor_passes_on_a_ready_cluster_and_bucket(job_kind, kube_api, kubeconfig,
+                                                     s3_bucket):
+    """It says which job kinds the cluster serves and checks the backend `cluster` means
+    there: TrainJob where Trainer v2 is installed (here beside the Training Operator)."""
     kube_api.secrets[("umt", "umt-s3")] = S3_KEYS
     checks = run_checks(output_uri=f"{s3_bucket}/runs")
-    assert [(c.name, c.ok) for c in checks] == [("cluster", True), ("PyTorchJob CRD", True),
-                                               ("RBAC", True), ("S3 secret", True),
-                                               ("output", True)]
+    kind = job_kind.cls.kind
+    runtime = [("runtime", True)] if job_kind.backend == "trainjob" else []
+    assert [(c.name, c.ok) for c in checks] == [
+        ("cluster", True), ("backend", True), (f"{kind} CRD", True), ("RBAC", True),
+        *runtime, ("S3 secret", True), ("output", True)]
     assert not any(c.warning for c in checks)
-    assert "AWS_DEFAULT_REGION" in checks[3].detail and "s3cr" not in checks[3].detail
+    by_name = {c.name: c for c in checks}
+    assert f"--backend cluster means {job_kind.backend}" in by_name["backend"].detail
+    assert "TrainJob served" in by_name["backend"].detail or job_kind.backend == "pytorchjob"
+    assert "AWS_DEFAULT_REGION" in by_name["S3 secret"].detail
+    assert "s3cr" not in by_name["S3 secret"].detail
     reviews = [p for m, p in kube_api.requests if "selfsubjectaccessreviews" in p]
-    assert len(reviews) == 7  # one question per verb the launcher needs
+    # one question per verb the launcher needs (TrainJobs: also get trainingruntimes)
+    assert len(reviews) == len(job_kind.cls.permissions()) == 7 + bool(runtime)
     result = runner.invoke(doctor_app(), ["doctor", "--output", f"{s3_bucket}/runs"])
     assert result.exit_code == 0, result.output
 
 
+def test_doctor_says_when_the_runtime_is_missing(kube_api, kubeconfig):
+    kube_api.trainer.installed = True
+    kube_api.trainer.runtimes.clear()
+    check = {c.name: c for c in run_checks(backend="trainjob")}["runtime"]
+    assert not check.ok and "kubectl -n umt apply -k manifests/runtime" in check.detail
+    kube_api.allowed.discard(("get", "trainingruntimes"))
+    check = {c.name: c for c in run_checks(backend="trainjob")}["runtime"]
+    assert check.ok and check.warning
+
+
 def test_doctor_names_each_problem(kube_api, kubeconfig, s3_env):
     kube_api.crd_installed = False
+    checks = {c.name: c for c in run_checks()}
+    assert not checks["backend"].ok  # no job kind served at all: say what to install
+    assert "TrainJob not served, PyTorchJob not served" in checks["backend"].detail
+    assert not checks["TrainJob CRD"].ok and "kubeflow/trainer" in checks["TrainJob CRD"].detail
     kube_api.allowed -= {("create", "pytorchjobs"), ("get", "pods/log")}
-    checks = {c.name: c for c in run_checks(output_uri="s3://no-such-bucket/runs")}
+    checks = {c.name: c for c in run_checks(output_uri="s3://no-such-bucket/runs",
+                                            backend="pytorchjob")}
     assert not checks["PyTorchJob CRD"].ok and "training-operator" in checks[
         "PyTorchJob CRD"].detail
     assert not checks["RBAC"].ok
@@ -209,3 +235,20 @@ def test_doctor_without_a_cluster(tmp_path, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     checks = run_checks(output_uri=str(tmp_path / "out"))
     assert [(c.name, c.ok) for c in checks] == [("cluster", False), ("output", True)]
+
+
+def test_the_default_backend_is_the_kind_the_cluster_serves(kube_api, kubeconfig, tmp_path,
+                                                            monkeypatch):
+    """`--backend cluster` (the default): TrainJob where Trainer v2 is installed, PyTorchJob
+    where only the Training Operator is, PyTorchJob when no cluster can be asked."""
+    args = ["render", "stage1", "--config", "tiny", "--output", "s3://b/x"]
+    assert yaml.safe_load(runner.invoke(job_app, args).stdout)["kind"] == "PyTorchJob"
+    kube_api.trainer.installed = True
+    assert yaml.safe_load(runner.invoke(job_app, args).stdout)["kind"] == "TrainJob"
+    result = runner.invoke(job_app, ["submit", "stage1", "--config", "tiny", "--output",
+                                     "s3://b/x", "--kueue-queue", "team-a"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() in {n for _, n in kube_api.trainer.jobs}
+    assert "trainjob/" in result.output
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    assert yaml.safe_load(runner.invoke(job_app, args).stdout)["kind"] == "PyTorchJob"

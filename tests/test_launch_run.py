@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from kube_api_server import Attempt, Stuck, kube_api, kubeconfig  # noqa: F401 - fixtures
+from kube_kinds import job_kind  # noqa: F401 - fixture
 from typer.testing import CliRunner
 
 from umt import storage
@@ -34,7 +35,7 @@ from umt.launch import (
     run_training_job,
     to_dict,
 )
-from umt.launch.backends.pytorchjob import PyTorchJobBackend, build_pytorchjob
+from umt.launch.backends.pytorchjob import build_pytorchjob
 from umt.launch.cli import job_app
 from umt.launch.status import RUNNING
 
@@ -132,18 +133,23 @@ def test_an_unknown_output_dir_is_an_error_not_an_empty_summary():
         local_run(OneShot(b"{}"))
 
 
-def test_a_job_past_its_active_deadline_fails_permanently(kube_api, kubeconfig):
+def test_a_job_past_its_active_deadline_fails_permanently(job_kind, kube_api, kubeconfig):
     """A stuck job (here: training forever) is failed by the operator at its rendered deadline,
-    and its pods are gone; the launcher reports it, a retry must not start it again."""
+    and its pods are gone; the launcher reports it, a retry must not start it again. (The
+    default backend, "cluster", is the kind the cluster serves: TrainJob where Trainer v2
+    is installed, beside the Training Operator here.)"""
     kube_api.script = lambda job, pod: [Attempt(lines=["stuck in a collective"], exit_code=None)]
     t0 = time.monotonic()
-    with pytest.raises(JobFailedError, match="active longer than specified deadline") as err:
+    with pytest.raises(JobFailedError, match="active longer than specified deadline|"
+                                             "exceeded its active deadline") as err:
         run_training_job("stage1", "tiny", nodes=2, gpus_per_node=8, node_pool="gke-a100",
                          output_uri="s3://b/x", validate_config=False, poll_interval=0.02,
                          active_deadline_seconds=1, log_sink=lambda _: None)
     assert 1 <= time.monotonic() - t0 < 20
     assert err.value.permanent
     assert kube_api.pods == {}
+    (name,) = [n for _, n in job_kind.jobs]  # the kind "cluster" chose
+    assert err.value.status.name == name
 
 
 def test_the_default_deadline_is_rendered():
@@ -151,12 +157,12 @@ def test_the_default_deadline_is_rendered():
     assert job["spec"]["runPolicy"]["activeDeadlineSeconds"] == 14 * 24 * 3600
 
 
-def test_a_job_deleted_by_someone_else_fails_the_task(kube_api, kubeconfig):
+def test_a_job_deleted_by_someone_else_fails_the_task(job_kind, kube_api, kubeconfig):
     kube_api.script = lambda job, pod: [Attempt(lines=["training"], exit_code=None)]
-    backend = PyTorchJobBackend(kubeconfig=str(kubeconfig), poll_interval=0.02)
+    backend = job_kind.make(kubeconfig, poll_interval=0.02)
 
     def delete_when_running():
-        name = kube_api.wait_for(lambda: next(iter(kube_api.jobs), None))[1]
+        name = kube_api.wait_for(lambda: next(iter(job_kind.jobs), None))[1]
         kube_api.wait_for(lambda: kube_api.pods)
         backend.delete(name)
 
@@ -168,16 +174,14 @@ def test_a_job_deleted_by_someone_else_fails_the_task(kube_api, kubeconfig):
     assert err.value.permanent
 
 
-def test_sigterm_deletes_the_job_within_a_second(kube_api, kubeconfig):
+def test_sigterm_deletes_the_job_within_a_second(job_kind, kube_api, kubeconfig):
     """KFP terminating a run: SIGTERM reaches the launcher, which has ~1 s before it is gone."""
     kube_api.script = lambda job, pod: [Attempt(lines=["training"], exit_code=None)]
     main = threading.main_thread().ident
     sent: list[float] = []
 
     def terminate_when_running():
-        kube_api.wait_for(lambda: any(
-            c["type"] == RUNNING for j in kube_api.jobs.values()
-            for c in j.get("status", {}).get("conditions", [])))
+        kube_api.wait_for(lambda: any(p.phase == RUNNING for p in kube_api.pods.values()))
         time.sleep(0.3)  # inside the poll loop's sleep, as a real launcher mostly is
         sent.append(time.monotonic())
         signal.pthread_kill(main, signal.SIGTERM)
@@ -186,57 +190,60 @@ def test_sigterm_deletes_the_job_within_a_second(kube_api, kubeconfig):
     with pytest.raises(JobCancelledError, match="deleted"):
         run_training_job("stage1", "tiny", nodes=2, gpus_per_node=8, node_pool="gke-a100",
                          output_uri="s3://b/x", validate_config=False, poll_interval=2.0,
-                         log_sink=lambda _: None)
+                         log_sink=lambda _: None, backend=job_kind.backend)
     (deleted_at,) = [t for t, m, p in kube_api.request_times if m == "DELETE"]
     assert deleted_at - sent[0] < 1.0
-    assert kube_api.jobs == {} and kube_api.pods == {}
+    assert job_kind.jobs == {} and kube_api.pods == {}
 
 
 @pytest.mark.parametrize("stuck,permanent", [
     (Stuck("InvalidImageName", "couldn't parse image"), True),  # no retry fixes the spec
     (Stuck("ImagePullBackOff", "registry unavailable"), False),  # a retry may work
 ])
-def test_pods_that_cannot_start_say_whether_a_retry_could_help(kube_api, kubeconfig, stuck,
-                                                                permanent):
+def test_pods_that_cannot_start_say_whether_a_retry_could_help(job_kind, kube_api, kubeconfig,
+                                                                stuck, permanent):
     kube_api.stuck = lambda job, pod: stuck
     with pytest.raises(JobStartError) as err:
         run_training_job("stage1", "tiny", nodes=1, gpus_per_node=8, node_pool="gke-a100",
                          output_uri="s3://b/x", validate_config=False, poll_interval=0.02,
-                         start_grace=0.2, wait_timeout=20, log_sink=lambda _: None)
+                         start_grace=0.2, wait_timeout=20, log_sink=lambda _: None,
+                         backend=job_kind.backend)
     assert err.value.permanent is permanent
 
 
 def _submit(backend, run_id: str, stage_name: str) -> str:
-    job = build_pytorchjob(TrainingJob(stage="stage1", config="tiny", gpus_per_node=8,
-                                       run_id=run_id, name=stage_name, validate_config=False))
+    job = backend.render(TrainingJob(stage="stage1", config="tiny", gpus_per_node=8,
+                                     run_id=run_id, name=stage_name, validate_config=False)).job
     return backend.submit(job).name
 
 
-def test_delete_run_jobs_deletes_the_runs_unfinished_jobs_only(kube_api, kubeconfig):
-    backend = PyTorchJobBackend(kubeconfig=str(kubeconfig), poll_interval=0.02)
+def test_delete_run_jobs_deletes_the_runs_unfinished_jobs_only(job_kind, kube_api, kubeconfig):
+    backend = job_kind.make(kubeconfig, poll_interval=0.02)
     kube_api.script = lambda job, pod: [Attempt(lines=["done"], exit_code=0)]
     finished = _submit(backend, "run a", "umt-done")
     assert backend.wait(finished, timeout=20).succeeded
     kube_api.script = lambda job, pod: [Attempt(lines=["training"], exit_code=None)]
     running = _submit(backend, "run a", "umt-running")
     other_run = _submit(backend, "run-a", "umt-other")  # sanitises like 'run a': must survive
+    # gc by run label, of the kind the cluster runs ("cluster": TrainJob where served)
     assert delete_run_jobs("run a", kubeconfig=str(kubeconfig)) == [running]
-    assert {n for _, n in kube_api.jobs} == {finished, other_run}
+    assert {n for _, n in job_kind.jobs} == {finished, other_run}
     assert delete_run_jobs("run a", kubeconfig=str(kubeconfig)) == []  # idempotent
     assert delete_run_jobs("run a", include_finished=True, backend=backend) == [finished]
     with pytest.raises(ValueError, match="--namespace 'Bad NS'"):
         delete_run_jobs("run a", namespace="Bad NS")
 
 
-def test_umt_job_gc(kube_api, kubeconfig):
-    backend = PyTorchJobBackend(kubeconfig=str(kubeconfig), poll_interval=0.02)
+def test_umt_job_gc(job_kind, kube_api, kubeconfig):
+    backend = job_kind.make(kubeconfig, poll_interval=0.02)
     kube_api.script = lambda job, pod: [Attempt(lines=["training"], exit_code=None)]
     name = _submit(backend, "3f1c-kfp-run", "umt-stage1-x")
-    result = runner.invoke(job_app, ["gc", "--run-id", "3f1c-kfp-run"])
+    args = ["gc", "--run-id", "3f1c-kfp-run", "--backend", job_kind.backend]
+    result = runner.invoke(job_app, args)
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == f"pytorchjob/{name} deleted"
-    assert kube_api.jobs == {}
-    again = runner.invoke(job_app, ["gc", "--run-id", "3f1c-kfp-run"])
-    assert again.exit_code == 0 and "no unfinished pytorchjobs" in again.output
+    assert result.stdout.strip() == f"{job_kind.backend}/{name} deleted"
+    assert job_kind.jobs == {} and kube_api.pods == {}
+    again = runner.invoke(job_app, args)
+    assert again.exit_code == 0 and f"no unfinished {job_kind.cls.plural}" in again.output
     bad = runner.invoke(job_app, ["gc", "--run-id", "x", "--namespace", "Bad NS"])
     assert bad.exit_code == 2 and "--namespace 'Bad NS'" in bad.output

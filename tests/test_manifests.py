@@ -1,6 +1,7 @@
 """The kustomize manifests: every kustomization builds; built-in kinds pass kubernetes-validate
 --strict; every PyTorchJob passes the Training Operator v1.9 CRD schema (unknown fields
-rejected) and webhook rules; overlays agree with the launcher's node pools; the job manifests
+rejected) and webhook rules, every TrainJob and the runtime TrainingRuntime/umt-torch the
+Kubeflow Trainer v2.3.0 CRDs (strictly) and its webhook's rules; overlays agree with the launcher's node pools; the job manifests
 are exactly what the launcher renders; and the security rules of issue 12 §5 hold for every
 object we ship: least-privilege RBAC, hardened pods, pinned images, secrets only by reference,
 no shells; the two KFP install kinds get what their runs need in their namespace."""
@@ -18,11 +19,18 @@ import pytest
 import yaml
 
 from umt import catalogue
-from umt.launch import NODE_POOLS, to_dict
+from umt.launch import NODE_POOLS, to_dict, trainer_runtime
 from umt.launch.backends.pytorchjob import CRD_PATH, pytorchjob_errors
+from umt.launch.backends.trainjob import trainjob_errors
 from umt.launch.doctor import needed_permissions
 from umt.launch.images import default_image
-from umt.launch.manifests import render_stage
+from umt.launch.manifests import (
+    RUNTIME_MANIFEST,
+    TRAINJOB_MANIFEST,
+    render_runtime,
+    render_stage,
+    render_stage_trainjob,
+)
 from umt.launch.stages import validate_stage_config
 from umt.launch.values import IMAGE, SECRET_NAME
 
@@ -47,14 +55,33 @@ def build(folder: str) -> tuple[dict, ...]:
     return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
 
 
+CRD_KINDS = ("PyTorchJob", "TrainJob", "TrainingRuntime")
+
+
 def jobs_in(docs) -> list[dict]:
     return [d for d in docs if d["kind"] == "PyTorchJob"]
 
 
+def training_jobs_in(docs) -> list[dict]:
+    return [d for d in docs if d["kind"] in ("PyTorchJob", "TrainJob")]
+
+
+def job_errors(job: dict) -> list[str]:
+    return (pytorchjob_errors if job["kind"] == "PyTorchJob" else trainjob_errors)(job)
+
+
+def job_command(job: dict) -> list[str]:
+    if job["kind"] == "TrainJob":
+        return job["spec"]["trainer"]["command"]
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    return (specs.get("Master") or specs["Worker"])["template"]["spec"]["containers"][0][
+        "command"]
+
+
 def test_the_expected_kustomizations_exist():
-    assert {"base", "jobs/stage1", "overlays/gke", "overlays/eks", "overlays/aks",
+    assert {"base", "runtime", "jobs/stage1", "overlays/gke", "overlays/eks", "overlays/aks",
             "overlays/gfd", "overlays/local", "overlays/kfp-standalone",
-            "overlays/kfp-multi-user"} <= set(KUSTOMIZATIONS)
+            "overlays/kfp-multi-user", "overlays/trainer"} <= set(KUSTOMIZATIONS)
 
 
 @pytest.mark.parametrize("folder", KUSTOMIZATIONS)
@@ -68,7 +95,7 @@ def test_kustomization_builds(folder):
 @pytest.mark.parametrize("folder", KUSTOMIZATIONS)
 def test_builtin_kinds_validate_strictly(folder):
     for doc in build(folder):
-        if doc["kind"] == "PyTorchJob":
+        if doc["kind"] in CRD_KINDS:  # validated against their CRDs below
             continue
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
@@ -85,24 +112,57 @@ def test_the_secret_template_validates_and_holds_no_values():
     assert [s["metadata"]["name"] for s in secrets] == ["umt-s3"]
 
 
-JOBLESS = {"base", "overlays/kfp-standalone", "overlays/kfp-multi-user"}  # namespace setup only
+# Namespace setup (and the runtime) only.
+JOBLESS = {"base", "runtime", "overlays/kfp-standalone", "overlays/kfp-multi-user"}
 
 
 @pytest.mark.parametrize("folder", [f for f in KUSTOMIZATIONS if f not in JOBLESS])
-def test_every_shipped_pytorchjob_is_accepted_by_crd_and_webhook(folder):
-    jobs = jobs_in(build(folder))
+def test_every_shipped_job_is_accepted_by_crd_and_webhook(folder):
+    jobs = training_jobs_in(build(folder))
     assert jobs
     for job in jobs:
-        assert pytorchjob_errors(job) == [], job["metadata"]["name"]
+        assert job_errors(job) == [], job["metadata"]["name"]
         # The training command's config loads (bad presets/keys fail here, not on GPUs).
-        cmd = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
-            "command"]
+        cmd = job_command(job)
         module = cmd[cmd.index("-m") + 1]
         stage = {s.module: s.name for s in catalogue.STAGES.values()}[module]
         rest = cmd[cmd.index("-m") + 2:]
         config = rest[rest.index("--config") + 1] if "--config" in rest else None
         overrides = [a for a in rest if "=" in a]
         validate_stage_config(stage, config, overrides)
+
+
+RUNTIME_FOLDERS = [f for f in KUSTOMIZATIONS
+                   if any(d["kind"] == "TrainingRuntime" for d in build(f))]
+
+
+def test_the_runtime_ships_with_the_trainer_and_kfp_overlays():
+    assert {"runtime", "overlays/trainer", "overlays/kfp-standalone",
+            "overlays/kfp-multi-user"} <= set(RUNTIME_FOLDERS)
+
+
+@pytest.mark.parametrize("folder", RUNTIME_FOLDERS)
+def test_every_overlay_with_the_runtime_ships_it_valid_beside_its_trainjobs(folder):
+    """`kubectl kustomize` of each overlay with the runtime: the TrainingRuntime is strictly
+    valid against the v2.3.0 CRD, is the launcher's, sits in the namespace of the overlay's
+    other objects, and every TrainJob there names it."""
+    docs = build(folder)
+    (runtime,) = [d for d in docs if d["kind"] == "TrainingRuntime"]
+    assert trainer_runtime.runtime_errors(runtime) == []
+    expected = trainer_runtime.runtime()
+    assert runtime["spec"] == expected["spec"]
+    assert runtime["metadata"]["name"] == trainer_runtime.NAME
+    namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"}
+    assert len(namespaces) == 1 or folder == "runtime"
+    for job in [d for d in docs if d["kind"] == "TrainJob"]:
+        assert job["spec"]["runtimeRef"]["name"] == runtime["metadata"]["name"]
+        assert job["metadata"]["namespace"] == runtime["metadata"]["namespace"]
+
+
+def test_the_runtime_and_trainjob_manifests_are_what_the_launcher_renders():
+    for path, text in ((RUNTIME_MANIFEST, render_runtime()),
+                       (TRAINJOB_MANIFEST, render_stage_trainjob("stage1"))):
+        assert path.read_text() == text, f"{path} is stale: run python -m umt.launch.manifests"
 
 
 def test_the_packaged_crd_is_the_shared_v1_9_crd():
@@ -173,7 +233,8 @@ CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition
                   "PriorityClass", "StorageClass", "PersistentVolume"}
 
 
-@pytest.mark.parametrize("folder", [f for f in KUSTOMIZATIONS if not f.startswith("jobs/")])
+@pytest.mark.parametrize("folder", [f for f in KUSTOMIZATIONS
+                                    if not f.startswith("jobs/") and f != "runtime"])
 def test_rbac_is_exactly_what_the_launcher_uses(folder):
     """No wildcard, nothing cluster-scoped, and not one verb more than the launcher calls
     (umt doctor's list, which the launcher's code paths are written against)."""
@@ -215,7 +276,8 @@ def test_each_kfp_install_kind_gets_what_its_runs_need_in_their_namespace(overla
     assert {d["metadata"].get("namespace") for d in docs} == {namespace}
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
     assert kinds == {("ServiceAccount", "umt-training"), ("Role", "umt-launcher"),
-                     ("RoleBinding", "umt-launcher"), ("ConfigMap", "kfp-launcher")}
+                     ("RoleBinding", "umt-launcher"), ("ConfigMap", "kfp-launcher"),
+                     ("TrainingRuntime", trainer_runtime.NAME)}
     (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": runner,
                                     "namespace": namespace}]
@@ -231,6 +293,9 @@ def _pod_specs(doc: dict) -> list[tuple[str, dict]]:
     if doc["kind"] == "PyTorchJob":
         return [(f"{doc['metadata']['name']}/{r}", s["template"]["spec"])
                 for r, s in doc["spec"]["pytorchReplicaSpecs"].items()]
+    if doc["kind"] == "TrainingRuntime":  # what every TrainJob's pods start from
+        return [(f"{doc['metadata']['name']}/{j['name']}", j["template"]["spec"]["template"][
+            "spec"]) for j in doc["spec"]["template"]["spec"]["replicatedJobs"]]
     if doc["kind"] in ("Deployment", "Job", "StatefulSet", "DaemonSet"):
         return [(doc["metadata"]["name"], doc["spec"]["template"]["spec"])]
     if doc["kind"] == "Pod":
@@ -248,7 +313,8 @@ def test_every_shipped_pod_is_hardened():
     writable emptyDirs for /tmp (and $HOME for training), no service-account token where no API
     is used."""
     pods = _all_pods()
-    assert {f for f, _, _ in pods} >= {"jobs/stage1", "overlays/gke", "overlays/local"}
+    assert {f for f, _, _ in pods} >= {"jobs/stage1", "overlays/gke", "overlays/local",
+                                       "runtime", "overlays/trainer"}
     for folder, where, spec in pods:
         what = f"{folder}: {where}"
         pod_sc = spec.get("securityContext") or {}

@@ -120,6 +120,20 @@ def test_job_backend_is_the_cluster_only_inside_a_pod(monkeypatch):
         planning.job_backend()
 
 
+def test_the_job_backend_parameter_picks_the_kind_of_job_not_where_it_runs(monkeypatch):
+    """job_backend=trainjob|pytorchjob|cluster: on a cluster that kind; locally the local
+    executor of that kind (never the cluster from a laptop, never local from a pod)."""
+    monkeypatch.setenv(planning.BACKEND_ENV, "local")
+    assert [planning.job_backend(k) for k in planning.JOB_KINDS] == [
+        "local", "local-trainjob", "local"]
+    monkeypatch.setenv(planning.BACKEND_ENV, "cluster")
+    assert [planning.job_backend(k) for k in planning.JOB_KINDS] == [
+        "cluster", "trainjob", "pytorchjob"]
+    with pytest.raises(ValueError, match="job_backend='local': must be one of cluster, "
+                                         "trainjob, pytorchjob"):
+        planning.job_backend("local")
+
+
 # -- validate --------------------------------------------------------------------------------
 def test_validate_plans_exactly_what_the_steps_will_run(videos, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sentinel-secret-value-123")

@@ -24,6 +24,7 @@ def evaluate(
     node_pool: str = "gke-a100",
     image: str = "",
     s3_secret: str = "umt-s3",
+    job_backend: str = "cluster",
 ):
     """Evaluates a fine-tuned model (stage eval-<task> of umt.catalogue) as a job.
 
@@ -45,5 +46,6 @@ def evaluate(
     s.evaluate(task, model=model, dataset=dataset, tasks=tasks, task_data=task_data,
                model_size=model_size, num_frames=num_frames, overrides=overrides,
                output_prefix=output_prefix, nodes=nodes, gpus_per_node=gpus_per_node,
-               node_pool=node_pool, image=image, s3_secret=s3_secret, metrics=metrics,
+               node_pool=node_pool, image=image, s3_secret=s3_secret,
+               job_backend=job_backend, metrics=metrics,
                confusion=confusion, job=job)

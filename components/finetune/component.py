@@ -26,6 +26,7 @@ def finetune(
     node_pool: str = "gke-a100",
     image: str = "",
     s3_secret: str = "umt-s3",
+    job_backend: str = "cluster",
 ):
     """Fine-tunes a pretrained model for one downstream task (stage finetune-<task>).
 
@@ -44,4 +45,5 @@ def finetune(
                model_size=model_size, steps=steps, batch_size=batch_size,
                num_frames=num_frames, overrides=overrides, output_prefix=output_prefix,
                nodes=nodes, gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
-               s3_secret=s3_secret, model=model, metrics=metrics, job=job)
+               s3_secret=s3_secret, job_backend=job_backend, model=model, metrics=metrics,
+               job=job)

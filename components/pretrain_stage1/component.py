@@ -23,6 +23,7 @@ def pretrain_stage1(
     node_pool: str = "gke-a100",
     image: str = "",
     s3_secret: str = "umt-s3",
+    job_backend: str = "cluster",
 ):
     """Trains Stage 1 (semantic masking + unmasked token alignment) as a PyTorchJob.
 
@@ -42,4 +43,5 @@ def pretrain_stage1(
             batch_size=batch_size, num_frames=num_frames, overrides=overrides,
             existing_checkpoint=existing_checkpoint, output_prefix=output_prefix, nodes=nodes,
             gpus_per_node=gpus_per_node, node_pool=node_pool, image=image, s3_secret=s3_secret,
+            job_backend=job_backend,
             model=model, metrics=metrics, job=job)

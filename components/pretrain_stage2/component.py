@@ -25,6 +25,7 @@ def pretrain_stage2(
     node_pool: str = "gke-a100",
     image: str = "",
     s3_secret: str = "umt-s3",
+    job_backend: str = "cluster",
 ):
     """Trains Stage 2 (UTA + video-text contrastive, matching, masked language modelling).
 
@@ -45,5 +46,6 @@ def pretrain_stage2(
             model_size=model_size, steps=steps, batch_size=batch_size, num_frames=num_frames,
             overrides=overrides, existing_checkpoint=existing_checkpoint,
             output_prefix=output_prefix, nodes=nodes, gpus_per_node=gpus_per_node,
-            node_pool=node_pool, image=image, s3_secret=s3_secret, model=model,
+            node_pool=node_pool, image=image, s3_secret=s3_secret, job_backend=job_backend,
+            model=model,
             metrics=metrics, job=job)

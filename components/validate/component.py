@@ -35,6 +35,7 @@ def validate(
     node_pool: str = "gke-a100",
     image: str = "",
     s3_secret: str = "umt-s3",
+    job_backend: str = "cluster",
 ):
     """Checks the pipeline's settings and plans every job; fails listing all problems.
 

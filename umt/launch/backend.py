@@ -18,8 +18,11 @@ somewhere. Each one owns everything specific to its kind of job:
 class is created. So a new backend is one module in ``umt/launch/backends/`` (plus its CRD
 file in ``umt/launch/crds/`` and its Role rule): ``make_backend``, ``render_job``,
 ``run_training_job``, ``umt job ... --backend``, gc and doctor find it without another file
-being edited. ``"cluster"`` names the cluster's default backend (:data:`CLUSTER_DEFAULT`); an
-object that is not a :class:`Backend` (a test's stand-in) gets the default's job objects.
+being edited. ``"cluster"`` names the backend the cluster at hand runs: :func:`make_backend`
+asks it (:mod:`umt.launch.detect`: TrainJob where Kubeflow Trainer v2 is installed, else
+PyTorchJob, :data:`CLUSTER_PREFERENCE`); without a cluster to ask (rendering on a laptop) it is
+:data:`CLUSTER_DEFAULT`. An object that is not a :class:`Backend` (a test's stand-in) gets the
+default's job objects.
 """
 
 from __future__ import annotations
@@ -33,7 +36,12 @@ from umt.launch.serialize import to_dict, to_yaml
 from umt.launch.status import JobStatus
 
 CLUSTER = "cluster"  # the name for "whatever this cluster runs by default"
-CLUSTER_DEFAULT = "pytorchjob"  # the Training Operator v1 is what our clusters have today
+# What "cluster" is where no cluster can be asked (umt.launch.detect): the job kind the shipped
+# manifests (manifests/jobs) and most clusters with the Training Operator v1 know.
+CLUSTER_DEFAULT = "pytorchjob"
+# What "cluster" is on a cluster serving these kinds, first served first: Trainer v2 is where
+# Kubeflow went (the Training Operator v1 is maintenance-only and left the Kubeflow platform).
+CLUSTER_PREFERENCE = ("trainjob", "pytorchjob")
 _REGISTRY: dict[str, type["Backend"]] = {}
 
 
@@ -209,7 +217,8 @@ def backend_class(backend: str | Any = CLUSTER) -> type[Backend]:
     name = CLUSTER_DEFAULT if backend == CLUSTER else backend
     registry = discover()
     if name not in registry:
-        raise ValueError(f"backend must be {CLUSTER!r} (= {CLUSTER_DEFAULT}), one of "
+        raise ValueError(f"backend must be {CLUSTER!r} (the kind the cluster serves; "
+                         f"{CLUSTER_DEFAULT} with no cluster to ask), one of "
                          f"{', '.join(sorted(registry))} or a Backend, got {backend!r}")
     return registry[name]
 
@@ -219,6 +228,11 @@ def make_backend(backend: str | Any = CLUSTER, **options: Any) -> Any:
     backend of that name made from ``options`` (see :meth:`Backend.from_options`)."""
     if not isinstance(backend, str):
         return backend
+    if backend == CLUSTER:
+        from umt.launch.detect import resolve
+
+        backend = resolve(backend, kubeconfig=options.get("kubeconfig"),
+                          context=options.get("context"), namespace=options.get("namespace"))
     return backend_class(backend).from_options(**options)
 
 

@@ -11,9 +11,11 @@
     umt job delete NAME
     umt job gc --run-id RUN    # delete the unfinished jobs of a (terminated) pipeline run
     umt job run stage1 --config tiny --nodes 2 train.steps=20  # the same job, run locally
+    umt job render stage1 --backend trainjob ...   # a Kubeflow Trainer v2 TrainJob
 
 ``--backend NAME`` picks the kind of job (``umt job render --help`` lists the registered ones);
-the default, ``cluster``, is the cluster's default backend (``umt.launch.backend``).
+the default, ``cluster``, is the kind the configured cluster serves, TrainJob first
+(``umt.launch.detect``; PyTorchJob when no cluster can be asked).
 
 Every value is checked before anything is rendered (umt.launch.values): a bad namespace,
 quantity, count or name fails here with the option, the value and what is allowed (exit 2).
@@ -76,6 +78,13 @@ DeadlineOpt = typer.Option(
     help=f"Fail the job after N seconds (default {DEFAULT_ACTIVE_DEADLINE}: 14 days).")
 GangOpt = typer.Option(False, "--gang", help="Gang scheduling (Volcano / scheduler-plugins).")
 QueueOpt = typer.Option(None, "--queue", help="Volcano queue.")
+KueueOpt = typer.Option(None, "--kueue-queue",
+                        help="Kueue LocalQueue (label kueue.x-k8s.io/queue-name): the job waits "
+                             "suspended until the queue admits it.")
+GraceOpt = typer.Option(None, "--termination-grace",
+                        help="Seconds a pod has after SIGTERM (preemption, drain) to checkpoint "
+                             "before SIGKILL (default: Kubernetes' 30).")
+SpotOpt = typer.Option(False, "--spot", help="Run on the node pool's spot / preemptible nodes.")
 PriorityOpt = typer.Option(None, "--priority-class", help="PriorityClass of the pods.")
 ElasticOpt = typer.Option(None, "--elastic", help="MIN:MAX nodes for an elastic job.")
 CpuOpt = typer.Option(None, "--cpu", help="CPU request per pod (default 8 per GPU).")
@@ -99,8 +108,9 @@ UnschedulableOpt = typer.Option(
 KubeconfigOpt = typer.Option(None, "--kubeconfig", help="Default: $KUBECONFIG, in-cluster.")
 BackendOpt = typer.Option(
     CLUSTER, "--backend",
-    help=f"Job backend: {', '.join(backend_names())}, or {CLUSTER} (the cluster's default: "
-         f"{CLUSTER_DEFAULT}).")
+    help=f"Job backend: {', '.join(backend_names())}, or {CLUSTER}: the kind the cluster "
+         f"serves, TrainJob first ({CLUSTER_DEFAULT} when no cluster can be asked).")
+LOCAL_BACKENDS = {"pytorchjob": "local", "trainjob": "local-trainjob"}
 ContextOpt = typer.Option(None, "--context", help="kubeconfig context.")
 
 
@@ -122,7 +132,10 @@ def _request(stage: str = StageArg, overrides: Optional[List[str]] = OverridesAr
              memory: Optional[str] = MemoryOpt, shm_size: Optional[str] = ShmOpt,
              allow_local_output: bool = AllowLocalOutputOpt,
              service_account: str = ServiceAccountOpt,
-             writable_root_filesystem: bool = WritableRootOpt) -> TrainingJob:
+             writable_root_filesystem: bool = WritableRootOpt,
+             kueue_queue: Optional[str] = KueueOpt,
+             termination_grace: Optional[int] = GraceOpt,
+             spot: bool = SpotOpt) -> TrainingJob:
     """The job the options describe (the command-line options of ``umt job render`` and
     ``submit``: see ``_job_command``); a bad value exits 2 naming it."""
     elastic_min = elastic_max = None
@@ -143,16 +156,19 @@ def _request(stage: str = StageArg, overrides: Optional[List[str]] = OverridesAr
             priority_class=priority_class, elastic_min_nodes=elastic_min,
             elastic_max_nodes=elastic_max, cpu=cpu, memory=memory, shm_size=shm_size,
             allow_local_output=allow_local_output, service_account=service_account or None,
-            read_only_root_filesystem=not writable_root_filesystem, **optional)
+            read_only_root_filesystem=not writable_root_filesystem, kueue_queue=kueue_queue,
+            termination_grace_seconds=termination_grace, spot=spot, **optional)
     except ValueError as e:
         raise _fail(str(e), 2) from None
 
 
 def _render(req: TrainingJob, backend: str):
     from umt.launch.backend import render_job
+    from umt.launch.detect import resolve
 
     try:
-        return render_job(req, backend)
+        # "cluster": the kind the configured cluster runs, if one answers (umt.launch.detect).
+        return render_job(req, resolve(backend, namespace=req.namespace))
     except (ValueError, InvalidJobError) as e:  # a bad config or job: say why, no traceback
         raise _fail(str(e), 2) from None
 
@@ -345,15 +361,23 @@ def run_local(stage: str = StageArg, overrides: Optional[List[str]] = OverridesA
                                                  help="torchrun processes per replica."),
               output: Optional[str] = OutputOpt,
               restart_policy: str = RestartOpt, backoff_limit: Optional[int] = BackoffOpt,
-              workdir: str = typer.Option("runs/local-jobs", help="Job YAML and replica logs.")):
-    """Run the job on this machine (CPU, gloo): one process group per replica."""
+              termination_grace: Optional[int] = GraceOpt,
+              workdir: str = typer.Option("runs/local-jobs", help="Job YAML and replica logs."),
+              backend: str = typer.Option(
+                  "pytorchjob", "--backend",
+                  help=f"The kind of job run here: {', '.join(LOCAL_BACKENDS)}.")):
+    """Run the job on this machine (CPU, gloo): one process group per replica, as the
+    PyTorchJob (or TrainJob) would run on a cluster."""
     from umt.launch.run import run_training_job
 
+    if backend not in LOCAL_BACKENDS:
+        raise _fail(f"--backend {backend!r}: must be one of {', '.join(LOCAL_BACKENDS)}", 2)
     try:
         result = run_training_job(
             stage, config, overrides or [], nodes=nodes, gpus_per_node=0, node_pool="cpu",
             procs_per_node=procs_per_node, output_uri=output, s3=None,
-            restart_policy=restart_policy, backoff_limit=backoff_limit, backend="local",
+            restart_policy=restart_policy, backoff_limit=backoff_limit,
+            termination_grace_seconds=termination_grace, backend=LOCAL_BACKENDS[backend],
             local_workdir=workdir)  # <workdir>/<job>/ holds job.yaml and replica logs
     except (ValueError, InvalidJobError) as e:
         raise _fail(str(e), 2) from None

@@ -25,6 +25,7 @@ import json
 import logging
 import re
 import time
+from datetime import datetime, timezone
 from typing import Any, Callable, ClassVar, Iterator
 
 import urllib3
@@ -301,6 +302,7 @@ class KubeJobBackend(Backend):
         deadline = None if timeout is None else time.monotonic() + timeout
         last_phase, errors = None, 0
         watch = _PodWatch(self, name)
+        queue = _QueueWatch(name, self.unschedulable_warn_every)
         while True:
             try:
                 current = self.status(name)
@@ -317,13 +319,15 @@ class KubeJobBackend(Backend):
                 errors += 1
                 log.warning("lost the API server while waiting for %s (%s); retrying", name, e)
             else:
+                queue.note(current)
                 if current.phase != last_phase:
                     last_phase = current.phase
                     if on_status:
                         on_status(current)
                 if current.finished:
                     return current
-                watch.check()  # raises JobStartError for pods that cannot start
+                if not current.queued:  # a queued job has no pods to watch yet
+                    watch.check()  # raises JobStartError for pods that cannot start
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {name} still {last_phase} after {timeout:.0f}s")
             # Back off on repeated errors (up to 10 polls) so a flapping API server recovers.
@@ -332,14 +336,13 @@ class KubeJobBackend(Backend):
     # -- logs ------------------------------------------------------------------------------
     def logs(self, name: str, *, follow: bool = False, replica: str | None = None,
              index: int = 0) -> Iterator[str]:
-        pod = self.log_pod(name, replica, index)
         if not follow:
             text = self.cluster.core.read_namespaced_pod_log(
-                pod, self.namespace, container=self.container,
+                self.log_pod(name, replica, index), self.namespace, container=self.container,
                 _request_timeout=self.request_timeout)
             yield from text.splitlines()
             return
-        yield from self._follow(name, pod)
+        yield from self._follow(name, lambda: self.log_pod(name, replica, index))
 
     def _previous_lines(self, pod: str) -> list[tuple[str, str]]:
         try:
@@ -355,12 +358,15 @@ class KubeJobBackend(Backend):
                 out.append((_ts_key(ts), body))
         return out
 
-    def _follow(self, name: str, pod: str) -> Iterator[str]:
-        """Stream a pod's log across container restarts and dropped connections, without
-        repeating lines (timestamps tell where the previous stream stopped)."""
+    def _follow(self, name: str, find_pod: Callable[[], str]) -> Iterator[str]:
+        """Stream a replica's log across container restarts, pod re-creations (a JobSet
+        restart gives the replica a new pod name: ``find_pod`` is asked again on every
+        reconnect) and dropped connections, without repeating lines (timestamps tell where
+        the previous stream stopped)."""
         last = ""
         while True:
             try:
+                pod = find_pod()
                 # A container that crashed between two connections: show its last words.
                 for key, text in self._previous_lines(pod):
                     if key > last:
@@ -393,11 +399,54 @@ class KubeJobBackend(Backend):
                 pass
             try:
                 if self.status(name).finished:
+                    # A short job can end between two connections: its last lines (or all
+                    # of them) are still in the finished pod's log.
+                    yield from self._rest_of_log(find_pod, last)
                     return
             except ApiException as e:
                 if e.status == 404:
                     return
             time.sleep(min(self.poll_interval, 5.0))
+
+    def _rest_of_log(self, find_pod: Callable[[], str], after: str) -> Iterator[str]:
+        """The lines of the replica's (finished) log newer than ``after``; none when the pod is
+        gone or unreadable."""
+        try:
+            text = self.cluster.core.read_namespaced_pod_log(
+                find_pod(), self.namespace, container=self.container, timestamps=True,
+                _request_timeout=self.request_timeout)
+        except (ApiException, *TRANSIENT_ERRORS):
+            return
+        for line in text.splitlines():
+            ts, _, body = line.partition(" ")
+            if _RFC3339.match(ts) and _ts_key(ts) > after:
+                yield body
+
+
+class _QueueWatch:
+    """Says, in the launcher's log, how long a job waits in its Kueue queue: when it is
+    queued, every ``every`` seconds while it waits, and when it is admitted."""
+
+    def __init__(self, job: str, every: float):
+        self.job, self.every = job, every
+        self.last_said: float | None = None
+        self.was_queued = False
+
+    def note(self, status: JobStatus) -> None:
+        now = time.monotonic()
+        if status.queued:
+            if self.last_said is None or now - self.last_said >= self.every:
+                waited = status.queued_seconds(datetime.now(timezone.utc))
+                log.warning("job %s is queued in Kueue queue %s (%s so far): suspended until "
+                            "the queue admits it", self.job, status.queue,
+                            "?" if waited is None else f"{waited:.0f}s")
+                self.last_said = now
+            self.was_queued = True
+        elif self.was_queued:
+            waited = status.queued_seconds()
+            log.warning("job %s admitted by Kueue queue %s after %s", self.job, status.queue,
+                        "?" if waited is None else f"{waited:.0f}s in the queue")
+            self.was_queued = False
 
 
 class _PodWatch:

@@ -1,11 +1,14 @@
 """Pre-flight checks, run before any GPU is spent: ``umt doctor [--backend NAME]``.
 
-1. the cluster answers (kubeconfig or in-cluster service account);
+1. the cluster answers (kubeconfig or in-cluster service account); with ``--backend cluster``
+   (the default) which job kinds it serves and so which backend ``cluster`` means there
+   (:mod:`umt.launch.detect`: TrainJob when Kubeflow Trainer v2 is installed, else PyTorchJob);
 2. the backend's own checks (:meth:`umt.launch.backend.Backend.doctor_checks`): for a cluster
    backend, its CRD is installed and serves its version (read from the CRD itself, or from API
    discovery when, as in Kubeflow profile namespaces, users may not read CRDs), and we may use
    every verb it needs in the namespace -- create, list and delete its jobs, read pods and logs
-   (SelfSubjectAccessReview: asks the API server, so RBAC, webhooks and aggregation agree);
+   (SelfSubjectAccessReview: asks the API server, so RBAC, webhooks and aggregation agree); for
+   TrainJobs also that the project runtime ``TrainingRuntime/umt-torch`` exists there;
 3. the S3 Secret the jobs' pods read their credentials from (default ``umt-s3``) exists in the
    namespace with non-empty required keys (a pod referencing a missing Secret or key never
    starts: CreateContainerConfigError). Reading Secrets is not in the launcher's Role, so when we
@@ -97,6 +100,46 @@ def check_rbac(cluster: Cluster, namespace: str, needed: list[Permission],
     return Check("RBAC", True, f"{allowed_text} in {namespace}")
 
 
+def check_backend(cluster: Cluster) -> tuple[Check, str]:
+    """Which job kinds the cluster serves, and the backend ``cluster`` means there."""
+    from umt.launch.detect import CLUSTER_PREFERENCE, served_backends
+
+    try:
+        kinds = served_backends(cluster)
+    except ApiException as e:
+        return Check("backend", False, f"API discovery failed: {e.status} {e.reason}"), \
+            CLUSTER_PREFERENCE[0]
+    found = [name for name in CLUSTER_PREFERENCE if kinds[name]]
+    listing = ", ".join(f"{backend_class(n).kind} {'served' if kinds[n] else 'not served'}"
+                        for n in CLUSTER_PREFERENCE)
+    if not found:
+        return Check("backend", False, f"{listing}: install Kubeflow Trainer v2 (or the Training "
+                                       "Operator v1), docs/cluster.md section 1"), \
+            CLUSTER_PREFERENCE[0]
+    return Check("backend", True, f"{listing}: --backend cluster means {found[0]}"), found[0]
+
+
+def check_runtime(cluster: Cluster, namespace: str) -> Check:
+    """The project's TrainingRuntime exists in ``namespace`` (TrainJobs name it)."""
+    from umt.launch import trainer_runtime as tr
+
+    title = "runtime"
+    try:
+        client.CustomObjectsApi(cluster.api_client).get_namespaced_custom_object(
+            tr.GROUP, tr.API_VERSION.split("/")[1], namespace, tr.PLURAL, tr.NAME,
+            _request_timeout=15)
+    except ApiException as e:
+        if e.status == 404:
+            return Check(title, False, f"{tr.KIND} {tr.NAME} not found in {namespace}: "
+                                       f"kubectl -n {namespace} apply -k manifests/runtime")
+        if e.status == 403:
+            return Check(title, True, f"may not read {tr.PLURAL} in {namespace}: make sure "
+                                      f"{tr.KIND} {tr.NAME} exists (manifests/runtime)",
+                         warning=True)
+        return Check(title, False, f"cannot read {tr.KIND} {tr.NAME}: {e.status} {e.reason}")
+    return Check(title, True, f"{tr.KIND} {tr.NAME} in {namespace}")
+
+
 def check_s3_secret(cluster: Cluster, namespace: str, secret: str = "umt-s3") -> Check:
     name = "S3 secret"
     keys = S3Credentials(secret=secret).keys.values()
@@ -166,6 +209,9 @@ def run_checks(*, namespace: str | None = None, kubeconfig: str | None = None,
         checks.append(Check("cluster", False, str(e)))
         cluster = None
     if cluster is not None:
+        if backend == CLUSTER:
+            found, backend = check_backend(cluster)
+            checks.append(found)
         checks += backend_class(backend).doctor_checks(cluster, namespace or cluster.namespace)
         if s3_secret:
             checks.append(check_s3_secret(cluster, namespace or cluster.namespace, s3_secret))

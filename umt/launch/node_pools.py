@@ -7,6 +7,17 @@ the kustomize overlays in ``manifests/overlays/`` (a test checks both agree).
 Every GPU pool tolerates ``nvidia.com/gpu:NoSchedule``: GKE taints GPU nodes with it automatically
 and it is the usual taint elsewhere, so that CPU pods stay off expensive nodes.
 
+Spot (preemptible) nodes: each cloud labels them, and GKE/AKS taint them, in its own way, so a job
+asking for spot capacity (``--spot``) adds the pool's spot selector and toleration:
+
+* GKE: label ``cloud.google.com/gke-spot=true``; the taint of the same key is GKE's documented
+  way to keep other pods off spot pools, so it is tolerated;
+* EKS managed node groups: label ``eks.amazonaws.com/capacityType=SPOT`` (no taint);
+* AKS: spot pools are labelled and tainted ``kubernetes.azure.com/scalesetpriority=spot``.
+
+A spot node may go with 30 s (GKE, AKS) to 2 min (EKS) notice: the pod gets SIGTERM, and the
+training process checkpoints within ``terminationGracePeriodSeconds`` (``--termination-grace``).
+
 Each pool also lists the machine types it may hand out (GPUs, vCPUs, memory), so that default
 CPU/memory requests are capped to what the smallest machine that can take the pod holds, less
 headroom for the kubelet's reservations and the daemonsets (a pod that asks for more than a node
@@ -70,6 +81,13 @@ class NodePool:
     # (64 MiB) makes multi-GPU runs crash with "Bus error".
     shm_gib: int = 64
     machines: tuple[Machine, ...] = ()
+    # Spot capacity of the pool (empty: the cloud has none we know how to select).
+    spot_node_selector: dict[str, str] = field(default_factory=dict)
+    spot_tolerations: tuple[V1Toleration, ...] = ()
+
+    @property
+    def has_spot(self) -> bool:
+        return bool(self.spot_node_selector)
 
     def smallest_fit(self, gpus: int) -> Machine | None:
         """The smallest machine of the pool a pod with ``gpus`` GPUs may land on: default
@@ -98,11 +116,22 @@ P4D = Machine("p4d.24xlarge", 8, 96, 1152)
 P4DE = Machine("p4de.24xlarge", 8, 96, 1152)
 
 
+# Spot capacity, per cloud (see the module docstring).
+GKE_SPOT = {"cloud.google.com/gke-spot": "true"}
+GKE_SPOT_TOLERATIONS = (V1Toleration(key="cloud.google.com/gke-spot", operator="Equal",
+                                     value="true", effect="NoSchedule"),)
+EKS_SPOT = {"eks.amazonaws.com/capacityType": "SPOT"}
+AKS_SPOT = {"kubernetes.azure.com/scalesetpriority": "spot"}
+AKS_SPOT_TOLERATIONS = (V1Toleration(key="kubernetes.azure.com/scalesetpriority",
+                                     operator="Equal", value="spot", effect="NoSchedule"),)
+
+
 def _eks_pool(name: str, machine: Machine, gpus: str) -> NodePool:
     """An EKS pool of one instance type (EKS labels every node with its instance type)."""
     return NodePool(name=name, description=f"EKS {machine.name} ({gpus})",
                     node_selector={"node.kubernetes.io/instance-type": machine.name},
-                    tolerations=(GPU_TOLERATION,), machines=(machine,))
+                    tolerations=(GPU_TOLERATION,), machines=(machine,),
+                    spot_node_selector=EKS_SPOT)
 
 
 NODE_POOLS: dict[str, NodePool] = {pool.name: pool for pool in [
@@ -115,6 +144,7 @@ NODE_POOLS: dict[str, NodePool] = {pool.name: pool for pool in [
         machines=(Machine("a2-highgpu-1g", 1, 12, 85), Machine("a2-highgpu-2g", 2, 24, 170),
                   Machine("a2-highgpu-4g", 4, 48, 340), Machine("a2-highgpu-8g", 8, 96, 680),
                   Machine("a2-megagpu-16g", 16, 96, 1360)),
+        spot_node_selector=GKE_SPOT, spot_tolerations=GKE_SPOT_TOLERATIONS,
     ),
     NodePool(
         name="gke-a100-80gb",
@@ -123,6 +153,7 @@ NODE_POOLS: dict[str, NodePool] = {pool.name: pool for pool in [
         tolerations=(GPU_TOLERATION,),
         machines=(Machine("a2-ultragpu-1g", 1, 12, 170), Machine("a2-ultragpu-2g", 2, 24, 340),
                   Machine("a2-ultragpu-4g", 4, 48, 680), Machine("a2-ultragpu-8g", 8, 96, 1360)),
+        spot_node_selector=GKE_SPOT, spot_tolerations=GKE_SPOT_TOLERATIONS,
     ),
     _eks_pool("eks-p4d", P4D, "8x A100 40GB"),
     _eks_pool("eks-p4de", P4DE, "8x A100 80GB"),
@@ -132,6 +163,7 @@ NODE_POOLS: dict[str, NodePool] = {pool.name: pool for pool in [
         tolerations=(GPU_TOLERATION,),
         affinity=_instance_types(P4D.name, P4DE.name),
         machines=(P4D, P4DE),
+        spot_node_selector=EKS_SPOT,
     ),
     NodePool(
         name="aks-a100",
@@ -143,6 +175,7 @@ NODE_POOLS: dict[str, NodePool] = {pool.name: pool for pool in [
                      V1Toleration(key="sku", operator="Equal", value="gpu", effect="NoSchedule")),
         machines=(Machine("Standard_ND96asr_v4", 8, 96, 900),
                   Machine("Standard_ND96amsr_A100_v4", 8, 96, 1900)),
+        spot_node_selector=AKS_SPOT, spot_tolerations=AKS_SPOT_TOLERATIONS,
     ),
     NodePool(
         name="gfd-a100",
@@ -165,6 +198,19 @@ NODE_POOLS: dict[str, NodePool] = {pool.name: pool for pool in [
         shm_gib=1,
     ),
 ]}
+
+
+def placement(pool: NodePool, spot: bool = False) -> tuple[dict[str, str], list[V1Toleration]]:
+    """(node selector, tolerations) of a pod on ``pool``, on its spot nodes with ``spot``."""
+    selector, tolerations = dict(pool.node_selector), list(pool.tolerations)
+    if spot:
+        if not pool.has_spot:
+            raise ValueError(f"--spot: node pool {pool.name} ({pool.description}) has no spot "
+                             "capacity we know how to select; spot pools: "
+                             + ", ".join(p.name for p in NODE_POOLS.values() if p.has_spot))
+        selector.update(pool.spot_node_selector)
+        tolerations += list(pool.spot_tolerations)
+    return selector, tolerations
 
 
 def get_node_pool(name: str) -> NodePool:

@@ -15,7 +15,11 @@ same way:
   processes per node, rendezvous), so one command runs on 1 or 64 nodes or in the local
   executor. User strings reach the container only as items of this list (no shell anywhere);
 * labels ``app.kubernetes.io/part-of=umt``, ``umt/stage``, ``umt/run-id`` (selectable: a run's
-  jobs are found by them) on the job and every pod;
+  jobs are found by them) on the job and every pod; with ``kueue_queue`` also Kueue's
+  ``kueue.x-k8s.io/queue-name`` on the job (Kueue then holds it suspended until admitted);
+* ``terminationGracePeriodSeconds`` of the pods from ``termination_grace_seconds`` (the time a
+  preempted or drained pod has to checkpoint after SIGTERM), also given to the training process
+  as ``UMT_SIGTERM_GRACE_S``;
 * requests of 8 CPUs and 60Gi per GPU (2 and 8Gi on CPU) capped to the node pool's machines,
   memory limit == request, GPUs as limits;
 * the hardened pod: UID 1000 (non-root), no privilege escalation, all capabilities dropped,
@@ -57,7 +61,7 @@ from kubernetes.client import (
 
 from umt.launch import values
 from umt.launch.images import default_image
-from umt.launch.node_pools import GPU_RESOURCE, get_node_pool
+from umt.launch.node_pools import GPU_RESOURCE, get_node_pool, placement
 from umt.launch.serialize import to_dict
 from umt.launch.stages import (
     is_local_config_file,
@@ -71,6 +75,10 @@ LABEL_STAGE = "umt/stage"
 LABEL_RUN_ID = "umt/run-id"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
 ANNOTATION_SPEC_HASH = "umt/spec-hash"
+# Kueue's label naming the LocalQueue a job waits in (on the job object, every integration).
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# The training process's budget between SIGTERM and SIGKILL (the pods' grace period).
+SIGTERM_GRACE_ENV = "UMT_SIGTERM_GRACE_S"
 
 # Replica pods are '<job>-worker-<i>' and each gets a Service of the same name, which must be a
 # DNS-1035 label (<= 63 chars); keep room for '-worker-' and the index.
@@ -134,12 +142,17 @@ class TrainingJob:
     # scheduler-plugins (the operator then sets each pod's schedulerName itself).
     gang_scheduling: bool = False
     queue: str | None = None  # Volcano queue
+    kueue_queue: str | None = None  # Kueue LocalQueue (label kueue.x-k8s.io/queue-name)
     priority_class: str | None = None
     schedule_timeout_seconds: int | None = None  # scheduler-plugins: give up waiting after
     elastic_min_nodes: int | None = None  # set both for an elastic (c10d rendezvous) job
     elastic_max_nodes: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
+    # Seconds a pod gets between SIGTERM (preemption, drain, deletion) and SIGKILL; None: the
+    # Kubernetes default (30 s). Spot nodes give 30 s (GKE, AKS) to 2 min (EKS) notice.
+    termination_grace_seconds: int | None = None
+    spot: bool = False  # on the node pool's spot / preemptible nodes
     validate_config: bool = True  # load the stage config now (imports its config schema)
     # A local (not s3://) train.output_dir is refused: each pod has its own filesystem, so the
     # checkpoints would be lost. True when it is a shared volume mounted in every pod (a PVC),
@@ -156,6 +169,7 @@ class TrainingJob:
     def __post_init__(self) -> None:
         check_values(self)
         pool = get_node_pool(self.node_pool)
+        placement(pool, self.spot)  # a pool without spot capacity fails here
         if self.gpus_per_node > pool.gpus_per_node:
             raise ValueError(f"--gpus-per-node {self.gpus_per_node}: node pool {pool.name} "
                              f"({pool.description}) has at most {pool.gpus_per_node} GPUs per "
@@ -222,6 +236,10 @@ def check_values(req: TrainingJob) -> None:
     p.integer("schedule_timeout_seconds", req.schedule_timeout_seconds, 1)
     p.dns_subdomain("priority_class", req.priority_class)
     p.dns_subdomain("queue", req.queue)
+    # A LocalQueue name is an object name, and it is a label value: both rules hold.
+    p.dns_label("kueue_queue", req.kueue_queue)
+    p.integer("termination_grace_seconds", req.termination_grace_seconds, 0)
+    p.check(isinstance(req.spot, bool), "spot", req.spot, "must be true or false")
     elastic = (req.elastic_min_nodes, req.elastic_max_nodes)
     if (elastic[0] is None) != (elastic[1] is None):
         p.add("elastic", f"{elastic[0]}:{elastic[1]}", "set both the minimum and the maximum "
@@ -236,7 +254,8 @@ def check_values(req: TrainingJob) -> None:
     for item in req.overrides:
         p.check(isinstance(item, str) and bool(values.OVERRIDE.match(item)), "overrides", item,
                 "overrides are key=value with a dotted key (train.steps=10), never options")
-    p.labels("labels", req.labels, reserved=(LABEL_STAGE, LABEL_RUN_ID, LABEL_PART_OF))
+    p.labels("labels", req.labels,
+             reserved=(LABEL_STAGE, LABEL_RUN_ID, LABEL_PART_OF, KUEUE_QUEUE_LABEL))
     p.labels("annotations", req.annotations, reserved=(ANNOTATION_SPEC_HASH,),
              check_values=False)
     p.raise_if_any()
@@ -280,6 +299,15 @@ def job_labels(req: TrainingJob) -> dict[str, str]:
     return labels
 
 
+def job_object_labels(req: TrainingJob) -> dict[str, str]:
+    """The labels of the job object: its pods' (:func:`job_labels`) plus the Kueue queue,
+    which Kueue reads on the job only."""
+    labels = job_labels(req)
+    if req.kueue_queue:
+        labels[KUEUE_QUEUE_LABEL] = req.kueue_queue
+    return labels
+
+
 def spec_hash(job: Any) -> str:
     """The hash of what runs (the object's ``spec``): the ``umt/spec-hash`` annotation lets an
     adopting launcher tell "my job" from a same-named stranger."""
@@ -299,7 +327,10 @@ def command(req: TrainingJob) -> list[str]:
 
 
 def env(req: TrainingJob) -> list[V1EnvVar]:
-    out = [V1EnvVar(name=k, value=v) for k, v in sorted(req.env.items())]
+    values_ = dict(req.env)
+    if req.termination_grace_seconds is not None:
+        values_.setdefault(SIGTERM_GRACE_ENV, str(req.termination_grace_seconds))
+    out = [V1EnvVar(name=k, value=v) for k, v in sorted(values_.items())]
     if req.s3 is not None:
         for var, (key, optional) in req.s3.keys.items():
             if var in req.env:
@@ -393,15 +424,17 @@ def pod_template(req: TrainingJob, labels: dict[str, str],
                  main: V1Container) -> V1PodTemplateSpec:
     """A replica's pod: ``main`` on the node pool, hardened, with the scratch volumes."""
     pool = get_node_pool(req.node_pool)
+    selector, tolerations = placement(pool, req.spot)
     spec = V1PodSpec(
         containers=[main],
         service_account_name=req.service_account,
-        node_selector=dict(pool.node_selector) or None,
-        tolerations=list(pool.tolerations) or None,
+        node_selector=selector or None,
+        tolerations=tolerations or None,
         affinity=pool.affinity,
         volumes=volumes(req),
         security_context=pod_security_context(),
         priority_class_name=req.priority_class,
+        termination_grace_period_seconds=req.termination_grace_seconds,
     )
     return V1PodTemplateSpec(metadata=V1ObjectMeta(labels=labels,
                                                    annotations=dict(POD_ANNOTATIONS)),

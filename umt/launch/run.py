@@ -50,6 +50,7 @@ from umt.launch.backend import (
     make_backend,
     shares_filesystem,
 )
+from umt.launch.detect import resolve
 from umt.launch.request import TrainingJob
 from umt.launch.status import JobStatus
 
@@ -158,6 +159,8 @@ def run_training_job(stage: str, config: str | None = None, overrides: Sequence[
         job_options.setdefault("allow_local_output", True)
     req = TrainingJob(stage=stage, config=config, overrides=list(overrides), nodes=nodes,
                       gpus_per_node=gpus_per_node, node_pool=node_pool, **job_options)
+    # "cluster": the kind the cluster runs (TrainJob where Trainer v2 is installed).
+    backend = resolve(backend, kubeconfig=kubeconfig, context=context, namespace=req.namespace)
     kind = backend_class(backend)
     rendered = kind.render(req)
     name = rendered.name

@@ -3,7 +3,8 @@
 ``to_dict`` uses the client's own serializer (camelCase keys, no ``None`` fields, datetimes as
 RFC 3339), so what we print is what the launcher sends to the API server. Decoding uses the
 kubeflow-training client, whose model namespace has both the ``KubeflowOrgV1*`` types and the
-Kubernetes ``V1*`` types they contain.
+Kubernetes ``V1*`` types they contain. The Trainer v2 models (``kubeflow_trainer_api``, pydantic)
+serialise themselves (``to_dict``: API field names, no ``None`` fields).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ _API = ApiClient()
 
 
 def to_dict(obj: Any) -> Any:
+    if hasattr(obj, "model_dump"):  # a kubeflow_trainer_api (pydantic) model
+        return _API.sanitize_for_serialization(obj.to_dict())
     return _API.sanitize_for_serialization(obj)
 
 

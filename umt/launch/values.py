@@ -28,6 +28,9 @@ FLAGS = {
     "memory": "--memory", "shm_size": "--shm-size", "restart_policy": "--restart-policy",
     "backoff_limit": "--backoff-limit", "active_deadline_seconds": "--active-deadline",
     "queue": "--queue", "priority_class": "--priority-class", "elastic": "--elastic",
+    "kueue_queue": "--kueue-queue", "termination_grace_seconds": "--termination-grace",
+    "spot": "--spot", "image_pull_policy": "--image-pull-policy",
+    "gang_scheduling": "--gang", "clean_pod_policy": "clean_pod_policy",
 }
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

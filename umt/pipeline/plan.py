@@ -51,19 +51,33 @@ def task_data_key(stage: catalogue.Stage) -> str:
     return f"{stage.task}_{'eval' if stage.kind == catalogue.EVAL else 'train'}"
 
 
-def job_backend() -> str:
-    """``cluster`` inside a Kubernetes pod (a KFP launcher pod), else ``local``.
+# The pipeline's ``job_backend`` parameter: which kind of job the launcher steps run. "cluster":
+# the kind the cluster serves, TrainJob first (umt.launch.detect).
+JOB_KINDS = ("cluster", "trainjob", "pytorchjob")
+# The same kinds run by the local executor (umt run --local).
+LOCAL_BACKENDS = {"cluster": "local", "pytorchjob": "local", "trainjob": "local-trainjob"}
 
-    Not a pipeline parameter on purpose: a UI user on a cluster must not be able to make a
-    launcher pod train in itself. Kubernetes sets ``KUBERNETES_SERVICE_HOST`` in every pod;
-    ``umt run --local`` sets ``UMT_JOB_BACKEND=local`` explicitly.
+
+def job_backend(kind: str = "cluster") -> str:
+    """The launch backend of the pipeline's ``job_backend`` parameter (``kind``, the kind of
+    job) here: on the cluster inside a Kubernetes pod (a KFP launcher pod), else the local
+    executor of that kind (``local``, ``local-trainjob``).
+
+    *Where* jobs run is not a parameter on purpose: a UI user on a cluster must not be able to
+    make a launcher pod train in itself. Kubernetes sets ``KUBERNETES_SERVICE_HOST`` in every
+    pod; ``umt run --local`` sets ``UMT_JOB_BACKEND=local`` explicitly. The parameter only
+    chooses between kinds of cluster job (or their local executors).
     """
+    if kind not in JOB_KINDS:
+        raise ValueError(f"job_backend={kind!r}: must be one of {', '.join(JOB_KINDS)}")
     forced = os.environ.get(BACKEND_ENV, "").strip()
     if forced:
         if forced not in ("cluster", "local"):
             raise ValueError(f"{BACKEND_ENV}={forced!r}: must be 'cluster' or 'local'")
-        return forced
-    return "cluster" if os.environ.get("KUBERNETES_SERVICE_HOST") else "local"
+        where = forced
+    else:
+        where = "cluster" if os.environ.get("KUBERNETES_SERVICE_HOST") else "local"
+    return LOCAL_BACKENDS[kind] if where == "local" else kind
 
 
 def local_jobs_dir() -> str:

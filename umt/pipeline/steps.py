@@ -176,6 +176,16 @@ def _write_failure_marker(output_dir: str, rid: str, job: str, message: str) -> 
              "time": datetime.now().isoformat(timespec="seconds")}).encode())
 
 
+def queue_metrics(result: Any) -> dict[str, float]:
+    """``queue_hours``: how long Kueue held the job before admitting it (only for a job that
+    waited in a Kueue queue). Its GPU hours start at admission."""
+    waited = result.status.queued_seconds() if hasattr(result.status, "queued_seconds") else None
+    if waited is None:
+        return {}
+    print(f"job {result.name} waited {waited:.0f}s in Kueue queue {result.status.queue}")
+    return {"queue_hours": waited / 3600}
+
+
 def _job_seconds(result: Any, measured: float) -> float:
     """Job wall time as its backend recorded it (start -> finish): right even when this
     launcher adopted a job an earlier attempt started. Falls back to what we measured."""
@@ -203,7 +213,8 @@ def read_history(output_dir: str) -> list[dict[str, Any]]:
 
 
 def launch(step: planning.StepPlan, checkpoint: str, *, nodes: int, gpus_per_node: int,
-           node_pool: str, image: str, s3_secret: str, job_yaml: str) -> tuple[Any, float]:
+           node_pool: str, image: str, s3_secret: str, job_yaml: str,
+           job_backend: str = "cluster") -> tuple[Any, float]:
     """Run the planned job to the end (cluster or local executor); (JobResult, seconds)."""
     from umt.launch import JobFailedError, S3Credentials, run_training_job
 
@@ -215,7 +226,8 @@ def launch(step: planning.StepPlan, checkpoint: str, *, nodes: int, gpus_per_nod
         # its checkpoint URI, and output_uri where the job gets its folder): not again.
         result = run_training_job(
             step.stage, step.config, step.job_overrides(checkpoint), nodes=nodes,
-            gpus_per_node=gpus_per_node, node_pool=node_pool, backend=planning.job_backend(),
+            gpus_per_node=gpus_per_node, node_pool=node_pool,
+            backend=planning.job_backend(job_backend),
             output_uri=step.output_dir, run_id=rid or None, rendered_yaml_path=job_yaml,
             image=image or None, s3=S3Credentials(secret=s3_secret) if s3_secret else None,
             local_workdir=planning.local_jobs_dir(), resolved=step.resolved)
@@ -255,7 +267,8 @@ def train(stage: str, *, dataset: Any, parent: Any = None, enabled: bool = True,
           model_size: str, steps: int = 0, batch_size: int = 0, num_frames: int = 0,
           overrides: Sequence[str] = (), existing_checkpoint: str = "", train_data: str = "",
           output_prefix: str, nodes: int, gpus_per_node: int, node_pool: str, image: str = "",
-          s3_secret: str = "umt-s3", model: Any, metrics: Any, job: Any) -> dict[str, Any]:
+          s3_secret: str = "umt-s3", job_backend: str = "cluster", model: Any, metrics: Any,
+          job: Any) -> dict[str, Any]:
     """One training stage from ``dataset`` (or ``train_data``) and ``parent``'s checkpoint."""
     if not enabled:
         skip(f"{stage} is disabled by a pipeline parameter", model, metrics, job)
@@ -285,7 +298,7 @@ def train(stage: str, *, dataset: Any, parent: Any = None, enabled: bool = True,
           + " ".join(step.job_overrides(parent_meta.get("checkpoint", ""))))
     result, measured = launch(step, parent_meta.get("checkpoint", ""), nodes=nodes,
                               gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
-                              s3_secret=s3_secret, job_yaml=job.path)
+                              s3_secret=s3_secret, job_yaml=job.path, job_backend=job_backend)
     summary = read_summary(result, step.output_dir)
     if not summary.get("checkpoint"):
         raise RuntimeError(f"{stage} succeeded but {step.output_dir}/summary.json names no "
@@ -304,7 +317,8 @@ def train(stage: str, *, dataset: Any, parent: Any = None, enabled: bool = True,
     values = {"final_loss": summary.get("final_loss"), "steps": summary.get("steps"),
               "clips_per_s": sorted(speeds)[len(speeds) // 2] if speeds else None,
               "wall_hours": hours, "gpu_hours": hours * nodes * gpus_per_node}
-    numbers = log_metrics(metrics, {k: values[k] for k in TRAIN_METRICS}, stage=stage)
+    numbers = log_metrics(metrics, {**{k: values[k] for k in TRAIN_METRICS},
+                                    **queue_metrics(result)}, stage=stage)
     write_step_record(step.output_dir, {"model": meta, "metrics": numbers})
     return meta
 
@@ -378,8 +392,9 @@ def confusion_subset(matrix: list[list[float]], names: list[str],
 def evaluate(task: str, *, model: Any, dataset: Any, tasks: Sequence[str] = (planning.ALL_TASKS,),
              task_data: dict[str, str] | None = None, model_size: str, num_frames: int = 0,
              overrides: Sequence[str] = (), output_prefix: str, nodes: int, gpus_per_node: int,
-             node_pool: str, image: str = "", s3_secret: str = "umt-s3", metrics: Any,
-             confusion: Any, job: Any) -> dict[str, Any]:
+             node_pool: str, image: str = "", s3_secret: str = "umt-s3",
+             job_backend: str = "cluster", metrics: Any, confusion: Any,
+             job: Any) -> dict[str, Any]:
     """Evaluate ``model`` on ``task`` (the catalogue's evaluation of it) as a job; skipped
     unless ``task`` is in ``tasks``; data: ``task_data["<task>_eval"]`` or the dataset."""
     entry = _task_stage(task, catalogue.evaluation_of, "evaluation")
@@ -396,7 +411,7 @@ def evaluate(task: str, *, model: Any, dataset: Any, tasks: Sequence[str] = (pla
     print(f"{stage}: {parent['checkpoint']} on {data}, output {step.output_dir}")
     result, seconds = launch(step, parent["checkpoint"], nodes=nodes,
                              gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
-                             s3_secret=s3_secret, job_yaml=job.path)
+                             s3_secret=s3_secret, job_yaml=job.path, job_backend=job_backend)
     full = read_eval_metrics(step.output_dir)
     # The Metrics artifact gets the headline numbers of the job's summary (stable names such as
     # top1, t2v_r1), or all numbers of metrics.json when it names none.
@@ -405,7 +420,8 @@ def evaluate(task: str, *, model: Any, dataset: Any, tasks: Sequence[str] = (pla
     matrix, names = full.get("confusion_matrix"), full.get("class_names")
     numbers = _flat_numbers({k: v for k, v in values.items() if k != "confusion_matrix"})
     hours = _job_seconds(result, seconds) / 3600
-    numbers.update(wall_hours=hours, gpu_hours=hours * nodes * gpus_per_node)
+    numbers.update(wall_hours=hours, gpu_hours=hours * nodes * gpus_per_node,
+                   **queue_metrics(result))
     # The file keeps everything, the full confusion matrix included (the report draws it).
     numbers = log_metrics(metrics, numbers, task=task, stage=stage, model=parent["checkpoint"],
                           output_dir=step.output_dir, nodes=nodes, gpus_per_node=gpus_per_node,
@@ -422,19 +438,22 @@ def evaluate(task: str, *, model: Any, dataset: Any, tasks: Sequence[str] = (pla
 
 
 # -- the end -----------------------------------------------------------------------------------
-def cleanup(state: str = "", error: str = "") -> str:
+def cleanup(state: str = "", error: str = "", job_backend: str = "cluster") -> str:
     """Exit handler: delete the run's jobs that are still running (a failed or terminated run
     would otherwise leave them holding GPUs). Local jobs are processes of their launcher tasks
     and end with them, so there is nothing to do locally."""
     rid = run_id()
     print(f"pipeline finished: {state or 'unknown'}{' (' + error + ')' if error else ''}")
-    if planning.job_backend() == "local":
+    from umt.launch.backend import shares_filesystem
+
+    backend = planning.job_backend(job_backend)
+    if shares_filesystem(backend):
         return "local run: every job ended with its task"
     if not rid:
         return "no KFP_RUN_ID in the environment: nothing to clean up"
     from umt.launch.gc import delete_run_jobs
 
-    deleted = delete_run_jobs(rid, backend=planning.job_backend())
+    deleted = delete_run_jobs(rid, backend=backend)
     return (f"deleted {len(deleted)} unfinished jobs of run {rid}"
             + (f": {', '.join(deleted)}" if deleted else ""))
 

@@ -18,6 +18,7 @@ is the task's artifact. No kfp here.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -62,6 +63,7 @@ class Settings:
     node_pool: str = "gke-a100"
     image: str = ""
     s3_secret: str = "umt-s3"
+    job_backend: str = "cluster"  # cluster | trainjob | pytorchjob (planning.JOB_KINDS)
 
     def steps_of(self, stage: catalogue.Stage) -> int:
         """The pipeline's step count for a training stage (``<stage>_steps`` or
@@ -153,6 +155,7 @@ class _Problems:
 
 def _render(step: planning.StepPlan, s: Settings, nodes: int, backend: str) -> str:
     from umt.launch import S3Credentials, TrainingJob, render_job_yaml
+    from umt.launch.backend import shares_filesystem
 
     placeholder = step.parent if step.parent else ""
     req = TrainingJob(stage=step.stage, config=step.config,
@@ -161,7 +164,7 @@ def _render(step: planning.StepPlan, s: Settings, nodes: int, backend: str) -> s
                       image=s.image or None, run_id=os.environ.get("KFP_RUN_ID") or None,
                       output_uri=step.output_dir,
                       s3=S3Credentials(secret=s.s3_secret) if s.s3_secret else None,
-                      allow_local_output=backend == "local", resolved=step.resolved)
+                      allow_local_output=shares_filesystem(backend), resolved=step.resolved)
     return render_job_yaml(req, backend)
 
 
@@ -169,12 +172,20 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
     """Check ``s``; return the plan, or raise :class:`InvalidPipelineSettings` listing every
     problem. ``cluster_checks`` (default: when running on a cluster) adds ``umt doctor``'s."""
     from umt.data import dataset_json
+    from umt.launch.backend import shares_filesystem
+    from umt.launch.detect import resolve
     from umt.launch.node_pools import get_node_pool
 
     p = _Problems()
-    backend = planning.job_backend()
+    if s.job_backend not in planning.JOB_KINDS:
+        p.add(f"job_backend={s.job_backend!r} is not one of {', '.join(planning.JOB_KINDS)}")
+        s = dataclasses.replace(s, job_backend="cluster")
+    on_cluster = not shares_filesystem(planning.job_backend(s.job_backend))
+    # "cluster": the kind this cluster serves, asked once here; the plan records it.
+    backend = resolve(planning.job_backend(s.job_backend)) if on_cluster else \
+        planning.job_backend(s.job_backend)
     if cluster_checks is None:
-        cluster_checks = backend == "cluster"
+        cluster_checks = on_cluster
 
     # Values the UI cannot constrain.
     if s.model_size not in planning.MODEL_SIZES:
@@ -195,7 +206,7 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
     unknown = set(s.task_data) - data_keys
     if unknown:
         p.add(f"task_data: unknown keys {sorted(unknown)} (known: {', '.join(sorted(data_keys))})")
-    if backend == "cluster" and not storage.is_s3(s.output_prefix):
+    if on_cluster and not storage.is_s3(s.output_prefix):
         p.add(f"output_prefix={s.output_prefix!r} must be an s3:// prefix on a cluster: each "
               "training pod has its own filesystem")
 
@@ -265,7 +276,8 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
     warnings: list[str] = []
     from umt.launch import doctor
 
-    checks = (doctor.run_checks(output_uri=s.output_prefix, s3_secret=s.s3_secret or None)
+    checks = (doctor.run_checks(output_uri=s.output_prefix, s3_secret=s.s3_secret or None,
+                                backend=backend)
               if cluster_checks else [doctor.check_output(s.output_prefix)])
     for c in checks:
         if not c.ok:

@@ -1,5 +1,5 @@
 """The local backend: a PyTorchJob run on this machine, the way the Training Operator would run
-it on a cluster.
+it on a cluster (a TrainJob: :mod:`umt.launch.backends.local_trainjob`, on this executor).
 
     umt job run stage1 --config tiny --nodes 2 --gpus-per-node 0 --node-pool cpu \\
         train.output_dir=runs/local train.steps=20
@@ -24,6 +24,9 @@ Differences that a laptop forces, and nothing else:
 * the replicas die with the executor: each runs under ``umt/launch/replica.py``, which stops
   its command when the executor goes away, even by ``kill -9`` (a pod dies with its node's
   kubelet's decision; a local replica has only us).
+
+A replica stopped by the executor (the job ended, was deleted, or restarts) gets SIGTERM and,
+like a pod, ``terminationGracePeriodSeconds`` (default 5 s here) before SIGKILL.
 
 Restarts follow the replica's ``restartPolicy`` (OnFailure/Always: restart the replica after a
 short delay, like the kubelet; ExitCode: restart on codes >= 128, i.e. signals, fail on 1-127;
@@ -84,7 +87,6 @@ class Replica:
     restart_policy: str
     container: dict[str, Any]
     log_path: Path
-    grace_s: float = STOP_GRACE_S  # the pod's terminationGracePeriodSeconds
     proc: subprocess.Popen | None = None
     state: str = "Pending"  # Pending | Running | Succeeded | Failed | Restarting
     restarts: int = 0
@@ -103,7 +105,7 @@ class LocalExecutor:
                  secrets: dict[str, dict[str, str]] | None = None, restart_delay: float = 2.0,
                  grace_period: float = 10.0, poll_interval: float = 0.2):
         self.job = job if isinstance(job, dict) else to_dict(job)
-        validate_pytorchjob(self.job)
+        self._validate()
         self.name: str = self.job["metadata"]["name"]
         self.dir = Path(workdir) / self.name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -114,10 +116,14 @@ class LocalExecutor:
         self.grace_period = grace_period
         self.poll_interval = poll_interval
         spec = self.job["spec"]
-        self.run_policy = spec.get("runPolicy") or {}
+        self.run_policy = self._run_policy(spec)
         self.conditions: list = []
         self.port = free_port()
         self.replicas = self._replicas(spec)
+        # SIGTERM -> SIGKILL for a replica we stop, as the pods' terminationGracePeriodSeconds
+        # (the time a preempted pod has to checkpoint), else a few seconds.
+        grace = self._grace_seconds(spec)
+        self.stop_grace = float(grace) if grace is not None else STOP_GRACE_S
         for replica in self.replicas:  # a new job: logs of an earlier one with this name go
             replica.log_path.unlink(missing_ok=True)
         self._lock = threading.RLock()
@@ -130,7 +136,23 @@ class LocalExecutor:
         self._started_at = 0.0
         self._set(CREATED, f"PyTorchJob {self.name} is created.")
 
-    # -- setup -----------------------------------------------------------------------------
+    # -- setup (a subclass running another kind of job overrides these) --------------------
+    def _validate(self) -> None:
+        validate_pytorchjob(self.job)
+
+    @staticmethod
+    def _run_policy(spec: dict[str, Any]) -> dict[str, Any]:
+        return spec.get("runPolicy") or {}
+
+    @staticmethod
+    def _grace_seconds(spec: dict[str, Any]) -> int | None:
+        master = spec["pytorchReplicaSpecs"].get("Master") or spec["pytorchReplicaSpecs"]["Worker"]
+        return master["template"]["spec"].get("terminationGracePeriodSeconds")
+
+    def _deadline_message(self) -> str:
+        return (f"Job {self.name} has failed because it was active longer than specified "
+                "deadline")
+
     def _replicas(self, spec: dict[str, Any]) -> list[Replica]:
         out = []
         for rtype in ("Master", "Worker"):
@@ -142,10 +164,8 @@ class LocalExecutor:
             for i in range(rspec.get("replicas", 1)):
                 # Workers come after the master: node rank = index + 1 (operator's setPodEnv).
                 rank = i + 1 if rtype == "Worker" and "Master" in spec["pytorchReplicaSpecs"] else i
-                grace = rspec["template"]["spec"].get("terminationGracePeriodSeconds")
                 out.append(Replica(rtype, i, rank, rspec.get("restartPolicy", "OnFailure"),
-                                   container, self.dir / f"{rtype.lower()}-{i}.log",
-                                   STOP_GRACE_S if grace is None else float(grace)))
+                                   container, self.dir / f"{rtype.lower()}-{i}.log"))
         return out
 
     def _operator_env(self, replica: Replica) -> dict[str, str]:
@@ -203,7 +223,7 @@ class LocalExecutor:
         # The wrapper ties the replica's life to ours (see umt/launch/replica.py); run by
         # path so that it imports nothing of umt.
         wrapped = [sys.executable, str(WRAPPER), "--parent", str(os.getpid()),
-                   "--grace", str(replica.grace_s), "--", exe, *argv[1:]]
+                   "--grace", str(self.stop_grace), "--", exe, *argv[1:]]
         with open(replica.log_path, "ab") as out:
             # A session per replica: killing it kills torchrun *and* its workers, like a pod.
             replica.proc = subprocess.Popen(wrapped, cwd=self.cwd, env=env,
@@ -266,8 +286,7 @@ class LocalExecutor:
         now = time.monotonic()
         deadline = self.run_policy.get("activeDeadlineSeconds")
         if deadline is not None and now - self._started_at > deadline:
-            self._finish(FAILED, f"Job {self.name} has failed because it was active longer "
-                                 "than specified deadline")
+            self._finish(FAILED, self._deadline_message())
             return
         for replica in self.replicas:
             if replica.state == "Restarting" and now >= replica.restart_at:
@@ -344,7 +363,7 @@ class LocalExecutor:
                 except subprocess.TimeoutExpired:
                     _kill_group(proc, signal.SIGTERM)
                     try:
-                        proc.wait(timeout=5)
+                        proc.wait(timeout=self.stop_grace + 1)  # the wrapper kills after its grace
                     except subprocess.TimeoutExpired:
                         _kill_group(proc, signal.SIGKILL)
                         proc.wait()
@@ -420,6 +439,7 @@ class LocalBackend(PyTorchJobs, Backend):
 
     name = "local"
     shares_filesystem = True  # every replica sees this machine's files: local outputs are fine
+    executor_class = LocalExecutor  # how one job of this backend's kind runs here
 
     def __init__(self, workdir: str | os.PathLike = "runs/local-jobs", *, cwd: str | None = None,
                  secrets: dict[str, dict[str, str]] | None = None, restart_delay: float = 2.0,
@@ -456,8 +476,8 @@ class LocalBackend(PyTorchJobs, Backend):
             existing.wait()
             del self.executors[name]
             replaced = True
-        executor = LocalExecutor(body, self.workdir, cwd=self.cwd, secrets=self.secrets,
-                                 restart_delay=self.restart_delay)
+        executor = self.executor_class(body, self.workdir, cwd=self.cwd, secrets=self.secrets,
+                                       restart_delay=self.restart_delay)
         self.executors[name] = executor.start()
         return Submission(name, self.namespace, created=True, replaced=replaced)
 

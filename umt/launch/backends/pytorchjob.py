@@ -72,8 +72,10 @@ from umt.launch.status import (
     RESTARTING,
     RUNNING,
     SUCCEEDED,
+    SUSPENDED,
     JobStatus,
     parse_time,
+    with_kueue,
 )
 
 API_VERSION = "kubeflow.org/v1"
@@ -136,7 +138,8 @@ def render_pytorchjob(req: TrainingJob, *, validate: bool = True) -> RenderedJob
     job = KubeflowOrgV1PyTorchJob(
         api_version=API_VERSION,
         kind=KIND,
-        metadata=V1ObjectMeta(name=name, namespace=req.namespace, labels=labels,
+        metadata=V1ObjectMeta(name=name, namespace=req.namespace,
+                              labels=request.job_object_labels(req),
                               annotations=dict(req.annotations) or None),
         spec=KubeflowOrgV1PyTorchJobSpec(
             nproc_per_node=str(req.nproc),
@@ -316,7 +319,12 @@ class PyTorchJobs:
     @classmethod
     def status_of(cls, name: str, obj: dict[str, Any]) -> JobStatus:
         status = from_dict(obj.get("status") or {}, "KubeflowOrgV1JobStatus")
-        return job_status(name, status.conditions)
+        current = job_status(name, status.conditions)
+        suspend = ((obj.get("spec") or {}).get("runPolicy") or {}).get("suspend")
+        if suspend and current.phase in (PENDING, CREATED):
+            # Kueue suspends a queued job at creation, before the operator says so.
+            current.phase = SUSPENDED
+        return with_kueue(current, obj)
 
 
 class PyTorchJobBackend(PyTorchJobs, KubeJobBackend):
