@@ -111,7 +111,22 @@ def test_s3_credentials_come_from_a_secret():
         "name": "umt-s3", "key": "AWS_ACCESS_KEY_ID"}
     assert env["AWS_ENDPOINT_URL"]["valueFrom"]["secretKeyRef"]["optional"] is True
     assert "value" not in env["AWS_SECRET_ACCESS_KEY"]  # never a literal key in the spec
-    assert "env" not in pod(build(s3=None))["spec"]["containers"][0]
+    # no S3: only the SIGTERM budget is set (below)
+    assert {e["name"] for e in pod(build(s3=None))["spec"]["containers"][0]["env"]} == {
+        "UMT_SIGTERM_GRACE_S", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"}
+
+
+@pytest.mark.parametrize("grace", [None, 45])
+def test_pod_torchrun_and_trainer_share_one_sigterm_grace(grace):
+    from umt.launch.request import DEFAULT_TERMINATION_GRACE_S
+    from umt.runtime.preemption import DEFAULT_GRACE_S
+
+    assert DEFAULT_TERMINATION_GRACE_S == DEFAULT_GRACE_S  # the trainer's own default
+    spec = pod(build(s3=None, termination_grace_seconds=grace))["spec"]
+    want = DEFAULT_TERMINATION_GRACE_S if grace is None else grace
+    assert spec["terminationGracePeriodSeconds"] == want
+    env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+    assert env == {"UMT_SIGTERM_GRACE_S": str(want), "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(want)}
     mine = build(s3=S3Credentials(secret="other"), env={"AWS_ENDPOINT_URL": "http://m:9000"})
     env = {e["name"]: e for e in pod(mine)["spec"]["containers"][0]["env"]}
     assert env["AWS_ENDPOINT_URL"] == {"name": "AWS_ENDPOINT_URL", "value": "http://m:9000"}

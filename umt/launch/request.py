@@ -79,6 +79,13 @@ ANNOTATION_SPEC_HASH = "umt/spec-hash"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # The training process's budget between SIGTERM and SIGKILL (the pods' grace period).
 SIGTERM_GRACE_ENV = "UMT_SIGTERM_GRACE_S"
+# torchrun SIGKILLs its trainers this long after forwarding a SIGTERM (its default, 30 s,
+# would cut a checkpoint short): set to the grace period.
+TORCHRUN_SHUTDOWN_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
+# The grace period when the request names none: the training process's own default
+# (umt.runtime.preemption.DEFAULT_GRACE_S; tests/test_launch_pytorchjob.py checks they agree),
+# long enough for an L/16 checkpoint to S3, rendered so that pod, torchrun and trainer agree.
+DEFAULT_TERMINATION_GRACE_S = 120
 
 # Replica pods are '<job>-worker-<i>' and each gets a Service of the same name, which must be a
 # DNS-1035 label (<= 63 chars); keep room for '-worker-' and the index.
@@ -149,8 +156,8 @@ class TrainingJob:
     elastic_max_nodes: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
-    # Seconds a pod gets between SIGTERM (preemption, drain, deletion) and SIGKILL; None: the
-    # Kubernetes default (30 s). Spot nodes give 30 s (GKE, AKS) to 2 min (EKS) notice.
+    # Seconds a pod gets between SIGTERM (preemption, drain, deletion) and SIGKILL; None:
+    # DEFAULT_TERMINATION_GRACE_S. Spot nodes give 30 s (GKE, AKS) to 2 min (EKS) notice.
     termination_grace_seconds: int | None = None
     spot: bool = False  # on the node pool's spot / preemptible nodes
     validate_config: bool = True  # load the stage config now (imports its config schema)
@@ -326,10 +333,18 @@ def command(req: TrainingJob) -> list[str]:
     return args + overrides
 
 
+def termination_grace(req: TrainingJob) -> int:
+    """The pods' grace period between SIGTERM and SIGKILL, in seconds."""
+    if req.termination_grace_seconds is None:
+        return DEFAULT_TERMINATION_GRACE_S
+    return req.termination_grace_seconds
+
+
 def env(req: TrainingJob) -> list[V1EnvVar]:
     values_ = dict(req.env)
-    if req.termination_grace_seconds is not None:
-        values_.setdefault(SIGTERM_GRACE_ENV, str(req.termination_grace_seconds))
+    # The trainer checkpoints within the grace (umt.runtime.preemption), torchrun waits for it.
+    values_.setdefault(SIGTERM_GRACE_ENV, str(termination_grace(req)))
+    values_.setdefault(TORCHRUN_SHUTDOWN_ENV, str(termination_grace(req)))
     out = [V1EnvVar(name=k, value=v) for k, v in sorted(values_.items())]
     if req.s3 is not None:
         for var, (key, optional) in req.s3.keys.items():
@@ -434,7 +449,7 @@ def pod_template(req: TrainingJob, labels: dict[str, str],
         volumes=volumes(req),
         security_context=pod_security_context(),
         priority_class_name=req.priority_class,
-        termination_grace_period_seconds=req.termination_grace_seconds,
+        termination_grace_period_seconds=termination_grace(req),
     )
     return V1PodTemplateSpec(metadata=V1ObjectMeta(labels=labels,
                                                    annotations=dict(POD_ANNOTATIONS)),
