@@ -279,13 +279,19 @@ def _list_fields(line: str) -> Optional[tuple[str, str]]:
 
 # ------------------------------------------------------------------------------------ readers
 
-def _kinetics(text: str, name: str, find: Finder, entries: Entries) -> list[Row]:
+def _csv_with_columns(text: str, name: str, fmt: str, columns, note: str = ""):
+    """The ``(line, record)`` pairs of a CSV file whose header must hold ``columns``."""
     header, records = csv_records(text, name)
-    missing = [c for c in KINETICS_COLUMNS if c not in header]
+    missing = [c for c in columns if c not in header]
     if missing:
-        raise FormatError(f"{name}: line 1: kinetics-csv needs the columns "
-                          f"{', '.join(KINETICS_COLUMNS)} (label, split optional); the header "
-                          f"{header!r} lacks {', '.join(missing)}")
+        raise FormatError(f"{name}: line 1: {fmt} needs the columns {', '.join(columns)}{note}; "
+                          f"the header {header!r} lacks {', '.join(missing)}")
+    return records
+
+
+def _kinetics(text: str, name: str, find: Finder, entries: Entries) -> list[Row]:
+    records = _csv_with_columns(text, name, "kinetics-csv", KINETICS_COLUMNS,
+                                " (label, split optional)")
     out = []
     for line, r in records:
         where = f"{name}: line {line}"
@@ -345,12 +351,7 @@ def _ssv2(text: str, name: str, find: Finder, entries: Entries) -> list[Row]:
 
 
 def _webvid(text: str, name: str, find: Finder, entries: Entries) -> list[Row]:
-    header, records = csv_records(text, name)
-    missing = [c for c in WEBVID_COLUMNS if c not in header]
-    if missing:
-        raise FormatError(f"{name}: line 1: webvid-csv needs the columns "
-                          f"{', '.join(WEBVID_COLUMNS)}; the header {header!r} lacks "
-                          f"{', '.join(missing)}")
+    records = _csv_with_columns(text, name, "webvid-csv", WEBVID_COLUMNS)
     out = []
     for line, r in records:
         where = f"{name}: line {line}"
