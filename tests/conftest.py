@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _console_logging_per_test():
+    """A stage run in this process configures the root logger for its console (INFO, our
+    handler), as its own process would; undo that after each test, so later tests see the
+    logging a fresh ``umt`` process has."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    from umt.runtime.common import _StderrHandler
+
+    for handler in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(handler)
+    root.setLevel(level)
 
 
 def _free_port() -> int:

@@ -58,7 +58,7 @@ BAD = {
     "int32 overflow": (_set("spec.runPolicy.backoffLimit", 2**40), "is not a 'int32'"),
     "bad quantity": (_set(MASTER_C + ".resources.requests.cpu", "lots"), "requests.cpu"),
     "duplicate env": (lambda j: container(j)["env"].append(dict(container(j)["env"][0])),
-                      "duplicate entry with {'name': 'AWS_ACCESS_KEY_ID'}"),
+                      "duplicate entry with {'name': '"),
     "duplicate port": (lambda j: container(j)["ports"].append(
         {"containerPort": 23456, "name": "again"}), "duplicate entry with {'containerPort'"),
     "nameless container": (lambda j: container(j).pop("name"), "'name' is a required property"),

@@ -22,10 +22,27 @@ from umt.configs import to_yaml
 log = logging.getLogger("umt.runtime")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record arrives: a handler bound to the
+    stream of the moment outlives it when a caller swaps and closes it (a CLI runner, an
+    in-process run of a stage), and every later log line then fails."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.setStream; always sys.stderr
+        pass
+
+
 def setup_logging(rank: int = 0) -> None:
     """Readable console logs: time, rank, level, message (only rank 0 logs INFO)."""
     level = logging.INFO if rank == 0 else logging.WARNING
-    logging.basicConfig(level=level, stream=sys.stderr, force=True,
+    logging.basicConfig(level=level, handlers=[_StderrHandler()], force=True,
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
 
