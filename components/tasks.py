@@ -9,21 +9,40 @@
   that names the Secret.
 * The run id comes from the pod's label (``use_field_path_as_env``), not from an input: the
   backend resolves the run-id placeholder before computing the cache key, so a task taking it
-  as an input would never hit the cache.
-* ``set_retry`` for launcher pods lost with their node; the retry adopts the running job.
+  as an input would never hit the cache. The Workflow's name comes the same way: a launcher
+  and the exit task read the run's Workflow to tell a terminated run from a drained pod
+  (``umt.pipeline.run_state``).
+* Retries (``set_retry``) for launcher pods lost with their node: the retry adopts the running
+  job. kfp's default ``backoff_max_duration`` is 3600 s, and Argo counts it from the first
+  attempt's start: no retry after an hour, and a retried attempt is killed at first start +
+  1 h (argoproj/argo-workflows#13044). Every retried task gets :data:`RETRY_WINDOW` instead,
+  longer than any job may run. (Argo retries ``Failed`` nodes only -- KFP 2.17 compiles no
+  ``retryPolicy`` and its IR has no field for one -- so a pod deleted before Argo saw it exit
+  is an ``Error`` and not retried: the run fails, the job keeps training, and a rerun adopts
+  it; docs/pipelines.md.)
+* Launcher pods are annotated not safe to evict for the cluster autoscaler: a scale-down
+  would otherwise stop the one pod following a multi-node job.
 """
 
 from kfp import kubernetes
+
+from umt.launch.request import DEFAULT_ACTIVE_DEADLINE
+from umt.pipeline.run_state import WORKFLOW_ENV, WORKFLOW_FIELD
 
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
            "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
            "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION",
            "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL"}
 RUN_ID_ENV, RUN_ID_FIELD = "KFP_RUN_ID", "metadata.labels['pipeline/runid']"
+# How long after a task's first start Argo may still retry it (and when it kills a retried
+# attempt): twice a job's default deadline, so a retry can follow a job to its end.
+RETRY_WINDOW = f"{2 * DEFAULT_ACTIVE_DEADLINE}s"
+SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
 
 
 def with_run_id(task):
     kubernetes.use_field_path_as_env(task, RUN_ID_ENV, RUN_ID_FIELD)
+    kubernetes.use_field_path_as_env(task, WORKFLOW_ENV, WORKFLOW_FIELD)
     return task
 
 
@@ -38,12 +57,15 @@ def cpu_task(task, display_name: str, *, s3_secret, cpu: str = "500m", memory: s
                                  optional=True)
     with_run_id(task)
     if retries:
-        task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
+        task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0,
+                       backoff_max_duration=RETRY_WINDOW)
     return task
 
 
 def launcher_task(task, display_name: str, *, s3_secret, retries: int = 2):
-    """A task that launches and follows a PyTorchJob: 0.5 CPU, 1-4 GiB, retried twice."""
+    """A task that launches and follows a job: 0.5 CPU, 1-4 GiB, retried twice, not evicted
+    by the autoscaler."""
+    kubernetes.add_pod_annotation(task, SAFE_TO_EVICT, "false")
     return cpu_task(task, display_name, s3_secret=s3_secret, retries=retries)
 
 

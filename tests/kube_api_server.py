@@ -14,6 +14,9 @@ It serves what the launcher and ``umt doctor`` use, with the API server's status
   a :class:`Stuck` state (unschedulable, or a container waiting in ImagePullBackOff,
   CreateContainerConfigError, ...), optionally only for its first seconds;
 * secrets (get), for ``umt doctor``;
+* ``argoproj.io/v1alpha1`` workflows (get) from ``workflows``: the run's own Workflow, which a
+  launcher reads to tell a terminated run (KFP's Terminate: ``activeDeadlineSeconds: 0``) from
+  a drained pod; ``patch`` of a job's labels (a JSON merge patch, as ``kubectl label``);
 * ``customresourcedefinitions/pytorchjobs.kubeflow.org`` (``crd_readable=False``: 403, as for
   Kubeflow profile users), API discovery of ``kubeflow.org/v1``, ``/version``,
   ``selfsubjectaccessreviews``;
@@ -60,7 +63,7 @@ SHARED_CRD = Path(__file__).resolve().parents[2] / "shared" / "schemas" / \
     "kubeflow.org_pytorchjobs.v1.9.yaml"
 CRD_FILE = SHARED_CRD if SHARED_CRD.exists() else pytorchjob.CRD_PATH
 ALL_VERBS = {(v, r) for v in ("create", "get", "list", "watch", "delete", "patch", "update")
-             for r in ("pytorchjobs", "pods", "pods/log", "secrets")}
+             for r in ("pytorchjobs", "pods", "pods/log", "secrets", "workflows")}
 UNSCHEDULABLE = "Unschedulable"
 
 
@@ -193,6 +196,7 @@ class FakeKubeAPI:
         # (job name, pod name) -> why the pod cannot start, or None (it starts).
         self.stuck: Callable[[str, str], Stuck | None] = lambda job, pod: None
         self.secrets: dict[tuple[str, str], dict[str, str]] = {}  # (ns, name) -> plain data
+        self.workflows: dict[tuple[str, str], dict[str, Any]] = {}  # (ns, name) -> Workflow
         self.deletion_delay = 0.3  # seconds a Foreground-deleted job waits for its pods
         self.lock = threading.RLock()
         self._stop = threading.Event()
@@ -436,6 +440,7 @@ REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 409: "AlreadyEx
            422: "Invalid", 500: "InternalError", 503: "ServiceUnavailable"}
 JOBS = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/([^/]+)/pytorchjobs(?:/([^/]+))?$")
 SECRETS = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets/([^/]+)$")
+WORKFLOWS = re.compile(r"^/apis/argoproj\.io/v1alpha1/namespaces/([^/]+)/workflows/([^/]+)$")
 PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+))?(/log)?$")
 CRD = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
 SSAR = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
@@ -469,7 +474,7 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
         def _forbidden(self, verb: str, resource: str, ns: str) -> bool:
             if (verb, resource) in api.allowed:
                 return False
-            group = "kubeflow.org" if resource == "pytorchjobs" else ""
+            group = {"pytorchjobs": "kubeflow.org", "workflows": "argoproj.io"}.get(resource, "")
             self._error(403, f'{resource} is forbidden: User "{api.user}" cannot {verb} '
                              f'resource "{resource}" in API group "{group}" in the '
                              f'namespace "{ns}"')
@@ -504,6 +509,8 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
                 return self._pods(m.group(1), m.group(2), bool(m.group(3)), query)
             if (m := SECRETS.match(url.path)) and method == "GET":
                 return self._secret(m.group(1), m.group(2))
+            if (m := WORKFLOWS.match(url.path)) and method == "GET":
+                return self._workflow(m.group(1), m.group(2))
             self._error(404, f"the server could not find the requested resource {url.path}")
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
@@ -514,6 +521,9 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
 
         def do_DELETE(self) -> None:  # noqa: N802
             self._route("DELETE")
+
+        def do_PATCH(self) -> None:  # noqa: N802
+            self._route("PATCH")
 
         # -- resources -----------------------------------------------------------------
         def _discovery(self) -> None:
@@ -547,7 +557,7 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
             self._send(201, review)
 
         def _jobs(self, method: str, ns: str, name: str | None, query: dict[str, str]) -> None:
-            verb = {"POST": "create", "DELETE": "delete"}.get(
+            verb = {"POST": "create", "DELETE": "delete", "PATCH": "patch"}.get(
                 method, "get" if name else "list")
             if method == "POST":
                 body = self._body()
@@ -567,6 +577,8 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
                 job = api.jobs.get((ns, name))
                 if job is None:
                     return self._error(404, f'pytorchjobs.kubeflow.org "{name}" not found')
+                if method == "PATCH":
+                    return self._patch_labels(job)
                 if method == "DELETE":
                     if query.get("propagationPolicy") == "Foreground":
                         meta = job["metadata"]
@@ -588,6 +600,28 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
             out["metadata"].pop("_deleteAt", None)  # our own bookkeeping
             out["metadata"].pop("_createdAt", None)
             return out
+
+        def _patch_labels(self, job: dict[str, Any]) -> None:
+            patch = self._body()
+            if self.headers.get("Content-Type") != "application/merge-patch+json" or set(
+                    patch) - {"metadata"} or set(patch.get("metadata") or {}) - {"labels"}:
+                return self._error(422, "this fake patches metadata.labels only, as a merge "
+                                        "patch")
+            labels = job["metadata"].setdefault("labels", {})
+            for key, value in (patch["metadata"].get("labels") or {}).items():
+                if value is None:
+                    labels.pop(key, None)
+                else:
+                    labels[key] = value
+            return self._send(200, self._public(job))
+
+        def _workflow(self, ns: str, name: str) -> None:
+            if self._forbidden("get", "workflows", ns):
+                return None
+            workflow = api.workflows.get((ns, name))
+            if workflow is None:
+                return self._error(404, f'workflows.argoproj.io "{name}" not found')
+            self._send(200, workflow)
 
         def _secret(self, ns: str, name: str) -> None:
             if self._forbidden("get", "secrets", ns):

@@ -155,7 +155,7 @@ def test_doctor_passes_on_a_ready_cluster_and_bucket(kube_api, kubeconfig, s3_bu
     assert not any(c.warning for c in checks)
     assert "AWS_DEFAULT_REGION" in checks[3].detail and "s3cr" not in checks[3].detail
     reviews = [p for m, p in kube_api.requests if "selfsubjectaccessreviews" in p]
-    assert len(reviews) == 7  # one question per verb the launcher needs
+    assert len(reviews) == 8  # one question per verb the launcher needs (patch: adopting)
     result = runner.invoke(doctor_app(), ["doctor", "--output", f"{s3_bucket}/runs"])
     assert result.exit_code == 0, result.output
 

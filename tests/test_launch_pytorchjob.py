@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -249,20 +250,27 @@ def test_labels_carry_run_id_and_stage_on_job_and_pods():
     assert pytorchjob_errors(job) == []
 
 
-def test_names_are_deterministic():
-    a = TrainingJob(stage="stage1", config="b16", nodes=4, run_id="r1", validate_config=False)
-    same_run = TrainingJob(stage="stage1", config="b16", nodes=8, run_id="r1",
-                           validate_config=False)
-    other_run = TrainingJob(stage="stage1", config="b16", nodes=4, run_id="r2",
-                            validate_config=False)
-    assert job_name(a) == job_name(same_run)  # one job per (run, stage): a retry adopts it
-    assert job_name(a) != job_name(other_run)
-    no_run = TrainingJob(stage="stage1", config="b16", validate_config=False)
-    assert job_name(no_run) == job_name(TrainingJob(stage="stage1", config="b16",
-                                                    validate_config=False))
-    assert job_name(no_run) != job_name(TrainingJob(stage="stage1", config="l16",
-                                                    validate_config=False))
-    assert job_name(a).startswith("umt-stage1-") and len(job_name(a)) <= 48
+def test_names_come_from_the_stage_and_its_output_folder():
+    """Issue 16: one name per (stage, output folder) -- a retry and a rerun (another run id)
+    find the job and adopt it; one component run twice in a run (other folders) gets two."""
+    def name(**kw):
+        kw.setdefault("validate_config", False)
+        kw.setdefault("config", "b16")
+        return job_name(TrainingJob(stage="stage1", **kw))
+
+    a = name(nodes=4, run_id="r1", output_uri="s3://b/runs/stage1-aaa")
+    assert name(nodes=8, run_id="r2", output_uri="s3://b/runs/stage1-aaa") == a
+    assert name(run_id="r1", output_uri="s3://b/runs/stage1-bbb") != a
+    assert name(run_id="r1", overrides=["train.output_dir=s3://b/runs/stage1-aaa"]) == a
+    assert job_name(TrainingJob(stage="stage2", config="b16", validate_config=False,
+                                output_uri="s3://b/runs/stage1-aaa")) != a
+    # The loaded config's own folder counts when none is given.
+    cfg = SimpleNamespace(train=SimpleNamespace(output_dir="s3://b/runs/stage1-aaa"))
+    assert job_name(TrainingJob(stage="stage1", validate_config=False), cfg) == a
+    # No folder known: the whole request names it (run id included).
+    no_out = name()
+    assert no_out == name() and no_out != name(config="l16") and no_out != name(run_id="r1")
+    assert a.startswith("umt-stage1-") and len(a) <= 48
     with pytest.raises(ValueError, match="DNS-1035"):
         job_name(TrainingJob(stage="stage1", name="Bad_Name", validate_config=False))
     with pytest.raises(ValueError, match="at most 48"):

@@ -269,3 +269,38 @@ def test_caching_on_everywhere_but_the_exit_task_and_retries_on_launchers(tmp_pa
             assert cached == (key != "cleanup"), f"{name}: caching of {key}"
             if key in LAUNCHERS:
                 assert task.get("retryPolicy", {}).get("maxRetryCount", 0) >= 1, key
+
+
+def test_retried_tasks_outlive_their_jobs_and_launchers_are_not_evicted(tmp_path):
+    """Issue 16: kfp's default backoffMaxDuration (3600s) would stop retries after an hour and
+    kill a retried attempt at first start + 1 h; the backend compiler reads exactly these four
+    retryPolicy fields of the IR (backend/src/v2/compiler/argocompiler/container.go) and a
+    missing backoffMaxDuration becomes "0" there (no retry at all), so it is set, and long.
+    Launcher pods carry the autoscaler's not-safe-to-evict annotation and, like the exit task,
+    the Workflow's name (they read the run's state on SIGTERM)."""
+    from components.tasks import SAFE_TO_EVICT
+    from umt.launch.request import DEFAULT_ACTIVE_DEADLINE
+
+    for name in PIPELINES:
+        spec, platform, text = compiled(name, tmp_path)
+        assert "backoffMaxDuration: 3600s" not in text
+        executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        retried = set()
+        for key, task in all_tasks(spec).items():
+            policy = task.get("retryPolicy")
+            label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+            config = executors[label]
+            if policy:
+                retried.add(key)
+                assert set(policy) == {"maxRetryCount", "backoffDuration", "backoffFactor",
+                                       "backoffMaxDuration"}, key
+                window = int(policy["backoffMaxDuration"].rstrip("s"))
+                assert window >= 2 * DEFAULT_ACTIVE_DEADLINE, f"{name}: {key} retries for {window}s"
+            annotations = config.get("podMetadata", {}).get("annotations", {})
+            if key in LAUNCHERS:
+                assert annotations.get(SAFE_TO_EVICT) == "false", f"{name}: {key}"
+            if key in LAUNCHERS or key == "cleanup":
+                assert {"name": "UMT_WORKFLOW_NAME",
+                        "fieldPath": "metadata.labels['workflows.argoproj.io/workflow']"} in \
+                    config["fieldPathAsEnv"], f"{name}: {key}"
+        assert retried & LAUNCHERS, name

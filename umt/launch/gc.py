@@ -29,6 +29,14 @@ def run_selector(run_id: str) -> str:
     return f"{LABEL_RUN_ID}={label_value(run_id)}"
 
 
+def unfinished_run_jobs(run_id: str, *, namespace: str | None = None,
+                        backend: str | Any = CLUSTER) -> list[str]:
+    """The names of the jobs labelled with ``run_id`` that have not finished."""
+    impl = make_backend(backend if backend is not None else CLUSTER, namespace=namespace)
+    return [job.name for job in impl.list_jobs(run_selector(run_id))
+            if not job.status.finished and not job.deleting]
+
+
 def delete_run_jobs(run_id: str, *, namespace: str | None = None, include_finished: bool = False,
                     kubeconfig: str | None = None, context: str | None = None,
                     backend: str | Any = CLUSTER) -> list[str]:

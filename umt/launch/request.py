@@ -115,7 +115,7 @@ class TrainingJob:
     node_pool: str = "gke-a100"
     image: str | None = None  # default: images.default_image()
     image_pull_policy: str = "IfNotPresent"
-    name: str | None = None  # default: derived from run_id + stage, or from the spec
+    name: str | None = None  # default: from stage + output folder (job_name)
     namespace: str | None = None
     run_id: str | None = None  # KFP run id (or any id of the enclosing run) -> label
     output_uri: str | None = None  # -> train.output_dir=...
@@ -252,14 +252,18 @@ def short_hash(payload: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:10]
 
 
-def job_name(req: TrainingJob) -> str:
-    """Deterministic: the same run + stage (or the same spec) always gives the same name,
-    which is what makes resubmitting adopt the running job instead of starting a second one."""
+def job_name(req: TrainingJob, cfg: Any = None) -> str:
+    """Deterministic, from what makes the job distinct: its stage and the folder it writes
+    (two jobs on one folder would be two writers of its checkpoints). So a retried task and a
+    rerun of the pipeline (another run id) find the job by its name and adopt it, and one
+    component run twice in a run (another config or data set: another folder) gets two jobs.
+    With no known output folder, the whole request (the run id included) names it."""
     if req.name:
         name = req.name
     else:
-        if req.run_id:
-            identity: dict[str, Any] = {"run_id": req.run_id, "stage": req.stage}
+        out = output_dir(req, cfg)
+        if out:
+            identity: dict[str, Any] = {"stage": req.stage, "output_dir": out}
         else:
             identity = {f.name: getattr(req, f.name) for f in fields(req)
                         if f.name not in NOT_IDENTITY}
@@ -280,11 +284,23 @@ def job_labels(req: TrainingJob) -> dict[str, str]:
     return labels
 
 
+def _without_run_id(node: Any) -> Any:
+    """``node`` with the run-id label dropped from every ``labels`` mapping in it."""
+    if isinstance(node, dict):
+        return {k: ({lk: lv for lk, lv in v.items() if lk != LABEL_RUN_ID}
+                    if k == "labels" and isinstance(v, dict) else _without_run_id(v))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_without_run_id(v) for v in node]
+    return node
+
+
 def spec_hash(job: Any) -> str:
     """The hash of what runs (the object's ``spec``): the ``umt/spec-hash`` annotation lets an
-    adopting launcher tell "my job" from a same-named stranger."""
+    adopting launcher tell "my job" from a same-named stranger. The run-id label of its pods
+    is left out: which run follows a job changes nothing in it (a rerun adopts it)."""
     data = job if isinstance(job, dict) else to_dict(job)
-    return short_hash(data.get("spec"))
+    return short_hash(_without_run_id(data.get("spec")))
 
 
 # -- the container -----------------------------------------------------------------------------

@@ -206,19 +206,25 @@ def launch(step: planning.StepPlan, checkpoint: str, *, nodes: int, gpus_per_nod
            node_pool: str, image: str, s3_secret: str, job_yaml: str) -> tuple[Any, float]:
     """Run the planned job to the end (cluster or local executor); (JobResult, seconds)."""
     from umt.launch import JobFailedError, S3Credentials, run_training_job
+    from umt.pipeline.run_state import stop_jobs_on_signal
 
     rid = run_id()
     _check_failure_marker(step.output_dir, rid)
+    backend = planning.job_backend()
     started = time.monotonic()
     try:
         # The plan loaded the config already (with the parent's identity where the job gets
         # its checkpoint URI, and output_uri where the job gets its folder): not again.
         result = run_training_job(
             step.stage, step.config, step.job_overrides(checkpoint), nodes=nodes,
-            gpus_per_node=gpus_per_node, node_pool=node_pool, backend=planning.job_backend(),
+            gpus_per_node=gpus_per_node, node_pool=node_pool, backend=backend,
             output_uri=step.output_dir, run_id=rid or None, rendered_yaml_path=job_yaml,
             image=image or None, s3=S3Credentials(secret=s3_secret) if s3_secret else None,
-            local_workdir=planning.local_jobs_dir(), resolved=step.resolved)
+            local_workdir=planning.local_jobs_dir(), resolved=step.resolved,
+            # A SIGTERM stops a cluster job only when the run was stopped, not when just this
+            # pod goes (drain, scale-down): the retry or a rerun adopts the job. Local jobs
+            # are this process's children and end with it either way.
+            run_stopped=stop_jobs_on_signal if backend == "cluster" else None)
     except JobFailedError as e:
         if getattr(e, "permanent", True):
             _write_failure_marker(step.output_dir, rid, e.status.name, str(e))
@@ -423,17 +429,34 @@ def evaluate(task: str, *, model: Any, dataset: Any, tasks: Sequence[str] = (pla
 
 # -- the end -----------------------------------------------------------------------------------
 def cleanup(state: str = "", error: str = "") -> str:
-    """Exit handler: delete the run's jobs that are still running (a failed or terminated run
-    would otherwise leave them holding GPUs). Local jobs are processes of their launcher tasks
-    and end with them, so there is nothing to do locally."""
+    """Exit handler: stop the run's unfinished jobs when the run was stopped on purpose.
+
+    Whether it was is read from the run's own Workflow (:mod:`umt.pipeline.run_state`):
+
+    * stopped (KFP's Terminate, ``argo stop``, the run's deadline, the run deleted): every
+      unfinished job of the run is deleted -- nothing follows them any more;
+    * not stopped (the run failed): the jobs still running are ones whose launcher pod was
+      lost (a drain, a deleted pod: Argo retries neither an ``Error`` node nor an attempt past
+      its retry window), healthy: they are kept, and a rerun adopts them by their names;
+    * unknown (the Workflow cannot be read): deleted, as GPUs are dearer than a resume.
+
+    Local jobs are processes of their launcher tasks and end with them: nothing to do."""
+    from umt.launch.gc import delete_run_jobs, unfinished_run_jobs
+    from umt.pipeline.run_state import read_run_state
+
     rid = run_id()
     print(f"pipeline finished: {state or 'unknown'}{' (' + error + ')' if error else ''}")
     if planning.job_backend() == "local":
         return "local run: every job ended with its task"
     if not rid:
         return "no KFP_RUN_ID in the environment: nothing to clean up"
-    from umt.launch.gc import delete_run_jobs
-
+    run = read_run_state(timeout=30.0)
+    print(f"run {rid} is {run.state}: {run.reason}")
+    if run.state == "running":
+        kept = unfinished_run_jobs(rid, backend=planning.job_backend())
+        return (f"the run was not stopped: kept {len(kept)} unfinished jobs of run {rid}"
+                + (f" ({', '.join(kept)}: their launchers were lost; rerun the pipeline to "
+                   f"adopt them, or `umt job gc --run-id {rid}` to stop them)" if kept else ""))
     deleted = delete_run_jobs(rid, backend=planning.job_backend())
     return (f"deleted {len(deleted)} unfinished jobs of run {rid}"
             + (f": {', '.join(deleted)}" if deleted else ""))

@@ -114,7 +114,7 @@ def render_pytorchjob(req: TrainingJob, *, validate: bool = True) -> RenderedJob
     :class:`InvalidJobError`) on bad input."""
     cfg = request.resolved_config(req)
     request.check_shared_output(req, cfg)
-    name = request.job_name(req)
+    name = request.job_name(req, cfg)
     labels = request.job_labels(req)
     template = request.pod_template(req, labels, request.container(
         req, CONTAINER, [V1ContainerPort(name=PORT_NAME, container_port=PORT)]))
