@@ -7,9 +7,10 @@
     delete_run_jobs(run_id)            # the pipeline's exit task
 
 Cluster jobs have no owner reference to the KFP run that created them, so a terminated run leaves
-its jobs training (and holding GPUs). Termination is covered by four things, any one of which is
-enough: the launcher deletes its job on SIGTERM, the pipeline's exit task calls
-:func:`delete_run_jobs`, every job has an ``activeDeadlineSeconds``, and this command.
+its jobs training (and holding GPUs). Termination is covered by four things: a launcher deletes
+its job on SIGTERM when the run was stopped, the pipeline's exit task calls
+:func:`delete_run_jobs` when the run was stopped (``umt.pipeline.steps.cleanup``), every job
+has an ``activeDeadlineSeconds``, and this command.
 """
 
 from __future__ import annotations
