@@ -6,7 +6,9 @@
 * S3 credentials come from a Kubernetes Secret as environment variables (kfp-kubernetes
   ``use_secret_as_env``), never as parameters. ``optional=True``: a missing Secret does not
   leave the pod stuck in CreateContainerConfigError; ``validate`` then fails with a message
-  that names the Secret.
+  that names the Secret. The name is the ``credentials`` task's output (:func:`s3_secret_of`),
+  not the ``s3_secret`` parameter: "" (IRSA) would become ``secretKeyRef.name: ""``, which the
+  API server refuses; ``credentials`` turns it into a name no Secret has.
 * The run id comes from the pod's label (``use_field_path_as_env``), not from an input: the
   backend resolves the run-id placeholder before computing the cache key, so a task taking it
   as an input would never hit the cache. The Workflow's name comes the same way: a launcher
@@ -44,6 +46,17 @@ def with_run_id(task):
     kubernetes.use_field_path_as_env(task, RUN_ID_ENV, RUN_ID_FIELD)
     kubernetes.use_field_path_as_env(task, WORKFLOW_ENV, WORKFLOW_FIELD)
     return task
+
+
+def s3_secret_of(task):
+    """The Secret name every other task of the pipeline references: the output of a
+    ``credentials`` task (small, cached, no credentials of its own)."""
+    task.set_display_name("S3 credentials: which Secret")
+    task.set_cpu_request("100m")
+    task.set_memory_request("256Mi")
+    task.set_memory_limit("1Gi")
+    with_run_id(task)
+    return task.output
 
 
 def cpu_task(task, display_name: str, *, s3_secret, cpu: str = "500m", memory: str = "1Gi",

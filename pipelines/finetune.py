@@ -17,9 +17,17 @@ if _ROOT not in sys.path:
 
 from kfp import dsl  # noqa: E402
 
-from components import cleanup, evaluate, pretrain_stage1, report, shard_videos, validate  # noqa: E402
+from components import (  # noqa: E402
+    cleanup,
+    credentials,
+    evaluate,
+    pretrain_stage1,
+    report,
+    shard_videos,
+    validate,
+)
 from components import finetune as finetune_step  # noqa: E402  (the pipeline is `finetune`)
-from components.tasks import cpu_task, exit_task, launcher_task  # noqa: E402
+from components.tasks import cpu_task, exit_task, launcher_task, s3_secret_of  # noqa: E402
 
 
 @dsl.pipeline(name="umt-finetune-action",
@@ -67,26 +75,27 @@ def finetune(
                 nodes=nodes, gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
                 s3_secret=s3_secret)
     with dsl.ExitHandler(done, name="umt"):
+        s3 = s3_secret_of(credentials(s3_secret=s3_secret))
         checked = cpu_task(validate(
             existing_dataset=train_data, existing_stage1_checkpoint=checkpoint,
             batch_size=batch_size, finetune_steps=finetune_steps,
             finetune_overrides=finetune_overrides, eval_overrides=eval_overrides,
             task_data=task_data, run_stage2=False, tasks=["action"],
             downstream_nodes=nodes, **jobs),
-            "Validate settings and plan jobs", s3_secret=s3_secret)
+            "Validate settings and plan jobs", s3_secret=s3)
         data = cpu_task(shard_videos(output_prefix=output_prefix, existing_dataset=train_data),
-                        "Describe the training data", s3_secret=s3_secret).after(checked)
+                        "Describe the training data", s3_secret=s3).after(checked)
         base = launcher_task(pretrain_stage1(
             dataset=data.outputs["dataset"], existing_checkpoint=checkpoint, **jobs),
-            "Stage-1 checkpoint (given)", s3_secret=s3_secret)
+            "Stage-1 checkpoint (given)", s3_secret=s3)
         tuned = launcher_task(finetune_step(
             task="action", dataset=data.outputs["dataset"], pretrained=base.outputs["model"],
             steps=finetune_steps, batch_size=batch_size, overrides=finetune_overrides,
-            **jobs), "Fine-tune: action recognition", s3_secret=s3_secret)
+            **jobs), "Fine-tune: action recognition", s3_secret=s3)
         scored = launcher_task(evaluate(
             task="action", model=tuned.outputs["model"], dataset=data.outputs["dataset"],
             task_data=task_data, overrides=eval_overrides, **jobs),
-            "Evaluate: action recognition", s3_secret=s3_secret)
+            "Evaluate: action recognition", s3_secret=s3)
         cpu_task(report(plan=checked.outputs["plan"], dataset=data.outputs["dataset"],
                         title="UMT action fine-tuning run"),
-                 "Report", s3_secret=s3_secret).after(base, tuned, scored)
+                 "Report", s3_secret=s3).after(base, tuned, scored)

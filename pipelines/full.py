@@ -27,6 +27,7 @@ from kfp import dsl  # noqa: E402
 
 from components import (  # noqa: E402
     cleanup,
+    credentials,
     evaluate,
     finetune,
     pretrain_stage1,
@@ -35,7 +36,7 @@ from components import (  # noqa: E402
     shard_videos,
     validate,
 )
-from components.tasks import cpu_task, exit_task, launcher_task  # noqa: E402
+from components.tasks import cpu_task, exit_task, launcher_task, s3_secret_of  # noqa: E402
 from umt import catalogue  # noqa: E402
 
 
@@ -117,6 +118,7 @@ def full(
                 gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
                 s3_secret=s3_secret)
     with dsl.ExitHandler(done, name="umt"):
+        s3 = s3_secret_of(credentials(s3_secret=s3_secret))
         checked = cpu_task(validate(
             output_prefix=output_prefix, input_videos=input_videos,
             existing_dataset=existing_dataset, classes=classes,
@@ -130,25 +132,25 @@ def full(
             tasks=tasks, task_data=task_data, nodes=nodes, gpus_per_node=gpus_per_node,
             downstream_nodes=downstream_nodes, node_pool=node_pool, image=image,
             s3_secret=s3_secret),
-            "Validate settings and plan jobs", s3_secret=s3_secret, memory_limit="4Gi")
+            "Validate settings and plan jobs", s3_secret=s3, memory_limit="4Gi")
 
         data = cpu_task(shard_videos(
             output_prefix=output_prefix, input_videos=input_videos,
             existing_dataset=existing_dataset, classes=classes,
             samples_per_shard=samples_per_shard, short_side=short_side),
-            "Shard videos to WebDataset", s3_secret=s3_secret, cpu="4", memory="8Gi",
+            "Shard videos to WebDataset", s3_secret=s3, cpu="4", memory="8Gi",
             memory_limit="16Gi", retries=2).after(checked)
         dataset = data.outputs["dataset"]
 
         stage1 = launcher_task(pretrain_stage1(
             dataset=dataset, steps=stage1_steps, batch_size=batch_size,
             overrides=stage1_overrides, existing_checkpoint=existing_stage1_checkpoint,
-            nodes=nodes, **jobs), catalogue.get("stage1").title, s3_secret=s3_secret)
+            nodes=nodes, **jobs), catalogue.get("stage1").title, s3_secret=s3)
         stage2 = launcher_task(pretrain_stage2(
             dataset=dataset, stage1_model=stage1.outputs["model"], enabled=run_stage2,
             steps=stage2_steps, batch_size=batch_size, overrides=stage2_overrides,
             existing_checkpoint=existing_stage2_checkpoint, nodes=nodes, **jobs),
-            catalogue.get("stage2").title, s3_secret=s3_secret)
+            catalogue.get("stage2").title, s3_secret=s3)
 
         # One task per downstream stage of the catalogue, fed by its parent's model.
         trained = {"stage1": stage1, "stage2": stage2}
@@ -158,14 +160,14 @@ def full(
             trained[stage.name] = launcher_task(finetune(
                 task=stage.task, pretrained=trained[stage.parent].outputs["model"],
                 steps=finetune_steps, batch_size=batch_size, overrides=finetune_overrides,
-                **per_task), stage.title, s3_secret=s3_secret)
+                **per_task), stage.title, s3_secret=s3)
         evaluations = [launcher_task(evaluate(
             task=stage.task, model=trained[stage.parent].outputs["model"],
-            overrides=eval_overrides, **per_task), stage.title, s3_secret=s3_secret)
+            overrides=eval_overrides, **per_task), stage.title, s3_secret=s3)
             for stage in catalogue.evaluations()]
 
         cpu_task(report(
             plan=checked.outputs["plan"], dataset=dataset, title="UMT pipeline run",
             gpu_power_watts=gpu_power_watts, grid_g_per_kwh=grid_g_per_kwh),
-            "Report", s3_secret=s3_secret, memory="1Gi", memory_limit="4Gi"
+            "Report", s3_secret=s3, memory="1Gi", memory_limit="4Gi"
         ).after(*trained.values(), *evaluations)

@@ -13,8 +13,16 @@ if _ROOT not in sys.path:
 
 from kfp import dsl  # noqa: E402
 
-from components import cleanup, pretrain_stage1, pretrain_stage2, report, shard_videos, validate  # noqa: E402
-from components.tasks import cpu_task, exit_task, launcher_task  # noqa: E402
+from components import (  # noqa: E402
+    cleanup,
+    credentials,
+    pretrain_stage1,
+    pretrain_stage2,
+    report,
+    shard_videos,
+    validate,
+)
+from components.tasks import cpu_task, exit_task, launcher_task, s3_secret_of  # noqa: E402
 
 
 @dsl.pipeline(name="umt-pretrain", display_name="UMT: shard and pretrain (Stage 1 + 2)",
@@ -69,6 +77,7 @@ def pretrain(
                 batch_size=batch_size, nodes=nodes, gpus_per_node=gpus_per_node,
                 node_pool=node_pool, image=image, s3_secret=s3_secret)
     with dsl.ExitHandler(done, name="umt"):
+        s3 = s3_secret_of(credentials(s3_secret=s3_secret))
         checked = cpu_task(validate(
             input_videos=input_videos, existing_dataset=existing_dataset, classes=classes,
             samples_per_shard=samples_per_shard, stage1_steps=stage1_steps,
@@ -76,21 +85,21 @@ def pretrain(
             stage2_overrides=stage2_overrides,
             existing_stage1_checkpoint=existing_stage1_checkpoint, run_stage2=run_stage2,
             tasks=[], **jobs),
-            "Validate settings and plan jobs", s3_secret=s3_secret)
+            "Validate settings and plan jobs", s3_secret=s3)
         data = cpu_task(shard_videos(
             output_prefix=output_prefix, input_videos=input_videos,
             existing_dataset=existing_dataset, classes=classes,
             samples_per_shard=samples_per_shard), "Shard videos to WebDataset",
-            s3_secret=s3_secret, cpu="4", memory="8Gi", memory_limit="16Gi",
+            s3_secret=s3, cpu="4", memory="8Gi", memory_limit="16Gi",
             retries=2).after(checked)
         stage1 = launcher_task(pretrain_stage1(
             dataset=data.outputs["dataset"], steps=stage1_steps, overrides=stage1_overrides,
             existing_checkpoint=existing_stage1_checkpoint, **jobs),
-            "Stage 1: video pretraining", s3_secret=s3_secret)
+            "Stage 1: video pretraining", s3_secret=s3)
         stage2 = launcher_task(pretrain_stage2(
             dataset=data.outputs["dataset"], stage1_model=stage1.outputs["model"],
             enabled=run_stage2, steps=stage2_steps, overrides=stage2_overrides, **jobs),
-            "Stage 2: vision-language pretraining", s3_secret=s3_secret)
+            "Stage 2: vision-language pretraining", s3_secret=s3)
         cpu_task(report(plan=checked.outputs["plan"], dataset=data.outputs["dataset"],
                         title="UMT pretraining run"),
-                 "Report", s3_secret=s3_secret).after(stage1, stage2)
+                 "Report", s3_secret=s3).after(stage1, stage2)

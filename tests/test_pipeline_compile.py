@@ -100,6 +100,10 @@ def test_full_dag_edges(full):
     spec, _, _ = full
     tasks = all_tasks(spec)
     deps = {k: set(t.get("dependentTasks", [])) for k, t in tasks.items()}
+    assert deps["credentials"] == set()
+    # Every other task references the Secret credentials names (issue 16.2), so runs after it.
+    assert all("credentials" in d for k, d in deps.items() if k not in ("credentials", "cleanup"))
+    deps = {k: d - {"credentials"} for k, d in deps.items()}
     assert deps["validate"] == set()
     assert deps["shard-videos"] == {"validate"}
     assert deps["pretrain-stage1"] == {"shard-videos"}
@@ -236,14 +240,20 @@ def test_credentials_only_from_the_secret(tmp_path):
             assert not re.search(r"password|access_key|secret_key|token", key), key
         executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
         for key, task in all_tasks(spec).items():
-            if key == "cleanup":
-                continue  # talks to the Kubernetes API only, with the pod's ServiceAccount
             label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+            if key in ("cleanup", "credentials"):
+                # cleanup talks to the Kubernetes API only, with the pod's ServiceAccount;
+                # credentials only names the Secret.
+                assert "secretAsEnv" not in executors[label], key
+                continue
             (secret,) = executors[label]["secretAsEnv"]
             envs = {k["envVar"] for k in secret["keyToEnv"]}
             assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= envs, key
-            assert secret["secretNameParameter"] == {
-                "componentInputParameter": "pipelinechannel--s3_secret"}
+            assert secret["optional"] is True, key
+            # Not the s3_secret parameter: "" (IRSA) would be secretKeyRef.name "" (issue 16.2).
+            assert secret["secretNameParameter"] == {"taskOutputParameter": {
+                "producerTask": "credentials", "outputParameterKey": "Output"}}, key
+            assert "secretName" not in secret, key
 
 
 def test_no_cached_task_takes_the_run_id_as_an_input(tmp_path):

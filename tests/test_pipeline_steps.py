@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,17 @@ def test_job_time_comes_from_the_jobs_conditions():
     assert steps._job_seconds(result, measured=5.0) == 10800.0
     result.status = job_status("j", [])
     assert steps._job_seconds(result, measured=5.0) == 5.0
+
+
+def test_irsa_pods_reference_a_secret_name_that_is_valid():
+    """Issue 16.2: s3_secret="" (IRSA / workload identity) must not reach the pods as
+    secretKeyRef.name "" (refused by the API server): the credentials task names a Secret
+    that does not exist instead, which the pods' optional reference skips."""
+    from umt.launch.values import InvalidOptionError
+    from umt.pipeline.validate import NO_SECRET, secret_reference
+
+    assert secret_reference("umt-s3") == "umt-s3"
+    assert secret_reference("") == NO_SECRET
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", NO_SECRET)  # a valid Secret name
+    with pytest.raises(InvalidOptionError, match="--s3-secret"):
+        secret_reference("Not A Name")

@@ -25,6 +25,25 @@ from typing import Any, Sequence
 from umt import catalogue, storage
 from umt.pipeline import plan as planning
 
+# What the pipeline's own pods reference for S3 credentials when there is no Secret (IRSA,
+# workload identity): a valid name that no Secret has. The reference is optional, so it sets
+# nothing and boto3 / KFP's launcher use the pod's identity; an empty name would make pods the
+# API server refuses (the KFP driver copies it into secretKeyRef.name).
+NO_SECRET = "umt-no-s3-secret"
+
+
+def secret_reference(s3_secret: str) -> str:
+    """The Secret name the pipeline's pods reference for ``s3_secret`` ("" -> ``NO_SECRET``);
+    ValueError for a name no Secret can have."""
+    from umt.launch.values import Problems
+
+    if not s3_secret:
+        return NO_SECRET
+    p = Problems()
+    p.dns_subdomain("s3", s3_secret)
+    p.raise_if_any()
+    return s3_secret
+
 
 @dataclass
 class Settings:
