@@ -24,10 +24,24 @@
   it; docs/pipelines.md.)
 * Launcher pods are annotated not safe to evict for the cluster autoscaler: a scale-down
   would otherwise stop the one pod following a multi-node job.
+* Images are fixed when the pipeline is compiled (:func:`with_images`): every task runs the
+  immutable ``<repository>/umt-launcher:<version>-<sha>`` (``umt.launch.images``; the
+  repository is ``UMT_IMAGE_REPOSITORY`` at compile time), and gets ``UMT_TRAIN_IMAGE``, the
+  training image of the same build, in its environment: what a launcher renders its jobs
+  with when the ``image`` parameter is "". ``UMT_IMAGE_PULL_SECRETS`` at compile time (comma-
+  separated Secret names) become the pods' and the training pods' ``imagePullSecrets``.
 """
 
 from kfp import kubernetes
 
+from umt.launch.images import (
+    IMAGE_ENV,
+    LAUNCHER_IMAGE,
+    PULL_SECRETS_ENV,
+    TRAIN_IMAGE,
+    default_image,
+    pull_secrets,
+)
 from umt.launch.request import DEFAULT_ACTIVE_DEADLINE
 from umt.pipeline.run_state import WORKFLOW_ENV, WORKFLOW_FIELD
 
@@ -45,6 +59,17 @@ SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
 def with_run_id(task):
     kubernetes.use_field_path_as_env(task, RUN_ID_ENV, RUN_ID_FIELD)
     kubernetes.use_field_path_as_env(task, WORKFLOW_ENV, WORKFLOW_FIELD)
+    return with_images(task)
+
+
+def with_images(task):
+    """The launcher image and the training image its jobs get, both resolved now."""
+    task.set_container_image(default_image(LAUNCHER_IMAGE))
+    task.set_env_variable(IMAGE_ENV[TRAIN_IMAGE], default_image(TRAIN_IMAGE))
+    secrets = pull_secrets()
+    if secrets:
+        kubernetes.set_image_pull_secrets(task, secrets)
+        task.set_env_variable(PULL_SECRETS_ENV, ",".join(secrets))
     return task
 
 

@@ -67,7 +67,7 @@ def finetune(
         nodes: Nodes (pods) per job.
         gpus_per_node: GPUs per node (0 = CPU jobs).
         node_pool: Node pool of the training pods, e.g. gke-a100.
-        image: Training image ("" = umt-train of this package's version).
+        image: Training image ("" = the umt-train image of this build).
         s3_secret: Kubernetes Secret with the S3 credentials ("" = IRSA / workload identity).
     """
     done = exit_task(cleanup())

@@ -108,7 +108,7 @@ def full(
         gpus_per_node: GPUs per node (0 = CPU jobs).
         downstream_nodes: Nodes per fine-tune and evaluation job.
         node_pool: Node pool of the training pods, e.g. gke-a100, eks-p4d, aks-a100, cpu.
-        image: Training image ("" = umt-train of this package's version).
+        image: Training image ("" = the umt-train image of this build).
         s3_secret: Kubernetes Secret with the S3 credentials ("" = IRSA / workload identity).
         gpu_power_watts: Power per GPU for the report's energy estimate (W).
         grid_g_per_kwh: Grid carbon intensity for the report's CO2 estimate (g CO2 / kWh).

@@ -16,7 +16,7 @@ from kfp import components as kfp_components  # noqa: E402
 
 from components import COMPONENTS  # noqa: E402
 from components.__main__ import compile_all  # noqa: E402
-from umt.launch.images import LAUNCHER_IMAGE, default_image  # noqa: E402
+from umt.launch.images import LAUNCHER_IMAGE, release_image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("credentials", "validate", "shard_videos", "pretrain_stage1", "pretrain_stage2", "finetune",
@@ -74,7 +74,7 @@ def test_component_is_documented_and_uses_the_launcher_image(name):
             assert spec.get("description"), f"{name}: output {key} has no description"
     (executor,) = doc["deploymentSpec"]["executors"].values()
     container = executor["container"]
-    assert container["image"] == default_image(LAUNCHER_IMAGE)
+    assert container["image"] == release_image(LAUNCHER_IMAGE)  # pipelines pin it
     assert "pip install" not in " ".join(container["command"]), "install_kfp_package=False"
     assert "resources" not in container  # resources are set by the pipeline, per task
 

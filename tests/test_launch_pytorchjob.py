@@ -106,6 +106,24 @@ def test_single_node_jobs_have_no_workers():
     assert list(job["spec"]["pytorchReplicaSpecs"]) == ["Master"]
 
 
+def test_a_launcher_pod_renders_the_image_its_pipeline_was_compiled_for(monkeypatch):
+    """Issue 16.4: the compiled pipeline puts UMT_TRAIN_IMAGE / UMT_IMAGE_PULL_SECRETS into
+    every task's environment; the job the launcher renders there uses exactly those."""
+    monkeypatch.setenv("UMT_TRAIN_IMAGE", "registry.example.com/ml/umt-train:0.1.0-abcdefabcdef")
+    monkeypatch.setenv("UMT_IMAGE_PULL_SECRETS", "regcred, other")
+    job = build(nodes=2, output_uri="s3://b/x")
+    for rtype in ("Master", "Worker"):
+        spec = pod(job, rtype)["spec"]
+        assert spec["containers"][0]["image"] == \
+            "registry.example.com/ml/umt-train:0.1.0-abcdefabcdef"
+        assert spec["imagePullSecrets"] == [{"name": "regcred"}, {"name": "other"}]
+    assert pytorchjob_errors(job) == []
+    assert build(image="x.io/t:1", image_pull_secrets=[])["spec"]["pytorchReplicaSpecs"][
+        "Master"]["template"]["spec"].get("imagePullSecrets") is None
+    with pytest.raises(ValueError, match="--image-pull-secret"):
+        build(image_pull_secrets=["Bad Name"])
+
+
 def test_s3_credentials_come_from_a_secret():
     env = {e["name"]: e for e in pod(build())["spec"]["containers"][0]["env"]}
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {

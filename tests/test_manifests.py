@@ -22,7 +22,7 @@ from umt import catalogue
 from umt.launch import NODE_POOLS, to_dict
 from umt.launch.backends.pytorchjob import CRD_PATH, pytorchjob_errors
 from umt.launch.doctor import needed_permissions
-from umt.launch.images import default_image
+from umt.launch.images import TRAIN_IMAGE, release_image
 from umt.launch.manifests import render_stage
 from umt.launch.stages import validate_stage_config
 from umt.launch.values import IMAGE, SECRET_NAME
@@ -157,7 +157,7 @@ def test_local_overlay_is_cpu_only_with_minio():
     assert job["spec"]["nprocPerNode"] == "1"
     container = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
     assert container["command"][3:5] == ["--config", "tiny"]
-    assert container["image"] == default_image()  # what images/build.sh tags
+    assert container["image"] == release_image(TRAIN_IMAGE)  # what images/build.sh tags
     assert {"Deployment", "Service", "Job"} <= {d["kind"] for d in docs}
     secret = next(d for d in docs if d["kind"] == "Secret")
     assert "AWS_ENDPOINT_URL" in secret["data"]

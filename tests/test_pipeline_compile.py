@@ -314,3 +314,36 @@ def test_retried_tasks_outlive_their_jobs_and_launchers_are_not_evicted(tmp_path
                         "fieldPath": "metadata.labels['workflows.argoproj.io/workflow']"} in \
                     config["fieldPathAsEnv"], f"{name}: {key}"
         assert retried & LAUNCHERS, name
+
+
+def test_compiling_for_a_registry_pins_every_image_there(tmp_path):
+    """Issue 16.4, the documented command: UMT_IMAGE_REPOSITORY=registry.example.com/ml kfp dsl
+    compile names no other registry, every umt image by its immutable <version>-<sha> tag (the
+    launcher's and, in every task's environment, the training image its jobs get), and
+    UMT_IMAGE_PULL_SECRETS becomes imagePullSecrets."""
+    from umt.launch.images import package_version, source_revision
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "UMT_IMAGE_TAG", "UMT_TRAIN_IMAGE", "UMT_LAUNCHER_IMAGE")}
+    env.update(UMT_IMAGE_REPOSITORY="registry.example.com/ml", UMT_IMAGE_PULL_SECRETS="regcred")
+    out = tmp_path / "full.yaml"
+    subprocess.run([str(Path(sys.executable).parent / "kfp"), "dsl", "compile", "--py",
+                    "pipelines/full.py", "--output", str(out)], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=180)
+    text = out.read_text()
+    assert "ghcr.io" not in text and "docker.io" not in text
+    spec, platform = list(yaml.safe_load_all(text))[:2]
+    tag = f"{package_version()}-{source_revision()}"  # what images/build.sh tags this tree
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*-[0-9a-f]{12}(-dirty)?", tag)
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {f"registry.example.com/ml/umt-launcher:{tag}"}
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for key, task in all_tasks(spec).items():
+        label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        env_vars = {e["name"]: e["value"] for e in
+                    spec["deploymentSpec"]["executors"][label]["container"].get("env", [])}
+        assert env_vars["UMT_TRAIN_IMAGE"] == f"registry.example.com/ml/umt-train:{tag}", key
+        assert env_vars["UMT_IMAGE_PULL_SECRETS"] == "regcred", key
+        assert executors[label]["imagePullSecret"] == [
+            {"secretName": "regcred", "secretNameParameter": {"runtimeValue": {
+                "constant": "regcred"}}}], key

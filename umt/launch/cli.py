@@ -61,8 +61,12 @@ NodesOpt = typer.Option(1, "--nodes", "-n", help="Pods (Master + Workers).")
 GpusOpt = typer.Option(8, "--gpus-per-node", "-g", help="GPUs per pod; 0 for a CPU job.")
 PoolOpt = typer.Option("gke-a100", "--node-pool", "-p",
                        help=f"One of: {', '.join(NODE_POOLS)}.")
-ImageOpt = typer.Option(None, "--image", help="Training image (default: umt-train:<version>).")
-NameOpt = typer.Option(None, "--name", help="Job name (default: derived from run id + stage).")
+ImageOpt = typer.Option(None, "--image",
+                        help="Training image (default: umt-train:<version>-<sha> of this build).")
+PullSecretOpt = typer.Option(None, "--image-pull-secret",
+                             help="Secret to pull the image with (repeatable; default: "
+                                  "$UMT_IMAGE_PULL_SECRETS).")
+NameOpt = typer.Option(None, "--name", help="Job name (default: from stage + output folder).")
 NamespaceOpt = typer.Option(None, "--namespace", help="Default: the kubeconfig context's.")
 RunIdOpt = typer.Option(None, "--run-id", help="Id of the enclosing run (label umt/run-id).")
 OutputOpt = typer.Option(None, "--output", "-o", help="train.output_dir, e.g. s3://b/runs/x.")
@@ -122,7 +126,8 @@ def _request(stage: str = StageArg, overrides: Optional[List[str]] = OverridesAr
              memory: Optional[str] = MemoryOpt, shm_size: Optional[str] = ShmOpt,
              allow_local_output: bool = AllowLocalOutputOpt,
              service_account: str = ServiceAccountOpt,
-             writable_root_filesystem: bool = WritableRootOpt) -> TrainingJob:
+             writable_root_filesystem: bool = WritableRootOpt,
+             image_pull_secret: Optional[List[str]] = PullSecretOpt) -> TrainingJob:
     """The job the options describe (the command-line options of ``umt job render`` and
     ``submit``: see ``_job_command``); a bad value exits 2 naming it."""
     elastic_min = elastic_max = None
@@ -132,6 +137,8 @@ def _request(stage: str = StageArg, overrides: Optional[List[str]] = OverridesAr
         except ValueError:
             raise _fail(f"--elastic must be MIN:MAX, got {elastic!r}", 2) from None
     optional = {} if active_deadline is None else {"active_deadline_seconds": active_deadline}
+    if image_pull_secret:
+        optional["image_pull_secrets"] = list(image_pull_secret)
     try:
         return TrainingJob(
             stage=stage, config=config, overrides=list(overrides or []), nodes=nodes,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from umt import catalogue
 from umt.launch.backends.pytorchjob import build_pytorchjob
+from umt.launch.images import TRAIN_IMAGE, release_image
 from umt.launch.request import TrainingJob
 from umt.launch.serialize import to_yaml
 
@@ -82,8 +83,11 @@ resources:
 def stage_job(stage: str) -> TrainingJob:
     # Evaluations are one pass over a test set: one node is plenty.
     nodes = 2 if catalogue.get(stage).trains else 1
+    # The release tag (a checked-in file cannot name the commit it is part of): pin it with
+    # kustomize `images:` (a digest or <version>-<sha>) in your overlay.
     return TrainingJob(stage=stage, config=PRESET, overrides=overrides_of(stage), nodes=nodes,
-                       gpus_per_node=8, node_pool="nvidia",
+                       gpus_per_node=8, node_pool="nvidia", image=release_image(TRAIN_IMAGE),
+                       image_pull_secrets=[],
                        name=f"umt-{stage.replace('_', '-')}", output_uri=output_of(stage),
                        validate_config=True)
 

@@ -43,6 +43,7 @@ from kubernetes.client import (
     V1EmptyDirVolumeSource,
     V1EnvVar,
     V1EnvVarSource,
+    V1LocalObjectReference,
     V1ObjectMeta,
     V1PodSecurityContext,
     V1PodSpec,
@@ -56,7 +57,7 @@ from kubernetes.client import (
 )
 
 from umt.launch import values
-from umt.launch.images import default_image
+from umt.launch.images import default_image, pull_secrets
 from umt.launch.node_pools import GPU_RESOURCE, get_node_pool
 from umt.launch.serialize import to_dict
 from umt.launch.stages import (
@@ -114,7 +115,9 @@ class TrainingJob:
     procs_per_node: int | None = None  # default: one per GPU, or 1 on CPU
     node_pool: str = "gke-a100"
     image: str | None = None  # default: images.default_image()
-    image_pull_policy: str = "IfNotPresent"
+    image_pull_policy: str = "IfNotPresent"  # fine: umt images are named by an immutable tag
+    # Secrets to pull the image with (default: UMT_IMAGE_PULL_SECRETS, comma-separated).
+    image_pull_secrets: list[str] = field(default_factory=pull_secrets)
     name: str | None = None  # default: from stage + output folder (job_name)
     namespace: str | None = None
     run_id: str | None = None  # KFP run id (or any id of the enclosing run) -> label
@@ -198,6 +201,8 @@ def check_values(req: TrainingJob) -> None:
     p.check(req.image_pull_policy in PULL_POLICIES, "image_pull_policy", req.image_pull_policy,
             f"must be one of {', '.join(PULL_POLICIES)}")
     p.dns_subdomain("service_account", req.service_account)
+    for secret in req.image_pull_secrets:
+        p.dns_subdomain("image_pull_secrets", secret)
     if req.s3 is not None:
         p.dns_subdomain("s3", req.s3.secret)
     for key, value in req.env.items():
@@ -418,6 +423,8 @@ def pod_template(req: TrainingJob, labels: dict[str, str],
         volumes=volumes(req),
         security_context=pod_security_context(),
         priority_class_name=req.priority_class,
+        image_pull_secrets=[V1LocalObjectReference(name=n) for n in req.image_pull_secrets]
+        or None,
     )
     return V1PodTemplateSpec(metadata=V1ObjectMeta(labels=labels,
                                                    annotations=dict(POD_ANNOTATIONS)),
