@@ -44,6 +44,10 @@ SHARED_DOCS = {
     "tasks": 'The run\'s downstream tasks: this step runs when its task is listed ("*" = any).',
     "task_data": 'dataset.json per task and split, {"<task>_train"|"<task>_eval": URI} '
                  '(absent = the pipeline\'s dataset).',
+    "checkpoint_fingerprints": "Content fingerprints of the existing checkpoints, by stage "
+                               "(validate's output: a checkpoint replaced in place is new).",
+    "task_data_fingerprints": "Content fingerprints of the task_data files, by key (validate's "
+                              "output: a file edited in place is new data).",
     "model": "model.json: checkpoint URI, architecture, frames, resolution, step, config hash.",
     "metrics": "final_loss, steps, clips_per_s, wall_hours, gpu_hours.",
     "job": "The rendered PyTorchJob YAML.",

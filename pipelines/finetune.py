@@ -83,18 +83,26 @@ def finetune(
             task_data=task_data, run_stage2=False, tasks=["action"],
             downstream_nodes=nodes, **jobs),
             "Validate settings and plan jobs", s3_secret=s3)
-        data = cpu_task(shard_videos(output_prefix=output_prefix, existing_dataset=train_data),
+        # Never cached: it fingerprints the inputs' content (issue 16.5; components/tasks.py).
+        checked.set_caching_options(False)
+        prints = checked.outputs
+        data = cpu_task(shard_videos(output_prefix=output_prefix, existing_dataset=train_data,
+                                     fingerprint=prints["data_fingerprint"]),
                         "Describe the training data", s3_secret=s3).after(checked)
         base = launcher_task(pretrain_stage1(
-            dataset=data.outputs["dataset"], existing_checkpoint=checkpoint, **jobs),
+            dataset=data.outputs["dataset"], existing_checkpoint=checkpoint,
+            checkpoint_fingerprints=prints["checkpoint_fingerprints"], **jobs),
             "Stage-1 checkpoint (given)", s3_secret=s3)
         tuned = launcher_task(finetune_step(
             task="action", dataset=data.outputs["dataset"], pretrained=base.outputs["model"],
             steps=finetune_steps, batch_size=batch_size, overrides=finetune_overrides,
-            **jobs), "Fine-tune: action recognition", s3_secret=s3)
+            task_data=task_data, task_data_fingerprints=prints["task_data_fingerprints"],
+            **jobs),
+            "Fine-tune: action recognition", s3_secret=s3)
         scored = launcher_task(evaluate(
             task="action", model=tuned.outputs["model"], dataset=data.outputs["dataset"],
-            task_data=task_data, overrides=eval_overrides, **jobs),
+            task_data=task_data, task_data_fingerprints=prints["task_data_fingerprints"],
+            overrides=eval_overrides, **jobs),
             "Evaluate: action recognition", s3_secret=s3)
         cpu_task(report(plan=checked.outputs["plan"], dataset=data.outputs["dataset"],
                         title="UMT action fine-tuning run"),

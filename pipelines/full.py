@@ -133,11 +133,16 @@ def full(
             downstream_nodes=downstream_nodes, node_pool=node_pool, image=image,
             s3_secret=s3_secret),
             "Validate settings and plan jobs", s3_secret=s3, memory_limit="4Gi")
+        # Never cached: it fingerprints the inputs' content, which the later tasks take as
+        # parameters (their cache keys and folders then change when a file changes in place).
+        checked.set_caching_options(False)
+        prints = checked.outputs
 
         data = cpu_task(shard_videos(
             output_prefix=output_prefix, input_videos=input_videos,
             existing_dataset=existing_dataset, classes=classes,
-            samples_per_shard=samples_per_shard, short_side=short_side),
+            samples_per_shard=samples_per_shard, short_side=short_side,
+            fingerprint=prints["data_fingerprint"]),
             "Shard videos to WebDataset", s3_secret=s3, cpu="4", memory="8Gi",
             memory_limit="16Gi", retries=2).after(checked)
         dataset = data.outputs["dataset"]
@@ -145,17 +150,20 @@ def full(
         stage1 = launcher_task(pretrain_stage1(
             dataset=dataset, steps=stage1_steps, batch_size=batch_size,
             overrides=stage1_overrides, existing_checkpoint=existing_stage1_checkpoint,
-            nodes=nodes, **jobs), catalogue.get("stage1").title, s3_secret=s3)
+            checkpoint_fingerprints=prints["checkpoint_fingerprints"], nodes=nodes, **jobs),
+            catalogue.get("stage1").title, s3_secret=s3)
         stage2 = launcher_task(pretrain_stage2(
             dataset=dataset, stage1_model=stage1.outputs["model"], enabled=run_stage2,
             steps=stage2_steps, batch_size=batch_size, overrides=stage2_overrides,
-            existing_checkpoint=existing_stage2_checkpoint, nodes=nodes, **jobs),
+            existing_checkpoint=existing_stage2_checkpoint,
+            checkpoint_fingerprints=prints["checkpoint_fingerprints"], nodes=nodes, **jobs),
             catalogue.get("stage2").title, s3_secret=s3)
 
         # One task per downstream stage of the catalogue, fed by its parent's model.
         trained = {"stage1": stage1, "stage2": stage2}
-        per_task = dict(tasks=tasks, task_data=task_data, nodes=downstream_nodes,
-                        dataset=dataset, **jobs)
+        per_task = dict(tasks=tasks, task_data=task_data,
+                        task_data_fingerprints=prints["task_data_fingerprints"],
+                        nodes=downstream_nodes, dataset=dataset, **jobs)
         for stage in catalogue.finetunes():
             trained[stage.name] = launcher_task(finetune(
                 task=stage.task, pretrained=trained[stage.parent].outputs["model"],

@@ -86,19 +86,25 @@ def pretrain(
             existing_stage1_checkpoint=existing_stage1_checkpoint, run_stage2=run_stage2,
             tasks=[], **jobs),
             "Validate settings and plan jobs", s3_secret=s3)
+        # Never cached: it fingerprints the inputs' content (issue 16.5; components/tasks.py).
+        checked.set_caching_options(False)
+        prints = checked.outputs
         data = cpu_task(shard_videos(
             output_prefix=output_prefix, input_videos=input_videos,
             existing_dataset=existing_dataset, classes=classes,
-            samples_per_shard=samples_per_shard), "Shard videos to WebDataset",
+            samples_per_shard=samples_per_shard, fingerprint=prints["data_fingerprint"]),
+            "Shard videos to WebDataset",
             s3_secret=s3, cpu="4", memory="8Gi", memory_limit="16Gi",
             retries=2).after(checked)
         stage1 = launcher_task(pretrain_stage1(
             dataset=data.outputs["dataset"], steps=stage1_steps, overrides=stage1_overrides,
-            existing_checkpoint=existing_stage1_checkpoint, **jobs),
+            existing_checkpoint=existing_stage1_checkpoint,
+            checkpoint_fingerprints=prints["checkpoint_fingerprints"], **jobs),
             "Stage 1: video pretraining", s3_secret=s3)
         stage2 = launcher_task(pretrain_stage2(
             dataset=data.outputs["dataset"], stage1_model=stage1.outputs["model"],
-            enabled=run_stage2, steps=stage2_steps, overrides=stage2_overrides, **jobs),
+            enabled=run_stage2, steps=stage2_steps, overrides=stage2_overrides,
+            checkpoint_fingerprints=prints["checkpoint_fingerprints"], **jobs),
             "Stage 2: vision-language pretraining", s3_secret=s3)
         cpu_task(report(plan=checked.outputs["plan"], dataset=data.outputs["dataset"],
                         title="UMT pretraining run"),

@@ -100,12 +100,13 @@ def test_full_dag_edges(full):
     spec, _, _ = full
     tasks = all_tasks(spec)
     deps = {k: set(t.get("dependentTasks", [])) for k, t in tasks.items()}
-    assert deps["credentials"] == set()
-    # Every other task references the Secret credentials names (issue 16.2), so runs after it.
-    assert all("credentials" in d for k, d in deps.items() if k not in ("credentials", "cleanup"))
-    deps = {k: d - {"credentials"} for k, d in deps.items()}
-    assert deps["validate"] == set()
-    assert deps["shard-videos"] == {"validate"}
+    assert deps["credentials"] == set() and deps["validate"] == {"credentials"}
+    # Every other task references the Secret credentials names (issue 16.2) and runs after
+    # validate (the plan; the content fingerprints it takes as parameters, issue 16.5).
+    assert all({"credentials", "validate"} <= d for k, d in deps.items()
+               if k not in ("credentials", "validate", "cleanup"))
+    deps = {k: d - {"credentials", "validate"} for k, d in deps.items()}
+    assert deps["shard-videos"] == set()
     assert deps["pretrain-stage1"] == {"shard-videos"}
     assert deps["pretrain-stage2"] == {"shard-videos", "pretrain-stage1"}
     def task_of(key: str) -> str:
@@ -124,7 +125,7 @@ def test_full_dag_edges(full):
     # The report reads the plan (validate's) and runs after every step it reports on.
     assert tasks["report"]["inputs"]["artifacts"]["plan"]["taskOutputArtifact"] == {
         "producerTask": "validate", "outputArtifactKey": "plan"}
-    assert deps["report"] == {"validate", "shard-videos", "pretrain-stage1", "pretrain-stage2",
+    assert deps["report"] == {"shard-videos", "pretrain-stage1", "pretrain-stage2",
                               *tuned.values(), *(k for k in tasks if k.startswith("evaluate"))}
     # The exit handler runs after the whole body, whatever happened.
     root = spec["root"]["dag"]["tasks"]
@@ -276,7 +277,8 @@ def test_caching_on_everywhere_but_the_exit_task_and_retries_on_launchers(tmp_pa
         spec, _, _ = compiled(name, tmp_path)
         for key, task in all_tasks(spec).items():
             cached = task.get("cachingOptions", {}).get("enableCache", False)
-            assert cached == (key != "cleanup"), f"{name}: caching of {key}"
+            # validate fingerprints the inputs' content on every run (issue 16.5).
+            assert cached == (key not in ("cleanup", "validate")), f"{name}: caching of {key}"
             if key in LAUNCHERS:
                 assert task.get("retryPolicy", {}).get("maxRetryCount", 0) >= 1, key
 
@@ -347,3 +349,23 @@ def test_compiling_for_a_registry_pins_every_image_there(tmp_path):
         assert executors[label]["imagePullSecret"] == [
             {"secretName": "regcred", "secretNameParameter": {"runtimeValue": {
                 "constant": "regcred"}}}], key
+
+
+def test_tasks_reading_given_inputs_take_their_content_fingerprints(tmp_path):
+    """Issue 16.5: the cache key of a task is its parameters (and input artifact names), so
+    the content fingerprints validate computes are parameters of the tasks that read the
+    inputs: a file edited in place changes their keys (and, in steps, their folders)."""
+    want = {"shard-videos": ("fingerprint", "data_fingerprint"),
+            "pretrain-stage1": ("checkpoint_fingerprints", "checkpoint_fingerprints"),
+            "pretrain-stage2": ("checkpoint_fingerprints", "checkpoint_fingerprints"),
+            "finetune": ("task_data_fingerprints", "task_data_fingerprints"),
+            "evaluate": ("task_data_fingerprints", "task_data_fingerprints")}
+    for name in PIPELINES:
+        spec, _, _ = compiled(name, tmp_path)
+        for key, task in all_tasks(spec).items():
+            kind = re.sub(r"-\d+$", "", key)
+            if kind not in want:
+                continue
+            param, output = want[kind]
+            assert task["inputs"]["parameters"][param] == {"taskOutputParameter": {
+                "producerTask": "validate", "outputParameterKey": output}}, f"{name}: {key}"

@@ -16,6 +16,7 @@ def evaluate(
     output_prefix: str,
     tasks: list = ["*"],
     task_data: dict = {},
+    task_data_fingerprints: dict = {},
     model_size: str = "base",
     num_frames: int = 0,
     overrides: list = [],
@@ -43,7 +44,8 @@ def evaluate(
     from umt.pipeline import steps as s
 
     s.evaluate(task, model=model, dataset=dataset, tasks=tasks, task_data=task_data,
-               model_size=model_size, num_frames=num_frames, overrides=overrides,
+               task_data_fingerprints=task_data_fingerprints, model_size=model_size,
+               num_frames=num_frames, overrides=overrides,
                output_prefix=output_prefix, nodes=nodes, gpus_per_node=gpus_per_node,
                node_pool=node_pool, image=image, s3_secret=s3_secret, metrics=metrics,
                confusion=confusion, job=job)

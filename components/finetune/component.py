@@ -16,6 +16,7 @@ def finetune(
     output_prefix: str,
     tasks: list = ["*"],
     task_data: dict = {},
+    task_data_fingerprints: dict = {},
     model_size: str = "base",
     steps: int = 0,
     batch_size: int = 0,
@@ -40,7 +41,8 @@ def finetune(
     """
     from umt.pipeline import steps as s
 
-    s.finetune(task, tasks=tasks, task_data=task_data, dataset=dataset, parent=pretrained,
+    s.finetune(task, tasks=tasks, task_data=task_data,
+               task_data_fingerprints=task_data_fingerprints, dataset=dataset, parent=pretrained,
                model_size=model_size, steps=steps, batch_size=batch_size,
                num_frames=num_frames, overrides=overrides, output_prefix=output_prefix,
                nodes=nodes, gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,

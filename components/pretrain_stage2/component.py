@@ -20,6 +20,7 @@ def pretrain_stage2(
     num_frames: int = 0,
     overrides: list = [],
     existing_checkpoint: str = "",
+    checkpoint_fingerprints: dict = {},
     nodes: int = 1,
     gpus_per_node: int = 8,
     node_pool: str = "gke-a100",
@@ -44,6 +45,7 @@ def pretrain_stage2(
     s.train("stage2", dataset=dataset, parent=stage1_model, enabled=enabled,
             model_size=model_size, steps=steps, batch_size=batch_size, num_frames=num_frames,
             overrides=overrides, existing_checkpoint=existing_checkpoint,
+            checkpoint_fingerprints=checkpoint_fingerprints,
             output_prefix=output_prefix, nodes=nodes, gpus_per_node=gpus_per_node,
             node_pool=node_pool, image=image, s3_secret=s3_secret, model=model,
             metrics=metrics, job=job)

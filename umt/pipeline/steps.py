@@ -111,13 +111,19 @@ def dataset_metadata(info: Any, uri: str) -> dict[str, Any]:
 
 
 def shard(input_videos: str, existing_dataset: str, output_prefix: str, *, classes: str = "",
-          samples_per_shard: int = 1000, short_side: int = 320, dataset: Any) -> dict[str, Any]:
+          samples_per_shard: int = 1000, short_side: int = 320, fingerprint: str = "",
+          dataset: Any) -> dict[str, Any]:
     """Shard ``input_videos`` under ``<output_prefix>/datasets/`` (resuming verified shards),
-    or describe ``existing_dataset``; write the Dataset artifact."""
+    or describe ``existing_dataset``; write the Dataset artifact. ``fingerprint``: the
+    content fingerprint of the input (``validate``'s; "" = computed here), part of the shard
+    folder and of the artifact's metadata, which the training steps' folders hash."""
     from umt.data import dataset_json
     from umt.data.manifest import read_classes
     from umt.data.shard import available_cpus, shard_dataset
     from umt.data.transcode import TranscodeSettings
+    from umt.pipeline.fingerprint import fingerprint as content_fingerprint
+
+    fingerprint = fingerprint or content_fingerprint(existing_dataset or input_videos)
 
     if existing_dataset:
         uri = existing_dataset
@@ -130,7 +136,7 @@ def shard(input_videos: str, existing_dataset: str, output_prefix: str, *, class
                              "or existing_dataset (a dataset.json)")
         out = planning.dataset_dir(output_prefix, input_videos,
                                    samples_per_shard=samples_per_shard, short_side=short_side,
-                                   classes=classes)
+                                   classes=classes, fingerprint=fingerprint)
         print(f"sharding {input_videos} -> {out}")
         info = shard_dataset(input_videos, out, TranscodeSettings(short_side=short_side),
                              samples_per_shard=samples_per_shard, workers=available_cpus(),
@@ -142,7 +148,7 @@ def shard(input_videos: str, existing_dataset: str, output_prefix: str, *, class
     body = info.to_dict()
     for entry, absolute in zip(body["shards"], info.shard_uris()):
         entry["uri"] = absolute
-    meta = dataset_metadata(info, uri)
+    meta = {**dataset_metadata(info, uri), "fingerprint": fingerprint}
     write_json(dataset, body, meta)
     return meta
 
@@ -260,13 +266,18 @@ def parent_model(parent: Any, what: str) -> dict[str, Any]:
 def train(stage: str, *, dataset: Any, parent: Any = None, enabled: bool = True,
           model_size: str, steps: int = 0, batch_size: int = 0, num_frames: int = 0,
           overrides: Sequence[str] = (), existing_checkpoint: str = "", train_data: str = "",
+          data_fingerprint: str = "", checkpoint_fingerprints: dict[str, str] | None = None,
           output_prefix: str, nodes: int, gpus_per_node: int, node_pool: str, image: str = "",
           s3_secret: str = "umt-s3", model: Any, metrics: Any, job: Any) -> dict[str, Any]:
-    """One training stage from ``dataset`` (or ``train_data``) and ``parent``'s checkpoint."""
+    """One training stage from ``dataset`` (or ``train_data``, whose content fingerprint is
+    ``data_fingerprint``) and ``parent``'s checkpoint (or ``existing_checkpoint``, whose
+    fingerprint is ``checkpoint_fingerprints[stage]``)."""
     if not enabled:
         skip(f"{stage} is disabled by a pipeline parameter", model, metrics, job)
         return {"skipped": True}
     data = train_data or read_metadata(dataset)["dataset_json"]
+    if not train_data:
+        data_fingerprint = read_metadata(dataset).get("fingerprint", "")
     if existing_checkpoint:
         if not storage.exists(existing_checkpoint):
             raise FileNotFoundError(f"existing checkpoint {existing_checkpoint} does not exist")
@@ -277,6 +288,9 @@ def train(stage: str, *, dataset: Any, parent: Any = None, enabled: bool = True,
             step = planning.StepPlan(stage, "", [], "", "", "")
         meta = _model_metadata(step, checkpoint=existing_checkpoint, summary={}, data=data,
                                parent_checkpoint="", provided=True)
+        # A child's folder hashes this: the URI and what is there now.
+        meta["identity"] = planning.checkpoint_identity(
+            existing_checkpoint, (checkpoint_fingerprints or {}).get(stage, ""))
         write_json(model, meta, meta)
         log_metrics(metrics, {}, stage=stage)
         write_text(job, f"# no job: {stage} starts from the existing checkpoint "
@@ -286,7 +300,8 @@ def train(stage: str, *, dataset: Any, parent: Any = None, enabled: bool = True,
     parent_meta = parent_model(parent, stage)
     step = planning.plan_step(stage, model_size, output_prefix, data=data,
                               parent=parent_meta.get("identity", ""), steps=steps,
-                              batch_size=batch_size, num_frames=num_frames, extra=overrides)
+                              batch_size=batch_size, num_frames=num_frames, extra=overrides,
+                              data_fingerprint=data_fingerprint)
     print(f"{stage}: preset {step.config}, output {step.output_dir}\n  overrides: "
           + " ".join(step.job_overrides(parent_meta.get("checkpoint", ""))))
     result, measured = launch(step, parent_meta.get("checkpoint", ""), nodes=nodes,
@@ -316,12 +331,16 @@ def train(stage: str, *, dataset: Any, parent: Any = None, enabled: bool = True,
 
 
 def finetune(task: str, *, tasks: Sequence[str] = (planning.ALL_TASKS,),
-             task_data: dict[str, str] | None = None, **kwargs: Any) -> dict[str, Any]:
+             task_data: dict[str, str] | None = None,
+             task_data_fingerprints: dict[str, str] | None = None,
+             **kwargs: Any) -> dict[str, Any]:
     """The fine-tune of ``task`` (the catalogue's): skipped unless ``task`` is in ``tasks``;
     its data is ``task_data["<task>_train"]`` or the pipeline's dataset."""
     stage = _task_stage(task, catalogue.finetune_of, "fine-tune")
+    key = planning.task_data_key(stage)
     return train(stage.name, enabled=planning.task_enabled(stage, tasks),
-                 train_data=(task_data or {}).get(planning.task_data_key(stage), ""), **kwargs)
+                 train_data=(task_data or {}).get(key, ""),
+                 data_fingerprint=(task_data_fingerprints or {}).get(key, ""), **kwargs)
 
 
 def _task_stage(task: str, lookup: Any, what: str) -> catalogue.Stage:
@@ -382,7 +401,9 @@ def confusion_subset(matrix: list[list[float]], names: list[str],
 
 
 def evaluate(task: str, *, model: Any, dataset: Any, tasks: Sequence[str] = (planning.ALL_TASKS,),
-             task_data: dict[str, str] | None = None, model_size: str, num_frames: int = 0,
+             task_data: dict[str, str] | None = None,
+             task_data_fingerprints: dict[str, str] | None = None, model_size: str,
+             num_frames: int = 0,
              overrides: Sequence[str] = (), output_prefix: str, nodes: int, gpus_per_node: int,
              node_pool: str, image: str = "", s3_secret: str = "umt-s3", metrics: Any,
              confusion: Any, job: Any) -> dict[str, Any]:
@@ -394,11 +415,15 @@ def evaluate(task: str, *, model: Any, dataset: Any, tasks: Sequence[str] = (pla
         skip(f"{stage} is disabled by a pipeline parameter", metrics, confusion, job)
         return {"skipped": True}
     parent = parent_model(model, stage)
-    data = ((task_data or {}).get(planning.task_data_key(entry))
-            or read_metadata(dataset)["dataset_json"])
+    key = planning.task_data_key(entry)
+    if (task_data or {}).get(key):
+        data, data_fingerprint = task_data[key], (task_data_fingerprints or {}).get(key, "")
+    else:
+        meta = read_metadata(dataset)
+        data, data_fingerprint = meta["dataset_json"], meta.get("fingerprint", "")
     step = planning.plan_step(stage, model_size, output_prefix, data=data,
                               parent=parent["identity"], num_frames=num_frames, extra=overrides,
-                              trains=False)
+                              trains=False, data_fingerprint=data_fingerprint)
     print(f"{stage}: {parent['checkpoint']} on {data}, output {step.output_dir}")
     result, seconds = launch(step, parent["checkpoint"], nodes=nodes,
                              gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,

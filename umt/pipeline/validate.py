@@ -106,6 +106,34 @@ class Settings:
         return self.task_data.get(planning.task_data_key(stage)) or default
 
 
+def fingerprints(s: Settings) -> dict[str, Any]:
+    """The content fingerprints of what the run is given (``umt.pipeline.fingerprint``):
+    ``data`` (input_videos or existing_dataset), ``checkpoints`` (by stage), ``task_data``
+    (by key). An input that cannot be read gets "" (its own check reports it)."""
+    from umt.pipeline.fingerprint import fingerprint
+
+    def safe(uri: str) -> str:
+        try:
+            return fingerprint(uri)
+        except Exception:
+            return ""
+
+    return {"data": safe(s.existing_dataset or s.input_videos),
+            "checkpoints": {st.name: safe(s.existing_checkpoint(st))
+                            for st in catalogue.pretraining() if s.existing_checkpoint(st)},
+            "task_data": {k: safe(uri) for k, uri in sorted(s.task_data.items()) if uri}}
+
+
+def data_fingerprint(stage: catalogue.Stage, prints: dict[str, Any], dataset_print: str,
+                     task_data: dict[str, str]) -> str:
+    """The fingerprint of the data ``stage`` reads: its ``task_data`` entry's, else the
+    dataset's (what :meth:`Settings.data_of` picks)."""
+    key = planning.task_data_key(stage) if stage.task else ""
+    if key and task_data.get(key):
+        return (prints.get("task_data") or {}).get(key, "")
+    return dataset_print
+
+
 def not_run(s: Settings) -> dict[str, str]:
     """The stages the settings do not run, by name, with the reason."""
     out = {}
@@ -234,7 +262,8 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
             p.add(f"{stage.name} needs the {parent.title} model: set "
                   f"existing_{parent.name}_checkpoint")
 
-    # Data.
+    # Data, and what it contains (so a changed file under the same path is a new run).
+    prints = fingerprints(s)
     if s.existing_dataset and s.input_videos:
         p.add("set input_videos or existing_dataset, not both")
     if s.existing_dataset:
@@ -246,7 +275,8 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
             p.exists(f"classes {s.classes}", storage.exists, s.classes)
         data = storage.join(planning.dataset_dir(
             s.output_prefix, s.input_videos, samples_per_shard=s.samples_per_shard,
-            short_side=s.short_side, classes=s.classes), dataset_json.FILENAME)
+            short_side=s.short_side, classes=s.classes, fingerprint=prints["data"]),
+            dataset_json.FILENAME)
     else:
         p.add("no data: set input_videos (a manifest, folder or s3:// prefix of videos) or "
               "existing_dataset (a dataset.json written by `umt shard`)")
@@ -263,7 +293,8 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
     steps: dict[str, dict[str, Any]] = {}
     provided = {st.name: s.existing_checkpoint(st) for st in catalogue.pretraining()
                 if s.existing_checkpoint(st)}
-    identity: dict[str, str] = dict(provided)
+    identity = {name: planning.checkpoint_identity(uri, prints["checkpoints"].get(name, ""))
+                for name, uri in provided.items()}
     for stage in catalogue.STAGES.values():
         if not enabled[stage.name] or s.model_size not in planning.MODEL_SIZES:
             continue
@@ -272,7 +303,9 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
                        s.output_prefix, data=s.data_of(stage, data),
                        parent=identity.get(stage.parent, ""), steps=s.steps_of(stage),
                        batch_size=s.batch_size, num_frames=s.num_frames,
-                       extra=s.overrides_of(stage), trains=stage.trains)
+                       extra=s.overrides_of(stage), trains=stage.trains,
+                       data_fingerprint=data_fingerprint(stage, prints, prints["data"],
+                                                         s.task_data))
         if step is None:
             continue
         identity[stage.name] = step.output_dir
@@ -299,11 +332,14 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
         raise InvalidPipelineSettings(p.items)
     skipped = {k: why for k, why in not_run(s).items() if k not in provided}
     return {"backend": backend, "dataset": data, "steps": steps, "provided": provided,
-            "skipped": skipped, "warnings": warnings}
+            "skipped": skipped, "warnings": warnings, "fingerprints": prints}
 
 
-def validate_step(params: dict[str, Any], plan: Any) -> dict[str, Any]:
-    """The ``validate`` component's body: its parameters (by name) in, the plan artifact out."""
+def validate_step(params: dict[str, Any], plan: Any) -> tuple[str, dict, dict]:
+    """The ``validate`` component's body: its parameters (by name) in, the plan artifact out,
+    and the content fingerprints the later tasks take as parameters (so their cache keys and
+    folders change with the content): the data's, the given checkpoints' (by stage), the
+    task data's (by key)."""
     from umt.pipeline.steps import write_json
 
     result = validate(Settings(**params))
@@ -317,4 +353,7 @@ def validate_step(params: dict[str, Any], plan: Any) -> dict[str, Any]:
         print(f"warning: {warning}")
     write_json(plan, result, {"backend": result["backend"], "dataset": result["dataset"],
                               "jobs": sorted(result["steps"]), "skipped": result["skipped"]})
-    return result
+    prints = result["fingerprints"]
+    for what, value in prints.items():
+        print(f"fingerprint of {what}: {value}")
+    return prints["data"], prints["checkpoints"], prints["task_data"]
