@@ -38,7 +38,7 @@ def finetune(
     checkpoint: str,
     train_data: str,
     task_data: dict = {},
-    output_prefix: str = "s3://umt/runs",
+    output_prefix: str = "s3://EDIT_ME_BUCKET/umt/runs",
     model_size: str = "base",
     num_frames: int = 0,
     batch_size: int = 0,

@@ -48,7 +48,7 @@ from umt import catalogue  # noqa: E402
                 "and a report with lineage, GPU-hours and CO2.",
 )
 def full(
-    output_prefix: str = "s3://umt/runs",
+    output_prefix: str = "s3://EDIT_ME_BUCKET/umt/runs",
     input_videos: str = "",
     existing_dataset: str = "",
     classes: str = "",

@@ -29,7 +29,7 @@ from components.tasks import cpu_task, exit_task, launcher_task, s3_secret_of  #
               description="WebDataset sharding, Stage-1 and Stage-2 UMT pretraining "
                           "PyTorchJobs and a report.")
 def pretrain(
-    output_prefix: str = "s3://umt/runs",
+    output_prefix: str = "s3://EDIT_ME_BUCKET/umt/runs",
     input_videos: str = "",
     existing_dataset: str = "",
     classes: str = "",

@@ -139,7 +139,7 @@ def test_gpu_jobs_name_their_data_and_a_placeholder_output_to_edit(folder):
         for cmd in _commands(job):
             config = cmd[cmd.index("--config") + 1]
             assert config in ("b16", "l16")
-            assert "data.source=s3://umt/datasets/k710/dataset.json" in cmd
+            assert "data.source=s3://EDIT_ME_BUCKET/umt/datasets/k710/dataset.json" in cmd
             (out,) = [a for a in cmd if a.startswith("train.output_dir=")]
             assert out.startswith("train.output_dir=s3://EDIT_ME_BUCKET/umt/runs/")
             # Not a valid S3 bucket name (uppercase, underscores): nobody can own it.

@@ -165,7 +165,7 @@ def test_parameters_have_descriptions_and_empty_strings_not_none(tmp_path):
         assert spec["pipelineInfo"].get("displayName"), name
     spec, _, _ = compiled("full", tmp_path)
     params = parameters(spec)
-    assert params["output_prefix"]["default"] == "s3://umt/runs"
+    assert params["output_prefix"]["default"] == "s3://EDIT_ME_BUCKET/umt/runs"  # nobody's
     assert params["existing_dataset"]["default"] == ""
     assert params["existing_stage1_checkpoint"]["default"] == ""
     assert params["model_size"]["default"] == "base"

@@ -367,3 +367,16 @@ def test_fingerprints_reach_the_folders_validate_and_the_steps_plan(sharded, tmp
     ckpt.write_bytes(b"other weights")
     assert plan()["steps"]["finetune-action"]["output_dir"] != \
         before["steps"]["finetune-action"]["output_dir"]
+
+
+def test_the_default_output_prefix_is_a_placeholder_nobody_owns(s3_env, sharded):
+    """Issue 16.8: the pipelines' default bucket must not be a real (global) bucket: it is an
+    invalid bucket name, and validate names the setting to fix."""
+    from umt.pipeline.validate import PLACEHOLDER_BUCKET
+
+    _, meta, _ = sharded
+    default = "s3://EDIT_ME_BUCKET/umt/runs"
+    assert PLACEHOLDER_BUCKET in default
+    assert not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", PLACEHOLDER_BUCKET)
+    with pytest.raises(InvalidPipelineSettings, match="is the placeholder default"):
+        validate(tiny(output_prefix=default, existing_dataset=meta["dataset_json"]))

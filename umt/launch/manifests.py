@@ -3,10 +3,10 @@
     python -m umt.launch.manifests            # after adding a stage to umt.catalogue
 
 Each stage gets the PyTorchJob ``umt job render`` would print for it (2 nodes x 8 GPUs, the
-paper-scale B/16 preset, data under ``s3://umt/datasets/``, outputs under the placeholder
-``s3://EDIT_ME_BUCKET/umt/runs/<stage>``, each stage starting from its parent's last checkpoint
-there: Stage 1 -> Stage 2 -> retrieval / QA fine-tunes -> their evaluations, Stage 1 -> action
-fine-tune -> its evaluation; evaluations on 1 node) without a node pool: the
+paper-scale B/16 preset, data under the placeholder ``s3://EDIT_ME_BUCKET/umt/datasets/``,
+outputs under ``s3://EDIT_ME_BUCKET/umt/runs/<stage>``, each stage starting from its parent's
+last checkpoint there: Stage 1 -> Stage 2 -> retrieval / QA fine-tunes -> their evaluations,
+Stage 1 -> action fine-tune -> its evaluation; evaluations on 1 node) without a node pool: the
 ``manifests/overlays/<cloud>`` add the A100 node selector / affinity. A test checks the files
 are what this module renders, so the manifests never drift from the launcher.
 

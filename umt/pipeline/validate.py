@@ -25,6 +25,10 @@ from typing import Any, Sequence
 from umt import catalogue, storage
 from umt.pipeline import plan as planning
 
+# The pipelines' default output_prefix names this bucket: not a valid S3 bucket name (capitals,
+# underscores), so nobody owns it and a forgotten setting fails here, not in a stranger's bucket.
+PLACEHOLDER_BUCKET = "EDIT_ME_BUCKET"
+
 # What the pipeline's own pods reference for S3 credentials when there is no Secret (IRSA,
 # workload identity): a valid name that no Secret has. The reference is optional, so it sets
 # nothing and boto3 / KFP's launcher use the pod's identity; an empty name would make pods the
@@ -242,6 +246,9 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
     unknown = set(s.task_data) - data_keys
     if unknown:
         p.add(f"task_data: unknown keys {sorted(unknown)} (known: {', '.join(sorted(data_keys))})")
+    if PLACEHOLDER_BUCKET in s.output_prefix:
+        p.add(f"output_prefix={s.output_prefix!r} is the placeholder default: set it to a "
+              "prefix of your own bucket (s3://<bucket>/<prefix>)")
     if backend == "cluster" and not storage.is_s3(s.output_prefix):
         p.add(f"output_prefix={s.output_prefix!r} must be an s3:// prefix on a cluster: each "
               "training pod has its own filesystem")
