@@ -27,7 +27,10 @@ A fake operator + kubelet moves each job like the Training Operator v1.9 would: 
 script, in-place container restarts for OnFailure/Always (restart counts against
 ``backoffLimit``), pod re-creation for ExitCode >= 128, Running/Restarting/Succeeded/Failed
 conditions, ``cleanPodPolicy`` on completion, ``activeDeadlineSeconds`` (Failed with the
-operator's message, every pod deleted). When a job's master role succeeds, the fake plays the
+operator's message, every pod deleted; counted from the job's start), ``runPolicy.suspend``
+(Suspended, no pods; resumed: Suspended False, pods created). With ``kueue=True`` it plays
+Kueue too: a job created with the ``kueue.x-k8s.io/queue-name`` label is suspended (Kueue's
+webhook) until :meth:`FakeKubeAPI.kueue_admit` (Kueue admitting its workload). When a job's master role succeeds, the fake plays the
 stage's last act: it writes ``summary.json`` into the ``train.output_dir=`` its command names
 when that is a local folder, and to s3:// (through ``umt.storage``) only with
 ``s3_summaries`` (a test with the moto server); ``write_summaries=False`` writes none.
@@ -198,6 +201,7 @@ class FakeKubeAPI:
         self.secrets: dict[tuple[str, str], dict[str, str]] = {}  # (ns, name) -> plain data
         self.workflows: dict[tuple[str, str], dict[str, Any]] = {}  # (ns, name) -> Workflow
         self.deletion_delay = 0.3  # seconds a Foreground-deleted job waits for its pods
+        self.kueue = False  # suspend jobs labelled with a Kueue queue until admit()
         self.lock = threading.RLock()
         self._stop = threading.Event()
         self._crd = _load_crd()
@@ -303,8 +307,19 @@ class FakeKubeAPI:
             return
         specs = job["spec"]["pytorchReplicaSpecs"]
         pods = [p for p in self.pods.values() if p.namespace == ns and p.job == name]
+        conds = job.setdefault("status", {}).setdefault("conditions", [])
+        suspended = next((c for c in conds if c["type"] == "Suspended"), None)
+        if (job["spec"].get("runPolicy") or {}).get("suspend"):
+            if suspended is None or suspended["status"] != "True":
+                self._set_condition(job, "Suspended", f"PyTorchJob {name} is suspended.",
+                                    "PyTorchJobSuspended")
+            return
+        if suspended is not None and suspended["status"] == "True":
+            suspended.update(status="False", reason="PyTorchJobResumed",
+                             message=f"PyTorchJob {name} is resumed.")
         if not pods:
-            job.setdefault("status", {})["startTime"] = now_rfc3339()
+            job["status"]["startTime"] = now_rfc3339()
+            job["metadata"]["_startedAt"] = time.monotonic()
             for rtype, rspec in specs.items():
                 for i in range(rspec.get("replicas", 1)):
                     self._create_pod(ns, job, rtype, i)
@@ -313,7 +328,7 @@ class FakeKubeAPI:
             self._kubelet(pod)
         run_policy = job["spec"].get("runPolicy") or {}
         deadline = run_policy.get("activeDeadlineSeconds")
-        if deadline is not None and time.monotonic() - job["metadata"]["_createdAt"] > deadline:
+        if deadline is not None and time.monotonic() - job["metadata"]["_startedAt"] > deadline:
             # The operator's pastActiveDeadline: Failed, and every pod deleted.
             self._set_condition(job, "Failed", f"Job {name} has failed because it was active "
                                 "longer than specified deadline")
@@ -394,6 +409,11 @@ class FakeKubeAPI:
         self._clean_pods(job, pods)
 
     # -- helpers for tests -----------------------------------------------------------------
+    def kueue_admit(self, name: str, namespace: str = "umt") -> None:
+        """What Kueue does when it admits the job's workload: unsuspend it."""
+        with self.lock:
+            self.jobs[(namespace, name)]["spec"]["runPolicy"]["suspend"] = False
+
     def job(self, name: str, namespace: str = "umt") -> dict[str, Any] | None:
         with self.lock:
             return copy.deepcopy(self.jobs.get((namespace, name)))
@@ -599,6 +619,7 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
             out = copy.deepcopy(job)
             out["metadata"].pop("_deleteAt", None)  # our own bookkeeping
             out["metadata"].pop("_createdAt", None)
+            out["metadata"].pop("_startedAt", None)
             return out
 
         def _patch_labels(self, job: dict[str, Any]) -> None:
@@ -648,6 +669,10 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
                                           creationTimestamp=now_rfc3339(),
                                           _createdAt=time.monotonic())
                 stored["status"] = {}
+                labels = stored["metadata"].get("labels") or {}
+                if api.kueue and "kueue.x-k8s.io/queue-name" in labels:
+                    # Kueue's webhook: a queued job starts suspended.
+                    stored["spec"].setdefault("runPolicy", {})["suspend"] = True
                 api._set_condition(stored, "Created", f"PyTorchJob {name} is created.")
                 api.jobs[(ns, name)] = stored
                 return self._send(201, self._public(stored))

@@ -80,6 +80,12 @@ DeadlineOpt = typer.Option(
     help=f"Fail the job after N seconds (default {DEFAULT_ACTIVE_DEADLINE}: 14 days).")
 GangOpt = typer.Option(False, "--gang", help="Gang scheduling (Volcano / scheduler-plugins).")
 QueueOpt = typer.Option(None, "--queue", help="Volcano queue.")
+KueueOpt = typer.Option(None, "--kueue-queue",
+                        help="Kueue LocalQueue (label kueue.x-k8s.io/queue-name): the job waits, "
+                             "suspended, until Kueue admits it.")
+FabricOpt = typer.Option(True, "--fabric/--no-fabric",
+                         help="GPU jobs request the node pool's RDMA fabric (EFA on eks-*, "
+                              "InfiniBand on aks-a100).")
 PriorityOpt = typer.Option(None, "--priority-class", help="PriorityClass of the pods.")
 ElasticOpt = typer.Option(None, "--elastic", help="MIN:MAX nodes for an elastic job.")
 CpuOpt = typer.Option(None, "--cpu", help="CPU request per pod (default 8 per GPU).")
@@ -127,7 +133,8 @@ def _request(stage: str = StageArg, overrides: Optional[List[str]] = OverridesAr
              allow_local_output: bool = AllowLocalOutputOpt,
              service_account: str = ServiceAccountOpt,
              writable_root_filesystem: bool = WritableRootOpt,
-             image_pull_secret: Optional[List[str]] = PullSecretOpt) -> TrainingJob:
+             image_pull_secret: Optional[List[str]] = PullSecretOpt,
+             kueue_queue: Optional[str] = KueueOpt, fabric: bool = FabricOpt) -> TrainingJob:
     """The job the options describe (the command-line options of ``umt job render`` and
     ``submit``: see ``_job_command``); a bad value exits 2 naming it."""
     elastic_min = elastic_max = None
@@ -146,7 +153,7 @@ def _request(stage: str = StageArg, overrides: Optional[List[str]] = OverridesAr
             namespace=namespace, run_id=run_id, output_uri=output,
             s3=S3Credentials(secret=s3_secret) if s3_secret else None,
             restart_policy=restart_policy, backoff_limit=backoff_limit,
-            gang_scheduling=gang, queue=queue,
+            gang_scheduling=gang, queue=queue, kueue_queue=kueue_queue, fabric=fabric,
             priority_class=priority_class, elastic_min_nodes=elastic_min,
             elastic_max_nodes=elastic_max, cpu=cpu, memory=memory, shm_size=shm_size,
             allow_local_output=allow_local_output, service_account=service_account or None,

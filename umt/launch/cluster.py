@@ -43,7 +43,7 @@ from umt.launch.crd import InvalidJobError
 from umt.launch.kube import Cluster, connect
 from umt.launch.request import ANNOTATION_SPEC_HASH, LABEL_RUN_ID, spec_hash
 from umt.launch.serialize import to_dict
-from umt.launch.status import FAILED, SUCCEEDED, JobStatus
+from umt.launch.status import FAILED, SUCCEEDED, SUSPENDED, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -344,9 +344,11 @@ class KubeJobBackend(Backend):
     # -- waiting ---------------------------------------------------------------------------
     def wait(self, name: str, *, timeout: float | None = None,
              on_status: Callable[[JobStatus], None] | None = None) -> JobStatus:
-        """Poll until Succeeded or Failed. ``timeout=None`` waits as long as the job runs."""
+        """Poll until Succeeded or Failed. ``timeout=None`` waits as long as the job runs;
+        time the job spends Suspended (a queue such as Kueue has not admitted it) does not
+        count against ``timeout``: queueing is not the job being stuck."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        last_phase, errors = None, 0
+        last_phase, errors, polled = None, 0, time.monotonic()
         watch = _PodWatch(self, name)
         while True:
             try:
@@ -364,6 +366,8 @@ class KubeJobBackend(Backend):
                 errors += 1
                 log.warning("lost the API server while waiting for %s (%s); retrying", name, e)
             else:
+                if current.phase == SUSPENDED and deadline is not None:
+                    deadline += time.monotonic() - polled
                 if current.phase != last_phase:
                     last_phase = current.phase
                     if on_status:
@@ -371,6 +375,7 @@ class KubeJobBackend(Backend):
                 if current.finished:
                     return current
                 watch.check()  # raises JobStartError for pods that cannot start
+            polled = time.monotonic()
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {name} still {last_phase} after {timeout:.0f}s")
             # Back off on repeated errors (up to 10 polls) so a flapping API server recovers.

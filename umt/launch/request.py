@@ -71,6 +71,9 @@ from umt.launch.stages import (
 LABEL_STAGE = "umt/stage"
 LABEL_RUN_ID = "umt/run-id"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
+# Kueue admits the job by this label on the job object (not its pods: Kueue's pod integration
+# would gate them a second time).
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_SPEC_HASH = "umt/spec-hash"
 
 # Replica pods are '<job>-worker-<i>' and each gets a Service of the same name, which must be a
@@ -137,12 +140,15 @@ class TrainingJob:
     # scheduler-plugins (the operator then sets each pod's schedulerName itself).
     gang_scheduling: bool = False
     queue: str | None = None  # Volcano queue
+    kueue_queue: str | None = None  # Kueue LocalQueue: the job waits (suspended) until admitted
     priority_class: str | None = None
     schedule_timeout_seconds: int | None = None  # scheduler-plugins: give up waiting after
     elastic_min_nodes: int | None = None  # set both for an elastic (c10d rendezvous) job
     elastic_max_nodes: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
+    # GPU jobs request the node pool's RDMA fabric (EFA, InfiniBand: node_pools.Fabric).
+    fabric: bool = True
     validate_config: bool = True  # load the stage config now (imports its config schema)
     # A local (not s3://) train.output_dir is refused: each pod has its own filesystem, so the
     # checkpoints would be lost. True when it is a shared volume mounted in every pod (a PVC),
@@ -227,6 +233,7 @@ def check_values(req: TrainingJob) -> None:
     p.integer("schedule_timeout_seconds", req.schedule_timeout_seconds, 1)
     p.dns_subdomain("priority_class", req.priority_class)
     p.dns_subdomain("queue", req.queue)
+    p.dns_subdomain("kueue_queue", req.kueue_queue)
     elastic = (req.elastic_min_nodes, req.elastic_max_nodes)
     if (elastic[0] is None) != (elastic[1] is None):
         p.add("elastic", f"{elastic[0]}:{elastic[1]}", "set both the minimum and the maximum "
@@ -241,7 +248,8 @@ def check_values(req: TrainingJob) -> None:
     for item in req.overrides:
         p.check(isinstance(item, str) and bool(values.OVERRIDE.match(item)), "overrides", item,
                 "overrides are key=value with a dotted key (train.steps=10), never options")
-    p.labels("labels", req.labels, reserved=(LABEL_STAGE, LABEL_RUN_ID, LABEL_PART_OF))
+    p.labels("labels", req.labels, reserved=(LABEL_STAGE, LABEL_RUN_ID, LABEL_PART_OF,
+                                              LABEL_KUEUE_QUEUE))
     p.labels("annotations", req.annotations, reserved=(ANNOTATION_SPEC_HASH,),
              check_values=False)
     p.raise_if_any()
@@ -300,6 +308,20 @@ def _without_run_id(node: Any) -> Any:
     return node
 
 
+def object_labels(req: TrainingJob) -> dict[str, str]:
+    """The labels of the job object itself: its pods' and the Kueue queue."""
+    labels = job_labels(req)
+    if req.kueue_queue:
+        labels[LABEL_KUEUE_QUEUE] = req.kueue_queue
+    return labels
+
+
+def fabric(req: TrainingJob):
+    """The node pool's RDMA fabric when this job uses it (GPU jobs, unless ``fabric=False``)."""
+    pool = get_node_pool(req.node_pool)
+    return pool.fabric if req.fabric and req.gpus_per_node and pool.fabric else None
+
+
 def spec_hash(job: Any) -> str:
     """The hash of what runs (the object's ``spec``): the ``umt/spec-hash`` annotation lets an
     adopting launcher tell "my job" from a same-named stranger. The run-id label of its pods
@@ -320,7 +342,9 @@ def command(req: TrainingJob) -> list[str]:
 
 
 def env(req: TrainingJob) -> list[V1EnvVar]:
-    out = [V1EnvVar(name=k, value=v) for k, v in sorted(req.env.items())]
+    net = fabric(req)
+    values = {**(net.env if net else {}), **req.env}  # the caller's own values win
+    out = [V1EnvVar(name=k, value=v) for k, v in sorted(values.items())]
     if req.s3 is not None:
         for var, (key, optional) in req.s3.keys.items():
             if var in req.env:
@@ -354,6 +378,9 @@ def resources(req: TrainingJob) -> V1ResourceRequirements:
     if gpus:
         # Extended resources: requests must equal limits; limits alone imply the request.
         limits[GPU_RESOURCE] = str(gpus)
+    net = fabric(req)
+    if net:
+        limits.update(net.resources)
     return V1ResourceRequirements(requests=requests, limits=limits)
 
 

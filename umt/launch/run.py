@@ -57,7 +57,7 @@ from umt.launch.backend import (
     shares_filesystem,
 )
 from umt.launch.request import TrainingJob
-from umt.launch.status import JobStatus
+from umt.launch.status import SUSPENDED, JobStatus
 
 log = logging.getLogger(__name__)
 LOG_TAIL_LINES = 30
@@ -131,6 +131,15 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _report(status: JobStatus) -> None:
+    if status.phase == SUSPENDED:
+        # Kueue (or anyone) holds it: say so, it is not stuck; no timeout runs meanwhile.
+        log.warning("job %s is queued (suspended until its queue admits it): %s", status.name,
+                    status.message)
+    else:
+        log.info("job %s: %s %s", status.name, status.phase, status.message)
+
+
 def _asked(run_stopped: Callable[[], bool]) -> bool:
     """``run_stopped()``, False when it fails: a healthy job is never deleted on a guess (a
     stopped run's exit task, ``umt job gc`` and the job's deadline still stop it)."""
@@ -200,8 +209,7 @@ def run_training_job(stage: str, config: str | None = None, overrides: Sequence[
         pump = LogPump(impl, name, sink)
         pump.start()
         try:
-            status = impl.wait(name, timeout=wait_timeout, on_status=lambda s: log.info(
-                "job %s: %s %s", s.name, s.phase, s.message))
+            status = impl.wait(name, timeout=wait_timeout, on_status=_report)
         except JobStartError as e:
             # Its pods would sit on their nodes (holding GPUs) until someone notices.
             log.error("deleting job %s: its pods cannot start", name)

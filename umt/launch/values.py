@@ -28,7 +28,7 @@ FLAGS = {
     "memory": "--memory", "shm_size": "--shm-size", "restart_policy": "--restart-policy",
     "backoff_limit": "--backoff-limit", "active_deadline_seconds": "--active-deadline",
     "queue": "--queue", "priority_class": "--priority-class", "elastic": "--elastic",
-    "image_pull_secrets": "--image-pull-secret",
+    "image_pull_secrets": "--image-pull-secret", "kueue_queue": "--kueue-queue",
 }
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

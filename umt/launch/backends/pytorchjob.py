@@ -136,7 +136,8 @@ def render_pytorchjob(req: TrainingJob, *, validate: bool = True) -> RenderedJob
     job = KubeflowOrgV1PyTorchJob(
         api_version=API_VERSION,
         kind=KIND,
-        metadata=V1ObjectMeta(name=name, namespace=req.namespace, labels=labels,
+        metadata=V1ObjectMeta(name=name, namespace=req.namespace,
+                              labels=request.object_labels(req),
                               annotations=dict(req.annotations) or None),
         spec=KubeflowOrgV1PyTorchJobSpec(
             nproc_per_node=str(req.nproc),
