@@ -41,6 +41,11 @@ SHARED_DOCS = {
     "node_pool": "Node pool of the training pods, e.g. gke-a100.",
     "image": 'Training image ("" = the umt-train image of this build).',
     "s3_secret": 'Kubernetes Secret with the S3 credentials ("" = none).',
+    "kueue_queue": 'Kueue LocalQueue of the jobs ("" = none): they wait, suspended, until '
+                   'Kueue admits them.',
+    "priority_class": 'PriorityClass of the training pods ("" = the cluster default).',
+    "job_namespace": 'Namespace of the jobs ("" = the pipeline\'s own; the runner needs the '
+                     'umt-launcher Role there).',
     "tasks": 'The run\'s downstream tasks: this step runs when its task is listed ("*" = any).',
     "task_data": 'dataset.json per task and split, {"<task>_train"|"<task>_eval": URI} '
                  '(absent = the pipeline\'s dataset).',

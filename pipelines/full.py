@@ -75,6 +75,9 @@ def full(
     node_pool: str = "gke-a100",
     image: str = "",
     s3_secret: str = "umt-s3",
+    kueue_queue: str = "",
+    priority_class: str = "",
+    job_namespace: str = "",
     gpu_power_watts: float = 400.0,
     grid_g_per_kwh: float = 400.0,
 ):
@@ -110,13 +113,20 @@ def full(
         node_pool: Node pool of the training pods, e.g. gke-a100, eks-p4d, aks-a100, cpu.
         image: Training image ("" = the umt-train image of this build).
         s3_secret: Kubernetes Secret with the S3 credentials ("" = IRSA / workload identity).
+        kueue_queue: Kueue LocalQueue of the training jobs ("" = none): they wait, suspended,
+            until Kueue admits them (the launcher reports them queued, no timeout runs).
+        priority_class: PriorityClass of the training pods ("" = the cluster default).
+        job_namespace: Namespace of the training jobs ("" = the pipeline's own; the runner
+            needs the umt-launcher Role there).
         gpu_power_watts: Power per GPU for the report's energy estimate (W).
         grid_g_per_kwh: Grid carbon intensity for the report's CO2 estimate (g CO2 / kWh).
     """
-    done = exit_task(cleanup())
+    done = exit_task(cleanup(job_namespace=job_namespace))
     jobs = dict(output_prefix=output_prefix, model_size=model_size, num_frames=num_frames,
                 gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
-                s3_secret=s3_secret)
+                s3_secret=s3_secret,
+                kueue_queue=kueue_queue, priority_class=priority_class,
+                job_namespace=job_namespace)
     with dsl.ExitHandler(done, name="umt"):
         s3 = s3_secret_of(credentials(s3_secret=s3_secret))
         checked = cpu_task(validate(
@@ -131,7 +141,8 @@ def full(
             existing_stage2_checkpoint=existing_stage2_checkpoint, run_stage2=run_stage2,
             tasks=tasks, task_data=task_data, nodes=nodes, gpus_per_node=gpus_per_node,
             downstream_nodes=downstream_nodes, node_pool=node_pool, image=image,
-            s3_secret=s3_secret),
+            s3_secret=s3_secret, kueue_queue=kueue_queue, priority_class=priority_class,
+            job_namespace=job_namespace),
             "Validate settings and plan jobs", s3_secret=s3, memory_limit="4Gi")
         # Never cached: it fingerprints the inputs' content, which the later tasks take as
         # parameters (their cache keys and folders then change when a file changes in place).

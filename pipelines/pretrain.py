@@ -48,6 +48,9 @@ def pretrain(
     node_pool: str = "gke-a100",
     image: str = "",
     s3_secret: str = "umt-s3",
+    kueue_queue: str = "",
+    priority_class: str = "",
+    job_namespace: str = "",
 ):
     """Shards videos and pretrains UMT: Stage 1 (video-only), then Stage 2 (vision-language).
 
@@ -71,11 +74,18 @@ def pretrain(
         node_pool: Node pool of the training pods, e.g. gke-a100.
         image: Training image ("" = the umt-train image of this build).
         s3_secret: Kubernetes Secret with the S3 credentials ("" = IRSA / workload identity).
+        kueue_queue: Kueue LocalQueue of the training jobs ("" = none): they wait, suspended,
+            until Kueue admits them (the launcher reports them queued, no timeout runs).
+        priority_class: PriorityClass of the training pods ("" = the cluster default).
+        job_namespace: Namespace of the training jobs ("" = the pipeline's own; the runner
+            needs the umt-launcher Role there).
     """
-    done = exit_task(cleanup())
+    done = exit_task(cleanup(job_namespace=job_namespace))
     jobs = dict(output_prefix=output_prefix, model_size=model_size, num_frames=num_frames,
                 batch_size=batch_size, nodes=nodes, gpus_per_node=gpus_per_node,
-                node_pool=node_pool, image=image, s3_secret=s3_secret)
+                node_pool=node_pool, image=image, s3_secret=s3_secret,
+                kueue_queue=kueue_queue, priority_class=priority_class,
+                job_namespace=job_namespace)
     with dsl.ExitHandler(done, name="umt"):
         s3 = s3_secret_of(credentials(s3_secret=s3_secret))
         checked = cpu_task(validate(

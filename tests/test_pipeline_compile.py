@@ -369,3 +369,23 @@ def test_tasks_reading_given_inputs_take_their_content_fingerprints(tmp_path):
             param, output = want[kind]
             assert task["inputs"]["parameters"][param] == {"taskOutputParameter": {
                 "producerTask": "validate", "outputParameterKey": output}}, f"{name}: {key}"
+
+
+def test_platform_settings_are_parameters_that_reach_every_launcher(tmp_path):
+    """Issue 16.7: the Kueue queue, the pods' priority class and the jobs' namespace are
+    pipeline parameters of every pipeline, passed to validate and every launcher (and the
+    namespace to the exit task, which cleans up there)."""
+    settings = ("kueue_queue", "priority_class", "job_namespace")
+    for name in PIPELINES:
+        spec, _, _ = compiled(name, tmp_path)
+        params = parameters(spec)
+        for key in settings:
+            assert params[key]["type"] == "STRING" and params[key]["default"] == "", key
+        for key, task in all_tasks(spec).items():
+            if key in LAUNCHERS or key == "validate":
+                args = task["inputs"]["parameters"]
+                for setting in settings:
+                    assert args[setting] == {
+                        "componentInputParameter": f"pipelinechannel--{setting}"}, (key, setting)
+        cleanup = spec["root"]["dag"]["tasks"]["cleanup"]["inputs"]["parameters"]
+        assert cleanup["job_namespace"] == {"componentInputParameter": "job_namespace"}

@@ -380,3 +380,20 @@ def test_the_default_output_prefix_is_a_placeholder_nobody_owns(s3_env, sharded)
     assert not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", PLACEHOLDER_BUCKET)
     with pytest.raises(InvalidPipelineSettings, match="is the placeholder default"):
         validate(tiny(output_prefix=default, existing_dataset=meta["dataset_json"]))
+
+
+def test_platform_settings_reach_the_planned_jobs(videos, tmp_path):
+    """Issue 16.7: kueue_queue, priority_class and job_namespace are pipeline parameters;
+    validate renders every job with them, as the launchers will."""
+    import yaml
+
+    s = tiny(output_prefix=str(tmp_path), input_videos=str(videos), kueue_queue="team-a",
+             priority_class="research-high", job_namespace="training")
+    job = yaml.safe_load(validate(s)["steps"]["stage1"]["job"])
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job["metadata"]["namespace"] == "training"
+    for rspec in job["spec"]["pytorchReplicaSpecs"].values():
+        assert rspec["template"]["spec"]["priorityClassName"] == "research-high"
+    with pytest.raises(InvalidPipelineSettings, match="--kueue-queue"):
+        validate(tiny(output_prefix=str(tmp_path), input_videos=str(videos),
+                      kueue_queue="Team A"))

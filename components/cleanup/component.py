@@ -6,7 +6,7 @@ from components.base import component
 
 
 @component
-def cleanup(status: dsl.PipelineTaskFinalStatus):
+def cleanup(status: dsl.PipelineTaskFinalStatus, job_namespace: str = ""):
     """Deletes this run's unfinished jobs when the run was stopped (terminated, timed out,
     deleted: nothing follows them any more); keeps those of a run that failed without being
     stopped (their launcher pods were lost; a rerun adopts them). Runs after everything
@@ -17,4 +17,4 @@ def cleanup(status: dsl.PipelineTaskFinalStatus):
     """
     from umt.pipeline import steps
 
-    print(steps.cleanup(status.state, str(status.error_message or "")))
+    print(steps.cleanup(status.state, str(status.error_message or ""), job_namespace))

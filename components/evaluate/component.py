@@ -25,6 +25,9 @@ def evaluate(
     node_pool: str = "gke-a100",
     image: str = "",
     s3_secret: str = "umt-s3",
+    kueue_queue: str = "",
+    priority_class: str = "",
+    job_namespace: str = "",
 ):
     """Evaluates a fine-tuned model (stage eval-<task> of umt.catalogue) as a job.
 
@@ -47,5 +50,6 @@ def evaluate(
                task_data_fingerprints=task_data_fingerprints, model_size=model_size,
                num_frames=num_frames, overrides=overrides,
                output_prefix=output_prefix, nodes=nodes, gpus_per_node=gpus_per_node,
-               node_pool=node_pool, image=image, s3_secret=s3_secret, metrics=metrics,
-               confusion=confusion, job=job)
+               node_pool=node_pool, image=image, s3_secret=s3_secret,
+               kueue_queue=kueue_queue, priority_class=priority_class,
+               job_namespace=job_namespace, metrics=metrics, confusion=confusion, job=job)

@@ -27,6 +27,9 @@ def finetune(
     node_pool: str = "gke-a100",
     image: str = "",
     s3_secret: str = "umt-s3",
+    kueue_queue: str = "",
+    priority_class: str = "",
+    job_namespace: str = "",
 ):
     """Fine-tunes a pretrained model for one downstream task (stage finetune-<task>).
 
@@ -46,4 +49,5 @@ def finetune(
                model_size=model_size, steps=steps, batch_size=batch_size,
                num_frames=num_frames, overrides=overrides, output_prefix=output_prefix,
                nodes=nodes, gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
-               s3_secret=s3_secret, model=model, metrics=metrics, job=job)
+               s3_secret=s3_secret, kueue_queue=kueue_queue, priority_class=priority_class,
+               job_namespace=job_namespace, model=model, metrics=metrics, job=job)

@@ -26,6 +26,9 @@ def pretrain_stage2(
     node_pool: str = "gke-a100",
     image: str = "",
     s3_secret: str = "umt-s3",
+    kueue_queue: str = "",
+    priority_class: str = "",
+    job_namespace: str = "",
 ):
     """Trains Stage 2 (UTA + video-text contrastive, matching, masked language modelling).
 
@@ -47,5 +50,7 @@ def pretrain_stage2(
             overrides=overrides, existing_checkpoint=existing_checkpoint,
             checkpoint_fingerprints=checkpoint_fingerprints,
             output_prefix=output_prefix, nodes=nodes, gpus_per_node=gpus_per_node,
-            node_pool=node_pool, image=image, s3_secret=s3_secret, model=model,
+            node_pool=node_pool, image=image, s3_secret=s3_secret,
+            kueue_queue=kueue_queue, priority_class=priority_class,
+            job_namespace=job_namespace, model=model,
             metrics=metrics, job=job)

@@ -37,6 +37,9 @@ def validate(
     node_pool: str = "gke-a100",
     image: str = "",
     s3_secret: str = "umt-s3",
+    kueue_queue: str = "",
+    priority_class: str = "",
+    job_namespace: str = "",
 ) -> NamedTuple("Fingerprints", [("data_fingerprint", str), ("checkpoint_fingerprints", dict),
                                ("task_data_fingerprints", dict)]):
     """Checks the pipeline's settings and plans every job; fails listing all problems.

@@ -209,8 +209,11 @@ def read_history(output_dir: str) -> list[dict[str, Any]]:
 
 
 def launch(step: planning.StepPlan, checkpoint: str, *, nodes: int, gpus_per_node: int,
-           node_pool: str, image: str, s3_secret: str, job_yaml: str) -> tuple[Any, float]:
-    """Run the planned job to the end (cluster or local executor); (JobResult, seconds)."""
+           node_pool: str, image: str, s3_secret: str, job_yaml: str, kueue_queue: str = "",
+           priority_class: str = "", job_namespace: str = "") -> tuple[Any, float]:
+    """Run the planned job to the end (cluster or local executor); (JobResult, seconds).
+    ``kueue_queue``, ``priority_class``, ``job_namespace``: the platform's ("" = none / the
+    pipeline's namespace)."""
     from umt.launch import JobFailedError, S3Credentials, run_training_job
     from umt.pipeline.run_state import stop_jobs_on_signal
 
@@ -227,6 +230,8 @@ def launch(step: planning.StepPlan, checkpoint: str, *, nodes: int, gpus_per_nod
             output_uri=step.output_dir, run_id=rid or None, rendered_yaml_path=job_yaml,
             image=image or None, s3=S3Credentials(secret=s3_secret) if s3_secret else None,
             local_workdir=planning.local_jobs_dir(), resolved=step.resolved,
+            kueue_queue=kueue_queue or None, priority_class=priority_class or None,
+            namespace=job_namespace or None,
             # A SIGTERM stops a cluster job only when the run was stopped, not when just this
             # pod goes (drain, scale-down): the retry or a rerun adopts the job. Local jobs
             # are this process's children and end with it either way.
@@ -268,7 +273,8 @@ def train(stage: str, *, dataset: Any, parent: Any = None, enabled: bool = True,
           overrides: Sequence[str] = (), existing_checkpoint: str = "", train_data: str = "",
           data_fingerprint: str = "", checkpoint_fingerprints: dict[str, str] | None = None,
           output_prefix: str, nodes: int, gpus_per_node: int, node_pool: str, image: str = "",
-          s3_secret: str = "umt-s3", model: Any, metrics: Any, job: Any) -> dict[str, Any]:
+          s3_secret: str = "umt-s3", kueue_queue: str = "", priority_class: str = "",
+          job_namespace: str = "", model: Any, metrics: Any, job: Any) -> dict[str, Any]:
     """One training stage from ``dataset`` (or ``train_data``, whose content fingerprint is
     ``data_fingerprint``) and ``parent``'s checkpoint (or ``existing_checkpoint``, whose
     fingerprint is ``checkpoint_fingerprints[stage]``)."""
@@ -306,7 +312,8 @@ def train(stage: str, *, dataset: Any, parent: Any = None, enabled: bool = True,
           + " ".join(step.job_overrides(parent_meta.get("checkpoint", ""))))
     result, measured = launch(step, parent_meta.get("checkpoint", ""), nodes=nodes,
                               gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
-                              s3_secret=s3_secret, job_yaml=job.path)
+                              s3_secret=s3_secret, job_yaml=job.path, kueue_queue=kueue_queue,
+                              priority_class=priority_class, job_namespace=job_namespace)
     summary = read_summary(result, step.output_dir)
     if not summary.get("checkpoint"):
         raise RuntimeError(f"{stage} succeeded but {step.output_dir}/summary.json names no "
@@ -405,7 +412,8 @@ def evaluate(task: str, *, model: Any, dataset: Any, tasks: Sequence[str] = (pla
              task_data_fingerprints: dict[str, str] | None = None, model_size: str,
              num_frames: int = 0,
              overrides: Sequence[str] = (), output_prefix: str, nodes: int, gpus_per_node: int,
-             node_pool: str, image: str = "", s3_secret: str = "umt-s3", metrics: Any,
+             node_pool: str, image: str = "", s3_secret: str = "umt-s3", kueue_queue: str = "",
+             priority_class: str = "", job_namespace: str = "", metrics: Any,
              confusion: Any, job: Any) -> dict[str, Any]:
     """Evaluate ``model`` on ``task`` (the catalogue's evaluation of it) as a job; skipped
     unless ``task`` is in ``tasks``; data: ``task_data["<task>_eval"]`` or the dataset."""
@@ -427,7 +435,8 @@ def evaluate(task: str, *, model: Any, dataset: Any, tasks: Sequence[str] = (pla
     print(f"{stage}: {parent['checkpoint']} on {data}, output {step.output_dir}")
     result, seconds = launch(step, parent["checkpoint"], nodes=nodes,
                              gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
-                             s3_secret=s3_secret, job_yaml=job.path)
+                             s3_secret=s3_secret, job_yaml=job.path, kueue_queue=kueue_queue,
+                             priority_class=priority_class, job_namespace=job_namespace)
     full = read_eval_metrics(step.output_dir)
     # The Metrics artifact gets the headline numbers of the job's summary (stable names such as
     # top1, t2v_r1), or all numbers of metrics.json when it names none.
@@ -453,7 +462,7 @@ def evaluate(task: str, *, model: Any, dataset: Any, tasks: Sequence[str] = (pla
 
 
 # -- the end -----------------------------------------------------------------------------------
-def cleanup(state: str = "", error: str = "") -> str:
+def cleanup(state: str = "", error: str = "", job_namespace: str = "") -> str:
     """Exit handler: stop the run's unfinished jobs when the run was stopped on purpose.
 
     Whether it was is read from the run's own Workflow (:mod:`umt.pipeline.run_state`):
@@ -478,11 +487,13 @@ def cleanup(state: str = "", error: str = "") -> str:
     run = read_run_state(timeout=30.0)
     print(f"run {rid} is {run.state}: {run.reason}")
     if run.state == "running":
-        kept = unfinished_run_jobs(rid, backend=planning.job_backend())
+        kept = unfinished_run_jobs(rid, namespace=job_namespace or None,
+                                   backend=planning.job_backend())
         return (f"the run was not stopped: kept {len(kept)} unfinished jobs of run {rid}"
                 + (f" ({', '.join(kept)}: their launchers were lost; rerun the pipeline to "
                    f"adopt them, or `umt job gc --run-id {rid}` to stop them)" if kept else ""))
-    deleted = delete_run_jobs(rid, backend=planning.job_backend())
+    deleted = delete_run_jobs(rid, namespace=job_namespace or None,
+                              backend=planning.job_backend())
     return (f"deleted {len(deleted)} unfinished jobs of run {rid}"
             + (f": {', '.join(deleted)}" if deleted else ""))
 

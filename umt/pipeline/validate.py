@@ -85,6 +85,9 @@ class Settings:
     node_pool: str = "gke-a100"
     image: str = ""
     s3_secret: str = "umt-s3"
+    kueue_queue: str = ""
+    priority_class: str = ""
+    job_namespace: str = ""
 
     def steps_of(self, stage: catalogue.Stage) -> int:
         """The pipeline's step count for a training stage (``<stage>_steps`` or
@@ -212,7 +215,9 @@ def _render(step: planning.StepPlan, s: Settings, nodes: int, backend: str) -> s
                       image=s.image or None, run_id=os.environ.get("KFP_RUN_ID") or None,
                       output_uri=step.output_dir,
                       s3=S3Credentials(secret=s.s3_secret) if s.s3_secret else None,
-                      allow_local_output=backend == "local", resolved=step.resolved)
+                      allow_local_output=backend == "local", resolved=step.resolved,
+                      kueue_queue=s.kueue_queue or None, priority_class=s.priority_class or None,
+                      namespace=s.job_namespace or None)
     return render_job_yaml(req, backend)
 
 
