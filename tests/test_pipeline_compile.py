@@ -389,3 +389,23 @@ def test_platform_settings_are_parameters_that_reach_every_launcher(tmp_path):
                         "componentInputParameter": f"pipelinechannel--{setting}"}, (key, setting)
         cleanup = spec["root"]["dag"]["tasks"]["cleanup"]["inputs"]["parameters"]
         assert cleanup["job_namespace"] == {"componentInputParameter": "job_namespace"}
+
+
+def test_the_local_copy_keeps_the_cache_across_commits(tmp_path):
+    """kfp.local's cache keys hash the image: the local copy of the package names the release
+    tag (tasks are local processes) and retries after 1 s; nothing else differs."""
+    from umt.launch.images import LAUNCHER_IMAGE, release_image
+    from umt.pipeline.local import local_package
+
+    package = tmp_path / "full.yaml"
+    package.write_text(compiled("full", tmp_path)[2])
+    local = list(yaml.safe_load_all(local_package(package).read_text()))
+    original = list(yaml.safe_load_all(package.read_text()))
+    images = {e["container"]["image"] for e in local[0]["deploymentSpec"]["executors"].values()}
+    assert images == {release_image(LAUNCHER_IMAGE)}
+    for doc in (local[0], original[0]):
+        for e in doc["deploymentSpec"]["executors"].values():
+            e["container"]["image"] = "x"
+        for task in all_tasks(doc).values():
+            task.get("retryPolicy", {}).pop("backoffDuration", None)
+    assert local == original
