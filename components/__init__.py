@@ -4,6 +4,7 @@ README.md). Regenerate the YAML files with ``python -m components``.
 """
 
 from components.cleanup.component import cleanup
+from components.credentials.component import credentials
 from components.evaluate.component import evaluate
 from components.finetune.component import finetune
 from components.pretrain_stage1.component import pretrain_stage1
@@ -14,6 +15,7 @@ from components.validate.component import validate
 
 # step folder -> component, in DAG order
 COMPONENTS = {
+    "credentials": credentials,
     "validate": validate,
     "shard_videos": shard_videos,
     "pretrain_stage1": pretrain_stage1,

@@ -1,11 +1,14 @@
 """What every component shares: the image it runs in and how it is built.
 
 The base image is the project's launcher image (``images/launcher.Dockerfile``: the umt package
-with kfp, CPU PyTorch), tagged with this package's version like every umt image
-(``UMT_IMAGE_REPOSITORY`` at compile time to use your registry). ``install_kfp_package=False``:
-kfp is in the image already; otherwise every task would ``pip install kfp`` at start (on a
-cluster: a network dependency per task; with kfp.local: into the user's own interpreter).
-The training image does not need kfp: components only launch PyTorchJobs into it.
+with kfp, CPU PyTorch) of this package's release, ``<repository>/umt-launcher:<version>``
+(``UMT_IMAGE_REPOSITORY`` at compile time to use your registry): what the reusable
+``component.yaml`` files name. A pipeline built with ``components/tasks.py`` pins every task
+to the immutable ``<version>-<sha>`` image instead (``umt.launch.images``).
+``install_kfp_package=False``: kfp is in the image already; otherwise every task would ``pip
+install kfp`` at start (on a cluster: a network dependency per task; with kfp.local: into the
+user's own interpreter). The training image does not need kfp: components only launch jobs
+into it.
 
 The parameters most steps share (the job's nodes, GPUs, node pool, image, ...) are described
 once, in ``SHARED_DOCS``; ``component`` adds the description of each such parameter a step's
@@ -20,9 +23,9 @@ import re
 
 from kfp import dsl
 
-from umt.launch.images import LAUNCHER_IMAGE, default_image
+from umt.launch.images import LAUNCHER_IMAGE, release_image
 
-BASE_IMAGE = default_image(LAUNCHER_IMAGE)
+BASE_IMAGE = release_image(LAUNCHER_IMAGE)
 
 
 # Inputs (Args) and outputs (Returns) of the launcher steps, described once.
@@ -36,14 +39,23 @@ SHARED_DOCS = {
     "nodes": "Nodes (pods) of the job.",
     "gpus_per_node": "GPUs per node (0 = a CPU job).",
     "node_pool": "Node pool of the training pods, e.g. gke-a100.",
-    "image": 'Training image ("" = umt-train of this package\'s version).',
+    "image": 'Training image ("" = the umt-train image of this build).',
     "s3_secret": 'Kubernetes Secret with the S3 credentials ("" = none).',
     "job_backend": "Kind of training job: cluster (the kind the cluster serves, TrainJob "
                    "first), trainjob (Kubeflow Trainer v2) or pytorchjob (Training Operator "
                    "v1); locally, the local executor of that kind.",
+    "kueue_queue": 'Kueue LocalQueue of the jobs ("" = none): they wait, suspended, until '
+                   'Kueue admits them.',
+    "priority_class": 'PriorityClass of the training pods ("" = the cluster default).',
+    "job_namespace": 'Namespace of the jobs ("" = the pipeline\'s own; the runner needs the '
+                     'umt-launcher Role there).',
     "tasks": 'The run\'s downstream tasks: this step runs when its task is listed ("*" = any).',
     "task_data": 'dataset.json per task and split, {"<task>_train"|"<task>_eval": URI} '
                  '(absent = the pipeline\'s dataset).',
+    "checkpoint_fingerprints": "Content fingerprints of the existing checkpoints, by stage "
+                               "(validate's output: a checkpoint replaced in place is new).",
+    "task_data_fingerprints": "Content fingerprints of the task_data files, by key (validate's "
+                              "output: a file edited in place is new data).",
     "model": "model.json: checkpoint URI, architecture, frames, resolution, step, config hash.",
     "metrics": "final_loss, steps, clips_per_s, wall_hours, gpu_hours.",
     "job": "The rendered PyTorchJob YAML.",

@@ -2,7 +2,9 @@
 # Build (and optionally push) the umt images, tagged from the package version and git SHA:
 #   <repository>/umt-train:<version>      <repository>/umt-train:<version>-<sha>[-dirty]
 #   <repository>/umt-launcher:<version>   <repository>/umt-launcher:<version>-<sha>[-dirty]
-# The <version> tags are what jobs and pipelines use by default (umt/launch/images.py).
+# Jobs and compiled pipelines name the <version>-<sha> tag (immutable; umt/launch/images.py
+# computes the same sha); <version> is what the reusable component.yaml files and the shipped
+# kubectl manifests name. The launcher image records its sibling training image's tag.
 #
 #   images/build.sh                 # build both with docker
 #   images/build.sh --push          # build and push
@@ -41,6 +43,7 @@ run() {
 for image in "${IMAGES[@]}"; do
   name="${REPOSITORY}/umt-${image}"
   run "$DOCKER" build --file "images/${image}.Dockerfile" \
+    --build-arg "UMT_IMAGE_REPOSITORY=${REPOSITORY}" --build-arg "UMT_IMAGE_TAG=${VERSION}-${SHA}" \
     --label "org.opencontainers.image.version=${VERSION}" \
     --label "org.opencontainers.image.revision=${SHA}" \
     --tag "${name}:${VERSION}" --tag "${name}:${VERSION}-${SHA}" .

@@ -11,7 +11,14 @@ ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
 ARG UMT_UID=1000
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
+# The umt-train image of the same build (umt.launch.images): what a launcher renders jobs with
+# when neither the pipeline nor the caller names one. images/build.sh passes both.
+ARG UMT_IMAGE_REPOSITORY=ghcr.io/umt-project
+ARG UMT_IMAGE_TAG=0.0.0
+
+ENV UMT_IMAGE_REPOSITORY=${UMT_IMAGE_REPOSITORY} \
+    UMT_IMAGE_TAG=${UMT_IMAGE_TAG} \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -27,6 +27,7 @@ from kfp import dsl  # noqa: E402
 
 from components import (  # noqa: E402
     cleanup,
+    credentials,
     evaluate,
     finetune,
     pretrain_stage1,
@@ -35,7 +36,7 @@ from components import (  # noqa: E402
     shard_videos,
     validate,
 )
-from components.tasks import cpu_task, exit_task, launcher_task  # noqa: E402
+from components.tasks import cpu_task, exit_task, launcher_task, s3_secret_of  # noqa: E402
 from umt import catalogue  # noqa: E402
 
 
@@ -47,7 +48,7 @@ from umt import catalogue  # noqa: E402
                 "and a report with lineage, GPU-hours and CO2.",
 )
 def full(
-    output_prefix: str = "s3://umt/runs",
+    output_prefix: str = "s3://EDIT_ME_BUCKET/umt/runs",
     input_videos: str = "",
     existing_dataset: str = "",
     classes: str = "",
@@ -75,6 +76,9 @@ def full(
     image: str = "",
     s3_secret: str = "umt-s3",
     job_backend: str = "cluster",
+    kueue_queue: str = "",
+    priority_class: str = "",
+    job_namespace: str = "",
     gpu_power_watts: float = 400.0,
     grid_g_per_kwh: float = 400.0,
 ):
@@ -108,18 +112,26 @@ def full(
         gpus_per_node: GPUs per node (0 = CPU jobs).
         downstream_nodes: Nodes per fine-tune and evaluation job.
         node_pool: Node pool of the training pods, e.g. gke-a100, eks-p4d, aks-a100, cpu.
-        image: Training image ("" = umt-train of this package's version).
+        image: Training image ("" = the umt-train image of this build).
         s3_secret: Kubernetes Secret with the S3 credentials ("" = IRSA / workload identity).
         job_backend: Kind of training job: cluster (the kind the cluster serves, TrainJob
             first), trainjob (Kubeflow Trainer v2) or pytorchjob (Training Operator v1).
+        kueue_queue: Kueue LocalQueue of the training jobs ("" = none): they wait, suspended,
+            until Kueue admits them (the launcher reports them queued, no timeout runs).
+        priority_class: PriorityClass of the training pods ("" = the cluster default).
+        job_namespace: Namespace of the training jobs ("" = the pipeline's own; the runner
+            needs the umt-launcher Role there).
         gpu_power_watts: Power per GPU for the report's energy estimate (W).
         grid_g_per_kwh: Grid carbon intensity for the report's CO2 estimate (g CO2 / kWh).
     """
-    done = exit_task(cleanup(job_backend=job_backend))
+    done = exit_task(cleanup(job_backend=job_backend, job_namespace=job_namespace))
     jobs = dict(output_prefix=output_prefix, model_size=model_size, num_frames=num_frames,
                 gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
-                s3_secret=s3_secret, job_backend=job_backend)
+                s3_secret=s3_secret,
+                job_backend=job_backend, kueue_queue=kueue_queue,
+                priority_class=priority_class, job_namespace=job_namespace)
     with dsl.ExitHandler(done, name="umt"):
+        s3 = s3_secret_of(credentials(s3_secret=s3_secret))
         checked = cpu_task(validate(
             output_prefix=output_prefix, input_videos=input_videos,
             existing_dataset=existing_dataset, classes=classes,
@@ -132,43 +144,52 @@ def full(
             existing_stage2_checkpoint=existing_stage2_checkpoint, run_stage2=run_stage2,
             tasks=tasks, task_data=task_data, nodes=nodes, gpus_per_node=gpus_per_node,
             downstream_nodes=downstream_nodes, node_pool=node_pool, image=image,
-            s3_secret=s3_secret, job_backend=job_backend),
-            "Validate settings and plan jobs", s3_secret=s3_secret, memory_limit="4Gi")
+            s3_secret=s3_secret, job_backend=job_backend, kueue_queue=kueue_queue,
+            priority_class=priority_class, job_namespace=job_namespace),
+            "Validate settings and plan jobs", s3_secret=s3, memory_limit="4Gi")
+        # Never cached: it fingerprints the inputs' content, which the later tasks take as
+        # parameters (their cache keys and folders then change when a file changes in place).
+        checked.set_caching_options(False)
+        prints = checked.outputs
 
         data = cpu_task(shard_videos(
             output_prefix=output_prefix, input_videos=input_videos,
             existing_dataset=existing_dataset, classes=classes,
-            samples_per_shard=samples_per_shard, short_side=short_side),
-            "Shard videos to WebDataset", s3_secret=s3_secret, cpu="4", memory="8Gi",
+            samples_per_shard=samples_per_shard, short_side=short_side,
+            fingerprint=prints["data_fingerprint"]),
+            "Shard videos to WebDataset", s3_secret=s3, cpu="4", memory="8Gi",
             memory_limit="16Gi", retries=2).after(checked)
         dataset = data.outputs["dataset"]
 
         stage1 = launcher_task(pretrain_stage1(
             dataset=dataset, steps=stage1_steps, batch_size=batch_size,
             overrides=stage1_overrides, existing_checkpoint=existing_stage1_checkpoint,
-            nodes=nodes, **jobs), catalogue.get("stage1").title, s3_secret=s3_secret)
+            checkpoint_fingerprints=prints["checkpoint_fingerprints"], nodes=nodes, **jobs),
+            catalogue.get("stage1").title, s3_secret=s3)
         stage2 = launcher_task(pretrain_stage2(
             dataset=dataset, stage1_model=stage1.outputs["model"], enabled=run_stage2,
             steps=stage2_steps, batch_size=batch_size, overrides=stage2_overrides,
-            existing_checkpoint=existing_stage2_checkpoint, nodes=nodes, **jobs),
-            catalogue.get("stage2").title, s3_secret=s3_secret)
+            existing_checkpoint=existing_stage2_checkpoint,
+            checkpoint_fingerprints=prints["checkpoint_fingerprints"], nodes=nodes, **jobs),
+            catalogue.get("stage2").title, s3_secret=s3)
 
         # One task per downstream stage of the catalogue, fed by its parent's model.
         trained = {"stage1": stage1, "stage2": stage2}
-        per_task = dict(tasks=tasks, task_data=task_data, nodes=downstream_nodes,
-                        dataset=dataset, **jobs)
+        per_task = dict(tasks=tasks, task_data=task_data,
+                        task_data_fingerprints=prints["task_data_fingerprints"],
+                        nodes=downstream_nodes, dataset=dataset, **jobs)
         for stage in catalogue.finetunes():
             trained[stage.name] = launcher_task(finetune(
                 task=stage.task, pretrained=trained[stage.parent].outputs["model"],
                 steps=finetune_steps, batch_size=batch_size, overrides=finetune_overrides,
-                **per_task), stage.title, s3_secret=s3_secret)
+                **per_task), stage.title, s3_secret=s3)
         evaluations = [launcher_task(evaluate(
             task=stage.task, model=trained[stage.parent].outputs["model"],
-            overrides=eval_overrides, **per_task), stage.title, s3_secret=s3_secret)
+            overrides=eval_overrides, **per_task), stage.title, s3_secret=s3)
             for stage in catalogue.evaluations()]
 
         cpu_task(report(
             plan=checked.outputs["plan"], dataset=dataset, title="UMT pipeline run",
             gpu_power_watts=gpu_power_watts, grid_g_per_kwh=grid_g_per_kwh),
-            "Report", s3_secret=s3_secret, memory="1Gi", memory_limit="4Gi"
+            "Report", s3_secret=s3, memory="1Gi", memory_limit="4Gi"
         ).after(*trained.values(), *evaluations)

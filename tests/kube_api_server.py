@@ -14,6 +14,9 @@ It serves what the launcher and ``umt doctor`` use, with the API server's status
   a :class:`Stuck` state (unschedulable, or a container waiting in ImagePullBackOff,
   CreateContainerConfigError, ...), optionally only for its first seconds;
 * secrets (get), for ``umt doctor``;
+* ``argoproj.io/v1alpha1`` workflows (get) from ``workflows``: the run's own Workflow, which a
+  launcher reads to tell a terminated run (KFP's Terminate: ``activeDeadlineSeconds: 0``) from
+  a drained pod; ``patch`` of a job's labels (a JSON merge patch, as ``kubectl label``);
 * ``customresourcedefinitions/pytorchjobs.kubeflow.org`` (``crd_readable=False``: 403, as for
   Kubeflow profile users), API discovery of ``kubeflow.org/v1``, ``/version``,
   ``selfsubjectaccessreviews``;
@@ -26,7 +29,11 @@ A fake operator + kubelet moves each job like the Training Operator v1.9 would: 
 script, in-place container restarts for OnFailure/Always (restart counts against
 ``backoffLimit``), pod re-creation for ExitCode >= 128, Running/Restarting/Succeeded/Failed
 conditions, ``cleanPodPolicy`` on completion, ``activeDeadlineSeconds`` (Failed with the
-operator's message, every pod deleted). When a job's master role succeeds, the fake plays the
+operator's message, every pod deleted; counted from the job's start), ``runPolicy.suspend``
+(Suspended, no pods; resumed: Suspended False, pods created). It plays Kueue too: a job
+created with the ``kueue.x-k8s.io/queue-name`` label is suspended (Kueue's webhook) and
+admitted ``kueue_admit_after`` seconds later (None: when a test calls
+:meth:`FakeKubeAPI.kueue_admit`). When a job's master role succeeds, the fake plays the
 stage's last act: it writes ``summary.json`` into the ``train.output_dir=`` its command names
 when that is a local folder, and to s3:// (through ``umt.storage``) only with
 ``s3_summaries`` (a test with the moto server); ``write_summaries=False`` writes none.
@@ -204,6 +211,7 @@ class FakeKubeAPI:
         # (job name, pod name) -> why the pod cannot start, or None (it starts).
         self.stuck: Callable[[str, str], Stuck | None] = lambda job, pod: None
         self.secrets: dict[tuple[str, str], dict[str, str]] = {}  # (ns, name) -> plain data
+        self.workflows: dict[tuple[str, str], dict[str, Any]] = {}  # (ns, name) -> Workflow
         self.deletion_delay = 0.3  # seconds a Foreground-deleted job waits for its pods
         # Kueue: a job with a queue label is suspended at creation and admitted this long
         # after (None: only when a test calls kueue_admit()).
@@ -319,7 +327,8 @@ class FakeKubeAPI:
         specs = job["spec"]["pytorchReplicaSpecs"]
         pods = [p for p in self.pods.values() if p.namespace == ns and p.job == name]
         if not pods:
-            job.setdefault("status", {})["startTime"] = now_rfc3339()
+            job["status"]["startTime"] = now_rfc3339()
+            job["metadata"]["_startedAt"] = time.monotonic()
             for rtype, rspec in specs.items():
                 for i in range(rspec.get("replicas", 1)):
                     self._create_pod(ns, job, rtype, i)
@@ -328,7 +337,7 @@ class FakeKubeAPI:
             self._kubelet(pod)
         run_policy = job["spec"].get("runPolicy") or {}
         deadline = run_policy.get("activeDeadlineSeconds")
-        if deadline is not None and time.monotonic() - job["metadata"]["_createdAt"] > deadline:
+        if deadline is not None and time.monotonic() - job["metadata"]["_startedAt"] > deadline:
             # The operator's pastActiveDeadline: Failed, and every pod deleted.
             self._set_condition(job, "Failed", f"Job {name} has failed because it was active "
                                 "longer than specified deadline")
@@ -480,6 +489,7 @@ REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 409: "AlreadyEx
            422: "Invalid", 500: "InternalError", 503: "ServiceUnavailable"}
 JOBS = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/([^/]+)/pytorchjobs(?:/([^/]+))?$")
 SECRETS = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets/([^/]+)$")
+WORKFLOWS = re.compile(r"^/apis/argoproj\.io/v1alpha1/namespaces/([^/]+)/workflows/([^/]+)$")
 PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+))?(/log)?$")
 CRD = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
 SSAR = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
@@ -550,6 +560,8 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
                 return self._pods(m.group(1), m.group(2), bool(m.group(3)), query)
             if (m := SECRETS.match(url.path)) and method == "GET":
                 return self._secret(m.group(1), m.group(2))
+            if (m := WORKFLOWS.match(url.path)) and method == "GET":
+                return self._workflow(m.group(1), m.group(2))
             self._error(404, f"the server could not find the requested resource {url.path}")
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
@@ -560,6 +572,9 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
 
         def do_DELETE(self) -> None:  # noqa: N802
             self._route("DELETE")
+
+        def do_PATCH(self) -> None:  # noqa: N802
+            self._route("PATCH")
 
         # -- resources -----------------------------------------------------------------
         def _discovery(self) -> None:
@@ -595,7 +610,7 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
             self._send(201, review)
 
         def _jobs(self, method: str, ns: str, name: str | None, query: dict[str, str]) -> None:
-            verb = {"POST": "create", "DELETE": "delete"}.get(
+            verb = {"POST": "create", "DELETE": "delete", "PATCH": "patch"}.get(
                 method, "get" if name else "list")
             if method == "POST":
                 body = self._body()
@@ -615,6 +630,8 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
                 job = api.jobs.get((ns, name))
                 if job is None:
                     return self._error(404, f'pytorchjobs.kubeflow.org "{name}" not found')
+                if method == "PATCH":
+                    return self._patch_labels(job)
                 if method == "DELETE":
                     if query.get("propagationPolicy") == "Foreground":
                         meta = job["metadata"]
@@ -636,7 +653,30 @@ def _make_handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
             out["metadata"].pop("_deleteAt", None)  # our own bookkeeping
             out["metadata"].pop("_createdAt", None)
             out["metadata"].pop("_admitAt", None)
+            out["metadata"].pop("_startedAt", None)
             return out
+
+        def _patch_labels(self, job: dict[str, Any]) -> None:
+            patch = self._body()
+            if self.headers.get("Content-Type") != "application/merge-patch+json" or set(
+                    patch) - {"metadata"} or set(patch.get("metadata") or {}) - {"labels"}:
+                return self._error(422, "this fake patches metadata.labels only, as a merge "
+                                        "patch")
+            labels = job["metadata"].setdefault("labels", {})
+            for key, value in (patch["metadata"].get("labels") or {}).items():
+                if value is None:
+                    labels.pop(key, None)
+                else:
+                    labels[key] = value
+            return self._send(200, self._public(job))
+
+        def _workflow(self, ns: str, name: str) -> None:
+            if self._forbidden("get", "workflows", ns):
+                return None
+            workflow = api.workflows.get((ns, name))
+            if workflow is None:
+                return self._error(404, f'workflows.argoproj.io "{name}" not found')
+            self._send(200, workflow)
 
         def _secret(self, ns: str, name: str) -> None:
             if self._forbidden("get", "secrets", ns):

@@ -22,7 +22,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from umt.launch.images import LAUNCHER_IMAGE, TRAIN_IMAGE, default_image
+from umt.launch.images import LAUNCHER_IMAGE, TRAIN_IMAGE, default_image, release_image
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "images"
@@ -247,6 +247,42 @@ def test_build_script_tags_what_jobs_use_by_default(monkeypatch):
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     for name in (TRAIN_IMAGE, LAUNCHER_IMAGE):
-        assert f"--tag {default_image(name)} " in out.stdout
-        assert re.search(rf"--tag {re.escape(default_image(name))}-[0-9a-f]+|nogit", out.stdout)
-        assert f"push {default_image(name)}" in out.stdout
+        # <version> (component.yaml files, kubectl manifests) and <version>-<sha>, the tag
+        # jobs and compiled pipelines name (umt.launch.images computes the same sha).
+        assert f"--tag {release_image(name)} " in out.stdout
+        assert f"--tag {default_image(name)} " in out.stdout or \
+            f"--tag {default_image(name)}\n" in out.stdout
+        assert f"push {default_image(name)}\n" in out.stdout
+    assert f"UMT_IMAGE_TAG={default_image(TRAIN_IMAGE).rsplit(':', 1)[1]}" in out.stdout
+
+
+def test_the_image_tag_is_the_commit_of_the_source_tree(tmp_path, monkeypatch):
+    """Issue 16.4: <version>-<sha> as images/build.sh computes it, -dirty for uncommitted
+    changes, nothing for a folder that is not the top of its own checkout; UMT_IMAGE_TAG and
+    UMT_TRAIN_IMAGE win."""
+    from umt.launch import images
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "f").write_text("1")
+    git("add", "f")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x")
+    sha = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short=12", "HEAD"],
+                         capture_output=True, text=True).stdout.strip()
+    images.source_revision.cache_clear()
+    assert images.source_revision(tmp_path) == sha
+    (tmp_path / "f").write_text("2")
+    images.source_revision.cache_clear()
+    assert images.source_revision(tmp_path) == f"{sha}-dirty"
+    (tmp_path / "sub").mkdir()
+    assert images.source_revision(tmp_path / "sub") is None  # inside, not the top: no
+    images.source_revision.cache_clear()
+    monkeypatch.setenv("UMT_IMAGE_TAG", "1.2.3-abcdefabcdef")
+    monkeypatch.setenv("UMT_IMAGE_REPOSITORY", "registry.example.com/ml/")
+    assert default_image() == "registry.example.com/ml/umt-train:1.2.3-abcdefabcdef"
+    monkeypatch.setenv("UMT_TRAIN_IMAGE", "registry.example.com/ml/umt-train@sha256:" + "a" * 64)
+    assert default_image().endswith("@sha256:" + "a" * 64)
+    assert default_image(LAUNCHER_IMAGE) == \
+        "registry.example.com/ml/umt-launcher:1.2.3-abcdefabcdef"

@@ -40,6 +40,22 @@ def test_render_prints_a_valid_job_for_kubectl():
                          ).stdout == result.stdout
 
 
+def test_one_run_writing_two_folders_gets_two_job_names():
+    """Issue 16.3: a component run twice in one run (other data or config: another folder)
+    must not adopt (or fail on) the first one's job; the same folder is the same job."""
+    def name(*args):
+        result = runner.invoke(job_app, RENDER + ["--run-id", "R", *args])
+        assert result.exit_code == 0, result.output
+        return yaml.safe_load(result.stdout)["metadata"]["name"]
+
+    a = name("--output", "s3://b/runs/A")
+    assert name("--output", "s3://b/runs/B") != a
+    assert name("--output", "s3://b/runs/A") == a
+    # another run id, the same folder: the same job (a rerun adopts it)
+    result = runner.invoke(job_app, RENDER + ["--run-id", "R2", "--output", "s3://b/runs/A"])
+    assert yaml.safe_load(result.stdout)["metadata"]["name"] == a
+
+
 def test_render_of_a_paper_preset_needs_a_data_source():
     """b16/l16 have no data.source: a GPU job must never train on synthetic clips by default."""
     for preset in ("b16", "l16"):
@@ -165,8 +181,9 @@ def test_doctor_passes_on_a_ready_cluster_and_bucket(job_kind, kube_api, kubecon
     assert "AWS_DEFAULT_REGION" in by_name["S3 secret"].detail
     assert "s3cr" not in by_name["S3 secret"].detail
     reviews = [p for m, p in kube_api.requests if "selfsubjectaccessreviews" in p]
-    # one question per verb the launcher needs (TrainJobs: also get trainingruntimes)
-    assert len(reviews) == len(job_kind.cls.permissions()) == 7 + bool(runtime)
+    # one question per verb the launcher needs (patch: adopting; TrainJobs: also get
+    # trainingruntimes)
+    assert len(reviews) == len(job_kind.cls.permissions()) == 8 + bool(runtime)
     result = runner.invoke(doctor_app(), ["doctor", "--output", f"{s3_bucket}/runs"])
     assert result.exit_code == 0, result.output
 

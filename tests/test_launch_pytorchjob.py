@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -103,6 +104,24 @@ def test_master_and_workers_run_torchrun_on_the_operators_environment():
 def test_single_node_jobs_have_no_workers():
     job = build(nodes=1, gpus_per_node=1)
     assert list(job["spec"]["pytorchReplicaSpecs"]) == ["Master"]
+
+
+def test_a_launcher_pod_renders_the_image_its_pipeline_was_compiled_for(monkeypatch):
+    """Issue 16.4: the compiled pipeline puts UMT_TRAIN_IMAGE / UMT_IMAGE_PULL_SECRETS into
+    every task's environment; the job the launcher renders there uses exactly those."""
+    monkeypatch.setenv("UMT_TRAIN_IMAGE", "registry.example.com/ml/umt-train:0.1.0-abcdefabcdef")
+    monkeypatch.setenv("UMT_IMAGE_PULL_SECRETS", "regcred, other")
+    job = build(nodes=2, output_uri="s3://b/x")
+    for rtype in ("Master", "Worker"):
+        spec = pod(job, rtype)["spec"]
+        assert spec["containers"][0]["image"] == \
+            "registry.example.com/ml/umt-train:0.1.0-abcdefabcdef"
+        assert spec["imagePullSecrets"] == [{"name": "regcred"}, {"name": "other"}]
+    assert pytorchjob_errors(job) == []
+    assert build(image="x.io/t:1", image_pull_secrets=[])["spec"]["pytorchReplicaSpecs"][
+        "Master"]["template"]["spec"].get("imagePullSecrets") is None
+    with pytest.raises(ValueError, match="--image-pull-secret"):
+        build(image_pull_secrets=["Bad Name"])
 
 
 def test_s3_credentials_come_from_a_secret():
@@ -264,20 +283,27 @@ def test_labels_carry_run_id_and_stage_on_job_and_pods():
     assert pytorchjob_errors(job) == []
 
 
-def test_names_are_deterministic():
-    a = TrainingJob(stage="stage1", config="b16", nodes=4, run_id="r1", validate_config=False)
-    same_run = TrainingJob(stage="stage1", config="b16", nodes=8, run_id="r1",
-                           validate_config=False)
-    other_run = TrainingJob(stage="stage1", config="b16", nodes=4, run_id="r2",
-                            validate_config=False)
-    assert job_name(a) == job_name(same_run)  # one job per (run, stage): a retry adopts it
-    assert job_name(a) != job_name(other_run)
-    no_run = TrainingJob(stage="stage1", config="b16", validate_config=False)
-    assert job_name(no_run) == job_name(TrainingJob(stage="stage1", config="b16",
-                                                    validate_config=False))
-    assert job_name(no_run) != job_name(TrainingJob(stage="stage1", config="l16",
-                                                    validate_config=False))
-    assert job_name(a).startswith("umt-stage1-") and len(job_name(a)) <= 48
+def test_names_come_from_the_stage_and_its_output_folder():
+    """Issue 16: one name per (stage, output folder) -- a retry and a rerun (another run id)
+    find the job and adopt it; one component run twice in a run (other folders) gets two."""
+    def name(**kw):
+        kw.setdefault("validate_config", False)
+        kw.setdefault("config", "b16")
+        return job_name(TrainingJob(stage="stage1", **kw))
+
+    a = name(nodes=4, run_id="r1", output_uri="s3://b/runs/stage1-aaa")
+    assert name(nodes=8, run_id="r2", output_uri="s3://b/runs/stage1-aaa") == a
+    assert name(run_id="r1", output_uri="s3://b/runs/stage1-bbb") != a
+    assert name(run_id="r1", overrides=["train.output_dir=s3://b/runs/stage1-aaa"]) == a
+    assert job_name(TrainingJob(stage="stage2", config="b16", validate_config=False,
+                                output_uri="s3://b/runs/stage1-aaa")) != a
+    # The loaded config's own folder counts when none is given.
+    cfg = SimpleNamespace(train=SimpleNamespace(output_dir="s3://b/runs/stage1-aaa"))
+    assert job_name(TrainingJob(stage="stage1", validate_config=False), cfg) == a
+    # No folder known: the whole request names it (run id included).
+    no_out = name()
+    assert no_out == name() and no_out != name(config="l16") and no_out != name(run_id="r1")
+    assert a.startswith("umt-stage1-") and len(a) <= 48
     with pytest.raises(ValueError, match="DNS-1035"):
         job_name(TrainingJob(stage="stage1", name="Bad_Name", validate_config=False))
     with pytest.raises(ValueError, match="at most 48"):

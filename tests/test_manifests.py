@@ -9,6 +9,7 @@ no shells; the two KFP install kinds get what their runs need in their namespace
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ from umt.launch import NODE_POOLS, to_dict, trainer_runtime
 from umt.launch.backends.pytorchjob import CRD_PATH, pytorchjob_errors
 from umt.launch.backends.trainjob import trainjob_errors
 from umt.launch.doctor import needed_permissions
-from umt.launch.images import default_image
+from umt.launch.images import TRAIN_IMAGE, release_image
 from umt.launch.manifests import (
     RUNTIME_MANIFEST,
     TRAINJOB_MANIFEST,
@@ -37,8 +38,10 @@ from umt.launch.values import IMAGE, SECRET_NAME
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
 SHARED_CRD = ROOT.parent / "shared" / "schemas" / "kubeflow.org_pytorchjobs.v1.9.yaml"
+# kustomize Components (manifests/components/) build only inside an overlay: tested there.
 KUSTOMIZATIONS = sorted(p.parent.relative_to(MANIFESTS).as_posix()
-                        for p in MANIFESTS.rglob("kustomization.yaml"))
+                        for p in MANIFESTS.rglob("kustomization.yaml")
+                        if yaml.safe_load(p.read_text()).get("kind") != "Component")
 OVERLAY_POOLS = {"gke": "gke-a100", "eks": "eks-a100", "aks": "aks-a100", "gfd": "gfd-a100"}
 K8S_VERSION = "1.30.0"  # oldest Kubernetes we document (Training Operator v1.9 needs >= 1.28)
 
@@ -196,7 +199,7 @@ def test_gpu_jobs_name_their_data_and_a_placeholder_output_to_edit(folder):
         for cmd in _commands(job):
             config = cmd[cmd.index("--config") + 1]
             assert config in ("b16", "l16")
-            assert "data.source=s3://umt/datasets/k710/dataset.json" in cmd
+            assert "data.source=s3://EDIT_ME_BUCKET/umt/datasets/k710/dataset.json" in cmd
             (out,) = [a for a in cmd if a.startswith("train.output_dir=")]
             assert out.startswith("train.output_dir=s3://EDIT_ME_BUCKET/umt/runs/")
             # Not a valid S3 bucket name (uppercase, underscores): nobody can own it.
@@ -214,7 +217,7 @@ def test_local_overlay_is_cpu_only_with_minio():
     assert job["spec"]["nprocPerNode"] == "1"
     container = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
     assert container["command"][3:5] == ["--config", "tiny"]
-    assert container["image"] == default_image()  # what images/build.sh tags
+    assert container["image"] == release_image(TRAIN_IMAGE)  # what images/build.sh tags
     assert {"Deployment", "Service", "Job"} <= {d["kind"] for d in docs}
     secret = next(d for d in docs if d["kind"] == "Secret")
     assert "AWS_ENDPOINT_URL" in secret["data"]
@@ -380,3 +383,22 @@ def test_namespace_pod_security_and_launcher_config():
     assert s3["credentials"]["secretRef"] == {"secretName": "umt-s3",
                                               "accessKeyKey": "AWS_ACCESS_KEY_ID",
                                               "secretKeyKey": "AWS_SECRET_ACCESS_KEY"}
+
+
+@pytest.mark.parametrize("overlay", ["kfp-standalone", "kfp-multi-user"])
+def test_the_irsa_component_makes_the_kfp_launcher_config_need_no_secret(overlay, tmp_path):
+    """Issue 16.2: with manifests/components/irsa, KFP's launcher takes S3 credentials from
+    the pod's identity (fromEnv: true: the AWS SDK's default chain) and nothing names a
+    Secret; without it, the umt-s3 Secret."""
+    rel = os.path.relpath(MANIFESTS, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        f"resources: [{rel}/overlays/{overlay}]\ncomponents: [{rel}/components/irsa]\n")
+    out = subprocess.run([shutil.which("kubectl"), "kustomize", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    (launcher,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    providers = yaml.safe_load(launcher["data"]["providers"])
+    assert providers["s3"]["default"]["credentials"] == {"fromEnv": True}
+    assert "umt-s3" not in out.stdout and "secretRef" not in out.stdout
+    assert {d["kind"] for d in docs} == {d["kind"] for d in build(f"overlays/{overlay}")}

@@ -100,8 +100,13 @@ def test_full_dag_edges(full):
     spec, _, _ = full
     tasks = all_tasks(spec)
     deps = {k: set(t.get("dependentTasks", [])) for k, t in tasks.items()}
-    assert deps["validate"] == set()
-    assert deps["shard-videos"] == {"validate"}
+    assert deps["credentials"] == set() and deps["validate"] == {"credentials"}
+    # Every other task references the Secret credentials names (issue 16.2) and runs after
+    # validate (the plan; the content fingerprints it takes as parameters, issue 16.5).
+    assert all({"credentials", "validate"} <= d for k, d in deps.items()
+               if k not in ("credentials", "validate", "cleanup"))
+    deps = {k: d - {"credentials", "validate"} for k, d in deps.items()}
+    assert deps["shard-videos"] == set()
     assert deps["pretrain-stage1"] == {"shard-videos"}
     assert deps["pretrain-stage2"] == {"shard-videos", "pretrain-stage1"}
     def task_of(key: str) -> str:
@@ -120,7 +125,7 @@ def test_full_dag_edges(full):
     # The report reads the plan (validate's) and runs after every step it reports on.
     assert tasks["report"]["inputs"]["artifacts"]["plan"]["taskOutputArtifact"] == {
         "producerTask": "validate", "outputArtifactKey": "plan"}
-    assert deps["report"] == {"validate", "shard-videos", "pretrain-stage1", "pretrain-stage2",
+    assert deps["report"] == {"shard-videos", "pretrain-stage1", "pretrain-stage2",
                               *tuned.values(), *(k for k in tasks if k.startswith("evaluate"))}
     # The exit handler runs after the whole body, whatever happened.
     root = spec["root"]["dag"]["tasks"]
@@ -160,7 +165,7 @@ def test_parameters_have_descriptions_and_empty_strings_not_none(tmp_path):
         assert spec["pipelineInfo"].get("displayName"), name
     spec, _, _ = compiled("full", tmp_path)
     params = parameters(spec)
-    assert params["output_prefix"]["default"] == "s3://umt/runs"
+    assert params["output_prefix"]["default"] == "s3://EDIT_ME_BUCKET/umt/runs"  # nobody's
     assert params["existing_dataset"]["default"] == ""
     assert params["existing_stage1_checkpoint"]["default"] == ""
     assert params["model_size"]["default"] == "base"
@@ -236,14 +241,20 @@ def test_credentials_only_from_the_secret(tmp_path):
             assert not re.search(r"password|access_key|secret_key|token", key), key
         executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
         for key, task in all_tasks(spec).items():
-            if key == "cleanup":
-                continue  # talks to the Kubernetes API only, with the pod's ServiceAccount
             label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+            if key in ("cleanup", "credentials"):
+                # cleanup talks to the Kubernetes API only, with the pod's ServiceAccount;
+                # credentials only names the Secret.
+                assert "secretAsEnv" not in executors[label], key
+                continue
             (secret,) = executors[label]["secretAsEnv"]
             envs = {k["envVar"] for k in secret["keyToEnv"]}
             assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= envs, key
-            assert secret["secretNameParameter"] == {
-                "componentInputParameter": "pipelinechannel--s3_secret"}
+            assert secret["optional"] is True, key
+            # Not the s3_secret parameter: "" (IRSA) would be secretKeyRef.name "" (issue 16.2).
+            assert secret["secretNameParameter"] == {"taskOutputParameter": {
+                "producerTask": "credentials", "outputParameterKey": "Output"}}, key
+            assert "secretName" not in secret, key
 
 
 def test_no_cached_task_takes_the_run_id_as_an_input(tmp_path):
@@ -266,6 +277,135 @@ def test_caching_on_everywhere_but_the_exit_task_and_retries_on_launchers(tmp_pa
         spec, _, _ = compiled(name, tmp_path)
         for key, task in all_tasks(spec).items():
             cached = task.get("cachingOptions", {}).get("enableCache", False)
-            assert cached == (key != "cleanup"), f"{name}: caching of {key}"
+            # validate fingerprints the inputs' content on every run (issue 16.5).
+            assert cached == (key not in ("cleanup", "validate")), f"{name}: caching of {key}"
             if key in LAUNCHERS:
                 assert task.get("retryPolicy", {}).get("maxRetryCount", 0) >= 1, key
+
+
+def test_retried_tasks_outlive_their_jobs_and_launchers_are_not_evicted(tmp_path):
+    """Issue 16: kfp's default backoffMaxDuration (3600s) would stop retries after an hour and
+    kill a retried attempt at first start + 1 h; the backend compiler reads exactly these four
+    retryPolicy fields of the IR (backend/src/v2/compiler/argocompiler/container.go) and a
+    missing backoffMaxDuration becomes "0" there (no retry at all), so it is set, and long.
+    Launcher pods carry the autoscaler's not-safe-to-evict annotation and, like the exit task,
+    the Workflow's name (they read the run's state on SIGTERM)."""
+    from components.tasks import SAFE_TO_EVICT
+    from umt.launch.request import DEFAULT_ACTIVE_DEADLINE
+
+    for name in PIPELINES:
+        spec, platform, text = compiled(name, tmp_path)
+        assert "backoffMaxDuration: 3600s" not in text
+        executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        retried = set()
+        for key, task in all_tasks(spec).items():
+            policy = task.get("retryPolicy")
+            label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+            config = executors[label]
+            if policy:
+                retried.add(key)
+                assert set(policy) == {"maxRetryCount", "backoffDuration", "backoffFactor",
+                                       "backoffMaxDuration"}, key
+                window = int(policy["backoffMaxDuration"].rstrip("s"))
+                assert window >= 2 * DEFAULT_ACTIVE_DEADLINE, f"{name}: {key} retries for {window}s"
+            annotations = config.get("podMetadata", {}).get("annotations", {})
+            if key in LAUNCHERS:
+                assert annotations.get(SAFE_TO_EVICT) == "false", f"{name}: {key}"
+            if key in LAUNCHERS or key == "cleanup":
+                assert {"name": "UMT_WORKFLOW_NAME",
+                        "fieldPath": "metadata.labels['workflows.argoproj.io/workflow']"} in \
+                    config["fieldPathAsEnv"], f"{name}: {key}"
+        assert retried & LAUNCHERS, name
+
+
+def test_compiling_for_a_registry_pins_every_image_there(tmp_path):
+    """Issue 16.4, the documented command: UMT_IMAGE_REPOSITORY=registry.example.com/ml kfp dsl
+    compile names no other registry, every umt image by its immutable <version>-<sha> tag (the
+    launcher's and, in every task's environment, the training image its jobs get), and
+    UMT_IMAGE_PULL_SECRETS becomes imagePullSecrets."""
+    from umt.launch.images import package_version, source_revision
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "UMT_IMAGE_TAG", "UMT_TRAIN_IMAGE", "UMT_LAUNCHER_IMAGE")}
+    env.update(UMT_IMAGE_REPOSITORY="registry.example.com/ml", UMT_IMAGE_PULL_SECRETS="regcred")
+    out = tmp_path / "full.yaml"
+    subprocess.run([str(Path(sys.executable).parent / "kfp"), "dsl", "compile", "--py",
+                    "pipelines/full.py", "--output", str(out)], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=180)
+    text = out.read_text()
+    assert "ghcr.io" not in text and "docker.io" not in text
+    spec, platform = list(yaml.safe_load_all(text))[:2]
+    tag = f"{package_version()}-{source_revision()}"  # what images/build.sh tags this tree
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*-[0-9a-f]{12}(-dirty)?", tag)
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {f"registry.example.com/ml/umt-launcher:{tag}"}
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for key, task in all_tasks(spec).items():
+        label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        env_vars = {e["name"]: e["value"] for e in
+                    spec["deploymentSpec"]["executors"][label]["container"].get("env", [])}
+        assert env_vars["UMT_TRAIN_IMAGE"] == f"registry.example.com/ml/umt-train:{tag}", key
+        assert env_vars["UMT_IMAGE_PULL_SECRETS"] == "regcred", key
+        assert executors[label]["imagePullSecret"] == [
+            {"secretName": "regcred", "secretNameParameter": {"runtimeValue": {
+                "constant": "regcred"}}}], key
+
+
+def test_tasks_reading_given_inputs_take_their_content_fingerprints(tmp_path):
+    """Issue 16.5: the cache key of a task is its parameters (and input artifact names), so
+    the content fingerprints validate computes are parameters of the tasks that read the
+    inputs: a file edited in place changes their keys (and, in steps, their folders)."""
+    want = {"shard-videos": ("fingerprint", "data_fingerprint"),
+            "pretrain-stage1": ("checkpoint_fingerprints", "checkpoint_fingerprints"),
+            "pretrain-stage2": ("checkpoint_fingerprints", "checkpoint_fingerprints"),
+            "finetune": ("task_data_fingerprints", "task_data_fingerprints"),
+            "evaluate": ("task_data_fingerprints", "task_data_fingerprints")}
+    for name in PIPELINES:
+        spec, _, _ = compiled(name, tmp_path)
+        for key, task in all_tasks(spec).items():
+            kind = re.sub(r"-\d+$", "", key)
+            if kind not in want:
+                continue
+            param, output = want[kind]
+            assert task["inputs"]["parameters"][param] == {"taskOutputParameter": {
+                "producerTask": "validate", "outputParameterKey": output}}, f"{name}: {key}"
+
+
+def test_platform_settings_are_parameters_that_reach_every_launcher(tmp_path):
+    """Issue 16.7: the Kueue queue, the pods' priority class and the jobs' namespace are
+    pipeline parameters of every pipeline, passed to validate and every launcher (and the
+    namespace to the exit task, which cleans up there)."""
+    settings = ("kueue_queue", "priority_class", "job_namespace")
+    for name in PIPELINES:
+        spec, _, _ = compiled(name, tmp_path)
+        params = parameters(spec)
+        for key in settings:
+            assert params[key]["type"] == "STRING" and params[key]["default"] == "", key
+        for key, task in all_tasks(spec).items():
+            if key in LAUNCHERS or key == "validate":
+                args = task["inputs"]["parameters"]
+                for setting in settings:
+                    assert args[setting] == {
+                        "componentInputParameter": f"pipelinechannel--{setting}"}, (key, setting)
+        cleanup = spec["root"]["dag"]["tasks"]["cleanup"]["inputs"]["parameters"]
+        assert cleanup["job_namespace"] == {"componentInputParameter": "job_namespace"}
+
+
+def test_the_local_copy_keeps_the_cache_across_commits(tmp_path):
+    """kfp.local's cache keys hash the image: the local copy of the package names the release
+    tag (tasks are local processes) and retries after 1 s; nothing else differs."""
+    from umt.launch.images import LAUNCHER_IMAGE, release_image
+    from umt.pipeline.local import local_package
+
+    package = tmp_path / "full.yaml"
+    package.write_text(compiled("full", tmp_path)[2])
+    local = list(yaml.safe_load_all(local_package(package).read_text()))
+    original = list(yaml.safe_load_all(package.read_text()))
+    images = {e["container"]["image"] for e in local[0]["deploymentSpec"]["executors"].values()}
+    assert images == {release_image(LAUNCHER_IMAGE)}
+    for doc in (local[0], original[0]):
+        for e in doc["deploymentSpec"]["executors"].values():
+            e["container"]["image"] = "x"
+        for task in all_tasks(doc).values():
+            task.get("retryPolicy", {}).pop("backoffDuration", None)
+    assert local == original

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from umt.data import dataset_json
 from umt.data.synthetic import write_dataset
 from umt.pipeline import plan as planning
 from umt.pipeline import steps
+from umt.pipeline.fingerprint import fingerprint
 from umt.pipeline.validate import InvalidPipelineSettings, Settings, validate
 
 dsl = pytest.importorskip("kfp.dsl")
@@ -141,11 +143,14 @@ def test_validate_plans_exactly_what_the_steps_will_run(videos, tmp_path, monkey
     result = validate(s)
     assert result["backend"] == "local" and set(result["steps"]) == {"stage1"}
     assert "stage2" in result["skipped"] and "eval-action" in result["skipped"]
+    prints = result["fingerprints"]
+    assert prints["data"] == fingerprint(str(videos))
     dataset = planning.dataset_dir(str(tmp_path), str(videos), samples_per_shard=1000,
-                                   short_side=320)
+                                   short_side=320, fingerprint=prints["data"])
     assert result["dataset"] == f"{dataset}/dataset.json"
     stage1 = result["steps"]["stage1"]
-    want = planning.plan_step("stage1", "tiny", str(tmp_path), data=result["dataset"], steps=3)
+    want = planning.plan_step("stage1", "tiny", str(tmp_path), data=result["dataset"], steps=3,
+                              data_fingerprint=prints["data"])
     assert stage1["output_dir"] == want.output_dir
     job = stage1["job"]
     assert "kind: PyTorchJob" in job and "secretKeyRef" in job and "umt-s3" in job
@@ -292,3 +297,117 @@ def test_job_time_comes_from_the_jobs_conditions():
     assert steps._job_seconds(result, measured=5.0) == 10800.0
     result.status = job_status("j", [])
     assert steps._job_seconds(result, measured=5.0) == 5.0
+
+
+def test_irsa_pods_reference_a_secret_name_that_is_valid():
+    """Issue 16.2: s3_secret="" (IRSA / workload identity) must not reach the pods as
+    secretKeyRef.name "" (refused by the API server): the credentials task names a Secret
+    that does not exist instead, which the pods' optional reference skips."""
+    from umt.launch.values import InvalidOptionError
+    from umt.pipeline.validate import NO_SECRET, secret_reference
+
+    assert secret_reference("umt-s3") == "umt-s3"
+    assert secret_reference("") == NO_SECRET
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", NO_SECRET)  # a valid Secret name
+    with pytest.raises(InvalidOptionError, match="--s3-secret"):
+        secret_reference("Not A Name")
+
+
+def test_content_fingerprints_see_files_changed_in_place(tmp_path):
+    """Issue 16.5: the same path with other content is another input."""
+    f = tmp_path / "train.csv"
+    f.write_text("path,label\na.mp4,0\n")
+    first = fingerprint(str(f))
+    assert fingerprint(str(f)) == first and len(first) == 16
+    f.write_text("path,label\na.mp4,1\n")  # a label edited in place
+    assert fingerprint(str(f)) != first
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes(b"x")
+    listed = fingerprint(str(folder))
+    (folder / "b.mp4").write_bytes(b"y")
+    assert fingerprint(str(folder)) != listed
+    assert fingerprint("") == ""
+    with pytest.raises(FileNotFoundError):
+        fingerprint(str(tmp_path / "missing.csv"))
+
+
+def test_fingerprints_reach_the_folders_validate_and_the_steps_plan(sharded, tmp_path):
+    """An existing dataset.json edited in place (same path): validate plans new folders, and
+    the training step -- given validate's fingerprint through the Dataset artifact -- lands in
+    the very folder validate planned; the given checkpoint's content is part of its child's."""
+    ds, meta, out = sharded
+    copy = tmp_path / "data" / "dataset.json"
+    copy.parent.mkdir()
+    original = Path(meta["dataset_json"]).read_text()
+    copy.write_text(original)
+    ckpt = tmp_path / "given.pt"
+    ckpt.write_bytes(b"weights")
+
+    def plan():
+        s = tiny(output_prefix=str(tmp_path / "out"), existing_dataset=str(copy),
+                 existing_stage1_checkpoint=str(ckpt), tasks=["action"])
+        return validate(s)
+
+    before = plan()
+    assert plan()["steps"] == before["steps"]  # stable while nothing changes
+    # The steps plan the same folders from validate's fingerprints.
+    described = artifact("Dataset", tmp_path, "described")
+    steps.shard("", str(copy), str(tmp_path / "out"), fingerprint=before["fingerprints"]["data"],
+                dataset=described)
+    assert described.metadata["fingerprint"] == before["fingerprints"]["data"]
+    model = artifact("Model", tmp_path, "model")
+    steps.train("stage1", dataset=described, model_size="tiny",
+                existing_checkpoint=str(ckpt),
+                checkpoint_fingerprints=before["fingerprints"]["checkpoints"],
+                output_prefix=str(tmp_path / "out"), nodes=2, gpus_per_node=0,
+                node_pool="cpu", model=model, metrics=artifact("Metrics", tmp_path, "m"),
+                job=artifact("Artifact", tmp_path, "j"))
+    tuned = planning.plan_step("finetune-action", "tiny", str(tmp_path / "out"),
+                               data=str(copy), parent=model.metadata["identity"],
+                               data_fingerprint=described.metadata["fingerprint"])
+    assert tuned.output_dir == before["steps"]["finetune-action"]["output_dir"]
+    # Edited in place: new folders for what reads it.
+    body = json.loads(copy.read_text())
+    body["num_failed"] = body.get("num_failed", 0) + 1
+    copy.write_text(json.dumps(body))
+    edited = plan()
+    assert edited["fingerprints"]["data"] != before["fingerprints"]["data"]
+    assert edited["steps"]["finetune-action"]["output_dir"] != \
+        before["steps"]["finetune-action"]["output_dir"]
+    # A checkpoint replaced in place moves its children too.
+    copy.write_text(original)  # the same bytes again: the same folders
+    assert plan()["steps"] == before["steps"]
+    ckpt.write_bytes(b"other weights")
+    assert plan()["steps"]["finetune-action"]["output_dir"] != \
+        before["steps"]["finetune-action"]["output_dir"]
+
+
+def test_the_default_output_prefix_is_a_placeholder_nobody_owns(s3_env, sharded):
+    """Issue 16.8: the pipelines' default bucket must not be a real (global) bucket: it is an
+    invalid bucket name, and validate names the setting to fix."""
+    from umt.pipeline.validate import PLACEHOLDER_BUCKET
+
+    _, meta, _ = sharded
+    default = "s3://EDIT_ME_BUCKET/umt/runs"
+    assert PLACEHOLDER_BUCKET in default
+    assert not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", PLACEHOLDER_BUCKET)
+    with pytest.raises(InvalidPipelineSettings, match="is the placeholder default"):
+        validate(tiny(output_prefix=default, existing_dataset=meta["dataset_json"]))
+
+
+def test_platform_settings_reach_the_planned_jobs(videos, tmp_path):
+    """Issue 16.7: kueue_queue, priority_class and job_namespace are pipeline parameters;
+    validate renders every job with them, as the launchers will."""
+    import yaml
+
+    s = tiny(output_prefix=str(tmp_path), input_videos=str(videos), kueue_queue="team-a",
+             priority_class="research-high", job_namespace="training")
+    job = yaml.safe_load(validate(s)["steps"]["stage1"]["job"])
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job["metadata"]["namespace"] == "training"
+    for rspec in job["spec"]["pytorchReplicaSpecs"].values():
+        assert rspec["template"]["spec"]["priorityClassName"] == "research-high"
+    with pytest.raises(InvalidPipelineSettings, match="--kueue-queue"):
+        validate(tiny(output_prefix=str(tmp_path), input_videos=str(videos),
+                      kueue_queue="Team A"))

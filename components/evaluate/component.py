@@ -16,6 +16,7 @@ def evaluate(
     output_prefix: str,
     tasks: list = ["*"],
     task_data: dict = {},
+    task_data_fingerprints: dict = {},
     model_size: str = "base",
     num_frames: int = 0,
     overrides: list = [],
@@ -25,6 +26,9 @@ def evaluate(
     image: str = "",
     s3_secret: str = "umt-s3",
     job_backend: str = "cluster",
+    kueue_queue: str = "",
+    priority_class: str = "",
+    job_namespace: str = "",
 ):
     """Evaluates a fine-tuned model (stage eval-<task> of umt.catalogue) as a job.
 
@@ -44,8 +48,9 @@ def evaluate(
     from umt.pipeline import steps as s
 
     s.evaluate(task, model=model, dataset=dataset, tasks=tasks, task_data=task_data,
-               model_size=model_size, num_frames=num_frames, overrides=overrides,
+               task_data_fingerprints=task_data_fingerprints, model_size=model_size,
+               num_frames=num_frames, overrides=overrides,
                output_prefix=output_prefix, nodes=nodes, gpus_per_node=gpus_per_node,
                node_pool=node_pool, image=image, s3_secret=s3_secret,
-               job_backend=job_backend, metrics=metrics,
-               confusion=confusion, job=job)
+               job_backend=job_backend, kueue_queue=kueue_queue, priority_class=priority_class,
+               job_namespace=job_namespace, metrics=metrics, confusion=confusion, job=job)

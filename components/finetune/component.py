@@ -16,6 +16,7 @@ def finetune(
     output_prefix: str,
     tasks: list = ["*"],
     task_data: dict = {},
+    task_data_fingerprints: dict = {},
     model_size: str = "base",
     steps: int = 0,
     batch_size: int = 0,
@@ -27,6 +28,9 @@ def finetune(
     image: str = "",
     s3_secret: str = "umt-s3",
     job_backend: str = "cluster",
+    kueue_queue: str = "",
+    priority_class: str = "",
+    job_namespace: str = "",
 ):
     """Fine-tunes a pretrained model for one downstream task (stage finetune-<task>).
 
@@ -41,9 +45,10 @@ def finetune(
     """
     from umt.pipeline import steps as s
 
-    s.finetune(task, tasks=tasks, task_data=task_data, dataset=dataset, parent=pretrained,
+    s.finetune(task, tasks=tasks, task_data=task_data,
+               task_data_fingerprints=task_data_fingerprints, dataset=dataset, parent=pretrained,
                model_size=model_size, steps=steps, batch_size=batch_size,
                num_frames=num_frames, overrides=overrides, output_prefix=output_prefix,
                nodes=nodes, gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
-               s3_secret=s3_secret, job_backend=job_backend, model=model, metrics=metrics,
-               job=job)
+               s3_secret=s3_secret, job_backend=job_backend, kueue_queue=kueue_queue, priority_class=priority_class,
+               job_namespace=job_namespace, model=model, metrics=metrics, job=job)

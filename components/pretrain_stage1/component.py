@@ -18,12 +18,16 @@ def pretrain_stage1(
     num_frames: int = 0,
     overrides: list = [],
     existing_checkpoint: str = "",
+    checkpoint_fingerprints: dict = {},
     nodes: int = 1,
     gpus_per_node: int = 8,
     node_pool: str = "gke-a100",
     image: str = "",
     s3_secret: str = "umt-s3",
     job_backend: str = "cluster",
+    kueue_queue: str = "",
+    priority_class: str = "",
+    job_namespace: str = "",
 ):
     """Trains Stage 1 (semantic masking + unmasked token alignment) as a PyTorchJob.
 
@@ -41,7 +45,8 @@ def pretrain_stage1(
 
     s.train("stage1", dataset=dataset, model_size=model_size, steps=steps,
             batch_size=batch_size, num_frames=num_frames, overrides=overrides,
-            existing_checkpoint=existing_checkpoint, output_prefix=output_prefix, nodes=nodes,
-            gpus_per_node=gpus_per_node, node_pool=node_pool, image=image, s3_secret=s3_secret,
-            job_backend=job_backend,
-            model=model, metrics=metrics, job=job)
+            existing_checkpoint=existing_checkpoint,
+            checkpoint_fingerprints=checkpoint_fingerprints, output_prefix=output_prefix,
+            nodes=nodes, gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
+            s3_secret=s3_secret, job_backend=job_backend, kueue_queue=kueue_queue, priority_class=priority_class,
+            job_namespace=job_namespace, model=model, metrics=metrics, job=job)

@@ -14,6 +14,7 @@ def shard_videos(
     classes: str = "",
     samples_per_shard: int = 1000,
     short_side: int = 320,
+    fingerprint: str = "",
 ):
     """Validates, transcodes and shards videos to WebDataset; resumes verified shards.
 
@@ -27,6 +28,8 @@ def shard_videos(
         classes: Class-names file fixing label indices ("" = sorted label names).
         samples_per_shard: Samples per shard.
         short_side: Short side (pixels) videos are transcoded to (never upscaled).
+        fingerprint: Content fingerprint of the input (validate's output; "" = computed here):
+            part of the shard folder, so videos edited in place are sharded anew.
 
     Returns:
         dataset: dataset.json (shard URIs absolute) with num_shards, num_samples, num_failed,
@@ -35,4 +38,5 @@ def shard_videos(
     from umt.pipeline import steps
 
     steps.shard(input_videos, existing_dataset, output_prefix, classes=classes,
-                samples_per_shard=samples_per_shard, short_side=short_side, dataset=dataset)
+                samples_per_shard=samples_per_shard, short_side=short_side,
+                fingerprint=fingerprint, dataset=dataset)

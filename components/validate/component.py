@@ -1,5 +1,7 @@
 """``validate``: check every pipeline setting in seconds, before anything GPU-bound."""
 
+from typing import NamedTuple
+
 from kfp.dsl import Artifact, Output
 
 from components.base import component
@@ -36,7 +38,11 @@ def validate(
     image: str = "",
     s3_secret: str = "umt-s3",
     job_backend: str = "cluster",
-):
+    kueue_queue: str = "",
+    priority_class: str = "",
+    job_namespace: str = "",
+) -> NamedTuple("Fingerprints", [("data_fingerprint", str), ("checkpoint_fingerprints", dict),
+                               ("task_data_fingerprints", dict)]):
     """Checks the pipeline's settings and plans every job; fails listing all problems.
 
     Loads each enabled stage's config with its overrides and renders its job (the
@@ -73,8 +79,11 @@ def validate(
 
     Returns:
         plan: The plan: every job's stage, preset, overrides, output folder and rendered YAML.
+        data_fingerprint: Content fingerprint of input_videos / existing_dataset.
+        checkpoint_fingerprints: Content fingerprints of the existing checkpoints, by stage.
+        task_data_fingerprints: Content fingerprints of the task_data files, by key.
     """
     params = {k: v for k, v in locals().items() if k != "plan"}  # every parameter, by name
     from umt.pipeline.validate import validate_step
 
-    validate_step(params, plan)
+    return validate_step(params, plan)

@@ -14,6 +14,7 @@ the backend of a name (``cluster``: the cluster's default), ``make_backend`` mak
 from umt.launch.backend import (
     Backend,
     JobCancelledError,
+    JobDetachedError,
     JobFailedError,
     JobStartError,
     RenderedJob,
@@ -40,6 +41,7 @@ __all__ = [
     "InvalidJobError",
     "InvalidOptionError",
     "JobCancelledError",
+    "JobDetachedError",
     "JobFailedError",
     "JobResult",
     "JobStartError",

@@ -304,3 +304,15 @@ class SummaryError(RuntimeError):
 
 class JobCancelledError(RuntimeError):
     """We stopped waiting because the caller was cancelled (SIGTERM / Ctrl-C); job deleted."""
+
+
+class JobDetachedError(RuntimeError):
+    """The launcher was stopped (SIGTERM) but the run was not: its pod is going away on its own
+    (a node drain, an autoscaler scale-down, ``kubectl delete pod``, a retry's deadline), so
+    the job was left running for a retry or a rerun to adopt. ``name`` is the job's."""
+
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(f"the launcher was stopped while job {name} runs: the job was left "
+                         "running (the run itself was not stopped); a retry of this task or a "
+                         f"rerun of the pipeline adopts it (`umt job delete {name}` stops it)")

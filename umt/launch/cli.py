@@ -63,8 +63,12 @@ NodesOpt = typer.Option(1, "--nodes", "-n", help="Pods (Master + Workers).")
 GpusOpt = typer.Option(8, "--gpus-per-node", "-g", help="GPUs per pod; 0 for a CPU job.")
 PoolOpt = typer.Option("gke-a100", "--node-pool", "-p",
                        help=f"One of: {', '.join(NODE_POOLS)}.")
-ImageOpt = typer.Option(None, "--image", help="Training image (default: umt-train:<version>).")
-NameOpt = typer.Option(None, "--name", help="Job name (default: derived from run id + stage).")
+ImageOpt = typer.Option(None, "--image",
+                        help="Training image (default: umt-train:<version>-<sha> of this build).")
+PullSecretOpt = typer.Option(None, "--image-pull-secret",
+                             help="Secret to pull the image with (repeatable; default: "
+                                  "$UMT_IMAGE_PULL_SECRETS).")
+NameOpt = typer.Option(None, "--name", help="Job name (default: from stage + output folder).")
 NamespaceOpt = typer.Option(None, "--namespace", help="Default: the kubeconfig context's.")
 RunIdOpt = typer.Option(None, "--run-id", help="Id of the enclosing run (label umt/run-id).")
 OutputOpt = typer.Option(None, "--output", "-o", help="train.output_dir, e.g. s3://b/runs/x.")
@@ -83,8 +87,11 @@ KueueOpt = typer.Option(None, "--kueue-queue",
                              "suspended until the queue admits it.")
 GraceOpt = typer.Option(None, "--termination-grace",
                         help="Seconds a pod has after SIGTERM (preemption, drain) to checkpoint "
-                             "before SIGKILL (default: Kubernetes' 30).")
+                             "before SIGKILL (default 120, the trainer's own).")
 SpotOpt = typer.Option(False, "--spot", help="Run on the node pool's spot / preemptible nodes.")
+FabricOpt = typer.Option(True, "--fabric/--no-fabric",
+                         help="GPU jobs request the node pool's RDMA fabric (EFA on eks-*, "
+                              "InfiniBand on aks-a100).")
 PriorityOpt = typer.Option(None, "--priority-class", help="PriorityClass of the pods.")
 ElasticOpt = typer.Option(None, "--elastic", help="MIN:MAX nodes for an elastic job.")
 CpuOpt = typer.Option(None, "--cpu", help="CPU request per pod (default 8 per GPU).")
@@ -133,9 +140,10 @@ def _request(stage: str = StageArg, overrides: Optional[List[str]] = OverridesAr
              allow_local_output: bool = AllowLocalOutputOpt,
              service_account: str = ServiceAccountOpt,
              writable_root_filesystem: bool = WritableRootOpt,
+             image_pull_secret: Optional[List[str]] = PullSecretOpt,
              kueue_queue: Optional[str] = KueueOpt,
              termination_grace: Optional[int] = GraceOpt,
-             spot: bool = SpotOpt) -> TrainingJob:
+             spot: bool = SpotOpt, fabric: bool = FabricOpt) -> TrainingJob:
     """The job the options describe (the command-line options of ``umt job render`` and
     ``submit``: see ``_job_command``); a bad value exits 2 naming it."""
     elastic_min = elastic_max = None
@@ -145,6 +153,8 @@ def _request(stage: str = StageArg, overrides: Optional[List[str]] = OverridesAr
         except ValueError:
             raise _fail(f"--elastic must be MIN:MAX, got {elastic!r}", 2) from None
     optional = {} if active_deadline is None else {"active_deadline_seconds": active_deadline}
+    if image_pull_secret:
+        optional["image_pull_secrets"] = list(image_pull_secret)
     try:
         return TrainingJob(
             stage=stage, config=config, overrides=list(overrides or []), nodes=nodes,
@@ -152,7 +162,7 @@ def _request(stage: str = StageArg, overrides: Optional[List[str]] = OverridesAr
             namespace=namespace, run_id=run_id, output_uri=output,
             s3=S3Credentials(secret=s3_secret) if s3_secret else None,
             restart_policy=restart_policy, backoff_limit=backoff_limit,
-            gang_scheduling=gang, queue=queue,
+            gang_scheduling=gang, queue=queue, fabric=fabric,
             priority_class=priority_class, elastic_min_nodes=elastic_min,
             elastic_max_nodes=elastic_max, cpu=cpu, memory=memory, shm_size=shm_size,
             allow_local_output=allow_local_output, service_account=service_account or None,

@@ -42,9 +42,9 @@ from umt.launch.backend import (
 )
 from umt.launch.crd import InvalidJobError
 from umt.launch.kube import Cluster, connect
-from umt.launch.request import ANNOTATION_SPEC_HASH, spec_hash
+from umt.launch.request import ANNOTATION_SPEC_HASH, LABEL_RUN_ID, spec_hash
 from umt.launch.serialize import to_dict
-from umt.launch.status import FAILED, SUCCEEDED, JobStatus
+from umt.launch.status import FAILED, QUEUED, SUCCEEDED, SUSPENDED, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,21 @@ def _ts_key(ts: str) -> str:
         head, frac = ts.rstrip("Z").split(".", 1)
         return f"{head}.{frac:0<9}"
     return ts.rstrip("Z") + ".000000000"
+
+
+def _spec_hash_of(job: dict[str, Any], ours: bool = False) -> str | None:
+    """The ``umt/spec-hash`` a rendered job carries (one we did not render has none; ours is
+    computed when missing)."""
+    annotations = (job.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(ANNOTATION_SPEC_HASH) or (spec_hash(job) if ours else None)
+
+
+def _earlier_run(body: dict[str, Any], existing: dict[str, Any]) -> str | None:
+    """The run id of ``existing`` when it belongs to another run than ``body`` (both
+    labelled), else None."""
+    ours = (body["metadata"].get("labels") or {}).get(LABEL_RUN_ID)
+    theirs = ((existing.get("metadata") or {}).get("labels") or {}).get(LABEL_RUN_ID)
+    return theirs if ours and theirs and ours != theirs else None
 
 
 class KubeJobBackend(Backend):
@@ -151,7 +166,7 @@ class KubeJobBackend(Backend):
     def permissions(cls) -> list[Permission]:
         group = cls.group_version()[0]
         return [Permission(verb, cls.plural, group)
-                for verb in ("create", "get", "list", "delete")] + POD_PERMISSIONS
+                for verb in ("create", "get", "list", "delete", "patch")] + POD_PERMISSIONS
 
     @classmethod
     def doctor_checks(cls, cluster: Cluster, namespace: str) -> list[doctor.Check]:
@@ -210,7 +225,13 @@ class KubeJobBackend(Backend):
     def _adopt_or_clear(self, body: dict[str, Any], replace_failed: bool = True) -> bool:
         """A job of this name exists: True to adopt it (same spec, running or succeeded);
         False once a failed (or terminating) one is gone and the name is free again; raise
-        the failure of a failed one when it may not be replaced."""
+        the failure of a failed one when it may not be replaced.
+
+        Names come from the job's output folder (``request.job_name``), so the job found may
+        be an *earlier run's* (``umt/run-id`` differs): a rerun adopts it when it still runs
+        or succeeded with this spec, taking it over (the label is moved to this run, so this
+        run's exit task and ``umt job gc`` find it), and replaces it when it failed or
+        finished with another spec (a rerun is a deliberate new attempt)."""
         name = body["metadata"]["name"]
         try:
             existing = self.get(name)
@@ -224,25 +245,53 @@ class KubeJobBackend(Backend):
                         "the new one", self.kind, self.namespace, name)
             self._wait_gone(name, meta.get("uid"))
             return False
-        self._check_adoptable(body, existing)
         current = self.status_of(name, existing)
+        earlier = _earlier_run(body, existing)
+        same_spec = _spec_hash_of(existing) == _spec_hash_of(body, ours=True)
+        if earlier and current.finished and (current.failed or not same_spec):
+            log.warning("%s %s/%s of the earlier run %s %s: deleting it and creating this "
+                        "run's", self.kind, self.namespace, name, earlier,
+                        current.phase.lower() if same_spec else "finished with another spec")
+            self._replace(name, meta.get("uid"))
+            return False
+        self._check_adoptable(body, existing)
         if current.failed and not replace_failed:
             raise JobFailedError(current, already_failed=True)
         if current.failed:
             log.warning("%s %s/%s already exists and failed (%s): deleting it and "
                         "creating a new one", self.kind, self.namespace, name, current.message)
-            # Foreground: the job goes only after its pods, whose names the new job reuses.
-            self.delete(name, propagation="Foreground")
-            self._wait_gone(name, meta.get("uid"))
+            self._replace(name, meta.get("uid"))
             return False
         if current.phase == SUCCEEDED:
             log.warning("%s %s/%s already succeeded: adopting it, not running it again "
-                        "(delete it, or use another --run-id, to train again)",
-                        self.kind, self.namespace, name)
+                        "(delete it to train again)", self.kind, self.namespace, name)
         else:
             log.info("adopting existing %s %s/%s (%s)", self.kind, self.namespace, name,
                      current.phase)
+        if earlier:
+            self._take_over(name, body)
         return True
+
+    def _replace(self, name: str, uid: str | None) -> None:
+        # Foreground: the job goes only after its pods, whose names the new job reuses.
+        self.delete(name, propagation="Foreground")
+        self._wait_gone(name, uid)
+
+    def _take_over(self, name: str, body: dict[str, Any]) -> None:
+        """Move an adopted job's run-id label to this run (a merge patch of its labels)."""
+        run_id = (body["metadata"].get("labels") or {}).get(LABEL_RUN_ID)
+        try:
+            self.cluster.custom.patch_namespaced_custom_object(
+                *self.group_version(), self.namespace, self.plural, name,
+                {"metadata": {"labels": {LABEL_RUN_ID: run_id}}},
+                _request_timeout=self.request_timeout)
+            log.info("%s %s/%s now belongs to run %s", self.kind, self.namespace, name, run_id)
+        except ApiException as e:
+            if e.status not in (403, 404):
+                raise
+            log.warning("could not move %s %s/%s to run %s (%s %s): `umt job gc --run-id` "
+                        "of this run will not find it", self.kind, self.namespace, name, run_id,
+                        e.status, _reason(e))
 
     def _wait_gone(self, name: str, uid: str | None) -> None:
         deadline = time.monotonic() + self.delete_timeout
@@ -266,9 +315,7 @@ class KubeJobBackend(Backend):
             time.sleep(min(self.poll_interval, 2.0))
 
     def _check_adoptable(self, body: dict[str, Any], existing: dict[str, Any]) -> None:
-        ours = (body["metadata"].get("annotations") or {}).get(ANNOTATION_SPEC_HASH) \
-            or spec_hash(body)
-        theirs = (existing["metadata"].get("annotations") or {}).get(ANNOTATION_SPEC_HASH)
+        ours, theirs = _spec_hash_of(body, ours=True), _spec_hash_of(existing)
         if theirs != ours:
             phase = self.status_of(body["metadata"]["name"], existing).phase
             raise RuntimeError(
@@ -298,9 +345,11 @@ class KubeJobBackend(Backend):
     # -- waiting ---------------------------------------------------------------------------
     def wait(self, name: str, *, timeout: float | None = None,
              on_status: Callable[[JobStatus], None] | None = None) -> JobStatus:
-        """Poll until Succeeded or Failed. ``timeout=None`` waits as long as the job runs."""
+        """Poll until Succeeded or Failed. ``timeout=None`` waits as long as the job runs;
+        time the job spends Suspended (a queue such as Kueue has not admitted it) does not
+        count against ``timeout``: queueing is not the job being stuck."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        last_phase, errors = None, 0
+        last_phase, errors, polled = None, 0, time.monotonic()
         watch = _PodWatch(self, name)
         queue = _QueueWatch(name, self.unschedulable_warn_every)
         while True:
@@ -320,6 +369,8 @@ class KubeJobBackend(Backend):
                 log.warning("lost the API server while waiting for %s (%s); retrying", name, e)
             else:
                 queue.note(current)
+                if current.phase in (SUSPENDED, QUEUED) and deadline is not None:
+                    deadline += time.monotonic() - polled  # waiting is not being stuck
                 if current.phase != last_phase:
                     last_phase = current.phase
                     if on_status:
@@ -328,6 +379,7 @@ class KubeJobBackend(Backend):
                     return current
                 if not current.queued:  # a queued job has no pods to watch yet
                     watch.check()  # raises JobStartError for pods that cannot start
+            polled = time.monotonic()
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {name} still {last_phase} after {timeout:.0f}s")
             # Back off on repeated errors (up to 10 polls) so a flapping API server recovers.

@@ -43,12 +43,17 @@ class Check:
     warning: bool = False  # ok, but could not be verified (or is worth a look)
 
 
+# Besides the jobs, a pipeline's launcher and exit task read the run's own Argo Workflow, to
+# tell a terminated run from a drained launcher pod (umt.pipeline.run_state).
+RUN_PERMISSIONS = [Permission("get", "workflows", "argoproj.io")]
+
+
 def needed_permissions() -> list[Permission]:
-    """Every RBAC verb of every registered backend, once each."""
+    """Every RBAC verb of every registered backend, once each, and :data:`RUN_PERMISSIONS`."""
     out: list[Permission] = []
     for cls in discover().values():
         out += [p for p in cls.permissions() if p not in out]
-    return out
+    return out + [p for p in RUN_PERMISSIONS if p not in out]
 
 
 def check_crd(cluster: Cluster, title: str, api_version: str, plural: str,

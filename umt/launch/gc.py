@@ -7,9 +7,10 @@
     delete_run_jobs(run_id)            # the pipeline's exit task
 
 Cluster jobs have no owner reference to the KFP run that created them, so a terminated run leaves
-its jobs training (and holding GPUs). Termination is covered by four things, any one of which is
-enough: the launcher deletes its job on SIGTERM, the pipeline's exit task calls
-:func:`delete_run_jobs`, every job has an ``activeDeadlineSeconds``, and this command.
+its jobs training (and holding GPUs). Termination is covered by four things: a launcher deletes
+its job on SIGTERM when the run was stopped, the pipeline's exit task calls
+:func:`delete_run_jobs` when the run was stopped (``umt.pipeline.steps.cleanup``), every job
+has an ``activeDeadlineSeconds``, and this command.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ log = logging.getLogger(__name__)
 def run_selector(run_id: str) -> str:
     """The label selector of a run's jobs (the same sanitising as when they were rendered)."""
     return f"{LABEL_RUN_ID}={label_value(run_id)}"
+
+
+def unfinished_run_jobs(run_id: str, *, namespace: str | None = None,
+                        backend: str | Any = CLUSTER) -> list[str]:
+    """The names of the jobs labelled with ``run_id`` that have not finished."""
+    impl = make_backend(backend if backend is not None else CLUSTER, namespace=namespace)
+    return [job.name for job in impl.list_jobs(run_selector(run_id))
+            if not job.status.finished and not job.deleting]
 
 
 def delete_run_jobs(run_id: str, *, namespace: str | None = None, include_finished: bool = False,

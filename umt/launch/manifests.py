@@ -4,10 +4,10 @@ Kubeflow Trainer v2 runtime ``manifests/runtime/trainingruntime.yaml``.
     python -m umt.launch.manifests            # after adding a stage to umt.catalogue
 
 Each stage gets the PyTorchJob ``umt job render`` would print for it (2 nodes x 8 GPUs, the
-paper-scale B/16 preset, data under ``s3://umt/datasets/``, outputs under the placeholder
-``s3://EDIT_ME_BUCKET/umt/runs/<stage>``, each stage starting from its parent's last checkpoint
-there: Stage 1 -> Stage 2 -> retrieval / QA fine-tunes -> their evaluations, Stage 1 -> action
-fine-tune -> its evaluation; evaluations on 1 node) without a node pool: the
+paper-scale B/16 preset, data under the placeholder ``s3://EDIT_ME_BUCKET/umt/datasets/``,
+outputs under ``s3://EDIT_ME_BUCKET/umt/runs/<stage>``, each stage starting from its parent's
+last checkpoint there: Stage 1 -> Stage 2 -> retrieval / QA fine-tunes -> their evaluations,
+Stage 1 -> action fine-tune -> its evaluation; evaluations on 1 node) without a node pool: the
 ``manifests/overlays/<cloud>`` add the A100 node selector / affinity. A test checks the files
 are what this module renders, so the manifests never drift from the launcher.
 
@@ -25,6 +25,7 @@ from pathlib import Path
 from umt import catalogue
 from umt.launch import trainer_runtime
 from umt.launch.backends.pytorchjob import build_pytorchjob
+from umt.launch.images import TRAIN_IMAGE, release_image
 from umt.launch.request import TrainingJob
 from umt.launch.serialize import to_yaml
 
@@ -87,8 +88,11 @@ resources:
 def stage_job(stage: str) -> TrainingJob:
     # Evaluations are one pass over a test set: one node is plenty.
     nodes = 2 if catalogue.get(stage).trains else 1
+    # The release tag (a checked-in file cannot name the commit it is part of): pin it with
+    # kustomize `images:` (a digest or <version>-<sha>) in your overlay.
     return TrainingJob(stage=stage, config=PRESET, overrides=overrides_of(stage), nodes=nodes,
-                       gpus_per_node=8, node_pool="nvidia",
+                       gpus_per_node=8, node_pool="nvidia", image=release_image(TRAIN_IMAGE),
+                       image_pull_secrets=[],
                        name=f"umt-{stage.replace('_', '-')}", output_uri=output_of(stage),
                        validate_config=True)
 

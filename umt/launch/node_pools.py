@@ -66,6 +66,36 @@ class Machine:
 
 
 @dataclass(frozen=True)
+class Fabric:
+    """A pool's multi-node GPU network (RDMA): what a training pod requests to use it, and the
+    environment NCCL (through the image's libfabric / IB verbs plugin) needs. Without it NCCL
+    falls back to TCP sockets: correct, several times slower across nodes."""
+
+    name: str
+    resources: dict[str, str]  # extended resources, as limits (requests follow)
+    env: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+# AWS EFA on p4d/p4de: 4 EFA interfaces per node (the EFA device plugin's resource) and the
+# huge pages libfabric uses; the image must carry the aws-ofi-nccl plugin and libfabric
+# (AWS's "Get started with EFA and NCCL"; FI_EFA_USE_DEVICE_RDMA: p4d supports GPUDirect RDMA).
+EFA_P4D = Fabric(
+    "EFA", {"vpc.amazonaws.com/efa": "4", "hugepages-2Mi": "5120Mi"},
+    {"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1"},
+    "needs the EFA device plugin on the nodes and aws-ofi-nccl + libfabric in the image")
+# Azure ND A100 v4: 8 HDR InfiniBand NICs, exposed by the NVIDIA Network Operator's RDMA shared
+# device plugin (its default resource name below; match your plugin's configuration).
+INFINIBAND_NDV4 = Fabric(
+    "InfiniBand", {"rdma/rdma_shared_device_a": "1"},
+    {"NCCL_IB_PCI_RELAXED_ORDERING": "1", "UCX_IB_PCI_RELAXED_ORDERING": "on",
+     "NCCL_SOCKET_IFNAME": "eth0"},
+    "needs the NVIDIA Network Operator (RDMA shared device plugin) and a memlock limit that "
+    "allows RDMA registration; the pods' hardening drops all capabilities, so IPC_LOCK is not "
+    "granted: raise the container runtime's memlock default on those nodes instead")
+
+
+@dataclass(frozen=True)
 class NodePool:
     """How to reach one kind of node. ``gpus_per_node`` is the largest a node offers;
     ``machines`` the machine types the pool may use (empty: unknown, requests not capped)."""
@@ -84,6 +114,7 @@ class NodePool:
     # Spot capacity of the pool (empty: the cloud has none we know how to select).
     spot_node_selector: dict[str, str] = field(default_factory=dict)
     spot_tolerations: tuple[V1Toleration, ...] = ()
+    fabric: Fabric | None = None  # requested by GPU jobs on this pool (unless told not to)
 
     @property
     def has_spot(self) -> bool:
@@ -131,7 +162,7 @@ def _eks_pool(name: str, machine: Machine, gpus: str) -> NodePool:
     return NodePool(name=name, description=f"EKS {machine.name} ({gpus})",
                     node_selector={"node.kubernetes.io/instance-type": machine.name},
                     tolerations=(GPU_TOLERATION,), machines=(machine,),
-                    spot_node_selector=EKS_SPOT)
+                    spot_node_selector=EKS_SPOT, fabric=EFA_P4D)
 
 
 NODE_POOLS: dict[str, NodePool] = {pool.name: pool for pool in [
@@ -164,6 +195,7 @@ NODE_POOLS: dict[str, NodePool] = {pool.name: pool for pool in [
         affinity=_instance_types(P4D.name, P4DE.name),
         machines=(P4D, P4DE),
         spot_node_selector=EKS_SPOT,
+        fabric=EFA_P4D,
     ),
     NodePool(
         name="aks-a100",
@@ -176,6 +208,7 @@ NODE_POOLS: dict[str, NodePool] = {pool.name: pool for pool in [
         machines=(Machine("Standard_ND96asr_v4", 8, 96, 900),
                   Machine("Standard_ND96amsr_A100_v4", 8, 96, 1900)),
         spot_node_selector=AKS_SPOT, spot_tolerations=AKS_SPOT_TOLERATIONS,
+        fabric=INFINIBAND_NDV4,
     ),
     NodePool(
         name="gfd-a100",

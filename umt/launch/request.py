@@ -47,6 +47,7 @@ from kubernetes.client import (
     V1EmptyDirVolumeSource,
     V1EnvVar,
     V1EnvVarSource,
+    V1LocalObjectReference,
     V1ObjectMeta,
     V1PodSecurityContext,
     V1PodSpec,
@@ -60,7 +61,7 @@ from kubernetes.client import (
 )
 
 from umt.launch import values
-from umt.launch.images import default_image
+from umt.launch.images import default_image, pull_secrets
 from umt.launch.node_pools import GPU_RESOURCE, get_node_pool, placement
 from umt.launch.serialize import to_dict
 from umt.launch.stages import (
@@ -74,9 +75,10 @@ from umt.launch.stages import (
 LABEL_STAGE = "umt/stage"
 LABEL_RUN_ID = "umt/run-id"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
+# Kueue admits the job by this label on the job object (not its pods: Kueue's pod integration
+# would gate them a second time).
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_SPEC_HASH = "umt/spec-hash"
-# Kueue's label naming the LocalQueue a job waits in (on the job object, every integration).
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # The training process's budget between SIGTERM and SIGKILL (the pods' grace period).
 SIGTERM_GRACE_ENV = "UMT_SIGTERM_GRACE_S"
 # torchrun SIGKILLs its trainers this long after forwarding a SIGTERM (its default, 30 s,
@@ -129,8 +131,10 @@ class TrainingJob:
     procs_per_node: int | None = None  # default: one per GPU, or 1 on CPU
     node_pool: str = "gke-a100"
     image: str | None = None  # default: images.default_image()
-    image_pull_policy: str = "IfNotPresent"
-    name: str | None = None  # default: derived from run_id + stage, or from the spec
+    image_pull_policy: str = "IfNotPresent"  # fine: umt images are named by an immutable tag
+    # Secrets to pull the image with (default: UMT_IMAGE_PULL_SECRETS, comma-separated).
+    image_pull_secrets: list[str] = field(default_factory=pull_secrets)
+    name: str | None = None  # default: from stage + output folder (job_name)
     namespace: str | None = None
     run_id: str | None = None  # KFP run id (or any id of the enclosing run) -> label
     output_uri: str | None = None  # -> train.output_dir=...
@@ -149,7 +153,7 @@ class TrainingJob:
     # scheduler-plugins (the operator then sets each pod's schedulerName itself).
     gang_scheduling: bool = False
     queue: str | None = None  # Volcano queue
-    kueue_queue: str | None = None  # Kueue LocalQueue (label kueue.x-k8s.io/queue-name)
+    kueue_queue: str | None = None  # Kueue LocalQueue: the job waits (suspended) until admitted
     priority_class: str | None = None
     schedule_timeout_seconds: int | None = None  # scheduler-plugins: give up waiting after
     elastic_min_nodes: int | None = None  # set both for an elastic (c10d rendezvous) job
@@ -160,6 +164,8 @@ class TrainingJob:
     # DEFAULT_TERMINATION_GRACE_S. Spot nodes give 30 s (GKE, AKS) to 2 min (EKS) notice.
     termination_grace_seconds: int | None = None
     spot: bool = False  # on the node pool's spot / preemptible nodes
+    # GPU jobs request the node pool's RDMA fabric (EFA, InfiniBand: node_pools.Fabric).
+    fabric: bool = True
     validate_config: bool = True  # load the stage config now (imports its config schema)
     # A local (not s3://) train.output_dir is refused: each pod has its own filesystem, so the
     # checkpoints would be lost. True when it is a shared volume mounted in every pod (a PVC),
@@ -219,6 +225,8 @@ def check_values(req: TrainingJob) -> None:
     p.check(req.image_pull_policy in PULL_POLICIES, "image_pull_policy", req.image_pull_policy,
             f"must be one of {', '.join(PULL_POLICIES)}")
     p.dns_subdomain("service_account", req.service_account)
+    for secret in req.image_pull_secrets:
+        p.dns_subdomain("image_pull_secrets", secret)
     if req.s3 is not None:
         p.dns_subdomain("s3", req.s3.secret)
     for key, value in req.env.items():
@@ -261,8 +269,8 @@ def check_values(req: TrainingJob) -> None:
     for item in req.overrides:
         p.check(isinstance(item, str) and bool(values.OVERRIDE.match(item)), "overrides", item,
                 "overrides are key=value with a dotted key (train.steps=10), never options")
-    p.labels("labels", req.labels,
-             reserved=(LABEL_STAGE, LABEL_RUN_ID, LABEL_PART_OF, KUEUE_QUEUE_LABEL))
+    p.labels("labels", req.labels, reserved=(LABEL_STAGE, LABEL_RUN_ID, LABEL_PART_OF,
+                                              LABEL_KUEUE_QUEUE))
     p.labels("annotations", req.annotations, reserved=(ANNOTATION_SPEC_HASH,),
              check_values=False)
     p.raise_if_any()
@@ -278,14 +286,18 @@ def short_hash(payload: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:10]
 
 
-def job_name(req: TrainingJob) -> str:
-    """Deterministic: the same run + stage (or the same spec) always gives the same name,
-    which is what makes resubmitting adopt the running job instead of starting a second one."""
+def job_name(req: TrainingJob, cfg: Any = None) -> str:
+    """Deterministic, from what makes the job distinct: its stage and the folder it writes
+    (two jobs on one folder would be two writers of its checkpoints). So a retried task and a
+    rerun of the pipeline (another run id) find the job by its name and adopt it, and one
+    component run twice in a run (another config or data set: another folder) gets two jobs.
+    With no known output folder, the whole request (the run id included) names it."""
     if req.name:
         name = req.name
     else:
-        if req.run_id:
-            identity: dict[str, Any] = {"run_id": req.run_id, "stage": req.stage}
+        out = output_dir(req, cfg)
+        if out:
+            identity: dict[str, Any] = {"stage": req.stage, "output_dir": out}
         else:
             identity = {f.name: getattr(req, f.name) for f in fields(req)
                         if f.name not in NOT_IDENTITY}
@@ -306,20 +318,37 @@ def job_labels(req: TrainingJob) -> dict[str, str]:
     return labels
 
 
-def job_object_labels(req: TrainingJob) -> dict[str, str]:
-    """The labels of the job object: its pods' (:func:`job_labels`) plus the Kueue queue,
-    which Kueue reads on the job only."""
+def _without_run_id(node: Any) -> Any:
+    """``node`` with the run-id label dropped from every ``labels`` mapping in it."""
+    if isinstance(node, dict):
+        return {k: ({lk: lv for lk, lv in v.items() if lk != LABEL_RUN_ID}
+                    if k == "labels" and isinstance(v, dict) else _without_run_id(v))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_without_run_id(v) for v in node]
+    return node
+
+
+def object_labels(req: TrainingJob) -> dict[str, str]:
+    """The labels of the job object itself: its pods' and the Kueue queue."""
     labels = job_labels(req)
     if req.kueue_queue:
-        labels[KUEUE_QUEUE_LABEL] = req.kueue_queue
+        labels[LABEL_KUEUE_QUEUE] = req.kueue_queue
     return labels
+
+
+def fabric(req: TrainingJob):
+    """The node pool's RDMA fabric when this job uses it (GPU jobs, unless ``fabric=False``)."""
+    pool = get_node_pool(req.node_pool)
+    return pool.fabric if req.fabric and req.gpus_per_node and pool.fabric else None
 
 
 def spec_hash(job: Any) -> str:
     """The hash of what runs (the object's ``spec``): the ``umt/spec-hash`` annotation lets an
-    adopting launcher tell "my job" from a same-named stranger."""
+    adopting launcher tell "my job" from a same-named stranger. The run-id label of its pods
+    is left out: which run follows a job changes nothing in it (a rerun adopts it)."""
     data = job if isinstance(job, dict) else to_dict(job)
-    return short_hash(data.get("spec"))
+    return short_hash(_without_run_id(data.get("spec")))
 
 
 # -- the container -----------------------------------------------------------------------------
@@ -341,7 +370,8 @@ def termination_grace(req: TrainingJob) -> int:
 
 
 def env(req: TrainingJob) -> list[V1EnvVar]:
-    values_ = dict(req.env)
+    net = fabric(req)
+    values_ = {**(net.env if net else {}), **req.env}  # the caller's own values win
     # The trainer checkpoints within the grace (umt.runtime.preemption), torchrun waits for it.
     values_.setdefault(SIGTERM_GRACE_ENV, str(termination_grace(req)))
     values_.setdefault(TORCHRUN_SHUTDOWN_ENV, str(termination_grace(req)))
@@ -379,6 +409,9 @@ def resources(req: TrainingJob) -> V1ResourceRequirements:
     if gpus:
         # Extended resources: requests must equal limits; limits alone imply the request.
         limits[GPU_RESOURCE] = str(gpus)
+    net = fabric(req)
+    if net:
+        limits.update(net.resources)
     return V1ResourceRequirements(requests=requests, limits=limits)
 
 
@@ -450,6 +483,8 @@ def pod_template(req: TrainingJob, labels: dict[str, str],
         security_context=pod_security_context(),
         priority_class_name=req.priority_class,
         termination_grace_period_seconds=termination_grace(req),
+        image_pull_secrets=[V1LocalObjectReference(name=n) for n in req.image_pull_secrets]
+        or None,
     )
     return V1PodTemplateSpec(metadata=V1ObjectMeta(labels=labels,
                                                    annotations=dict(POD_ANNOTATIONS)),

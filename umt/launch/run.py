@@ -23,8 +23,13 @@ runs, and
 * deletes the job and raises :class:`JobStartError` (a ``JobFailedError``) when its pods cannot
   start (image pull or container config errors past ``start_grace`` seconds; unschedulable past
   ``unschedulable_timeout`` if set), so they stop holding nodes,
-* deletes the job and raises :class:`JobCancelledError` when we are cancelled: SIGTERM (KFP
-  terminating the run, ``kubectl delete pod``) or Ctrl-C.
+* when we are signalled (SIGTERM, Ctrl-C): deletes the job and raises
+  :class:`JobCancelledError`, or, with ``run_stopped`` given (a pipeline's launcher), asks it
+  first: a SIGTERM reaches a launcher pod alike when its run is terminated and when only the
+  pod goes (a node drain, an autoscaler scale-down, ``kubectl delete pod``, a retry's
+  deadline). Only a stopped run deletes the job; otherwise (or when the run's state cannot be
+  read) the job keeps training and :class:`JobDetachedError` is raised, so the task ends
+  non-zero and its retry, or a rerun, adopts the job by its name.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from umt import storage
 from umt.launch.backend import (
     CLUSTER,
     JobCancelledError,
+    JobDetachedError,
     JobFailedError,
     JobStartError,
     SummaryError,
@@ -52,7 +58,7 @@ from umt.launch.backend import (
 )
 from umt.launch.detect import resolve
 from umt.launch.request import TrainingJob
-from umt.launch.status import JobStatus
+from umt.launch.status import SUSPENDED, JobStatus
 
 log = logging.getLogger(__name__)
 LOG_TAIL_LINES = 30
@@ -126,6 +132,26 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _report(status: JobStatus) -> None:
+    if status.phase == SUSPENDED:
+        # Someone holds it (spec.suspend): say so, it is not stuck; no timeout runs meanwhile.
+        # A job Kueue holds is Queued, reported by the wait itself (cluster._QueueWatch).
+        log.warning("job %s is suspended (held until it is resumed): %s", status.name,
+                    status.message)
+    else:
+        log.info("job %s: %s %s", status.name, status.phase, status.message)
+
+
+def _asked(run_stopped: Callable[[], bool]) -> bool:
+    """``run_stopped()``, False when it fails: a healthy job is never deleted on a guess (a
+    stopped run's exit task, ``umt job gc`` and the job's deadline still stop it)."""
+    try:
+        return bool(run_stopped())
+    except Exception as e:
+        log.warning("could not tell whether the run was stopped (%s): keeping the job", e)
+        return False
+
+
 def run_training_job(stage: str, config: str | None = None, overrides: Sequence[str] = (), *,
                      nodes: int = 1, gpus_per_node: int = 8, node_pool: str = "gke-a100",
                      backend: str | Any = CLUSTER,
@@ -136,6 +162,7 @@ def run_training_job(stage: str, config: str | None = None, overrides: Sequence[
                      local_workdir: str = "runs/local-jobs", start_grace: float = 600.0,
                      unschedulable_timeout: float | None = None,
                      replace_failed: bool = False,
+                     run_stopped: Callable[[], bool] | None = None,
                      **job_options: Any) -> JobResult:
     """Render, submit-or-adopt, stream, wait, read the summary; raise on failure; delete on
     cancellation.
@@ -150,6 +177,9 @@ def run_training_job(stage: str, config: str | None = None, overrides: Sequence[
     :class:`umt.launch.cluster.KubeJobBackend`.
     ``replace_failed``: a Failed job of the same name (an earlier attempt of this call) is
     deleted and run again instead of its failure being raised again.
+    ``run_stopped``: asked once when we are signalled; True (the enclosing run was stopped on
+    purpose) deletes the job, False leaves it running (:class:`JobDetachedError`). None: a
+    signal always deletes it (``umt job``: Ctrl-C is the user's).
     """
     known = {f.name for f in fields(TrainingJob)}
     unknown = set(job_options) - known
@@ -183,8 +213,7 @@ def run_training_job(stage: str, config: str | None = None, overrides: Sequence[
         pump = LogPump(impl, name, sink)
         pump.start()
         try:
-            status = impl.wait(name, timeout=wait_timeout, on_status=lambda s: log.info(
-                "job %s: %s %s", s.name, s.phase, s.message))
+            status = impl.wait(name, timeout=wait_timeout, on_status=_report)
         except JobStartError as e:
             # Its pods would sit on their nodes (holding GPUs) until someone notices.
             log.error("deleting job %s: its pods cannot start", name)
@@ -205,11 +234,16 @@ def run_training_job(stage: str, config: str | None = None, overrides: Sequence[
                          rendered_yaml_path, getattr(submission, "replaced", False),
                          rendered.output_dir, summary)
     except KeyboardInterrupt:
-        if submitted:
-            log.warning("cancelled: deleting job %s", name)
-            impl.delete(name)
+        if in_main:  # a second SIGTERM must not cut the decision (or the delete) short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if not submitted:
+            raise JobCancelledError("cancelled before the job was submitted") from None
+        if run_stopped is not None and not _asked(run_stopped):
+            log.warning("signalled, but the run was not stopped: leaving job %s running", name)
+            raise JobDetachedError(name) from None
+        log.warning("cancelled: deleting job %s", name)
+        impl.delete(name)
         raise JobCancelledError(f"cancelled while running job {name}; the job was deleted"
-                                if submitted else "cancelled before the job was submitted"
                                 ) from None
     finally:
         if in_main:

@@ -35,7 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 from umt.launch import crd, request
-from umt.launch.images import default_image
+from umt.launch.images import TRAIN_IMAGE, default_image, release_image
 from umt.launch.serialize import to_dict
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
@@ -56,8 +56,11 @@ DEFAULT_SHM = "64Gi"
 def pod_template() -> dict[str, Any]:
     """The node pod as every umt job runs it, without what a job sets itself (placement,
     resources, command)."""
+    # The release tag: a shipped manifest cannot name the commit it is part of, and every
+    # TrainJob names its own image (the trainer's), which replaces this one.
     req = request.TrainingJob(stage="stage1", validate_config=False, gpus_per_node=0,
-                              node_pool="cpu", shm_size=DEFAULT_SHM, s3=None)
+                              node_pool="cpu", shm_size=DEFAULT_SHM, s3=None,
+                              image=release_image(TRAIN_IMAGE), image_pull_secrets=[])
     main = request.container(req, NODE)
     main.command = main.resources = main.env = None  # the TrainJob's trainer brings them
     template = to_dict(request.pod_template(req, {request.LABEL_PART_OF: "umt"}, main))

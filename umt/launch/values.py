@@ -31,6 +31,7 @@ FLAGS = {
     "kueue_queue": "--kueue-queue", "termination_grace_seconds": "--termination-grace",
     "spot": "--spot", "image_pull_policy": "--image-pull-policy",
     "gang_scheduling": "--gang", "clean_pod_policy": "clean_pod_policy",
+    "image_pull_secrets": "--image-pull-secret", "fabric": "--fabric",
 }
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -106,16 +106,24 @@ def _ancestors(task: str) -> set[str]:
     return out
 
 
-def local_retries(package: Path, backoff: str = "1s") -> Path:
-    """A copy of the compiled package whose retries wait ``backoff`` (the compiled 60 s suit a
-    rescheduled pod, not a local process); everything else is the compiled spec."""
+def local_package(package: Path, backoff: str = "1s") -> Path:
+    """A copy of the compiled package for kfp.local: retries wait ``backoff`` (the compiled
+    60 s suit a rescheduled pod, not a local process), and every task names the release image
+    (tasks run as local processes, so no image is used; the compiled ``<version>-<sha>`` tag
+    would make every commit a cache miss of every task). Everything else is the compiled
+    spec."""
     import yaml
+
+    from umt.launch.images import LAUNCHER_IMAGE, release_image
 
     docs = list(yaml.safe_load_all(package.read_text()))
     for comp in [docs[0]["root"], *docs[0].get("components", {}).values()]:
         for task in (comp.get("dag", {}).get("tasks") or {}).values():
             if "retryPolicy" in task:
                 task["retryPolicy"]["backoffDuration"] = backoff
+    for executor in docs[0].get("deploymentSpec", {}).get("executors", {}).values():
+        if "container" in executor:
+            executor["container"]["image"] = release_image(LAUNCHER_IMAGE)
     out = package.with_name(package.stem + "-local.yaml")
     out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     return out
@@ -378,8 +386,8 @@ def run_local(pipeline_file: str, items: Sequence[str] = (), *, workdir: str = "
         raise loader.PipelineError(f"pipeline {name} needs {', '.join(missing)}: pass them as "
                                    "name=value")
     out.write(f"pipeline {name}: compiled to {package}\nlocal settings:\n")
-    package = local_retries(package)
-    out.write(f"  retries wait 1 s here, not the compiled 60 s ({package.name})\n")
+    package = local_package(package)
+    out.write(f"  retries wait 1 s here, not the compiled 60 s; images unused ({package.name})\n")
     for key, value, why in chosen:
         out.write(f"  {key}={_shown(value)}    ({why})\n")
     for key, value in given.items():

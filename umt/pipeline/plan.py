@@ -9,8 +9,11 @@ therefore never live under it)::
     <output_prefix>/<stage>-<config hash>/            one training or evaluation job
 
 The hash is of the stage's fully resolved config (preset <- overrides, data, and what it starts
-from), without ``train.output_dir``: the same training always gets the same folder, a changed
-one a new folder. Hardware (nodes, GPUs) is not part of it: rerunning on more nodes resumes.
+from), without ``train.output_dir``, and of the content fingerprint of its data
+(``umt.pipeline.fingerprint``; a parent checkpoint given by URI carries its own in its
+identity): the same training always gets the same folder, a changed one -- new data under the
+same path included -- a new folder. Hardware (nodes, GPUs) is not part of it: rerunning on
+more nodes resumes. The dataset folder likewise hashes its input's fingerprint.
 
 No kfp here (nor anywhere a training process imports).
 """
@@ -183,9 +186,11 @@ class StepPlan:
 
 def plan_step(stage: str, model_size: str, output_prefix: str, *, data: str, parent: str = "",
               steps: int = 0, batch_size: int = 0, num_frames: int = 0,
-              extra: Sequence[str] = (), trains: bool = True) -> StepPlan:
+              extra: Sequence[str] = (), trains: bool = True,
+              data_fingerprint: str = "") -> StepPlan:
     """Plan one stage. ``parent`` is the identity of the model it starts from: the parent's
-    output folder when the pipeline trained it, or the checkpoint URI it was given.
+    output folder when the pipeline trained it, or the checkpoint it was given
+    (:func:`checkpoint_identity`). ``data_fingerprint``: the content fingerprint of ``data``.
 
     ``steps``/``batch_size``/``num_frames`` of 0 keep the preset's values; evaluations
     (``trains=False``) take neither steps nor a batch size from the pipeline.
@@ -209,18 +214,31 @@ def plan_step(stage: str, model_size: str, output_prefix: str, *, data: str, par
     resolved = validate_stage_config(stage, config, hashed)
     from umt.configs import to_yaml
 
-    digest = short_hash({"stage": stage, "config": to_yaml(resolved)})
+    key = {"stage": stage, "config": to_yaml(resolved)}
+    if data_fingerprint:
+        key["data_fingerprint"] = data_fingerprint
+    digest = short_hash(key)
     output_dir = storage.join(output_prefix, f"{stage}-{digest}")
     return StepPlan(stage, config, overrides, parent, output_dir, digest, resolved)
 
 
+def checkpoint_identity(checkpoint: str, fingerprint: str = "") -> str:
+    """What a child's plan hashes for a parent checkpoint given by URI: the URI and, when
+    known, its content fingerprint (a checkpoint replaced in place is another parent)."""
+    return f"{checkpoint}#{fingerprint}" if fingerprint else checkpoint
+
+
 def dataset_dir(output_prefix: str, input_videos: str, *, samples_per_shard: int,
-                short_side: int, classes: str = "") -> str:
-    """Where ``shard_videos`` writes: named after the input, keyed by the settings."""
+                short_side: int, classes: str = "", fingerprint: str = "") -> str:
+    """Where ``shard_videos`` writes: named after the input, keyed by the settings and the
+    input's content fingerprint."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-",
                   input_videos.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]).strip("-.")
-    digest = short_hash({"input": input_videos, "samples_per_shard": samples_per_shard,
-                         "short_side": short_side, "classes": classes})
+    key = {"input": input_videos, "samples_per_shard": samples_per_shard,
+           "short_side": short_side, "classes": classes}
+    if fingerprint:
+        key["fingerprint"] = fingerprint
+    digest = short_hash(key)
     return storage.join(output_prefix, "datasets", f"{name or 'videos'}-{digest}")
 
 

@@ -111,13 +111,19 @@ def dataset_metadata(info: Any, uri: str) -> dict[str, Any]:
 
 
 def shard(input_videos: str, existing_dataset: str, output_prefix: str, *, classes: str = "",
-          samples_per_shard: int = 1000, short_side: int = 320, dataset: Any) -> dict[str, Any]:
+          samples_per_shard: int = 1000, short_side: int = 320, fingerprint: str = "",
+          dataset: Any) -> dict[str, Any]:
     """Shard ``input_videos`` under ``<output_prefix>/datasets/`` (resuming verified shards),
-    or describe ``existing_dataset``; write the Dataset artifact."""
+    or describe ``existing_dataset``; write the Dataset artifact. ``fingerprint``: the
+    content fingerprint of the input (``validate``'s; "" = computed here), part of the shard
+    folder and of the artifact's metadata, which the training steps' folders hash."""
     from umt.data import dataset_json
     from umt.data.manifest import read_classes
     from umt.data.shard import available_cpus, shard_dataset
     from umt.data.transcode import TranscodeSettings
+    from umt.pipeline.fingerprint import fingerprint as content_fingerprint
+
+    fingerprint = fingerprint or content_fingerprint(existing_dataset or input_videos)
 
     if existing_dataset:
         uri = existing_dataset
@@ -130,7 +136,7 @@ def shard(input_videos: str, existing_dataset: str, output_prefix: str, *, class
                              "or existing_dataset (a dataset.json)")
         out = planning.dataset_dir(output_prefix, input_videos,
                                    samples_per_shard=samples_per_shard, short_side=short_side,
-                                   classes=classes)
+                                   classes=classes, fingerprint=fingerprint)
         print(f"sharding {input_videos} -> {out}")
         info = shard_dataset(input_videos, out, TranscodeSettings(short_side=short_side),
                              samples_per_shard=samples_per_shard, workers=available_cpus(),
@@ -142,7 +148,7 @@ def shard(input_videos: str, existing_dataset: str, output_prefix: str, *, class
     body = info.to_dict()
     for entry, absolute in zip(body["shards"], info.shard_uris()):
         entry["uri"] = absolute
-    meta = dataset_metadata(info, uri)
+    meta = {**dataset_metadata(info, uri), "fingerprint": fingerprint}
     write_json(dataset, body, meta)
     return meta
 
@@ -214,23 +220,34 @@ def read_history(output_dir: str) -> list[dict[str, Any]]:
 
 def launch(step: planning.StepPlan, checkpoint: str, *, nodes: int, gpus_per_node: int,
            node_pool: str, image: str, s3_secret: str, job_yaml: str,
-           job_backend: str = "cluster") -> tuple[Any, float]:
-    """Run the planned job to the end (cluster or local executor); (JobResult, seconds)."""
+           job_backend: str = "cluster", kueue_queue: str = "", priority_class: str = "",
+           job_namespace: str = "") -> tuple[Any, float]:
+    """Run the planned job to the end (cluster or local executor); (JobResult, seconds).
+    ``job_backend``: the kind of job; ``kueue_queue``, ``priority_class``, ``job_namespace``:
+    the platform's ("" = none / the pipeline's namespace)."""
     from umt.launch import JobFailedError, S3Credentials, run_training_job
+    from umt.launch.backend import shares_filesystem
+    from umt.pipeline.run_state import stop_jobs_on_signal
 
     rid = run_id()
     _check_failure_marker(step.output_dir, rid)
+    backend = planning.job_backend(job_backend)
     started = time.monotonic()
     try:
         # The plan loaded the config already (with the parent's identity where the job gets
         # its checkpoint URI, and output_uri where the job gets its folder): not again.
         result = run_training_job(
             step.stage, step.config, step.job_overrides(checkpoint), nodes=nodes,
-            gpus_per_node=gpus_per_node, node_pool=node_pool,
-            backend=planning.job_backend(job_backend),
+            gpus_per_node=gpus_per_node, node_pool=node_pool, backend=backend,
             output_uri=step.output_dir, run_id=rid or None, rendered_yaml_path=job_yaml,
             image=image or None, s3=S3Credentials(secret=s3_secret) if s3_secret else None,
-            local_workdir=planning.local_jobs_dir(), resolved=step.resolved)
+            local_workdir=planning.local_jobs_dir(), resolved=step.resolved,
+            kueue_queue=kueue_queue or None, priority_class=priority_class or None,
+            namespace=job_namespace or None,
+            # A SIGTERM stops a cluster job only when the run was stopped, not when just this
+            # pod goes (drain, scale-down): the retry or a rerun adopts the job. Local jobs
+            # are this process's children and end with it either way.
+            run_stopped=None if shares_filesystem(backend) else stop_jobs_on_signal)
     except JobFailedError as e:
         if getattr(e, "permanent", True):
             _write_failure_marker(step.output_dir, rid, e.status.name, str(e))
@@ -266,14 +283,20 @@ def parent_model(parent: Any, what: str) -> dict[str, Any]:
 def train(stage: str, *, dataset: Any, parent: Any = None, enabled: bool = True,
           model_size: str, steps: int = 0, batch_size: int = 0, num_frames: int = 0,
           overrides: Sequence[str] = (), existing_checkpoint: str = "", train_data: str = "",
+          data_fingerprint: str = "", checkpoint_fingerprints: dict[str, str] | None = None,
           output_prefix: str, nodes: int, gpus_per_node: int, node_pool: str, image: str = "",
-          s3_secret: str = "umt-s3", job_backend: str = "cluster", model: Any, metrics: Any,
+          s3_secret: str = "umt-s3", job_backend: str = "cluster", kueue_queue: str = "",
+          priority_class: str = "", job_namespace: str = "", model: Any, metrics: Any,
           job: Any) -> dict[str, Any]:
-    """One training stage from ``dataset`` (or ``train_data``) and ``parent``'s checkpoint."""
+    """One training stage from ``dataset`` (or ``train_data``, whose content fingerprint is
+    ``data_fingerprint``) and ``parent``'s checkpoint (or ``existing_checkpoint``, whose
+    fingerprint is ``checkpoint_fingerprints[stage]``)."""
     if not enabled:
         skip(f"{stage} is disabled by a pipeline parameter", model, metrics, job)
         return {"skipped": True}
     data = train_data or read_metadata(dataset)["dataset_json"]
+    if not train_data:
+        data_fingerprint = read_metadata(dataset).get("fingerprint", "")
     if existing_checkpoint:
         if not storage.exists(existing_checkpoint):
             raise FileNotFoundError(f"existing checkpoint {existing_checkpoint} does not exist")
@@ -284,6 +307,9 @@ def train(stage: str, *, dataset: Any, parent: Any = None, enabled: bool = True,
             step = planning.StepPlan(stage, "", [], "", "", "")
         meta = _model_metadata(step, checkpoint=existing_checkpoint, summary={}, data=data,
                                parent_checkpoint="", provided=True)
+        # A child's folder hashes this: the URI and what is there now.
+        meta["identity"] = planning.checkpoint_identity(
+            existing_checkpoint, (checkpoint_fingerprints or {}).get(stage, ""))
         write_json(model, meta, meta)
         log_metrics(metrics, {}, stage=stage)
         write_text(job, f"# no job: {stage} starts from the existing checkpoint "
@@ -293,12 +319,15 @@ def train(stage: str, *, dataset: Any, parent: Any = None, enabled: bool = True,
     parent_meta = parent_model(parent, stage)
     step = planning.plan_step(stage, model_size, output_prefix, data=data,
                               parent=parent_meta.get("identity", ""), steps=steps,
-                              batch_size=batch_size, num_frames=num_frames, extra=overrides)
+                              batch_size=batch_size, num_frames=num_frames, extra=overrides,
+                              data_fingerprint=data_fingerprint)
     print(f"{stage}: preset {step.config}, output {step.output_dir}\n  overrides: "
           + " ".join(step.job_overrides(parent_meta.get("checkpoint", ""))))
     result, measured = launch(step, parent_meta.get("checkpoint", ""), nodes=nodes,
                               gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
-                              s3_secret=s3_secret, job_yaml=job.path, job_backend=job_backend)
+                              s3_secret=s3_secret, job_yaml=job.path, job_backend=job_backend,
+                              kueue_queue=kueue_queue,
+                              priority_class=priority_class, job_namespace=job_namespace)
     summary = read_summary(result, step.output_dir)
     if not summary.get("checkpoint"):
         raise RuntimeError(f"{stage} succeeded but {step.output_dir}/summary.json names no "
@@ -324,12 +353,16 @@ def train(stage: str, *, dataset: Any, parent: Any = None, enabled: bool = True,
 
 
 def finetune(task: str, *, tasks: Sequence[str] = (planning.ALL_TASKS,),
-             task_data: dict[str, str] | None = None, **kwargs: Any) -> dict[str, Any]:
+             task_data: dict[str, str] | None = None,
+             task_data_fingerprints: dict[str, str] | None = None,
+             **kwargs: Any) -> dict[str, Any]:
     """The fine-tune of ``task`` (the catalogue's): skipped unless ``task`` is in ``tasks``;
     its data is ``task_data["<task>_train"]`` or the pipeline's dataset."""
     stage = _task_stage(task, catalogue.finetune_of, "fine-tune")
+    key = planning.task_data_key(stage)
     return train(stage.name, enabled=planning.task_enabled(stage, tasks),
-                 train_data=(task_data or {}).get(planning.task_data_key(stage), ""), **kwargs)
+                 train_data=(task_data or {}).get(key, ""),
+                 data_fingerprint=(task_data_fingerprints or {}).get(key, ""), **kwargs)
 
 
 def _task_stage(task: str, lookup: Any, what: str) -> catalogue.Stage:
@@ -390,10 +423,13 @@ def confusion_subset(matrix: list[list[float]], names: list[str],
 
 
 def evaluate(task: str, *, model: Any, dataset: Any, tasks: Sequence[str] = (planning.ALL_TASKS,),
-             task_data: dict[str, str] | None = None, model_size: str, num_frames: int = 0,
+             task_data: dict[str, str] | None = None,
+             task_data_fingerprints: dict[str, str] | None = None, model_size: str,
+             num_frames: int = 0,
              overrides: Sequence[str] = (), output_prefix: str, nodes: int, gpus_per_node: int,
              node_pool: str, image: str = "", s3_secret: str = "umt-s3",
-             job_backend: str = "cluster", metrics: Any, confusion: Any,
+             job_backend: str = "cluster", kueue_queue: str = "", priority_class: str = "",
+             job_namespace: str = "", metrics: Any, confusion: Any,
              job: Any) -> dict[str, Any]:
     """Evaluate ``model`` on ``task`` (the catalogue's evaluation of it) as a job; skipped
     unless ``task`` is in ``tasks``; data: ``task_data["<task>_eval"]`` or the dataset."""
@@ -403,15 +439,21 @@ def evaluate(task: str, *, model: Any, dataset: Any, tasks: Sequence[str] = (pla
         skip(f"{stage} is disabled by a pipeline parameter", metrics, confusion, job)
         return {"skipped": True}
     parent = parent_model(model, stage)
-    data = ((task_data or {}).get(planning.task_data_key(entry))
-            or read_metadata(dataset)["dataset_json"])
+    key = planning.task_data_key(entry)
+    if (task_data or {}).get(key):
+        data, data_fingerprint = task_data[key], (task_data_fingerprints or {}).get(key, "")
+    else:
+        meta = read_metadata(dataset)
+        data, data_fingerprint = meta["dataset_json"], meta.get("fingerprint", "")
     step = planning.plan_step(stage, model_size, output_prefix, data=data,
                               parent=parent["identity"], num_frames=num_frames, extra=overrides,
-                              trains=False)
+                              trains=False, data_fingerprint=data_fingerprint)
     print(f"{stage}: {parent['checkpoint']} on {data}, output {step.output_dir}")
     result, seconds = launch(step, parent["checkpoint"], nodes=nodes,
                              gpus_per_node=gpus_per_node, node_pool=node_pool, image=image,
-                             s3_secret=s3_secret, job_yaml=job.path, job_backend=job_backend)
+                             s3_secret=s3_secret, job_yaml=job.path, job_backend=job_backend,
+                              kueue_queue=kueue_queue,
+                             priority_class=priority_class, job_namespace=job_namespace)
     full = read_eval_metrics(step.output_dir)
     # The Metrics artifact gets the headline numbers of the job's summary (stable names such as
     # top1, t2v_r1), or all numbers of metrics.json when it names none.
@@ -438,10 +480,23 @@ def evaluate(task: str, *, model: Any, dataset: Any, tasks: Sequence[str] = (pla
 
 
 # -- the end -----------------------------------------------------------------------------------
-def cleanup(state: str = "", error: str = "", job_backend: str = "cluster") -> str:
-    """Exit handler: delete the run's jobs that are still running (a failed or terminated run
-    would otherwise leave them holding GPUs). Local jobs are processes of their launcher tasks
-    and end with them, so there is nothing to do locally."""
+def cleanup(state: str = "", error: str = "", job_backend: str = "cluster",
+            job_namespace: str = "") -> str:
+    """Exit handler: stop the run's unfinished jobs when the run was stopped on purpose.
+
+    Whether it was is read from the run's own Workflow (:mod:`umt.pipeline.run_state`):
+
+    * stopped (KFP's Terminate, ``argo stop``, the run's deadline, the run deleted): every
+      unfinished job of the run is deleted -- nothing follows them any more;
+    * not stopped (the run failed): the jobs still running are ones whose launcher pod was
+      lost (a drain, a deleted pod: Argo retries neither an ``Error`` node nor an attempt past
+      its retry window), healthy: they are kept, and a rerun adopts them by their names;
+    * unknown (the Workflow cannot be read): deleted, as GPUs are dearer than a resume.
+
+    Local jobs are processes of their launcher tasks and end with them: nothing to do."""
+    from umt.launch.gc import delete_run_jobs, unfinished_run_jobs
+    from umt.pipeline.run_state import read_run_state
+
     rid = run_id()
     print(f"pipeline finished: {state or 'unknown'}{' (' + error + ')' if error else ''}")
     from umt.launch.backend import shares_filesystem
@@ -451,9 +506,16 @@ def cleanup(state: str = "", error: str = "", job_backend: str = "cluster") -> s
         return "local run: every job ended with its task"
     if not rid:
         return "no KFP_RUN_ID in the environment: nothing to clean up"
-    from umt.launch.gc import delete_run_jobs
-
-    deleted = delete_run_jobs(rid, backend=backend)
+    run = read_run_state(timeout=30.0)
+    print(f"run {rid} is {run.state}: {run.reason}")
+    if run.state == "running":
+        kept = unfinished_run_jobs(rid, namespace=job_namespace or None,
+                                   backend=backend)
+        return (f"the run was not stopped: kept {len(kept)} unfinished jobs of run {rid}"
+                + (f" ({', '.join(kept)}: their launchers were lost; rerun the pipeline to "
+                   f"adopt them, or `umt job gc --run-id {rid}` to stop them)" if kept else ""))
+    deleted = delete_run_jobs(rid, namespace=job_namespace or None,
+                              backend=backend)
     return (f"deleted {len(deleted)} unfinished jobs of run {rid}"
             + (f": {', '.join(deleted)}" if deleted else ""))
 

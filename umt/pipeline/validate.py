@@ -26,6 +26,29 @@ from typing import Any, Sequence
 from umt import catalogue, storage
 from umt.pipeline import plan as planning
 
+# The pipelines' default output_prefix names this bucket: not a valid S3 bucket name (capitals,
+# underscores), so nobody owns it and a forgotten setting fails here, not in a stranger's bucket.
+PLACEHOLDER_BUCKET = "EDIT_ME_BUCKET"
+
+# What the pipeline's own pods reference for S3 credentials when there is no Secret (IRSA,
+# workload identity): a valid name that no Secret has. The reference is optional, so it sets
+# nothing and boto3 / KFP's launcher use the pod's identity; an empty name would make pods the
+# API server refuses (the KFP driver copies it into secretKeyRef.name).
+NO_SECRET = "umt-no-s3-secret"
+
+
+def secret_reference(s3_secret: str) -> str:
+    """The Secret name the pipeline's pods reference for ``s3_secret`` ("" -> ``NO_SECRET``);
+    ValueError for a name no Secret can have."""
+    from umt.launch.values import Problems
+
+    if not s3_secret:
+        return NO_SECRET
+    p = Problems()
+    p.dns_subdomain("s3", s3_secret)
+    p.raise_if_any()
+    return s3_secret
+
 
 @dataclass
 class Settings:
@@ -64,6 +87,9 @@ class Settings:
     image: str = ""
     s3_secret: str = "umt-s3"
     job_backend: str = "cluster"  # cluster | trainjob | pytorchjob (planning.JOB_KINDS)
+    kueue_queue: str = ""
+    priority_class: str = ""
+    job_namespace: str = ""
 
     def steps_of(self, stage: catalogue.Stage) -> int:
         """The pipeline's step count for a training stage (``<stage>_steps`` or
@@ -87,6 +113,34 @@ class Settings:
         if not stage.task:
             return default
         return self.task_data.get(planning.task_data_key(stage)) or default
+
+
+def fingerprints(s: Settings) -> dict[str, Any]:
+    """The content fingerprints of what the run is given (``umt.pipeline.fingerprint``):
+    ``data`` (input_videos or existing_dataset), ``checkpoints`` (by stage), ``task_data``
+    (by key). An input that cannot be read gets "" (its own check reports it)."""
+    from umt.pipeline.fingerprint import fingerprint
+
+    def safe(uri: str) -> str:
+        try:
+            return fingerprint(uri)
+        except Exception:
+            return ""
+
+    return {"data": safe(s.existing_dataset or s.input_videos),
+            "checkpoints": {st.name: safe(s.existing_checkpoint(st))
+                            for st in catalogue.pretraining() if s.existing_checkpoint(st)},
+            "task_data": {k: safe(uri) for k, uri in sorted(s.task_data.items()) if uri}}
+
+
+def data_fingerprint(stage: catalogue.Stage, prints: dict[str, Any], dataset_print: str,
+                     task_data: dict[str, str]) -> str:
+    """The fingerprint of the data ``stage`` reads: its ``task_data`` entry's, else the
+    dataset's (what :meth:`Settings.data_of` picks)."""
+    key = planning.task_data_key(stage) if stage.task else ""
+    if key and task_data.get(key):
+        return (prints.get("task_data") or {}).get(key, "")
+    return dataset_print
 
 
 def not_run(s: Settings) -> dict[str, str]:
@@ -164,7 +218,9 @@ def _render(step: planning.StepPlan, s: Settings, nodes: int, backend: str) -> s
                       image=s.image or None, run_id=os.environ.get("KFP_RUN_ID") or None,
                       output_uri=step.output_dir,
                       s3=S3Credentials(secret=s.s3_secret) if s.s3_secret else None,
-                      allow_local_output=shares_filesystem(backend), resolved=step.resolved)
+                      allow_local_output=shares_filesystem(backend), resolved=step.resolved,
+                      kueue_queue=s.kueue_queue or None, priority_class=s.priority_class or None,
+                      namespace=s.job_namespace or None)
     return render_job_yaml(req, backend)
 
 
@@ -206,6 +262,9 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
     unknown = set(s.task_data) - data_keys
     if unknown:
         p.add(f"task_data: unknown keys {sorted(unknown)} (known: {', '.join(sorted(data_keys))})")
+    if PLACEHOLDER_BUCKET in s.output_prefix:
+        p.add(f"output_prefix={s.output_prefix!r} is the placeholder default: set it to a "
+              "prefix of your own bucket (s3://<bucket>/<prefix>)")
     if on_cluster and not storage.is_s3(s.output_prefix):
         p.add(f"output_prefix={s.output_prefix!r} must be an s3:// prefix on a cluster: each "
               "training pod has its own filesystem")
@@ -226,7 +285,8 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
             p.add(f"{stage.name} needs the {parent.title} model: set "
                   f"existing_{parent.name}_checkpoint")
 
-    # Data.
+    # Data, and what it contains (so a changed file under the same path is a new run).
+    prints = fingerprints(s)
     if s.existing_dataset and s.input_videos:
         p.add("set input_videos or existing_dataset, not both")
     if s.existing_dataset:
@@ -238,7 +298,8 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
             p.exists(f"classes {s.classes}", storage.exists, s.classes)
         data = storage.join(planning.dataset_dir(
             s.output_prefix, s.input_videos, samples_per_shard=s.samples_per_shard,
-            short_side=s.short_side, classes=s.classes), dataset_json.FILENAME)
+            short_side=s.short_side, classes=s.classes, fingerprint=prints["data"]),
+            dataset_json.FILENAME)
     else:
         p.add("no data: set input_videos (a manifest, folder or s3:// prefix of videos) or "
               "existing_dataset (a dataset.json written by `umt shard`)")
@@ -255,7 +316,8 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
     steps: dict[str, dict[str, Any]] = {}
     provided = {st.name: s.existing_checkpoint(st) for st in catalogue.pretraining()
                 if s.existing_checkpoint(st)}
-    identity: dict[str, str] = dict(provided)
+    identity = {name: planning.checkpoint_identity(uri, prints["checkpoints"].get(name, ""))
+                for name, uri in provided.items()}
     for stage in catalogue.STAGES.values():
         if not enabled[stage.name] or s.model_size not in planning.MODEL_SIZES:
             continue
@@ -264,7 +326,9 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
                        s.output_prefix, data=s.data_of(stage, data),
                        parent=identity.get(stage.parent, ""), steps=s.steps_of(stage),
                        batch_size=s.batch_size, num_frames=s.num_frames,
-                       extra=s.overrides_of(stage), trains=stage.trains)
+                       extra=s.overrides_of(stage), trains=stage.trains,
+                       data_fingerprint=data_fingerprint(stage, prints, prints["data"],
+                                                         s.task_data))
         if step is None:
             continue
         identity[stage.name] = step.output_dir
@@ -292,11 +356,14 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
         raise InvalidPipelineSettings(p.items)
     skipped = {k: why for k, why in not_run(s).items() if k not in provided}
     return {"backend": backend, "dataset": data, "steps": steps, "provided": provided,
-            "skipped": skipped, "warnings": warnings}
+            "skipped": skipped, "warnings": warnings, "fingerprints": prints}
 
 
-def validate_step(params: dict[str, Any], plan: Any) -> dict[str, Any]:
-    """The ``validate`` component's body: its parameters (by name) in, the plan artifact out."""
+def validate_step(params: dict[str, Any], plan: Any) -> tuple[str, dict, dict]:
+    """The ``validate`` component's body: its parameters (by name) in, the plan artifact out,
+    and the content fingerprints the later tasks take as parameters (so their cache keys and
+    folders change with the content): the data's, the given checkpoints' (by stage), the
+    task data's (by key)."""
     from umt.pipeline.steps import write_json
 
     result = validate(Settings(**params))
@@ -310,4 +377,7 @@ def validate_step(params: dict[str, Any], plan: Any) -> dict[str, Any]:
         print(f"warning: {warning}")
     write_json(plan, result, {"backend": result["backend"], "dataset": result["dataset"],
                               "jobs": sorted(result["steps"]), "skipped": result["skipped"]})
-    return result
+    prints = result["fingerprints"]
+    for what, value in prints.items():
+        print(f"fingerprint of {what}: {value}")
+    return prints["data"], prints["checkpoints"], prints["task_data"]

@@ -116,7 +116,7 @@ def render_pytorchjob(req: TrainingJob, *, validate: bool = True) -> RenderedJob
     :class:`InvalidJobError`) on bad input."""
     cfg = request.resolved_config(req)
     request.check_shared_output(req, cfg)
-    name = request.job_name(req)
+    name = request.job_name(req, cfg)
     labels = request.job_labels(req)
     template = request.pod_template(req, labels, request.container(
         req, CONTAINER, [V1ContainerPort(name=PORT_NAME, container_port=PORT)]))
@@ -139,7 +139,7 @@ def render_pytorchjob(req: TrainingJob, *, validate: bool = True) -> RenderedJob
         api_version=API_VERSION,
         kind=KIND,
         metadata=V1ObjectMeta(name=name, namespace=req.namespace,
-                              labels=request.job_object_labels(req),
+                              labels=request.object_labels(req),
                               annotations=dict(req.annotations) or None),
         spec=KubeflowOrgV1PyTorchJobSpec(
             nproc_per_node=str(req.nproc),

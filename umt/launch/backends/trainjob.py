@@ -160,7 +160,7 @@ def render_trainjob(req: TrainingJob, *, validate: bool = True) -> RenderedJob:
         api_version=API_VERSION,
         kind=KIND,
         metadata={"name": name, "namespace": req.namespace,
-                  "labels": request.job_object_labels(req),
+                  "labels": request.object_labels(req),
                   "annotations": dict(req.annotations) or None},
         spec=TrainerV1alpha1TrainJobSpec(
             runtime_ref=TrainerV1alpha1RuntimeRef(
