@@ -6,6 +6,8 @@ README.md). Regenerate the YAML files with ``python -m components``.
 from components.cleanup.component import cleanup
 from components.evaluate.component import evaluate
 from components.finetune.component import finetune
+from components.merge_shards.component import merge_shards
+from components.plan_shards.component import plan_shards
 from components.pretrain_stage1.component import pretrain_stage1
 from components.pretrain_stage2.component import pretrain_stage2
 from components.report.component import report
@@ -14,8 +16,10 @@ from components.validate.component import validate
 
 # step folder -> component, in DAG order
 COMPONENTS = {
+    "plan_shards": plan_shards,
     "validate": validate,
     "shard_videos": shard_videos,
+    "merge_shards": merge_shards,
     "pretrain_stage1": pretrain_stage1,
     "pretrain_stage2": pretrain_stage2,
     "finetune": finetune,

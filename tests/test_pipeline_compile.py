@@ -100,18 +100,19 @@ def test_full_dag_edges(full):
     spec, _, _ = full
     tasks = all_tasks(spec)
     deps = {k: set(t.get("dependentTasks", [])) for k, t in tasks.items()}
-    assert deps["validate"] == set()
-    assert deps["shard-videos"] == {"validate"}
-    assert deps["pretrain-stage1"] == {"shard-videos"}
-    assert deps["pretrain-stage2"] == {"shard-videos", "pretrain-stage1"}
+    assert deps["plan-shards"] == set() and deps["validate"] == {"plan-shards"}
+    assert deps["shard-videos"] == set()  # inside the loop, which runs after validate
+    assert deps["merge-shards"] == {"for-loop-2", "plan-shards"}
+    assert deps["pretrain-stage1"] == {"merge-shards"}
+    assert deps["pretrain-stage2"] == {"merge-shards", "pretrain-stage1"}
     def task_of(key: str) -> str:
         return tasks[key]["inputs"]["parameters"]["task"]["runtimeValue"]["constant"]
 
     tuned = {task_of(k): k for k in tasks if k.startswith("finetune")}
     assert set(tuned) == {"action", "retrieval", "qa"}
-    assert deps[tuned["action"]] == {"shard-videos", "pretrain-stage1"}
-    assert deps[tuned["retrieval"]] == {"shard-videos", "pretrain-stage2"}
-    assert deps[tuned["qa"]] == {"shard-videos", "pretrain-stage2"}
+    assert deps[tuned["action"]] == {"merge-shards", "pretrain-stage1"}
+    assert deps[tuned["retrieval"]] == {"merge-shards", "pretrain-stage2"}
+    assert deps[tuned["qa"]] == {"merge-shards", "pretrain-stage2"}
     evaluated = {task_of(k):
                  tasks[k]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"]
                  for k in tasks if k.startswith("evaluate")}
@@ -120,13 +121,44 @@ def test_full_dag_edges(full):
     # The report reads the plan (validate's) and runs after every step it reports on.
     assert tasks["report"]["inputs"]["artifacts"]["plan"]["taskOutputArtifact"] == {
         "producerTask": "validate", "outputArtifactKey": "plan"}
-    assert deps["report"] == {"validate", "shard-videos", "pretrain-stage1", "pretrain-stage2",
+    assert deps["report"] == {"validate", "merge-shards", "pretrain-stage1", "pretrain-stage2",
                               *tuned.values(), *(k for k in tasks if k.startswith("evaluate"))}
     # The exit handler runs after the whole body, whatever happened.
     root = spec["root"]["dag"]["tasks"]
     assert root["cleanup"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     assert root["cleanup"]["dependentTasks"] == ["exit-handler-1"]
     assert "taskFinalStatus" in root["cleanup"]["inputs"]["parameters"]["status"]
+
+
+def test_full_shards_in_a_parallel_for_then_merges(full):
+    """plan-shards (never cached) -> ParallelFor over its parts (bounded parallelism) of
+    shard-videos, each part cached and retried on its own -> merge-shards -> the one Dataset."""
+    spec, _, _ = full
+    body = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    (loop_key,) = [k for k, t in body.items() if "parameterIterator" in t]
+    loop = body[loop_key]
+    assert loop_key == "for-loop-2" and set(loop["dependentTasks"]) == {"plan-shards", "validate"}
+    assert loop["iteratorPolicy"] == {"parallelismLimit": 16}
+    assert loop["inputs"]["parameters"]["pipelinechannel--plan-shards-Output"][
+        "taskOutputParameter"] == {"producerTask": "plan-shards", "outputParameterKey": "Output"}
+    (inner,) = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"].values()
+    assert inner["componentRef"]["name"] == "comp-shard-videos"
+    args = inner["inputs"]["parameters"]
+    for name, field in (("part", "part"), ("num_parts", "num_parts"),
+                        ("input_fingerprint", "fingerprint")):
+        assert args[name]["parameterExpressionSelector"] == f'parseJson(string_value)["{field}"]'
+    assert inner["cachingOptions"] == {"enableCache": True}
+    assert inner["retryPolicy"]["maxRetryCount"] == 2
+    # The content fingerprint reaches every cache key that depends on the data.
+    assert body["plan-shards"].get("cachingOptions", {}).get("enableCache") is not True
+    for task in ("validate", "merge-shards"):
+        assert body[task]["inputs"]["parameters"]["shard_plan"]["taskOutputParameter"] == {
+            "producerTask": "plan-shards", "outputParameterKey": "Output"}
+    params = parameters(spec)
+    assert params["shard_parts"]["type"] == "NUMBER_INTEGER" and params["shard_parts"]["default"] == 1
+    for key in ("pretrain-stage1", "pretrain-stage2", "report"):
+        assert body[key]["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"] == {
+            "producerTask": "merge-shards", "outputArtifactKey": "dataset"}
 
 
 def test_full_artifact_types(full):
@@ -137,7 +169,8 @@ def test_full_artifact_types(full):
         return {k: v["artifactType"]["schemaTitle"]
                 for k, v in comps[comp]["outputDefinitions"]["artifacts"].items()}
 
-    assert outputs("comp-shard-videos") == {"dataset": "system.Dataset"}
+    assert outputs("comp-shard-videos") == outputs("comp-merge-shards") == {
+        "dataset": "system.Dataset"}
     for comp in ("comp-pretrain-stage1", "comp-pretrain-stage2", "comp-finetune"):
         assert outputs(comp) == {"model": "system.Model", "metrics": "system.Metrics",
                                  "job": "system.Artifact"}
@@ -266,6 +299,7 @@ def test_caching_on_everywhere_but_the_exit_task_and_retries_on_launchers(tmp_pa
         spec, _, _ = compiled(name, tmp_path)
         for key, task in all_tasks(spec).items():
             cached = task.get("cachingOptions", {}).get("enableCache", False)
-            assert cached == (key != "cleanup"), f"{name}: caching of {key}"
+            # plan-shards reads the manifest's content: a cached one would hide an edit.
+            assert cached == (key not in ("cleanup", "plan-shards")), f"{name}: caching of {key}"
             if key in LAUNCHERS:
                 assert task.get("retryPolicy", {}).get("maxRetryCount", 0) >= 1, key

@@ -14,11 +14,17 @@ def shard_videos(
     classes: str = "",
     samples_per_shard: int = 1000,
     short_side: int = 320,
+    part: int = 0,
+    num_parts: int = 1,
+    input_fingerprint: str = "",
 ):
     """Validates, transcodes and shards videos to WebDataset; resumes verified shards.
 
     The shards go to <output_prefix>/datasets/<input>-<hash>/ (never through KFP's artifact
-    store); the Dataset artifact is the small dataset.json with counts in its metadata.
+    store); the Dataset artifact is the small dataset.json with counts in its metadata. With
+    num_parts > 1 only part `part` of the inputs (by a hash of each input's id) goes to its
+    part-IIIII-of-NNNNN/ folder there, and the artifact is that part's part.json; merge_shards
+    joins the parts.
 
     Args:
         output_prefix: Folder or s3:// prefix; the shards go under datasets/.
@@ -27,6 +33,10 @@ def shard_videos(
         classes: Class-names file fixing label indices ("" = sorted label names).
         samples_per_shard: Samples per shard.
         short_side: Short side (pixels) videos are transcoded to (never upscaled).
+        part: Which part to shard (0-based), of num_parts.
+        num_parts: Parts the inputs are split into (1 = all inputs, one dataset.json).
+        input_fingerprint: The inputs' content fingerprint (plan_shards; "" = none): keys the
+            dataset folder; a manifest that no longer matches it is refused.
 
     Returns:
         dataset: dataset.json (shard URIs absolute) with num_shards, num_samples, num_failed,
@@ -35,4 +45,5 @@ def shard_videos(
     from umt.pipeline import steps
 
     steps.shard(input_videos, existing_dataset, output_prefix, classes=classes,
-                samples_per_shard=samples_per_shard, short_side=short_side, dataset=dataset)
+                samples_per_shard=samples_per_shard, short_side=short_side, part=part,
+                num_parts=num_parts, input_fingerprint=input_fingerprint, dataset=dataset)

@@ -35,6 +35,7 @@ def validate(
     node_pool: str = "gke-a100",
     image: str = "",
     s3_secret: str = "umt-s3",
+    shard_plan: list = [],
 ):
     """Checks the pipeline's settings and plans every job; fails listing all problems.
 
@@ -69,6 +70,8 @@ def validate(
         downstream_nodes: Nodes per fine-tune and evaluation job.
         node_pool: Node pool of the training pods (umt.launch.NODE_POOLS), e.g. gke-a100.
         s3_secret: Kubernetes Secret with the S3 credentials ("" = IRSA / workload identity).
+        shard_plan: The shard parts (plan_shards' output): their content fingerprint keys the
+            dataset folder ([] = none).
 
     Returns:
         plan: The plan: every job's stage, preset, overrides, output folder and rendered YAML.

@@ -108,7 +108,9 @@ def _ancestors(task: str) -> set[str]:
 
 def local_retries(package: Path, backoff: str = "1s") -> Path:
     """A copy of the compiled package whose retries wait ``backoff`` (the compiled 60 s suit a
-    rescheduled pod, not a local process); everything else is the compiled spec."""
+    rescheduled pod, not a local process) and whose loops run one iteration at a time (each
+    shard part already uses every local CPU, and the progress shown here follows one task at a
+    time); everything else is the compiled spec."""
     import yaml
 
     docs = list(yaml.safe_load_all(package.read_text()))
@@ -116,6 +118,8 @@ def local_retries(package: Path, backoff: str = "1s") -> Path:
         for task in (comp.get("dag", {}).get("tasks") or {}).values():
             if "retryPolicy" in task:
                 task["retryPolicy"]["backoffDuration"] = backoff
+            if "iteratorPolicy" in task:
+                task["iteratorPolicy"]["parallelismLimit"] = 1
     out = package.with_name(package.stem + "-local.yaml")
     out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     return out
@@ -379,7 +383,8 @@ def run_local(pipeline_file: str, items: Sequence[str] = (), *, workdir: str = "
                                    "name=value")
     out.write(f"pipeline {name}: compiled to {package}\nlocal settings:\n")
     package = local_retries(package)
-    out.write(f"  retries wait 1 s here, not the compiled 60 s ({package.name})\n")
+    out.write(f"  retries wait 1 s here, not the compiled 60 s, and loops run one iteration "
+              f"at a time ({package.name})\n")
     for key, value, why in chosen:
         out.write(f"  {key}={_shown(value)}    ({why})\n")
     for key, value in given.items():

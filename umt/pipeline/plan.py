@@ -201,12 +201,19 @@ def plan_step(stage: str, model_size: str, output_prefix: str, *, data: str, par
 
 
 def dataset_dir(output_prefix: str, input_videos: str, *, samples_per_shard: int,
-                short_side: int, classes: str = "") -> str:
-    """Where ``shard_videos`` writes: named after the input, keyed by the settings."""
+                short_side: int, classes: str = "", fingerprint: str = "") -> str:
+    """Where ``shard_videos`` writes: named after the input, keyed by the settings and, when
+    given, the inputs' content ``fingerprint`` (``umt.data.shard_parts.input_fingerprint``):
+    an edited manifest then gets a new folder instead of overwriting the shards that earlier
+    runs' models were trained on, and so do the stages trained on it (their folder is keyed
+    by the dataset's URI)."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-",
                   input_videos.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]).strip("-.")
-    digest = short_hash({"input": input_videos, "samples_per_shard": samples_per_shard,
-                         "short_side": short_side, "classes": classes})
+    keyed = {"input": input_videos, "samples_per_shard": samples_per_shard,
+             "short_side": short_side, "classes": classes}
+    if fingerprint:  # absent: the folders of runs without a fingerprint stay where they were
+        keyed["content"] = fingerprint
+    digest = short_hash(keyed)
     return storage.join(output_prefix, "datasets", f"{name or 'videos'}-{digest}")
 
 

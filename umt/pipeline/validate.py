@@ -62,6 +62,13 @@ class Settings:
     node_pool: str = "gke-a100"
     image: str = ""
     s3_secret: str = "umt-s3"
+    # The shard fan-out's parts (``plan_shards``): their content fingerprint keys the dataset
+    # folder, so the plan names the folder the shard tasks will write.
+    shard_plan: Sequence[dict[str, Any]] = ()
+
+    @property
+    def input_fingerprint(self) -> str:
+        return str(self.shard_plan[0].get("fingerprint", "")) if self.shard_plan else ""
 
     def steps_of(self, stage: catalogue.Stage) -> int:
         """The pipeline's step count for a training stage (``<stage>_steps`` or
@@ -227,7 +234,8 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
             p.exists(f"classes {s.classes}", storage.exists, s.classes)
         data = storage.join(planning.dataset_dir(
             s.output_prefix, s.input_videos, samples_per_shard=s.samples_per_shard,
-            short_side=s.short_side, classes=s.classes), dataset_json.FILENAME)
+            short_side=s.short_side, classes=s.classes, fingerprint=s.input_fingerprint),
+            dataset_json.FILENAME)
     else:
         p.add("no data: set input_videos (a manifest, folder or s3:// prefix of videos) or "
               "existing_dataset (a dataset.json written by `umt shard`)")
