@@ -136,7 +136,7 @@ def full(
         planned = cpu_task(plan_shards(
             input_videos=input_videos, existing_dataset=existing_dataset, classes=classes,
             shard_parts=shard_parts), "Fingerprint the input and plan the shard parts",
-            s3_secret=s3_secret, memory="2Gi", memory_limit="8Gi")
+            s3_secret=s3_secret, memory="2Gi", memory_limit="16Gi")  # ~1.4 GB per 1M rows
         planned.set_caching_options(False)
         checked = cpu_task(validate(
             output_prefix=output_prefix, input_videos=input_videos,

@@ -111,3 +111,17 @@ def test_compile_bench_plumbing(tmp_path):
                   "--warmup", "1", "--threads", "1", "--json", str(tmp_path / "c.json")])
     r = out["results"][0]
     assert r["video_ms"] > 0 and r["image_ms"] > 0
+
+
+def test_shard_parts_bench_runs_parts_and_projects(tmp_path):
+    import bench_shard_parts as b
+
+    out = b.main(["--videos", "1", "--repeat", "1", "--rounds", "1", "--rows", "2000",
+                  "--out", str(tmp_path), "--plot", str(tmp_path / "plot.png")])
+    assert [(r["parts"], r["mode"], r["videos"]) for r in out["runs"]] == [
+        (1, "decode", 1), (1, "transcode", 1), (2, "transcode", 2), (1, "transcode", 1)]
+    assert all(r["cpu_s"] > 0 for r in out["runs"]) and len(out["ratio_2_vs_1"]) == 1
+    assert out["per_core"]["bigbuckbunny.mp4:transcode"]["videos_per_core_hour"] > 0
+    assert out["manifest"]["rows"] == 2000
+    assert {r["dataset"] for r in out["projection"]} == {"K710", "WebVid-10M"}
+    assert (tmp_path / "plot.png").stat().st_size > 0
