@@ -272,7 +272,7 @@ def plot(rows: list[dict], scaling_rows: list[dict], path: str) -> None:
     right.bar(labels, [r["videos_per_s"] * 3600 for r in measured],
               color=["C1" if r["parts"] == 2 else "C0" for r in measured])
     right.set(ylabel="720p videos per hour (wall)",
-              title="Measured: parts x -j 1 on 2 shared cores")
+              title="Measured: parts x -j 1 on the 2 cores")
     for i, r in enumerate(measured):
         right.text(i, r["videos_per_s"] * 3600, f"load {r['load_before']:.1f}", ha="center",
                    va="bottom", fontsize=8)
@@ -292,6 +292,9 @@ def main(argv=None) -> dict:
     p.add_argument("--plot", default=os.path.join(ROOT, "benchmarks", "shard_scaling.png"))
     p.add_argument("--scaling-only", action="store_true",
                    help="only step 3 (and the warm-up): retry the 2-vs-1 ratio when it is quiet")
+    p.add_argument("--projection-from", default="",
+                   help="with --scaling-only: a full run's results.json; re-plot its projection "
+                        "beside these runs")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
@@ -300,6 +303,9 @@ def main(argv=None) -> dict:
         print(f"2 parts / 1 part: {', '.join(f'{x:.2f}x' for x in ratios(runs))}")
         with open(os.path.join(args.out, "scaling.json"), "w") as f:
             json.dump({"runs": runs, "ratio_2_vs_1": ratios(runs)}, f, indent=2)
+        if args.projection_from:
+            with open(args.projection_from) as f:
+                plot(json.load(f)["projection"], runs, args.plot)
         return {"runs": runs, "ratio_2_vs_1": ratios(runs)}
     core = per_core(args.repeat)
     runs = scaling(args.videos, args.rounds, args.out)
