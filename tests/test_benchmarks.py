@@ -118,8 +118,9 @@ def test_shard_parts_bench_runs_parts_and_projects(tmp_path):
 
     out = b.main(["--videos", "1", "--repeat", "1", "--rounds", "1", "--rows", "2000",
                   "--out", str(tmp_path), "--plot", str(tmp_path / "plot.png")])
-    assert [(r["parts"], r["mode"], r["videos"]) for r in out["runs"]] == [
-        (1, "decode", 1), (1, "transcode", 1), (2, "transcode", 2), (1, "transcode", 1)]
+    assert [(r["parts"], r["mode"], r["videos"], r.get("warmup", False)) for r in out["runs"]] == [
+        (1, "transcode", 1, True), (1, "decode", 1, False), (1, "transcode", 1, False),
+        (2, "transcode", 2, False), (1, "transcode", 1, False)]
     assert all(r["cpu_s"] > 0 for r in out["runs"]) and len(out["ratio_2_vs_1"]) == 1
     assert out["per_core"]["bigbuckbunny.mp4:transcode"]["videos_per_core_hour"] > 0
     assert out["manifest"]["rows"] == 2000
