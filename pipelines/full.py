@@ -1,6 +1,12 @@
 """The full UMT pipeline: validate -> shard -> Stage 1 -> Stage 2 -> fine-tunes -> evaluations
 -> report, with an exit handler that deletes the run's unfinished jobs.
 
+Sharding fans out: ``plan_shards`` lists ``shard_parts`` parts, each with ``validate``'s content
+fingerprint of the input; a ``ParallelFor`` runs one ``shard_videos`` task per part (each cached
+and retried on its own, at most ``SHARD_PARALLELISM`` at once); ``merge_shards`` joins them into
+the one Dataset the stages read. ``shard_parts=1``: one task shards everything, as before, and
+the merge publishes its dataset.json.
+
     umt run pipelines/full.py --local                      # the whole DAG on this machine
     kfp dsl compile --py pipelines/full.py --output full.yaml
     kfp run create -e umt -f full.yaml output_prefix=s3://bucket/runs input_videos=s3://bucket/k710.csv
@@ -30,6 +36,8 @@ from components import (  # noqa: E402
     credentials,
     evaluate,
     finetune,
+    merge_shards,
+    plan_shards,
     pretrain_stage1,
     pretrain_stage2,
     report,
@@ -38,6 +46,10 @@ from components import (  # noqa: E402
 )
 from components.tasks import cpu_task, exit_task, launcher_task, s3_secret_of  # noqa: E402
 from umt import catalogue  # noqa: E402
+
+# Shard parts running at once (KFP takes the loop's parallelism at compile time): 16 pods of 4
+# CPUs each. More parts than this queue; each part's object-store traffic is its own.
+SHARD_PARALLELISM = 16
 
 
 @dsl.pipeline(
@@ -54,6 +66,7 @@ def full(
     classes: str = "",
     samples_per_shard: int = 1000,
     short_side: int = 320,
+    shard_parts: int = 1,
     model_size: str = "base",
     num_frames: int = 0,
     batch_size: int = 0,
@@ -91,6 +104,8 @@ def full(
         classes: Class-names file fixing label indices ("" = sorted label names).
         samples_per_shard: Samples per WebDataset shard.
         short_side: Short side (pixels) videos are transcoded to.
+        shard_parts: Parts the sharding is split into, one task (pod) each, at most 16 at once
+            (1 = one task shards everything).
         model_size: tiny, base or large (the presets of every stage).
         num_frames: Frames per clip in every stage (0 = the presets').
         batch_size: Batch size per GPU in every training stage (0 = the presets').
@@ -135,7 +150,8 @@ def full(
         checked = cpu_task(validate(
             output_prefix=output_prefix, input_videos=input_videos,
             existing_dataset=existing_dataset, classes=classes,
-            samples_per_shard=samples_per_shard, short_side=short_side, model_size=model_size,
+            samples_per_shard=samples_per_shard, shard_parts=shard_parts,
+            short_side=short_side, model_size=model_size,
             num_frames=num_frames, batch_size=batch_size, stage1_steps=stage1_steps,
             stage2_steps=stage2_steps, finetune_steps=finetune_steps,
             stage1_overrides=stage1_overrides, stage2_overrides=stage2_overrides,
@@ -151,14 +167,29 @@ def full(
         # parameters (their cache keys and folders then change when a file changes in place).
         checked.set_caching_options(False)
         prints = checked.outputs
+        planned = cpu_task(plan_shards(
+            input_videos=input_videos, existing_dataset=existing_dataset,
+            shard_parts=shard_parts, fingerprint=prints["data_fingerprint"]),
+            "Plan the shard parts", s3_secret=s3, cpu="100m", memory="256Mi",
+            memory_limit="1Gi")
 
-        data = cpu_task(shard_videos(
-            output_prefix=output_prefix, input_videos=input_videos,
+        # Inside the loop only pipeline parameters and the loop item's fields: kfp.local 2.17
+        # replaces every other task output a loop body reads with the loop item.
+        with dsl.ParallelFor(planned.output, name="shard-parts",
+                             parallelism=SHARD_PARALLELISM) as part:
+            parts = cpu_task(shard_videos(
+                output_prefix=output_prefix, input_videos=input_videos,
+                existing_dataset=existing_dataset, classes=classes,
+                samples_per_shard=samples_per_shard, short_side=short_side, part=part.part,
+                num_parts=part.num_parts, fingerprint=part.fingerprint),
+                "Shard videos to WebDataset", s3_secret=s3, cpu="4", memory="8Gi",
+                memory_limit="16Gi", retries=2).after(checked)
+        data = cpu_task(merge_shards(
+            output_prefix=output_prefix, shard_plan=planned.output, input_videos=input_videos,
             existing_dataset=existing_dataset, classes=classes,
-            samples_per_shard=samples_per_shard, short_side=short_side,
-            fingerprint=prints["data_fingerprint"]),
-            "Shard videos to WebDataset", s3_secret=s3, cpu="4", memory="8Gi",
-            memory_limit="16Gi", retries=2).after(checked)
+            samples_per_shard=samples_per_shard, short_side=short_side),
+            "Merge the shard parts", s3_secret=s3, memory="1Gi", memory_limit="8Gi",
+            retries=2).after(parts)
         dataset = data.outputs["dataset"]
 
         stage1 = launcher_task(pretrain_stage1(

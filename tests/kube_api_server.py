@@ -71,9 +71,9 @@ SHARED_CRD = Path(__file__).resolve().parents[2] / "shared" / "schemas" / \
 CRD_FILE = SHARED_CRD if SHARED_CRD.exists() else pytorchjob.CRD_PATH
 ALL_VERBS = {(v, r) for v in ("create", "get", "list", "watch", "delete", "patch", "update")
              for r in ("pytorchjobs", "trainjobs", "trainingruntimes", "pods", "pods/log",
-                       "secrets")}
+                       "secrets", "workflows")}
 GROUPS = {"pytorchjobs": "kubeflow.org", "trainjobs": "trainer.kubeflow.org",
-          "trainingruntimes": "trainer.kubeflow.org"}
+          "trainingruntimes": "trainer.kubeflow.org", "workflows": "argoproj.io"}
 UNSCHEDULABLE = "Unschedulable"
 
 

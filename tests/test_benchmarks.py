@@ -122,3 +122,16 @@ def test_sigterm_flag_cost_is_timed_between_two_ranks(tmp_path):
     r = json.loads(out.read_text())["result"]
     assert (r["world_size"], r["calls"], r["device"]) == (2, 20, "cpu")
     assert 0 < r["median_us"] <= r["p90_us"]
+def test_shard_parts_bench_runs_parts_and_projects(tmp_path):
+    import bench_shard_parts as b
+
+    out = b.main(["--videos", "1", "--repeat", "1", "--rounds", "1", "--rows", "2000",
+                  "--out", str(tmp_path), "--plot", str(tmp_path / "plot.png")])
+    assert [(r["parts"], r["mode"], r["videos"], r.get("warmup", False)) for r in out["runs"]] == [
+        (1, "transcode", 1, True), (1, "decode", 1, False), (1, "transcode", 1, False),
+        (2, "transcode", 2, False), (1, "transcode", 1, False)]
+    assert all(r["cpu_s"] > 0 for r in out["runs"]) and len(out["ratio_2_vs_1"]) == 1
+    assert out["per_core"]["bigbuckbunny.mp4:transcode"]["videos_per_core_hour"] > 0
+    assert out["manifest"]["rows"] == 2000
+    assert {r["dataset"] for r in out["projection"]} == {"K710", "WebVid-10M"}
+    assert (tmp_path / "plot.png").stat().st_size > 0

@@ -19,8 +19,8 @@ from components.__main__ import compile_all  # noqa: E402
 from umt.launch.images import LAUNCHER_IMAGE, release_image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("credentials", "validate", "shard_videos", "pretrain_stage1", "pretrain_stage2", "finetune",
-         "evaluate", "report", "cleanup")
+STEPS = ("credentials", "validate", "plan_shards", "shard_videos", "merge_shards",
+         "pretrain_stage1", "pretrain_stage2", "finetune", "evaluate", "report", "cleanup")
 
 
 @pytest.fixture(scope="module")

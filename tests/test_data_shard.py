@@ -476,9 +476,9 @@ def test_consumer_error_kills_the_pool_instead_of_waiting():
 def test_s3_uploads_are_bounded_and_errors_surface_early(tmp_path):
     import threading
 
-    from umt.data.shard import _ShardSink
+    from umt.data.shard_output import ShardSink
 
-    sink = _ShardSink("s3://bucket/out", "fp")
+    sink = ShardSink("s3://bucket/out", "fp")
     release, started = threading.Event(), []
 
     def slow_publish(tmp_path_, name, stats):

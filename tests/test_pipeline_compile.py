@@ -102,21 +102,25 @@ def test_full_dag_edges(full):
     deps = {k: set(t.get("dependentTasks", [])) for k, t in tasks.items()}
     assert deps["credentials"] == set() and deps["validate"] == {"credentials"}
     # Every other task references the Secret credentials names (issue 16.2) and runs after
-    # validate (the plan; the content fingerprints it takes as parameters, issue 16.5).
+    # validate (the plan; the content fingerprints it takes as parameters, issue 16.5): the
+    # merge through plan-shards, the shard parts inside the loop, which waits for both.
     assert all({"credentials", "validate"} <= d for k, d in deps.items()
-               if k not in ("credentials", "validate", "cleanup"))
+               if k not in ("credentials", "validate", "cleanup", "shard-videos",
+                            "merge-shards"))
+    assert deps["merge-shards"] == {"credentials", "for-loop-2", "plan-shards"}
     deps = {k: d - {"credentials", "validate"} for k, d in deps.items()}
-    assert deps["shard-videos"] == set()
-    assert deps["pretrain-stage1"] == {"shard-videos"}
-    assert deps["pretrain-stage2"] == {"shard-videos", "pretrain-stage1"}
+    assert deps["plan-shards"] == set()
+    assert deps["shard-videos"] == set()  # inside the loop, which runs after validate
+    assert deps["pretrain-stage1"] == {"merge-shards"}
+    assert deps["pretrain-stage2"] == {"merge-shards", "pretrain-stage1"}
     def task_of(key: str) -> str:
         return tasks[key]["inputs"]["parameters"]["task"]["runtimeValue"]["constant"]
 
     tuned = {task_of(k): k for k in tasks if k.startswith("finetune")}
     assert set(tuned) == {"action", "retrieval", "qa"}
-    assert deps[tuned["action"]] == {"shard-videos", "pretrain-stage1"}
-    assert deps[tuned["retrieval"]] == {"shard-videos", "pretrain-stage2"}
-    assert deps[tuned["qa"]] == {"shard-videos", "pretrain-stage2"}
+    assert deps[tuned["action"]] == {"merge-shards", "pretrain-stage1"}
+    assert deps[tuned["retrieval"]] == {"merge-shards", "pretrain-stage2"}
+    assert deps[tuned["qa"]] == {"merge-shards", "pretrain-stage2"}
     evaluated = {task_of(k):
                  tasks[k]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"]
                  for k in tasks if k.startswith("evaluate")}
@@ -125,13 +129,45 @@ def test_full_dag_edges(full):
     # The report reads the plan (validate's) and runs after every step it reports on.
     assert tasks["report"]["inputs"]["artifacts"]["plan"]["taskOutputArtifact"] == {
         "producerTask": "validate", "outputArtifactKey": "plan"}
-    assert deps["report"] == {"shard-videos", "pretrain-stage1", "pretrain-stage2",
+    assert deps["report"] == {"merge-shards", "pretrain-stage1", "pretrain-stage2",
                               *tuned.values(), *(k for k in tasks if k.startswith("evaluate"))}
     # The exit handler runs after the whole body, whatever happened.
     root = spec["root"]["dag"]["tasks"]
     assert root["cleanup"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     assert root["cleanup"]["dependentTasks"] == ["exit-handler-1"]
     assert "taskFinalStatus" in root["cleanup"]["inputs"]["parameters"]["status"]
+
+
+def test_full_shards_in_a_parallel_for_then_merges(full):
+    """plan-shards -> ParallelFor over its parts (bounded parallelism) of
+    shard-videos, each part cached and retried on its own -> merge-shards -> the one Dataset."""
+    spec, _, _ = full
+    body = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    (loop_key,) = [k for k, t in body.items() if "parameterIterator" in t]
+    loop = body[loop_key]
+    assert loop_key == "for-loop-2" and set(loop["dependentTasks"]) == {
+        "credentials", "plan-shards", "validate"}
+    assert loop["iteratorPolicy"] == {"parallelismLimit": 16}
+    assert loop["inputs"]["parameters"]["pipelinechannel--plan-shards-Output"][
+        "taskOutputParameter"] == {"producerTask": "plan-shards", "outputParameterKey": "Output"}
+    (inner,) = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"].values()
+    assert inner["componentRef"]["name"] == "comp-shard-videos"
+    args = inner["inputs"]["parameters"]
+    for name, field in (("part", "part"), ("num_parts", "num_parts"),
+                        ("fingerprint", "fingerprint")):
+        assert args[name]["parameterExpressionSelector"] == f'parseJson(string_value)["{field}"]'
+    assert inner["cachingOptions"] == {"enableCache": True}
+    assert inner["retryPolicy"]["maxRetryCount"] == 2
+    # validate's content fingerprint reaches every cache key that depends on the data.
+    assert body["plan-shards"]["inputs"]["parameters"]["fingerprint"]["taskOutputParameter"] == {
+        "producerTask": "validate", "outputParameterKey": "data_fingerprint"}
+    assert body["merge-shards"]["inputs"]["parameters"]["shard_plan"]["taskOutputParameter"] == {
+        "producerTask": "plan-shards", "outputParameterKey": "Output"}
+    params = parameters(spec)
+    assert params["shard_parts"]["type"] == "NUMBER_INTEGER" and params["shard_parts"]["default"] == 1
+    for key in ("pretrain-stage1", "pretrain-stage2", "report"):
+        assert body[key]["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"] == {
+            "producerTask": "merge-shards", "outputArtifactKey": "dataset"}
 
 
 def test_full_artifact_types(full):
@@ -142,7 +178,8 @@ def test_full_artifact_types(full):
         return {k: v["artifactType"]["schemaTitle"]
                 for k, v in comps[comp]["outputDefinitions"]["artifacts"].items()}
 
-    assert outputs("comp-shard-videos") == {"dataset": "system.Dataset"}
+    assert outputs("comp-shard-videos") == outputs("comp-merge-shards") == {
+        "dataset": "system.Dataset"}
     for comp in ("comp-pretrain-stage1", "comp-pretrain-stage2", "comp-finetune"):
         assert outputs(comp) == {"model": "system.Model", "metrics": "system.Metrics",
                                  "job": "system.Artifact"}
@@ -252,8 +289,11 @@ def test_credentials_only_from_the_secret(tmp_path):
             assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= envs, key
             assert secret["optional"] is True, key
             # Not the s3_secret parameter: "" (IRSA) would be secretKeyRef.name "" (issue 16.2).
-            assert secret["secretNameParameter"] == {"taskOutputParameter": {
-                "producerTask": "credentials", "outputParameterKey": "Output"}}, key
+            # A task inside a loop gets it as the loop's input.
+            assert secret["secretNameParameter"] in (
+                {"taskOutputParameter": {"producerTask": "credentials",
+                                         "outputParameterKey": "Output"}},
+                {"componentInputParameter": "pipelinechannel--credentials-Output"}), key
             assert "secretName" not in secret, key
 
 
@@ -356,6 +396,7 @@ def test_tasks_reading_given_inputs_take_their_content_fingerprints(tmp_path):
     the content fingerprints validate computes are parameters of the tasks that read the
     inputs: a file edited in place changes their keys (and, in steps, their folders)."""
     want = {"shard-videos": ("fingerprint", "data_fingerprint"),
+            "plan-shards": ("fingerprint", "data_fingerprint"),
             "pretrain-stage1": ("checkpoint_fingerprints", "checkpoint_fingerprints"),
             "pretrain-stage2": ("checkpoint_fingerprints", "checkpoint_fingerprints"),
             "finetune": ("task_data_fingerprints", "task_data_fingerprints"),
@@ -367,6 +408,8 @@ def test_tasks_reading_given_inputs_take_their_content_fingerprints(tmp_path):
             if kind not in want:
                 continue
             param, output = want[kind]
+            if "parameterExpressionSelector" in task["inputs"]["parameters"][param]:
+                continue  # a shard part: the fingerprint is its loop item's (plan-shards')
             assert task["inputs"]["parameters"][param] == {"taskOutputParameter": {
                 "producerTask": "validate", "outputParameterKey": output}}, f"{name}: {key}"
 
@@ -393,7 +436,8 @@ def test_platform_settings_are_parameters_that_reach_every_launcher(tmp_path):
 
 def test_the_local_copy_keeps_the_cache_across_commits(tmp_path):
     """kfp.local's cache keys hash the image: the local copy of the package names the release
-    tag (tasks are local processes) and retries after 1 s; nothing else differs."""
+    tag (tasks are local processes), retries after 1 s and runs loops one iteration at a time;
+    nothing else differs."""
     from umt.launch.images import LAUNCHER_IMAGE, release_image
     from umt.pipeline.local import local_package
 
@@ -406,6 +450,10 @@ def test_the_local_copy_keeps_the_cache_across_commits(tmp_path):
     for doc in (local[0], original[0]):
         for e in doc["deploymentSpec"]["executors"].values():
             e["container"]["image"] = "x"
-        for task in all_tasks(doc).values():
-            task.get("retryPolicy", {}).pop("backoffDuration", None)
+        for comp in [doc["root"], *doc["components"].values()]:
+            for task in (comp.get("dag", {}).get("tasks") or {}).values():
+                task.get("retryPolicy", {}).pop("backoffDuration", None)
+                if "iteratorPolicy" in task:
+                    assert task.pop("iteratorPolicy")["parallelismLimit"] == (
+                        1 if doc is local[0] else 16)
     assert local == original

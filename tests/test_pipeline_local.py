@@ -23,8 +23,9 @@ UMT = str(Path(sys.executable).parent / "umt")
 # each pretraining stage (action from Stage 1, QA from Stage 2, with its answer list): how every
 # catalogue task is wired into the DAG is checked on the compiled spec (test_pipeline_compile,
 # test_catalogue); the other tasks show they are switched off.
+# Sharding fans out to 2 parts (kfp.local runs them in turn) and merges.
 ARGS = ("stage1_steps=3", 'stage1_overrides=["train.log_every=1"]', "stage2_steps=2",
-        "finetune_steps=2", "downstream_nodes=1", 'tasks=["action", "qa"]')
+        "finetune_steps=2", "downstream_nodes=1", 'tasks=["action", "qa"]', "shard_parts=2")
 
 
 def umt_run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -59,7 +60,7 @@ def test_local_run_prints_settings_steps_results_and_the_report(first_run):
     assert f"output_prefix={base / 'outputs'}" in out
     assert "32 synthetic clips" in out
     assert re.search(r"ok\s+Stage 1: video pretraining \(\d+ s\)", out)
-    assert "results" in out and "32 clips in 4 shards" in out
+    assert "results" in out and re.search(r"32 clips in [45] shards", out)  # 2 parts of 8s
     assert f"report: {base / 'report.html'}" in out
     assert (base / "report.html").is_file()
 
@@ -78,11 +79,17 @@ def test_local_run_produces_every_artifact_with_its_metadata(first_run):
     plan = outputs(run_dir, "validate")["plan"]["metadata"]
     assert plan["backend"] == "local" and "stage1" in plan["jobs"]
 
-    dataset = outputs(run_dir, "shard-videos")["dataset"]
+    dataset = outputs(run_dir, "merge-shards")["dataset"]
     meta = dataset["metadata"]
-    assert (meta["num_samples"], meta["num_shards"], meta["num_failed"]) == (32, 4, 0)
+    assert (meta["num_samples"], meta["num_failed"]) == (32, 0) and meta["num_shards"] in (4, 5)
     assert meta["dataset_json"].startswith(str(base / "outputs" / "datasets"))
     assert json.loads(Path(dataset["uri"]).read_text())["num_samples"] == 32
+    parts = [outputs(run_dir / f"for-loop-2-iteration-{i}", "shard-videos")["dataset"]["metadata"]
+             for i in range(2)]
+    assert [(p["part"], p["num_parts"]) for p in parts] == [(0, 2), (1, 2)]
+    assert sum(p["num_samples"] for p in parts) == 32
+    assert all(Path(p["dataset_json"]).parent.parent == Path(meta["dataset_json"]).parent
+               for p in parts)
 
     stage1 = outputs(run_dir, "pretrain-stage1")
     model = stage1["model"]["metadata"]
@@ -149,9 +156,9 @@ def test_a_second_run_hits_the_cache(first_run):
     again = umt_run(base.parent, *ARGS)
     assert again.returncode == 0, again.stdout[-4000:]
     hits = re.findall(r"ok\s+(.+) \(cache hit\)", again.stdout)
-    # every task but the exit handler, validate (never cached: it fingerprints the inputs)
-    # and the report (it reads validate's plan)
-    assert len(hits) == 11, again.stdout
+    # every task (2 shard parts) but the exit handler, validate (never cached: it fingerprints
+    # the inputs) and the report (it reads validate's plan)
+    assert len(hits) == 14, again.stdout
     assert re.search(r"ok\s+Clean up unfinished jobs \(\d+ s\)", again.stdout)  # never cached
     assert sorted((base / "outputs").glob("stage1-*/checkpoints/*")) == checkpoints
     assert "report: " in again.stdout

@@ -196,6 +196,70 @@ def test_shard_writes_a_portable_dataset_artifact(sharded, videos):
     assert meta2["dataset_json"] == meta["dataset_json"] and not (out / "other").exists()
 
 
+def test_the_shard_fan_out_plans_shards_parts_and_merges(videos, tmp_path):
+    """plan_shards -> shard (per part) -> merge_shards, as the pipeline's tasks call them;
+    validate plans the folder they write; one part is today's single shard step."""
+    prefix, classes = str(tmp_path / "prefix"), str(videos.parent / "classes.txt")
+    kw = dict(classes=classes, samples_per_shard=4)
+    fp = fingerprint(str(videos))  # validate's data_fingerprint
+    plan = steps.plan_shards(str(videos), "", shard_parts=3, fingerprint=fp)
+    assert [p["part"] for p in plan] == [0, 1, 2] and {p["num_parts"] for p in plan} == {3}
+    assert len(fp) == 16 and {p["fingerprint"] for p in plan} == {fp}
+    for p in plan:
+        meta = steps.shard(str(videos), "", prefix, part=p["part"], num_parts=3,
+                           fingerprint=fp, dataset=artifact("Dataset", tmp_path,
+                                                                  f"part{p['part']}"), **kw)
+        assert (meta["part"], meta["num_parts"]) == (p["part"], 3)
+        assert meta["dataset_json"].endswith(f"part-0000{p['part']}-of-00003/part.json")
+    # The loop hands items over as JSON numbers (kfp.local: 3.0 for 3).
+    floats = [{**p, "part": float(p["part"]), "num_parts": 3.0} for p in plan]
+    merged = artifact("Dataset", tmp_path, "merged")
+    meta = steps.merge_shards(str(videos), "", prefix, shard_plan=floats, dataset=merged, **kw)
+    assert meta["num_samples"] == 8 and len(meta["classes"]) == 4
+    folder = Path(meta["dataset_json"]).parent
+    assert sorted(p.name for p in folder.glob("part-*")) == [
+        "part-00000-of-00003", "part-00001-of-00003", "part-00002-of-00003"]
+    # validate plans exactly this folder (the report reads the stages' records by the plan).
+    planned = validate(tiny(output_prefix=prefix, input_videos=str(videos), classes=classes,
+                            samples_per_shard=4, shard_parts=3))
+    assert planned["dataset"] == meta["dataset_json"]
+
+    # One part: today's single shard step, byte for byte, and the merge publishes it as is.
+    one = steps.plan_shards(str(videos), "", shard_parts=1, fingerprint=fp)
+    assert one == [{"part": 0, "num_parts": 1, "fingerprint": fp}]
+    single = steps.shard(str(videos), "", prefix, fingerprint=fp,
+                         dataset=artifact("Dataset", tmp_path, "single"), **kw)
+    published = artifact("Dataset", tmp_path, "published")
+    assert steps.merge_shards(str(videos), "", prefix, shard_plan=one, dataset=published,
+                              **kw) == single
+    today = tmp_path / "today"
+    steps.shard(str(videos), "", str(today), dataset=artifact("Dataset", tmp_path, "t"), **kw)
+    (today_json,) = today.glob("datasets/*/dataset.json")
+    assert Path(single["dataset_json"]).read_text() == today_json.read_text()
+    # The folder is keyed by the content fingerprint (computed when none is given), not by
+    # the part count: the same samples, whichever way they were sharded.
+    assert Path(single["dataset_json"]).parent == folder
+    assert folder.name == today_json.parent.name
+
+    # Nothing to shard: one part, no fingerprint; a bad count is refused.
+    assert steps.plan_shards("", meta["dataset_json"], shard_parts=8, fingerprint="f") == [
+        {"part": 0, "num_parts": 1, "fingerprint": "f"}]
+    with pytest.raises(ValueError, match="shard_parts=0"):
+        steps.plan_shards(str(videos), shard_parts=0)
+
+
+def test_an_edited_manifest_gets_a_new_fingerprint_and_the_old_one_is_refused(videos, tmp_path):
+    edited = tmp_path / "manifest.csv"
+    lines = videos.read_text().splitlines(keepends=True)
+    edited.write_text("".join(lines[:-1]).replace("videos/", f"{videos.parent}/videos/"))
+    before = fingerprint(str(edited))  # what validate saw when it planned the run
+    edited.write_text(edited.read_text() + lines[-1].replace("videos/", f"{videos.parent}/videos/"))
+    assert fingerprint(str(edited)) != before
+    with pytest.raises(ValueError, match="changed since it was fingerprinted"):
+        steps.shard(str(edited), "", str(tmp_path / "p"), part=0, num_parts=2,
+                    fingerprint=before, dataset=artifact("Dataset", tmp_path, "d"))
+
+
 def test_a_disabled_step_fills_every_output(sharded, tmp_path):
     ds, _, _ = sharded
     outs = [artifact(k, tmp_path, n) for k, n in (("Model", "model"), ("Metrics", "metrics"),

@@ -147,7 +147,12 @@ def test_no_cache_turns_caching_off_for_every_task(kfp_server, tmp_path):
     submit(FULL, [], endpoint=url, cache=False, package_dir=str(tmp_path))
     spec = server.state["runs"][0]["pipeline_spec"]["pipeline_spec"]
     body = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-    assert len(body) == 13  # credentials, validate, shard, 2 pretrain, 3 fine-tune, 4 eval, report
+    # credentials, validate, plan-shards, the shard loop, merge-shards, 2 pretrain, 3 fine-tune,
+    # 4 eval, report
+    assert len(body) == 15
+    # ... and the shard loop's own body, one DAG further down
+    body = {**body, **spec["components"]["comp-for-loop-2"]["dag"]["tasks"]}
+    assert "shard-videos" in body
     assert all(not t.get("cachingOptions", {}).get("enableCache") for t in body.values())
     with pytest.raises(PipelineError, match="--no-cache with --upload"):
         submit(FULL, [], endpoint=url, cache=False, upload=True, version="v1")

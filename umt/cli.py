@@ -80,11 +80,11 @@ def models():
 
 
 # Commands owned by other subpackages; each module defines its own typer commands.
-from umt.data.cli import shard, synthetic  # noqa: E402
+from umt.data.cli import shard_app, synthetic  # noqa: E402
 from umt.launch.cli import doctor, job_app  # noqa: E402
 from umt.pipeline.cli import run, submit  # noqa: E402  (kfp is imported only when they run)
 
-app.command("shard")(shard)
+app.add_typer(shard_app, name="shard")
 app.command("synthetic")(synthetic)
 app.add_typer(job_app, name="job")
 app.command("doctor")(doctor)

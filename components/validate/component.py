@@ -15,6 +15,7 @@ def validate(
     existing_dataset: str = "",
     classes: str = "",
     samples_per_shard: int = 1000,
+    shard_parts: int = 1,
     short_side: int = 320,
     model_size: str = "base",
     num_frames: int = 0,
@@ -56,6 +57,7 @@ def validate(
         existing_dataset: dataset.json of already sharded data; skips sharding.
         classes: Class-names file fixing label indices ("" = sorted label names).
         samples_per_shard: Samples per WebDataset shard.
+        shard_parts: Parts the sharding is split into (1 to 10000).
         short_side: Short side (pixels) videos are transcoded to.
         model_size: tiny, base or large (the presets of every stage).
         num_frames: Frames per clip in every stage (0 = the preset's).
@@ -76,6 +78,8 @@ def validate(
         downstream_nodes: Nodes per fine-tune and evaluation job.
         node_pool: Node pool of the training pods (umt.launch.NODE_POOLS), e.g. gke-a100.
         s3_secret: Kubernetes Secret with the S3 credentials ("" = IRSA / workload identity).
+        shard_plan: The shard parts (plan_shards' output): their content fingerprint keys the
+            dataset folder ([] = none).
 
     Returns:
         plan: The plan: every job's stage, preset, overrides, output folder and rendered YAML.

@@ -6,11 +6,14 @@
     umt shard --input k400/train.csv --output s3://bucket/k400-train      # Kinetics CSV, detected
     umt shard --input didemo_ret_train.json --format paragraph-json --video-root /data/didemo \
         --output ./didemo-train --max-seconds 30
+    umt shard -i videos.csv -o s3://bucket/k710 --part 3/16     # part 3 of 16, on one of 16 pods
+    umt shard merge s3://bucket/k710                             # the parts -> one dataset.json
     umt synthetic --output-dir ./synthetic --num-videos 256
 
 Exit codes: 0 success; 1 too many inputs failed (``--max-failure-rate``) or storage failed (an
 S3 error other than not-found: credentials, bucket, endpoint; the finished shards are kept and a
-re-run resumes); 2 bad arguments or a manifest that cannot be parsed (nothing was done).
+re-run resumes); 2 bad arguments or a manifest that cannot be parsed (nothing was done), or parts
+that cannot be merged (one missing, duplicated or inconsistent: the message names it).
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ from typing import Annotated, Optional
 
 import typer
 
+# `umt shard` shards (the group's own options) and `umt shard merge` joins parts: a group that
+# runs its callback when no subcommand is given.
+shard_app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
+                        help="Videos -> WebDataset shards + dataset.json (`merge`: join parts).")
+
 
 def _fail(message: str, code: int) -> None:
     typer.secho(f"error: {message}", fg="red", err=True)
@@ -27,11 +35,13 @@ def _fail(message: str, code: int) -> None:
 
 
 def shard(
-    input: Annotated[str, typer.Option(
+    ctx: typer.Context,
+    input: Annotated[Optional[str], typer.Option(
         "--input", "-i", help="Manifest (.csv / .jsonl) or a folder / s3:// prefix of videos "
-                              "(label = parent folder name).")],
-    output: Annotated[str, typer.Option(
-        "--output", "-o", help="Folder or s3://bucket/prefix for the shards and dataset.json.")],
+                              "(label = parent folder name). Required.")] = None,
+    output: Annotated[Optional[str], typer.Option(
+        "--output", "-o", help="Folder or s3://bucket/prefix for the shards and dataset.json. "
+                               "Required.")] = None,
     short_side: Annotated[int, typer.Option(
         "--short-side", help="Cap the short side (pixels) when transcoding; never upscales. 0 = keep.")] = 320,
     max_fps: Annotated[float, typer.Option(
@@ -62,6 +72,9 @@ def shard(
     max_bytes: Annotated[str, typer.Option(
         "--max-bytes", help="Refuse inputs (and a manifest) larger than this, e.g. 4GiB; "
                             "FIFOs and devices are always refused.")] = "4GiB",
+    part: Annotated[Optional[str], typer.Option(
+        "--part", help="I/N: shard only part I of N (0-based; inputs assigned by a hash of their "
+                       "id) into <output>/part-IIIII-of-NNNNN/; then `umt shard merge`.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     input_format: Annotated[str, typer.Option(
         "--format", help="How to read --input: auto (by CSV header / JSON keys), manifest, "
@@ -72,9 +85,14 @@ def shard(
                              "SSv2 ids) resolve against; default: the input file's folder.")] = None,
 ) -> None:
     """Validate videos, transcode them and write WebDataset shards + dataset.json (local or S3)."""
+    if ctx.invoked_subcommand is not None:
+        return  # `umt shard merge ...`: the subcommand does the work
+    if not input or not output:
+        _fail("--input and --output are required (or `umt shard merge OUTPUT`)", 2)
     from umt.data.dataset_json import DatasetJsonError
     from umt.data.manifest import ManifestError, read_classes
     from umt.data.shard import ShardingFailed, available_cpus, parse_size, shard_dataset
+    from umt.data.shard_parts import parse_part
     from umt.data.transcode import TranscodeSettings
     from umt.errors import UserError
 
@@ -93,12 +111,37 @@ def shard(
         info = shard_dataset(input, output, settings, samples_per_shard=samples_per_shard,
                              shard_bytes=parse_size(shard_bytes), workers=workers or available_cpus(),
                              max_failure_rate=max_failure_rate, classes=class_names,
-                             progress=not quiet, input_format=input_format, video_root=video_root)
+                             part=parse_part(part) if part else None, progress=not quiet,
+                             input_format=input_format, video_root=video_root)
     except (ManifestError, DatasetJsonError, ValueError, FileNotFoundError) as e:
         _fail(str(e), 2)
     except (ShardingFailed, UserError) as e:  # UserError: storage.StorageError (S3 failures)
         _fail(str(e), 1)
     _summary(info)
+
+
+def merge(
+    output: Annotated[str, typer.Argument(help="The --output of the parts (folder or s3:// prefix).")],
+    parts: Annotated[Optional[int], typer.Option(
+        "--parts", help="Merge the parts of this count N (needed only when folders of several "
+                        "counts are there).")] = None,
+) -> None:
+    """Join the parts of `umt shard --part I/N` into one dataset.json (refuses a missing or
+    duplicated part)."""
+    from umt.data.shard_parts import PartError, merge_parts
+    from umt.errors import UserError
+
+    try:
+        info = merge_parts(output, parts)
+    except (PartError, ValueError) as e:
+        _fail(str(e), 2)
+    except UserError as e:  # storage.StorageError
+        _fail(str(e), 1)
+    _summary(info)
+
+
+shard_app.callback()(shard)
+shard_app.command("merge")(merge)
 
 
 def _summary(info) -> None:

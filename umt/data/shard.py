@@ -23,6 +23,9 @@ Guarantees:
   the last good one. Tars appear under their final name only when complete (rename / S3 PUT).
 - The step fails (:class:`ShardingFailed`) only when the failure rate exceeds the limit; then
   ``failures.json`` lists every failure and no ``dataset.json`` is written.
+- ``part=Part(I, N)`` shards only the inputs assigned to part I of N, into its own folder, and
+  writes a part manifest instead of ``dataset.json`` (:mod:`umt.data.shard_parts`: the
+  assignment, its guarantees, the merge).
 """
 
 from __future__ import annotations
@@ -33,20 +36,27 @@ import logging
 import multiprocessing
 import os
 import re
-import shutil
-import tempfile
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 import umt
 from umt import storage
-from umt.data import dataset_json
+from umt.data import dataset_json, shard_parts
 from umt.data.downstream import ANSWER_LIST, sidecar_answer_list
 from umt.data.manifest import Item, Manifest, load_manifest
+from umt.data.shard_output import (  # noqa: F401  (SHARD_PATTERN, STATS_SUFFIX: re-exported)
+    SHARD_PATTERN,
+    STATS_SUFFIX,
+    OpenShard,
+    ShardSink,
+    remove_stale,
+    sample_record,
+    verify_stats,
+)
+from umt.data.shard_parts import Part
 from umt.data.transcode import (
     InputError,
     TranscodeSettings,
@@ -57,10 +67,7 @@ from umt.data.transcode import (
 
 log = logging.getLogger(__name__)
 
-SHARD_PATTERN = "shard-{:06d}.tar"
-STATS_SUFFIX = "_stats.json"
 DEFAULT_SAMPLES_PER_SHARD = 1000
-TAR_MTIME = 0  # fixed: identical inputs give byte-identical tars
 
 
 class ShardingFailed(RuntimeError):
@@ -264,182 +271,17 @@ def process_in_order(items: list[Item], settings: TranscodeSettings, classes: li
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-# ---------------------------------------------------------------------------------- shard output
+# ---------------------------------------------------------------------------------- fingerprint
 
-@dataclass
-class _OpenShard:
-    index: int
-    first_index: int
-    tmp_path: str
-    file: Any
-    writer: Any
-    keys: list[str] = field(default_factory=list)
-    num_bytes: int = 0
-    failures: list[dict] = field(default_factory=list)
-    media: dict[str, int] = field(default_factory=dict)  # samples per media type
-    num_captions: int = 0
-    num_questions: int = 0  # video QA questions (umt.data.downstream)
-
-
-def _fingerprint(manifest: Manifest, settings: TranscodeSettings, samples_per_shard, shard_bytes) -> str:
+def _fingerprint(manifest: Manifest, settings: TranscodeSettings, samples_per_shard, shard_bytes,
+                 part: Optional[Part] = None) -> str:
     """What a finished shard depends on; stats with another fingerprint are not reused."""
-    blob = json.dumps({"manifest": manifest.sha256, "settings": settings.to_dict(),
-                       "classes": manifest.classes, "samples_per_shard": samples_per_shard,
-                       "shard_bytes": shard_bytes, "format_version": dataset_json.FORMAT_VERSION},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _verify_stats(output: str, k: int, fingerprint: str, first_index: int) -> Optional[dict]:
-    """The stats of shard k if it is complete and intact, else None."""
-    tar_uri = storage.join(output, SHARD_PATTERN.format(k))
-    try:
-        stats = json.loads(storage.read_bytes(tar_uri[:-4] + STATS_SUFFIX))
-    except (FileNotFoundError, ValueError):
-        return None
-    if (not isinstance(stats, dict) or stats.get("fingerprint") != fingerprint
-            or stats.get("first_index") != first_index):
-        return None
-    try:
-        if storage.size(tar_uri) != stats.get("num_bytes"):
-            return None
-        if storage.is_s3(tar_uri):
-            if storage.etag(tar_uri) != stats.get("etag"):
-                return None
-        elif _sha256_file(tar_uri) != stats.get("sha256"):
-            return None
-    except FileNotFoundError:
-        return None
-    return stats
-
-
-class _ShardSink:
-    """Writes shards to a local folder (temp + rename) or S3 (local temp + background upload)."""
-
-    MAX_PENDING_UPLOADS = 2
-
-    def __init__(self, output: str, fingerprint: str):
-        self.output = output
-        self.fingerprint = fingerprint
-        self.remote = storage.is_s3(output)
-        self.staging = tempfile.mkdtemp(prefix="umt-shard-") if self.remote else output
-        if not self.remote:
-            os.makedirs(output, exist_ok=True)
-        # Two uploads in flight: overlap network with encoding, bound local disk use.
-        self.uploader = ThreadPoolExecutor(self.MAX_PENDING_UPLOADS) if self.remote else None
-        self.uploads: list[Future] = []
-        self.finished: dict[int, dict] = {}
-
-    def open(self, index: int, first_index: int) -> _OpenShard:
-        import webdataset as wds
-
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{SHARD_PATTERN.format(index)}-", dir=self.staging)
-        f = os.fdopen(fd, "wb")
-        return _OpenShard(index, first_index, tmp, f, wds.TarWriter(f, mtime=TAR_MTIME))
-
-    def close(self, shard: _OpenShard, next_index: int) -> None:
-        shard.writer.close()
-        shard.file.flush()
-        os.fsync(shard.file.fileno())
-        shard.file.close()
-        name = SHARD_PATTERN.format(shard.index)
-        stats = {"shard": name, "num_samples": len(shard.keys), "num_bytes": os.path.getsize(shard.tmp_path),
-                 "sha256": _sha256_file(shard.tmp_path), "first_index": shard.first_index,
-                 "next_index": next_index, "keys": shard.keys, "failures": shard.failures,
-                 "media": shard.media, "num_captions": shard.num_captions,
-                 "num_questions": shard.num_questions,
-                 "fingerprint": self.fingerprint, "created_by": f"umt {umt.__version__}"}
-        if self.remote:
-            # At most MAX_PENDING_UPLOADS shards waiting (bounds local disk use when the network
-            # is slower than encoding); an upload error surfaces here, not at the very end.
-            for fut in [f for f in self.uploads if f.done()]:
-                fut.result()
-                self.uploads.remove(fut)
-            while len(self.uploads) >= self.MAX_PENDING_UPLOADS:
-                self.uploads.pop(0).result()
-            self.uploads.append(self.uploader.submit(self._publish, shard.tmp_path, name, stats))
-        else:
-            self._publish(shard.tmp_path, name, stats)
-
-    def _publish(self, tmp_path: str, name: str, stats: dict) -> None:
-        uri = storage.join(self.output, name)
-        if self.remote:
-            storage.upload_file(tmp_path, uri)
-            stats["etag"] = storage.etag(uri)
-            os.unlink(tmp_path)
-        else:
-            os.chmod(tmp_path, storage.FILE_MODE)
-            os.replace(tmp_path, uri)  # atomic: readers never see a partial tar under this name
-        # Stats last: their presence is what marks the shard complete.
-        storage.write_bytes(uri[:-4] + STATS_SUFFIX, json.dumps(stats).encode())
-        self.finished[int(name[6:12])] = stats
-
-    def abort(self, shard: Optional[_OpenShard]) -> None:
-        if shard is not None:
-            shard.file.close()
-            if os.path.exists(shard.tmp_path):
-                os.unlink(shard.tmp_path)
-
-    def wait(self) -> None:
-        for fut in self.uploads:
-            fut.result()  # re-raises an upload error: the step must not report success
-        self.uploads.clear()
-
-    def cleanup(self) -> None:
-        """Always, success or not: stop the uploads and remove the local staging folder.
-
-        Why always: a failed S3 run would otherwise leave its staging folder (``umt-shard-*``,
-        up to two shards) in the system temp folder.
-        """
-        if self.uploader:
-            # Queued uploads are cancelled; one in flight ends (fails fast when the endpoint is
-            # gone) before its file is removed under it.
-            self.uploader.shutdown(wait=True, cancel_futures=True)
-        if self.remote:
-            shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def _sample(key: str, result: dict) -> dict[str, bytes]:
-    meta = dict(result["meta"], key=key)
-    sample = {"__key__": key, result["ext"]: result["media"],
-              "json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode()}
-    if meta.get("captions"):
-        sample["txt"] = meta["captions"][0].encode()
-    if meta.get("label") is not None:
-        sample["cls"] = str(meta["label"]).encode()
-    return sample
-
-
-def _remove_stale(output: str, num_shards: int) -> None:
-    """Shards numbered past the end, left by an earlier run with other settings.
-
-    Only direct children of ``output``: a dataset sharded into a sub-folder (or, on S3, under a
-    longer key prefix) is another dataset, never this run's leftovers.
-    """
-    for uri in storage.list_uris(output):
-        if storage.is_s3(output):
-            parent, name = uri.rsplit("/", 1)
-            if parent != output.rstrip("/"):
-                continue
-        else:
-            parent, name = os.path.split(uri)
-            if os.path.normpath(parent) != os.path.normpath(output):
-                continue
-        if name.startswith("shard-") and (name.endswith(".tar") or name.endswith(STATS_SUFFIX)):
-            try:
-                k = int(name[6:12])
-            except ValueError:
-                continue
-            if k >= num_shards:
-                storage.delete(uri)
+    what = {"manifest": manifest.sha256, "settings": settings.to_dict(),
+            "classes": manifest.classes, "samples_per_shard": samples_per_shard,
+            "shard_bytes": shard_bytes, "format_version": dataset_json.FORMAT_VERSION}
+    if part is not None:  # absent for a whole run: its stats stay valid across this change
+        what["part"] = [part.index, part.count, shard_parts.ASSIGNMENT]
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------ the step
@@ -467,15 +309,17 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
                   samples_per_shard: Optional[int] = None, shard_bytes: Optional[int] = None,
                   workers: Optional[int] = None, max_failure_rate: float = 0.05,
                   classes: Optional[list[str]] = None, item_timeout: float = 600.0,
-                  progress: bool = True, input_format: str = "auto",
+                  part: Optional[Part] = None, progress: bool = True,
+                  input_format: str = "auto",
                   video_root: Optional[str] = None) -> dataset_json.DatasetInfo:
     """Shard ``input`` (manifest, folder or s3:// prefix) into ``output``; return its dataset.json.
 
     A shard closes at ``samples_per_shard`` samples or once it holds ``shard_bytes`` bytes
     (default: 1000 samples). Raises :class:`ManifestError` for a bad manifest (before any work)
-    and :class:`ShardingFailed` when more than ``max_failure_rate`` of the inputs fail.
-    ``input_format`` and ``video_root`` say how to read ``input`` (the official annotation
-    formats; :func:`umt.data.manifest.load_manifest`).
+    and :class:`ShardingFailed` when more than ``max_failure_rate`` of the inputs fail. With
+    ``part``: only that part's inputs, into ``<output>/part-IIIII-of-NNNNN/``, described by its
+    ``part.json`` (returned as the info). ``input_format`` and ``video_root`` say how to read
+    ``input`` (the official annotation formats; :func:`umt.data.manifest.load_manifest`).
     """
     from tqdm import tqdm
 
@@ -495,16 +339,24 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
     # A QA manifest's answer list (answer_list.json beside it) travels with the shards.
     answer_list = sidecar_answer_list(manifest.input)
     items = manifest.items
-    fingerprint = _fingerprint(manifest, settings, samples_per_shard, shard_bytes)
-    # A dataset.json from an earlier run may describe shards this run is about to replace.
-    for stale in (dataset_json.FILENAME, "failures.json"):
-        storage.delete(storage.join(output, stale))
+    # A dataset.json from an earlier run may describe shards this run is about to replace; so
+    # may a merged one when this is one part.
+    stale = [storage.join(output, dataset_json.FILENAME)]
+    if part is not None:
+        items = part.select(items)
+        output = part.folder(output)
+        stale.append(storage.join(output, shard_parts.PART_FILENAME))
+    stale.append(storage.join(output, "failures.json"))
+    for uri in stale:
+        storage.delete(uri)
+    fingerprint = _fingerprint(manifest, settings, samples_per_shard, shard_bytes, part)
 
-    # Resume: keep the contiguous run of verified shards from the previous attempt.
+    # Resume: keep the contiguous run of verified shards from the previous attempt. Shards
+    # record positions in ``items`` (the manifest index, for a whole run).
     done: list[dict] = []
     next_index = 0
     while True:
-        stats = _verify_stats(output, len(done), fingerprint, next_index)
+        stats = verify_stats(output, len(done), fingerprint, next_index)
         if stats is None:
             break
         done.append(stats)
@@ -520,16 +372,17 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
         own = re.compile(re.escape(output.rstrip("/")) + r"/shard-\d{6}\.tar")
         for uri in storage.abort_multipart_uploads(output, keep=lambda u: not own.fullmatch(u)):
             log.warning("aborted an incomplete multipart upload of an earlier run: %s", uri)
-    sink = _ShardSink(output, fingerprint)
-    shard: Optional[_OpenShard] = None
+    sink = ShardSink(output, fingerprint)
+    shard: Optional[OpenShard] = None
     num_shards = len(done)
     bar = tqdm(total=len(items), initial=next_index, unit="video", disable=not progress,
                desc="shard", smoothing=0.1, dynamic_ncols=True)
     try:
-        for item, result in process_in_order(items[next_index:], settings, manifest.classes,
-                                             workers, item_timeout):
+        results = process_in_order(items[next_index:], settings, manifest.classes, workers,
+                                   item_timeout)
+        for pos, (item, result) in enumerate(results, start=next_index):
             if shard is None:
-                shard = sink.open(num_shards, item.index)
+                shard = sink.open(num_shards, pos)
             if not result["ok"]:
                 f = {"index": item.index, "source": item.video, "reason": result["reason"]}
                 shard.failures.append(f)
@@ -540,7 +393,7 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
                 while key in seen:  # the same content listed twice: keep both, distinctly keyed
                     key, n = f"{result['key']}_{n}", n + 1
                 seen.add(key)
-                sample = _sample(key, result)
+                sample = sample_record(key, result)
                 shard.writer.write(sample)
                 shard.keys.append(key)
                 kind = result["meta"].get("media", "video")
@@ -550,7 +403,7 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
                 shard.num_bytes += sum(len(v) for k, v in sample.items() if k != "__key__")
                 if ((samples_per_shard and len(shard.keys) >= samples_per_shard)
                         or (shard_bytes and shard.num_bytes >= shard_bytes)):
-                    sink.close(shard, item.index + 1)
+                    sink.close(shard, pos + 1)
                     shard, num_shards = None, num_shards + 1
             bar.update(1)
             bar.set_postfix(failed=len(failures), shards=num_shards, refresh=False)
@@ -573,7 +426,7 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
         sink.cleanup()
 
     all_stats = done + [sink.finished[k] for k in sorted(sink.finished)]
-    _remove_stale(output, num_shards)
+    remove_stale(output, num_shards)
     rate = len(failures) / max(1, len(items))
     info = dataset_json.DatasetInfo(
         shards=[dataset_json.ShardInfo(uri=s["shard"], num_samples=s["num_samples"],
@@ -583,7 +436,8 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
                 for s in all_stats],
         classes=manifest.classes, failures=[dataset_json.Failure(**f) for f in failures],
         num_failed=len(failures),
-        source={"input": manifest.input, "sha256": manifest.sha256, "num_inputs": len(items)},
+        source={"input": manifest.input, "sha256": manifest.sha256,
+                "num_inputs": len(manifest.items)},
         transcode=settings.to_dict(), created_by=f"umt {umt.__version__}",
         location=storage.join(output, dataset_json.FILENAME))
     info.num_samples = sum(s.num_samples for s in info.shards)
@@ -596,7 +450,8 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
         for s in info.shards:
             for kind, n in s.media.items():
                 info.media[kind] = info.media.get(kind, 0) + n
-    if rate > max_failure_rate or info.num_samples == 0:
+    # A part may get no inputs at all (more parts than inputs): an empty part, not a failure.
+    if rate > max_failure_rate or (info.num_samples == 0 and items):
         report = storage.join(output, "failures.json")
         storage.write_bytes(report, json.dumps(info.to_dict()["failures"], indent=2).encode())
         reasons: dict[str, int] = {}
@@ -609,6 +464,13 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
             f"finished shards are kept; a re-run resumes after them.")
     if answer_list is not None:
         storage.write_bytes(storage.join(output, ANSWER_LIST), json.dumps(answer_list).encode())
+    if part is not None:
+        info.location = shard_parts.write_part_manifest(
+            output, part, info, num_inputs=len(items),
+            dataset_fingerprint=_fingerprint(manifest, settings, samples_per_shard, shard_bytes))
+        log.info("part %s: wrote %d samples in %d shards (%d failed) to %s", part,
+                 info.num_samples, len(info.shards), len(failures), output)
+        return info
     dataset_json.save(info, info.location)
     log.info("wrote %d samples in %d shards (%d failed) to %s", info.num_samples, len(info.shards),
              len(failures), output)

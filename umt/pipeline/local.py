@@ -108,10 +108,11 @@ def _ancestors(task: str) -> set[str]:
 
 def local_package(package: Path, backoff: str = "1s") -> Path:
     """A copy of the compiled package for kfp.local: retries wait ``backoff`` (the compiled
-    60 s suit a rescheduled pod, not a local process), and every task names the release image
-    (tasks run as local processes, so no image is used; the compiled ``<version>-<sha>`` tag
-    would make every commit a cache miss of every task). Everything else is the compiled
-    spec."""
+    60 s suit a rescheduled pod, not a local process); loops run one iteration at a time (each
+    shard part already uses every local CPU, and the progress shown here follows one task at a
+    time); every task names the release image (tasks run as local processes, so no image is
+    used; the compiled ``<version>-<sha>`` tag would make every commit a cache miss of every
+    task). Everything else is the compiled spec."""
     import yaml
 
     from umt.launch.images import LAUNCHER_IMAGE, release_image
@@ -121,6 +122,8 @@ def local_package(package: Path, backoff: str = "1s") -> Path:
         for task in (comp.get("dag", {}).get("tasks") or {}).values():
             if "retryPolicy" in task:
                 task["retryPolicy"]["backoffDuration"] = backoff
+            if "iteratorPolicy" in task:
+                task["iteratorPolicy"]["parallelismLimit"] = 1
     for executor in docs[0].get("deploymentSpec", {}).get("executors", {}).values():
         if "container" in executor:
             executor["container"]["image"] = release_image(LAUNCHER_IMAGE)
@@ -387,7 +390,8 @@ def run_local(pipeline_file: str, items: Sequence[str] = (), *, workdir: str = "
                                    "name=value")
     out.write(f"pipeline {name}: compiled to {package}\nlocal settings:\n")
     package = local_package(package)
-    out.write(f"  retries wait 1 s here, not the compiled 60 s; images unused ({package.name})\n")
+    out.write(f"  retries wait 1 s here, not the compiled 60 s, loops run one iteration at a "
+              f"time; images unused ({package.name})\n")
     for key, value, why in chosen:
         out.write(f"  {key}={_shown(value)}    ({why})\n")
     for key, value in given.items():

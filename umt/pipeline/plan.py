@@ -61,6 +61,10 @@ JOB_KINDS = ("cluster", "trainjob", "pytorchjob")
 LOCAL_BACKENDS = {"cluster": "local", "pytorchjob": "local", "trainjob": "local-trainjob"}
 
 
+# The most parts the shard step fans out to (``shard_parts``).
+MAX_SHARD_PARTS = 10_000
+
+
 def job_backend(kind: str = "cluster") -> str:
     """The launch backend of the pipeline's ``job_backend`` parameter (``kind``, the kind of
     job) here: on the cluster inside a Kubernetes pod (a KFP launcher pod), else the local

@@ -3,8 +3,11 @@
 A component passes its artifacts in as they are (anything with ``.path`` and ``.metadata``;
 kfp is never imported here, so these run and are tested without it) and gets them filled:
 
-* ``shard``: sharded videos -> ``Dataset`` = a small ``dataset.json`` (shard URIs absolute) with
-  counts in its metadata; the shards stay where ``umt shard`` wrote them;
+* ``plan_shards`` -> the shard fan-out's parts, with the inputs' content fingerprint (the
+  dataset folder and the shard tasks' cache keys see it); ``shard``: sharded videos (one part,
+  or all) -> ``Dataset`` = a small ``dataset.json`` (shard URIs absolute) with counts in its
+  metadata; ``merge_shards``: the parts -> the one ``Dataset``; the shards stay where
+  ``umt shard`` wrote them;
 * ``train``: one stage as a PyTorchJob (``umt.launch.run_training_job``) -> ``Model`` = a small
   ``model.json`` (checkpoint URI, architecture, frames, resolution, step, config hash, parent,
   stage; the same fields as metadata), ``Metrics``, the rendered job YAML;
@@ -110,47 +113,125 @@ def dataset_metadata(info: Any, uri: str) -> dict[str, Any]:
             "source": str(info.source.get("input", "")), "shards_uri": uri.rsplit("/", 1)[0]}
 
 
-def shard(input_videos: str, existing_dataset: str, output_prefix: str, *, classes: str = "",
-          samples_per_shard: int = 1000, short_side: int = 320, fingerprint: str = "",
-          dataset: Any) -> dict[str, Any]:
-    """Shard ``input_videos`` under ``<output_prefix>/datasets/`` (resuming verified shards),
-    or describe ``existing_dataset``; write the Dataset artifact. ``fingerprint``: the
-    content fingerprint of the input (``validate``'s; "" = computed here), part of the shard
-    folder and of the artifact's metadata, which the training steps' folders hash."""
-    from umt.data import dataset_json
-    from umt.data.manifest import read_classes
-    from umt.data.shard import available_cpus, shard_dataset
-    from umt.data.transcode import TranscodeSettings
-    from umt.pipeline.fingerprint import fingerprint as content_fingerprint
+def plan_shards(input_videos: str, existing_dataset: str = "", *, shard_parts: int = 1,
+                fingerprint: str = "") -> list[dict[str, Any]]:
+    """The items of the shard fan-out: ``[{"part", "num_parts", "fingerprint"}]``, each
+    carrying ``fingerprint`` (``validate``'s content fingerprint of the input) on to its shard
+    task, whose cache key and folder then change with the content. One part when there is
+    nothing to shard (``existing_dataset``, or no input: ``validate`` says what is missing).
+    """
+    if not 1 <= shard_parts <= planning.MAX_SHARD_PARTS:
+        raise ValueError(f"shard_parts={shard_parts}: must be 1 to {planning.MAX_SHARD_PARTS}")
+    if not input_videos or existing_dataset:
+        shard_parts = 1
+    print(f"{input_videos or existing_dataset}: content fingerprint {fingerprint or '-'}; "
+          f"{shard_parts} shard part(s)")
+    return [{"part": i, "num_parts": shard_parts, "fingerprint": fingerprint}
+            for i in range(shard_parts)]
 
-    fingerprint = fingerprint or content_fingerprint(existing_dataset or input_videos)
 
-    if existing_dataset:
-        uri = existing_dataset
-        info = dataset_json.load(uri)
-        print(f"using the existing dataset {uri}: {info.num_samples} samples in "
-              f"{len(info.shards)} shards")
-    else:
-        if not input_videos:
-            raise ValueError("set input_videos (a manifest, folder or s3:// prefix of videos) "
-                             "or existing_dataset (a dataset.json)")
-        out = planning.dataset_dir(output_prefix, input_videos,
-                                   samples_per_shard=samples_per_shard, short_side=short_side,
-                                   classes=classes, fingerprint=fingerprint)
-        print(f"sharding {input_videos} -> {out}")
-        info = shard_dataset(input_videos, out, TranscodeSettings(short_side=short_side),
-                             samples_per_shard=samples_per_shard, workers=available_cpus(),
-                             classes=read_classes(classes) if classes else None, progress=False)
-        uri = storage.join(out, dataset_json.FILENAME)
-        print(f"wrote {info.num_samples} samples in {len(info.shards)} shards, "
-              f"{info.num_failed} inputs failed")
-    # The artifact's copy names its shards absolutely: it must work away from its folder.
+def _publish(info: Any, uri: str, dataset: Any, extra: dict[str, Any] | None = None
+             ) -> dict[str, Any]:
+    """Write a Dataset artifact: the dataset.json body with absolute shard URIs (it must work
+    away from its folder) and the counts as metadata."""
     body = info.to_dict()
     for entry, absolute in zip(body["shards"], info.shard_uris()):
         entry["uri"] = absolute
-    meta = {**dataset_metadata(info, uri), "fingerprint": fingerprint}
+    meta = {**dataset_metadata(info, uri), **(extra or {})}
     write_json(dataset, body, meta)
     return meta
+
+
+def _describe_existing(existing_dataset: str, dataset: Any, fingerprint: str) -> dict[str, Any]:
+    from umt.data import dataset_json
+    from umt.pipeline.fingerprint import fingerprint as content_fingerprint
+
+    info = dataset_json.load(existing_dataset)
+    print(f"using the existing dataset {existing_dataset}: {info.num_samples} samples in "
+          f"{len(info.shards)} shards")
+    return _publish(info, existing_dataset, dataset,
+                    {"fingerprint": fingerprint or content_fingerprint(existing_dataset)})
+
+
+def _dataset_dir(output_prefix: str, input_videos: str, samples_per_shard: int, short_side: int,
+                 classes: str, fingerprint: str) -> str:
+    if not input_videos:
+        raise ValueError("set input_videos (a manifest, folder or s3:// prefix of videos) "
+                         "or existing_dataset (a dataset.json)")
+    return planning.dataset_dir(output_prefix, input_videos, samples_per_shard=samples_per_shard,
+                                short_side=short_side, classes=classes, fingerprint=fingerprint)
+
+
+def _current_fingerprint(input_videos: str, planned: str) -> str:
+    """The input's content fingerprint now; refused when it is not the ``planned`` one (the
+    input was edited after ``validate`` planned the run's folders from it)."""
+    from umt.pipeline.fingerprint import fingerprint as content_fingerprint
+
+    now = content_fingerprint(input_videos)
+    if planned and now != planned:
+        raise ValueError(f"{input_videos} changed since it was fingerprinted ({planned}, now "
+                         f"{now}): rerun the pipeline, so every step plans from the new content")
+    return now
+
+
+def shard(input_videos: str, existing_dataset: str, output_prefix: str, *, classes: str = "",
+          samples_per_shard: int = 1000, short_side: int = 320, part: int = 0,
+          num_parts: int = 1, fingerprint: str = "", dataset: Any) -> dict[str, Any]:
+    """Shard ``input_videos`` (part ``part`` of ``num_parts``) under
+    ``<output_prefix>/datasets/`` (resuming verified shards), or describe ``existing_dataset``;
+    write the Dataset artifact (one part's: its ``part.json``). ``fingerprint``: the content
+    fingerprint of the input (``validate``'s; "" = computed here), part of the shard folder and
+    of the artifact's metadata, which the training steps' folders hash."""
+    from umt.data import dataset_json
+    from umt.data.manifest import read_classes
+    from umt.data.shard import available_cpus, shard_dataset
+    from umt.data.shard_parts import Part
+    from umt.data.transcode import TranscodeSettings
+
+    if existing_dataset:  # (plan_shards then plans one part)
+        return _describe_existing(existing_dataset, dataset, fingerprint)
+    fingerprint = _current_fingerprint(input_videos, fingerprint) if input_videos else ""
+    out = _dataset_dir(output_prefix, input_videos, samples_per_shard, short_side, classes,
+                       fingerprint)
+    piece = Part(int(part), int(num_parts)) if num_parts > 1 else None
+    print(f"sharding {input_videos}{f' (part {piece})' if piece else ''} -> {out}")
+    info = shard_dataset(input_videos, out, TranscodeSettings(short_side=short_side),
+                         samples_per_shard=samples_per_shard, workers=available_cpus(),
+                         classes=read_classes(classes) if classes else None, part=piece,
+                         progress=False)
+    print(f"wrote {info.num_samples} samples in {len(info.shards)} shards, "
+          f"{info.num_failed} inputs failed")
+    if piece:
+        return _publish(info, info.location, dataset, {"part": piece.index,
+                                                       "num_parts": piece.count,
+                                                       "fingerprint": fingerprint})
+    return _publish(info, storage.join(out, dataset_json.FILENAME), dataset,
+                    {"fingerprint": fingerprint})
+
+
+def merge_shards(input_videos: str, existing_dataset: str, output_prefix: str, *,
+                 shard_plan: Sequence[dict[str, Any]], classes: str = "",
+                 samples_per_shard: int = 1000, short_side: int = 320,
+                 dataset: Any) -> dict[str, Any]:
+    """The shard fan-out's one Dataset: the parts of ``shard_plan`` merged into dataset.json
+    (one part: its dataset.json as it is), or ``existing_dataset`` described."""
+    from umt.data import dataset_json
+    from umt.data.shard_parts import merge_parts
+
+    # kfp.local and the backend hand list items over as JSON numbers: 2.0 for 2.
+    num_parts = int(shard_plan[0]["num_parts"]) if shard_plan else 1
+    fingerprint = str(shard_plan[0].get("fingerprint", "")) if shard_plan else ""
+    if existing_dataset:
+        return _describe_existing(existing_dataset, dataset, fingerprint)
+    out = _dataset_dir(output_prefix, input_videos, samples_per_shard, short_side, classes,
+                       fingerprint)
+    if num_parts > 1:
+        info = merge_parts(out, num_parts)
+        print(f"merged {num_parts} parts: {info.num_samples} samples in {len(info.shards)} "
+              f"shards, {info.num_failed} inputs failed -> {info.location}")
+    else:
+        info = dataset_json.load(out)
+    return _publish(info, info.location, dataset, {"fingerprint": fingerprint})
 
 
 # -- training and evaluation jobs ---------------------------------------------------------------

@@ -64,6 +64,7 @@ class Settings:
     existing_dataset: str = ""
     classes: str = ""
     samples_per_shard: int = 1000
+    shard_parts: int = 1
     short_side: int = 320
     model_size: str = "base"
     num_frames: int = 0
@@ -254,6 +255,8 @@ def validate(s: Settings, *, cluster_checks: bool | None = None) -> dict[str, An
                  "finetune_steps", "samples_per_shard", "short_side"):
         if getattr(s, name) < 0:
             p.add(f"{name}={getattr(s, name)} must be >= 0 (0 = the preset's value)")
+    if not 1 <= s.shard_parts <= planning.MAX_SHARD_PARTS:
+        p.add(f"shard_parts={s.shard_parts} must be 1 to {planning.MAX_SHARD_PARTS}")
     unknown_tasks = [t for t in s.tasks if t not in (*catalogue.tasks(), planning.ALL_TASKS)]
     if unknown_tasks:
         p.add(f"tasks: {', '.join(map(repr, unknown_tasks))} not among the downstream tasks "
