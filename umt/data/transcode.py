@@ -223,7 +223,8 @@ def transcode_video(data: bytes, settings: TranscodeSettings, start: Optional[fl
             if k <= last_k:
                 continue
             last_k = k
-            small = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
+            small = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA",
+                                   threads=1)  # see decoders.PyAVDecoder._rgb
             small.pts = k
             small.time_base = 1 / rate
             for packet in ost.encode(small):
