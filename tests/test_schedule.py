@@ -35,8 +35,9 @@ def test_16_and_32_gpus_train_the_same_epochs(schema, stage, overrides, epochs, 
     s16, s32 = _steps(cfg, n, 16), _steps(cfg, n, 32)
     assert s16.epochs == s32.epochs == epochs and s16.warmup_epochs == s32.warmup_epochs == warmup
     assert s16.steps != s32.steps and s16.global_batch * 2 == s32.global_batch
+    views = getattr(getattr(cfg, "augment", None), "num_sample", 1)  # an action batch counts views
     for s in (s16, s32):
-        assert s.steps_per_epoch == n // s.global_batch
+        assert s.steps_per_epoch == n // (s.global_batch // views)
         assert s.steps == epochs * s.steps_per_epoch and s.warmup_steps == warmup * s.steps_per_epoch
         assert abs(s.trained_epochs - epochs) < 1e-9
 
@@ -46,8 +47,8 @@ def test_action_epochs_count_videos_not_views():
     videos (official: videos // (batch x GPUs))."""
     cfg = load_config(FinetuneActionConfig, "finetune-action", "b16", ACTION)
     s = _steps(cfg, 650_000, 16)
-    assert s.global_batch == 16 * 16  # 16 videos (32 views) per GPU
-    assert s.steps_per_epoch == 650_000 // 256 and s.steps == 35 * (650_000 // 256)
+    assert s.global_batch == 32 * 16  # views, as the loop counts them: 16 videos x 2 per GPU
+    assert s.steps_per_epoch == 650_000 // (16 * 16) and s.steps == 35 * (650_000 // 256)
 
 
 def test_accumulation_is_part_of_the_global_batch():
@@ -104,7 +105,7 @@ def test_config_show_prints_the_steps():
     out = {g: CliRunner().invoke(app, args + ["--gpus", str(g)]) for g in (16, 32)}
     assert out[16].exit_code == 0, out[16].output
     assert ("# schedule at 650000 samples on 16 GPU(s): 35 epochs x 2539 steps/epoch = 88865 "
-            "steps, warmup 2 epochs = 5078 steps, global batch 256") in out[16].output
+            "steps, warmup 2 epochs = 5078 steps, global batch 512") in out[16].output
     assert "35 epochs x 1269 steps/epoch = 44415 steps" in out[32].output
 
 

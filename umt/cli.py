@@ -64,6 +64,9 @@ def config_show(stage: str = typer.Argument(..., help=f"One of: {', '.join(STAGE
         if num_samples is not None:
             typer.echo(f"# schedule at {num_samples} samples on {gpus} GPU(s): "
                        f"{_schedule_preview(schema, stage, config, overrides or [], num_samples, gpus)}")
+        elif "\n  epochs: " in text and "\n  steps: null" in text:
+            typer.echo("# train.epochs: the steps follow from the data set size and the GPU count at "
+                       "start (--num-samples N --gpus G prints them)")
     except ValueError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2)

@@ -150,8 +150,12 @@ def rows_per_process(cfg: Any) -> int:
 def preview(cfg: Any, num_samples: int, gpus: int) -> Schedule:
     """The schedule ``cfg`` gets on ``gpus`` processes over a data set of ``num_samples`` rows
     (``umt config show --num-samples N --gpus G``): as the loop resolves it at start, one epoch
-    being one pass at :func:`rows_per_process` x ``gpus`` x ``train.accum_steps`` rows a step."""
+    being one pass at :func:`rows_per_process` x ``gpus`` x ``train.accum_steps`` rows a step
+    (the global batch it reports is the loop's: ``train.batch_size`` x ``gpus`` x accum)."""
     if num_samples < 1 or gpus < 1:
         raise ValueError(f"--num-samples={num_samples} and --gpus={gpus} must be >= 1")
-    rows = rows_per_process(cfg) * int(gpus) * int(getattr(cfg.train, "accum_steps", 1) or 1)
-    return resolve(cfg.train, cfg.optim, global_batch=rows, samples_per_epoch=num_samples)
+    accum = int(getattr(cfg.train, "accum_steps", 1) or 1)
+    per_epoch = steps_per_epoch(num_samples, rows_per_process(cfg) * int(gpus) * accum)
+    # The global batch as the loop counts it (train.batch_size: views for an action fine-tune).
+    batch = global_batch_of(cfg.train, gpus)
+    return resolve(cfg.train, cfg.optim, global_batch=batch, samples_per_epoch=per_epoch * batch)
