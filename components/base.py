@@ -32,7 +32,7 @@ BASE_IMAGE = release_image(LAUNCHER_IMAGE)
 SHARED_DOCS = {
     "output_prefix": "Folder or s3:// prefix the job writes under.",
     "model_size": "tiny, base or large (the stage's preset).",
-    "steps": "Optimizer steps (0 = the preset's).",
+    "steps": "Optimizer steps (0 = the preset's schedule: its epochs over the data set at the job's global batch, or its steps).",
     "batch_size": "Batch size per GPU (0 = the preset's).",
     "num_frames": "Frames per clip (0 = the preset's).",
     "overrides": "Extra config overrides, key=value.",

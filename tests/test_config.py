@@ -61,3 +61,46 @@ def test_cli_config_show_and_errors():
     assert r.exit_code == 2 and "steps" in r.output
     for args in (["--help"], ["train", "--help"], ["train", "stage1", "--help"], ["config", "--help"]):
         assert CliRunner().invoke(app, args).exit_code == 0
+
+
+def _shipped_presets():
+    from umt import catalogue
+    from umt.configs.loader import preset_source
+
+    for name, stage in catalogue.STAGES.items():
+        owner = preset_source(stage.config_schema(), name)[0]
+        for preset in list_presets(owner):
+            yield name, preset
+
+
+@pytest.mark.parametrize("stage,preset", sorted(set(_shipped_presets())))
+def test_every_shipped_preset_loads_and_passes_the_checks(stage, preset):
+    """Each preset of each stage of the catalogue, with only what a preset cannot know (the
+    data, and the checkpoint an evaluation reads): types, ranges and the training length."""
+    from umt import catalogue
+    from umt.pipeline.plan import data_overrides
+
+    entry = catalogue.get(stage)
+    overrides = data_overrides(stage, ["s3://bucket/data/dataset.json"])
+    if not entry.trains:
+        overrides.append("model.pretrained=s3://bucket/run/checkpoints/step_00000001.pt")
+    cfg = load_config(entry.config_schema(), stage, preset, overrides)
+    if entry.trains:
+        assert cfg.train.steps is not None or cfg.train.epochs is not None
+
+
+@pytest.mark.parametrize("stage,preset", sorted({(s, p) for s, p in _shipped_presets()
+                                                 if p != "tiny" and not s.startswith("eval")}))
+def test_paper_presets_state_epochs_from_their_official_script(stage, preset):
+    """A paper-scale preset trains for the official epochs whatever the GPU count: epochs and
+    warmup epochs, no step count, and a comment naming the official exp script."""
+    from umt import catalogue
+    from umt.configs.loader import preset_path
+    from umt.pipeline.plan import data_overrides
+
+    cfg = load_config(catalogue.get(stage).config_schema(), stage, preset,
+                      data_overrides(stage, ["s3://bucket/data/dataset.json"]))
+    assert cfg.train.epochs and cfg.train.warmup_epochs is not None and cfg.train.steps is None
+    assert cfg.optim.warmup_steps is None
+    text = preset_path(stage, preset).read_text()
+    assert "/exp/" in text and (".sh" in text or ".py" in text)

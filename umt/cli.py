@@ -17,7 +17,7 @@ from typing import List, Optional
 import typer
 
 from umt import catalogue
-from umt.runtime.entry import ConfigOpt, OverridesArg, eval_command, stage_command
+from umt.runtime.entry import OverridesArg, eval_command, stage_command
 
 # Plain tracebacks: they end up in pod logs, where rich panels with locals are noise.
 app = typer.Typer(help="Unmasked Teacher (UMT) video foundation models: train, shard, launch.",
@@ -39,9 +39,17 @@ STAGES = list(catalogue.STAGES)
 
 @config_app.command("show")
 def config_show(stage: str = typer.Argument(..., help=f"One of: {', '.join(STAGES)}"),
-                config: Optional[str] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+                config: Optional[str] = typer.Option(
+                    None, "--config", "-c", "--preset",
+                    help="Preset name (e.g. tiny, b16, l16) or a YAML file."),
+                num_samples: Optional[int] = typer.Option(
+                    None, "--num-samples", help="Rows of the training data (videos, pairs, "
+                    "questions; dataset.json's num_samples): print the steps this run gets."),
+                gpus: int = typer.Option(1, "--gpus", help="Processes (GPUs) with --num-samples."),
+                overrides: Optional[List[str]] = OverridesArg):
     """Print the fully resolved config (defaults <- preset/YAML <- overrides); required values
-    still missing are shown as ``???`` and listed."""
+    still missing are shown as ``???`` and listed. With ``--num-samples N --gpus G``, also the
+    training length in steps that ``train.epochs`` give there (as a YAML comment)."""
     from umt.configs.loader import show_config
 
     try:
@@ -53,9 +61,44 @@ def config_show(stage: str = typer.Argument(..., help=f"One of: {', '.join(STAGE
         typer.echo(text.rstrip("\n"))
         for key in missing:
             typer.secho(f"# {key} is required (???): pass {key}=...", fg="yellow", err=True)
+        if num_samples is not None:
+            typer.echo(f"# schedule at {num_samples} samples on {gpus} GPU(s): "
+                       f"{_schedule_preview(schema, stage, config, overrides or [], num_samples, gpus)}")
+        elif "\n  epochs: " in text and "\n  steps: null" in text:
+            typer.echo("# train.epochs: the steps follow from the data set size and the GPU count at "
+                       "start (--num-samples N --gpus G prints them)")
     except ValueError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2)
+
+
+def _schedule_preview(schema, stage: str, config, overrides: list[str], num_samples: int,
+                      gpus: int) -> str:
+    """``Schedule.describe()`` of the config on ``gpus`` GPUs over ``num_samples`` rows (the
+    config is rebuilt from its defaults where required values are still missing: the length
+    needs none of them)."""
+    from omegaconf import OmegaConf
+
+    from umt.configs import schedule
+    from umt.configs.loader import _merged
+
+    merged = _merged(schema, stage, config, overrides)
+    train = OmegaConf.to_object(merged.train) if "train" in merged else None
+    if train is None or not hasattr(train, "epochs"):
+        raise ValueError(f"{stage} does not train: --num-samples does not apply")
+    cfg = type("Cfg", (), {"train": train, "optim": OmegaConf.to_object(merged.optim),
+                           "data": _section(merged, "data"), "augment": _section(merged, "augment")})
+    return schedule.preview(cfg, num_samples, gpus).describe()
+
+
+def _section(merged, name: str):
+    """A section's raw values (required ones may still be ``???``), or None."""
+    from omegaconf import OmegaConf
+
+    if name not in merged:
+        return None
+    values = OmegaConf.to_container(merged[name], resolve=False, throw_on_missing=False)
+    return type(name, (), values)
 
 
 @config_app.command("presets")

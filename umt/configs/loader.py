@@ -107,6 +107,16 @@ def _merged(schema: type, stage: str, config: str | None, overrides: Sequence[st
     return base
 
 
+def _check_loaded(cfg: Any) -> None:
+    """Checks of a whole config that no section's ``__post_init__`` can make (a section is
+    also built from its defaults alone): a training stage says how long to train."""
+    from umt.configs.schedule import check_length
+
+    train = getattr(cfg, "train", None)
+    if train is not None and hasattr(train, "epochs"):
+        check_length(train)
+
+
 def load_config(schema: type[T], stage: str, config: str | None = None,
                 overrides: Sequence[str] = ()) -> T:
     """Build a typed config.
@@ -117,7 +127,9 @@ def load_config(schema: type[T], stage: str, config: str | None = None,
     ``__post_init__``) raise ``ValueError`` naming the offending key.
     """
     try:
-        return OmegaConf.to_object(_merged(schema, stage, config, overrides))  # type: ignore[return-value]
+        cfg = OmegaConf.to_object(_merged(schema, stage, config, overrides))
+        _check_loaded(cfg)
+        return cfg  # type: ignore[return-value]
     except MissingMandatoryValue as e:
         raise ValueError(f"{stage} config: {e.full_key} is required (set it in the YAML or pass "
                          f"{e.full_key}=...)") from None
@@ -138,7 +150,7 @@ def show_config(schema: type, stage: str, config: str | None = None,
         merged = _merged(schema, stage, config, overrides)
         missing = sorted(OmegaConf.missing_keys(merged))
         if not missing:
-            OmegaConf.to_object(merged)  # runs the range and choice checks
+            _check_loaded(OmegaConf.to_object(merged))  # runs the range and choice checks
         return OmegaConf.to_yaml(merged), missing
     except OmegaConfBaseException as e:
         raise ValueError(f"invalid {stage} config: {e}") from None

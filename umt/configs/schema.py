@@ -214,7 +214,8 @@ class OptimConfig:
     base_lr: float = 1.5e-4
     min_lr: float = 1e-5
     warmup_lr: float = 0.0
-    warmup_steps: int = 0
+    # Explicit warmup length in optimizer steps; None: train.warmup_epochs (umt.configs.schedule)
+    warmup_steps: Optional[int] = None
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
@@ -229,7 +230,7 @@ class OptimConfig:
     def __post_init__(self):
         for key in ("base_lr", "min_lr", "warmup_lr", "weight_decay"):
             at_least(f"optim.{key}", getattr(self, key), 0.0)
-        at_least("optim.warmup_steps", self.warmup_steps, 0)
+        at_least("optim.warmup_steps", self.warmup_steps, 0, optional=True)
         length("optim.betas", self.betas, 2)
         for i, b in enumerate(self.betas):
             in_range(f"optim.betas[{i}]", b, 0.0, 1.0, high_open=True)
@@ -242,7 +243,13 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     output_dir: str = "runs/stage1"
-    steps: int = 1000  # total optimizer steps; the LR schedule spans them
+    # How long to train: epochs (the official recipes' unit), converted to optimizer steps at
+    # start from the loader's samples per epoch and the actual global batch, or ``steps``
+    # (total optimizer steps; when set it wins). One of the two is required
+    # (umt.configs.schedule); warmup: ``warmup_epochs`` or ``optim.warmup_steps`` (wins).
+    epochs: Optional[float] = None
+    warmup_epochs: Optional[float] = None
+    steps: Optional[int] = None
     # End this invocation after this step (checkpointing there) without changing the schedule:
     # time-boxed or preemptible jobs; a later run with the same output_dir resumes.
     stop_at: Optional[int] = None
@@ -268,8 +275,15 @@ class TrainConfig:
     def __post_init__(self):
         if not self.output_dir:
             raise ValueError("train.output_dir must not be empty")
-        for key in ("steps", "batch_size", "log_every", "ckpt_every", "max_nonfinite", "accum_steps"):
+        for key in ("batch_size", "log_every", "ckpt_every", "max_nonfinite", "accum_steps"):
             at_least(f"train.{key}", getattr(self, key), 1)
+        at_least("train.steps", self.steps, 1, optional=True)
+        in_range("train.epochs", self.epochs, 0.0, 10000.0, low_open=True, optional=True)
+        at_least("train.warmup_epochs", self.warmup_epochs, 0.0, optional=True)
+        if self.epochs is not None and self.warmup_epochs is not None and \
+                self.warmup_epochs >= self.epochs:
+            raise ValueError(f"train.warmup_epochs={self.warmup_epochs!r} is out of range; it "
+                             f"must be < train.epochs={self.epochs!r}")
         at_least("train.stop_at", self.stop_at, 1, optional=True)
         at_least("train.keep_last", self.keep_last, 0)
         at_least("train.eval_every", self.eval_every, 0, optional=True)

@@ -46,12 +46,30 @@ def _synthetic_batches(cfg: DataConfig, batch_size: int, num_frames: int, img_si
         step += 1
 
 
+class _Epoched:
+    """Batches with the epoch length every loader reports (``epoch_steps``: batches per rank),
+    which the training loop turns ``train.epochs`` into steps with."""
+
+    def __init__(self, batches: Iterator[dict], epoch_steps: int):
+        self._batches, self.epoch_steps = batches, epoch_steps
+
+    def __iter__(self) -> "_Epoched":
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._batches)
+
+
 def build_pretrain_loader(cfg: DataConfig, *, batch_size: int, num_frames: int, img_size: int,
                           seed: int = 0, rank: int = 0, world_size: int = 1,
                           start_step: int = 0) -> Iterator[dict]:
     """An endless iterator of training batches for this rank (see module docstring)."""
     if cfg.source == "synthetic":
-        return _synthetic_batches(cfg, batch_size, num_frames, img_size, seed, rank, start_step)
+        from umt.data.loader_kit import default_epoch_steps
+
+        batches = _synthetic_batches(cfg, batch_size, num_frames, img_size, seed, rank, start_step)
+        return _Epoched(batches, cfg.epoch_steps or default_epoch_steps(
+            cfg.synthetic_size, batch_size, world_size))
     from umt.data.webdataset_loader import build_webdataset_loader
 
     return build_webdataset_loader(cfg, batch_size=batch_size, num_frames=num_frames,

@@ -6,7 +6,7 @@ Kubeflow Trainer v2 runtime ``manifests/runtime/trainingruntime.yaml``.
 Each stage gets the PyTorchJob ``umt job render`` would print for it (2 nodes x 8 GPUs, the
 paper-scale B/16 preset, data under the placeholder ``s3://EDIT_ME_BUCKET/umt/datasets/``,
 outputs under ``s3://EDIT_ME_BUCKET/umt/runs/<stage>``, each stage starting from its parent's
-last checkpoint there: Stage 1 -> Stage 2 -> retrieval / QA fine-tunes -> their evaluations,
+last checkpoint there (the parent run's ``summary.json`` names it): Stage 1 -> Stage 2 -> retrieval / QA fine-tunes -> their evaluations,
 Stage 1 -> action fine-tune -> its evaluation; evaluations on 1 node) without a node pool: the
 ``manifests/overlays/<cloud>`` add the A100 node selector / affinity. A test checks the files
 are what this module renders, so the manifests never drift from the launcher.
@@ -60,13 +60,10 @@ def overrides_of(stage: str) -> list[str]:
 
 
 def last_checkpoint(stage: str) -> str:
-    """The checkpoint a shipped ``stage`` job ends with: its preset's ``train.steps``, named
-    as umt.runtime.checkpoint names it (so a preset change moves the chain along)."""
-    from umt.launch.stages import validate_stage_config
-
-    cfg = validate_stage_config(stage, PRESET, overrides_of(stage)
-                                + [f"train.output_dir={output_of(stage)}"])
-    return f"{output_of(stage)}/checkpoints/step_{int(cfg.train.steps):08d}.pt"
+    """The checkpoint a shipped ``stage`` job ends with, named by its run's ``summary.json``
+    (``umt.runtime.weights.final_checkpoint``): the presets train for epochs, so the last step
+    is known only once the job has read its data set."""
+    return f"{output_of(stage)}/summary.json"
 
 
 HEADER = """\

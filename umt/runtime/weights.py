@@ -11,6 +11,7 @@ safe one (``weights_only=True``: nothing in a checkpoint is executed).
 from __future__ import annotations
 
 import io
+import json
 from typing import Optional, Sequence
 
 import torch.nn as nn
@@ -30,7 +31,10 @@ MAX_MAP_BYTES = 16 << 20  # a head map of 100k classes is well below this
 
 def read_checkpoint(uri: str) -> Checkpoint:
     """The checkpoint at ``uri`` (what ``torch.load`` returns, a dict, with ``.source = uri``);
-    ``CheckpointError`` when it is missing, not a regular file or not a readable checkpoint."""
+    ``CheckpointError`` when it is missing, not a regular file or not a readable checkpoint.
+    A run's ``summary.json`` stands for the checkpoint that run ended with (:func:`final_checkpoint`).
+    """
+    uri = final_checkpoint(uri)
     try:
         f = (io.BytesIO(storage.read_bytes(uri)) if storage.is_s3(uri)
              else storage.open_read(uri))
@@ -43,6 +47,34 @@ def read_checkpoint(uri: str) -> Checkpoint:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{uri}: expected a dict of tensors, got {type(obj).__name__}")
     return Checkpoint(obj, uri)
+
+
+def final_checkpoint(uri: str) -> str:
+    """``<run>/summary.json`` -> the checkpoint of the finished run it describes; any other URI
+    as it is.
+
+    How a stage names its parent's last checkpoint before the parent has run: with a schedule in
+    epochs the last step (``step_XXXXXXXX.pt``) is known only when the parent starts. A run
+    stopped early (``train.stop_at``) or not finished yet is refused, naming the run.
+    """
+    if not uri.endswith("/summary.json") and uri != "summary.json":
+        return uri
+    try:
+        summary = json.loads(storage.read_bytes(uri, max_bytes=MAX_MAP_BYTES))
+    except FileNotFoundError:
+        raise CheckpointError(f"{uri} does not exist: that run has not finished (or is not "
+                              f"there), so it names no final checkpoint") from None
+    except ValueError as e:
+        raise CheckpointError(f"{uri} is not a run summary: {e}") from None
+    ckpt = summary.get("checkpoint") if isinstance(summary, dict) else None
+    steps, total = (summary.get("steps"), summary.get("total_steps")) if ckpt else (None, None)
+    if not ckpt or not isinstance(steps, int) or not isinstance(total, int):
+        raise CheckpointError(f"{uri} names no checkpoint (not a training run's summary.json)")
+    if steps < total:
+        raise CheckpointError(f"{uri}: that run stopped at step {steps} of {total}; finish it "
+                              f"(run it again with the same train.output_dir) or name a "
+                              f"checkpoint")
+    return ckpt
 
 
 def read_optional(uri: Optional[str]) -> Optional[Checkpoint]:

@@ -8,7 +8,9 @@ A stage module holds only what is its own -- its config schema and a :class:`Sta
 and this module does the rest, once: process group and device, the run lease (one writer per
 output folder), resume from the newest readable checkpoint (weights, optimizer, schedule
 position, every rank's RNG, the data position) with a check that all ranks agree on the step,
-DDP, gradient accumulation, the non-finite guard, the optimizer step and LR schedule, metrics
+DDP, gradient accumulation, the non-finite guard, the optimizer step and LR schedule (its
+length: ``train.epochs`` over the loader's epoch at the actual global batch, or ``train.steps``;
+``umt.configs.schedule``, logged and in ``summary.json`` as ``schedule``), metrics
 averaged over ranks in ``metrics.jsonl``, periodic evaluation with a best checkpoint, periodic
 checkpoints, a checkpoint on SIGTERM (``umt.runtime.preemption``: all ranks stop at the same
 step, then the process exits for the restart) and ``summary.json``.
@@ -18,7 +20,8 @@ Stage hooks (``ctx`` is the :class:`Context` below):
 * ``build_models(cfg, device) -> Models``: the trained module (optimised, DDP-wrapped,
   checkpointed) and frozen helpers (the CLIP teacher: never optimised, saved or wrapped).
 * ``build_loader(cfg, ctx, start) -> iterator`` of batches, positioned at micro-batch
-  ``start`` (= optimizer step x ``train.accum_steps``).
+  ``start`` (= optimizer step x ``train.accum_steps``), with ``epoch_steps`` (batches per rank
+  in one epoch) for configs in ``train.epochs``. Built before the model is wrapped.
 * ``forward_loss(ctx, batch, step) -> (loss, metrics)``: the scalar to minimise for one
   micro-batch and a dict of scalar tensors to log (averaged over the log interval and ranks).
   ``ctx.micro`` is the micro-batch index within the step.
@@ -44,6 +47,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from umt.configs import schedule as schedules
 from umt.configs import to_yaml
 from umt.models.checkpoint import misfit_message, state_dict_misfit
 from umt.runtime import checkpoint, distributed, preemption
@@ -196,11 +200,14 @@ def train(stage: Stage, cfg: Any) -> dict[str, Any]:
 def _train(stage: Stage, cfg: Any, dist: distributed.DistInfo, device: torch.device,
            lease: Optional[RunLease]) -> dict[str, Any]:
     tc = cfg.train
-    run = _Run(stage, cfg, dist, device)  # models, optimizer, LR schedule
-    run.resume()  # before anything is written; then config.yaml, metrics.jsonl
-    run.start_model_and_loader()  # DDP / compile, the loader at the resume step
-    end = min(tc.steps, tc.stop_at) if tc.stop_at else tc.steps
-    bar = tqdm(total=tc.steps, initial=run.start, disable=not dist.is_main, desc=stage.name,
+    run = _Run(stage, cfg, dist, device)  # models, optimizer
+    # Before anything is written: the resume step, the loader there, the schedule in steps
+    # (train.epochs need the loader's epoch); then config.yaml, metrics.jsonl.
+    run.resume()
+    run.start_model()  # DDP / compile
+    steps = run.schedule.steps
+    end = min(steps, tc.stop_at) if tc.stop_at else steps
+    bar = tqdm(total=steps, initial=run.start, disable=not dist.is_main, desc=stage.name,
                unit="step")
     # From here on SIGTERM is a request to checkpoint and stop (before, there is nothing new
     # to save, and the default action ends the process at once).
@@ -228,7 +235,8 @@ class _Run:
     """One training run's state and its pieces, in the order :func:`_train` calls them."""
 
     def __init__(self, stage: Stage, cfg: Any, dist: distributed.DistInfo, device: torch.device):
-        """Models, optimizer and LR schedule, and the :class:`Context` the hooks see."""
+        """Models and optimizer, and the :class:`Context` the hooks see (the LR schedule comes
+        with the loader, in :meth:`resume`: its length may be in epochs)."""
         tc = cfg.train
         self.stage, self.cfg, self.dist, self.device = stage, cfg, dist, device
         # The same seed on every rank while building, so random (test/demo) weights agree; then
@@ -240,14 +248,12 @@ class _Run:
 
         micro_batch = tc.batch_size * dist.world_size
         self.global_batch = micro_batch * tc.accum_steps
-        self.lr, min_lr, warmup_lr = scaled_lrs(cfg.optim, self.global_batch)
+        self.lr, self.min_lr, self.warmup_lr = scaled_lrs(cfg.optim, self.global_batch)
         groups = (stage.param_groups(cfg, raw) if stage.param_groups
                   else param_groups(raw, cfg.optim.weight_decay))
         self.optimizer = build_optimizer(groups, cfg.optim, self.lr, device)
-        # The schedule follows this run's config (steps, warmup, lr, world size); a resumed run
-        # restores its position in it, not the old shape.
-        self.scheduler = build_scheduler(self.optimizer, tc.steps, cfg.optim.warmup_steps,
-                                         min_lr, warmup_lr)
+        self.schedule: Optional[schedules.Schedule] = None
+        self.scheduler = None
         self.ctx = Context(cfg, dist, device, raw, raw, self.models.frozen, self.global_batch,
                            micro_batch, state=dict(self.models.extras))
         self.writer = checkpoint.CheckpointWriter(tc.output_dir, tc.keep_last)
@@ -273,29 +279,55 @@ class _Run:
             raise ValueError(f"train.resume=false but {tc.output_dir} already holds checkpoints: "
                              f"use another train.output_dir (nothing is overwritten)")
         state = checkpoint.load_latest(tc.output_dir) if tc.resume else None
+        old_schedule, uri = None, ""
         if state is not None:
             _check_shapes(self.ctx.raw, state["model"], state["uri"])
-            self.start, self.last_ckpt = state["step"], state["uri"]
-            if self.start > tc.steps:
-                raise ValueError(f"{state['uri']} is at step {self.start} but train.steps="
-                                 f"{tc.steps}: raise train.steps to continue this run, or use "
-                                 f"another output_dir")
+            self.start, self.last_ckpt, uri = state["step"], state["uri"], state["uri"]
             _restore(state, self.ctx, self.optimizer, self.start)
             self.writer.adopt(self.start, state.get("lineage"))
-            if state.get("scheduler") and state["scheduler"].get("t_initial") != self.scheduler.t_initial:
-                log.warning("the LR schedule changed since the checkpoint; following this config")
+            old_schedule = state.get("scheduler") or None
             log.info("resumed from step %d of %s", self.start, tc.output_dir)
         del state
         self.start = distributed.agree_on_step(self.start, dist)
+        self.ctx.loader = self.stage.build_loader(self.cfg, self.ctx, self.start * tc.accum_steps)
+        self._build_schedule()
+        if self.start > self.schedule.steps:
+            sched = self.schedule
+            length = (f"train.steps={sched.steps}" if sched.steps_from == "train.steps" else
+                      f"train.epochs={sched.epochs:g} make {sched.steps} steps here "
+                      f"({sched.describe()})")
+            raise ValueError(f"{uri or tc.output_dir} is at step {self.start} but {length}: "
+                             f"raise train.steps / train.epochs to continue this run, or use "
+                             f"another output_dir")
+        # The schedule follows this run's config (steps, warmup, lr, world size); a resumed run
+        # restores its position in it, not the old shape.
+        if old_schedule and old_schedule.get("t_initial") != self.scheduler.t_initial:
+            log.warning("the LR schedule changed since the checkpoint; following this config")
         self.files = RunFiles(tc.output_dir, enabled=dist.is_main)
         self.files.write_config(self.cfg)
         self.files.resume(self.start)
         self.scheduler.step_update(self.start)
         self.best = self.writer.best_info() if self.start else None
 
-    def start_model_and_loader(self) -> None:
-        """Wrap the model (DDP across ranks, ``torch.compile``), build the loader at the
-        resume step's micro-batch, and start the first log interval."""
+    def _build_schedule(self) -> None:
+        """The run's length in steps (``umt.configs.schedule``: ``train.epochs`` x the loader's
+        epoch at this global batch, unless ``train.steps`` says) and the LR schedule over it.
+
+        A loader reports its epoch as ``epoch_steps``, batches per rank (one pass over its
+        data at ``train.batch_size`` x world size, or ``data.epoch_steps``); an optimizer step
+        takes ``train.accum_steps`` of them."""
+        tc, ctx = self.cfg.train, self.ctx
+        epoch_batches = getattr(ctx.loader, "epoch_steps", None)
+        samples = epoch_batches * ctx.micro_batch if epoch_batches else None
+        self.schedule = schedules.resolve(tc, self.cfg.optim, global_batch=self.global_batch,
+                                          samples_per_epoch=samples)
+        log.info("%s schedule: %s", self.stage.name, self.schedule.describe())
+        self.scheduler = build_scheduler(self.optimizer, self.schedule.steps,
+                                         self.schedule.warmup_steps, self.min_lr, self.warmup_lr)
+
+    def start_model(self) -> None:
+        """Wrap the model (DDP across ranks, ``torch.compile``) and start the first log
+        interval (the loader is at the resume step's micro-batch already)."""
         tc, dist, ctx, raw = self.cfg.train, self.dist, self.ctx, self.ctx.raw
         if dist.world_size > 1:  # fixed buffers (position tables) never change: no broadcast
             ctx.model = DDP(raw, device_ids=[dist.local_rank] if self.device.type == "cuda" else None,
@@ -303,12 +335,11 @@ class _Run:
         if tc.compile:  # frozen helpers too: the teacher costs about as much as the student
             ctx.model = torch.compile(ctx.model)
             ctx.frozen = {k: torch.compile(v) for k, v in ctx.frozen.items()}
-        ctx.loader = self.stage.build_loader(self.cfg, ctx, self.start * tc.accum_steps)
         n_params = sum(p.numel() for p in raw.parameters())
         log.info("%s: %s (%.1fM params), global batch %d (%d x %d ranks x %d accum), lr %.2e, "
                  "steps %d -> %d", self.stage.name, type(raw).__name__, n_params / 1e6,
                  self.global_batch, tc.batch_size, dist.world_size, tc.accum_steps, self.lr,
-                 self.start, tc.steps)
+                 self.start, self.schedule.steps)
         if self.stage.flops is not None:
             log.info("MFU against a dense bf16 peak of %s TFLOP/s (%s)", peak_tflops(self.device),
                      self.device)
@@ -370,7 +401,7 @@ class _Run:
         if record["loss"] is not None:
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
         log.info("step %d/%d loss %s lr %.3e %.1f clips/s %.3f s/step%s", done,
-                 self.cfg.train.steps, "nan" if record["loss"] is None else f"{record['loss']:.4f}",
+                 self.schedule.steps, "nan" if record["loss"] is None else f"{record['loss']:.4f}",
                  record["lr"], record["clips_per_s"], record["step_time_s"],
                  f" mfu {record['mfu']:.1%}" if record.get("mfu") is not None else "")
         self._new_interval()
@@ -431,7 +462,8 @@ class _Run:
     def finish(self, end: int) -> dict[str, Any]:
         """``summary.json``: the last logged metrics, evaluation, best checkpoint, stage extras."""
         tc = self.cfg.train
-        summary = {"stage": self.stage.name, "steps": max(end, self.start), "total_steps": tc.steps,
+        summary = {"stage": self.stage.name, "steps": max(end, self.start),
+                   "total_steps": self.schedule.steps, "schedule": self.schedule.as_dict(),
                    "final_loss": self.last_logged.get("loss"), "final_metrics": self.last_logged,
                    "nonfinite_skipped": self.guard.total, "global_batch": self.global_batch,
                    "checkpoint": self.last_ckpt, "output_dir": tc.output_dir}
