@@ -190,3 +190,143 @@ def read_labelmap(text: str, name: str) -> list[tuple[int, str]]:
     if min(ids) < 1:
         raise FormatError(f"{name}: id {min(ids)} < 1 (ids are 1-based)")
     return items
+
+
+# -- synthetic keyframe clips -----------------------------------------------------------------
+# Squares ("people") moving across the frame, one per horizontal band; each has 2 or 3
+# actions at the keyframe (the centre frame): its direction (needs time: one frame cannot
+# tell), its colour, and "big" when its side is over a fifth of the frame.
+SYNTHETIC_ACTIONS = ((1, "move right"), (2, "move left"), (3, "red"), (4, "green"),
+                     (5, "blue"), (6, "big"))
+_RGB = {3: (220, 40, 40), 4: (40, 200, 40), 5: (50, 80, 230)}
+
+
+def synthetic_labelmap() -> str:
+    """The label map of the synthetic actions, in the official pbtxt layout."""
+    return "".join(f'item {{\n  name: "{n}"\n  id: {c}\n}}\n' for c, n in SYNTHETIC_ACTIONS)
+
+
+def render_keyframe_clip(seed: int, num_frames: int = 16, size: int = 64, people: int = 2):
+    """``(frames uint8 [T, H, W, 3], boxes [P, 4] normalised at the keyframe T // 2,
+    actions: P lists of action ids)``; the same arguments give the same clip."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    frames = np.repeat(rng.integers(0, 50, size=(1, size, size, 3), dtype=np.uint8),
+                       num_frames, axis=0)
+    band = size // people
+    key = num_frames // 2
+    boxes, actions = [], []
+    for p in range(people):
+        side = int(rng.integers(max(3, band // 3), max(4, min(band, size // 3)) + 1))
+        y = p * band + int(rng.integers(0, max(1, band - side + 1)))
+        right = bool(rng.integers(2))
+        colour = int(rng.integers(3, 6))
+        span = size - side
+        xs = np.linspace(0, span, num_frames) * rng.uniform(0.5, 1.0)
+        xs = xs + rng.uniform(0, span - xs[-1] + 1e-9)
+        if not right:
+            xs = xs[::-1]
+        for t in range(num_frames):
+            x = int(round(xs[t]))
+            frames[t, y:y + side, x:x + side] = _RGB[colour]
+        x = int(round(xs[key]))
+        boxes.append((x / size, y / size, (x + side) / size, (y + side) / size))
+        acts = [1 if right else 2, colour] + ([6] if side * 5 > size else [])
+        actions.append(acts)
+    return frames, np.asarray(boxes, dtype=np.float32), actions
+
+
+def sample_indices(raw: int, num_frames: int, rate: int) -> list[int]:
+    """The official sparse ``TemporalCrop``: ``num_frames`` at stride ``rate`` centred in a clip of
+    ``raw`` frames (indices clipped to the clip)."""
+    start = (raw - num_frames * rate) // 2 + (rate - 1) // 2
+    return [min(max(start + i * rate, 0), raw - 1) for i in range(num_frames)]
+
+
+def synthetic_keyframes(seed: int, count: int, *, frames: int, resolution: int,
+                        people: int) -> list[dict]:
+    """``count`` synthetic keyframe clips: ``{key, frames, boxes, actions}`` each (video id
+    ``syn<seed>_<i>``, timestamp 902)."""
+    from umt.seeds import derive_seed
+
+    out = []
+    for i in range(count):
+        f, b, a = render_keyframe_clip(derive_seed("ava-clip", seed, i), frames, resolution,
+                                       people)
+        out.append({"key": (f"syn{seed}_{i:05d}", KEYFRAMES[0]), "frames": f, "boxes": b,
+                    "actions": a})
+    return out
+
+
+def groundtruth_rows(clips: list[dict]) -> list[BoxRow]:
+    """The ground-truth rows (``read_boxes`` layout) of synthetic clips."""
+    rows = []
+    for c in clips:
+        for p, (box, acts) in enumerate(zip(c["boxes"], c["actions"])):
+            for a in acts:
+                rows.append(BoxRow(c["key"][0], c["key"][1], tuple(float(v) for v in box), a,
+                                   person=p))
+    return rows
+
+
+def clip_batch(clips: list[dict], *, num_frames: int, img_size: int, sampling_rate: int,
+               num_classes: int, flip_rng=None):
+    """A model batch of clips: ``video [B, 3, T, S, S]`` (ImageNet-normalised), ``boxes
+    [K, 4]``, ``batch_index [K]``, ``labels [K, num_classes]`` (multi-hot, action id i at
+    column i - 1), ``keys`` (B). ``flip_rng``: mirror each clip with p = 0.5 (boxes too)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from umt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    videos, boxes, index, labels = [], [], [], []
+    for b, c in enumerate(clips):
+        f = c["frames"][sample_indices(len(c["frames"]), num_frames, sampling_rate)]
+        v = torch.from_numpy(np.ascontiguousarray(f)).permute(3, 0, 1, 2).float() / 255.0
+        bx = torch.as_tensor(c["boxes"], dtype=torch.float32).reshape(-1, 4)
+        if flip_rng is not None and flip_rng.uniform() < 0.5:
+            v = v.flip(-1)
+            bx = torch.stack([1 - bx[:, 2], bx[:, 1], 1 - bx[:, 0], bx[:, 3]], 1)
+        if v.shape[-1] != img_size or v.shape[-2] != img_size:
+            v = F.interpolate(v, size=(img_size, img_size), mode="bilinear", align_corners=False)
+        videos.append(v)
+        boxes.append(bx)
+        index += [b] * len(bx)
+        for acts in c["actions"]:
+            row = torch.zeros(num_classes)
+            row[[a - 1 for a in acts if a <= num_classes]] = 1.0
+            labels.append(row)
+    video = torch.stack(videos)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
+    return {"video": (video - mean) / std, "boxes": torch.cat(boxes),
+            "batch_index": torch.tensor(index, dtype=torch.long),
+            "labels": torch.stack(labels) if labels else torch.zeros(0, num_classes),
+            "keys": [c["key"] for c in clips]}
+
+
+def build_synthetic_loader(cfg, *, batch_size: int, num_frames: int, img_size: int,
+                           num_classes: int, seed: int, rank: int = 0, world_size: int = 1,
+                           start_step: int = 0):
+    """Endless training batches (:func:`clip_batch`) of ``cfg.synthetic_size`` clips, a new
+    order each epoch; rank ``r`` takes every ``world_size``-th clip; micro-batch ``start_step``
+    first (resume)."""
+    import numpy as np
+
+    from umt.seeds import derive_seed
+
+    clips = synthetic_keyframes(seed, cfg.synthetic_size, frames=cfg.synthetic_frames,
+                                resolution=cfg.synthetic_resolution, people=cfg.synthetic_people)
+    per_epoch = max(1, len(clips) // (batch_size * world_size))
+    step = start_step
+    while True:
+        epoch, pos = divmod(step, per_epoch)
+        order = np.random.default_rng(derive_seed("ava-order", seed, epoch)).permutation(len(clips))
+        first = (pos * world_size + rank) * batch_size
+        pick = [clips[int(i)] for i in order[first:first + batch_size]]
+        flip = np.random.default_rng(derive_seed("ava-flip", seed, step, rank)) if cfg.flip else None
+        yield clip_batch(pick, num_frames=num_frames, img_size=img_size,
+                         sampling_rate=cfg.sampling_rate, num_classes=num_classes, flip_rng=flip)
+        step += 1
