@@ -170,3 +170,80 @@ def test_labelmap_errors(text, message):
 def test_exclusions_errors():
     with pytest.raises(FormatError, match="ex.csv: line 2: 3 columns, expected 2"):
         read_exclusions("a,902\na,903,1\n", "ex.csv")
+
+
+# -- the model ---------------------------------------------------------------------------------
+def _tiny_box_model(**kw):
+    from umt.models.box_head import build_box_model
+
+    return build_box_model("umt_vit_tiny_patch16_224", num_frames=4, img_size=32, embed_dim=24,
+                           depth=1, num_heads=2, num_classes=80, **kw)
+
+
+def test_roi_pooling_takes_the_box_region_of_the_temporal_mean():
+    import torch
+
+    from umt.models.box_head import pooled_map, roi_features
+
+    # 2 frames of a 4 x 4 grid, 1 channel: frame 0 all zeros, frame 1 a 2 at cell (y=1, x=3).
+    tokens = torch.zeros(1, 2 * 16, 1)
+    tokens[0, 16 + 1 * 4 + 3, 0] = 2.0
+    fmap = pooled_map(tokens, (2, 4, 4))                                  # [1, 1, 4, 4]
+    assert fmap.shape == (1, 1, 4, 4) and fmap[0, 0, 1, 3] == 1.0 and fmap.sum() == 1.0
+    boxes = torch.tensor([[0.75, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0]])  # over it / elsewhere
+    out = roi_features(fmap, boxes, torch.tensor([0, 0]))                 # [2, 1]
+    assert out.shape == (2, 1) and out[0, 0] > 0.5 and out[1, 0] == 0.0
+
+
+def test_box_model_layout_and_checkpoints(tmp_path):
+    import torch
+
+    from umt.models.box_head import extend_boxes, jitter_boxes, load_box_state_dict
+
+    model = _tiny_box_model()
+    video = torch.randn(2, 3, 4, 32, 32)
+    boxes = torch.tensor([[0.1, 0.1, 0.5, 0.9], [0.0, 0.0, 1.0, 1.0], [0.2, 0.3, 0.4, 0.5]])
+    assert model(video, boxes, torch.tensor([0, 1, 1])).shape == (3, 80)
+    sd = {k: v for k, v in model.state_dict().items() if k != "pos_embed"}
+    # The official detection module's keys (no fc_norm, a final norm, the head).
+    assert {k.split(".")[0] for k in sd} == {"patch_embed", "blocks", "norm", "head"}
+    other = _tiny_box_model()
+    report = load_box_state_dict(other, sd, "x",
+                                 require_head=True)
+    assert report.fresh == [] and torch.equal(other.head.weight, model.head.weight)
+    # The official start: a K710 classifier (fc_norm, a 710-way head): norm and head fresh.
+    k710 = {k: v for k, v in sd.items() if not k.startswith(("norm.", "head."))}
+    k710.update({"fc_norm.weight": torch.ones(24), "fc_norm.bias": torch.zeros(24),
+                 "head.weight": torch.zeros(710, 24), "head.bias": torch.zeros(710)})
+    report = load_box_state_dict(_tiny_box_model(), k710, "k710.pt")
+    assert set(report.fresh) == {"norm.weight", "norm.bias", "head.weight", "head.bias"}
+    with pytest.raises(ValueError, match="k710.pt has no"):
+        load_box_state_dict(_tiny_box_model(), k710, "k710.pt", require_head=True)
+    with pytest.raises(Exception, match="unexpected keys"):
+        load_box_state_dict(_tiny_box_model(), {**sd, "extra.weight": torch.zeros(1)}, "bad.pt")
+    j = jitter_boxes(boxes, torch.Generator().manual_seed(0))
+    assert (j[:, 2:] > j[:, :2]).all() and (j >= 0).all() and (j <= 1).all()
+    assert torch.allclose(extend_boxes(boxes[:1]), torch.tensor([[0.08, 0.08, 0.52, 0.92]]))
+
+
+def test_tiny_finetune_and_eval_run_end_to_end(tmp_path):
+    from umt.eval import ava as ava_job
+    from umt.train import finetune_ava
+
+    out = finetune_ava.main("tiny", [f"train.output_dir={tmp_path}/ft", "train.steps=2",
+                                     "train.ckpt_every=2", "data.synthetic_size=16",
+                                     "eval.source=synthetic", "eval.synthetic_size=4"])
+    assert out["steps"] == 2 and 0 <= out["eval"]["mAP"] <= 100 and "random_mAP" in out["eval"]
+    summary = ava_job.main("tiny", [f"model.pretrained={out['checkpoint']}",
+                                    "data.source=synthetic", "eval.synthetic_size=4",
+                                    f"train.output_dir={tmp_path}/ev"])
+    assert set(summary["metrics"]) == {"mAP", "random_mAP", "num_keyframes"}
+    metrics = json.load(open(tmp_path / "ev" / "metrics.json"))
+    assert metrics[MAP_KEY] * 100 == pytest.approx(metrics["mAP"])
+    assert metrics[AP_PREFIX + "move right"] >= 0 and metrics["num_keyframes"] == 4
+    # The files are the official ones: the evaluation re-reads them to the same number.
+    ev = tmp_path / "ev"
+    again = ava_map(str(ev / "groundtruth.csv"), str(ev / "detections.csv"),
+                    str(ev / "labelmap.pbtxt"))
+    assert again[MAP_KEY] == pytest.approx(metrics[MAP_KEY], abs=1e-12)
+    assert (ev / "per_class_ap.png").read_bytes()[:4] == b"\x89PNG"

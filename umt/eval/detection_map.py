@@ -1,6 +1,7 @@
 """Pascal VOC-style detection AP, computed the way the TF object-detection API's
-``PascalDetectionEvaluator`` computes it (the evaluator behind the ActivityNet / AVA frame mAP;
-the official UMT detection code ships a copy of it). Numpy only.
+``PascalDetectionEvaluator`` computes it (the evaluator behind the ActivityNet frame mAP of
+spatio-temporal action detection; the official UMT detection code ships a copy of it). Numpy
+only.
 
 Per class ``c`` (ids 1..max id of the categories):
 
@@ -98,7 +99,7 @@ def pascal_detection_metrics(groundtruth: GroundTruth, detections: Detections,
     """The ``PascalDetectionEvaluator`` metrics of ``detections`` against ``groundtruth``.
 
     ``categories``: ``(id, name)`` with ids >= 1; only ids in it should appear in the inputs
-    (the caller filters, as the AVA glue does with the label map's whitelist). Images are keyed
+    (the caller filters, as the official glue does with the label map's whitelist). Images are keyed
     by anything hashable; the order of ``detections`` is the order images are added (it decides
     how score ties fall, as in the evaluator).
     """

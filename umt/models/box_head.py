@@ -3,7 +3,7 @@
 
 The model is the plain ``VisionTransformer`` with ``use_mean_pooling=False`` (a final ``norm``,
 no ``fc_norm``) and a ``head`` of one logit per action: exactly the official module's keys
-(``patch_embed``, ``blocks``, ``norm``, ``head``), so an official AVA checkpoint loads
+(``patch_embed``, ``blocks``, ``norm``, ``head``), so the official detection checkpoints load
 strictly. What differs from the classifier is the pooling, done here:
 
     tokens [B, T'*h*w, D] -> grid [B, D, T', h, w] -> mean over T' [B, D, h, w]
@@ -62,7 +62,7 @@ def roi_features(fmap: torch.Tensor, boxes: torch.Tensor, batch_index: torch.Ten
 class BoxActionViT(VisionTransformer):
     """The video ViT with the per-box head: ``forward(video [B, 3, T, H, W], boxes [K, 4]
     normalised, batch_index [K]) -> logits [K, C]`` (a module forward, so DDP syncs it).
-    Built with ``use_mean_pooling=False``; ``num_classes`` = the action ids (AVA: 80)."""
+    Built with ``use_mean_pooling=False``; ``num_classes`` = the action ids (80 officially)."""
 
     def __init__(self, **kwargs):
         kwargs["use_mean_pooling"] = False
@@ -115,9 +115,9 @@ def extend_boxes(boxes: torch.Tensor, extend: tuple[float, float] = TEST_EXTEND)
 
 def load_box_state_dict(model: BoxActionViT, sd: dict[str, torch.Tensor], source: str, *,
                         require_head: bool = False):
-    """Load ``sd`` into ``model`` strictly: an official or our AVA checkpoint (every key), or a
+    """Load ``sd`` into ``model`` strictly: an official or our detection checkpoint (every key), or a
     start for fine-tuning -- Stage 1 / Stage 2 (the encoder and its ``norm``) or a fine-tuned
-    classifier such as the official K710 model the AVA recipe starts from (its ``fc_norm`` is
+    classifier such as the official K710 model the detection recipe starts from (its ``fc_norm`` is
     dropped and ``norm`` starts fresh, as the official non-strict load leaves it); a head of
     another size starts fresh. ``require_head``: ``norm`` and ``head`` must come from the file
     (evaluation). Returns the ``LoadReport``."""
