@@ -247,3 +247,21 @@ def test_tiny_finetune_and_eval_run_end_to_end(tmp_path):
                     str(ev / "labelmap.pbtxt"))
     assert again[MAP_KEY] == pytest.approx(metrics[MAP_KEY], abs=1e-12)
     assert (ev / "per_class_ap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_person_boxes_json():
+    from umt.data.ava import read_person_boxes_json
+
+    images = json.dumps({"images": [{"id": 7, "movie": "m1", "timestamp": 902, "width": 100,
+                                     "height": 50}]})
+    boxes = json.dumps([{"image_id": 7, "bbox": [10, 5, 20, 10], "score": 0.9},
+                        {"image_id": 7, "bbox": [0, 0, 200, 80], "score": 0.5}])
+    rows = read_person_boxes_json(boxes, "det.json", images, "min.json", score_threshold=0.8)
+    assert [(r.key, r.box, r.score, r.action) for r in rows] == [
+        (("m1", 902), (0.1, 0.1, 0.3, 0.3), 0.9, None)]
+    assert read_person_boxes_json(boxes, "det.json", images, "min.json")[1].box == (0, 0, 1, 1)
+    with pytest.raises(FormatError, match="det.json: entry 0: image_id 8 is not in min.json"):
+        read_person_boxes_json(json.dumps([{"image_id": 8, "bbox": [0, 0, 1, 1], "score": 1}]),
+                               "det.json", images, "min.json")
+    with pytest.raises(FormatError, match="det.json: line 1: not JSON"):
+        read_person_boxes_json("[{", "det.json", images, "min.json")

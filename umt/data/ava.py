@@ -16,6 +16,12 @@ person boxes / detections CSV                               the same first 7 col
                                                             blocks (``label_id`` too): the 60
                                                             evaluated classes
 ``ava_{train,val}_excluded_timestamps_v2.2.csv``            ``video_id, timestamp`` rows
+``ava_val_det_person_bbox.json`` + ``ava_val_v2.2_min.json``  the official evaluation's person
+                                                            detections (AlphAction layout):
+                                                            ``{image_id, bbox: [x, y, w, h]
+                                                            px, score}`` and the keyframes
+                                                            (``images``: id, movie, timestamp,
+                                                            width, height)
 ==========================================================  ==================================
 
 Keyframes are annotated at 1 s spacing from 902 s to 1798 s of each movie (``KEYFRAMES``).
@@ -190,6 +196,62 @@ def read_labelmap(text: str, name: str) -> list[tuple[int, str]]:
     if min(ids) < 1:
         raise FormatError(f"{name}: id {min(ids)} < 1 (ids are 1-based)")
     return items
+
+
+def read_person_boxes_json(boxes_text: str, boxes_name: str, images_text: str,
+                           images_name: str, score_threshold: float = 0.0) -> list[BoxRow]:
+    """The person detections of the official evaluation (AlphAction's
+    ``ava_val_det_person_bbox.json``: a list of ``{image_id, bbox: [x, y, w, h] in pixels,
+    score}``) as normalised rows, with the keyframes of its images file
+    (``ava_val_v2.2_min.json``: ``images`` of ``{id, movie, timestamp, width, height}``).
+    Boxes with ``score < score_threshold`` are left out (official ``load_box_file``; the UMT
+    evaluation uses 0.8). The official corners: ``xyxy = (x, y, x + w - 1, y + h - 1)`` with
+    widths clamped at 0, written back as ``(x1, y1, x2 + 1, y2 + 1) / (width, height)`` and
+    clipped to [0, 1] (``prepare_for_ava_detection``)."""
+    import json
+
+    def load(text: str, name: str):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise FormatError(f"{name}: line {e.lineno}: not JSON: {e.msg}") from None
+
+    images = load(images_text, images_name)
+    if not isinstance(images, dict) or not isinstance(images.get("images"), list):
+        raise FormatError(f"{images_name}: expected an object with an 'images' list")
+    frames: dict = {}
+    for i, img in enumerate(images["images"]):
+        where = f"{images_name}: images entry {i}"
+        try:
+            frames[img["id"]] = (str(img["movie"]), int(img["timestamp"]), float(img["width"]),
+                                 float(img["height"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"{where}: needs id, movie, timestamp, width, height ({e})") from None
+        if frames[img["id"]][2] <= 0 or frames[img["id"]][3] <= 0:
+            raise FormatError(f"{where}: width and height must be > 0")
+    boxes = load(boxes_text, boxes_name)
+    if not isinstance(boxes, list):
+        raise FormatError(f"{boxes_name}: expected a list of boxes")
+    out = []
+    for i, b in enumerate(boxes):
+        where = f"{boxes_name}: entry {i}"
+        if not isinstance(b, dict) or "image_id" not in b or "bbox" not in b or "score" not in b:
+            raise FormatError(f"{where}: needs image_id, bbox and score")
+        if b["image_id"] not in frames:
+            raise FormatError(f"{where}: image_id {b['image_id']!r} is not in {images_name}")
+        try:
+            x, y, w, h = (float(v) for v in b["bbox"])
+            score = float(b["score"])
+        except (TypeError, ValueError):
+            raise FormatError(f"{where}: bbox must be 4 numbers and score a number") from None
+        if score < score_threshold:
+            continue
+        movie, ts, width, height = frames[b["image_id"]]
+        x2, y2 = x + max(w - 1, 0) + 1, y + max(h - 1, 0) + 1
+        box = (x / width, y / height, x2 / width, y2 / height)
+        box = tuple(min(max(v, 0.0), 1.0) for v in box)
+        out.append(BoxRow(movie, ts, box, None, score=score, line=i))  # type: ignore[arg-type]
+    return out
 
 
 # -- synthetic keyframe clips -----------------------------------------------------------------
