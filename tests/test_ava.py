@@ -241,6 +241,7 @@ def test_tiny_finetune_and_eval_run_end_to_end(tmp_path):
     metrics = json.load(open(tmp_path / "ev" / "metrics.json"))
     assert metrics[MAP_KEY] * 100 == pytest.approx(metrics["mAP"])
     assert metrics[AP_PREFIX + "move right"] >= 0 and metrics["num_keyframes"] == 4
+    json.loads((tmp_path / "ev" / "metrics.json").read_text(), parse_constant=pytest.fail)
     # The files are the official ones: the evaluation re-reads them to the same number.
     ev = tmp_path / "ev"
     again = ava_map(str(ev / "groundtruth.csv"), str(ev / "detections.csv"),

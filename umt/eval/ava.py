@@ -8,12 +8,13 @@
 
 ``umt eval ava`` (this module's job) scores a fine-tuned checkpoint on keyframe clips::
 
-    umt eval ava --config tiny --model runs/finetune-ava-tiny/checkpoints/latest.pt \\
+    umt eval ava --config tiny --model runs/finetune-ava-tiny/checkpoints/best.pt \\
         --data synthetic --output runs/eval-ava-tiny
     torchrun --nproc-per-node 8 -m umt.eval.ava --config b16 model.pretrained=... \\
         data.source=synthetic train.output_dir=...
 
-and writes, beside ``metrics.json`` (the official metric names and fractions, ``mAP`` in
+and writes, beside ``metrics.json`` (the official metric names and fractions, null where the
+official value is NaN, ``mAP`` in
 percent, ``random_mAP``: the same boxes with random scores, ``num_keyframes``) and
 ``summary.json``: ``detections.csv`` (the official result CSV), ``groundtruth.csv``,
 ``labelmap.pbtxt`` and ``per_class_ap.png``.
@@ -191,7 +192,7 @@ def per_class_png(metrics: dict, title: str) -> bytes:
     import matplotlib.pyplot as plt
 
     items = [(k[len(AP_PREFIX):], v * 100) for k, v in metrics.items()
-             if k.startswith(AP_PREFIX) and v == v]
+             if k.startswith(AP_PREFIX) and isinstance(v, float) and v == v]
     fig, ax = plt.subplots(figsize=(6, 1.0 + 0.25 * max(1, len(items))))
     ax.barh([n[:40] for n, _ in items][::-1], [v for _, v in items][::-1], color="tab:blue")
     ax.set_xlim(0, 100)
@@ -229,6 +230,8 @@ def _body(cfg: EvalAvaConfig, dist) -> dict:
         batch_size=e.batch_size, device=dist.device, precision=cfg.train.precision,
         seed=e.synthetic_seed)
     out = cfg.train.output_dir
+    # metrics.json is strict JSON: a class without ground truth (the official NaN) is null.
+    metrics = {k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()}
     result = {"task": "ava", "source": d.source, "split": e.split, **metrics,
               "num_detections": len(det),
               "protocol": {"box_threshold": e.box_threshold,
