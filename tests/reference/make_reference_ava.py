@@ -11,6 +11,8 @@ only needed to regenerate the file. Regenerate (CPU, seconds)::
     python tests/reference/make_reference_ava.py \\
         --official /tmp/umt_official/single_modality/action_detection/alphaction/dataset/datasets/evaluation \\
         --commit "$(git --git-dir=/work/.mirror/OpenGVLab+unmasked_teacher/repo rev-parse HEAD)"
+    # with the model case too (extract single_modality/action_detection the same way):
+    #   --official-detection /tmp/umt_official/single_modality/action_detection
 
 The official module is ``ava/ava_eval.py`` (``evaluate_predictions_on_ava``, the function the
 official UMT detection fine-tune calls) and its copy of the TF object-detection
@@ -107,10 +109,54 @@ def make_case(seed: int, videos: int, stamps: int, num_ids: int):
             "exclusions_csv": excl, "present_ids": sorted(int(a) for a in present)}, results
 
 
+def head_case(detection_dir: str, commit, out_path: str) -> None:
+    """The official detection model (``modeling_finetune.VisionTransformer`` of
+    ``single_modality/action_detection``): 8 frames at 112 px, width 48, depth 2, 80 logits;
+    every parameter perturbed; logits of ``forward_features`` + ``head`` (the eval-mode pooling
+    on the boxes as given, without ``test_ext``, which we apply on normalised boxes) for 3 boxes
+    in 2 clips. Saved: the checkpoint in the official on-disk layout ``{'model': sd}``, the
+    uint8 input, the pixel boxes, the logits."""
+    from functools import partial
+
+    import torch
+
+    sys.path.insert(0, detection_dir)
+    import modeling_finetune as mf  # noqa: E402  (the official module, from --official-detection)
+    from alphaction.structures.bounding_box import BoxList  # noqa: E402
+
+    torch.manual_seed(0)
+    hp = dict(img_size=112, patch_size=16, embed_dim=48, depth=2, num_heads=2, mlp_ratio=4,
+              qkv_bias=True, num_classes=80, all_frames=8, tubelet_size=1, init_scale=1.0)
+    model = mf.VisionTransformer(norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), **hp).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.add_(torch.randn_like(p) * (0.1 if p.ndim == 1 else 0.03))
+            if name.endswith("qkv.weight"):
+                p[: 2 * 48].mul_(4.0)  # q and k: attention far from uniform
+    u8 = torch.randint(0, 256, (2, 3, 8, 112, 112), dtype=torch.uint8)
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1, 1)
+    x = (u8.float() / 255 - mean) / std
+    boxes = [torch.tensor([[10.0, 20.0, 60.0, 100.0], [0.0, 0.0, 112.0, 112.0]]),
+             torch.tensor([[30.5, 40.25, 90.0, 70.0]])]
+    proposals = [BoxList(b, (112, 112), mode="xyxy") for b in boxes]
+    with torch.no_grad():
+        logits = model.head(model.forward_features(x, proposals))
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save({"case": "ava_head_8x112", "official_commit": commit, "hparams": hp,
+                "checkpoint": {"model": sd}, "input_u8": u8, "boxes_px": torch.cat(boxes),
+                "batch_index": torch.tensor([0, 0, 1]), "logits": logits,
+                "versions": {"torch": str(torch.__version__)}}, out_path)
+    print(f"wrote {out_path}: logits {tuple(logits.shape)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--official", required=True,
                     help="the official .../alphaction/dataset/datasets/evaluation folder")
+    ap.add_argument("--official-detection", default=None,
+                    help="the official single_modality/action_detection folder: also write the "
+                         "model case ava_head_8x112.pt")
     ap.add_argument("--commit", default=None)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "ava_map_cases.json"))
     args = ap.parse_args()
@@ -145,6 +191,9 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
     print(f"wrote {args.out}: {len(cases)} cases")
+    if args.official_detection:
+        head_case(args.official_detection, args.commit,
+                  os.path.join(os.path.dirname(args.out), "ava_head_8x112.pt"))
 
 
 if __name__ == "__main__":
