@@ -80,7 +80,7 @@ def full(
     existing_stage1_checkpoint: str = "",
     existing_stage2_checkpoint: str = "",
     run_stage2: bool = True,
-    tasks: list = catalogue.tasks(),
+    tasks: list = catalogue.default_tasks(),
     task_data: dict = {},
     nodes: int = 4,
     gpus_per_node: int = 8,
@@ -120,7 +120,8 @@ def full(
         existing_stage2_checkpoint: Start from this Stage-2 checkpoint; skips Stage 2.
         run_stage2: Run Stage 2 (vision-language pretraining).
         tasks: Downstream tasks to fine-tune and evaluate: action (from Stage 1), retrieval
-            and qa (from Stage 2), mc (multiple choice, with the retrieval model).
+            and qa (from Stage 2), mc (multiple choice, with the retrieval model); ava
+            (action detection, from Stage 1) runs only when named.
         task_data: dataset.json per task and split, e.g. {"action_train": URI,
             "action_eval": URI, "mc_eval": URI} (absent = the pipeline's dataset).
         nodes: Nodes (pods) per pretraining job.

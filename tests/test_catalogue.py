@@ -27,7 +27,7 @@ def test_the_table_is_consistent_and_every_entry_exists():
         assert dataclasses.is_dataclass(schema), stage.name
         for size in planning.MODEL_SIZES:
             planning.preset(stage.name, size)  # raises naming the missing preset
-    assert catalogue.tasks() == ["action", "retrieval", "qa", "mc"]
+    assert catalogue.tasks() == ["action", "retrieval", "qa", "ava", "mc"]
     assert catalogue.finetune_of("mc") is None
     assert catalogue.evaluation_of("mc").parent == "finetune-retrieval"
     with pytest.raises(ValueError, match="unknown stage 'stage3'; known stages: eval-action"):

@@ -117,15 +117,16 @@ def test_full_dag_edges(full):
         return tasks[key]["inputs"]["parameters"]["task"]["runtimeValue"]["constant"]
 
     tuned = {task_of(k): k for k in tasks if k.startswith("finetune")}
-    assert set(tuned) == {"action", "retrieval", "qa"}
+    assert set(tuned) == {"action", "retrieval", "qa", "ava"}
     assert deps[tuned["action"]] == {"merge-shards", "pretrain-stage1"}
+    assert deps[tuned["ava"]] == {"merge-shards", "pretrain-stage1"}
     assert deps[tuned["retrieval"]] == {"merge-shards", "pretrain-stage2"}
     assert deps[tuned["qa"]] == {"merge-shards", "pretrain-stage2"}
     evaluated = {task_of(k):
                  tasks[k]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"]
                  for k in tasks if k.startswith("evaluate")}
     assert evaluated == {"action": tuned["action"], "retrieval": tuned["retrieval"],
-                         "qa": tuned["qa"], "mc": tuned["retrieval"]}
+                         "qa": tuned["qa"], "mc": tuned["retrieval"], "ava": tuned["ava"]}
     # The report reads the plan (validate's) and runs after every step it reports on.
     assert tasks["report"]["inputs"]["artifacts"]["plan"]["taskOutputArtifact"] == {
         "producerTask": "validate", "outputArtifactKey": "plan"}
@@ -212,7 +213,8 @@ def test_parameters_have_descriptions_and_empty_strings_not_none(tmp_path):
     # The downstream tasks are the catalogue's: one list and one dict parameter for all.
     from umt import catalogue
 
-    assert params["tasks"]["type"] == "LIST" and params["tasks"]["default"] == catalogue.tasks()
+    assert params["tasks"]["type"] == "LIST" and params["tasks"]["default"] == catalogue.default_tasks()
+    assert "ava" in catalogue.tasks() and "ava" not in catalogue.default_tasks()
     assert params["task_data"]["type"] == "STRUCT" and params["task_data"]["default"] == {}
     assert not any(k.startswith("run_") and k != "run_stage2" for k in params)
 

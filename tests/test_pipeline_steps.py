@@ -159,7 +159,7 @@ def test_validate_plans_exactly_what_the_steps_will_run(videos, tmp_path, monkey
 
 def test_validate_reports_every_problem_at_once(videos, tmp_path, monkeypatch):
     s = tiny(output_prefix=str(tmp_path), input_videos=str(tmp_path / "missing.csv"),
-             node_pool="cpux", tasks=["action", "qa", "ava"], nodes=0,
+             node_pool="cpux", tasks=["action", "qa", "speech"], nodes=0,
              stage1_overrides=["train.stepz=3"])
     with pytest.raises(InvalidPipelineSettings) as err:
         validate(s)
@@ -169,7 +169,8 @@ def test_validate_reports_every_problem_at_once(videos, tmp_path, monkeypatch):
     assert "nodes=0 must be >= 1" in text
     assert f"input_videos {tmp_path / 'missing.csv'} does not exist" in text
     assert "task qa needs the Stage 2: vision-language pretraining model" in text
-    assert "tasks: 'ava' not among the downstream tasks (action, retrieval, qa, mc)" in text
+    assert ("tasks: 'speech' not among the downstream tasks (action, retrieval, qa, ava, mc)"
+            in text)
     assert "stepz" in text  # the config typo, named
 
 
@@ -296,11 +297,11 @@ def test_finetune_and_evaluate_check_their_task(sharded, tmp_path):
     ds, _, _ = sharded
     job = dict(model_size="tiny", output_prefix="x", nodes=1, gpus_per_node=0, node_pool="cpu")
     with pytest.raises(ValueError, match="task='speech' has no evaluation stage; tasks with "
-                                         "one: action, retrieval, qa, mc"):
+                                         "one: action, retrieval, qa, ava, mc"):
         steps.evaluate("speech", model=None, dataset=ds, metrics=None, confusion=None,
                        job=None, **job)
     with pytest.raises(ValueError, match="task='mc' has no fine-tune stage; tasks with one: "
-                                         "action, retrieval, qa"):
+                                         "action, retrieval, qa, ava"):
         steps.finetune("mc", dataset=ds, model=None, metrics=None, job=None, **job)
 
 

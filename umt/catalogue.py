@@ -69,6 +69,9 @@ class Stage:
     chance_per: str = ""
     paper: PaperResult | None = None
     options: tuple[Option, ...] = ()  # extra options of its ``umt eval`` command
+    # In the pipeline's default ``tasks`` (False: in the DAG, switched on by naming the task,
+    # e.g. while the pipeline's own sharded dataset cannot feed it).
+    default_on: bool = True
 
     @property
     def trains(self) -> bool:
@@ -105,6 +108,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "umt.configs.finetune_qa:FinetuneQAConfig", "Fine-tune: video QA", parent="stage2",
           task="qa",
           data=("s3://EDIT_ME_BUCKET/umt/datasets/msrvtt-qa/train/dataset.json",)),
+    Stage("finetune-ava", FINETUNE, "umt.train.finetune_ava",
+          "umt.configs.finetune_ava:FinetuneAvaConfig", "Fine-tune: action detection (AVA)",
+          parent="stage1", task="ava", default_on=False,
+          data=("s3://EDIT_ME_BUCKET/umt/datasets/ava-v2.2/train/dataset.json",)),
     Stage("eval-action", EVAL, "umt.eval.action_job", "umt.configs.finetune_action:EvalActionConfig",
           "Evaluate: action recognition", parent="finetune-action", task="action",
           data=("s3://EDIT_ME_BUCKET/umt/datasets/k400/val/dataset.json",),
@@ -133,6 +140,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "Evaluate: multiple choice", parent="finetune-retrieval", task="mc",
           data=("s3://EDIT_ME_BUCKET/umt/datasets/msrvtt-mc/dataset.json",), metrics=("accuracy",),
           chance_per="num_candidates"),
+    # Frame mAP@0.5 IoU of the official evaluator, in percent (metrics.json also holds the
+    # official fractions and ``random_mAP``, the same boxes with random scores).
+    Stage("eval-ava", EVAL, "umt.eval.ava", "umt.configs.finetune_ava:EvalAvaConfig",
+          "Evaluate: action detection (AVA)", parent="finetune-ava", task="ava",
+          data=("s3://EDIT_ME_BUCKET/umt/datasets/ava-v2.2/val/dataset.json",),
+          metrics=("mAP",), default_on=False,
+          paper=PaperResult("mAP", 39.8, "AVA v2.2 frame mAP@0.5, ViT-L/16")),
 )}
 
 
@@ -164,6 +178,12 @@ def evaluations() -> list[Stage]:
 def tasks() -> list[str]:
     """The downstream tasks, in catalogue order (each has a ``run_<task>`` switch)."""
     return list(dict.fromkeys(s.task for s in STAGES.values() if s.task))
+
+
+def default_tasks() -> list[str]:
+    """The tasks the pipeline runs unless ``tasks`` says otherwise: those whose stages are all
+    ``default_on``."""
+    return [t for t in tasks() if all(s.default_on for s in STAGES.values() if s.task == t)]
 
 
 def finetune_of(task: str) -> Stage | None:

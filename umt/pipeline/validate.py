@@ -79,7 +79,7 @@ class Settings:
     existing_stage1_checkpoint: str = ""
     existing_stage2_checkpoint: str = ""
     run_stage2: bool = True
-    tasks: Sequence[str] = field(default_factory=catalogue.tasks)
+    tasks: Sequence[str] = field(default_factory=catalogue.default_tasks)
     task_data: dict[str, str] = field(default_factory=dict)
     nodes: int = 1
     gpus_per_node: int = 8
