@@ -4,8 +4,9 @@ QA, retrieval): shard sources, pipeline stages, skip accounting and the batch it
 Training streams (:class:`TrainStream`, assembled by :func:`train_stages`)::
 
     shard_stream (with replacement from this rank's slice, seeded per (seed, rank, slot, epoch))
-      -> open_streams (umt.storage: boto3 or local files, never a ``pipe:`` command)
-      -> tar_samples (a corrupt tar is counted and skipped)
+      -> interleave_shards (``open_shards`` shards read at once, each sample from a random one
+         of them; each shard through open_streams (umt.storage: boto3 or local files, never a
+         ``pipe:`` command) and tar_samples (a corrupt tar is counted and skipped))
       -> [rows: a loader's own expansion, e.g. one row per caption or question]
       -> shuffle_samples (a buffer of undecoded samples)
       -> decode_stage (the loader's sample function: decode + augment; bad samples skipped)
@@ -154,6 +155,48 @@ def tar_samples(src: Iterator[dict], skips: Skips) -> Iterator[dict]:
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     return group_by_keys(tar_file_expander(src, handler=skips.handler), handler=skips.handler)
+
+
+def interleave_shards(src: Iterator[dict], *, skips: Skips, width: int,
+                      seed_parts: tuple) -> Iterator[dict]:
+    """Samples of ``width`` shards of ``src`` at once: each next sample comes from a random one
+    of the open shards, and a finished shard is replaced by the next of ``src``.
+
+    Why: a shuffle buffer can only mix what passed through it; fed one shard after another it
+    holds one or two shards' samples. Shards packed in a sorted order (``umt shard
+    --no-shuffle`` of a ``<root>/<class>/`` folder, or data sharded before the shuffle) would
+    then give batches of 1-2 classes. Reading ``width`` shards at once widens the window by
+    ``width`` at the cost of ``width`` open streams per worker.
+    """
+    if width <= 1:
+        yield from tar_samples(open_streams(src, skips), skips)
+        return
+    rng = random.Random(derive_seed("interleave", *seed_parts))
+
+    def shard(url: dict) -> Iterator[dict]:
+        return tar_samples(open_streams(iter([url]), skips), skips)
+
+    active: list[Iterator[dict]] = []
+    try:
+        for _ in range(width):
+            url = next(src, None)
+            if url is None:
+                break
+            active.append(shard(url))
+        while active:
+            i = rng.randrange(len(active))
+            try:
+                yield next(active[i])
+            except StopIteration:
+                url = next(src, None)
+                if url is None:  # a finite source (tests): drain the others
+                    active.pop(i)
+                else:
+                    active[i] = shard(url)
+    finally:
+        for it in active:
+            if hasattr(it, "close"):
+                it.close()
 
 
 def shuffle_samples(src: Iterator[dict], bufsize: int, seed_parts: tuple) -> Iterator[dict]:
@@ -388,19 +431,26 @@ class TrainStream(torch.utils.data.IterableDataset):
                     src.close()  # ends the generator chain: open shard streams are closed
 
 
+# Shards one training stream reads at once (interleave_shards): 4 x 1000-sample shards feed the
+# default 1000-sample shuffle buffer from 4 places of the data set.
+OPEN_SHARDS = 4
+
+
 def train_stages(parts: tuple, *, skips: Skips, sample_fn: Callable, shuffle_buffer: int,
-                 batch_size: int, collate: Callable, rows: Optional[Callable] = None) -> list:
+                 batch_size: int, collate: Callable, rows: Optional[Callable] = None,
+                 open_shards: int = OPEN_SHARDS) -> list:
     """The stages of one training stream after its shard source, for epoch seed ``parts``
     (a ``TrainStream``'s ``make_stages``, bound with ``functools.partial``).
 
     ``sample_fn(sample, rng=...)`` decodes and augments one sample (``{}``: skipped);
     ``rows(samples)`` optionally expands tar samples into rows before the shuffle buffer (one
     per caption or question, so that they spread over batches); ``collate(list)`` makes a batch
-    of ``batch_size``; incomplete batches are dropped (the stream is endless).
+    of ``batch_size``; incomplete batches are dropped (the stream is endless). ``open_shards``
+    shards are read at once (:func:`interleave_shards`).
     """
     import webdataset as wds
 
-    stages = [partial(open_streams, skips=skips), partial(tar_samples, skips=skips)]
+    stages = [partial(interleave_shards, skips=skips, width=open_shards, seed_parts=parts)]
     if rows is not None:
         stages.append(rows)
     return stages + [partial(shuffle_samples, bufsize=shuffle_buffer, seed_parts=parts),
