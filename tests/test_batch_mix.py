@@ -45,3 +45,54 @@ def test_packing_order_is_seeded_deterministic_and_composes_with_parts():
         part = Part(i, 3)
         mine = {it.index for it in part.select(items)}
         assert [it.index for it in shuffled(part.select(items), 0)] == [k for k in order if k in mine]
+
+
+# ------------------------------------------------------------------ rows (issue 22, item 3)
+
+def test_one_media_rarely_twice_in_a_batch_of_a_multi_caption_set(tmp_path):
+    """48 images x 5 captions through the Stage-2 row stage (caption_sampling="all"), batches
+    of 8. Bound: one random caption per visit and visits spread like the shards, so a repeat
+    needs two visits of one media within a batch's window -- the birthday rate of drawing media
+    uniformly, (B-1)/(2M) = 7.3 %, which the official global row shuffle has too (5.3 % here).
+    Expanding every caption before the buffer (before) put a third of each batch's rows on a
+    media already in it."""
+    from bench_batch_mix import measure_rows
+
+    res = measure_rows(str(tmp_path), batches=200)
+    bound = res["birthday bound (B-1)/(2M)"]
+    assert res["rows now"] <= bound, res
+    assert res["expanded before"] > 3 * bound, res
+
+
+def test_no_vtm_negative_shares_the_positives_media():
+    """A batch with duplicated media (distinct caption ids), the same media most similar:
+    never drawn as each other's negatives; without media ids they would be."""
+    import torch
+
+    from umt.losses import HardNegatives, sample_hard_negatives
+
+    media = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3])
+    idx = torch.arange(8) + 100                       # every row its own caption id
+    sim = (media.view(-1, 1) == media.view(1, -1)).float() * 10 + torch.rand(8, 8)
+    same = media.view(-1, 1) == media.view(1, -1)
+    rows = torch.arange(8)
+    g = torch.Generator().manual_seed(0)
+    hit_without = 0
+    for _ in range(50):
+        neg = sample_hard_negatives(sim, idx, generator=g, media=media)
+        assert neg.valid.all()
+        assert not same[rows, neg.video_for_text].any() and not same[neg.text_for_video, rows].any()
+        old = sample_hard_negatives(sim, idx, generator=g)
+        hit_without += int(same[rows, old.video_for_text].sum())
+    assert hit_without > 0  # the case is real: siblings are the "hardest" negatives
+    # A row whose only other rows are its own media has no negative.
+    neg = sample_hard_negatives(torch.rand(3, 3), torch.arange(3), media=torch.zeros(3, dtype=torch.long))
+    assert not neg.valid.any()
+    with pytest.raises(ValueError, match="media"):
+        HardNegatives.from_indices(torch.tensor([1, 0]), torch.tensor([1, 0]), torch.arange(2),
+                                   media=torch.zeros(2, dtype=torch.long))
+    # Distinct media: the same draws as without media ids (outputs of existing runs unchanged).
+    a = sample_hard_negatives(sim, idx, generator=torch.Generator().manual_seed(3), media=rows)
+    b = sample_hard_negatives(sim, idx, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a.video_for_text, b.video_for_text) and torch.equal(a.text_for_video, b.text_for_video)
+

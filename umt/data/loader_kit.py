@@ -7,7 +7,7 @@ Training streams (:class:`TrainStream`, assembled by :func:`train_stages`)::
       -> interleave_shards (``open_shards`` shards read at once, each sample from a random one
          of them; each shard through open_streams (umt.storage: boto3 or local files, never a
          ``pipe:`` command) and tar_samples (a corrupt tar is counted and skipped))
-      -> [rows: a loader's own expansion, e.g. one row per caption or question]
+      -> [rows: a loader's own rows, e.g. (media, caption) or (video, question): spread_rows]
       -> shuffle_samples (a buffer of undecoded samples)
       -> decode_stage (the loader's sample function: decode + augment; bad samples skipped)
       -> batches (the loader's collate function)
@@ -21,6 +21,7 @@ the skip counts that travel with each batch, and restarts workers a decoder cras
 
 from __future__ import annotations
 
+import heapq
 import logging
 import random
 import tarfile
@@ -197,6 +198,47 @@ def interleave_shards(src: Iterator[dict], *, skips: Skips, width: int,
         for it in active:
             if hasattr(it, "close"):
                 it.close()
+
+
+def spread_rows(src: Iterator[dict], *, rows_of: Callable[[dict], list], rate_of: dict,
+                spread: int, seed_parts: tuple) -> Iterator[dict]:
+    """One row per media visit, not every row of a media at once: the rows of one media never
+    enter the shuffle buffer together, so a batch rarely holds one media twice.
+
+    ``rows_of(sample)``: the candidate rows of a tar sample (one per caption or question; ``[]``
+    skips it). A visit emits ``x = len(rows) / rate`` rows in expectation (``floor(x)`` plus one
+    with probability ``frac(x)``), distinct random ones, where ``rate = rate_of[shard url]`` is
+    the shard's mean rows per sample (1 visit -> 1 row when it is unknown). Drawing shards in
+    proportion to their ``rate`` (the loaders' shard weights) then gives every row the
+    frequency it has in an epoch of all rows (the official row-level sampling: each (media,
+    caption) pair once per epoch, in a global shuffle), while a media with as many rows as its
+    shard's mean -- every media of a set with a fixed caption count -- yields one row per visit.
+    Extra rows of one visit (a media with more captions than its shard's mean) are held back
+    ``spread`` rows each (a shuffle buffer's length), not emitted next to each other.
+    """
+    rng = random.Random(derive_seed("rows", *seed_parts))
+    later: list = []  # heap of (release position, sequence, row)
+    n = seq = 0
+    for sample in src:
+        rows = rows_of(sample)
+        if rows:
+            rate = rate_of.get(sample.get("__url__"))
+            x = len(rows) / rate if rate else 1.0
+            count = int(x) + (rng.random() < x - int(x))
+            picks = rng.sample(range(len(rows)), min(count, len(rows)))
+            picks += [rng.randrange(len(rows)) for _ in range(count - len(picks))]
+            for k, p in enumerate(picks):
+                if k == 0:
+                    yield rows[p]
+                    n += 1
+                else:
+                    heapq.heappush(later, (n + k * spread, seq, rows[p]))
+                    seq += 1
+        while later and later[0][0] <= n:
+            yield heapq.heappop(later)[2]
+            n += 1
+    while later:  # a finite source (tests)
+        yield heapq.heappop(later)[2]
 
 
 def shuffle_samples(src: Iterator[dict], bufsize: int, seed_parts: tuple) -> Iterator[dict]:
@@ -443,8 +485,8 @@ def train_stages(parts: tuple, *, skips: Skips, sample_fn: Callable, shuffle_buf
     (a ``TrainStream``'s ``make_stages``, bound with ``functools.partial``).
 
     ``sample_fn(sample, rng=...)`` decodes and augments one sample (``{}``: skipped);
-    ``rows(samples)`` optionally expands tar samples into rows before the shuffle buffer (one
-    per caption or question, so that they spread over batches); ``collate(list)`` makes a batch
+    ``rows(samples, seed_parts=parts)`` optionally turns tar samples into rows before the
+    shuffle buffer (:func:`spread_rows`: (media, caption) or (video, question) rows); ``collate(list)`` makes a batch
     of ``batch_size``; incomplete batches are dropped (the stream is endless). ``open_shards``
     shards are read at once (:func:`interleave_shards`).
     """
@@ -452,7 +494,7 @@ def train_stages(parts: tuple, *, skips: Skips, sample_fn: Callable, shuffle_buf
 
     stages = [partial(interleave_shards, skips=skips, width=open_shards, seed_parts=parts)]
     if rows is not None:
-        stages.append(rows)
+        stages.append(partial(rows, seed_parts=parts))
     return stages + [partial(shuffle_samples, bufsize=shuffle_buffer, seed_parts=parts),
                      partial(decode_stage, rng_parts=parts, fn=sample_fn, per_worker=False),
                      wds.batched(batch_size, collation_fn=collate, partial=False)]
