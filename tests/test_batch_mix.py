@@ -96,3 +96,40 @@ def test_no_vtm_negative_shares_the_positives_media():
     b = sample_hard_negatives(sim, idx, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a.video_for_text, b.video_for_text) and torch.equal(a.text_for_video, b.text_for_video)
 
+
+# ------------------------------------------------------- evaluation memory (issue 22, item 4)
+
+def test_retrieval_eval_keeps_video_tokens_on_their_rank(tmp_path):
+    """2 gloo ranks through the real encode_set + re-ranking (a stub model: the plumbing is
+    what is tested): each rank holds only its own videos' tokens, and the re-ranked metrics
+    equal a 1-process run's exactly."""
+    from bench_retrieval_memory import measure
+
+    res = measure(str(tmp_path), videos=24, tokens=16, dim=8, k=4, check=True)
+    assert [r["videos_held"] for r in res["ranks"]] == [12, 12]
+    assert res["one"]["videos_held"] == 24
+    for r in res["ranks"]:
+        assert r["itm"] == res["one"]["itm"] and r["similarity"] == res["one"]["similarity"]
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 6])
+def test_fewer_shards_than_readers_split_by_sample_one_shard_per_reader(monkeypatch, num_shards):
+    """4 readers (2 ranks x 2 workers): with fewer shards than readers each reader streams one
+    shard and keeps its share of that shard's samples; with more, whole shards. Either way
+    every sample is read exactly once."""
+    from umt.data import loader_kit
+
+    urls = [f"/data/shard-{i:06d}.tar" for i in range(num_shards)]
+    sizes = {u: 5 + i for i, u in enumerate(urls)}
+    kept, streamed = [], []
+    for rank in (0, 1):
+        split = loader_kit.EvalSplit(urls, rank, 2)
+        for worker in (0, 1):
+            monkeypatch.setattr(loader_kit, "worker_slot", lambda w=worker: (w, 2))
+            mine = [s["url"] for s in split]
+            streamed.append(mine)
+            samples = ({"__url__": u, "__key__": f"{u}:{p}"} for u in mine for p in range(sizes[u]))
+            kept += [s["__key__"] for s in loader_kit.eval_select(samples, split)]
+    assert sorted(kept) == sorted(f"{u}:{p}" for u in urls for p in range(sizes[u]))
+    assert max(len(m) for m in streamed) == max(1, -(-num_shards // 4))
+    assert sum(len(m) for m in streamed) == max(num_shards, 4)  # bytes read: no shard x readers

@@ -12,8 +12,9 @@ Training streams (:class:`TrainStream`, assembled by :func:`train_stages`)::
       -> decode_stage (the loader's sample function: decode + augment; bad samples skipped)
       -> batches (the loader's collate function)
 
-Evaluation pipelines (:func:`eval_pipeline`) read every shard once (:class:`EvalSplit`), keep
-this reader's samples, decode and batch them, and hand on the skips counted after the last
+Evaluation pipelines (:func:`eval_pipeline`) read every sample once (:class:`EvalSplit`: whole
+shards per reader, or, with fewer shards than readers, a shard's samples split among the
+readers of it), keep this reader's samples, decode and batch them, and hand on the skips counted after the last
 batch (:func:`with_trailer`). :class:`ClipLoader` iterates a DataLoader over either, collects
 the skip counts that travel with each batch, and restarts workers a decoder crash killed
 (:mod:`umt.data.worker_crash`). Epoch and resume semantics: :mod:`umt.data.webdataset_loader`.
@@ -503,8 +504,13 @@ def train_stages(parts: tuple, *, skips: Skips, sample_fn: Callable, shuffle_buf
 # ---------------------------------------------------------------------------------- evaluation
 
 class EvalSplit(torch.utils.data.IterableDataset):
-    """Every shard once; shards split over ranks x workers when there are enough of them,
-    otherwise every reader scans all shards and keeps every N-th sample."""
+    """Every sample once over ``world_size`` ranks x their DataLoader workers (the readers).
+
+    At least as many shards as readers: shards are split over the readers, whole. Fewer: each
+    shard is read by a group of readers (reader ``me`` reads shard ``me % S`` only), who split
+    its samples by their position in it -- so each reader streams one shard, not every shard
+    (``R`` readers of ``S`` shards read ``R`` shards' bytes in all, not ``R x S``).
+    """
 
     def __init__(self, urls: list[str], rank: int, world_size: int):
         super().__init__()
@@ -512,23 +518,43 @@ class EvalSplit(torch.utils.data.IterableDataset):
             storage.check_uri(u)
         self.urls, self.rank, self.world_size = urls, rank, world_size
 
-    def __iter__(self):
+    def reader(self) -> tuple[int, int]:
+        """``(this reader's number, readers)`` in the calling process (a DataLoader worker)."""
         worker, num_workers = worker_slot()
-        readers, me = self.world_size * num_workers, self.rank * num_workers + worker
-        for url in self.urls[me::readers] if len(self.urls) >= readers else self.urls:
+        return self.rank * num_workers + worker, self.world_size * num_workers
+
+    def shards(self) -> list[str]:
+        """The shards this reader streams."""
+        me, readers = self.reader()
+        if len(self.urls) >= readers:
+            return list(self.urls[me::readers])
+        return [self.urls[me % len(self.urls)]] if self.urls else []
+
+    def share(self) -> tuple[int, int]:
+        """``(n, j)``: this reader keeps the samples at positions ``p`` of its shards with
+        ``p % n == j`` (``(1, 0)``: whole shards)."""
+        me, readers = self.reader()
+        count = len(self.urls)
+        if count >= readers or not count:
+            return 1, 0
+        return len(range(me % count, readers, count)), me // count
+
+    def __iter__(self):
+        for url in self.shards():
             yield {"url": url}
 
 
 def eval_select(src: Iterator[dict], split: EvalSplit) -> Iterator[dict]:
-    """This reader's samples: all of its whole shards, or every N-th sample of every shard."""
-    worker, num_workers = worker_slot()
-    readers = split.world_size * num_workers
-    me = split.rank * num_workers + worker
-    whole_shards = len(split.urls) >= readers
-    for i, sample in enumerate(src):
-        if whole_shards or i % readers == me:
+    """This reader's samples: all of its whole shards, or its share of its shard's samples
+    (by position in the shard: the same in every reader of it, whatever each one skips)."""
+    n, j = split.share()
+    url, pos = None, 0
+    for sample in src:
+        if sample.get("__url__") != url:
+            url, pos = sample.get("__url__"), 0
+        pos += 1
+        if (pos - 1) % n == j:
             yield sample
-
 
 
 def eval_pipeline(split: EvalSplit, *, skips: Skips, sample_fn: Callable, batch_size: int,

@@ -18,7 +18,7 @@ img_size))`` bicubic with no crop (:func:`umt.data.transforms.vl_test_transform`
 
 Exactly once: the shards are split over ``world_size x num_workers`` readers when there are at
 least that many shards (uneven counts are fine: some readers get one shard more), otherwise
-every reader scans every shard and keeps every N-th sample. No resampling, no padding: the
+each shard's samples are split among the readers that stream it (one shard per reader). No resampling, no padding: the
 ranks' batches together hold every readable video once, and the last batches may be smaller
 (a rank may even get none). ``index`` (shard offset + position, from dataset.json) orders
 gathered results independently of ranks and workers.
@@ -43,7 +43,6 @@ from umt.data.loader_kit import (
     eval_pipeline,
     first_media,
     skip_sample,
-    worker_slot,
 )
 from umt.data.samples import SampleError, captions_of, media_of, parse_meta, read_image, read_video
 from umt.data.sampling import vl_frame_indices
@@ -51,19 +50,17 @@ from umt.data.transforms import vl_test_transform
 
 
 def _select(src: Iterator[dict], split: EvalSplit, offsets: dict[str, int]) -> Iterator[dict]:
-    """This reader's samples (see the module docstring), each with its dataset position."""
-    worker, num_workers = worker_slot()
-    readers = split.world_size * num_workers
-    me = split.rank * num_workers + worker
-    whole_shards = len(split.urls) >= readers
+    """This reader's samples (:class:`umt.data.loader_kit.EvalSplit`), each with its dataset
+    position."""
+    n, j = split.share()
     url, pos = None, 0
     for sample in src:
         if sample.get("__url__") != url:
             url, pos = sample.get("__url__"), 0
         index = offsets.get(url, 0) + pos
         pos += 1
-        # Sample-level split by dataset position: the same in every reader, whatever it skips.
-        if whole_shards or index % readers == me:
+        # Split by position in the shard: the same in every reader, whatever it skips.
+        if (pos - 1) % n == j:
             sample["__index__"] = index
             yield sample
 
