@@ -113,23 +113,36 @@ def test_retrieval_eval_keeps_video_tokens_on_their_rank(tmp_path):
 
 
 @pytest.mark.parametrize("num_shards", [1, 2, 3, 6])
-def test_fewer_shards_than_readers_split_by_sample_one_shard_per_reader(monkeypatch, num_shards):
-    """4 readers (2 ranks x 2 workers): with fewer shards than readers each reader streams one
-    shard and keeps its share of that shard's samples; with more, whole shards. Either way
-    every sample is read exactly once."""
+def test_fewer_shards_than_readers_split_by_sample_not_every_shard_per_reader(monkeypatch, num_shards):
+    """4 readers (2 ranks x 2 workers): with fewer shards than readers each reader keeps a
+    contiguous range of positions and streams only the shards it touches, up to its range's
+    end; with more, whole shards. Every sample is read exactly once, counts stay even."""
     from umt.data import loader_kit
 
     urls = [f"/data/shard-{i:06d}.tar" for i in range(num_shards)]
-    sizes = {u: 5 + i for i, u in enumerate(urls)}
-    kept, streamed = [], []
+    sizes = [5 + i for i in range(num_shards)]
+    kept, streamed, consumed = [], [], []
     for rank in (0, 1):
-        split = loader_kit.EvalSplit(urls, rank, 2)
+        split = loader_kit.EvalSplit(urls, rank, 2, sizes)
         for worker in (0, 1):
             monkeypatch.setattr(loader_kit, "worker_slot", lambda w=worker: (w, 2))
             mine = [s["url"] for s in split]
             streamed.append(mine)
-            samples = ({"__url__": u, "__key__": f"{u}:{p}"} for u in mine for p in range(sizes[u]))
-            kept += [s["__key__"] for s in loader_kit.eval_select(samples, split)]
-    assert sorted(kept) == sorted(f"{u}:{p}" for u in urls for p in range(sizes[u]))
-    assert max(len(m) for m in streamed) == max(1, -(-num_shards // 4))
-    assert sum(len(m) for m in streamed) == max(num_shards, 4)  # bytes read: no shard x readers
+            read = []
+
+            def samples():
+                for u in mine:
+                    for p in range(sizes[urls.index(u)]):
+                        read.append(1)
+                        yield {"__url__": u, "__key__": f"{u}:{p}"}
+
+            kept.append([s["__key__"] for s in loader_kit.eval_select(samples(), split)])
+            consumed.append(len(read))
+    flat = [k for part in kept for k in part]
+    assert sorted(flat) == sorted(f"{u}:{p}" for u, n in zip(urls, sizes) for p in range(n))
+    if num_shards < 4:
+        assert max(map(len, kept)) - min(map(len, kept)) <= 1
+        assert max(map(len, streamed)) <= 2 and (num_shards < 3 or max(map(len, streamed)) < num_shards)
+        assert sum(consumed) < 4 * sum(sizes)  # readers stop after their range
+    else:
+        assert sorted(u for m in streamed for u in m) == urls

@@ -13,8 +13,8 @@ Training streams (:class:`TrainStream`, assembled by :func:`train_stages`)::
       -> batches (the loader's collate function)
 
 Evaluation pipelines (:func:`eval_pipeline`) read every sample once (:class:`EvalSplit`: whole
-shards per reader, or, with fewer shards than readers, a shard's samples split among the
-readers of it), keep this reader's samples, decode and batch them, and hand on the skips counted after the last
+shards per reader, or, with fewer shards than readers, a contiguous range of samples per
+reader, streaming only the shards it touches), keep this reader's samples, decode and batch them, and hand on the skips counted after the last
 batch (:func:`with_trailer`). :class:`ClipLoader` iterates a DataLoader over either, collects
 the skip counts that travel with each batch, and restarts workers a decoder crash killed
 (:mod:`umt.data.worker_crash`). Epoch and resume semantics: :mod:`umt.data.webdataset_loader`.
@@ -506,55 +506,62 @@ def train_stages(parts: tuple, *, skips: Skips, sample_fn: Callable, shuffle_buf
 class EvalSplit(torch.utils.data.IterableDataset):
     """Every sample once over ``world_size`` ranks x their DataLoader workers (the readers).
 
-    At least as many shards as readers: shards are split over the readers, whole. Fewer: each
-    shard is read by a group of readers (reader ``me`` reads shard ``me % S`` only), who split
-    its samples by their position in it -- so each reader streams one shard, not every shard
-    (``R`` readers of ``S`` shards read ``R`` shards' bytes in all, not ``R x S``).
+    At least as many shards as readers: shards are split over the readers, whole. Fewer: the
+    dataset's positions (``sizes``: samples per shard, from dataset.json) are cut into one
+    contiguous range per reader, and a reader streams only the shards its range touches (one
+    or two) and stops after its range -- not every shard, as a reader keeping every N-th
+    sample of the whole set must. Readers keep equal counts (to one sample) either way.
     """
 
-    def __init__(self, urls: list[str], rank: int, world_size: int):
+    def __init__(self, urls: list[str], rank: int, world_size: int, sizes: list[int]):
         super().__init__()
         for u in urls:
             storage.check_uri(u)
+        if len(sizes) != len(urls):
+            raise ValueError(f"{len(sizes)} shard sizes for {len(urls)} shards")
         self.urls, self.rank, self.world_size = urls, rank, world_size
+        self.offsets, total = {}, 0
+        for url, n in zip(urls, sizes):
+            self.offsets[url] = total
+            total += int(n)
+        self.sizes, self.total = [int(n) for n in sizes], total
 
-    def reader(self) -> tuple[int, int]:
-        """``(this reader's number, readers)`` in the calling process (a DataLoader worker)."""
+    def plan(self) -> tuple[list[str], Optional[int], Optional[int]]:
+        """``(shards this reader streams, lo, hi)``: it keeps dataset positions in ``[lo, hi)``
+        (``None``: whole shards). Called in the reader's process (a DataLoader worker)."""
         worker, num_workers = worker_slot()
-        return self.rank * num_workers + worker, self.world_size * num_workers
-
-    def shards(self) -> list[str]:
-        """The shards this reader streams."""
-        me, readers = self.reader()
+        me, readers = self.rank * num_workers + worker, self.world_size * num_workers
         if len(self.urls) >= readers:
-            return list(self.urls[me::readers])
-        return [self.urls[me % len(self.urls)]] if self.urls else []
-
-    def share(self) -> tuple[int, int]:
-        """``(n, j)``: this reader keeps the samples at positions ``p`` of its shards with
-        ``p % n == j`` (``(1, 0)``: whole shards)."""
-        me, readers = self.reader()
-        count = len(self.urls)
-        if count >= readers or not count:
-            return 1, 0
-        return len(range(me % count, readers, count)), me // count
+            return list(self.urls[me::readers]), None, None
+        lo, hi = me * self.total // readers, (me + 1) * self.total // readers
+        return [u for u, n in zip(self.urls, self.sizes)
+                if lo < hi and self.offsets[u] < hi and self.offsets[u] + n > lo], lo, hi
 
     def __iter__(self):
-        for url in self.shards():
+        for url in self.plan()[0]:
             yield {"url": url}
+
+    def select(self, src: Iterator[dict]) -> Iterator[tuple[dict, int]]:
+        """``(sample, dataset position)`` of this reader's samples of ``src`` (its shards'
+        samples), by position in the shard: the same in every reader, whatever it skips."""
+        shards, lo, hi = self.plan()
+        last = shards[-1] if shards else None
+        url, pos = None, 0
+        for sample in src:
+            if sample.get("__url__") != url:
+                url, pos = sample.get("__url__"), 0
+            index = self.offsets.get(url, 0) + pos
+            pos += 1
+            if lo is None or lo <= index < hi:
+                yield sample, index
+            elif index >= hi and url == last:
+                return  # past this reader's range: the rest of the shard is not streamed
 
 
 def eval_select(src: Iterator[dict], split: EvalSplit) -> Iterator[dict]:
-    """This reader's samples: all of its whole shards, or its share of its shard's samples
-    (by position in the shard: the same in every reader of it, whatever each one skips)."""
-    n, j = split.share()
-    url, pos = None, 0
-    for sample in src:
-        if sample.get("__url__") != url:
-            url, pos = sample.get("__url__"), 0
-        pos += 1
-        if (pos - 1) % n == j:
-            yield sample
+    """This reader's samples (:meth:`EvalSplit.select`)."""
+    for sample, _ in split.select(src):
+        yield sample
 
 
 def eval_pipeline(split: EvalSplit, *, skips: Skips, sample_fn: Callable, batch_size: int,
