@@ -161,42 +161,51 @@ def tar_samples(src: Iterator[dict], skips: Skips) -> Iterator[dict]:
 
 def interleave_shards(src: Iterator[dict], *, skips: Skips, width: int,
                       seed_parts: tuple) -> Iterator[dict]:
-    """Samples of ``width`` shards of ``src`` at once: each next sample comes from a random one
-    of the open shards, and a finished shard is replaced by the next of ``src``.
+    """Samples of ``width`` distinct shards of ``src`` at once: each next sample comes from a
+    random one of the open shards, and a finished shard is replaced by the next shard of
+    ``src`` that is not open already (a draw of an open shard is passed over: two copies of
+    one shard read side by side would put each sample next to itself).
 
     Why: a shuffle buffer can only mix what passed through it; fed one shard after another it
     holds one or two shards' samples. Shards packed in a sorted order (``umt shard
     --no-shuffle`` of a ``<root>/<class>/`` folder, or data sharded before the shuffle) would
     then give batches of 1-2 classes. Reading ``width`` shards at once widens the window by
-    ``width`` at the cost of ``width`` open streams per worker.
+    ``width`` at the cost of ``width`` open streams per worker. ``width`` must not exceed the
+    number of distinct shards ``src`` draws (:class:`TrainStream` caps it).
     """
     if width <= 1:
         yield from tar_samples(open_streams(src, skips), skips)
         return
     rng = random.Random(derive_seed("interleave", *seed_parts))
 
+    def draw(open_urls: set) -> Optional[dict]:
+        for url in src:
+            if url["url"] not in open_urls:
+                return url
+        return None  # a finite source (tests)
+
     def shard(url: dict) -> Iterator[dict]:
         return tar_samples(open_streams(iter([url]), skips), skips)
 
-    active: list[Iterator[dict]] = []
+    active: list[tuple[str, Iterator[dict]]] = []
     try:
         for _ in range(width):
-            url = next(src, None)
+            url = draw({u for u, _ in active})
             if url is None:
                 break
-            active.append(shard(url))
+            active.append((url["url"], shard(url)))
         while active:
             i = rng.randrange(len(active))
             try:
-                yield next(active[i])
+                yield next(active[i][1])
             except StopIteration:
-                url = next(src, None)
-                if url is None:  # a finite source (tests): drain the others
+                url = draw({u for j, (u, _) in enumerate(active) if j != i})
+                if url is None:  # a finite source: drain the others
                     active.pop(i)
                 else:
-                    active[i] = shard(url)
+                    active[i] = (url["url"], shard(url))
     finally:
-        for it in active:
+        for _, it in active:
             if hasattr(it, "close"):
                 it.close()
 
@@ -449,6 +458,8 @@ class TrainStream(torch.utils.data.IterableDataset):
             storage.check_uri(u)  # rejects pipe: and other schemes, before any worker starts
         self.urls, self.make_stages, self.weights = urls, make_stages, weights
         self.seed, self.rank, self.start_step, self.epoch_steps = seed, rank, start_step, epoch_steps
+        # Distinct shards the stream can draw: the most that can be open at once.
+        self.num_shards = len({u for i, u in enumerate(urls) if weights is None or weights[i] > 0})
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = worker_slot()
@@ -461,7 +472,7 @@ class TrainStream(torch.utils.data.IterableDataset):
             if self.start_step > epoch * self.epoch_steps:  # resumed inside this epoch
                 parts += ("resume", self.start_step)
             src: Any = shard_stream(self.urls, parts, self.weights)
-            for stage in self.make_stages(parts):
+            for stage in self.make_stages(parts, num_shards=self.num_shards):
                 src = stage(src)
             try:
                 for _ in range(step, end, num_workers):
@@ -481,7 +492,7 @@ OPEN_SHARDS = 4
 
 def train_stages(parts: tuple, *, skips: Skips, sample_fn: Callable, shuffle_buffer: int,
                  batch_size: int, collate: Callable, rows: Optional[Callable] = None,
-                 open_shards: int = OPEN_SHARDS) -> list:
+                 open_shards: int = OPEN_SHARDS, num_shards: Optional[int] = None) -> list:
     """The stages of one training stream after its shard source, for epoch seed ``parts``
     (a ``TrainStream``'s ``make_stages``, bound with ``functools.partial``).
 
@@ -489,11 +500,13 @@ def train_stages(parts: tuple, *, skips: Skips, sample_fn: Callable, shuffle_buf
     ``rows(samples, seed_parts=parts)`` optionally turns tar samples into rows before the
     shuffle buffer (:func:`spread_rows`: (media, caption) or (video, question) rows); ``collate(list)`` makes a batch
     of ``batch_size``; incomplete batches are dropped (the stream is endless). ``open_shards``
-    shards are read at once (:func:`interleave_shards`).
+    distinct shards are read at once (:func:`interleave_shards`), at most ``num_shards`` (the
+    stream's distinct shards).
     """
     import webdataset as wds
 
-    stages = [partial(interleave_shards, skips=skips, width=open_shards, seed_parts=parts)]
+    width = open_shards if num_shards is None else min(open_shards, num_shards)
+    stages = [partial(interleave_shards, skips=skips, width=width, seed_parts=parts)]
     if rows is not None:
         stages.append(partial(rows, seed_parts=parts))
     return stages + [partial(shuffle_samples, bufsize=shuffle_buffer, seed_parts=parts),
