@@ -448,7 +448,9 @@ class TrainStream(torch.utils.data.IterableDataset):
 
     Worker ``w`` of ``W`` makes the batches of steps ``start_step + w, start_step + w + W, ...``
     (DataLoader's round-robin order); its slot ``(start_step + w) % W`` -- the same for the same
-    steps in any run -- and the epoch seed everything it draws.
+    steps in any run -- and the epoch seed everything it draws. ``make_stages(parts,
+    num_shards=n)`` builds the stages after the shard source (:func:`train_stages`); ``n`` is
+    the number of distinct shards it can draw (so many can be open at once, at most).
     """
 
     def __init__(self, urls: list[str], make_stages, *, seed: Any, rank: int, start_step: int,
