@@ -255,7 +255,7 @@ def test_every_worker_draws_from_the_whole_rank_slice(monkeypatch):
     counts = {}
     for worker in range(2):
         monkeypatch.setattr(loader_kit, "worker_slot", lambda w=worker: (w, 2))
-        stream = loader_kit.TrainStream(mine, lambda parts: [], seed=0, rank=1, start_step=0,
+        stream = loader_kit.TrainStream(mine, lambda parts, **kw: [], seed=0, rank=1, start_step=0,
                                         epoch_steps=1000)
         it = iter(stream)
         drawn = [next(it)["url"] for _ in range(1500)]

@@ -80,7 +80,8 @@ def test_manifest_rejects_malformed_annotations_with_the_line(qa_mc_videos, tmp_
 
 def test_shard_carries_questions_and_candidates_and_counts_questions(qa_mc_videos, tmp_path):
     _, qa, mc = qa_mc_videos
-    info = shard_dataset(qa, str(tmp_path / "qa"), samples_per_shard=3, workers=1, progress=False)
+    info = shard_dataset(qa, str(tmp_path / "qa"), samples_per_shard=3, workers=1, progress=False,
+                         shuffle=False)  # manifest order: video 0 first
     assert info.num_questions == 8 and [s.num_questions for s in info.shards] == [6, 2]
     # the manifest's answer_list.json travels with the shards (where the QA jobs look for it)
     assert downstream.load_answer_list(str(tmp_path / "qa" / "answer_list.json")) == \
@@ -93,7 +94,8 @@ def test_shard_carries_questions_and_candidates_and_counts_questions(qa_mc_video
         meta = json.loads(tf.extractfile([m for m in tf.getmembers() if m.name.endswith(".json")][0]).read())
     assert [q["type"] for q in meta["questions"]] == ["colour", "direction"]
     assert meta["questions"][1]["answers"] == ["right"]  # video 0: left to right
-    info = shard_dataset(mc, str(tmp_path / "mc"), samples_per_shard=4, workers=1, progress=False)
+    info = shard_dataset(mc, str(tmp_path / "mc"), samples_per_shard=4, workers=1, progress=False,
+                         shuffle=False)
     with tarfile.open(info.shard_uris()[0]) as tf:
         meta = json.loads(tf.extractfile([m for m in tf.getmembers() if m.name.endswith(".json")][0]).read())
     assert len(meta["candidates"]) == 5 and meta["answer"] in range(5)

@@ -103,46 +103,61 @@ class HardNegatives:
 
     @classmethod
     def from_indices(cls, video_for_text: torch.Tensor, text_for_video: torch.Tensor,
-                     idx: torch.Tensor) -> "HardNegatives":
-        """Given indices (tests, references): checked never to pick a positive."""
-        pos = positives(idx)
+                     idx: torch.Tensor, media: Optional[torch.Tensor] = None) -> "HardNegatives":
+        """Given indices (tests, references): checked never to pick a positive (or, given
+        ``media``, a row of the same media)."""
+        pos = excluded(idx, media)
         rows = torch.arange(len(idx), device=idx.device)
         if bool(pos[rows, video_for_text].any()) or bool(pos[text_for_video, rows].any()):
-            raise ValueError("a given hard negative shares its sample id with the row (a positive)")
+            raise ValueError("a given hard negative shares its sample id (a positive) or its media "
+                             "with the row")
         return cls(video_for_text, text_for_video, torch.ones_like(idx, dtype=torch.bool))
 
 
+def excluded(idx: torch.Tensor, media: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Bool ``[B, B]``: pairs that can never be VTM negatives -- equal sample ids (positives)
+    or, given ``media [B]``, the same media (another caption of the same video or image)."""
+    out = positives(idx)
+    return out if media is None else out | positives(media)
+
+
 @torch.no_grad()
-def hard_negative_weights(sim_v2t: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def hard_negative_weights(sim_v2t: torch.Tensor, idx: torch.Tensor,
+                          media: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sampling weights ``(weights_v2t [B, B], weights_t2v [B, B])`` (official ``vtm_loss``).
 
     ``sim_v2t``: ``similarity(video_feat, text_feat, temp)`` of the local batch. Each row is
     ``softmax(sim / temp)`` (over texts for a video, over videos for a text) with every positive
-    set to 0. The official ``+ 1e-4`` before the softmax cancels out and is left out.
+    -- and, given ``media``, every row of the same media -- set to 0. The official ``+ 1e-4``
+    before the softmax cancels out and is left out.
     """
     with _fp32(sim_v2t.device):
-        pos = positives(idx)
-        w_v2t = F.softmax(sim_v2t.float(), dim=1).masked_fill(pos, 0)
-        w_t2v = F.softmax(sim_v2t.float().t(), dim=1).masked_fill(pos, 0)
+        out = excluded(idx, media)
+        w_v2t = F.softmax(sim_v2t.float(), dim=1).masked_fill(out, 0)
+        w_t2v = F.softmax(sim_v2t.float().t(), dim=1).masked_fill(out, 0)
         return w_v2t, w_t2v
 
 
 @torch.no_grad()
 def sample_hard_negatives(sim_v2t: torch.Tensor, idx: torch.Tensor,
-                          generator: Optional[torch.Generator] = None) -> HardNegatives:
+                          generator: Optional[torch.Generator] = None,
+                          media: Optional[torch.Tensor] = None) -> HardNegatives:
     """Draw one negative video per text and one negative text per video from the local batch.
 
-    ``sim_v2t [B, B]`` (``similarity(..., temp)``), ``idx [B]``. Negatives are sampled with the
-    weights of ``hard_negative_weights`` (harder = more likely; never a positive). A row whose
-    every candidate shares its id (a batch of 1, all one id) has no negative: it is marked
-    invalid (left out of the loss and counted) where the official code would raise.
-    ``generator`` makes the draw reproducible (it must live on ``sim_v2t``'s device).
+    ``sim_v2t [B, B]`` (``similarity(..., temp)``), ``idx [B]``, ``media [B]`` (optional: the
+    media id of each row). Negatives are sampled with the weights of ``hard_negative_weights``
+    (harder = more likely; never a positive, never a row of the same media: its other captions
+    describe it too). A row whose every candidate is excluded (a batch of 1, all one id or
+    media) has no negative: it is marked invalid (left out of the loss and counted) where the
+    official code would raise. ``generator`` makes the draw reproducible (it must live on
+    ``sim_v2t``'s device). With distinct media the draws equal those without ``media``.
     """
-    w_v2t, w_t2v = hard_negative_weights(sim_v2t, idx)
-    valid = (~positives(idx)).any(1)
+    w_v2t, w_t2v = hard_negative_weights(sim_v2t, idx, media)
+    neg = ~excluded(idx, media)
+    valid = neg.any(1)
     # multinomial refuses all-zero rows: give invalid rows any weights, their draw is unused.
     # Rows whose weights underflowed to 0 (sharp softmax) fall back to uniform over negatives.
-    neg = (~positives(idx)).float()
+    neg = neg.float()
     w_v2t = torch.where((w_v2t.sum(1, keepdim=True) > 0), w_v2t, neg)
     w_t2v = torch.where((w_t2v.sum(1, keepdim=True) > 0), w_t2v, neg)
     w_v2t[~valid] = 1.0

@@ -234,7 +234,7 @@ def build_action_eval_loader(source: str, *, batch_size: int, num_frames: int, i
     info = dataset_json.load(source)
     if not info.classes:
         raise ValueError(f"{source} lists no classes: an action evaluation needs labelled videos")
-    split = EvalSplit(info.shard_uris(), rank, world_size)
+    split = EvalSplit(info.shard_uris(), rank, world_size, [s.num_samples for s in info.shards])
     skips = Skips()
     fn = partial(_eval_sample, decoder=get_decoder(decoder), sampler=sampler,
                  num_frames=num_frames, img_size=img_size, num_clips=num_clips,

@@ -76,6 +76,13 @@ def shard(
         "--part", help="I/N: shard only part I of N (0-based; inputs assigned by a hash of their "
                        "id) into <output>/part-IIIII-of-NNNNN/; then `umt shard merge`.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    shuffle: Annotated[bool, typer.Option(
+        "--shuffle/--no-shuffle", help="Pack the inputs in a seeded random order (by a hash of "
+                                       "each sample id: the same on every rerun and within "
+                                       "every --part), so that each shard mixes all classes; "
+                                       "--no-shuffle keeps manifest order.")] = True,
+    shuffle_seed: Annotated[int, typer.Option(
+        "--shuffle-seed", help="Seed of the packing order.")] = 0,
     input_format: Annotated[str, typer.Option(
         "--format", help="How to read --input: auto (by CSV header / JSON keys), manifest, "
                          "kinetics-csv, video-list, ssv2-json, webvid-csv, umt-json, "
@@ -112,7 +119,8 @@ def shard(
                              shard_bytes=parse_size(shard_bytes), workers=workers or available_cpus(),
                              max_failure_rate=max_failure_rate, classes=class_names,
                              part=parse_part(part) if part else None, progress=not quiet,
-                             input_format=input_format, video_root=video_root)
+                             input_format=input_format, video_root=video_root,
+                             shuffle=shuffle, shuffle_seed=shuffle_seed)
     except (ManifestError, DatasetJsonError, ValueError, FileNotFoundError) as e:
         _fail(str(e), 2)
     except (ShardingFailed, UserError) as e:  # UserError: storage.StorageError (S3 failures)

@@ -4,15 +4,17 @@ QA, retrieval): shard sources, pipeline stages, skip accounting and the batch it
 Training streams (:class:`TrainStream`, assembled by :func:`train_stages`)::
 
     shard_stream (with replacement from this rank's slice, seeded per (seed, rank, slot, epoch))
-      -> open_streams (umt.storage: boto3 or local files, never a ``pipe:`` command)
-      -> tar_samples (a corrupt tar is counted and skipped)
-      -> [rows: a loader's own expansion, e.g. one row per caption or question]
+      -> interleave_shards (``open_shards`` shards read at once, each sample from a random one
+         of them; each shard through open_streams (umt.storage: boto3 or local files, never a
+         ``pipe:`` command) and tar_samples (a corrupt tar is counted and skipped))
+      -> [rows: a loader's own rows, e.g. (media, caption) or (video, question): spread_rows]
       -> shuffle_samples (a buffer of undecoded samples)
       -> decode_stage (the loader's sample function: decode + augment; bad samples skipped)
       -> batches (the loader's collate function)
 
-Evaluation pipelines (:func:`eval_pipeline`) read every shard once (:class:`EvalSplit`), keep
-this reader's samples, decode and batch them, and hand on the skips counted after the last
+Evaluation pipelines (:func:`eval_pipeline`) read every sample once (:class:`EvalSplit`: whole
+shards per reader, or, with fewer shards than readers, a contiguous range of samples per
+reader, streaming only the shards it touches), keep this reader's samples, decode and batch them, and hand on the skips counted after the last
 batch (:func:`with_trailer`). :class:`ClipLoader` iterates a DataLoader over either, collects
 the skip counts that travel with each batch, and restarts workers a decoder crash killed
 (:mod:`umt.data.worker_crash`). Epoch and resume semantics: :mod:`umt.data.webdataset_loader`.
@@ -20,6 +22,7 @@ the skip counts that travel with each batch, and restarts workers a decoder cras
 
 from __future__ import annotations
 
+import heapq
 import logging
 import random
 import tarfile
@@ -154,6 +157,98 @@ def tar_samples(src: Iterator[dict], skips: Skips) -> Iterator[dict]:
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     return group_by_keys(tar_file_expander(src, handler=skips.handler), handler=skips.handler)
+
+
+def interleave_shards(src: Iterator[dict], *, skips: Skips, width: int,
+                      seed_parts: tuple) -> Iterator[dict]:
+    """Samples of ``width`` distinct shards of ``src`` at once: each next sample comes from a
+    random one of the open shards, and a finished shard is replaced by the next shard of
+    ``src`` that is not open already (a draw of an open shard is passed over: two copies of
+    one shard read side by side would put each sample next to itself).
+
+    Why: a shuffle buffer can only mix what passed through it; fed one shard after another it
+    holds one or two shards' samples. Shards packed in a sorted order (``umt shard
+    --no-shuffle`` of a ``<root>/<class>/`` folder, or data sharded before the shuffle) would
+    then give batches of 1-2 classes. Reading ``width`` shards at once widens the window by
+    ``width`` at the cost of ``width`` open streams per worker. ``width`` must not exceed the
+    number of distinct shards ``src`` draws (:class:`TrainStream` caps it).
+    """
+    if width <= 1:
+        yield from tar_samples(open_streams(src, skips), skips)
+        return
+    rng = random.Random(derive_seed("interleave", *seed_parts))
+
+    def draw(open_urls: set) -> Optional[dict]:
+        for url in src:
+            if url["url"] not in open_urls:
+                return url
+        return None  # a finite source (tests)
+
+    def shard(url: dict) -> Iterator[dict]:
+        return tar_samples(open_streams(iter([url]), skips), skips)
+
+    active: list[tuple[str, Iterator[dict]]] = []
+    try:
+        for _ in range(width):
+            url = draw({u for u, _ in active})
+            if url is None:
+                break
+            active.append((url["url"], shard(url)))
+        while active:
+            i = rng.randrange(len(active))
+            try:
+                yield next(active[i][1])
+            except StopIteration:
+                url = draw({u for j, (u, _) in enumerate(active) if j != i})
+                if url is None:  # a finite source: drain the others
+                    active.pop(i)
+                else:
+                    active[i] = (url["url"], shard(url))
+    finally:
+        for _, it in active:
+            if hasattr(it, "close"):
+                it.close()
+
+
+def spread_rows(src: Iterator[dict], *, rows_of: Callable[[dict], list], rate_of: dict,
+                spread: int, seed_parts: tuple) -> Iterator[dict]:
+    """One row per media visit, not every row of a media at once: the rows of one media never
+    enter the shuffle buffer together, so a batch rarely holds one media twice.
+
+    ``rows_of(sample)``: the candidate rows of a tar sample (one per caption or question; ``[]``
+    skips it). A visit emits ``x = len(rows) / rate`` rows in expectation (``floor(x)`` plus one
+    with probability ``frac(x)``), distinct random ones, where ``rate = rate_of[shard url]`` is
+    the shard's mean rows per sample (1 visit -> 1 row when it is unknown). Drawing shards in
+    proportion to their ``rate`` (the loaders' shard weights) then gives every row the
+    frequency it has in an epoch of all rows (the official row-level sampling: each (media,
+    caption) pair once per epoch, in a global shuffle), while a media with as many rows as its
+    shard's mean -- every media of a set with a fixed caption count -- yields one row per visit.
+    Extra rows of one visit (a media with more captions than its shard's mean) are held back
+    ``spread`` rows each (a shuffle buffer's length), not emitted next to each other.
+    """
+    rng = random.Random(derive_seed("rows", *seed_parts))
+    later: list = []  # heap of (release position, sequence, row)
+    n = seq = 0
+    for sample in src:
+        rows = rows_of(sample)
+        if rows:
+            rate = rate_of.get(sample.get("__url__"))
+            x = len(rows) / rate if rate else 1.0
+            count = int(x) + (rng.random() < x - int(x))
+            picks = rng.sample(range(len(rows)), min(count, len(rows)))
+            picks += [rng.randrange(len(rows)) for _ in range(count - len(picks))]
+            for k, p in enumerate(picks):
+                if k == 0:
+                    yield rows[p]
+                    n += 1
+                else:
+                    heapq.heappush(later, (n + k * spread, seq, rows[p]))
+                    seq += 1
+        while later and later[0][0] <= n:
+            yield heapq.heappop(later)[2]
+            n += 1
+    while later:  # a finite source (tests)
+        yield heapq.heappop(later)[2]
 
 
 def shuffle_samples(src: Iterator[dict], bufsize: int, seed_parts: tuple) -> Iterator[dict]:
@@ -353,7 +448,9 @@ class TrainStream(torch.utils.data.IterableDataset):
 
     Worker ``w`` of ``W`` makes the batches of steps ``start_step + w, start_step + w + W, ...``
     (DataLoader's round-robin order); its slot ``(start_step + w) % W`` -- the same for the same
-    steps in any run -- and the epoch seed everything it draws.
+    steps in any run -- and the epoch seed everything it draws. ``make_stages(parts,
+    num_shards=n)`` builds the stages after the shard source (:func:`train_stages`); ``n`` is
+    the number of distinct shards it can draw (so many can be open at once, at most).
     """
 
     def __init__(self, urls: list[str], make_stages, *, seed: Any, rank: int, start_step: int,
@@ -363,6 +460,8 @@ class TrainStream(torch.utils.data.IterableDataset):
             storage.check_uri(u)  # rejects pipe: and other schemes, before any worker starts
         self.urls, self.make_stages, self.weights = urls, make_stages, weights
         self.seed, self.rank, self.start_step, self.epoch_steps = seed, rank, start_step, epoch_steps
+        # Distinct shards the stream can draw: the most that can be open at once.
+        self.num_shards = len({u for i, u in enumerate(urls) if weights is None or weights[i] > 0})
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = worker_slot()
@@ -375,7 +474,7 @@ class TrainStream(torch.utils.data.IterableDataset):
             if self.start_step > epoch * self.epoch_steps:  # resumed inside this epoch
                 parts += ("resume", self.start_step)
             src: Any = shard_stream(self.urls, parts, self.weights)
-            for stage in self.make_stages(parts):
+            for stage in self.make_stages(parts, num_shards=self.num_shards):
                 src = stage(src)
             try:
                 for _ in range(step, end, num_workers):
@@ -388,21 +487,30 @@ class TrainStream(torch.utils.data.IterableDataset):
                     src.close()  # ends the generator chain: open shard streams are closed
 
 
+# Shards one training stream reads at once (interleave_shards): 4 x 1000-sample shards feed the
+# default 1000-sample shuffle buffer from 4 places of the data set.
+OPEN_SHARDS = 4
+
+
 def train_stages(parts: tuple, *, skips: Skips, sample_fn: Callable, shuffle_buffer: int,
-                 batch_size: int, collate: Callable, rows: Optional[Callable] = None) -> list:
+                 batch_size: int, collate: Callable, rows: Optional[Callable] = None,
+                 open_shards: int = OPEN_SHARDS, num_shards: Optional[int] = None) -> list:
     """The stages of one training stream after its shard source, for epoch seed ``parts``
     (a ``TrainStream``'s ``make_stages``, bound with ``functools.partial``).
 
     ``sample_fn(sample, rng=...)`` decodes and augments one sample (``{}``: skipped);
-    ``rows(samples)`` optionally expands tar samples into rows before the shuffle buffer (one
-    per caption or question, so that they spread over batches); ``collate(list)`` makes a batch
-    of ``batch_size``; incomplete batches are dropped (the stream is endless).
+    ``rows(samples, seed_parts=parts)`` optionally turns tar samples into rows before the
+    shuffle buffer (:func:`spread_rows`: (media, caption) or (video, question) rows); ``collate(list)`` makes a batch
+    of ``batch_size``; incomplete batches are dropped (the stream is endless). ``open_shards``
+    distinct shards are read at once (:func:`interleave_shards`), at most ``num_shards`` (the
+    stream's distinct shards).
     """
     import webdataset as wds
 
-    stages = [partial(open_streams, skips=skips), partial(tar_samples, skips=skips)]
+    width = open_shards if num_shards is None else min(open_shards, num_shards)
+    stages = [partial(interleave_shards, skips=skips, width=width, seed_parts=parts)]
     if rows is not None:
-        stages.append(rows)
+        stages.append(partial(rows, seed_parts=parts))
     return stages + [partial(shuffle_samples, bufsize=shuffle_buffer, seed_parts=parts),
                      partial(decode_stage, rng_parts=parts, fn=sample_fn, per_worker=False),
                      wds.batched(batch_size, collation_fn=collate, partial=False)]
@@ -411,32 +519,64 @@ def train_stages(parts: tuple, *, skips: Skips, sample_fn: Callable, shuffle_buf
 # ---------------------------------------------------------------------------------- evaluation
 
 class EvalSplit(torch.utils.data.IterableDataset):
-    """Every shard once; shards split over ranks x workers when there are enough of them,
-    otherwise every reader scans all shards and keeps every N-th sample."""
+    """Every sample once over ``world_size`` ranks x their DataLoader workers (the readers).
 
-    def __init__(self, urls: list[str], rank: int, world_size: int):
+    At least as many shards as readers: shards are split over the readers, whole. Fewer: the
+    dataset's positions (``sizes``: samples per shard, from dataset.json) are cut into one
+    contiguous range per reader, and a reader streams only the shards its range touches (one
+    or two) and stops after its range -- not every shard, as a reader keeping every N-th
+    sample of the whole set must. Readers keep equal counts (to one sample) either way.
+    """
+
+    def __init__(self, urls: list[str], rank: int, world_size: int, sizes: list[int]):
         super().__init__()
         for u in urls:
             storage.check_uri(u)
+        if len(sizes) != len(urls):
+            raise ValueError(f"{len(sizes)} shard sizes for {len(urls)} shards")
         self.urls, self.rank, self.world_size = urls, rank, world_size
+        self.offsets, total = {}, 0
+        for url, n in zip(urls, sizes):
+            self.offsets[url] = total
+            total += int(n)
+        self.sizes, self.total = [int(n) for n in sizes], total
+
+    def plan(self) -> tuple[list[str], Optional[int], Optional[int]]:
+        """``(shards this reader streams, lo, hi)``: it keeps dataset positions in ``[lo, hi)``
+        (``None``: whole shards). Called in the reader's process (a DataLoader worker)."""
+        worker, num_workers = worker_slot()
+        me, readers = self.rank * num_workers + worker, self.world_size * num_workers
+        if len(self.urls) >= readers:
+            return list(self.urls[me::readers]), None, None
+        lo, hi = me * self.total // readers, (me + 1) * self.total // readers
+        return [u for u, n in zip(self.urls, self.sizes)
+                if lo < hi and self.offsets[u] < hi and self.offsets[u] + n > lo], lo, hi
 
     def __iter__(self):
-        worker, num_workers = worker_slot()
-        readers, me = self.world_size * num_workers, self.rank * num_workers + worker
-        for url in self.urls[me::readers] if len(self.urls) >= readers else self.urls:
+        for url in self.plan()[0]:
             yield {"url": url}
+
+    def select(self, src: Iterator[dict]) -> Iterator[tuple[dict, int]]:
+        """``(sample, dataset position)`` of this reader's samples of ``src`` (its shards'
+        samples), by position in the shard: the same in every reader, whatever it skips."""
+        shards, lo, hi = self.plan()
+        last = shards[-1] if shards else None
+        url, pos = None, 0
+        for sample in src:
+            if sample.get("__url__") != url:
+                url, pos = sample.get("__url__"), 0
+            index = self.offsets.get(url, 0) + pos
+            pos += 1
+            if lo is None or lo <= index < hi:
+                yield sample, index
+            elif index >= hi and url == last:
+                return  # past this reader's range: the rest of the shard is not streamed
 
 
 def eval_select(src: Iterator[dict], split: EvalSplit) -> Iterator[dict]:
-    """This reader's samples: all of its whole shards, or every N-th sample of every shard."""
-    worker, num_workers = worker_slot()
-    readers = split.world_size * num_workers
-    me = split.rank * num_workers + worker
-    whole_shards = len(split.urls) >= readers
-    for i, sample in enumerate(src):
-        if whole_shards or i % readers == me:
-            yield sample
-
+    """This reader's samples (:meth:`EvalSplit.select`)."""
+    for sample, _ in split.select(src):
+        yield sample
 
 
 def eval_pipeline(split: EvalSplit, *, skips: Skips, sample_fn: Callable, batch_size: int,

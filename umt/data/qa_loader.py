@@ -17,8 +17,8 @@ Sources (``cfg.sources``) are dataset.json URIs from ``umt shard`` whose samples
 A training stream of :mod:`umt.data.loader_kit`, as the Stage-2 loader's (``umt.data.vl_loader``):
 shards resampled per rank and worker with weights by question counts, the official 'rand' frame
 sampler, ``RandomResizedCrop(img_size, crop_scale)`` bicubic + optional flip with one box per
-clip; a question is a row before the shuffle buffer, so one video's questions spread over
-batches. An epoch is ``num_questions // (batch x world size)`` batches (dataset.json's
+clip; one random question per visit of a video, a video visited as often as it has questions
+(:func:`umt.data.loader_kit.spread_rows`), so one video's questions rarely meet in a batch. An epoch is ``num_questions // (batch x world size)`` batches (dataset.json's
 ``num_questions``; without it one row per sample is assumed, with a warning); ``epoch_steps``
 overrides. A question is trained with all its distinct answers weighted by frequency (official
 ``vqa_collate_fn``). Bad rows -- a sample without questions, malformed questions, an answer
@@ -46,6 +46,7 @@ from umt.data.loader_kit import (
     data_loader,
     rank_shards,
     skip_sample,
+    spread_rows,
     train_stages,
 )
 from umt.data.samples import SampleError, media_of, parse_meta, read_image, read_video
@@ -56,9 +57,12 @@ from umt.seeds import derive_seed
 log = logging.getLogger(__name__)
 
 
-def _question_rows(src: Iterator[dict], *, skips: Skips, answer_fits) -> Iterator[dict]:
-    """Tar samples -> one row per usable question."""
-    for sample in src:
+def _question_rows(src: Iterator[dict], *, skips: Skips, answer_fits, rate_of: dict[str, float],
+                   spread: int, seed_parts: tuple = ()) -> Iterator[dict]:
+    """Tar samples -> (video, question) rows, one random question per visit of a video and a
+    video visited as often as it has questions (:func:`umt.data.loader_kit.spread_rows`): one
+    video's questions do not meet in a batch."""
+    def rows_of(sample: dict) -> list[dict]:
         try:
             meta = parse_meta(sample)
             media_of(sample)
@@ -67,17 +71,21 @@ def _question_rows(src: Iterator[dict], *, skips: Skips, answer_fits) -> Iterato
             questions = parse_questions(meta["questions"], str(meta.get("id") or sample.get("__key__")))
         except AnnotationError as e:
             skip_sample(skips, sample, SampleError(f"bad questions: {e}"))
-            continue
+            return []
         except Exception as e:
             skip_sample(skips, sample, e)
-            continue
+            return []
+        rows = []
         for q in questions:
             too_long = [a for a in q["answers"] if answer_fits is not None and not answer_fits(a)]
             if too_long:
                 skip_sample(skips, sample, SampleError(f"answer too long: {too_long[0]!r:.60} does not "
                                                  f"fit qa.max_answer_len (question {q['id']})"))
                 continue
-            yield {"sample": sample, "meta": meta, "question": q}
+            rows.append({"sample": sample, "meta": meta, "question": q})
+        return rows
+
+    return spread_rows(src, rows_of=rows_of, rate_of=rate_of, spread=spread, seed_parts=seed_parts)
 
 
 def _qa_sample(row: dict, *, decoder, num_frames: int, img_size: int, scale, flip: bool,
@@ -192,12 +200,16 @@ def build_qa_loader(cfg, *, batch_size: int, num_frames: int, img_size: int, see
                             start=start_step, epoch_steps=steps)
     infos, media, rows = describe_qa_sources(list(cfg.sources))
     epoch_steps = cfg.epoch_steps or max(1, rows // (batch_size * world_size))
-    urls, weights = [], []
+    urls, weights, rate_of = [], [], {}
     for info in infos:
         for shard, uri in zip(info.shards, info.shard_uris()):
             urls.append(uri)
-            weights.append(float(shard.num_questions if shard.num_questions is not None
-                                 else shard.num_samples))
+            # One row per visit (spread_rows): shards drawn by their questions per video.
+            rate = (shard.num_questions / max(1, shard.num_samples)
+                    if shard.num_questions is not None else None)
+            weights.append(float(shard.num_samples if rate is None else rate))
+            if rate:
+                rate_of[uri] = rate
     mine = rank_shards(list(range(len(urls))), rank, world_size)
     if not sum(weights[i] for i in mine) > 0:
         raise ValueError(f"rank {rank}'s QA shards hold no questions")
@@ -207,7 +219,9 @@ def build_qa_loader(cfg, *, batch_size: int, num_frames: int, img_size: int, see
                         max_pixels=cfg.max_pixels, skips=skips)
 
     make_stages = partial(train_stages, skips=skips, sample_fn=sample_fn,
-                          rows=partial(_question_rows, skips=skips, answer_fits=answer_fits),
+                          rows=partial(_question_rows, skips=skips, answer_fits=answer_fits,
+                                       rate_of=rate_of,
+                                       spread=max(cfg.shuffle_buffer, batch_size)),
                           shuffle_buffer=cfg.shuffle_buffer, batch_size=batch_size,
                           collate=partial(collate, skips=skips))
     log.info("QA epoch: %d batches per rank (%d questions, %s)", epoch_steps, rows, media)

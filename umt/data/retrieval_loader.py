@@ -18,7 +18,8 @@ img_size))`` bicubic with no crop (:func:`umt.data.transforms.vl_test_transform`
 
 Exactly once: the shards are split over ``world_size x num_workers`` readers when there are at
 least that many shards (uneven counts are fine: some readers get one shard more), otherwise
-every reader scans every shard and keeps every N-th sample. No resampling, no padding: the
+each reader keeps a contiguous range of the dataset's positions and streams only the one or
+two shards it touches. No resampling, no padding: the
 ranks' batches together hold every readable video once, and the last batches may be smaller
 (a rank may even get none). ``index`` (shard offset + position, from dataset.json) orders
 gathered results independently of ranks and workers.
@@ -43,29 +44,18 @@ from umt.data.loader_kit import (
     eval_pipeline,
     first_media,
     skip_sample,
-    worker_slot,
 )
 from umt.data.samples import SampleError, captions_of, media_of, parse_meta, read_image, read_video
 from umt.data.sampling import vl_frame_indices
 from umt.data.transforms import vl_test_transform
 
 
-def _select(src: Iterator[dict], split: EvalSplit, offsets: dict[str, int]) -> Iterator[dict]:
-    """This reader's samples (see the module docstring), each with its dataset position."""
-    worker, num_workers = worker_slot()
-    readers = split.world_size * num_workers
-    me = split.rank * num_workers + worker
-    whole_shards = len(split.urls) >= readers
-    url, pos = None, 0
-    for sample in src:
-        if sample.get("__url__") != url:
-            url, pos = sample.get("__url__"), 0
-        index = offsets.get(url, 0) + pos
-        pos += 1
-        # Sample-level split by dataset position: the same in every reader, whatever it skips.
-        if whole_shards or index % readers == me:
-            sample["__index__"] = index
-            yield sample
+def _select(src: Iterator[dict], split: EvalSplit) -> Iterator[dict]:
+    """This reader's samples (:class:`umt.data.loader_kit.EvalSplit`), each with its dataset
+    position."""
+    for sample, index in split.select(src):
+        sample["__index__"] = index
+        yield sample
 
 
 def _retrieval_sample(sample: dict, *, media: str, decoder, num_frames: int, img_size: int,
@@ -111,19 +101,14 @@ def build_retrieval_loader(source: str, *, batch_size: int, num_frames: int, img
     if len(kinds) > 1:
         raise ValueError(f"{source}: a retrieval set holds one media type, this one has {info.media}")
     media = kinds[0] if kinds else first_media(info)
-    urls = info.shard_uris()
-    offsets, total = {}, 0
-    for url, shard in zip(urls, info.shards):
-        offsets[url] = total
-        total += shard.num_samples
-    split = EvalSplit(urls, rank, world_size)
+    split = EvalSplit(info.shard_uris(), rank, world_size, [s.num_samples for s in info.shards])
     skips = Skips()
     sample_fn = partial(_retrieval_sample, media=media, decoder=get_decoder(decoder),
                         num_frames=num_frames, img_size=img_size, max_pixels=max_pixels,
                         skips=skips)
     pipeline = eval_pipeline(split, skips=skips, sample_fn=sample_fn, batch_size=batch_size,
                              collate=partial(_collate, media=media, skips=skips),
-                             select=partial(_select, split=split, offsets=offsets))
+                             select=partial(_select, split=split))
     loader = ClipLoader(data_loader(pipeline, num_workers), 0, info)
     loader.media = media
     return loader

@@ -5,7 +5,8 @@
 
 Pipeline: read the manifest (all its errors surface before any work) -> worker processes each
 fetch one input, test-decode it and transcode it (``umt.data.transcode``) -> the main process
-packs the results, in manifest order, into ``shard-NNNNNN.tar`` files (``<key>.mp4|jpg``,
+packs the results, in a seeded shuffle of the manifest (:func:`shuffled`; ``shuffle=False``:
+manifest order), into ``shard-NNNNNN.tar`` files (``<key>.mp4|jpg``,
 ``<key>.json``, ``<key>.txt``, ``<key>.cls``) -> uploads them (background thread for S3) ->
 writes ``dataset.json``.
 
@@ -16,8 +17,12 @@ Guarantees:
   the queue is re-run alone in a fresh process (so a crash or hang is blamed on it only when it
   is the culprit) and the other queued inputs are resubmitted. Only the culprit is recorded as
   failed; the cost is the restart plus redoing the queued work.
-- Keys are content hashes, tars have fixed mtimes and manifest order is kept, so a re-run
-  produces the same shards.
+- Keys are content hashes, tars have fixed mtimes and the packing order is a function of the
+  sample ids and the seed only, so a re-run produces the same shards.
+- Batch diversity: a ``<root>/<class>/`` folder lists videos class by class; packed in that
+  order, every shard would hold 1-2 classes and a training batch drawn from a few open shards
+  would too. The shuffle makes every shard a random draw of the whole set, as a global sampler's
+  batches are (the official code's ``DistributedSampler``).
 - Resumable: every finished shard gets a ``shard-NNNNNN_stats.json`` *after* its tar is in place;
   a re-run re-verifies each (size and sha256 locally, size and ETag on S3) and continues after
   the last good one. Tars appear under their final name only when complete (rename / S3 PUT).
@@ -273,14 +278,31 @@ def process_in_order(items: list[Item], settings: TranscodeSettings, classes: li
 
 # ---------------------------------------------------------------------------------- fingerprint
 
+def shuffled(items: list[Item], seed: int) -> list[Item]:
+    """``items`` in a seeded random order: sorted by ``sha256(seed, sample id)`` (ties, the same
+    input listed twice, by manifest position).
+
+    It depends on the ids and the seed only -- not on row order, the part count or the machine --
+    so a rerun (a resume) packs the same order, and a part's inputs (``--part I/N``, assigned by
+    their own hash) come in the order they have in the whole run.
+    """
+    def rank(item: Item) -> tuple[bytes, int]:
+        sid = shard_parts.sample_id(item)
+        return hashlib.sha256(f"umt-shard-order:{seed}:{sid}".encode("utf-8")).digest(), item.index
+
+    return sorted(items, key=rank)
+
+
 def _fingerprint(manifest: Manifest, settings: TranscodeSettings, samples_per_shard, shard_bytes,
-                 part: Optional[Part] = None) -> str:
+                 part: Optional[Part] = None, shuffle_seed: Optional[int] = None) -> str:
     """What a finished shard depends on; stats with another fingerprint are not reused."""
     what = {"manifest": manifest.sha256, "settings": settings.to_dict(),
             "classes": manifest.classes, "samples_per_shard": samples_per_shard,
             "shard_bytes": shard_bytes, "format_version": dataset_json.FORMAT_VERSION}
     if part is not None:  # absent for a whole run: its stats stay valid across this change
         what["part"] = [part.index, part.count, shard_parts.ASSIGNMENT]
+    if shuffle_seed is not None:  # absent in manifest order: those stats stay valid
+        what["order"] = ["sha256-of-id", shuffle_seed]
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
@@ -310,8 +332,8 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
                   workers: Optional[int] = None, max_failure_rate: float = 0.05,
                   classes: Optional[list[str]] = None, item_timeout: float = 600.0,
                   part: Optional[Part] = None, progress: bool = True,
-                  input_format: str = "auto",
-                  video_root: Optional[str] = None) -> dataset_json.DatasetInfo:
+                  input_format: str = "auto", video_root: Optional[str] = None,
+                  shuffle: bool = True, shuffle_seed: int = 0) -> dataset_json.DatasetInfo:
     """Shard ``input`` (manifest, folder or s3:// prefix) into ``output``; return its dataset.json.
 
     A shard closes at ``samples_per_shard`` samples or once it holds ``shard_bytes`` bytes
@@ -320,6 +342,8 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
     ``part``: only that part's inputs, into ``<output>/part-IIIII-of-NNNNN/``, described by its
     ``part.json`` (returned as the info). ``input_format`` and ``video_root`` say how to read
     ``input`` (the official annotation formats; :func:`umt.data.manifest.load_manifest`).
+    ``shuffle`` (default): pack in the seeded order of :func:`shuffled` (within the part, with
+    ``part``); ``shuffle=False``: in manifest order.
     """
     from tqdm import tqdm
 
@@ -345,11 +369,14 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
     if part is not None:
         items = part.select(items)
         output = part.folder(output)
+    order_seed = shuffle_seed if shuffle else None
+    if shuffle:
+        items = shuffled(items, shuffle_seed)
         stale.append(storage.join(output, shard_parts.PART_FILENAME))
     stale.append(storage.join(output, "failures.json"))
     for uri in stale:
         storage.delete(uri)
-    fingerprint = _fingerprint(manifest, settings, samples_per_shard, shard_bytes, part)
+    fingerprint = _fingerprint(manifest, settings, samples_per_shard, shard_bytes, part, order_seed)
 
     # Resume: keep the contiguous run of verified shards from the previous attempt. Shards
     # record positions in ``items`` (the manifest index, for a whole run).
@@ -425,6 +452,7 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
         sink.abort(shard)
         sink.cleanup()
 
+    failures.sort(key=lambda f: f["index"])  # packing order is shuffled; reports by manifest row
     all_stats = done + [sink.finished[k] for k in sorted(sink.finished)]
     remove_stale(output, num_shards)
     rate = len(failures) / max(1, len(items))
@@ -437,7 +465,8 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
         classes=manifest.classes, failures=[dataset_json.Failure(**f) for f in failures],
         num_failed=len(failures),
         source={"input": manifest.input, "sha256": manifest.sha256,
-                "num_inputs": len(manifest.items)},
+                "num_inputs": len(manifest.items),
+                "order": "manifest" if order_seed is None else f"shuffled (seed {order_seed})"},
         transcode=settings.to_dict(), created_by=f"umt {umt.__version__}",
         location=storage.join(output, dataset_json.FILENAME))
     info.num_samples = sum(s.num_samples for s in info.shards)
@@ -467,7 +496,8 @@ def shard_dataset(input: str, output: str, settings: TranscodeSettings | None = 
     if part is not None:
         info.location = shard_parts.write_part_manifest(
             output, part, info, num_inputs=len(items),
-            dataset_fingerprint=_fingerprint(manifest, settings, samples_per_shard, shard_bytes))
+            dataset_fingerprint=_fingerprint(manifest, settings, samples_per_shard, shard_bytes,
+                                             shuffle_seed=order_seed))
         log.info("part %s: wrote %d samples in %d shards (%d failed) to %s", part,
                  info.num_samples, len(info.shards), len(failures), output)
         return info

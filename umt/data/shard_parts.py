@@ -4,8 +4,8 @@
     umt shard -i s3://raw/k710/train.csv -o s3://data/k710 --part 15/16    # ... on pod 15
     umt shard merge s3://data/k710                                         # -> dataset.json
 
-Every part reads the whole manifest and keeps the inputs assigned to it, in manifest order;
-it writes its shards, resumably as a whole run does (``umt.data.shard``), into
+Every part reads the whole manifest and keeps the inputs assigned to it, in the order a whole
+run packs them (the seeded shuffle of ``umt.data.shard.shuffled``, or manifest order); it writes its shards, resumably as a whole run does (``umt.data.shard``), into
 ``<output>/part-IIIII-of-NNNNN/`` and, last, its part manifest ``part.json`` there (atomic). The
 merge joins the part manifests into the one ``<output>/dataset.json`` every loader reads.
 

@@ -4,7 +4,8 @@
                              rank=rank, world_size=world, start_step=resume_step)
     batch = next(loader)
     # {"media": "video" | "image", "video": float [B, 3, T, H, W] (T = 1 for images),
-    #  "caption": list[str] (clean_caption'ed), "sample_id": long [B], "key": list[str],
+    #  "caption": list[str] (clean_caption'ed), "sample_id": long [B], "media_id": long [B],
+    #  "key": list[str],
     #  "step": int, "epoch": int}
 
 As in the official multi-modality code:
@@ -14,7 +15,10 @@ As in the official multi-modality code:
   files). Sources of the same type are pooled into one stream, as the official ``ConcatDataset``
   per media type; shards are drawn in proportion to their (media, caption) pairs.
 - **Epochs.** ``caption_sampling="all"``: every (media, caption) pair is one row of an epoch
-  (officially each caption row is its own sample and its own VTC id); ``"random"``: one random
+  (officially each caption row is its own sample and its own VTC id), drawn one random caption
+  per visit of a media, a media visited as often as it has captions
+  (:func:`umt.data.loader_kit.spread_rows`), so that one media rarely appears twice in a batch
+  (the official global row shuffle's property); ``"random"``: one random
   caption per media per visit; ``"paragraph"``: one row per media whose caption is all its
   captions joined with " " (official paragraph retrieval). A media type contributes
   ``rows // (its batch x world size)`` batches per epoch (at least 1); ``cfg.epoch_steps``
@@ -26,7 +30,9 @@ As in the official multi-modality code:
   ``RandomResizedCrop(img_size, scale=crop_scale)`` bicubic + flip, one box for all frames
   (:func:`umt.data.transforms.vl_train_transform`); images are 1-frame clips (``T = 1``, not
   repeated). ``sample_id`` is a stable 63-bit hash of (source index, sample key, caption
-  index): the same on every rank, distinct for two captions of one video.
+  index): the same on every rank, distinct for two captions of one video (official Stage 2:
+  the row index); ``media_id`` (source index, sample key) is shared by them, and rows of one
+  media are never VTM negatives of each other.
 - **Bad samples** (no caption, a caption empty after cleaning, malformed metadata, undecodable
   or oversized media, a video in an image source) are skipped and counted
   (``loader.num_skipped``, ``loader.skip_reasons``), never replaced or fatal.
@@ -62,6 +68,7 @@ from umt.data.loader_kit import (
     first_media,
     rank_shards,
     skip_sample,
+    spread_rows,
     train_stages,
 )
 from umt.data.samples import SampleError, captions_of, media_of, parse_meta, read_image, read_video
@@ -77,6 +84,12 @@ MEDIA = ("video", "image")
 def sample_id(source: Any, key: str, caption_index: int) -> int:
     """The VTC id of one (media, caption) row: stable across ranks, runs and machines."""
     return derive_seed("sample-id", source, key, caption_index)
+
+
+def media_id(source: Any, key: str) -> int:
+    """The id of a row's media (all its captions share it): rows of one media are never each
+    other's VTM negatives."""
+    return derive_seed("media-id", source, key)
 
 
 # ------------------------------------------------------------------------------- sources
@@ -148,12 +161,17 @@ def batch_order(counts: dict[str, int], seed: int, epoch: int) -> list[str]:
 # ---------------------------------------------------------------------- WebDataset streams
 
 def _rows(src: Iterator[dict], *, media: str, caption_sampling: str, source_of: dict[str, int],
-          skips: Skips) -> Iterator[dict]:
-    """Tar samples -> epoch rows ``{"sample", "meta", "captions", "caption_idx", "source"}``.
+          skips: Skips, rate_of: dict[str, float], spread: int,
+          seed_parts: tuple = ()) -> Iterator[dict]:
+    """Tar samples -> rows ``{"sample", "meta", "captions", "caption_idx", "source"}``.
 
-    Before the shuffle buffer, so that the captions of one video are spread over batches.
+    ``"all"``: (media, caption) rows drawn by :func:`umt.data.loader_kit.spread_rows` -- one
+    random caption per visit of a media, a media visited as often as it has captions -- so that
+    the captions of one video do not meet in a batch (they would be VTC false negatives and VTM
+    "hard" negatives); ``"paragraph"``: one row, the captions joined; ``"random"``: one row, its
+    caption drawn at decode time.
     """
-    for sample in src:
+    def rows_of(sample: dict) -> list[dict]:
         try:
             meta = parse_meta(sample)
             kind = media_of(sample)[2]
@@ -164,16 +182,17 @@ def _rows(src: Iterator[dict], *, media: str, caption_sampling: str, source_of: 
                 raise SampleError("no caption")
         except Exception as e:
             skip_sample(skips, sample, e)
-            continue
+            return []
         row = {"sample": sample, "meta": meta, "captions": caps,
                "source": source_of.get(sample.get("__url__", ""), -1)}
         if caption_sampling == "all":
-            for i in range(len(caps)):
-                yield dict(row, caption_idx=i)
-        elif caption_sampling == "paragraph":  # official is_paragraph_retrieval
-            yield dict(row, captions=[" ".join(caps)], caption_idx=0)
-        else:
-            yield dict(row, caption_idx=None)
+            return [dict(row, caption_idx=i) for i in range(len(caps))]
+        if caption_sampling == "paragraph":  # official is_paragraph_retrieval
+            return [dict(row, captions=[" ".join(caps)], caption_idx=0)]
+        return [dict(row, caption_idx=None)]
+
+    return spread_rows(src, rows_of=rows_of, rate_of=rate_of if caption_sampling == "all" else {},
+                       spread=spread, seed_parts=seed_parts)
 
 
 def _vl_sample(row: dict, *, media: str, decoder, num_frames: int, img_size: int, scale, flip: bool,
@@ -199,13 +218,14 @@ def _vl_sample(row: dict, *, media: str, decoder, num_frames: int, img_size: int
     skips.ok()
     key = sample.get("__key__", "?")
     return {"video": video, "caption": caption, "key": key,
-            "sample_id": sample_id(row["source"], key, i)}
+            "sample_id": sample_id(row["source"], key, i), "media_id": media_id(row["source"], key)}
 
 
 def _collate(rows: list[dict], *, media: str, skips: Skips) -> dict:
     return {"media": media, "video": torch.stack([r["video"] for r in rows]),
             "caption": [r["caption"] for r in rows],
             "sample_id": torch.tensor([r["sample_id"] for r in rows], dtype=torch.long),
+            "media_id": torch.tensor([r["media_id"] for r in rows], dtype=torch.long),
             "key": [r["key"] for r in rows], "skipped": dict(skips.take())}
 
 
@@ -213,12 +233,17 @@ def _webdataset_stream(media: str, sources: list[VLSource], cfg, *, batch_size: 
                        num_frames: int, img_size: int, seed: int, rank: int, world_size: int,
                        start: int, epoch_batches: int) -> ClipLoader:
     """One media type's batches, local step ``start`` on (a Stage-1 style resampled stream)."""
-    urls, weights, source_of = [], [], {}
+    urls, weights, source_of, rate_of = [], [], {}, {}
     for src in sources:
         for shard, uri in zip(src.info.shards, src.info.shard_uris()):
             urls.append(uri)
             known = cfg.caption_sampling == "all" and shard.num_captions is not None
-            weights.append(float(shard.num_captions if known else shard.num_samples))
+            # "all": one row per visit of a media (umt.data.loader_kit.spread_rows), so shards
+            # are drawn by their captions per media: rows then come in proportion to captions.
+            rate = shard.num_captions / max(1, shard.num_samples) if known else None
+            weights.append(float(shard.num_samples if rate is None else rate))
+            if rate:
+                rate_of[uri] = rate
             source_of[uri] = src.index
     mine = rank_shards(list(range(len(urls))), rank, world_size)
     if not sum(weights[i] for i in mine) > 0:
@@ -229,7 +254,8 @@ def _webdataset_stream(media: str, sources: list[VLSource], cfg, *, batch_size: 
                         flip=cfg.flip, max_pixels=cfg.max_pixels, skips=skips)
 
     rows = partial(_rows, media=media, caption_sampling=cfg.caption_sampling,
-                   source_of=source_of, skips=skips)
+                   source_of=source_of, skips=skips, rate_of=rate_of,
+                   spread=max(cfg.shuffle_buffer, batch_size))
     make_stages = partial(train_stages, skips=skips, sample_fn=sample_fn, rows=rows,
                           shuffle_buffer=cfg.shuffle_buffer, batch_size=batch_size,
                           collate=partial(_collate, media=media, skips=skips))
@@ -275,7 +301,7 @@ class _SyntheticStream:
         perm = np.random.default_rng(derive_seed("synthetic-vl", self.seed, self.media, epoch)
                                      ).permutation(self.rows)
         first = (pos * self.world_size + self.rank) * self.batch_size
-        videos, captions, ids, keys = [], [], [], []
+        videos, captions, ids, keys, medias = [], [], [], [], []
         for k in range(self.batch_size):
             row = int(perm[(first + k) % self.rows])
             if self.cfg.caption_sampling == "all":
@@ -294,9 +320,11 @@ class _SyntheticStream:
             key = f"synthetic-{self.media}-{index:06d}"
             keys.append(key)
             ids.append(sample_id("synthetic", key, c))
+            medias.append(media_id("synthetic", key))
         self.step += 1
         return {"media": self.media, "video": torch.stack(videos), "caption": captions,
-                "sample_id": torch.tensor(ids, dtype=torch.long), "key": keys}
+                "sample_id": torch.tensor(ids, dtype=torch.long),
+                "media_id": torch.tensor(medias, dtype=torch.long), "key": keys}
 
 
 def synthetic_rows(media: str, cfg) -> int:
@@ -391,4 +419,5 @@ def build_vl_loader(cfg, *, batch_size: int, num_frames: int, img_size: int, see
     return VLLoader(make_stream, counts, seed=seed, start_step=start_step, sources=sources)
 
 
-__all__ = ["build_vl_loader", "VLLoader", "VLSource", "batch_order", "epoch_counts", "sample_id"]
+__all__ = ["build_vl_loader", "VLLoader", "VLSource", "batch_order", "epoch_counts", "media_id",
+           "sample_id"]

@@ -177,7 +177,7 @@ def build_eval_loader(source, *, batch_size: int, num_frames: int, img_size: int
     decoder, num_workers = decoder or "decord", num_workers or 0
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     info = dataset_json.load(source)
-    split = EvalSplit(info.shard_uris(), rank, world_size)
+    split = EvalSplit(info.shard_uris(), rank, world_size, [s.num_samples for s in info.shards])
     skips = Skips()
     sample_fn = partial(_eval_sample, decoder=get_decoder(decoder), num_frames=num_frames,
                         img_size=img_size, num_clips=num_clips, num_crops=num_crops, skips=skips,

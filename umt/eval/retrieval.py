@@ -12,7 +12,12 @@
    below the top k is set to -100 (so it ranks below every re-scored candidate).
 5. ``umt.eval.retrieval_metrics`` on both the similarity and the re-ranked scores.
 
-Features are gathered to every rank (CPU); the re-ranking rows are split over ranks.
+Memory: only what the similarity needs -- keys, captions and the small per-frame features --
+is gathered to every rank; each video's full token set (the bulk: MSRVTT-1k at 12 frames,
+~7 GB for B/16) stays on the rank that read it. Re-ranking runs where the tokens are: a rank
+scores the video-to-text rows of its own videos, and of each text-to-video row the candidates
+that are its videos; only the scores are gathered. Every rank encodes every caption (cheap next
+to the videos). Peak memory per rank: BENCHMARKS.md (``benchmarks/bench_retrieval_memory.py``).
 """
 
 from __future__ import annotations
@@ -34,15 +39,25 @@ BELOW_TOP_K = -100.0  # official fill value outside the re-ranked top k
 
 @dataclass
 class RetrievalSet:
-    """Encoded videos and captions of one evaluation set (every rank holds all of it)."""
+    """Encoded videos and captions of one evaluation set: every rank holds all of it except the
+    video tokens, of which it holds its own videos' (``token_row``)."""
 
     keys: list[str]                 # [V] video keys, in dataset order
     video_feat: torch.Tensor        # [V, T, E] per-frame, L2-normalised
-    video_tokens: torch.Tensor      # [V, N, D] every token (for the fusion layers)
+    video_tokens: torch.Tensor      # [V_here, N, D] every token (for the fusion layers)
     text_feat: torch.Tensor         # [X, E]
     text_hidden: torch.Tensor       # [X, L, W] output of the text-only layers
     text_mask: torch.Tensor         # [X, L]
     text_to_video: list             # [X] the video of each caption (or its videos: a list)
+    # [V] long: video v's row in video_tokens, -1 where another rank holds it; None: every
+    # video here, row v (one process, or a set built by hand)
+    token_row: Optional[torch.Tensor] = None
+
+    def rows_here(self) -> torch.Tensor:
+        """``[V]`` long: ``token_row``, or ``0..V-1`` when every video is here."""
+        if self.token_row is None:
+            return torch.arange(len(self.keys))
+        return self.token_row
 
 
 def _gather_parts(parts: dict[str, Any], info: distributed.DistInfo) -> list[dict[str, Any]]:
@@ -96,12 +111,12 @@ def encode_set(model, batches, tokenizer, cfg, *, device: torch.device, precisio
         vfeat.append(feat.float().cpu())
         vtok.append(tokens.cpu())
         captions += [list(caps) for caps in batch["captions"]]  # cleaned by the loader
+    # The tokens stay here: only the small parts travel (see the module docstring).
     parts = {"keys": keys, "index": index, "captions": captions,
-             "vfeat": torch.cat(vfeat) if vfeat else None, "vtok": torch.cat(vtok) if vtok else None}
-    gathered = [p for p in _gather_parts(parts, info) if p["keys"]]
-    if not gathered:
+             "vfeat": torch.cat(vfeat) if vfeat else None}
+    gathered = _gather_parts(parts, info)
+    if not any(p["keys"] for p in gathered):
         raise ValueError("the retrieval set has no readable videos")
-    all_keys = [k for p in gathered for k in p["keys"]]
     all_index = [i for p in gathered for i in p["index"]]
     if len(set(all_index)) != len(all_index):
         raise RuntimeError("a video was read twice by the evaluation loader (dataset positions repeat)")
@@ -109,9 +124,14 @@ def encode_set(model, batches, tokenizer, cfg, *, device: torch.device, precisio
     order = sorted(range(len(all_index)), key=all_index.__getitem__)
     if cfg.max_videos:
         order = order[:cfg.max_videos]
+    first = sum(len(p["keys"]) for p in gathered[:info.rank])  # this rank's first position
+    token_row = torch.tensor([j - first if first <= j < first + len(keys) else -1 for j in order],
+                             dtype=torch.long)
+    video_tokens = torch.cat(vtok) if vtok else torch.zeros(0)
+    vtok.clear()  # the batches' copies
+    all_keys = [k for p in gathered for k in p["keys"]]
     all_caps = [c for p in gathered for c in p["captions"]]
-    video_feat = torch.cat([p["vfeat"] for p in gathered])[order]
-    video_tokens = torch.cat([p["vtok"] for p in gathered])[order]
+    video_feat = torch.cat([p["vfeat"] for p in gathered if p["keys"]])[order]
     keys = [all_keys[i] for i in order]
     texts, text_to_video = query_texts([all_caps[i] for i in order], keys,
                                        getattr(cfg, "match_by", "video"), getattr(cfg, "paragraph", False))
@@ -125,7 +145,7 @@ def encode_set(model, batches, tokenizer, cfg, *, device: torch.device, precisio
         thid.append(hidden.cpu())
         tmask.append(att.cpu())
     return RetrievalSet(keys, video_feat, video_tokens, torch.cat(tfeat), torch.cat(thid),
-                        torch.cat(tmask), text_to_video)
+                        torch.cat(tmask), text_to_video, token_row=token_row)
 
 
 @torch.no_grad()
@@ -133,38 +153,46 @@ def itm_rerank(model, data: RetrievalSet, sim_v2t: torch.Tensor, k: int, *, itm_
                device: torch.device, precision: str, info: distributed.DistInfo
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scores_v2t [V, X], scores_t2v [X, V])``: the top ``k`` of each row re-scored by the
-    ITM positive logit, the rest ``-100``. Rows are split over ranks, results gathered."""
+    ITM positive logit, the rest ``-100``. Each pair is scored by the rank that holds its
+    video's tokens (``data.token_row``); the scores are gathered."""
+    here = data.rows_here()                                              # [V]
+    if data.token_row is None and info.world_size > 1:  # a set built by hand, whole on every rank
+        here = torch.where(torch.arange(len(here)) % info.world_size == info.rank, here, -1)
 
-    def direction(sim: torch.Tensor, pair) -> torch.Tensor:
-        kk = min(k, sim.shape[1])
+    def score(pairs) -> torch.Tensor:
+        out = []
+        for v, t, m in pairs:
+            with autocast(device, precision):
+                logits = model.itm_logits(v.to(device), t.to(device), m.to(device))
+            out.append(logits[:, 1].float().cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def fill(sim: torch.Tensor, rows: dict) -> torch.Tensor:
         out = torch.full_like(sim, BELOW_TOP_K)
-        mine = list(range(info.rank, sim.shape[0], info.world_size))
-        rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        for r in mine:
-            top = sim[r].topk(kk).indices
-            scores = []
-            for s in range(0, kk, itm_batch):
-                cand = top[s:s + itm_batch]
-                v, t, m = pair(r, cand)
-                with autocast(device, precision):
-                    logits = model.itm_logits(v.to(device), t.to(device), m.to(device))
-                scores.append(logits[:, 1].float().cpu())
-            rows[r] = (top, torch.cat(scores))
         for part in _gather_parts(rows, info):
-            for r, (top, scores) in part.items():
-                out[r, top] = scores
+            for r, (cand, scores) in part.items():
+                out[r, cand] = scores
         return out
 
-    def v2t_pair(r, cand):
-        n = len(cand)
-        return data.video_tokens[r].expand(n, -1, -1), data.text_hidden[cand], data.text_mask[cand]
-
-    def t2v_pair(r, cand):
-        n = len(cand)
-        return (data.video_tokens[cand], data.text_hidden[r].expand(n, -1, -1),
-                data.text_mask[r].expand(n, -1))
-
-    return direction(sim_v2t, v2t_pair), direction(sim_v2t.t().contiguous(), t2v_pair)
+    # Video to text: the rows of this rank's videos, each against its top k texts.
+    kk = min(k, sim_v2t.shape[1])
+    v2t: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for r in torch.nonzero(here >= 0).flatten().tolist():
+        top = sim_v2t[r].topk(kk).indices
+        tokens = data.video_tokens[here[r]]
+        v2t[r] = (top, score((tokens.expand(len(c), -1, -1), data.text_hidden[c], data.text_mask[c])
+                             for c in top.split(itm_batch)))
+    # Text to video: of every text's top k videos, those held here.
+    sim_t2v = sim_v2t.t().contiguous()
+    kk = min(k, sim_t2v.shape[1])
+    t2v: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for r in range(sim_t2v.shape[0]):
+        top = sim_t2v[r].topk(kk).indices
+        mine = top[here[top] >= 0]
+        if len(mine):
+            t2v[r] = (mine, score((data.video_tokens[here[c]], data.text_hidden[r].expand(len(c), -1, -1),
+                                   data.text_mask[r].expand(len(c), -1)) for c in mine.split(itm_batch)))
+    return fill(sim_v2t, v2t), fill(sim_t2v, t2v)
 
 
 def retrieval_scores(model, data: RetrievalSet, cfg, *, device: torch.device, precision: str,

@@ -226,7 +226,8 @@ class VisionLanguageModel(nn.Module):
                 visible_idx: Optional[torch.Tensor] = None, *, uta: bool = True, vtm: bool = True,
                 mlm_input_ids: Optional[torch.Tensor] = None,
                 mlm_labels: Optional[torch.Tensor] = None, negatives=None,
-                generator: Optional[torch.Generator] = None, per_frame: bool = False) -> VLOutput:
+                generator: Optional[torch.Generator] = None, per_frame: bool = False,
+                media: Optional[torch.Tensor] = None) -> VLOutput:
         """Everything the four Stage-2 losses need, from one masked vision pass.
 
         ``video [B,3,T,H,W]``, ``input_ids``/``attention_mask [B, L]``, ``idx [B]`` (sample ids:
@@ -234,7 +235,8 @@ class VisionLanguageModel(nn.Module):
         skips the alignment heads; ``vtm=False`` the VTM pairs; MLM runs when
         ``mlm_input_ids``/``mlm_labels`` (``umt.losses.mlm_mask``) are given. VTM negatives are
         drawn from the local batch by ``umt.losses.sample_hard_negatives`` (``generator``), or
-        given as ``negatives`` (``HardNegatives``). ``temp`` is clamped first, as officially.
+        given as ``negatives`` (``HardNegatives``); ``media [B]`` (media ids) keeps rows of one
+        media from being each other's negatives. ``temp`` is clamped first, as officially.
         ``per_frame`` (retrieval fine-tuning, no mask): ``video_feat`` is ``[B, T', E]`` and the
         VTC similarity / hard-negative weights are means of per-frame cosines (official
         ``keep_temporal``).
@@ -250,7 +252,8 @@ class VisionLanguageModel(nn.Module):
             if negatives is None:
                 with torch.no_grad():
                     sim = losses.similarity(video_feat, text_feat, temp)
-                    negatives = losses.sample_hard_negatives(sim, idx, generator=generator)
+                    negatives = losses.sample_hard_negatives(sim, idx, generator=generator,
+                                                             media=media)
             out.vtm_logits = self.vtm_logits(tokens, text_hidden, attention_mask, negatives)
             out.vtm_skipped = negatives.skipped
         if (mlm_input_ids is None) != (mlm_labels is None):

@@ -88,8 +88,10 @@ def forward_loss(ctx: Context, batch: dict, step: int) -> tuple[torch.Tensor, di
     gen = torch.Generator(device=ctx.device).manual_seed(
         derive_seed("vtm", cfg.train.seed, step, ctx.micro, ctx.dist.rank))
     with autocast(ctx.device, cfg.train.precision):
+        # With match_by=caption, two rows of one video have distinct ids: the video ids still
+        # keep them from being each other's VTM negatives.
         out = ctx.model(video, ids, att, idx, uta=False, vtm=w.vtm > 0, per_frame=True,
-                        generator=gen)                                   # video_feat [B, T, E]
+                        generator=gen, media=match_ids(batch, "video").to(ctx.device))
         terms: dict[str, torch.Tensor] = {}
         if w.vtc > 0:
             terms["vtc"] = stage2.gathered_vtc(out, idx, w.vtc_gather_grad)

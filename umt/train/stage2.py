@@ -11,7 +11,7 @@ Each step is one media type (all ranks agree): a video batch (4 frames, 80% sema
 or an image batch (T=1, 50%). The teacher gives the attention for the mask and the UTA targets;
 the model runs the video encoder once on the visible tokens (fusion tokens, pooled VTC feature,
 UTA outputs), the text-only BERT layers on the captions, the fusion layers on the VTM pairs
-(one hard negative of each kind per row, from the local batch) and on the MLM-masked captions.
+(one hard negative of each kind per row, from the local batch, never a row of the same media) and on the MLM-masked captions.
 The loss is the weighted sum (default weights 1); each term is logged per media type. The loop
 (resume, checkpoints, metrics, accumulation) is ``umt.train.loop``'s; zero-shot retrieval on
 ``eval.source`` runs every ``train.eval_every`` steps (``umt.eval.retrieval``).
@@ -156,6 +156,7 @@ def forward_loss(ctx: Context, batch: dict, step: int) -> tuple[torch.Tensor, di
     media = batch["media"]
     video = batch["video"].to(ctx.device, non_blocking=True)             # [B, 3, T, H, W]
     idx = batch["sample_id"].to(ctx.device)                              # [B]
+    media_ids = batch["media_id"].to(ctx.device) if "media_id" in batch else None  # [B]
     ids, att = tokenize(ctx.state["tokenizer"], batch["caption"], cfg.data.max_txt_len, ctx.device)
 
     teacher = ctx.frozen.get("teacher")
@@ -173,7 +174,8 @@ def forward_loss(ctx: Context, batch: dict, step: int) -> tuple[torch.Tensor, di
         derive_seed("vtm", cfg.train.seed, step, ctx.micro, ctx.dist.rank))
     with autocast(ctx.device, cfg.train.precision):
         out = ctx.model(video, ids, att, idx, mask=mask, visible_idx=vis, uta=w.uta > 0,
-                        vtm=w.vtm > 0, mlm_input_ids=mlm_ids, mlm_labels=mlm_labels, generator=gen)
+                        vtm=w.vtm > 0, mlm_input_ids=mlm_ids, mlm_labels=mlm_labels, generator=gen,
+                        media=media_ids)
         terms: dict[str, torch.Tensor] = {}
         if w.vtc > 0:
             terms["vtc"] = gathered_vtc(out, idx, cfg.loss.vtc_gather_grad)
