@@ -16,6 +16,8 @@ import yaml
 
 pytest.importorskip("kfp")
 
+from umt.catalogue import evaluations, finetunes  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 UMT = str(Path(sys.executable).parent / "umt")
 # Very few steps: this is about the plumbing, not the models. Pretraining jobs keep their 2
@@ -157,8 +159,9 @@ def test_a_second_run_hits_the_cache(first_run):
     assert again.returncode == 0, again.stdout[-4000:]
     hits = re.findall(r"ok\s+(.+) \(cache hit\)", again.stdout)
     # every task (2 shard parts) but the exit handler, validate (never cached: it fingerprints
-    # the inputs) and the report (it reads validate's plan)
-    assert len(hits) == 14, again.stdout
+    # the inputs) and the report (it reads validate's plan): credentials, plan-shards, 2 parts,
+    # merge-shards, 2 pretrain, one fine-tune and one evaluation per catalogue entry
+    assert len(hits) == 7 + len(finetunes()) + len(evaluations()), again.stdout
     assert re.search(r"ok\s+Clean up unfinished jobs \(\d+ s\)", again.stdout)  # never cached
     assert sorted((base / "outputs").glob("stage1-*/checkpoints/*")) == checkpoints
     assert "report: " in again.stdout

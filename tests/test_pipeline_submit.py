@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 pytest.importorskip("kfp")
 
+from umt.catalogue import evaluations, finetunes  # noqa: E402
 from umt.cli import app  # noqa: E402
 from umt.pipeline.loader import PipelineError  # noqa: E402
 from umt.pipeline.submit import resolve_endpoint, submit  # noqa: E402
@@ -147,9 +148,9 @@ def test_no_cache_turns_caching_off_for_every_task(kfp_server, tmp_path):
     submit(FULL, [], endpoint=url, cache=False, package_dir=str(tmp_path))
     spec = server.state["runs"][0]["pipeline_spec"]["pipeline_spec"]
     body = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-    # credentials, validate, plan-shards, the shard loop, merge-shards, 2 pretrain, 3 fine-tune,
-    # 4 eval, report
-    assert len(body) == 15
+    # credentials, validate, plan-shards, the shard loop, merge-shards, 2 pretrain, one fine-tune
+    # and one evaluation per catalogue entry, report
+    assert len(body) == 5 + 2 + len(finetunes()) + len(evaluations()) + 1
     # ... and the shard loop's own body, one DAG further down
     body = {**body, **spec["components"]["comp-for-loop-2"]["dag"]["tasks"]}
     assert "shard-videos" in body

@@ -211,7 +211,8 @@ def losses(out: Path) -> list[tuple[int, float]]:
             map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
 
 
-def wait_for(path: Path, executor: LocalExecutor, timeout: float = 240) -> None:
+def wait_for(path: Path, executor: LocalExecutor, timeout: float = 480) -> None:
+    # Generous: under -n 2 beside another multi-process test, a restart took over 240 s once.
     deadline = time.monotonic() + timeout
     while not path.exists():
         if executor.status().finished or time.monotonic() > deadline:
