@@ -213,6 +213,15 @@ def test_bar_charts_plot_percentages_only_with_chance_per_bar(monkeypatch):
     figures._pyplot().close("all")
 
 
+def test_breakdowns_of_a_headline_metric_are_percentages_too():
+    qa = Step("Evaluate: video QA", "eval-qa", "eval", metrics={
+        "accuracy": 40.0, "accuracy_colour": 60.0, "accuracy_direction": 20.0,
+        "num_questions": 64.0, "gpu_hours": 0.0}, details={"num_answers": 8})
+    (group,) = bar_groups([qa])
+    assert group.values == {"accuracy": 40.0, "accuracy_colour": 60.0, "accuracy_direction": 20.0}
+    assert set(group.chance.values()) == {12.5} and group.paper == {"accuracy": 47.1}
+
+
 def test_counts_are_text_not_bars():
     page = render_html(sample_report())
     assert "<th>count</th>" in page and "<td>num_views</td><td>384</td>" in page
@@ -232,12 +241,12 @@ def test_the_recipe_and_data_are_named():
     rep = sample_report()
     rep.dataset.update(num_classes=4, classes=["left_to_right", "right_to_left"],
                        source="/w/synthetic/manifest.jsonl")
-    rep.steps[1].plan = {"config": "stage1_tiny", "overrides": ["train.steps=20",
+    rep.steps[1].plan = {"config": "tiny", "overrides": ["train.steps=20",
                                                                 "data.source=/x.json"]}
     md = render_markdown(rep)
     assert ("Data: 32 clips, 4 classes (left_to_right, right_to_left), from "
             "/w/synthetic/manifest.jsonl.") in md
-    assert "| Stage 1 | stage1_tiny | train.steps=20 | 20 | umt_vit_b | 8 | 224 |" in md
+    assert "| Stage 1 | tiny | train.steps=20 | 20 | umt_vit_b | 8 | 224 |" in md
 
 
 class _Artifact:
@@ -267,9 +276,9 @@ def test_the_report_step_reads_counts_from_each_evaluations_metrics_json(tmp_pat
         "top1": 25.0, "num_classes": 4, "num_videos": 32, "confusion_matrix": [[1]]}))
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"steps": {
-        "finetune-action": {"output_dir": str(ft), "config": "finetune-action_tiny",
+        "finetune-action": {"output_dir": str(ft), "config": "tiny",
                             "overrides": ["train.steps=20", "train.log_every=2"]},
-        "eval-action": {"output_dir": str(ev), "config": "finetune-action_tiny",
+        "eval-action": {"output_dir": str(ev), "config": "tiny",
                         "overrides": []}}, "skipped": {}, "provided": {}}))
     md, page = _Artifact(tmp_path / "r.md"), _Artifact(tmp_path / "r.html")
     steps.report(plan=_Artifact(plan), dataset=_Artifact(tmp_path / "d", {
@@ -280,6 +289,6 @@ def test_the_report_step_reads_counts_from_each_evaluations_metrics_json(tmp_pat
     assert "| Evaluate: action recognition | top1 | 25.00 % | 25 % (100 / 4 classes)" in text
     assert "| at chance | 90.6 % (K400 top-1, ViT-L/16) |" in text
     assert "Fine-tune: action recognition: 10 logged loss points" in text
-    assert ("| Fine-tune: action recognition | finetune-action_tiny | train.steps=20 "
+    assert ("| Fine-tune: action recognition | tiny | train.steps=20 "
             "train.log_every=2 | 20 | umt_vit_tiny |") in text
     assert "Data: 32 clips, 4 classes (a, b, c, d)." in text

@@ -88,9 +88,9 @@ def metric_bars(groups: Sequence[Any]) -> bytes | None:
         ax.set_xticks(list(xs), keys, rotation=45, ha="right", fontsize=8)
         ax.set_ylim(0, 100)
         ax.set_ylabel("percent")
-        ax.set_title(name, fontsize=10)
+        ax.set_title(name, fontsize=10, pad=20)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=3,
+        ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3,
                   frameon=False)
 
     return _panels([(g.name, g) for g in groups if g.values], draw)

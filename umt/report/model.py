@@ -96,10 +96,17 @@ def _stage(step: Step) -> catalogue.Stage | None:
 
 def percent_metrics(step: Step) -> dict[str, float]:
     """The step's metrics that are percentages: the catalogue's headline metrics of its
-    evaluation, in the catalogue's order (counts such as num_views are not among them)."""
+    evaluation, in the catalogue's order, each followed by its breakdowns ``<metric>_<part>``
+    (QA's accuracy_colour, ...); counts such as num_views are never among them."""
     stage = _stage(step)
-    keys = stage.metrics if stage is not None else ()
-    return {k: float(step.metrics[k]) for k in keys if _number(step.metrics.get(k))}
+    out: dict[str, float] = {}
+    for key in stage.metrics if stage is not None else ():
+        if _number(step.metrics.get(key)):
+            out[key] = float(step.metrics[key])
+        for k, v in step.metrics.items():
+            if k.startswith(f"{key}_") and _number(v) and k not in out:
+                out[k] = float(v)
+    return out
 
 
 def count_metrics(step: Step) -> dict[str, Any]:

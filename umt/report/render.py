@@ -148,7 +148,7 @@ def recipe(report: Report) -> tuple[str, list[list[str]]]:
     return data, rows
 
 
-RECIPE_HEADER = ["stage", "preset", "overrides", "steps", "architecture", "frames", "resolution"]
+RECIPE_HEADER = ["stage", "preset (model size)", "overrides", "steps", "architecture", "frames", "resolution"]
 
 
 def _points_note(s: Step) -> str:
