@@ -61,6 +61,7 @@ def test_finetune_qa_then_eval_qa(tmp_path, stage2_ckpt, qa_shards):
     assert m["accuracy"] == pytest.approx(summary["eval"]["accuracy"])  # the same last checkpoint
     assert m["num_questions"] == 16 and m["num_videos"] == 8 and m["num_missing"] == 0
     assert m["protocol"]["k"] == 8 and m["answer_list_size"] == 8  # k=16 clamped to the list
+    assert m["num_answers"] == 8  # the catalogue's chance level: 100 / num_answers
     assert set(m["accuracy_by_type"]) == {"colour", "direction"}
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 16 and len({p["question_id"] for p in preds}) == 16

@@ -107,6 +107,7 @@ def run_qa(model, source: str, tokenizer, answers: list[str], cfg, qa, *,
     result = {"task": "qa", "source": source, **_accuracies(preds, expected if not cfg.max_videos else None),
               "num_videos": len({p["index"] for p in preds}), "samples_skipped": skipped,
               "answer_list_size": len(answers),
+              "num_answers": len(answers),  # the catalogue's chance level: 100 / num_answers
               "protocol": {"frames": cfg.num_frames, "sampling": "middle of T equal segments",
                            "resolution": cfg.img_size, "resize": "square, bicubic, no crop",
                            "max_question_len": qa.max_question_len,

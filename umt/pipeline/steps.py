@@ -602,6 +602,18 @@ def cleanup(state: str = "", error: str = "", job_backend: str = "cluster",
 
 
 # -- the report --------------------------------------------------------------------------------
+def _eval_details(output_dir: str) -> dict[str, Any]:
+    """An evaluation's metrics.json, less its bulky per-sample parts (the report computes the
+    chance level from its counts); {} when unreadable (the report then shows no chance)."""
+    try:
+        full = read_eval_metrics(output_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        log.warning("report: no metrics.json in %s (%s)", output_dir, exc)
+        return {}
+    return {k: v for k, v in full.items() if k not in ("confusion_matrix", "per_class_accuracy",
+                                                        "class_names")}
+
+
 def report(*, plan: Any, dataset: Any, title: str, gpu_power_watts: float,
            grid_g_per_kwh: float, markdown: Any, html: Any) -> dict[str, Any]:
     """Collect what the run's steps wrote and write the Markdown and HTML reports.
@@ -634,21 +646,23 @@ def report(*, plan: Any, dataset: Any, title: str, gpu_power_watts: float,
                                   reason=f"no {STEP_RECORD} in {output_dir}"))
             elif stage.trains:
                 steps.append(Step(stage.title, stage.name, kind, "done", record["model"],
-                                  record.get("metrics", {}), read_history(output_dir)))
+                                  record.get("metrics", {}), read_history(output_dir),
+                                  plan=planned[stage.name]))
             else:
                 if record.get("confusion_matrix"):
                     confusion = {"matrix": record["confusion_matrix"],
                                  "class_names": record.get("class_names") or []}
                 steps.append(Step(stage.title, stage.name, kind, "done",
                                   {k: v for k, v in record.items() if k != "metrics"},
-                                  record.get("metrics", {})))
+                                  record.get("metrics", {}), plan=planned[stage.name],
+                                  details=_eval_details(output_dir)))
     name = data_meta.get("dataset_json", "").rstrip("/").rsplit("/", 2)[-2:-1]
     rep = Report(title=title, steps=steps, confusion=confusion, gpu_power_watts=gpu_power_watts,
                  grid_g_per_kwh=grid_g_per_kwh,
                  dataset={"name": f"data: {name[0] if name else 'dataset'}", **{
                      k: data_meta.get(k, "") for k in ("dataset_json", "num_samples",
                                                        "num_shards", "num_failed",
-                                                       "num_classes", "source")}})
+                                                       "num_classes", "classes", "source")}})
     write_text(markdown, render_markdown(rep))
     write_text(html, render_html(rep))
     summary = {s.name: s.status for s in steps}

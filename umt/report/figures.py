@@ -38,35 +38,62 @@ def _panels(items: list[tuple[str, Any]], draw: Callable[[Any, str, Any], None])
     return _png(fig)
 
 
-def loss_curves(curves: Sequence[tuple[str, list[dict[str, Any]]]]) -> bytes | None:
-    """One panel per training job: ``loss`` against ``step`` from its metrics.jsonl."""
-    curves = [(name, [r for r in rows if isinstance(r.get("loss"), (int, float))])
-              for name, rows in curves]
+# Fewer logged losses than this are drawn as points, not a line, and said to show no trend.
+MIN_TREND_POINTS = 5
+CHANCE_COLOUR = "#d62728"
+PAPER_COLOUR = "#9467bd"
 
-    def draw(ax, name: str, rows: list[dict[str, Any]]) -> None:
-        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], color=LOSS_COLOUR,
-                marker="o" if len(rows) < 20 else None, linewidth=2)
-        ax.set_title(name)
+
+def curve_title(name: str, points: int) -> str:
+    if points < MIN_TREND_POINTS:
+        return f"{name}\n{points} logged point{'s' * (points != 1)}: too few for a trend"
+    return f"{name}\n{points} logged points"
+
+
+def loss_curves(curves: Sequence[tuple[str, list[tuple[int, float]]]]) -> bytes | None:
+    """One panel per training job: every logged ``(step, loss)`` of its metrics.jsonl; with
+    fewer than MIN_TREND_POINTS, markers only (a line through 2 points is no trend)."""
+
+    def draw(ax, name: str, points: list[tuple[int, float]]) -> None:
+        trend = len(points) >= MIN_TREND_POINTS
+        ax.plot([p[0] for p in points], [p[1] for p in points], color=LOSS_COLOUR,
+                marker="o" if len(points) < 40 else None, linewidth=2 if trend else 0,
+                markersize=5 if trend else 8)
+        ax.set_title(curve_title(name, len(points)), fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
 
-    return _panels([(name, rows) for name, rows in curves if rows], draw)
+    return _panels([(name, points) for name, points in curves if points], draw)
 
 
-def metric_bars(groups: Sequence[tuple[str, dict[str, float]]]) -> bytes | None:
-    """One panel per evaluation: its accuracy / recall numbers (percent) as bars."""
-    groups = [(name, {k: v for k, v in values.items() if k not in ("wall_hours", "gpu_hours")})
-              for name, values in groups]
+def metric_bars(groups: Sequence[Any]) -> bytes | None:
+    """One panel per evaluation (a :class:`umt.report.model.BarGroup`): its percentage metrics
+    as bars on a 0-100 axis, each bar's chance level as a red line across it and the paper's
+    full-size result as a purple diamond."""
 
-    def draw(ax, name: str, values: dict[str, float]) -> None:
-        keys = list(values)[:12]
-        ax.bar(range(len(keys)), [values[k] for k in keys], color="#2ca02c")
-        ax.set_xticks(range(len(keys)), keys, rotation=45, ha="right", fontsize=8)
-        ax.set_title(name)
+    def draw(ax, name: str, group: Any) -> None:
+        keys = list(group.values)[:12]
+        xs = range(len(keys))
+        ax.bar(xs, [group.values[k] for k in keys], color="#2ca02c", label="ours")
+        chance = [(i, group.chance[k]) for i, k in enumerate(keys) if k in group.chance]
+        if chance:
+            ax.hlines([c for _, c in chance], [i - 0.45 for i, _ in chance],
+                      [i + 0.45 for i, _ in chance], colors=CHANCE_COLOUR, linewidth=2.5,
+                      label="chance", clip_on=False)  # a chance of 100 % stays visible
+        paper = [(i, group.paper[k]) for i, k in enumerate(keys) if k in group.paper]
+        if paper:
+            ax.plot([i for i, _ in paper], [v for _, v in paper], "D", color=PAPER_COLOUR,
+                    label="paper (full-size model)")
+        ax.set_xticks(list(xs), keys, rotation=45, ha="right", fontsize=8)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("percent")
+        ax.set_title(name, fontsize=10, pad=20)
         ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3,
+                  frameon=False)
 
-    return _panels([(name, values) for name, values in groups if values], draw)
+    return _panels([(g.name, g) for g in groups if g.values], draw)
 
 
 def confusion(matrix: list[list[float]], names: list[str]) -> bytes | None:

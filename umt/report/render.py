@@ -7,7 +7,20 @@ import html
 from typing import Any
 
 from umt.report import figures
-from umt.report.model import Report, Step, energy
+from umt.report.model import (
+    LEARNED,
+    Assessment,
+    Report,
+    Step,
+    assess,
+    bar_groups,
+    count_metrics,
+    curve_points,
+    energy,
+    other_metrics,
+    percent_metrics,
+    verdict_rule,
+)
 
 # The number a person looks for first, per kind of result.
 HEADLINE = ("top1", "acc", "accuracy", "t2v_r1", "r1", "txt_r1", "qa_acc", "mc_acc")
@@ -26,6 +39,9 @@ def headline(step: Step) -> str:
         loss = step.metrics.get("final_loss")
         return (f"step {int(step.metadata.get('step', 0))}"
                 + (f", final loss {loss:.4f}" if isinstance(loss, (int, float)) else ""))
+    a = assess(step)
+    if a is not None and a.value is not None:
+        return f"{a.metric} {a.value:.2f} %{_chance_text(a)}: {a.verdict}"
     for key in HEADLINE:
         if key in step.metrics:
             return f"{key} {step.metrics[key]:.2f}"
@@ -68,11 +84,100 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _chance_text(a: Assessment) -> str:
+    return f" (chance {a.chance:.3g} %)" if a.chance is not None else " (no chance level)"
+
+
+PAPER_NOTE = ("the UMT paper's full-size model (ViT-L/16) on the real benchmark, for "
+              "scale: not this run's model or data")
+
+
+def glance(report: Report) -> list[tuple[Step, Assessment]]:
+    """Every done evaluation with its headline metric, chance level, paper number, verdict."""
+    out = []
+    for s in report.steps:
+        if s.kind == "eval" and s.status == "done":
+            a = assess(s)
+            if a is not None:
+                out.append((s, a))
+    return out
+
+
+def _glance_row(s: Step, a: Assessment) -> list[str]:
+    return [s.name, a.metric, "—" if a.value is None else f"{a.value:.2f} %",
+            "—" if a.chance is None else f"{a.chance:.3g} % ({a.chance_basis})",
+            "—" if a.threshold is None else f"{a.threshold:.3g} %", a.verdict,
+            f"{a.paper:g} % ({a.paper_what})" if a.paper is not None else "—"]
+
+
+GLANCE_HEADER = ["task", "metric", "ours", "chance", "learned at", "verdict",
+                 "paper's full-size model (not ours)"]
+
+
+def verdict_lines(report: Report) -> list[str]:
+    """One line per evaluation: ``Evaluate: action recognition: learned (top1 71.50 % vs
+    chance 25 %)`` (the terminal's summary says the same)."""
+    return [f"{s.name}: {a.verdict} ({a.metric} "
+            + ("—" if a.value is None else f"{a.value:.2f} %")
+            + (f" vs chance {a.chance:.3g} %" if a.chance is not None else "") + ")"
+            for s, a in glance(report)]
+
+
+def recipe(report: Report) -> tuple[str, list[list[str]]]:
+    """The run's data in one sentence and its training recipe, one row per trained stage:
+    preset, overrides as planned, steps trained, architecture, frames, resolution."""
+    d = report.dataset
+    classes = d.get("classes") or []
+    said = [f"{_fmt(d[k])} {what}" for k, what in (("num_samples", "clips"),
+                                                   ("num_classes", "classes")) if d.get(k)]
+    data = ", ".join(said) or "—"
+    if classes:
+        data += f" ({', '.join(map(str, classes[:8]))}{', ...' if len(classes) > 8 else ''})"
+    if d.get("source"):
+        data += f", from {d['source']}"
+    rows = []
+    for s in report.steps:
+        if s.kind != "train" or s.status != "done":
+            continue
+        m = s.metadata
+        overrides = [o for o in s.plan.get("overrides", []) if not o.startswith("data.")]
+        rows.append([s.name, str(s.plan.get("config") or m.get("config", "")),
+                     " ".join(overrides) or "—", _fmt(m.get("step", "")),
+                     str(m.get("architecture", "")), _fmt(m.get("num_frames", "")),
+                     _fmt(m.get("resolution", ""))])
+    return data, rows
+
+
+RECIPE_HEADER = ["stage", "preset (model size)", "overrides", "steps", "architecture", "frames", "resolution"]
+
+
+def _points_note(s: Step) -> str:
+    n = len(curve_points(s))
+    if n < figures.MIN_TREND_POINTS:
+        return (f"{s.name}: {n} logged loss point{'s' * (n != 1)}, too few to show a trend "
+                "(log more often with train.log_every)")
+    return f"{s.name}: {n} logged loss points"
+
+
 # -- Markdown ---------------------------------------------------------------------------------
 def render_markdown(report: Report) -> str:
     out = [f"# {report.title}", ""]
     out += ["| step | status | result |", "|---|---|---|"]
     out += [f"| {s.name} | {s.status} | {headline(s)} |" for s in report.steps]
+    rows = glance(report)
+    if rows:
+        out += ["", "## At a glance", "", "| " + " | ".join(GLANCE_HEADER) + " |",
+                "|" + "---|" * len(GLANCE_HEADER)]
+        out += ["| " + " | ".join(_glance_row(s, a)) + " |" for s, a in rows]
+        out += ["", f"Verdict: {verdict_rule()}", f"Paper's number: {PAPER_NOTE}."]
+    data, recipe_rows = recipe(report)
+    out += ["", "## Recipe and data", "", f"Data: {data}."]
+    if recipe_rows:
+        out += ["", "| " + " | ".join(RECIPE_HEADER) + " |", "|" + "---|" * len(RECIPE_HEADER)]
+        out += ["| " + " | ".join(r) + " |" for r in recipe_rows]
+    trains = [s for s in report.steps if s.kind == "train" and s.status == "done"]
+    if trains:
+        out += ["", "## Training loss", ""] + [f"- {_points_note(s)}" for s in trains]
     chains = lineage(report)
     if chains:
         out += ["", "## Lineage", ""] + [f"- {' → '.join(c)}" for c in chains]
@@ -80,9 +185,11 @@ def render_markdown(report: Report) -> str:
     if evals:
         out += ["", "## Evaluation", ""]
         for s in evals:
-            values = ", ".join(f"{k} {_fmt(v)}" for k, v in s.metrics.items()
-                               if k not in ("wall_hours", "gpu_hours"))
-            out.append(f"- **{s.name}**: {values}")
+            percent = percent_metrics(s)
+            values = ", ".join([f"{k} {_fmt(v)} %" for k, v in percent.items()]
+                               + [f"{k} {_fmt(v)}" for k, v in other_metrics(s).items()])
+            counts = ", ".join(f"{k} {_fmt(v)}" for k, v in count_metrics(s).items())
+            out.append(f"- **{s.name}**: {values}" + (f" (counts: {counts})" if counts else ""))
     rows = _energy_rows(report)
     out += ["", "## Compute, energy and CO2", "",
             "| job | nodes × GPUs | job hours | GPU-hours | energy (kWh) | CO2 (kg) | source |",
@@ -125,6 +232,8 @@ th{background:#f4f6f8} code{font-size:12px;word-break:break-all}
 .arrow{margin:0 8px;color:#678;font-size:18px}
 img{max-width:100%;border:1px solid #eee;margin:6px 0}
 .note{color:#555;font-size:12px}
+.learned{color:#1a7f37;font-weight:700} .at-chance{color:#b42318;font-weight:700}
+.no-chance{color:#888}
 """
 
 
@@ -148,6 +257,26 @@ def render_html(report: Report) -> str:
         [e(s.name), f'<span class="{e(s.status)}">{e(s.status)}</span>', e(headline(s))]
         for s in report.steps]))
 
+    rows = glance(report)
+    if rows:
+        parts.append("<h2>At a glance</h2>")
+        table = []
+        for s, a in rows:
+            cells = [e(c) for c in _glance_row(s, a)]
+            css = "learned" if a.verdict == LEARNED else (
+                "at-chance" if a.threshold is not None else "no-chance")
+            cells[5] = f'<span class="{css}">{cells[5]}</span>'
+            table.append(cells)
+        parts.append(_table([e(h) for h in GLANCE_HEADER], table))
+        parts.append(f'<p class="note">Verdict: {e(verdict_rule())}<br>Paper\'s number: '
+                     f"{e(PAPER_NOTE)}.</p>")
+    data, recipe_rows = recipe(report)
+    parts.append(f"<h2>Recipe and data</h2><p>Data: {e(data)}.</p>")
+    if recipe_rows:
+        parts.append(_table([e(h) for h in RECIPE_HEADER],
+                            [[e(c) if i != 2 else f"<code>{e(c)}</code>"
+                              for i, c in enumerate(r)] for r in recipe_rows]))
+
     chains = lineage(report)
     if chains:
         parts.append("<h2>Lineage</h2>")
@@ -157,18 +286,32 @@ def render_html(report: Report) -> str:
             parts.append(f'<div class="chain">{nodes}</div>')
 
     trains = [s for s in report.steps if s.kind == "train" and s.status == "done"]
-    curves = figures.loss_curves([(s.name, s.history) for s in trains])
+    curves = figures.loss_curves([(s.name, curve_points(s)) for s in trains])
     if curves:
-        parts += ["<h2>Training loss</h2>", _img(curves, "loss curves")]
+        parts += ["<h2>Training loss</h2>", _img(curves, "loss curves"),
+                  '<p class="note">' + "<br>".join(e(_points_note(s)) for s in trains)
+                  + "</p>"]
 
     evals = [s for s in report.steps if s.kind == "eval" and s.status == "done"]
     if evals:
         parts.append("<h2>Evaluation</h2>")
-        parts.append(_img(figures.metric_bars([(s.name, s.metrics) for s in evals]),
-                          "evaluation metrics"))
+        groups = {g.name: g for g in bar_groups(report.steps)}
+        parts.append(_img(figures.metric_bars(list(groups.values())), "evaluation metrics"))
+        parts.append('<p class="note">Bars: percentages only (0-100); red line: the chance '
+                     "level of that metric (top-k / R@k: k x the top-1 chance); purple "
+                     "diamond: the paper's full-size model (not ours). Counts are in the "
+                     "tables.</p>")
         for s in evals:
-            parts.append(f"<p><b>{e(s.name)}</b></p>" + _table(
-                ["metric", "value"], [[e(k), e(_fmt(v))] for k, v in s.metrics.items()]))
+            g = groups.get(s.name)
+            rows = [[e(k), e(_fmt(v)) + " %",
+                     e(f"{g.chance[k]:.3g} %") if g and k in g.chance else "—"]
+                    for k, v in percent_metrics(s).items()]
+            rows += [[e(k), e(_fmt(v)), "—"] for k, v in other_metrics(s).items()]
+            counts = count_metrics(s)
+            parts.append(f"<p><b>{e(s.name)}</b></p>" + _table(["metric", "value", "chance"], rows)
+                         + (_table(["count", "value"], [[e(k), e(_fmt(v))]
+                                                        for k, v in counts.items()])
+                            if counts else ""))
     if report.confusion.get("matrix"):
         parts += ["<h2>Confusion matrix (action recognition, all classes)</h2>",
                   _img(figures.confusion(report.confusion["matrix"],
