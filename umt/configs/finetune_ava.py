@@ -92,10 +92,9 @@ class AvaDataConfig:
 
 
 @dataclass
-class AvaEvalConfig:
-    """Evaluation during fine-tuning (every ``train.eval_every`` steps and at the end)."""
+class AvaTestConfig:
+    """How ``umt eval ava`` scores (and the in-training evaluation, :class:`AvaEvalConfig`)."""
 
-    source: Optional[str] = None  # held-out clips (``synthetic``); None: no evaluation
     split: str = "val"
     box_threshold: float = 0.8  # official box_thresh: person boxes kept for evaluation
     action_threshold: float = 0.0  # official action_thresh: scores written to the detections
@@ -110,6 +109,13 @@ class AvaEvalConfig:
         at_least("eval.synthetic_size", self.synthetic_size, 1)
         if not self.split or not self.split.strip():
             raise ValueError("eval.split must name the evaluation split (e.g. val)")
+
+
+@dataclass
+class AvaEvalConfig(AvaTestConfig):
+    """Evaluation during fine-tuning (every ``train.eval_every`` steps and at the end)."""
+
+    source: Optional[str] = None  # held-out clips (``synthetic``); None: no evaluation
 
 
 def _ava_optim() -> OptimConfig:
@@ -141,22 +147,6 @@ class FinetuneAvaConfig:
 
 
 # -- umt eval ava ---------------------------------------------------------------------------
-@dataclass
-class AvaTestConfig:
-    split: str = "val"
-    box_threshold: float = 0.8
-    action_threshold: float = 0.0
-    batch_size: int = 8
-    synthetic_seed: int = 1  # synthetic clips: another seed than the training ones
-    synthetic_size: int = 64
-
-    def __post_init__(self):
-        in_range("eval.box_threshold", self.box_threshold, 0.0, 1.0)
-        in_range("eval.action_threshold", self.action_threshold, 0.0, 1.0)
-        at_least("eval.batch_size", self.batch_size, 1)
-        at_least("eval.synthetic_size", self.synthetic_size, 1)
-
-
 @dataclass
 class EvalAvaConfig:
     # --config tiny|b16|l16 takes the model and data sections of the finetune-ava preset (the
