@@ -3,8 +3,8 @@
 It builds the stand-in bases (Debian bookworm + Python, + the project's torch), then umt-train
 and umt-launcher with images/build.sh --builder buildah, and runs the checks inside them as
 UID 1000 with only the scratch folders writable (the script says what is emulated). It takes
-~25 minutes and ~40 GB of disk (buildah's vfs driver copies every layer) the first time, so it
-runs only when asked for: root, buildah and debootstrap, and UMT_IMAGE_BUILD_CHECK=1. CI skips
+~8 minutes the first time on 2 cores (BENCHMARKS.md, "Container images") and tens of GB of
+disk (buildah's vfs driver copies every layer), so it runs only when asked for: root, buildah and debootstrap, and UMT_IMAGE_BUILD_CHECK=1. CI skips
 it (it installs neither tool); images/local-check/check.sh is the same check as one command.
 """
 
@@ -31,7 +31,7 @@ def _why_not() -> str | None:
     if os.geteuid() != 0:
         return "needs root: buildah builds RUN steps as root with chroot isolation"
     if os.environ.get("UMT_IMAGE_BUILD_CHECK") != "1":
-        return ("builds both images for real (~25 min, ~40 GB): set UMT_IMAGE_BUILD_CHECK=1, "
+        return ("builds both images for real (~8 min, tens of GB): set UMT_IMAGE_BUILD_CHECK=1, "
                 "or run images/local-check/check.sh")
     return None
 

@@ -2,7 +2,7 @@
 # Build both images for real on this machine, then run them: the local build check.
 #
 #   sudo images/local-check/check.sh          # root, buildah and debootstrap (apt-get install
-#                                             # -y buildah debootstrap); ~25 min the first time
+#                                             # -y buildah debootstrap); ~8 min the first time
 #
 # No registry base image is needed (none can be pulled here): the bases are stand-ins built from
 # Debian's packages (base.Containerfile): Debian bookworm's Python 3.11 in a root-owned venv,
