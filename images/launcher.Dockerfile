@@ -2,7 +2,7 @@
 # The launcher image: what KFP steps run to render, submit and follow training jobs
 # (umt.launch.run_training_job), to shard data and to write the report. Same umt package and
 # pins as the training image, but no torch and no model stack (images/launcher-requirements.txt,
-# written by images/lock.py) on a slim Python base: a few hundred MB instead of ~10 GB, which
+# written by images/lock.py) on a slim Python base: 0.5 GB over its base (BENCHMARKS.md), which
 # matters on the CPU nodes that pipeline steps land on (cold pulls on every new node). Every
 # model computation runs in a job on the training image.
 #   images/build.sh        -> <repository>/umt-launcher:<version> and :<version>-<git sha>
