@@ -13,8 +13,9 @@
 # writable (emulated, see run_in below):
 #   umt-train:    umt --help, torchrun --help, decord/PyAV/ffprobe load, and a 2-step tiny
 #                 Stage 1 under torchrun from a shard written by `umt shard` in the image;
-#   umt-launcher: no torch, imports umt.launch, umt.pipeline.steps and kfp, renders a job
-#                 (`umt job render`).
+#   umt-launcher: no torch, imports umt.launch, umt.pipeline.steps and kfp, shards videos
+#                 (`umt shard`, as the pipeline's shard step) and renders a job (`umt job
+#                 render`), also pinned to the digest build.sh printed.
 # Writes $WORK/result.json (build seconds, image sizes, digests; tests/test_images_build.py
 # reads it) and prints it. buildah runs with STORAGE_DRIVER=vfs and BUILDAH_ISOLATION=chroot
 # (no overlay, no user namespaces needed; `podman run` cannot set rlimits here).
@@ -171,6 +172,9 @@ $WRITABLE
 python -c 'import importlib.util as u, sys; sys.exit(u.find_spec(\"torch\") is not None)'
 python -c 'import umt.launch, umt.pipeline.steps, kfp, kfp.kubernetes; print(\"kfp\", kfp.__version__)'
 python -c 'import sys, umt.cli; heavy = [m for m in (\"torch\", \"timm\", \"transformers\") if m in sys.modules]; sys.exit(1 if heavy else 0)'
+# The pipeline's shard step runs in this image: videos -> shards without torch.
+umt synthetic -o /tmp/videos -n 8
+umt shard -i /tmp/videos/manifest.csv -o /tmp/shards --samples-per-shard 4 --workers 1
 umt job render stage1 -c tiny -g 0 -p cpu -o s3://bucket/runs/check --backend pytorchjob \
   > /tmp/job.yaml
 grep -q '^kind: PyTorchJob' /tmp/job.yaml
