@@ -1,7 +1,7 @@
 """What every component shares: the image it runs in and how it is built.
 
 The base image is the project's launcher image (``images/launcher.Dockerfile``: the umt package
-with kfp, CPU PyTorch) of this package's release, ``<repository>/umt-launcher:<version>``
+with kfp, no torch) of this package's release, ``<repository>/umt-launcher:<version>``
 (``UMT_IMAGE_REPOSITORY`` at compile time to use your registry): what the reusable
 ``component.yaml`` files name. A pipeline built with ``components/tasks.py`` pins every task
 to the immutable ``<version>-<sha>`` image instead (``umt.launch.images``).

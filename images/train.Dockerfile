@@ -4,9 +4,12 @@
 # Context: the repository root (images/train.Dockerfile.dockerignore keeps it small).
 # TORCH_VERSION / TORCHVISION_VERSION are the versions the test suite runs with (a test checks);
 # pip is constrained to them so it never swaps the base image's CUDA build for another.
+# BASE_IMAGE: any image with that torch/torchvision and pip on PATH (default: the CUDA PyTorch
+# image; images/local-check/ builds on a local Debian base with the same torch from wheels).
 ARG TORCH_VERSION=2.14.1
 ARG CUDA_VERSION=13.0
-FROM pytorch/pytorch:${TORCH_VERSION}-cuda${CUDA_VERSION}-cudnn9-runtime
+ARG BASE_IMAGE=pytorch/pytorch:${TORCH_VERSION}-cuda${CUDA_VERSION}-cudnn9-runtime
+FROM ${BASE_IMAGE}
 
 ARG TORCH_VERSION
 ARG TORCHVISION_VERSION=0.29.1
@@ -30,9 +33,16 @@ RUN apt-get update \
 
 WORKDIR /opt/umt
 COPY images/requirements.txt images/requirements.txt
+# The base's torch must survive the install byte for byte (its CUDA build, not a PyPI one):
+# its version and location before and after are compared.
 RUN printf 'torch==%s\ntorchvision==%s\n' "${TORCH_VERSION}" "${TORCHVISION_VERSION}" \
         > /tmp/base-constraints.txt \
- && pip install --no-cache-dir -r images/requirements.txt -c /tmp/base-constraints.txt
+ && python -c 'import torch, torchvision; print(torch.__version__, torch.__file__, torchvision.__version__)' \
+        > /tmp/torch-before \
+ && pip install --no-cache-dir -r images/requirements.txt -c /tmp/base-constraints.txt \
+ && python -c 'import torch, torchvision; print(torch.__version__, torch.__file__, torchvision.__version__)' \
+    | cmp - /tmp/torch-before \
+ && rm /tmp/torch-before /tmp/base-constraints.txt
 
 COPY pyproject.toml README.md ./
 COPY umt ./umt

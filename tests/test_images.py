@@ -36,9 +36,9 @@ def _lock_module():
     return module
 
 
-def pins() -> dict[str, str]:
+def pins(lock: str = "requirements.txt") -> dict[str, str]:
     out = {}
-    for line in (IMAGES / "requirements.txt").read_text().splitlines():
+    for line in (IMAGES / lock).read_text().splitlines():
         if line and not line.startswith("#"):
             name, _, version = line.partition("==")
             out[canonicalize_name(name)] = version
@@ -82,7 +82,9 @@ def test_base_images_are_pinned_to_an_exact_tag_or_digest(dockerfile):
     bases = re.findall(r"^FROM\s+(?:--platform=\S+\s+)?(\S+)", dockerfile.read_text(), flags=re.M)
     assert bases
     for base in bases:
-        image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
+        image = base
+        while "${" in image:  # ARG BASE_IMAGE=...${TORCH_VERSION}...: expand until done
+            image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
         m = IMAGE.match(image)
         assert m, image
         tag = m.group("tag") or ""
@@ -236,9 +238,47 @@ def test_base_image_torch_is_the_tested_torch():
     args = dockerfile_args(IMAGES / "train.Dockerfile")
     assert args["TORCH_VERSION"] == metadata.version("torch").split("+")[0]
     assert args["TORCHVISION_VERSION"] == metadata.version("torchvision").split("+")[0]
-    launcher = dockerfile_args(IMAGES / "launcher.Dockerfile")
-    assert launcher["TORCH_VERSION"] == args["TORCH_VERSION"]
-    assert launcher["TORCHVISION_VERSION"] == args["TORCHVISION_VERSION"]
+    local = dockerfile_args(IMAGES / "local-check" / "base.Containerfile")
+    assert (local["TORCH_VERSION"], local["TORCHVISION_VERSION"]) == \
+        (args["TORCH_VERSION"], args["TORCHVISION_VERSION"])
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_the_base_image_is_a_build_argument_with_the_real_default(dockerfile):
+    """images/local-check builds on a stand-in base; users get the real one by default."""
+    text = dockerfile.read_text()
+    assert re.findall(r"^FROM\s+(\S+)", text, flags=re.M) == ["${BASE_IMAGE}"]
+    default = dockerfile_args(dockerfile)["BASE_IMAGE"]
+    assert default.startswith("pytorch/pytorch:" if dockerfile.name == "train.Dockerfile"
+                              else "python:"), default
+
+
+def test_the_launcher_lock_is_the_lock_without_torch_and_the_model_stack():
+    """The launcher image installs images/launcher-requirements.txt with --no-deps: the same
+    versions as the training image's lock, nothing that is or needs torch."""
+    lock = _lock_module()
+    train, launcher = pins(), pins("launcher-requirements.txt")
+    assert launcher and {n: train.get(n) for n in launcher} == launcher
+    for name in launcher:
+        assert not lock.FROM_BASE.match(name) and not lock.MODEL_STACK.match(name), name
+        installed = _installed(name)
+        if installed is None or installed[0] != launcher[name]:
+            continue
+        for line in installed[1]:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                assert canonicalize_name(req.name) not in {"torch", "torchvision"}, (name, req)
+    # Every pin of the training lock that the launcher's roots reach is in the launcher lock.
+    launcher_roots = {canonicalize_name(r.name) for r in lock.launcher_requirements()
+                      if r.marker is None or r.marker.evaluate()}
+    assert launcher_roots and launcher_roots <= set(launcher)
+    _, unknown = lock_problems(train)
+    if not unknown:
+        assert lock.render(launcher=True) == (IMAGES / "launcher-requirements.txt").read_text()
+    text = (IMAGES / "launcher.Dockerfile").read_text()
+    assert "launcher-requirements.txt" in text and "TORCH_VERSION" not in text
+    assert "!images/launcher-requirements.txt" in \
+        (IMAGES / "launcher.Dockerfile.dockerignore").read_text()
 
 
 def test_build_script_tags_what_jobs_use_by_default(monkeypatch):
