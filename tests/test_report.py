@@ -202,7 +202,7 @@ def test_bar_charts_plot_percentages_only_with_chance_per_bar(monkeypatch):
     assert retrieval.chance["t2v_r5"] == 15.625 and retrieval.chance["r_mean"] == pytest.approx(100 / 6)
     # what is drawn: bars of those values only, on a 0-100 axis, a chance line on each bar
     drawn = []
-    monkeypatch.setattr(figures, "_png", lambda fig: drawn.append(fig) or b"png")
+    monkeypatch.setattr(figures, "png_bytes", lambda fig: drawn.append(fig) or b"png")
     assert figures.metric_bars(groups) == b"png"
     axes = drawn[0].axes
     heights = [[p.get_height() for p in ax.patches] for ax in axes]
@@ -210,7 +210,7 @@ def test_bar_charts_plot_percentages_only_with_chance_per_bar(monkeypatch):
     assert all(ax.get_ylim() == (0.0, 100.0) and ax.get_ylabel() == "percent" for ax in axes)
     chance_lines = [c for c in axes[0].collections if c.get_label() == "chance"]
     assert sorted(seg[0][1] for seg in chance_lines[0].get_segments()) == [25.0, 100.0]
-    figures._pyplot().close("all")
+    figures.pyplot().close("all")
 
 
 def test_breakdowns_of_a_headline_metric_are_percentages_too():

@@ -26,7 +26,6 @@ softmaxes are averaged per video (``umt.eval.action``). Files in ``--output``:
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from typing import Any, Optional, Sequence
@@ -88,10 +87,9 @@ def _zero_shot(cfg: EvalActionConfig, class_names: list[str], device):
 def confusion_png(cm: np.ndarray, names: list[str], limit: int) -> bytes:
     """The confusion matrix of the ``limit`` most frequent classes (rows: true, columns:
     predicted), counts written in the cells when they fit."""
-    import matplotlib
+    from umt.report import figures
 
-    matplotlib.use("Agg", force=True)  # headless
-    import matplotlib.pyplot as plt
+    plt = figures.pyplot()
 
     support = cm.sum(1)
     keep = sorted(sorted(range(len(names)), key=lambda i: (-support[i], i))[:limit])
@@ -114,11 +112,7 @@ def confusion_png(cm: np.ndarray, names: list[str], limit: int) -> bytes:
     ax.set_title(f"confusion matrix{shown}", fontsize=9)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return figures.png_bytes(fig)
 
 
 def _body(cfg: EvalActionConfig, dist) -> dict:

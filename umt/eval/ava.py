@@ -30,7 +30,6 @@ label map without ground truth has AP NaN and is left out of the mean.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections import defaultdict
 from typing import Any, Iterable, Optional, Sequence
@@ -186,10 +185,9 @@ def clip_metrics(model, clips: list[dict], categories: Sequence[tuple[int, str]]
 # -- umt eval ava ----------------------------------------------------------------------------------
 def per_class_png(metrics: dict, title: str) -> bytes:
     """A bar chart of every class's AP (in percent; NaN classes left out)."""
-    import matplotlib
+    from umt.report import figures
 
-    matplotlib.use("Agg", force=True)  # headless
-    import matplotlib.pyplot as plt
+    plt = figures.pyplot()
 
     items = [(k[len(AP_PREFIX):], v * 100) for k, v in metrics.items()
              if k.startswith(AP_PREFIX) and isinstance(v, float) and v == v]
@@ -198,11 +196,7 @@ def per_class_png(metrics: dict, title: str) -> bytes:
     ax.set_xlim(0, 100)
     ax.set_xlabel("AP@0.5 IoU (%)")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return figures.png_bytes(fig)
 
 
 def _body(cfg: EvalAvaConfig, dist) -> dict:

@@ -9,7 +9,8 @@ LOSS_COLOUR = "#1f77b4"  # matplotlib's C0; tests look for it in a browser scree
 DPI = 110
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (pods and CI have no display)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)  # headless: pods and CI have no display
@@ -18,10 +19,11 @@ def _pyplot():
     return plt
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
+    """``fig`` as PNG bytes (closed afterwards): the report's and the evaluations' pictures."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -30,12 +32,12 @@ def _panels(items: list[tuple[str, Any]], draw: Callable[[Any, str, Any], None])
     ``draw(axes, name, data)``; None when there is nothing to draw."""
     if not items:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(items), figsize=(4.2 * len(items), 3.0), squeeze=False)
     for ax, (name, data) in zip(axes[0], items):
         draw(ax, name, data)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 # Fewer logged losses than this are drawn as points, not a line, and said to show no trend.
@@ -100,7 +102,7 @@ def confusion(matrix: list[list[float]], names: list[str]) -> bytes | None:
     """The full confusion matrix (rows: true class, columns: predicted)."""
     if not matrix:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     n = len(matrix)
     side = min(12.0, 2.5 + 0.35 * n)
     fig, ax = plt.subplots(figsize=(side, side * 0.85))
@@ -112,7 +114,7 @@ def confusion(matrix: list[list[float]], names: list[str]) -> bytes | None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def energy_bars(rows: Sequence[tuple[str, float, float]]) -> bytes | None:
@@ -120,7 +122,7 @@ def energy_bars(rows: Sequence[tuple[str, float, float]]) -> bytes | None:
     rows = [r for r in rows if r[1] > 0]
     if not rows:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(8.4, 2.8))
     names = [r[0] for r in rows]
     a.barh(names, [r[1] for r in rows], color="#ff7f0e")
@@ -128,4 +130,4 @@ def energy_bars(rows: Sequence[tuple[str, float, float]]) -> bytes | None:
     b.barh(names, [r[2] for r in rows], color="#7f7f7f")
     b.set_xlabel("kg CO2 (estimate unless measured)")
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
